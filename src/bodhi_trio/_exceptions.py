@@ -1,0 +1,244 @@
+"""The one exception hierarchy of bodhi-trio.
+
+Every error this package raises on purpose is a :class:`BodhiError`. Each class
+carries the HTTP status, the OpenAI error ``type`` and a stable ``code``; the
+HTTP layer maps them to ``{"error": {"message", "type", "code", "param"}}`` at a
+single boundary, and the CLI prints ``message`` as one line.
+
+::
+
+    BodhiError                          500 internal_server_error
+    ├── ConfigError                     400 invalid_request_error  invalid_config
+    │   ├── SettingsError                                          invalid_settings
+    │   └── ServerArgsError                                        invalid_server_args
+    ├── InvalidRequestError             400 invalid_request_error  invalid_request
+    │   ├── InvalidAliasError                                      invalid_alias
+    │   └── RequestTooLargeError        413                        request_too_large
+    ├── NotFoundError                   404 not_found_error
+    │   ├── AliasNotFoundError                                     alias_not_found
+    │   └── ModelFileNotFoundError                                 model_file_not_found
+    ├── ConflictError                   409 conflict_error
+    │   └── AliasExistsError                                       alias_exists
+    ├── LlamaServerNotFoundError        500 internal_server_error  llama_server_not_found
+    ├── LlamaServerInstallError         500 internal_server_error  llama_server_install_failed
+    ├── StartupError                    500 internal_server_error  server_startup_failed
+    └── UpstreamError                   502 upstream_error         upstream_error
+        └── LlamaServerExitedError                                 llama_server_exited
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+__all__ = [
+    "AliasExistsError",
+    "AliasNotFoundError",
+    "BodhiError",
+    "ConfigError",
+    "ConflictError",
+    "InvalidAliasError",
+    "InvalidRequestError",
+    "LlamaServerExitedError",
+    "LlamaServerInstallError",
+    "LlamaServerNotFoundError",
+    "ModelFileNotFoundError",
+    "NotFoundError",
+    "RequestTooLargeError",
+    "ServerArgsError",
+    "SettingsError",
+    "StartupError",
+    "UpstreamError",
+]
+
+
+class BodhiError(Exception):
+    """Base of every error bodhi-trio raises on purpose.
+
+    Attributes:
+        message: One human-readable line (or a line plus a log tail).
+        param: The request field the error is about, if any.
+    """
+
+    status: ClassVar[int] = 500
+    error_type: ClassVar[str] = "internal_server_error"
+    code: ClassVar[str] = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+    def to_envelope(self) -> dict[str, dict[str, str | None]]:
+        """The OpenAI-style error body for this error."""
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.error_type,
+                "code": self.code,
+                "param": self.param,
+            }
+        }
+
+
+class ConfigError(BodhiError):
+    """Settings, aliases or server args that cannot be used."""
+
+    status = 400
+    error_type = "invalid_request_error"
+    code = "invalid_config"
+
+
+class SettingsError(ConfigError):
+    """A setting has a value of the wrong type or out of range."""
+
+    code = "invalid_settings"
+
+
+class ServerArgsError(ConfigError):
+    """llama-server args that cannot be parsed or that try to set a reserved flag."""
+
+    code = "invalid_server_args"
+
+
+class InvalidRequestError(BodhiError):
+    """The request is malformed: bad JSON, wrong field types, missing fields."""
+
+    status = 400
+    error_type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class InvalidAliasError(InvalidRequestError):
+    """An alias name or alias file content is not valid."""
+
+    code = "invalid_alias"
+
+
+class RequestTooLargeError(InvalidRequestError):
+    """The request body is larger than ``BODHI_MAX_BODY_BYTES``."""
+
+    status = 413
+    code = "request_too_large"
+
+
+class NotFoundError(BodhiError):
+    """Something the request names does not exist."""
+
+    status = 404
+    error_type = "not_found_error"
+    code = "not_found"
+
+
+class AliasNotFoundError(NotFoundError):
+    """No alias of that name."""
+
+    code = "alias_not_found"
+
+    def __init__(self, alias: str) -> None:
+        super().__init__(f"alias {alias!r} not found", param="model")
+        self.alias = alias
+
+
+class ModelFileNotFoundError(NotFoundError):
+    """The alias's GGUF file is not in the Hugging Face cache."""
+
+    code = "model_file_not_found"
+
+    def __init__(self, repo: str, snapshot: str, filename: str, reason: str) -> None:
+        super().__init__(
+            f"model file not found: repo {repo!r}, snapshot {snapshot!r}, file {filename!r}"
+            f" ({reason})",
+            param="model",
+        )
+        self.repo = repo
+        self.snapshot = snapshot
+        self.filename = filename
+
+
+class ConflictError(BodhiError):
+    """The request conflicts with the current state."""
+
+    status = 409
+    error_type = "conflict_error"
+    code = "conflict"
+
+
+class AliasExistsError(ConflictError):
+    """An alias of that name (or one stored in the same file) already exists."""
+
+    code = "alias_exists"
+
+
+class LlamaServerNotFoundError(BodhiError):
+    """No runnable llama-server binary for the variant.
+
+    Attributes:
+        tried: Every place that was looked at, in order, with why it failed.
+    """
+
+    code = "llama_server_not_found"
+
+    def __init__(self, variant: str, tried: Sequence[str]) -> None:
+        lines = "; ".join(tried) if tried else "nothing configured"
+        super().__init__(
+            f"no runnable llama-server for variant {variant!r} (tried: {lines});"
+            " run `bodhi-trio llama-server install` or set BODHI_LLAMA_SERVER"
+        )
+        self.variant = variant
+        self.tried = tuple(tried)
+
+
+class LlamaServerInstallError(BodhiError):
+    """Downloading or building llama-server failed."""
+
+    code = "llama_server_install_failed"
+
+
+class StartupError(BodhiError):
+    """llama-server did not become ready.
+
+    Attributes:
+        log_tail: The child's last output lines, also part of ``message``.
+        returncode: The child's exit code if it exited, else ``None``.
+    """
+
+    code = "server_startup_failed"
+
+    def __init__(
+        self, reason: str, *, log_tail: Sequence[str] = (), returncode: int | None = None
+    ) -> None:
+        message = reason
+        if log_tail:
+            message += "\n--- llama-server output (last lines) ---\n" + "\n".join(log_tail)
+        super().__init__(message)
+        self.reason = reason
+        self.log_tail = tuple(log_tail)
+        self.returncode = returncode
+
+
+class UpstreamError(BodhiError):
+    """llama-server failed while serving a request."""
+
+    status = 502
+    error_type = "upstream_error"
+    code = "upstream_error"
+
+
+class LlamaServerExitedError(UpstreamError):
+    """llama-server exited while it was expected to run.
+
+    Attributes:
+        returncode: The exit code; negative means killed by that signal.
+        log_tail: The child's last output lines.
+    """
+
+    code = "llama_server_exited"
+
+    def __init__(self, returncode: int, log_tail: Sequence[str] = ()) -> None:
+        message = f"llama-server exited unexpectedly with code {returncode}"
+        if log_tail:
+            message += "\n--- llama-server output (last lines) ---\n" + "\n".join(log_tail)
+        super().__init__(message)
+        self.returncode = returncode
+        self.log_tail = tuple(log_tail)
