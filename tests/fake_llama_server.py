@@ -8,6 +8,7 @@ streams ``/v1/chat/completions`` in llama-server's SSE shape, and takes these
 extra flags:
 
 ``--fake-load-delay S``      ``/health`` answers 503 for S seconds after binding
+``--fake-load-chatter S``    while loading, print a progress line every S seconds
 ``--fake-hang-at-start``     print one line, then never listen and never exit
 ``--fake-ignore-sigterm``    SIGTERM does nothing (only SIGKILL stops it)
 ``--fake-crash-after S``     exit with code 3 S seconds after it became ready
@@ -58,27 +59,41 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if self.path == "/health":
             if time.monotonic() < State.ready_at:
-                self._json(503, {"error": {"code": 503, "message": "Loading model",
-                                           "type": "unavailable_error"}})
+                self._json(
+                    503,
+                    {
+                        "error": {
+                            "code": 503,
+                            "message": "Loading model",
+                            "type": "unavailable_error",
+                        }
+                    },
+                )
             else:
                 self._json(200, {"status": "ok"})
         elif self.path == "/slots":
             self._json(200, [{"id": 0, "is_processing": False}])
         else:
-            self._json(404, {"error": {"code": 404, "message": "File Not Found",
-                                       "type": "not_found_error"}})
+            self._json(
+                404,
+                {"error": {"code": 404, "message": "File Not Found", "type": "not_found_error"}},
+            )
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         try:
             body = json.loads(self.rfile.read(length) or b"{}")
         except ValueError:
-            self._json(400, {"error": {"code": 400, "message": "bad json",
-                                       "type": "invalid_request_error"}})
+            self._json(
+                400,
+                {"error": {"code": 400, "message": "bad json", "type": "invalid_request_error"}},
+            )
             return
         if self.path not in ("/v1/chat/completions", "/v1/completions"):
-            self._json(404, {"error": {"code": 404, "message": "File Not Found",
-                                       "type": "not_found_error"}})
+            self._json(
+                404,
+                {"error": {"code": 404, "message": "File Not Found", "type": "not_found_error"}},
+            )
             return
         n = int(body.get("max_tokens") or State.args.fake_tokens)
         n = min(n, State.args.fake_tokens) if not body.get("ignore_eos") else n
@@ -86,13 +101,23 @@ class Handler(BaseHTTPRequestHandler):
         model = State.args.alias
         if not body.get("stream"):
             text = "".join(f"tok{i} " for i in range(n))
-            self._json(200, {
-                "id": "chatcmpl-fake", "object": "chat.completion", "created": created,
-                "model": model,
-                "choices": [{"index": 0, "finish_reason": "length",
-                             "message": {"role": "assistant", "content": text}}],
-                "usage": {"prompt_tokens": 3, "completion_tokens": n, "total_tokens": n + 3},
-            })
+            self._json(
+                200,
+                {
+                    "id": "chatcmpl-fake",
+                    "object": "chat.completion",
+                    "created": created,
+                    "model": model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "finish_reason": "length",
+                            "message": {"role": "assistant", "content": text},
+                        }
+                    ],
+                    "usage": {"prompt_tokens": 3, "completion_tokens": n, "total_tokens": n + 3},
+                },
+            )
             return
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
@@ -106,9 +131,13 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
 
         def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
-            return {"id": "chatcmpl-fake", "object": "chat.completion.chunk",
-                    "created": created, "model": model,
-                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            return {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
 
         try:
             event(chunk({"role": "assistant", "content": None}, None))
@@ -119,8 +148,16 @@ class Handler(BaseHTTPRequestHandler):
             event(chunk({}, "length"))
             if (body.get("stream_options") or {}).get("include_usage"):
                 usage = {"prompt_tokens": 3, "completion_tokens": n, "total_tokens": n + 3}
-                event({"id": "chatcmpl-fake", "object": "chat.completion.chunk",
-                       "created": created, "model": model, "choices": [], "usage": usage})
+                event(
+                    {
+                        "id": "chatcmpl-fake",
+                        "object": "chat.completion.chunk",
+                        "created": created,
+                        "model": model,
+                        "choices": [],
+                        "usage": usage,
+                    }
+                )
             event(b"[DONE]")
             self.wfile.write(b"0\r\n\r\n")
             self.wfile.flush()
@@ -135,6 +172,7 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--fake-load-delay", type=float, default=0.0)
+    parser.add_argument("--fake-load-chatter", type=float, default=0.0)
     parser.add_argument("--fake-hang-at-start", action="store_true")
     parser.add_argument("--fake-ignore-sigterm", action="store_true")
     parser.add_argument("--fake-crash-after", type=float, default=None)
@@ -150,9 +188,11 @@ def main() -> None:
     if args.fake_ignore_sigterm:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     else:
+
         def on_term(signum: int, frame: object) -> None:
             log("received SIGTERM, shutting down")
             os._exit(0)
+
         signal.signal(signal.SIGTERM, on_term)
 
     if args.fake_fork_grandchild:
@@ -174,19 +214,31 @@ def main() -> None:
         if left > 0:
             with open(args.fake_bind_fail_file, "w") as f:
                 f.write(str(left - 1))
-            log(f"srv    start: couldn't bind HTTP server socket, hostname: {args.host}, "
-                f"port: {args.port}")
+            log(
+                f"srv    start: couldn't bind HTTP server socket, hostname: {args.host}, "
+                f"port: {args.port}"
+            )
             sys.exit(1)
 
     server = ThreadingHTTPServer((args.host, args.port), Handler)
     server.daemon_threads = True
     State.ready_at = time.monotonic() + args.fake_load_delay
     log(f"listening on http://{args.host}:{args.port}")
+    if args.fake_load_chatter:
+
+        def chatter() -> None:
+            while time.monotonic() < State.ready_at:
+                log("loading tensors ...")
+                time.sleep(args.fake_load_chatter)
+
+        threading.Thread(target=chatter, daemon=True).start()
     if args.fake_crash_after is not None:
+
         def crash() -> None:
             time.sleep(max(0.0, State.ready_at - time.monotonic()) + args.fake_crash_after)
             log("fake crash: segmentation fault in the model")
             os._exit(3)
+
         threading.Thread(target=crash, daemon=True).start()
     server.serve_forever()
 

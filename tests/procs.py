@@ -34,8 +34,16 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
-async def wait_gone(pid: int, timeout: float) -> None:
-    """Wait until ``pid`` is gone or a zombie; ``trio.TooSlowError`` after ``timeout``."""
-    with trio.fail_after(timeout):
-        while is_alive(pid):
-            await trio.sleep(0.01)
+async def wait_gone(pid: int) -> None:
+    """Wait until ``pid`` has exited (gone, or a zombie nobody reaps); callers set the deadline.
+
+    A pidfd works for any process, not only our children, and becomes readable at exit.
+    """
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        await trio.lowlevel.wait_readable(pidfd)
+    finally:
+        os.close(pidfd)

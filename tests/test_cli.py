@@ -54,8 +54,10 @@ def test_alias_create_show_list_rm(tmp_path: Path, capsys: pytest.CaptureFixture
 def test_reserved_context_param_is_rejected(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, _, err = run(capsys, "--home", str(tmp_path), "alias", "create", "x",
-                       "--repo", "a/b", "--filename", "c.gguf", "--context-param", "--port 1")  # fmt: skip
+    code, _, err = run(
+        capsys, "--home", str(tmp_path), "alias", "create", "x",
+        "--repo", "a/b", "--filename", "c.gguf", "--context-param", "--port 1",
+    )  # fmt: skip
     assert code == 1
     assert "--port" in err
     assert not (tmp_path / "aliases" / "x.yaml").exists()

@@ -7,9 +7,8 @@ import os
 import subprocess
 from pathlib import Path
 
-from procs import is_alive
-
 from bodhi_trio._leftovers import forget_child, kill_leftovers, record_child
+from procs import is_alive
 
 
 def dead_pid() -> int:

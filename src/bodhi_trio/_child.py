@@ -20,6 +20,7 @@ Lifecycle of one start::
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from collections.abc import Mapping
@@ -60,7 +61,9 @@ class LaunchSpec:
         bind_attempts: Starts on fresh ports when the chosen port was taken.
         log_path: File the child's output is appended to; ``None`` for none.
         run_dir: Where the run record goes (see ``_leftovers``); ``None`` for none.
-        env: The child's environment; ``None`` inherits ours.
+        env: The child's environment; ``None`` inherits ours. ``GGML_NO_BACKTRACE=1`` is
+            added unless set: on an assert ggml would otherwise attach gdb, taking seconds
+            and burying the error line under a backtrace.
     """
 
     binary: Path
@@ -193,10 +196,13 @@ async def _run_once(
     argv = spec.argv(port)
     tail.append(f"[bodhi-trio] starting: {' '.join(argv)}")
     spawned_at = trio.current_time()
+    env = dict(os.environ if spec.env is None else spec.env)
+    env.setdefault("GGML_NO_BACKTRACE", "1")
     try:
-        child = spawn_child(argv, env=spec.env)
+        child = spawn_child(argv, env=env)
     except OSError as exc:
         raise StartupError(f"could not execute {spec.binary}: {exc.strerror or exc}") from exc
+    tail.append(f"[bodhi-trio] spawned pid {child.pid}")
     record = record_child(spec.run_dir, child.pid, argv[0]) if spec.run_dir else None
     failure: BaseException | None = None
     try:

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import yaml
 
-from ._aliases import Alias, AliasStore
+from ._alias_store import AliasStore
+from ._aliases import Alias
 from ._exceptions import BodhiError
 from ._runtime import find_llama_server, install_llama_server
 from ._settings import Settings, load_settings

@@ -1,0 +1,370 @@
+"""Aliases: names, validation, request defaults and the YAML file store."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from bodhi_trio._alias_store import AliasFileProblem, AliasStore
+from bodhi_trio._aliases import (
+    REQUEST_PARAM_KEYS,
+    Alias,
+    RequestParams,
+    alias_filename,
+    apply_request_params,
+    validate_alias_name,
+)
+from bodhi_trio._exceptions import (
+    AliasExistsError,
+    AliasNotFoundError,
+    ConfigError,
+    InvalidAliasError,
+)
+
+LLAMA3: dict[str, Any] = {
+    "alias": "llama3:instruct",
+    "repo": "QuantFactory/Meta-Llama-3-8B-Instruct-GGUF",
+    "filename": "Meta-Llama-3-8B-Instruct.Q8_0.gguf",
+    "snapshot": "main",
+    "request_params": {"temperature": 0.7, "stop": ["<|eot_id|>"]},
+    "context_params": ["--ctx-size 4096", "--n-keep 24"],
+}
+
+
+def make_alias(name: str = "llama3:instruct", **changes: Any) -> Alias:
+    return Alias.from_dict({**LLAMA3, "alias": name, **changes}, source="test")
+
+
+# -- names -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["a" * 64, "a.b_c-d:e", "llama3:instruct", "Q8_0", "x"])
+def test_valid_names(name: str) -> None:
+    assert validate_alias_name(name) == name
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("a/b", "characters outside"),
+        ("a\\b", "characters outside"),
+        ("a b", "characters outside"),
+        ("a\0b", "characters outside"),
+        ("a\nb", "characters outside"),
+        ("..", "must not contain '..'"),
+        ("a..b", "must not contain '..'"),
+        (".", "must not start with '.'"),
+        (".hidden", "must not start with '.'"),
+        ("", "must not be empty"),
+        ("a" * 65, "65 characters long; the limit is 64"),
+        (None, "must be a string, got NoneType"),
+        (90, "must be a string, got int 90"),
+    ],
+)
+def test_invalid_names(name: object, why: str) -> None:
+    with pytest.raises(InvalidAliasError) as caught:
+        validate_alias_name(name)
+    assert why in caught.value.message
+    assert caught.value.param == "alias"
+
+
+def test_alias_filename() -> None:
+    assert alias_filename("llama3:instruct") == "llama3--instruct.yaml"
+    assert alias_filename("a.b") == "a.b.yaml"
+    with pytest.raises(InvalidAliasError):
+        alias_filename("../x")
+
+
+# -- validation ------------------------------------------------------------
+
+
+def test_from_dict_and_to_dict() -> None:
+    alias = Alias.from_dict(LLAMA3, source="test")
+    assert alias.request_params == RequestParams(temperature=0.7, stop=("<|eot_id|>",))
+    assert alias.context_params == ("--ctx-size 4096", "--n-keep 24")
+    assert alias.to_dict() == LLAMA3
+    assert list(alias.to_dict()) == list(LLAMA3)
+
+
+def test_defaults_and_omitted_empty_params() -> None:
+    alias = Alias.from_dict({"alias": "a", "repo": "o/n", "filename": "f.gguf"}, source="t")
+    assert alias.snapshot == "main"
+    assert alias.to_dict() == {
+        "alias": "a",
+        "repo": "o/n",
+        "filename": "f.gguf",
+        "snapshot": "main",
+    }
+
+
+def test_context_params_as_one_string_and_legacy_keys() -> None:
+    data = {**LLAMA3, "context_params": "--jinja", "source": "user", "chat_template": "x"}
+    assert Alias.from_dict(data, source="t").context_params == ("--jinja",)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"repo": None}, "src: missing 'repo'"),
+        ({"filename": None}, "src: missing 'filename'"),
+        ({"repo": "no-slash"}, "src: repo 'no-slash' must be 'owner/name'"),
+        ({"filename": "../x.gguf"}, "src: filename '../x.gguf' must not have"),
+        ({"snapshot": 5007}, "src: snapshot must be a string"),
+        ({"alias": "a/b"}, "src: alias name 'a/b' has characters outside"),
+        ({"extra": 1}, "src: unknown key(s) 'extra'"),
+        ({"request_params": [1]}, "src: request_params must be a mapping, got list"),
+        ({"request_params": {"reasoning_effort": "none"}}, "unknown request_params key(s)"),
+        ({"request_params": {"temperature": 2.5}}, "temperature must be in [0, 2], got 2.5"),
+        ({"request_params": {"temperature": True}}, "temperature must be a number, got True"),
+        ({"request_params": {"top_p": -0.1}}, "top_p must be in [0, 1]"),
+        ({"request_params": {"top_p": float("nan")}}, "top_p must be in [0, 1], got nan"),
+        ({"request_params": {"frequency_penalty": -3}}, "frequency_penalty must be in [-2, 2]"),
+        ({"request_params": {"presence_penalty": "1"}}, "presence_penalty must be a number"),
+        ({"request_params": {"max_tokens": 0}}, "max_tokens must be at least 1, got 0"),
+        ({"request_params": {"max_tokens": 1.5}}, "max_tokens must be an integer, got 1.5"),
+        ({"request_params": {"seed": False}}, "seed must be an integer, got False"),
+        ({"request_params": {"stop": [1]}}, "stop must be a string or a list of strings"),
+        ({"request_params": {"user": 5}}, "user must be a string, got 5"),
+        ({"context_params": [4096]}, "src: context_params must be a list of strings"),
+        (
+            {"context_params": ["--port 1"]},
+            "src: alias 'llama3:instruct' context_params: flag '--port' is reserved",
+        ),
+        ({"context_params": ["-m=x.gguf"]}, "flag '-m' is reserved"),
+        ({"context_params": ["oops --jinja"]}, "value 'oops' comes before any flag"),
+    ],
+)
+def test_invalid_fields_name_source_and_field(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidAliasError) as caught:
+        Alias.from_dict({**LLAMA3, **changes}, source="src")
+    assert message in caught.value.message
+
+
+def test_not_a_mapping() -> None:
+    with pytest.raises(InvalidAliasError, match=r"^src: expected a mapping, got list$"):
+        Alias.from_dict([1], source="src")
+
+
+def test_request_params_accept_ints_for_floats_and_a_stop_string() -> None:
+    params = RequestParams.from_dict(
+        {"temperature": 1, "stop": "END", "seed": -1, "user": "u", "max_tokens": 5}, source="t"
+    )
+    assert params == RequestParams(temperature=1.0, stop="END", seed=-1, user="u", max_tokens=5)
+    assert params.to_dict() == {
+        "max_tokens": 5,
+        "seed": -1,
+        "stop": "END",
+        "temperature": 1.0,
+        "user": "u",
+    }
+    assert set(params.to_dict()) <= set(REQUEST_PARAM_KEYS)
+
+
+# -- apply_request_params ----------------------------------------------------
+
+
+def test_absent_keys_are_filled_and_appended_in_order() -> None:
+    params = RequestParams(temperature=0.7, stop=("<|eot_id|>",), max_tokens=64)
+    request = {"model": "m", "messages": []}
+    result = apply_request_params(request, params)
+    assert list(result.items()) == [
+        ("model", "m"),
+        ("messages", []),
+        ("max_tokens", 64),
+        ("stop", ["<|eot_id|>"]),
+        ("temperature", 0.7),
+    ]
+    assert request == {"model": "m", "messages": []}  # the input is not modified
+
+
+def test_present_keys_win_even_when_null() -> None:
+    params = RequestParams(temperature=0.7, top_p=0.9, seed=1)
+    request = {"temperature": 0.1, "top_p": None, "extra": {"a": 1}}
+    assert apply_request_params(request, params) == {
+        "temperature": 0.1,
+        "top_p": None,
+        "extra": {"a": 1},
+        "seed": 1,
+    }
+
+
+@pytest.mark.parametrize(
+    ("request_body", "expected"),
+    [
+        ({}, {"max_tokens": 64}),
+        ({"max_tokens": 5}, {"max_tokens": 5}),
+        ({"max_completion_tokens": 5}, {"max_completion_tokens": 5}),
+        ({"max_completion_tokens": None}, {"max_completion_tokens": None}),
+    ],
+)
+def test_max_tokens_vs_max_completion_tokens(
+    request_body: dict[str, Any], expected: dict[str, Any]
+) -> None:
+    assert apply_request_params(request_body, RequestParams(max_tokens=64)) == expected
+
+
+def test_stop_is_filled_as_given_and_empty_stop_is_unset() -> None:
+    assert apply_request_params({}, RequestParams(stop=("a", "b"))) == {"stop": ["a", "b"]}
+    assert apply_request_params({"stop": "x"}, RequestParams(stop=("a",))) == {"stop": "x"}
+    assert RequestParams.from_dict({"stop": []}, source="t") == RequestParams()
+
+
+# -- store -------------------------------------------------------------------
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> AliasStore:
+    return AliasStore(tmp_path / "aliases")
+
+
+def test_round_trip(store: AliasStore) -> None:
+    alias = make_alias()
+    path = store.create(alias)
+    assert path == store.directory / "llama3--instruct.yaml"
+    assert yaml.safe_load(path.read_text()) == LLAMA3
+    assert store.get("llama3:instruct") == alias
+    assert store.list() == [alias]
+    assert store.get("llama3:instruct").to_dict() == LLAMA3
+    assert sorted(p.name for p in store.directory.iterdir()) == ["llama3--instruct.yaml"]
+
+
+def test_list_is_sorted_and_empty_without_a_directory(store: AliasStore) -> None:
+    assert store.load() == ([], [])
+    for name in ["zeta", "alpha", "mid:1"]:
+        store.create(make_alias(name))
+    assert [alias.alias for alias in store.list()] == ["alpha", "mid:1", "zeta"]
+
+
+def test_get_missing(store: AliasStore) -> None:
+    with pytest.raises(AliasNotFoundError, match=r"^alias 'nope' not found$"):
+        store.get("nope")
+    # No alias can have these names, so they are simply not found (404), not a 400.
+    for impossible in ["../x", "gpt 4", "", "a" * 65]:
+        with pytest.raises(AliasNotFoundError):
+            store.get(impossible)
+
+
+def test_create_conflicts(store: AliasStore) -> None:
+    store.create(make_alias("a:b"))
+    with pytest.raises(AliasExistsError, match=r"^alias 'a:b' already exists$"):
+        store.create(make_alias("a:b"))
+    with pytest.raises(AliasExistsError) as caught:
+        store.create(make_alias("a--b"))
+    assert caught.value.message == (
+        "alias 'a--b' conflicts with existing alias 'a:b': both are stored in a--b.yaml"
+        " (':' is written as '--')"
+    )
+    with pytest.raises(AliasExistsError, match=r"conflicts with existing alias 'a:b'"):
+        store.put(make_alias("a--b"))
+    with pytest.raises(AliasNotFoundError):
+        store.get("a--b")
+    with pytest.raises(AliasNotFoundError):
+        store.delete("a--b")
+    assert [alias.alias for alias in store.list()] == ["a:b"]
+
+
+def test_put_replaces(store: AliasStore) -> None:
+    store.create(make_alias("x"))
+    store.put(make_alias("x", filename="other.gguf"))
+    assert store.get("x").filename == "other.gguf"
+    assert [p.name for p in store.directory.iterdir()] == ["x.yaml"]  # no temp files left
+
+
+def test_put_repairs_a_corrupt_file(store: AliasStore) -> None:
+    store.directory.mkdir()
+    (store.directory / "x.yaml").write_text("{{{")
+    with pytest.raises(
+        InvalidAliasError, match=r"^invalid alias file .*/x\.yaml: not valid YAML: "
+    ):
+        store.get("x")
+    with pytest.raises(AliasExistsError):
+        store.create(make_alias("x"))
+    store.put(make_alias("x"))
+    assert store.get("x") == make_alias("x")
+
+
+def test_delete(store: AliasStore) -> None:
+    store.create(make_alias("x"))
+    store.delete("x")
+    assert list(store.directory.iterdir()) == []
+    with pytest.raises(AliasNotFoundError):
+        store.delete("x")
+    with pytest.raises(AliasNotFoundError, match=r"^alias '\.\./x' not found$"):
+        store.delete("../x")
+
+
+def test_get_of_a_file_holding_another_name(store: AliasStore) -> None:
+    store.directory.mkdir()
+    (store.directory / "x.yaml").write_text(yaml.safe_dump({**LLAMA3, "alias": "y"}))
+    with pytest.raises(InvalidAliasError, match=r"x\.yaml holds alias 'y', not 'x'"):
+        store.get("x")
+
+
+@pytest.mark.parametrize(
+    ("filename", "content", "reason"),
+    [
+        ("badyaml.yaml", "alias: [unclosed", "not valid YAML"),
+        ("list.yaml", "- 1\n- 2\n", "expected a mapping, got list"),
+        ("norepo.yaml", yaml.safe_dump({**LLAMA3, "alias": "norepo", "repo": None}), "'repo'"),
+        (
+            "params.yaml",
+            yaml.safe_dump({**LLAMA3, "alias": "params", "request_params": {"top_k": 4}}),
+            "unknown request_params key(s) 'top_k'",
+        ),
+        (
+            "ctx.yaml",
+            yaml.safe_dump({**LLAMA3, "alias": "ctx", "context_params": ["--host 0.0.0.0"]}),
+            "flag '--host' is reserved",
+        ),
+        ("misnamed.yaml", yaml.safe_dump({**LLAMA3, "alias": "x"}), "belongs in 'x.yaml'"),
+        ("old.yml", yaml.safe_dump({**LLAMA3, "alias": "old"}), "must end in .yaml"),
+        ("latin.yaml", b"alias: caf\xe9", "not UTF-8"),
+    ],
+)
+def test_bad_files_are_skipped_and_reported(
+    store: AliasStore,
+    caplog: pytest.LogCaptureFixture,
+    filename: str,
+    content: str | bytes,
+    reason: str,
+) -> None:
+    store.create(make_alias("good"))
+    bad = store.directory / filename
+    if isinstance(content, bytes):
+        bad.write_bytes(content)
+    else:
+        bad.write_text(content)
+    (store.directory / ".hidden.yaml").write_text("{{{")  # dotfiles are ignored
+    (store.directory / "notes.txt").write_text("{{{")  # so are other extensions
+    with caplog.at_level(logging.WARNING, logger="bodhi_trio.aliases"):
+        aliases, problems = store.load()
+    assert [alias.alias for alias in aliases] == ["good"]
+    assert [problem.path for problem in problems] == [bad]
+    assert reason in problems[0].reason
+    assert str(bad) not in problems[0].reason  # named once, by the warning
+    assert [r.getMessage() for r in caplog.records] == [
+        f"skipping alias file {bad}: {problems[0].reason}"
+    ]
+    assert store.problems() == problems
+    assert store.list() == aliases
+    assert isinstance(problems[0], AliasFileProblem)
+
+
+def test_directory_that_is_a_file_gives_config_error(tmp_path: Path) -> None:
+    # A regular file where the directory should be fails as root too, unlike chmod.
+    blocker = tmp_path / "aliases"
+    blocker.write_text("not a directory")
+    store = AliasStore(blocker)
+    with pytest.raises(ConfigError) as caught:
+        store.create(make_alias("x"))
+    assert type(caught.value) is ConfigError
+    assert caught.value.message.startswith(f"cannot write alias file {blocker / 'x.yaml'}: ")
+    assert "File exists" in caught.value.message
+    with pytest.raises(ConfigError, match=r"^cannot list alias directory .*Not a directory"):
+        store.list()
+    with pytest.raises(ConfigError, match=r"^cannot read alias file .*Not a directory"):
+        store.get("x")

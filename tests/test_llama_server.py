@@ -1,0 +1,121 @@
+"""The supervised child with the real llama-server on the demo model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from bodhi_trio._child import LaunchSpec, LlamaServer, serve_llama_server
+from bodhi_trio._demo import DEMO_ALIAS, write_corrupt_gguf
+from bodhi_trio._exceptions import StartupError
+from bodhi_trio._logtail import LogTail
+from procs import group_members, is_alive, wait_gone
+from test_child import run_parent_and_sigkill_it
+
+pytestmark = pytest.mark.llama
+
+
+def demo_spec(binary: Path, model: Path, tmp_path: Path, **kw: object) -> LaunchSpec:
+    return LaunchSpec(
+        binary=binary,
+        model=model,
+        alias=DEMO_ALIAS,
+        server_args=("--ctx-size", "512", "--threads", "1"),
+        log_path=tmp_path / "logs" / "llama-server.log",
+        run_dir=tmp_path / "run",
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def spawned_pid(log: LogTail) -> int:
+    line = next(line for line in log.tail(1000) if line.startswith("[bodhi-trio] spawned pid"))
+    return int(line.split()[-1])
+
+
+CHAT = {
+    "model": DEMO_ALIAS,
+    "messages": [{"role": "user", "content": "hello"}],
+    "max_tokens": 20,
+    "ignore_eos": True,
+    "seed": 1,
+}
+
+
+async def test_start_chat_stop(
+    llama_server_binary: Path, demo_model_path: Path, tmp_path: Path
+) -> None:
+    spec = demo_spec(llama_server_binary, demo_model_path, tmp_path)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            server: LlamaServer = await nursery.start(serve_llama_server, spec)
+            async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as client:
+                reply = (await client.post("/v1/chat/completions", json=CHAT)).json()
+                assert reply["model"] == DEMO_ALIAS
+                assert reply["usage"]["completion_tokens"] == 20
+                assert reply["choices"][0]["finish_reason"] == "length"
+
+                body = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
+                async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+                    assert response.headers["content-type"].startswith("text/event-stream")
+                    raw = await response.aread()
+            events = [e for e in raw.decode().split("\n\n") if e]
+            assert all(e.startswith("data: ") for e in events)
+            assert events[-1] == "data: [DONE]"
+            usage = json.loads(events[-2][len("data: ") :])
+            assert usage["choices"] == []
+            assert usage["usage"]["completion_tokens"] == 20
+            assert "timings" in usage
+            nursery.cancel_scope.cancel()
+    assert server.returncode is not None
+    assert group_members(server.pid) == []
+    assert not list((tmp_path / "run").iterdir())
+
+
+async def test_corrupt_model_fails_fast_with_the_childs_error(
+    llama_server_binary: Path, tmp_path: Path
+) -> None:
+    corrupt = tmp_path / "corrupt.gguf"
+    write_corrupt_gguf(corrupt)
+    log = LogTail()
+    spec = demo_spec(llama_server_binary, corrupt, tmp_path)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            with pytest.raises(StartupError) as caught:
+                await nursery.start(serve_llama_server, spec, log)
+    assert "GGML_ASSERT" in caught.value.message
+    assert "llama-vocab.cpp" in caught.value.message
+    assert caught.value.returncode == -6  # SIGABRT from the assert
+    assert not is_alive(spawned_pid(log))
+    assert not list((tmp_path / "run").iterdir())
+
+
+async def test_cancel_during_load(
+    llama_server_binary: Path, demo_model_path: Path, tmp_path: Path
+) -> None:
+    spec = demo_spec(llama_server_binary, demo_model_path, tmp_path)
+    log = LogTail()
+    with trio.fail_after(spec.stop_grace + 10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(nursery.start, serve_llama_server, spec, log)
+            while not list((tmp_path / "run").glob("*.json")):
+                await log.wait_for_more(log.total)  # spawned once its run record exists
+            record = next((tmp_path / "run").glob("*.json"))
+            pid = json.loads(record.read_text())["pid"]
+            nursery.cancel_scope.cancel()
+    assert not is_alive(pid)
+    assert group_members(pid) == []
+
+
+async def test_child_dies_with_sigkilled_parent(
+    llama_server_binary: Path, demo_model_path: Path
+) -> None:
+    with trio.fail_after(60):
+        child_pid = await run_parent_and_sigkill_it(
+            llama_server_binary, demo_model_path, "--ctx-size", "512"
+        )
+        with trio.fail_after(2):
+            await wait_gone(child_pid)
