@@ -119,3 +119,22 @@ async def test_child_dies_with_sigkilled_parent(
         )
         with trio.fail_after(2):
             await wait_gone(child_pid)
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3])
+async def test_cancel_at_any_point_of_startup_leaves_nothing(
+    llama_server_binary: Path, demo_model_path: Path, tmp_path: Path, delay: float
+) -> None:
+    spec = demo_spec(llama_server_binary, demo_model_path, tmp_path)
+    log = LogTail()
+    with trio.fail_after(spec.stop_grace + 10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(nursery.start, serve_llama_server, spec, log)
+            await trio.sleep(delay)  # the point of cancellation is the parameter under test
+            nursery.cancel_scope.cancel()
+    spawned = [line for line in log.tail(1000) if line.startswith("[bodhi-trio] spawned pid")]
+    for line in spawned:
+        pid = int(line.split()[-1])
+        assert not is_alive(pid)
+        assert group_members(pid) == []
+    assert not list((tmp_path / "run").glob("*.json"))

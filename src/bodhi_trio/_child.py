@@ -209,9 +209,11 @@ async def _run_once(
         async with trio.open_nursery() as nursery:
             activity = _Activity(spec.startup_timeout)
             drained = trio.Event()
-            pump_scope: trio.CancelScope = await nursery.start(
-                _pump_output, child, tail, activity, drained
-            )
+            # Created here, not handed back by nursery.start: a cancellation arriving
+            # while a start() waits would skip the finally below and leave the child
+            # running, with the shielded pump waiting for an EOF that never comes.
+            pump_scope = trio.CancelScope(shield=True)
+            nursery.start_soon(_pump_output, child, tail, activity, drained, pump_scope)
             try:
                 failure = await _supervise(
                     spec, child, port, tail, activity, drained, spawned_at, task_status
@@ -223,6 +225,9 @@ async def _run_once(
                         await drained.wait()
                     pump_scope.cancel()
     finally:
+        if child.returncode is None:  # only if something above failed before its finally
+            with trio.CancelScope(shield=True):
+                await child.stop(spec.stop_grace)
         child.close()
         if record is not None:
             forget_child(record)
@@ -306,17 +311,17 @@ async def _pump_output(
     tail: LogTail,
     activity: _Activity,
     drained: trio.Event,
-    task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED,
+    scope: trio.CancelScope,
 ) -> None:
     """Copy the child's output into ``tail`` until EOF.
 
-    Shielded: if it stopped reading on cancellation the child could die of SIGPIPE
-    before its graceful shutdown, losing its last lines. EOF comes once the whole
-    group is dead; the owner cancels the returned scope if that takes too long.
+    Runs in ``scope``, which the owner made shielded: if the pump stopped reading
+    on cancellation, the child could die of SIGPIPE before its graceful shutdown,
+    losing its last lines. EOF comes once the whole group is dead; the owner
+    cancels ``scope`` if that takes too long.
     """
     pending = b""
-    with trio.CancelScope(shield=True) as scope:
-        task_status.started(scope)
+    with scope:
         try:
             while chunk := await child.output.receive_some(65536):
                 activity.touch()
