@@ -22,6 +22,8 @@ single boundary, and the CLI prints ``message`` as one line.
     ├── LlamaServerNotFoundError        500 internal_server_error  llama_server_not_found
     ├── LlamaServerInstallError         500 internal_server_error  llama_server_install_failed
     ├── StartupError                    500 internal_server_error  server_startup_failed
+    ├── UnavailableError                503 service_unavailable    service_unavailable
+    │   └── ResponseInterruptedError                               response_interrupted
     └── UpstreamError                   502 upstream_error         upstream_error
         └── LlamaServerExitedError                                 llama_server_exited
 """
@@ -48,6 +50,8 @@ __all__ = [
     "ServerArgsError",
     "SettingsError",
     "StartupError",
+    "ResponseInterruptedError",
+    "UnavailableError",
     "UpstreamError",
 ]
 
@@ -215,6 +219,29 @@ class StartupError(BodhiError):
         self.reason = reason
         self.log_tail = tuple(log_tail)
         self.returncode = returncode
+
+
+class UnavailableError(BodhiError):
+    """The server cannot take the request now (shutting down, overloaded); retry later.
+
+    Attributes:
+        retry_after: Seconds for the ``Retry-After`` header.
+    """
+
+    status = 503
+    error_type = "service_unavailable"
+    code = "service_unavailable"
+
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ResponseInterruptedError(UnavailableError):
+    """An in-flight response was ended by the server: a swap or stop outlasted the
+    drain timeout, the child crashed, or bodhi-trio is shutting down."""
+
+    code = "response_interrupted"
 
 
 class UpstreamError(BodhiError):
