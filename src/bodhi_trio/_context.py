@@ -107,7 +107,12 @@ class Launcher(Protocol):
 
 
 SpecBuilder = Callable[[Alias, str], LaunchSpec]
-"""Builds the launch spec for an alias and a variant (runs in a worker thread)."""
+"""Builds the launch spec for an alias and a variant.
+
+Alias lookups and spec building touch the disk for well under a millisecond
+(a YAML file, a few ``stat``/``readlink`` calls), so they run inline: a worker
+thread hop would cost more than it saves.
+"""
 
 
 @attrs.frozen
@@ -322,7 +327,7 @@ class SharedContext:
         """
         if endpoint not in ENDPOINTS:
             raise InvalidRequestError(f"unsupported endpoint {endpoint!r}")
-        alias = await trio.to_thread.run_sync(self.resolve_alias, request.get("model"))
+        alias = self.resolve_alias(request.get("model"))
         body = json.dumps(apply_request_params(request, alias.request_params)).encode()
         async with (
             self._serving(alias) as slot,
@@ -344,7 +349,7 @@ class SharedContext:
 
         Cancellation: the load itself still completes.
         """
-        alias = await trio.to_thread.run_sync(self.resolve_alias, alias_name)
+        alias = self.resolve_alias(alias_name)
         async with self._serving(alias):
             pass
         return self.state
@@ -375,7 +380,7 @@ class SharedContext:
         if not variant or not variant.replace("_", "").isalnum():
             raise InvalidRequestError(f"invalid variant {variant!r}", param="variant")
         explicit = self._settings.binary_for(variant)
-        await trio.to_thread.run_sync(find_llama_server, variant, explicit)
+        find_llama_server(variant, explicit)
         async with self._write(f"variant change to {variant}"):
             previous = self._variant
             self._variant = variant
@@ -486,7 +491,7 @@ class SharedContext:
                     await self._stop_locked()
                     await self._start_locked(pending.alias)
                 del self._pending[name]  # later requests take the normal path
-                tickets = list(pending.tickets)
+                tickets = [t for t in pending.tickets if not t.abandoned]
                 await hold.downgrade(len(tickets))
                 for ticket in tickets:
                     if ticket.abandoned:  # its request left while we downgraded
@@ -509,7 +514,7 @@ class SharedContext:
         self._publish(status=SlotStatus.LOADING, alias=alias.alias, pid=None, port=None, error=None)
         self._emit(EventKind.LOADING, alias.alias)
         try:
-            spec = await trio.to_thread.run_sync(self._build_spec, alias, variant)
+            spec = self._build_spec(alias, variant)
             server, scope, finished = await self._nursery.start(
                 self._child_task, spec, name=f"llama-server:{alias.alias}"
             )
@@ -563,11 +568,11 @@ class SharedContext:
         if slot is None or not slot.usable:
             return
         logger.error("%s", error.message)
-        slot.usable = False
-        self._slot = None
         self._interrupt_readers(
             ResponseInterruptedError(f"llama-server crashed (exit code {error.returncode})")
         )
+        slot.usable = False
+        self._slot = None
         self._publish(status=SlotStatus.CRASHED, pid=None, port=None, error=error.message)
         self._emit(
             EventKind.CRASHED,
@@ -686,7 +691,7 @@ async def open_context(
     in-flight responses and stops the child (SIGTERM, grace, SIGKILL of its group)
     before returning.
     """
-    await trio.to_thread.run_sync(kill_leftovers, settings.run_dir)
+    kill_leftovers(settings.run_dir)
     log = LogTail(path=settings.logs_dir / "llama-server.log")
     own_http = http is None
     client = open_upstream_client() if http is None else http

@@ -1,0 +1,505 @@
+"""The server slot with a fake server factory and a fake upstream, on a virtual clock.
+
+No real I/O here: the launcher is a fake whose "load" takes virtual time, and
+llama-server's HTTP side is an ``httpx.MockTransport`` whose streams tick on the
+same virtual clock. The real llama-server version of the key cases is in
+``test_context_llama.py``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import attrs
+import httpx
+import pytest
+import trio
+import trio.testing
+
+from bodhi_trio._alias_store import AliasStore
+from bodhi_trio._aliases import Alias
+from bodhi_trio._child import LaunchSpec
+from bodhi_trio._context import SharedContext, open_context
+from bodhi_trio._exceptions import (
+    AliasNotFoundError,
+    LlamaServerExitedError,
+    ResponseInterruptedError,
+    StartupError,
+)
+from bodhi_trio._logtail import LogTail
+from bodhi_trio._settings import load_settings
+from bodhi_trio._state import (
+    EventKind,
+    ModelLoadStrategy,
+    ServerEvent,
+    SlotStatus,
+    choose_strategy,
+)
+
+
+@attrs.define
+class FakeServer:
+    pid: int
+    port: int
+    alias: str
+    variant: str
+    args: tuple[str, ...]
+    crash: trio.Event = attrs.field(factory=trio.Event)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://fake-{self.pid}"
+
+
+@attrs.define(eq=False)
+class FakeLauncher:
+    """Starts fake servers: a load takes ``load_seconds`` of virtual time."""
+
+    load_seconds: float = 1.0
+    fail_aliases: set[str] = attrs.field(factory=set)
+    starts: list[FakeServer] = attrs.field(factory=list)
+    alive: dict[str, FakeServer] = attrs.field(factory=dict)  # base_url -> server
+    max_alive: int = 0
+    _pids: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1000))
+
+    async def __call__(
+        self, spec: LaunchSpec, log: LogTail | None = None, *, task_status: Any = None
+    ) -> None:
+        pid = next(self._pids)
+        await trio.sleep(self.load_seconds)
+        if spec.alias in self.fail_aliases:
+            raise StartupError(f"fake {spec.alias} failed to load", log_tail=["boom"])
+        server = FakeServer(pid, pid + 1, spec.alias, spec.variant, spec.server_args)
+        self.starts.append(server)
+        self.alive[server.base_url] = server
+        self.max_alive = max(self.max_alive, len(self.alive))
+        try:
+            task_status.started(server)
+            await server.crash.wait()
+            raise LlamaServerExitedError(3, ["fake crash"])
+        finally:
+            del self.alive[server.base_url]
+
+
+class TickingStream(httpx.AsyncByteStream):
+    """An SSE body: ``events`` events, one every ``interval`` virtual seconds."""
+
+    def __init__(self, events: int, interval: float) -> None:
+        self.events = events
+        self.interval = interval
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for i in range(self.events):
+            await trio.sleep(self.interval)
+            yield b'data: {"n": %d}\n\n' % i
+        yield b"data: [DONE]\n\n"
+
+
+def upstream_for(launcher: FakeLauncher) -> httpx.MockTransport:
+    """llama-server's HTTP side: only a live fake answers; the body says how long to stream."""
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        server = launcher.alive.get(f"{request.url.scheme}://{request.url.host}")
+        if server is None:
+            raise httpx.ConnectError("connection refused", request=request)
+        body = json.loads(request.content)
+        if body.get("stream"):
+            stream = TickingStream(body.get("events", 3), body.get("interval", 0.1))
+            return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=stream)
+        return httpx.Response(200, json={"served_by": server.pid, "request": body})
+
+    return httpx.MockTransport(handle)
+
+
+@attrs.define(eq=False)
+class Harness:
+    ctx: SharedContext
+    launcher: FakeLauncher
+    events: list[ServerEvent]
+
+    async def chat(self, alias: str, **body: Any) -> dict[str, Any]:
+        request = {"model": alias, "messages": [{"role": "user", "content": "hi"}], **body}
+        async with self.ctx.forward("/v1/chat/completions", request) as response:
+            result: dict[str, Any] = json.loads(await response.aread())
+            return result
+
+    async def stream(self, alias: str, events: int, interval: float) -> list[bytes]:
+        request = {"model": alias, "stream": True, "events": events, "interval": interval}
+        chunks = []
+        async with self.ctx.forward("/v1/chat/completions", request) as response:
+            async for chunk in response.aiter_raw():
+                chunks.append(chunk)
+        return chunks
+
+    def kinds(self) -> list[tuple[str, str | None]]:
+        return [(e.kind.value, e.alias) for e in self.events]
+
+
+def spec_builder(alias: Alias, variant: str) -> LaunchSpec:
+    return LaunchSpec(
+        binary=Path(f"/fake/{variant}/llama-server"),
+        model=Path("/fake/model.gguf"),
+        alias=alias.alias,
+        server_args=(f"--variant-arg-{variant}", *alias.context_params),
+        variant=variant,
+    )
+
+
+@asynccontextmanager
+async def harness(
+    tmp_path: Path, *, launcher: FakeLauncher | None = None, **env: str
+) -> AsyncIterator[Harness]:
+    settings = load_settings(
+        home=tmp_path,
+        env={"BODHI_KEEP_ALIVE_SECS": "-1", "BODHI_DRAIN_TIMEOUT_SECS": "30", **env},
+    )
+    store = AliasStore(settings.aliases_dir)
+    for name in ("a", "b", "c"):
+        store.create(Alias(name, "org/repo", f"{name}.gguf", context_params=(f"--ctx-{name}",)))
+    fake = launcher or FakeLauncher()
+    events: list[ServerEvent] = []
+
+    async def record(event: ServerEvent) -> None:
+        events.append(event)
+
+    async with (
+        httpx.AsyncClient(transport=upstream_for(fake)) as http,
+        open_context(settings, launcher=fake, spec_builder=spec_builder, http=http) as ctx,
+    ):
+        ctx.add_state_listener(record, name="recorder")
+        yield Harness(ctx, fake, events)
+
+
+@pytest.mark.parametrize(
+    ("loaded", "requested", "expected"),
+    [
+        (None, "a", ModelLoadStrategy.LOAD),
+        ("a", "a", ModelLoadStrategy.CONTINUE),
+        ("b", "a", ModelLoadStrategy.DROP_AND_LOAD),
+    ],
+)
+def test_strategy_table(loaded: str | None, requested: str, expected: ModelLoadStrategy) -> None:
+    assert choose_strategy(loaded, requested) is expected
+
+
+async def test_fifty_concurrent_requests_start_one_child(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with harness(tmp_path) as h:
+        served: list[int] = []
+
+        async def one() -> None:
+            served.append((await h.chat("a"))["served_by"])
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(50):
+                nursery.start_soon(one)
+        assert len(h.launcher.starts) == 1
+        assert served == [h.launcher.starts[0].pid] * 50
+        assert h.ctx.state.status is SlotStatus.READY
+        assert h.ctx.state.in_flight == 0
+
+
+async def test_request_params_fill_gaps(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with harness(tmp_path) as h:
+        AliasStore(tmp_path / "aliases").put(
+            Alias.from_dict(
+                {"alias": "a", "repo": "org/repo", "filename": "a.gguf",
+                 "request_params": {"temperature": 0.2, "max_tokens": 7}},
+                source="test",
+            )
+        )  # fmt: skip
+        sent = (await h.chat("a", temperature=0.9))["request"]
+        assert sent["temperature"] == 0.9
+        assert sent["max_tokens"] == 7
+        assert sent["model"] == "a"
+
+
+async def test_unknown_alias_is_404_and_loads_nothing(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with harness(tmp_path) as h:
+        with pytest.raises(AliasNotFoundError):
+            await h.chat("nope")
+        assert h.launcher.starts == []
+
+
+async def test_readers_share_the_slot(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with harness(tmp_path) as h:
+        await h.ctx.load("a")
+        peak = 0
+
+        async def watch() -> None:
+            nonlocal peak
+            state = await h.ctx.wait_state(lambda s: s.in_flight == 3)
+            peak = state.in_flight
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch)
+            for _ in range(3):
+                nursery.start_soon(h.stream, "a", 10, 0.1)
+        assert peak == 3
+        assert len(h.launcher.starts) == 1
+
+
+async def test_swap_waits_for_streams_and_blocks_new_readers(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with harness(tmp_path) as h:
+        await h.ctx.load("a")
+        results: dict[str, Any] = {}
+
+        async def long_a() -> None:
+            results["long_a"] = await h.stream("a", 20, 0.5)  # 10 s
+            results["long_a_done"] = trio.current_time()
+
+        async def swap_to_b() -> None:
+            results["b"] = await h.chat("b")
+            results["b_done"] = trio.current_time()
+
+        async def late_a() -> None:
+            results["late_a"] = await h.chat("a")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(long_a)
+            await h.ctx.wait_state(lambda s: s.in_flight == 1)
+            nursery.start_soon(swap_to_b)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(late_a)  # arrives while the swap waits: queued behind it
+            await trio.testing.wait_all_tasks_blocked()
+            assert h.ctx.statistics().lock.writers_waiting == 1
+        a1, b1, a2 = h.launcher.starts
+        assert (a1.alias, b1.alias, a2.alias) == ("a", "b", "a")
+        assert results["long_a"][-1] == b"data: [DONE]\n\n"  # not cut: the swap waited
+        assert results["b_done"] >= results["long_a_done"]
+        assert results["b"]["served_by"] == b1.pid
+        assert results["late_a"]["served_by"] == a2.pid
+        assert h.launcher.max_alive == 1
+
+
+async def test_drain_timeout_ends_stragglers_with_an_error(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with harness(tmp_path, BODHI_DRAIN_TIMEOUT_SECS="2") as h:
+        await h.ctx.load("a")
+        outcome: dict[str, Any] = {}
+
+        async def long_a() -> None:
+            try:
+                await h.stream("a", 100, 0.5)  # 50 s: outlasts the 2 s drain
+            except ResponseInterruptedError as exc:
+                outcome["error"] = exc
+                outcome["at"] = trio.current_time()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(long_a)
+            await h.ctx.wait_state(lambda s: s.in_flight == 1)
+            asked = trio.current_time()
+            outcome["b"] = await h.chat("b")
+        assert "drain timeout" in outcome["error"].message
+        assert outcome["at"] - asked == pytest.approx(2, abs=0.01)
+        assert outcome["b"]["served_by"] == h.launcher.starts[1].pid
+
+
+async def test_crash_ends_streams_and_next_request_reloads(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with harness(tmp_path) as h:
+        await h.ctx.load("a")
+        first = h.launcher.starts[0]
+        outcome: dict[str, Any] = {}
+
+        async def streaming() -> None:
+            with pytest.raises(ResponseInterruptedError, match="crashed") as caught:
+                await h.stream("a", 100, 0.5)
+            outcome["error"] = caught.value
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(streaming)
+            await h.ctx.wait_state(lambda s: s.in_flight == 1)
+            first.crash.set()
+        assert h.ctx.state.status is SlotStatus.CRASHED
+        assert not h.ctx.is_loaded()
+        assert "exited unexpectedly with code 3" in (h.ctx.state.error or "")
+        reply = await h.chat("a")
+        assert len(h.launcher.starts) == 2
+        assert reply["served_by"] == h.launcher.starts[1].pid
+        crashed = [e for e in h.events if e.kind is EventKind.CRASHED]
+        assert crashed[0].detail["returncode"] == 3
+
+
+async def test_failed_load_reaches_every_waiter_and_next_request_retries(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    launcher = FakeLauncher(fail_aliases={"a"})
+    async with harness(tmp_path, launcher=launcher) as h:
+        errors: list[BaseException] = []
+
+        async def one() -> None:
+            try:
+                await h.chat("a")
+            except StartupError as exc:
+                errors.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(5):
+                nursery.start_soon(one)
+        assert len(errors) == 5
+        assert len({id(e) for e in errors}) == 1  # one load, one error
+        assert h.ctx.state.status is SlotStatus.STOPPED
+        assert "failed to load" in (h.ctx.state.error or "")
+        launcher.fail_aliases.clear()
+        assert (await h.chat("a"))["served_by"] == launcher.starts[0].pid
+
+
+async def test_waiter_leaving_does_not_cancel_the_load(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with harness(tmp_path) as h:
+        with trio.move_on_after(0.5):  # the load takes 1 s
+            await h.chat("a")
+        assert h.ctx.state.status is SlotStatus.LOADING
+        await h.ctx.wait_state(lambda s: s.status is SlotStatus.READY)
+        await trio.testing.wait_all_tasks_blocked()
+        assert h.ctx.statistics().lock.readers == 0  # no hold for the request that left
+        assert len(h.launcher.starts) == 1
+
+
+@pytest.mark.parametrize(
+    ("keep_alive", "expect_stopped_after"),
+    [("0", 0.0), ("5", 5.0), ("-1", None)],
+)
+async def test_keep_alive(
+    tmp_path: Path,
+    autojump_clock: trio.testing.MockClock,
+    keep_alive: str,
+    expect_stopped_after: float | None,
+) -> None:
+    async with harness(tmp_path, BODHI_KEEP_ALIVE_SECS=keep_alive) as h:
+        await h.chat("a")
+        ended = trio.current_time()
+        with trio.move_on_after(3600):
+            await h.ctx.wait_state(lambda s: s.status is SlotStatus.STOPPED)
+        if expect_stopped_after is None:
+            assert h.ctx.state.status is SlotStatus.READY
+        else:
+            assert h.ctx.state.status is SlotStatus.STOPPED
+            assert trio.current_time() - ended == pytest.approx(expect_stopped_after, abs=0.01)
+            assert h.kinds()[-1] == ("stop", "a")
+            assert (await h.chat("a"))["served_by"] == h.launcher.starts[1].pid
+
+
+async def test_long_stream_is_not_cut_by_a_shorter_keep_alive(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with harness(tmp_path, BODHI_KEEP_ALIVE_SECS="2") as h:
+        chunks = await h.stream("a", 20, 0.5)  # 10 s
+        assert chunks[-1] == b"data: [DONE]\n\n"
+        assert len(chunks) == 21
+        assert h.ctx.state.status is SlotStatus.READY  # counted from the end: 2 s from now
+        ended = trio.current_time()
+        await h.ctx.wait_state(lambda s: s.status is SlotStatus.STOPPED)
+        assert trio.current_time() - ended == pytest.approx(2, abs=0.01)
+
+
+async def test_idle_countdown_restarts_with_each_response(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with harness(tmp_path, BODHI_KEEP_ALIVE_SECS="5") as h:
+        for _ in range(4):
+            await h.chat("a")
+            await trio.sleep(4)  # virtual: less than the keep-alive each time
+        assert h.ctx.state.status is SlotStatus.READY
+        assert len(h.launcher.starts) == 1
+
+
+async def test_variant_switch_restarts_with_new_binary_and_args(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_binary = tmp_path / "llama-server-cuda"
+    fake_binary.write_text("#!/bin/sh\n")
+    fake_binary.chmod(0o755)
+    async with harness(tmp_path, BODHI_LLAMA_SERVER_CUDA=str(fake_binary)) as h:
+        await h.ctx.load("a")
+        state = await h.ctx.set_exec_variant("cuda")
+        assert state.variant == "cuda"
+        assert state.status is SlotStatus.READY
+        before, after = h.launcher.starts
+        assert before.variant == "cpu"
+        assert after.variant == "cuda"
+        assert after.args == ("--variant-arg-cuda", "--ctx-a")
+        assert ("variant", None) in h.kinds()
+
+
+async def test_stop_then_is_loaded(tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    async with harness(tmp_path) as h:
+        assert not h.ctx.is_loaded()
+        await h.ctx.load("a")
+        assert h.ctx.is_loaded()
+        await h.ctx.stop()
+        assert not h.ctx.is_loaded()
+        assert h.ctx.state.status is SlotStatus.STOPPED
+        assert h.launcher.alive == {}
+
+
+async def test_listeners_get_events_in_order_and_are_isolated(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with harness(tmp_path) as h:
+        failing_calls = 0
+        slow_gate = trio.Event()
+
+        async def failing(event: ServerEvent) -> None:
+            nonlocal failing_calls
+            failing_calls += 1
+            raise RuntimeError("listener bug")
+
+        async def blocked(event: ServerEvent) -> None:
+            await slow_gate.wait()
+
+        h.ctx.add_state_listener(failing, name="failing")
+        h.ctx.add_state_listener(blocked, buffer=2, name="blocked")
+        await h.chat("a")
+        await h.chat("b")
+        await h.ctx.stop()
+        await trio.testing.wait_all_tasks_blocked()
+        assert h.kinds() == [
+            ("loading", "a"), ("start", "a"), ("chat_completions", "a"),
+            ("stop", "a"), ("loading", "b"), ("start", "b"), ("chat_completions", "b"),
+            ("stop", "b"),
+        ]  # fmt: skip
+        assert [e.seq for e in h.events] == list(range(1, 9))
+        assert failing_calls == 8
+        stats = {s.name: s for s in h.ctx.statistics().listeners}
+        assert stats["failing"].failed == 8
+        assert stats["blocked"].dropped == 8 - 1 - 2  # one in its hands, two queued
+        assert stats["recorder"].dropped == 0
+
+
+async def test_context_exit_stops_the_child_and_ends_streams(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    launcher = FakeLauncher()
+    errors: list[BaseException] = []
+    async with harness(tmp_path, launcher=launcher) as h:
+        await h.ctx.load("a")
+
+        async def streaming() -> None:
+            try:
+                await h.stream("a", 100, 0.5)
+            except ResponseInterruptedError as exc:
+                errors.append(exc)
+
+        h.ctx._nursery.start_soon(streaming)  # a request task the context doesn't own
+        await h.ctx.wait_state(lambda s: s.in_flight == 1)
+    assert launcher.alive == {}
+    assert [str(e) for e in errors] == ["bodhi-trio is shutting down"]
