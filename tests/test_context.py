@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import httpx
 import pytest
 import trio
 import trio.testing
@@ -30,6 +29,7 @@ from bodhi_trio._exceptions import (
     LlamaServerExitedError,
     ResponseInterruptedError,
     StartupError,
+    UpstreamError,
 )
 from bodhi_trio._logtail import LogTail
 from bodhi_trio._settings import load_settings
@@ -50,6 +50,8 @@ class FakeServer:
     variant: str
     args: tuple[str, ...]
     crash: trio.Event = attrs.field(factory=trio.Event)
+
+    host: str = "127.0.0.1"
 
     @property
     def base_url(self) -> str:
@@ -86,34 +88,60 @@ class FakeLauncher:
             del self.alive[server.base_url]
 
 
-class TickingStream(httpx.AsyncByteStream):
-    """An SSE body: ``events`` events, one every ``interval`` virtual seconds."""
+@attrs.define(eq=False)
+class FakeResponse:
+    """llama-server's answer: JSON, or ``events`` SSE events one every ``interval`` s."""
 
-    def __init__(self, events: int, interval: float) -> None:
-        self.events = events
-        self.interval = interval
+    status_code: int
+    headers: dict[str, str]
+    body: bytes = b""
+    events: int = 0
+    interval: float = 0.0
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        for i in range(self.events):
+    _sent: int = 0
+    _done: bool = False
+
+    def __aiter__(self) -> FakeResponse:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._done:
+            raise StopAsyncIteration
+        if self.body:
+            self._done = True
+            return self.body
+        if self._sent < self.events:
             await trio.sleep(self.interval)
-            yield b'data: {"n": %d}\n\n' % i
-        yield b"data: [DONE]\n\n"
+            self._sent += 1
+            return b'data: {"n": %d}\n\n' % (self._sent - 1)
+        self._done = True
+        return b"data: [DONE]\n\n"
+
+    async def aread(self) -> bytes:
+        return b"".join([chunk async for chunk in self])
 
 
-def upstream_for(launcher: FakeLauncher) -> httpx.MockTransport:
+def sender_for(launcher: FakeLauncher) -> Any:
     """llama-server's HTTP side: only a live fake answers; the body says how long to stream."""
 
-    async def handle(request: httpx.Request) -> httpx.Response:
-        server = launcher.alive.get(f"{request.url.scheme}://{request.url.host}")
+    @asynccontextmanager
+    async def send(host: str, port: int, path: str, body: bytes) -> AsyncIterator[FakeResponse]:
+        server = launcher.alive.get(f"http://fake-{port - 1}")
         if server is None:
-            raise httpx.ConnectError("connection refused", request=request)
-        body = json.loads(request.content)
-        if body.get("stream"):
-            stream = TickingStream(body.get("events", 3), body.get("interval", 0.1))
-            return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=stream)
-        return httpx.Response(200, json={"served_by": server.pid, "request": body})
+            raise UpstreamError(f"cannot connect to llama-server at {host}:{port}")
+        request = json.loads(body)
+        if request.get("stream"):
+            yield FakeResponse(
+                200,
+                {"content-type": "text/event-stream"},
+                events=request.get("events", 3),
+                interval=request.get("interval", 0.1),
+            )
+        else:
+            reply = json.dumps({"served_by": server.pid, "request": request}).encode()
+            yield FakeResponse(200, {"content-type": "application/json"}, body=reply)
 
-    return httpx.MockTransport(handle)
+    return send
 
 
 @attrs.define(eq=False)
@@ -132,7 +160,7 @@ class Harness:
         request = {"model": alias, "stream": True, "events": events, "interval": interval}
         chunks = []
         async with self.ctx.forward("/v1/chat/completions", request) as response:
-            async for chunk in response.aiter_raw():
+            async for chunk in response:
                 chunks.append(chunk)
         return chunks
 
@@ -167,10 +195,9 @@ async def harness(
     async def record(event: ServerEvent) -> None:
         events.append(event)
 
-    async with (
-        httpx.AsyncClient(transport=upstream_for(fake)) as http,
-        open_context(settings, launcher=fake, spec_builder=spec_builder, http=http) as ctx,
-    ):
+    async with open_context(
+        settings, launcher=fake, spec_builder=spec_builder, sender=sender_for(fake)
+    ) as ctx:
         ctx.add_state_listener(record, name="recorder")
         yield Harness(ctx, fake, events)
 
@@ -333,6 +360,7 @@ async def test_crash_ends_streams_and_next_request_reloads(
         reply = await h.chat("a")
         assert len(h.launcher.starts) == 2
         assert reply["served_by"] == h.launcher.starts[1].pid
+        await trio.testing.wait_all_tasks_blocked()
         crashed = [e for e in h.events if e.kind is EventKind.CRASHED]
         assert crashed[0].detail["returncode"] == 3
 
@@ -394,6 +422,7 @@ async def test_keep_alive(
         else:
             assert h.ctx.state.status is SlotStatus.STOPPED
             assert trio.current_time() - ended == pytest.approx(expect_stopped_after, abs=0.01)
+            await trio.testing.wait_all_tasks_blocked()  # listeners run in their own tasks
             assert h.kinds()[-1] == ("stop", "a")
             assert (await h.chat("a"))["served_by"] == h.launcher.starts[1].pid
 
@@ -437,6 +466,7 @@ async def test_variant_switch_restarts_with_new_binary_and_args(
         assert before.variant == "cpu"
         assert after.variant == "cuda"
         assert after.args == ("--variant-arg-cuda", "--ctx-a")
+        await trio.testing.wait_all_tasks_blocked()
         assert ("variant", None) in h.kinds()
 
 

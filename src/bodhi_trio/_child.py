@@ -118,6 +118,10 @@ class LlamaServer:
     _process: ChildProcess = attrs.field(repr=False)
 
     @property
+    def host(self) -> str:
+        return self.spec.host
+
+    @property
     def base_url(self) -> str:
         return f"http://{self.spec.host}:{self.port}"
 

@@ -28,6 +28,7 @@ the lock.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -64,11 +65,9 @@ from ._state import (
     SlotStatus,
     choose_strategy,
 )
-from ._upstream import UpstreamResponse, open_upstream_client, send_upstream
+from ._upstream import Sender, UpstreamPool, UpstreamResponse, send_upstream
 
 if TYPE_CHECKING:
-    import httpx
-
     from ._settings import Settings
 
 __all__ = [
@@ -95,7 +94,7 @@ class RunningServer(Protocol):
     @property
     def port(self) -> int: ...
     @property
-    def base_url(self) -> str: ...
+    def host(self) -> str: ...
 
 
 class Launcher(Protocol):
@@ -206,7 +205,7 @@ class SharedContext:
         self,
         settings: Settings,
         nursery: trio.Nursery,
-        http: httpx.AsyncClient,
+        sender: Sender,
         *,
         aliases: AliasStore,
         launcher: Launcher,
@@ -215,7 +214,7 @@ class SharedContext:
     ) -> None:
         self._settings = settings
         self._nursery = nursery
-        self._http = http
+        self._send = sender
         self._aliases = aliases
         self._launcher = launcher
         self._build_spec = spec_builder
@@ -331,7 +330,7 @@ class SharedContext:
         body = json.dumps(apply_request_params(request, alias.request_params)).encode()
         async with (
             self._serving(alias) as slot,
-            send_upstream(self._http, slot.server.base_url, endpoint, body) as response,
+            self._send(slot.server.host, slot.server.port, endpoint, body) as response,
         ):
             self._emit(
                 EventKind.CHAT_COMPLETIONS,
@@ -670,7 +669,7 @@ async def open_context(
     *,
     launcher: Launcher | None = None,
     spec_builder: SpecBuilder | None = None,
-    http: httpx.AsyncClient | None = None,
+    sender: Sender | None = None,
 ) -> AsyncIterator[SharedContext]:
     """Open the server slot; everything it starts is stopped when the block exits.
 
@@ -678,14 +677,14 @@ async def open_context(
 
         async with bodhi_trio.open_context(bodhi_trio.load_settings()) as ctx:
             async with ctx.forward("/v1/chat/completions", {"model": "demo:tiny", ...}) as r:
-                async for chunk in r.aiter_raw():
+                async for chunk in r:
                     ...
 
     Args:
         settings: See :func:`load_settings`.
         launcher: Starts a server (default: the real llama-server supervisor).
         spec_builder: Builds launch specs (default: binary lookup, HF cache, args merge).
-        http: Client for llama-server (default: a new one, closed at the end).
+        sender: Sends requests to a server (default: keep-alive HTTP/1.1 over loopback).
 
     Cancellation: leaving the block, by cancellation or otherwise, interrupts
     in-flight responses and stops the child (SIGTERM, grace, SIGKILL of its group)
@@ -693,14 +692,12 @@ async def open_context(
     """
     kill_leftovers(settings.run_dir)
     log = LogTail(path=settings.logs_dir / "llama-server.log")
-    own_http = http is None
-    client = open_upstream_client() if http is None else http
     try:
-        async with trio.open_nursery() as nursery:
+        async with UpstreamPool() as pool, trio.open_nursery() as nursery:
             ctx = SharedContext(
                 settings,
                 nursery,
-                client,
+                sender or functools.partial(send_upstream, pool),
                 aliases=AliasStore(settings.aliases_dir),
                 launcher=launcher or serve_llama_server,
                 spec_builder=spec_builder or default_spec_builder(settings),
@@ -714,6 +711,3 @@ async def open_context(
                 nursery.cancel_scope.cancel()
     finally:
         log.close()
-        if own_http:
-            with trio.move_on_after(5, shield=True):
-                await client.aclose()

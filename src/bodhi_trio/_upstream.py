@@ -1,75 +1,177 @@
-"""Requests to the llama-server child over loopback HTTP.
+"""Requests to the llama-server child: HTTP/1.1 over loopback, with h11.
 
-One ``httpx.AsyncClient`` per context. Its read timeout is off (a long prefill
-sends nothing for minutes); deadlines are the callers' Trio scopes. Closing a
-response before its end closes the connection, which is how llama-server learns
-that the client left and stops generating.
+Why not httpx here: its body iterators are async generators nested three deep;
+when a client leaves mid-stream (our everyday case), the inner ones are left to
+the garbage collector, and its per-chunk overhead is far above what relaying
+thousands of events a second allows. This client does one thing: POST a JSON
+body to a loopback llama-server and hand back the response body chunk by chunk,
+exactly as received (chunked framing removed), keeping idle connections for reuse.
+
+Closing a response before its end closes the connection, which is how
+llama-server learns that the client left and stops generating.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import final
+import collections
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Protocol, final
 
 import attrs
-import httpx
+import h11
 import trio
 
 from ._exceptions import UpstreamError
 
-__all__ = ["UpstreamResponse", "open_upstream_client", "send_upstream"]
+__all__ = ["H11Response", "Sender", "UpstreamPool", "UpstreamResponse", "send_upstream"]
 
+_RECEIVE_BYTES = 65536
 _CLOSE_TIMEOUT = 2.0
+_CONNECT_TIMEOUT = 10.0
+_MAX_IDLE_PER_SERVER = 64
 
 
-def open_upstream_client() -> httpx.AsyncClient:
-    """The client for talking to llama-server children (use it with ``async with``)."""
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(connect=10.0, read=None, write=60.0, pool=60.0),
-        # Far above llama-server's slots: cancelled requests may leak pool slots
-        # (encode/httpcore#1093), and keep-alive connections make the next request cheap.
-        limits=httpx.Limits(max_connections=1024, max_keepalive_connections=64),
-        trust_env=False,  # loopback only: never a proxy from the environment
-    )
+class UpstreamResponse(Protocol):
+    """What the context hands its callers: status, headers, and the body as bytes chunks."""
+
+    @property
+    def status_code(self) -> int: ...
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+    async def aread(self) -> bytes: ...
+
+
+Sender = Callable[[str, int, str, bytes], AbstractAsyncContextManager[UpstreamResponse]]
+"""``sender(host, port, path, body)``: POST ``body`` and yield the response (see
+:func:`send_upstream`; tests substitute a fake)."""
+
+
+@attrs.define(eq=False)
+class _Connection:
+    host: str
+    port: int
+    stream: trio.SocketStream
+    protocol: h11.Connection = attrs.field(factory=lambda: h11.Connection(h11.CLIENT))
+    reused: bool = False
+
+    async def aclose(self) -> None:
+        with trio.move_on_after(_CLOSE_TIMEOUT, shield=True):
+            await self.stream.aclose()
 
 
 @final
 @attrs.define(eq=False)
-class UpstreamResponse:
+class UpstreamPool:
+    """Keep-alive connections to llama-server children, per host and port.
+
+    Call :meth:`aclose` (or use it with ``async with``) to close idle connections.
+    """
+
+    _idle: dict[tuple[str, int], collections.deque[_Connection]] = attrs.field(
+        factory=dict, init=False
+    )
+
+    async def __aenter__(self) -> UpstreamPool:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def _connect(self, host: str, port: int, *, fresh: bool) -> _Connection:
+        idle = None if fresh else self._idle.get((host, port))
+        while idle:
+            connection = idle.pop()
+            if connection.protocol.our_state is h11.IDLE:
+                connection.reused = True
+                return connection
+            await connection.aclose()
+        try:
+            with trio.fail_after(_CONNECT_TIMEOUT):
+                stream = await trio.open_tcp_stream(host, port)
+        except (OSError, trio.TooSlowError) as exc:
+            raise UpstreamError(f"cannot connect to llama-server at {host}:{port}: {exc}") from exc
+        return _Connection(host, port, stream)
+
+    def _give_back(self, connection: _Connection) -> bool:
+        """Keep a finished connection for reuse; ``False`` if it must be closed."""
+        protocol = connection.protocol
+        if protocol.our_state is not h11.DONE or protocol.their_state is not h11.DONE:
+            return False
+        try:
+            protocol.start_next_cycle()
+        except h11.LocalProtocolError:
+            return False
+        idle = self._idle.setdefault((connection.host, connection.port), collections.deque())
+        if len(idle) >= _MAX_IDLE_PER_SERVER:
+            return False
+        idle.append(connection)
+        return True
+
+    def forget(self, host: str, port: int) -> list[_Connection]:
+        """Drop the idle connections to a server that is gone; returns them to close."""
+        return list(self._idle.pop((host, port), ()))
+
+    async def aclose(self) -> None:
+        """Close every idle connection."""
+        idle, self._idle = self._idle, {}
+        for connections in idle.values():
+            for connection in connections:
+                await connection.aclose()
+
+
+@final
+@attrs.define(eq=False)
+class H11Response:
     """A llama-server response whose headers have arrived; the body is still to read.
+
+    Iterate it (``async for chunk in response``) for the body bytes exactly as
+    llama-server sent them, chunked framing removed; or :meth:`aread` it whole.
 
     Attributes:
         status_code: The HTTP status llama-server answered with.
-        headers: Its response headers.
+        headers: Its response headers, lower-case names.
     """
 
-    _response: httpx.Response
-
-    @property
-    def status_code(self) -> int:
-        return self._response.status_code
-
-    @property
-    def headers(self) -> httpx.Headers:
-        return self._response.headers
+    status_code: int
+    headers: dict[str, str]
+    _connection: _Connection
+    _complete: bool = False
 
     @property
     def is_event_stream(self) -> bool:
-        content_type: str = self.headers.get("content-type", "")
-        return content_type.startswith("text/event-stream")
+        return self.headers.get("content-type", "").startswith("text/event-stream")
 
-    async def aiter_raw(self) -> AsyncIterator[bytes]:
-        """The body bytes exactly as llama-server sent them (chunked framing removed).
+    def __aiter__(self) -> H11Response:
+        return self
+
+    async def __anext__(self) -> bytes:
+        """The next body chunk: everything received so far, in one piece.
 
         Raises:
             UpstreamError: The connection broke before the body was complete.
         """
-        try:
-            async for chunk in self._response.aiter_raw():
-                yield chunk
-        except httpx.HTTPError as exc:
-            raise UpstreamError(f"llama-server response broke off: {exc!r}") from exc
+        if self._complete:
+            raise StopAsyncIteration
+        protocol = self._connection.protocol
+        parts: list[bytes] = []
+        while True:
+            event = _next_event(protocol)
+            if isinstance(event, h11.Data):
+                parts.append(bytes(event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                self._complete = True
+                break
+            elif event is h11.NEED_DATA:
+                if parts:  # hand over what we have before waiting for more
+                    break
+                await _receive_into(self._connection)
+            elif event is h11.PAUSED:  # cannot happen before EndOfMessage; never spin
+                raise UpstreamError("llama-server response ended unexpectedly")
+        if not parts:
+            raise StopAsyncIteration
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def aread(self) -> bytes:
         """The whole body.
@@ -77,33 +179,96 @@ class UpstreamResponse:
         Raises:
             UpstreamError: The connection broke before the body was complete.
         """
+        return b"".join([chunk async for chunk in self])
+
+
+class _StaleConnection(Exception):
+    """A reused keep-alive connection failed before any response: safe to retry."""
+
+
+def _next_event(protocol: h11.Connection) -> h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]:
+    try:
+        event = protocol.next_event()
+    except h11.RemoteProtocolError as exc:
+        raise UpstreamError(f"llama-server response broke off: {exc}") from exc
+    return event
+
+
+async def _receive_into(connection: _Connection) -> None:
+    try:
+        data = await connection.stream.receive_some(_RECEIVE_BYTES)
+    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        raise UpstreamError(f"llama-server connection broke: {exc!r}") from exc
+    connection.protocol.receive_data(data)  # b"" is EOF: h11 decides if that ends the body
+
+
+async def _exchange(
+    pool: UpstreamPool, host: str, port: int, path: str, body: bytes, *, fresh: bool
+) -> H11Response:
+    connection = await pool._connect(host, port, fresh=fresh)
+    protocol = connection.protocol
+    request = h11.Request(
+        method="POST",
+        target=path,
+        headers=[
+            ("Host", f"{host}:{port}"),
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(body))),
+        ],
+    )
+    try:
         try:
-            return await self._response.aread()
-        except httpx.HTTPError as exc:
-            raise UpstreamError(f"llama-server response broke off: {exc!r}") from exc
+            await connection.stream.send_all(
+                protocol.send(request)
+                + protocol.send(h11.Data(data=body))
+                + protocol.send(h11.EndOfMessage())
+            )
+        except (OSError, trio.BrokenResourceError) as exc:
+            raise UpstreamError(f"llama-server connection broke: {exc!r}") from exc
+        while True:
+            event = _next_event(protocol)
+            if event is h11.NEED_DATA:
+                await _receive_into(connection)
+            elif isinstance(event, h11.Response):
+                break
+            elif not isinstance(event, h11.InformationalResponse):
+                raise UpstreamError(f"llama-server sent {event!r} instead of a response")
+    except UpstreamError as exc:
+        await connection.aclose()
+        if connection.reused:
+            raise _StaleConnection from exc
+        raise
+    except BaseException:
+        await connection.aclose()
+        raise
+    headers = {
+        name.decode("latin-1").lower(): value.decode("latin-1") for name, value in event.headers
+    }
+    return H11Response(event.status_code, headers, connection)
 
 
 @asynccontextmanager
 async def send_upstream(
-    client: httpx.AsyncClient, base_url: str, path: str, body: bytes
-) -> AsyncIterator[UpstreamResponse]:
-    """POST ``body`` (JSON) to ``base_url + path`` and yield once headers arrive.
+    pool: UpstreamPool, host: str, port: int, path: str, body: bytes
+) -> AsyncIterator[H11Response]:
+    """POST ``body`` (JSON) to ``http://host:port/path`` and yield once headers arrive.
+
+    A reused keep-alive connection that fails before any response (llama-server
+    closed it while idle) is replaced once by a fresh one.
 
     Raises:
         UpstreamError: llama-server could not be reached or broke the connection.
 
-    Cancellation: leaving the block (by cancellation or early exit) closes the
-    connection at once, so llama-server stops generating.
+    Cancellation: leaving the block before the body ended (cancellation, an
+    error, a client that left) closes the connection at once, so llama-server
+    stops generating. A body read to its end returns the connection to the pool.
     """
-    request = client.build_request(
-        "POST", base_url + path, content=body, headers={"content-type": "application/json"}
-    )
     try:
-        response = await client.send(request, stream=True)
-    except httpx.HTTPError as exc:
-        raise UpstreamError(f"llama-server did not answer {path}: {exc!r}") from exc
+        response = await _exchange(pool, host, port, path, body, fresh=False)
+    except _StaleConnection:
+        response = await _exchange(pool, host, port, path, body, fresh=True)
     try:
-        yield UpstreamResponse(response)
+        yield response
     finally:
-        with trio.move_on_after(_CLOSE_TIMEOUT, shield=True):
-            await response.aclose()
+        if not (response._complete and pool._give_back(response._connection)):
+            await response._connection.aclose()

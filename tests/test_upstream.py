@@ -1,0 +1,150 @@
+"""The h11 upstream client against small loopback servers of our own."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from functools import partial
+
+import pytest
+import trio
+
+from bodhi_trio._exceptions import UpstreamError
+from bodhi_trio._upstream import UpstreamPool, send_upstream
+
+Handler = Callable[[trio.SocketStream], Awaitable[None]]
+
+
+async def read_request(stream: trio.SocketStream) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = await stream.receive_some(65536)
+        if not chunk:
+            return data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length")))  # fmt: skip
+    while len(body) < length:
+        body += await stream.receive_some(65536)
+    return data
+
+
+async def serve(nursery: trio.Nursery, handler: Handler) -> int:
+    listeners = await nursery.start(partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
+    port: int = listeners[0].socket.getsockname()[1]
+    return port
+
+
+async def test_keep_alive_connection_is_reused() -> None:
+    connections = 0
+
+    async def handler(stream: trio.SocketStream) -> None:
+        nonlocal connections
+        connections += 1
+        while await read_request(stream):
+            await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery, UpstreamPool() as pool:
+            port = await serve(nursery, handler)
+            for _ in range(3):
+                async with send_upstream(pool, "127.0.0.1", port, "/v1/x", b"{}") as response:
+                    assert response.status_code == 200
+                    assert await response.aread() == b"ok"
+            assert connections == 1
+            nursery.cancel_scope.cancel()
+
+
+async def test_stale_pooled_connection_is_replaced_once() -> None:
+    async def handler(stream: trio.SocketStream) -> None:
+        await read_request(stream)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        # ...and close it without saying so: the next request on it finds it dead
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery, UpstreamPool() as pool:
+            port = await serve(nursery, handler)
+            for _ in range(3):
+                async with send_upstream(pool, "127.0.0.1", port, "/v1/x", b"{}") as response:
+                    assert await response.aread() == b"ok"
+            nursery.cancel_scope.cancel()
+
+
+async def test_leaving_mid_body_closes_the_connection() -> None:
+    closed = trio.Event()
+
+    async def handler(stream: trio.SocketStream) -> None:
+        await read_request(stream)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        try:
+            while True:
+                await stream.send_all(b"5\r\nhello\r\n")
+                await trio.sleep(0.01)
+        except trio.BrokenResourceError:
+            closed.set()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery, UpstreamPool() as pool:
+            port = await serve(nursery, handler)
+            async with send_upstream(pool, "127.0.0.1", port, "/v1/x", b"{}") as response:
+                async for chunk in response:
+                    assert chunk.startswith(b"hello")
+                    break
+            await closed.wait()
+            assert pool.forget("127.0.0.1", port) == []  # nothing went back to the pool
+            nursery.cancel_scope.cancel()
+
+
+async def test_connection_dropped_mid_body_is_an_upstream_error() -> None:
+    async def handler(stream: trio.SocketStream) -> None:
+        await read_request(stream)
+        await stream.send_all(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+        )
+        await stream.aclose()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery, UpstreamPool() as pool:
+            port = await serve(nursery, handler)
+            received: list[bytes] = []
+
+            async def read_all() -> None:
+                async with send_upstream(pool, "127.0.0.1", port, "/v1/x", b"{}") as response:
+                    async for chunk in response:
+                        received.append(chunk)
+
+            with pytest.raises(UpstreamError, match="broke off"):
+                await read_all()
+            assert received == [b"hello"]
+            nursery.cancel_scope.cancel()
+
+
+async def test_nothing_listening_is_an_upstream_error() -> None:
+    with trio.socket.socket() as sock:
+        await sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound, not listening: connection refused
+        async with UpstreamPool() as pool:
+            with trio.fail_after(10), pytest.raises(UpstreamError, match="cannot connect"):
+                async with send_upstream(pool, "127.0.0.1", port, "/v1/x", b"{}"):
+                    pass
+
+
+async def test_body_chunks_arrive_exactly_as_sent() -> None:
+    events = [b'data: {"n": %d}\n\n' % i for i in range(50)] + [b"data: [DONE]\n\n"]
+
+    async def handler(stream: trio.SocketStream) -> None:
+        await read_request(stream)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                              b"Transfer-Encoding: chunked\r\n\r\n")  # fmt: skip
+        for event in events:
+            await stream.send_all(b"%x\r\n%s\r\n" % (len(event), event))
+        await stream.send_all(b"0\r\n\r\n")
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery, UpstreamPool() as pool:
+            port = await serve(nursery, handler)
+            async with send_upstream(pool, "127.0.0.1", port, "/v1/x", b"{}") as response:
+                assert response.headers["content-type"] == "text/event-stream"
+                body = await response.aread()
+            assert body == b"".join(events)
+            nursery.cancel_scope.cancel()
