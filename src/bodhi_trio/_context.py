@@ -34,7 +34,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, Protocol, final
+from typing import TYPE_CHECKING, Any, final
 
 import attrs
 import trio
@@ -50,13 +50,21 @@ from ._exceptions import (
     ResponseInterruptedError,
     UnavailableError,
 )
-from ._hub import resolve_model_file
 from ._leftovers import kill_leftovers
 from ._listeners import ListenerHub, ListenerStatistics, StateListener
 from ._logtail import LogTail
 from ._runtime import find_llama_server
 from ._rwlock import RWLock, RWLockStatistics
-from ._server_args import merge_server_args
+from ._slot import (
+    HandOff,
+    Launcher,
+    PendingLoad,
+    RunningServer,
+    Slot,
+    SpecBuilder,
+    Ticket,
+    default_spec_builder,
+)
 from ._state import (
     EventKind,
     ModelLoadStrategy,
@@ -86,34 +94,6 @@ ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 _SHUTDOWN_BOUND = 30.0
 
 
-class RunningServer(Protocol):
-    """What the context needs of a started server (:class:`LlamaServer` has it)."""
-
-    @property
-    def pid(self) -> int: ...
-    @property
-    def port(self) -> int: ...
-    @property
-    def host(self) -> str: ...
-
-
-class Launcher(Protocol):
-    """Starts a server; :func:`serve_llama_server` is the real one, tests pass fakes."""
-
-    async def __call__(
-        self, spec: LaunchSpec, log: LogTail | None = None, *, task_status: Any = ...
-    ) -> Any: ...
-
-
-SpecBuilder = Callable[[Alias, str], LaunchSpec]
-"""Builds the launch spec for an alias and a variant.
-
-Alias lookups and spec building touch the disk for well under a millisecond
-(a YAML file, a few ``stat``/``readlink`` calls), so they run inline: a worker
-thread hop would cost more than it saves.
-"""
-
-
 @attrs.frozen
 class ContextStatistics:
     """Counters for ``/health`` and debugging."""
@@ -123,78 +103,6 @@ class ContextStatistics:
     pending_loads: tuple[str, ...]
     listeners: tuple[ListenerStatistics, ...]
     starts: int
-
-
-@attrs.define(eq=False)
-class _Slot:
-    """The loaded server and the means to stop it."""
-
-    alias: Alias
-    variant: str
-    spec: LaunchSpec
-    server: RunningServer
-    scope: trio.CancelScope  # cancelling it stops the child
-    finished: trio.Event  # set once the child task has ended (child reaped)
-    usable: bool = True
-    interruption: BodhiError | None = None  # why its readers were cancelled
-
-
-@attrs.define(eq=False)
-class _Ticket:
-    granted: bool = False
-    abandoned: bool = False
-
-
-@attrs.define(eq=False)
-class _PendingLoad:
-    alias: Alias
-    done: trio.Event = attrs.field(factory=trio.Event)
-    error: BodhiError | None = None
-    tickets: list[_Ticket] = attrs.field(factory=list)
-
-
-@attrs.define(eq=False)
-class _HandOff:
-    """A ``task_status`` that hands back the slot parts along with the server."""
-
-    scope: trio.CancelScope
-    finished: trio.Event
-    outer: trio.TaskStatus[tuple[RunningServer, trio.CancelScope, trio.Event]]
-    started_ok: bool = False
-
-    def started(self, server: RunningServer) -> None:
-        self.started_ok = True
-        self.outer.started((server, self.scope, self.finished))
-
-
-def default_spec_builder(settings: Settings) -> SpecBuilder:
-    """The real spec builder: binary lookup, HF cache resolution and the args merge."""
-
-    def build(alias: Alias, variant: str) -> LaunchSpec:
-        binary = find_llama_server(variant, settings.binary_for(variant))
-        model = resolve_model_file(settings.hub_cache, alias.repo, alias.filename, alias.snapshot)
-        args = merge_server_args(
-            settings.llamacpp_args,
-            settings.server_args_for(variant),
-            alias.context_params,
-            sources=(
-                "BODHI_LLAMACPP_ARGS",
-                f"BODHI_LLAMACPP_ARGS_{variant.upper()}",
-                f"alias {alias.alias!r} context_params",
-            ),
-        )
-        return LaunchSpec(
-            binary=binary,
-            model=model.absolute(),
-            alias=alias.alias,
-            server_args=tuple(args),
-            variant=variant,
-            startup_timeout=settings.startup_timeout_secs,
-            stop_grace=settings.stop_grace_secs,
-            run_dir=settings.run_dir,
-        )
-
-    return build
 
 
 @final
@@ -222,8 +130,8 @@ class SharedContext:
         self._hub = ListenerHub(nursery)
         self._log = log
         self._variant = settings.exec_variant
-        self._slot: _Slot | None = None
-        self._pending: dict[str, _PendingLoad] = {}
+        self._slot: Slot | None = None
+        self._pending: dict[str, PendingLoad] = {}
         self._readers: set[trio.CancelScope] = set()
         self._state = trio_util.AsyncValue(ServerState(SlotStatus.STOPPED, None, self._variant))
         self._seq = 0
@@ -394,7 +302,7 @@ class SharedContext:
     # ------------------------------------------------------------------ the read side
 
     @asynccontextmanager
-    async def _serving(self, alias: Alias) -> AsyncIterator[_Slot]:
+    async def _serving(self, alias: Alias) -> AsyncIterator[Slot]:
         """Hold the read side on a slot serving ``alias`` for the block."""
         slot = await self._hold_read_for(alias)
         reader = trio.CancelScope()
@@ -410,7 +318,7 @@ class SharedContext:
         if reader.cancelled_caught:
             raise slot.interruption or ResponseInterruptedError("the response was interrupted")
 
-    async def _hold_read_for(self, alias: Alias) -> _Slot:
+    async def _hold_read_for(self, alias: Alias) -> Slot:
         """Take a read hold on a usable slot serving ``alias``, loading it if needed."""
         while True:
             self._check_open()
@@ -424,7 +332,7 @@ class SharedContext:
             pending = self._pending.get(alias.alias)
             if pending is None:
                 pending = self._start_load(alias)
-            ticket = _Ticket()
+            ticket = Ticket()
             pending.tickets.append(ticket)
             try:
                 await pending.done.wait()
@@ -474,13 +382,13 @@ class SharedContext:
         for reader in self._readers:
             reader.cancel()
 
-    def _start_load(self, alias: Alias) -> _PendingLoad:
-        pending = _PendingLoad(alias)
+    def _start_load(self, alias: Alias) -> PendingLoad:
+        pending = PendingLoad(alias)
         self._pending[alias.alias] = pending
         self._nursery.start_soon(self._load_task, pending, name=f"load:{alias.alias}")
         return pending
 
-    async def _load_task(self, pending: _PendingLoad) -> None:
+    async def _load_task(self, pending: PendingLoad) -> None:
         """Load ``pending.alias`` and hand read holds to the requests waiting for it."""
         name = pending.alias.alias
         try:
@@ -521,7 +429,7 @@ class SharedContext:
             self._publish(status=SlotStatus.STOPPED, alias=None, error=exc.message)
             self._emit(EventKind.STOP, alias.alias, error=exc.message, code=exc.code)
             raise
-        self._slot = _Slot(alias, variant, spec, server, scope, finished)
+        self._slot = Slot(alias, variant, spec, server, scope, finished)
         self._starts += 1
         self._publish(status=SlotStatus.READY, pid=server.pid, port=server.port)
         self._emit(EventKind.START, alias.alias, pid=server.pid, port=server.port)
@@ -548,7 +456,7 @@ class SharedContext:
         task_status: trio.TaskStatus[tuple[RunningServer, trio.CancelScope, trio.Event]],
     ) -> None:
         """Run one child in the root nursery; report its crash if it exits by itself."""
-        handoff = _HandOff(trio.CancelScope(), trio.Event(), task_status)
+        handoff = HandOff(trio.CancelScope(), trio.Event(), task_status)
         try:
             with handoff.scope:
                 await self._launcher(spec, self._log, task_status=handoff)
