@@ -10,6 +10,7 @@ extra flags:
 ``--fake-load-delay S``      ``/health`` answers 503 for S seconds after binding
 ``--fake-load-chatter S``    while loading, print a progress line every S seconds
 ``--fake-hang-at-start``     print one line, then never listen and never exit
+``--fake-die-while-loading S`` exit with code 1 S seconds into the "load"
 ``--fake-ignore-sigterm``    SIGTERM does nothing (only SIGKILL stops it)
 ``--fake-crash-after S``     exit with code 3 S seconds after it became ready
 ``--fake-exit-at-start C``   print an error and exit with code C before binding
@@ -174,6 +175,7 @@ def main() -> None:
     parser.add_argument("--fake-load-delay", type=float, default=0.0)
     parser.add_argument("--fake-load-chatter", type=float, default=0.0)
     parser.add_argument("--fake-hang-at-start", action="store_true")
+    parser.add_argument("--fake-die-while-loading", type=float, default=None)
     parser.add_argument("--fake-ignore-sigterm", action="store_true")
     parser.add_argument("--fake-crash-after", type=float, default=None)
     parser.add_argument("--fake-exit-at-start", type=int, default=None)
@@ -232,6 +234,14 @@ def main() -> None:
                 time.sleep(args.fake_load_chatter)
 
         threading.Thread(target=chatter, daemon=True).start()
+    if args.fake_die_while_loading is not None:
+
+        def die() -> None:
+            time.sleep(args.fake_die_while_loading)
+            log("error: failed to load model: fake out of memory")
+            os._exit(1)
+
+        threading.Thread(target=die, daemon=True).start()
     if args.fake_crash_after is not None:
 
         def crash() -> None:

@@ -32,6 +32,31 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(home=None if home is None else Path(home))
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import trio
+
+    from ._runtime import find_llama_server as find
+    from ._serve import prepare_demo, serve
+
+    overrides = {
+        "BODHI_HOST": args.host,
+        "BODHI_PORT": args.port,
+        "BODHI_INSECURE": args.insecure or None,
+    }
+    home = getattr(args, "home", None)
+    settings = load_settings(home=None if home is None else Path(home), overrides=overrides)
+    if args.demo:
+        variant = settings.exec_variant
+        try:
+            find(variant, settings.binary_for(variant))
+        except BodhiError:
+            print("llama-server is not installed yet: building it once (see --help of install)")
+            install_llama_server(variant)
+        prepare_demo(settings)
+    trio.run(serve, settings)
+    return 0
+
+
 def _llama_server_install(args: argparse.Namespace) -> int:
     variant = args.variant or _settings(args).exec_variant
     install_llama_server(
@@ -103,6 +128,23 @@ def _parser() -> argparse.ArgumentParser:
     home = argparse.ArgumentParser(add_help=False)  # --home also after the command
     home.add_argument("--home", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve", parents=[home], help="serve the OpenAI-compatible API (default 127.0.0.1:1135)"
+    )
+    serve.add_argument("--host", help="address to bind (BODHI_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to bind (BODHI_PORT, default 1135)")
+    serve.add_argument(
+        "--demo",
+        action="store_true",
+        help="serve the built-in tiny demo model as 'demo:tiny' (installs llama-server if needed)",
+    )
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a non-loopback bind without API keys",
+    )
+    serve.set_defaults(run=_serve)
 
     runtime = commands.add_parser("llama-server", help="install or locate the llama-server binary")
     runtime_commands = runtime.add_subparsers(dest="action", required=True, metavar="ACTION")

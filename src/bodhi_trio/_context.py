@@ -159,6 +159,15 @@ class SharedContext:
     def exec_variant(self) -> str:
         return self._variant
 
+    @property
+    def aliases(self) -> AliasStore:
+        """The alias directory this context serves."""
+        return self._aliases
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings
+
     async def wait_state(self, predicate: Callable[[ServerState], bool]) -> ServerState:
         """Wait until ``predicate(state)`` holds and return that state.
 

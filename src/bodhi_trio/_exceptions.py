@@ -14,6 +14,8 @@ single boundary, and the CLI prints ``message`` as one line.
     ├── InvalidRequestError             400 invalid_request_error  invalid_request
     │   ├── InvalidAliasError                                      invalid_alias
     │   └── RequestTooLargeError        413                        request_too_large
+    ├── AuthenticationError             401 authentication_error   invalid_api_key
+    ├── ForbiddenError                  403 permission_error       forbidden
     ├── NotFoundError                   404 not_found_error
     │   ├── AliasNotFoundError                                     alias_not_found
     │   └── ModelFileNotFoundError                                 model_file_not_found
@@ -36,9 +38,11 @@ from typing import ClassVar
 __all__ = [
     "AliasExistsError",
     "AliasNotFoundError",
+    "AuthenticationError",
     "BodhiError",
     "ConfigError",
     "ConflictError",
+    "ForbiddenError",
     "InvalidAliasError",
     "InvalidRequestError",
     "LlamaServerExitedError",
@@ -124,6 +128,22 @@ class RequestTooLargeError(InvalidRequestError):
 
     status = 413
     code = "request_too_large"
+
+
+class AuthenticationError(BodhiError):
+    """No API key, or not one of ``BODHI_API_KEYS``."""
+
+    status = 401
+    error_type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class ForbiddenError(BodhiError):
+    """The request comes from a foreign web page (``Origin``) or names a foreign ``Host``."""
+
+    status = 403
+    error_type = "permission_error"
+    code = "forbidden"
 
 
 class NotFoundError(BodhiError):

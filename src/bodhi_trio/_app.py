@@ -1,0 +1,194 @@
+"""The Quart-Trio app: thin routes over :class:`RouterState`, errors mapped once.
+
+Each route parses its path and query, passes the raw body on, and turns the
+:class:`Reply` into a response. Every :class:`BodhiError`, every HTTP error from
+the framework (unknown route, wrong method, body too large) and anything
+unexpected becomes ``{"error": {"message", "type", "code", "param"}}`` with its
+status here, in :func:`_error_response`, and nowhere else.
+
+Framework traps handled here: ``RESPONSE_TIMEOUT`` (default 60 s) would cut long
+streams, so it is off; ``BODY_TIMEOUT`` bounds a slow upload instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from quart import Response, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from ._exceptions import (
+    BodhiError,
+    ForbiddenError,
+    InvalidRequestError,
+    RequestTooLargeError,
+    UnavailableError,
+)
+from ._router import Reply, RouterState
+
+if TYPE_CHECKING:
+    from ._security import AccessPolicy
+
+__all__ = ["create_app"]
+
+logger = logging.getLogger("bodhi_trio.http")
+
+_BODY_TIMEOUT = 60.0
+_STATUS_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+}
+
+
+def _to_response(reply: Reply) -> Response:
+    response = Response(reply.body, status=reply.status, headers=dict(reply.headers))
+    response.timeout = None  # never cut a stream (the default is 60 s)
+    return response
+
+
+def _envelope_response(
+    status: int, message: str, error_type: str, code: str | int, param: str | None = None
+) -> Response:
+    body = {"error": {"message": message, "type": error_type, "code": code, "param": param}}
+    return Response(json.dumps(body), status=status, content_type="application/json")
+
+
+def _error_response(error: BaseException) -> Response:
+    """The one place where errors become HTTP responses."""
+    if isinstance(error, BodhiError):
+        response = Response(
+            json.dumps(error.to_envelope()), status=error.status, content_type="application/json"
+        )
+        if isinstance(error, UnavailableError):
+            response.headers["Retry-After"] = str(error.retry_after)
+        return response
+    if isinstance(error, HTTPException):
+        status = error.code or 500
+        if status == 413:
+            return _error_response(RequestTooLargeError("the request body is too large"))
+        code = (error.name or "error").lower().replace(" ", "_")
+        error_type = _STATUS_TYPES.get(status, "internal_server_error")
+        return _envelope_response(status, error.description or error.name, error_type, code)
+    logger.error("unexpected error", exc_info=error)
+    return _envelope_response(
+        500, "internal server error", "internal_server_error", "internal_error"
+    )
+
+
+def create_app(router: RouterState, policy: AccessPolicy, *, max_body_bytes: int) -> QuartTrio:
+    """The ASGI app for one context.
+
+    Args:
+        router: What the routes do.
+        policy: API keys and Host/Origin rules, checked before every route.
+        max_body_bytes: Larger request bodies get 413.
+    """
+    app = QuartTrio("bodhi_trio")
+    app.config.update(
+        RESPONSE_TIMEOUT=None,
+        BODY_TIMEOUT=_BODY_TIMEOUT,
+        MAX_CONTENT_LENGTH=max_body_bytes,
+        BACKGROUND_TASK_SHUTDOWN_TIMEOUT=None,
+        PROVIDE_AUTOMATIC_OPTIONS=False,
+    )
+
+    @app.before_request
+    async def check_access() -> Response | None:
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        origin = headers.get("origin")
+        if request.method == "OPTIONS":
+            if origin is None:
+                raise InvalidRequestError("OPTIONS is only for CORS preflight requests")
+            if not policy.origin_allowed(origin):
+                raise ForbiddenError(f"requests from the web origin {origin!r} are not allowed")
+            return _preflight(origin)
+        policy.check(request.path, headers)
+        return None
+
+    @app.after_request
+    async def add_cors(response: Response) -> Response:
+        origin = request.headers.get("origin")
+        if origin is not None and policy.origin_allowed(origin):
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Vary"] = "Origin"
+        return response
+
+    @app.errorhandler(Exception)
+    async def on_error(error: Exception) -> Response:
+        return _error_response(error)
+
+    async def body() -> bytes:
+        length = request.content_length
+        if length is not None and length > max_body_bytes:
+            raise RequestTooLargeError(
+                f"the request body is larger than {max_body_bytes} bytes (BODHI_MAX_BODY_BYTES)"
+            )
+        data: bytes = await request.get_data(cache=False, as_text=False, parse_form_data=False)
+        return data
+
+    def route(rule: str, methods: list[str], handler: Callable[..., Awaitable[Reply]]) -> None:
+        async def view(**kwargs: Any) -> Response:
+            return _to_response(await handler(**kwargs))
+
+        app.add_url_rule(rule, endpoint=rule + ",".join(methods), view_func=view, methods=methods)
+
+    async def completion_for(endpoint: str) -> Reply:
+        return await router.completion(endpoint, await body())
+
+    for endpoint in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
+        route(endpoint, ["POST"], lambda endpoint=endpoint: completion_for(endpoint))
+
+    async def ping() -> Reply:
+        return Reply.json({"message": "pong"})
+
+    async def logs() -> Reply:
+        return await router.logs(request.args.get("lines"), request.args.get("follow"))
+
+    async def load() -> Reply:
+        return await router.load(await body())
+
+    async def variant() -> Reply:
+        return await router.variant(await body())
+
+    async def alias_create() -> Reply:
+        return await router.alias_create(await body())
+
+    async def alias_put(name: str) -> Reply:
+        return await router.alias_put(name, await body())
+
+    route("/ping", ["GET"], ping)
+    route("/health", ["GET"], router.health)
+    route("/v1/models", ["GET"], router.models)
+    route("/v1/models/<path:name>", ["GET"], router.model)
+    route("/bodhi/v1/state", ["GET"], router.state)
+    route("/bodhi/v1/events", ["GET"], router.events)
+    route("/bodhi/v1/server/load", ["POST"], load)
+    route("/bodhi/v1/server/stop", ["POST"], router.stop)
+    route("/bodhi/v1/server/variant", ["PUT"], variant)
+    route("/bodhi/v1/server/logs", ["GET"], logs)
+    route("/bodhi/v1/aliases", ["GET"], router.aliases_list)
+    route("/bodhi/v1/aliases", ["POST"], alias_create)
+    route("/bodhi/v1/aliases/<path:name>", ["GET"], router.alias_get)
+    route("/bodhi/v1/aliases/<path:name>", ["PUT"], alias_put)
+    route("/bodhi/v1/aliases/<path:name>", ["DELETE"], router.alias_delete)
+    return app
+
+
+def _preflight(origin: str) -> Response:
+    response = Response(b"", status=204)
+    response.headers["Access-Control-Allow-Origin"] = origin
+    response.headers["Access-Control-Allow-Methods"] = "GET, POST, PUT, DELETE, OPTIONS"
+    response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, X-Api-Key"
+    response.headers["Access-Control-Max-Age"] = "600"
+    response.headers["Vary"] = "Origin"
+    return response

@@ -1,0 +1,338 @@
+"""RouterState: what each HTTP route does, without the web framework.
+
+Routes in :mod:`._app` only parse the path and hand the raw body here; every
+method returns a :class:`Reply` (status, headers, bytes or a streaming body)
+or raises a :class:`BodhiError`, which the app maps to an error response at
+one boundary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING, Any, final
+
+import attrs
+import trio
+
+from ._aliases import Alias
+from ._context import ENDPOINTS, SharedContext
+from ._exceptions import BodhiError, InvalidRequestError
+from ._sse import (
+    SSE_HEADERS,
+    DirectStream,
+    RelayFailure,
+    RelayHead,
+    RelayItem,
+    RelayStream,
+)
+from ._state import ServerEvent
+
+if TYPE_CHECKING:
+    from ._logtail import LogTail
+
+__all__ = ["Reply", "RouterState", "parse_json_body"]
+
+logger = logging.getLogger("bodhi_trio.router")
+
+_RELAY_BUFFER = 16
+_JSON = {"Content-Type": "application/json"}
+_MAX_LOG_LINES = 1000
+
+
+@attrs.frozen
+class Reply:
+    """An HTTP answer: ``body`` is bytes or an async iterator of bytes (streamed)."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes | AsyncIterator[bytes]
+
+    @classmethod
+    def json(cls, value: object, status: int = 200) -> Reply:
+        return cls(status, _JSON, json.dumps(value, separators=(",", ":")).encode())
+
+
+def parse_json_body(raw: bytes) -> dict[str, Any]:
+    """The request body as a JSON object.
+
+    Raises:
+        InvalidRequestError: Not UTF-8, not JSON, nested too deep, or not an object.
+    """
+    try:
+        value = json.loads(raw)
+    except UnicodeDecodeError as exc:
+        raise InvalidRequestError(f"the request body is not valid UTF-8: {exc.reason}") from exc
+    except ValueError as exc:
+        raise InvalidRequestError(f"the request body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise InvalidRequestError("the request body is nested too deeply") from exc
+    if not isinstance(value, dict):
+        raise InvalidRequestError("the request body must be a JSON object")
+    return value
+
+
+def _check_type(body: Mapping[str, Any], field: str, kinds: tuple[type, ...], what: str) -> None:
+    if field in body and body[field] is not None:
+        value = body[field]
+        if isinstance(value, bool) and bool not in kinds:
+            raise InvalidRequestError(f"'{field}' must be {what}", param=field)
+        if not isinstance(value, kinds):
+            raise InvalidRequestError(f"'{field}' must be {what}", param=field)
+
+
+def validate_completion_request(endpoint: str, body: Mapping[str, Any]) -> None:
+    """Type checks on the fields bodhi-trio relies on or that are commonly mistyped.
+
+    Raises:
+        InvalidRequestError: With ``param`` naming the field.
+    """
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequestError("'model' is required and must be a string", param="model")
+    if endpoint == "/v1/chat/completions":
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise InvalidRequestError("'messages' must be a non-empty array", param="messages")
+        if not all(isinstance(m, dict) for m in messages):
+            raise InvalidRequestError("each message must be an object", param="messages")
+    elif endpoint == "/v1/completions":
+        if "prompt" not in body:
+            raise InvalidRequestError("'prompt' is required", param="prompt")
+        _check_type(body, "prompt", (str, list), "a string or an array")
+    else:
+        if "input" not in body:
+            raise InvalidRequestError("'input' is required", param="input")
+        _check_type(body, "input", (str, list), "a string or an array")
+    _check_type(body, "stream", (bool,), "a boolean")
+    _check_type(body, "stream_options", (dict,), "an object")
+    for field in ("max_tokens", "max_completion_tokens", "n", "seed"):
+        _check_type(body, field, (int,), "an integer")
+    for field in ("temperature", "top_p", "frequency_penalty", "presence_penalty"):
+        _check_type(body, field, (int, float), "a number")
+    _check_type(body, "stop", (str, list), "a string or an array of strings")
+
+
+@final
+@attrs.define(eq=False)
+class RouterState:
+    """The routes' logic over one :class:`SharedContext`.
+
+    Args:
+        ctx: The server slot.
+        nursery: Where relay producers run (one per streamed completion).
+    """
+
+    ctx: SharedContext
+    nursery: trio.Nursery
+
+    @property
+    def _keepalive(self) -> float:
+        return self.ctx.settings.sse_keepalive_secs
+
+    # ------------------------------------------------------------------ OpenAI routes
+
+    async def completion(self, endpoint: str, raw: bytes) -> Reply:
+        """``POST /v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``."""
+        assert endpoint in ENDPOINTS
+        body = parse_json_body(raw)
+        validate_completion_request(endpoint, body)
+        if body.get("stream") is True and endpoint != "/v1/embeddings":
+            return await self._streamed(endpoint, body)
+        async with self.ctx.forward(endpoint, body) as response:
+            content = await response.aread()
+        content_type = response.headers.get("content-type", "application/json")
+        return Reply(response.status_code, {"Content-Type": content_type}, content)
+
+    async def _streamed(self, endpoint: str, body: dict[str, Any]) -> Reply:
+        send, receive = trio.open_memory_channel[RelayItem](_RELAY_BUFFER)
+        producer = trio.CancelScope()
+        self.nursery.start_soon(self._produce, endpoint, body, send, producer)
+        try:
+            with trio.move_on_after(self._keepalive if self._keepalive > 0 else math.inf):
+                first = await receive.receive()
+                if isinstance(first, RelayFailure):
+                    raise first.error  # nothing sent yet: a proper status
+                assert isinstance(first, RelayHead)
+                if first.status == 200:
+                    return Reply(
+                        200, SSE_HEADERS, RelayStream(receive, producer, self._keepalive, True)
+                    )
+                # llama-server refused: its status and body, byte for byte
+                chunks = [item async for item in receive if isinstance(item, bytes)]
+                content_type = first.headers.get("content-type", "application/json")
+                return Reply(first.status, {"Content-Type": content_type}, b"".join(chunks))
+        except BaseException:
+            producer.cancel()
+            receive.close()
+            raise
+        # Still loading after the keep-alive interval: answer now, keep the client
+        # company with comments, and report a later failure inside the stream.
+        stream = RelayStream(receive, producer, self._keepalive, head_sent=False, prime=True)
+        return Reply(200, SSE_HEADERS, stream)
+
+    async def _produce(
+        self,
+        endpoint: str,
+        body: dict[str, Any],
+        send: trio.MemorySendChannel[RelayItem],
+        scope: trio.CancelScope,
+    ) -> None:
+        """Run the upstream request; everything, errors included, goes into ``send``.
+
+        Never raises (a raise here would land in the server's nursery). Holds the
+        slot's read side until the last byte is queued or the consumer leaves.
+        """
+        with scope, send:
+            try:
+                async with self.ctx.forward(endpoint, body) as response:
+                    await send.send(RelayHead(response.status_code, dict(response.headers)))
+                    async for chunk in response:
+                        await send.send(chunk)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # the client left; leaving the block closed the upstream request
+            except BodhiError as exc:
+                await _send_quietly(send, RelayFailure(exc))
+            except Exception as exc:
+                logger.exception("relaying %s failed", endpoint)
+                await _send_quietly(send, RelayFailure(BodhiError(f"internal error: {exc!r}")))
+
+    async def models(self) -> Reply:
+        """``GET /v1/models``: every alias as an OpenAI model object."""
+        aliases, _problems = self.ctx.aliases.load()
+        return Reply.json({"object": "list", "data": [self._model(a) for a in aliases]})
+
+    async def model(self, name: str) -> Reply:
+        """``GET /v1/models/{id}``."""
+        return Reply.json(self._model(self.ctx.aliases.get(name)))
+
+    def _model(self, alias: Alias) -> dict[str, object]:
+        try:
+            created = int(self.ctx.aliases.path_for(alias.alias).stat().st_mtime)
+        except OSError:
+            created = 0
+        state = self.ctx.state
+        return {
+            "id": alias.alias,
+            "object": "model",
+            "created": created,
+            "owned_by": "bodhi-trio",
+            "loaded": state.alias == alias.alias and state.status.value == "ready",
+        }
+
+    # ------------------------------------------------------------------ health
+
+    async def health(self) -> Reply:
+        """``GET /health``: 200 with a state summary."""
+        return Reply.json({"status": "ok", **self.ctx.state.to_json()})
+
+    # ------------------------------------------------------------------ app API
+
+    async def state(self) -> Reply:
+        return Reply.json(self.ctx.state.to_json())
+
+    async def events(self) -> Reply:
+        """``GET /bodhi/v1/events``: one SSE event per state change."""
+        send, receive = trio.open_memory_channel[ServerEvent](0)
+        remove = self.ctx.add_state_listener(send.send, buffer=256, name="events-client")
+        stream = DirectStream(
+            receive, lambda e: json.dumps(e.to_json()), self._keepalive, on_close=remove
+        )
+        return Reply(200, SSE_HEADERS, stream)
+
+    async def load(self, raw: bytes) -> Reply:
+        body = parse_json_body(raw)
+        alias = body.get("alias")
+        if not isinstance(alias, str) or not alias:
+            raise InvalidRequestError("'alias' is required and must be a string", param="alias")
+        state = await self.ctx.load(alias)
+        return Reply.json(state.to_json())
+
+    async def stop(self) -> Reply:
+        await self.ctx.stop()
+        return Reply.json(self.ctx.state.to_json())
+
+    async def variant(self, raw: bytes) -> Reply:
+        body = parse_json_body(raw)
+        variant = body.get("variant")
+        if not isinstance(variant, str) or not variant:
+            raise InvalidRequestError("'variant' is required and must be a string", param="variant")
+        state = await self.ctx.set_exec_variant(variant)
+        return Reply.json(state.to_json())
+
+    async def logs(self, lines: str | None, follow: str | None) -> Reply:
+        """``GET /bodhi/v1/server/logs``: the last lines; ``follow=true`` streams new ones."""
+        try:
+            count = 100 if lines is None else int(lines)
+        except ValueError as exc:
+            raise InvalidRequestError("'lines' must be an integer", param="lines") from exc
+        count = max(0, min(count, _MAX_LOG_LINES))
+        log = self.ctx.log
+        recent = log.tail(count)
+        if (follow or "").lower() not in ("1", "true", "yes"):
+            return Reply.json({"lines": recent})
+        send, receive = trio.open_memory_channel[str](64)
+        follower = trio.CancelScope()
+        self.nursery.start_soon(_follow_log, log, recent, send, follower)
+        stream = DirectStream(
+            receive, lambda line: json.dumps({"line": line}), self._keepalive, follower.cancel
+        )
+        return Reply(200, SSE_HEADERS, stream)
+
+    async def aliases_list(self) -> Reply:
+        aliases, problems = self.ctx.aliases.load()
+        return Reply.json(
+            {
+                "data": [a.to_dict() for a in aliases],
+                "problems": [{"file": p.path.name, "reason": p.reason} for p in problems],
+            }
+        )
+
+    async def alias_get(self, name: str) -> Reply:
+        return Reply.json(self.ctx.aliases.get(name).to_dict())
+
+    async def alias_create(self, raw: bytes) -> Reply:
+        alias = Alias.from_dict(parse_json_body(raw), source="request body")
+        self.ctx.aliases.create(alias)
+        return Reply.json(alias.to_dict(), status=201)
+
+    async def alias_put(self, name: str, raw: bytes) -> Reply:
+        body = parse_json_body(raw)
+        body.setdefault("alias", name)
+        if body["alias"] != name:
+            raise InvalidRequestError("'alias' in the body differs from the path", param="alias")
+        alias = Alias.from_dict(body, source="request body")
+        self.ctx.aliases.put(alias)
+        return Reply.json(alias.to_dict())
+
+    async def alias_delete(self, name: str) -> Reply:
+        self.ctx.aliases.delete(name)
+        return Reply(204, {}, b"")
+
+
+async def _send_quietly(send: trio.MemorySendChannel[RelayItem], item: RelayItem) -> None:
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        await send.send(item)
+
+
+async def _follow_log(
+    log: LogTail, recent: list[str], send: trio.MemorySendChannel[str], scope: trio.CancelScope
+) -> None:
+    with scope, send:
+        try:
+            for line in recent:
+                await send.send(line)
+            seen = log.total
+            while True:
+                await log.wait_for_more(seen)
+                lines, skipped = log.since(seen)
+                seen = log.total
+                if skipped:
+                    await send.send(f"[bodhi-trio] {skipped} lines skipped (client too slow)")
+                for line in lines:
+                    await send.send(line)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass

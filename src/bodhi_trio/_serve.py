@@ -1,0 +1,155 @@
+"""``bodhi-trio serve``: Hypercorn inside our own ``trio.run``.
+
+Who owns what::
+
+    serve()
+    └── open_context ── root nursery (llama-server child, loads, idle unloader, listeners)
+        └── relay nursery ── one producer per streamed completion, log followers
+            └── hypercorn.trio.serve ── connections, requests (Quart-Trio app)
+
+Shutdown (SIGINT/SIGTERM, or ``shutdown_trigger``): Hypercorn stops accepting
+at once; in-flight responses get ``shutdown_grace`` seconds to finish, then the
+context interrupts them (each stream ends with one error event) and stops the
+child (TERM, grace, KILL); then everything returns and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+
+from ._alias_store import AliasStore
+from ._aliases import Alias
+from ._app import create_app
+from ._context import open_context
+from ._demo import DEMO_ALIAS, DEMO_FILENAME, DEMO_REPO, ensure_demo_model
+from ._exceptions import ConfigError
+from ._router import RouterState
+from ._security import AccessPolicy, is_loopback_host
+
+if TYPE_CHECKING:
+    from ._settings import Settings
+
+__all__ = ["check_bind", "prepare_demo", "serve"]
+
+logger = logging.getLogger("bodhi_trio.serve")
+
+SHUTDOWN_GRACE = 2.0
+"""Seconds in-flight responses get to finish after a shutdown signal."""
+
+
+def check_bind(settings: Settings) -> None:
+    """Refuse a non-loopback bind without API keys unless ``--insecure`` was given.
+
+    Raises:
+        ConfigError: The bind would expose an unauthenticated server to the network.
+    """
+    if is_loopback_host(settings.host) or settings.api_keys or settings.insecure:
+        return
+    raise ConfigError(
+        f"refusing to listen on {settings.host} without an API key: set BODHI_API_KEYS,"
+        " bind 127.0.0.1, or pass --insecure"
+    )
+
+
+def prepare_demo(settings: Settings) -> None:
+    """Write the demo model into the HF cache and its alias, if they are missing."""
+    ensure_demo_model(settings.hub_cache)
+    store = AliasStore(settings.aliases_dir)
+    aliases, _problems = store.load()
+    if not any(alias.alias == DEMO_ALIAS for alias in aliases):
+        store.create(Alias(DEMO_ALIAS, DEMO_REPO, DEMO_FILENAME))
+
+
+async def wait_for_signal() -> None:
+    """Return on the first SIGINT or SIGTERM."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            logger.info("received %s, shutting down", signal.Signals(signum).name)
+            return
+
+
+class _Started:
+    """A ``task_status`` for Hypercorn that hands its bound URLs to a callback."""
+
+    def __init__(self, callback: Callable[[list[str]], None]) -> None:
+        self._callback = callback
+
+    def started(self, value: list[str] | None = None) -> None:
+        self._callback(value or [])
+
+
+def _bind(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def serve(
+    settings: Settings,
+    *,
+    shutdown_trigger: Callable[[], Awaitable[None]] = wait_for_signal,
+    shutdown_grace: float = SHUTDOWN_GRACE,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the HTTP API until ``shutdown_trigger`` returns.
+
+    Args:
+        settings: Host, port, keys and everything else.
+        shutdown_trigger: Returns when it is time to stop (default: SIGINT/SIGTERM).
+        shutdown_grace: Seconds in-flight responses get before they are interrupted.
+        task_status: Receives the base URL (``http://host:port``) once listening.
+
+    Raises:
+        ConfigError: An unsafe bind (see :func:`check_bind`).
+
+    Cancellation: stops the server and the child, like a shutdown without grace.
+    """
+    check_bind(settings)
+    config = HypercornConfig()
+    config.bind = [_bind(settings.host, settings.port)]
+    config.graceful_timeout = shutdown_grace + settings.stop_grace_secs + 2
+    config.keep_alive_timeout = 75
+    config.accesslog = None
+    config.errorlog = logging.getLogger("bodhi_trio.hypercorn")
+    policy = AccessPolicy(settings.host, settings.api_keys, frozenset(settings.allowed_origins))
+
+    async with open_context(settings) as ctx, trio.open_nursery() as relays:
+        app = create_app(RouterState(ctx, relays), policy, max_body_bytes=settings.max_body_bytes)
+
+        async def shutdown() -> None:
+            await shutdown_trigger()
+            relays.start_soon(interrupt_after_grace, name="shutdown-grace")
+
+        async def interrupt_after_grace() -> None:
+            await trio.sleep(shutdown_grace)
+            await ctx.aclose()  # in-flight streams end with an error event; child stops
+
+        def on_listening(binds: list[str]) -> None:
+            aliases, problems = ctx.aliases.load()
+            logger.info("bodhi-trio listening on %s", binds[0])
+            logger.info(
+                "home %s, HF cache %s, variant %s, keep-alive %s s, %d aliases%s, auth %s",
+                settings.home,
+                settings.hub_cache,
+                settings.exec_variant,
+                settings.keep_alive_secs,
+                len(aliases),
+                f" ({len(problems)} skipped)" if problems else "",
+                "on" if settings.api_keys else "off",
+            )
+            task_status.started(binds[0])
+
+        await hypercorn_serve(
+            app,
+            config,
+            shutdown_trigger=shutdown,
+            mode="asgi",
+            task_status=_Started(on_listening),
+        )
+        relays.cancel_scope.cancel()  # log followers and the grace timer, if still there
+    logger.info("bodhi-trio stopped")
