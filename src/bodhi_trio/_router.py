@@ -53,7 +53,11 @@ class Reply:
 
     @classmethod
     def json(cls, value: object, status: int = 200) -> Reply:
-        return cls(status, _JSON, json.dumps(value, separators=(",", ":")).encode())
+        return cls(status, _JSON, _compact(value).encode())
+
+
+def _compact(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"))
 
 
 def parse_json_body(raw: bytes) -> dict[str, Any]:
@@ -239,7 +243,7 @@ class RouterState:
         send, receive = trio.open_memory_channel[ServerEvent](0)
         remove = self.ctx.add_state_listener(send.send, buffer=256, name="events-client")
         stream = DirectStream(
-            receive, lambda e: json.dumps(e.to_json()), self._keepalive, on_close=remove
+            receive, lambda e: _compact(e.to_json()), self._keepalive, on_close=remove
         )
         return Reply(200, SSE_HEADERS, stream)
 
@@ -278,7 +282,7 @@ class RouterState:
         follower = trio.CancelScope()
         self.nursery.start_soon(_follow_log, log, recent, send, follower)
         stream = DirectStream(
-            receive, lambda line: json.dumps({"line": line}), self._keepalive, follower.cancel
+            receive, lambda line: _compact({"line": line}), self._keepalive, follower.cancel
         )
         return Reply(200, SSE_HEADERS, stream)
 

@@ -203,19 +203,21 @@ async def _receive_into(connection: _Connection) -> None:
 
 
 async def _exchange(
-    pool: UpstreamPool, host: str, port: int, path: str, body: bytes, *, fresh: bool
+    pool: UpstreamPool,
+    host: str,
+    port: int,
+    path: str,
+    body: bytes,
+    *,
+    fresh: bool,
+    method: str,
 ) -> H11Response:
     connection = await pool._connect(host, port, fresh=fresh)
     protocol = connection.protocol
-    request = h11.Request(
-        method="POST",
-        target=path,
-        headers=[
-            ("Host", f"{host}:{port}"),
-            ("Content-Type", "application/json"),
-            ("Content-Length", str(len(body))),
-        ],
-    )
+    fields = [("Host", f"{host}:{port}"), ("Content-Length", str(len(body)))]
+    if body:
+        fields.append(("Content-Type", "application/json"))
+    request = h11.Request(method=method, target=path, headers=fields)
     try:
         try:
             await connection.stream.send_all(
@@ -249,9 +251,16 @@ async def _exchange(
 
 @asynccontextmanager
 async def send_upstream(
-    pool: UpstreamPool, host: str, port: int, path: str, body: bytes
+    pool: UpstreamPool,
+    host: str,
+    port: int,
+    path: str,
+    body: bytes,
+    *,
+    method: str = "POST",
 ) -> AsyncIterator[H11Response]:
-    """POST ``body`` (JSON) to ``http://host:port/path`` and yield once headers arrive.
+    """Send ``body`` (JSON; empty for none) to ``http://host:port/path`` and yield once
+    the response headers arrive.
 
     A reused keep-alive connection that fails before any response (llama-server
     closed it while idle) is replaced once by a fresh one.
@@ -264,9 +273,9 @@ async def send_upstream(
     stops generating. A body read to its end returns the connection to the pool.
     """
     try:
-        response = await _exchange(pool, host, port, path, body, fresh=False)
+        response = await _exchange(pool, host, port, path, body, fresh=False, method=method)
     except _StaleConnection:
-        response = await _exchange(pool, host, port, path, body, fresh=True)
+        response = await _exchange(pool, host, port, path, body, fresh=True, method=method)
     try:
         yield response
     finally:

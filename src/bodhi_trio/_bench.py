@@ -1,0 +1,624 @@
+"""``bodhi-trio bench``: a streaming benchmark harness for any OpenAI-compatible server.
+
+N workers each keep one HTTP/1.1 keep-alive connection and send streaming completion
+requests back to back, for a duration or a request count. The client is built not to be
+the bottleneck: raw HTTP/1.1 over Trio sockets, chunked framing removed by a small parser,
+and events counted with ``bytes.count`` on what arrived — no per-event JSON parsing. Only
+the last few KiB of each stream are parsed, for the usage chunk.
+
+Definitions (all per stream, then aggregated):
+
+- *event*: an SSE ``data:`` line (``[DONE]`` included); *content event*: one whose
+  ``content``/``text`` is a non-empty string.
+- *tokens*: the usage chunk's ``completion_tokens`` when the stream has one, else its
+  content events.
+- *TTFT*: from sending the request to the read that brought the first content event.
+- *gap*: time between successive reads that brought new events (events that arrive in
+  one read count as one arrival).
+- *disconnect latency* (``disconnect_after``, with ``upstream_url`` pointing at
+  ``benchmarks/fake_upstream.py``): from our close to the fake upstream seeing the
+  stream's socket closed, both on ``time.monotonic()``.
+
+Every loop is bounded by a count, the duration, or the per-request timeout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import array
+import collections
+import json
+import math
+import os
+import socket
+import sys
+import time
+from urllib.parse import urlsplit
+
+import attrs
+import trio
+
+from ._exceptions import ConfigError
+
+__all__ = ["BenchConfig", "BenchResult", "add_bench_parser", "run_bench", "run_bench_command"]
+
+_RECV = 262144
+_MAX_HEAD = 65536
+_KEEP_LAST = 8192  # bytes of each stream kept for the usage chunk
+_MAX_GAPS = 2_000_000
+_EVENT = b"\ndata:"
+_ERROR = b'\ndata: {"error"'
+_STYLES = {  # (a content event, one whose content is empty), compact and spaced JSON
+    "chat": ((b'"content":"', b'"content":""'), (b'"content": "', b'"content": ""')),
+    "completions": ((b'"text":"', b'"text":""'), (b'"text": "', b'"text": ""')),
+}
+_OVERLAP = len(_ERROR) - 1  # the longest pattern
+
+
+@attrs.frozen
+class BenchConfig:
+    """What to run: until ``duration`` seconds or ``requests`` requests, whichever is first."""
+
+    base_url: str
+    model: str = "fake"
+    api_key: str | None = None
+    concurrency: int = 1
+    duration: float | None = None
+    requests: int | None = None
+    max_tokens: int = 100
+    ignore_eos: bool = True
+    include_usage: bool = True
+    endpoint: str = "chat"  # "chat" or "completions"
+    prompt: str = "Write a long story."
+    disconnect_after: int | None = None
+    timeout: float = 60.0
+    upstream_url: str | None = None
+
+
+@attrs.frozen
+class BenchResult:
+    """Aggregated numbers of one run (times in ms, rates per second)."""
+
+    base_url: str
+    concurrency: int
+    max_tokens: int
+    elapsed_s: float
+    requests_done: int
+    requests_cut: int
+    events: int
+    content_events: int
+    tokens: int
+    bytes: int
+    events_per_s: float
+    tokens_per_s: float
+    ttft_p50_ms: float | None
+    ttft_p99_ms: float | None
+    gap_p99_ms: float | None
+    errors: int
+    error_kinds: dict[str, int]
+    error_samples: list[str]
+    disconnects: int
+    disconnect_p50_ms: float | None = None
+    disconnect_p99_ms: float | None = None
+    disconnects_seen: int | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-ready dict."""
+        return attrs.asdict(self)
+
+    def table(self) -> str:
+        """The result as an aligned two-column text table."""
+
+        def ms(value: float | None) -> str:
+            return "-" if value is None else f"{value:.3f} ms"
+
+        rows = [
+            ("target", self.base_url),
+            ("concurrency", str(self.concurrency)),
+            ("elapsed", f"{self.elapsed_s:.2f} s"),
+            ("requests done", f"{self.requests_done} (+{self.requests_cut} cut at the end)"),
+            ("events/s", f"{self.events_per_s:,.0f}  ({self.events:,} events)"),
+            ("tokens/s", f"{self.tokens_per_s:,.0f}  ({self.tokens:,} tokens)"),
+            ("TTFT p50 / p99", f"{ms(self.ttft_p50_ms)} / {ms(self.ttft_p99_ms)}"),
+            ("gap p99", ms(self.gap_p99_ms)),
+            ("errors", f"{self.errors} {self.error_kinds or ''}".strip()),
+        ]
+        if self.disconnects:
+            seen = "?" if self.disconnects_seen is None else str(self.disconnects_seen)
+            rows.append(("disconnects", f"{self.disconnects} (seen upstream: {seen})"))
+            lat = f"{ms(self.disconnect_p50_ms)} / {ms(self.disconnect_p99_ms)}"
+            rows.append(("close→upstream p50 / p99", lat))
+        width = max(len(k) for k, _ in rows)
+        return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+def _percentile(values: list[float] | array.array[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+
+
+@attrs.define(eq=False)
+class _Totals:
+    events: int = 0
+    content: int = 0
+    token_fix: int = 0  # usage tokens minus counted content events, for finished streams
+    bytes: int = 0
+    done: int = 0
+    cut: int = 0
+    started: int = 0
+    disconnects: int = 0
+    errors: collections.Counter[str] = attrs.field(factory=collections.Counter)
+    samples: list[str] = attrs.field(factory=list)
+    ttfts: list[float] = attrs.field(factory=list)
+    gaps: array.array[float] = attrs.field(factory=lambda: array.array("d"))
+    closed: dict[str, float] = attrs.field(factory=dict)
+
+    def error(self, kind: str, detail: str) -> None:
+        self.errors[kind] += 1
+        if len(self.samples) < 5:
+            self.samples.append(f"{kind}: {detail}"[:300])
+
+
+class _Dechunker:
+    """Removes HTTP/1.1 chunked framing; ``done`` once the last chunk was read."""
+
+    __slots__ = ("_buf", "_crlf", "_need", "_trailer", "done")
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._need = 0
+        self._crlf = self._trailer = self.done = False
+
+    def feed(self, data: bytes) -> bytes:
+        buf = self._buf + data if self._buf else data
+        out: list[bytes] = []
+        pos, end = 0, len(buf)
+        while pos < end and not self.done:
+            if self._need:
+                take = min(self._need, end - pos)
+                out.append(buf[pos : pos + take])
+                pos += take
+                self._need -= take
+                self._crlf = not self._need
+                continue
+            if self._crlf:
+                if end - pos < 2:
+                    break
+                pos += 2
+                self._crlf = False
+                continue
+            eol = buf.find(b"\r\n", pos)
+            if eol < 0:
+                if end - pos > 4096:
+                    raise ValueError("chunk size or trailer line too long")
+                break
+            if self._trailer:  # trailer lines, until an empty one
+                self.done = eol == pos
+                pos = eol + 2
+                continue
+            line = buf[pos:eol]
+            size = int(line, 16) if b";" not in line else int(line.split(b";", 1)[0], 16)
+            pos = eol + 2
+            if size and pos + size + 2 <= end:  # the whole chunk is here: the usual case
+                out.append(buf[pos : pos + size])
+                pos += size + 2
+            else:
+                self._need = size
+                self._trailer = not size
+        self._buf = buf[pos:]
+        return out[0] if len(out) == 1 else b"".join(out)
+
+
+class _Scan:
+    """Counts the events of one stream's body as it arrives."""
+
+    __slots__ = ("content", "errors", "events", "last", "last_at", "start", "styles", "tail")
+
+    def __init__(self, start: float, styles: tuple[tuple[bytes, bytes], ...]) -> None:
+        self.start = start
+        self.styles = styles  # narrowed to the one the server uses at the first match
+        self.tail = b"\n"  # the body starts at a line start
+        self.last: collections.deque[bytes] = collections.deque(maxlen=16)
+        self.events = self.content = self.errors = 0
+        self.last_at: float | None = None
+
+    def feed(self, payload: bytes, now: float, totals: _Totals) -> None:
+        scan = self.tail + payload
+        base = len(self.tail) + 1  # count only matches that end in the new bytes
+        events = scan.count(_EVENT, max(0, base - len(_EVENT)))
+        self.errors += scan.count(_ERROR, max(0, base - len(_ERROR)))
+        content = 0
+        for some, empty in self.styles:
+            n = scan.count(some, max(0, base - len(some)))
+            if n:
+                n -= scan.count(empty, max(0, base - len(empty)))
+                if len(self.styles) > 1:
+                    self.styles = ((some, empty),)
+                content += n
+        if content:
+            self.content += content
+            totals.content += content
+        if events:
+            self.events += events
+            totals.events += events
+            if self.last_at is not None:
+                if len(totals.gaps) < _MAX_GAPS:
+                    totals.gaps.append(now - self.last_at)
+                self.last_at = now
+        if self.last_at is None and self.content > 0:
+            totals.ttfts.append(now - self.start)
+            self.last_at = now
+        self.tail = scan[-_OVERLAP:]
+        self.last.append(payload)
+
+    def end(self) -> bytes:
+        """The last bytes of the stream (where the usage chunk is)."""
+        return b"".join(self.last)[-_KEEP_LAST:]
+
+
+def _usage_tokens(last: bytes) -> int | None:
+    """``completion_tokens`` of the last usage chunk in the end of a stream."""
+    for line in reversed(last.split(b"\n")):
+        if line.startswith(b"data:") and b'"usage"' in line:
+            try:
+                usage = json.loads(line[5:]).get("usage")
+            except (ValueError, AttributeError):
+                continue
+            if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
+                tokens: int = usage["completion_tokens"]
+                return tokens
+    return None
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1e3
+
+
+@attrs.define(eq=False)
+class _Bench:
+    config: BenchConfig
+    host: str
+    port: int
+    path: str
+    totals: _Totals = attrs.field(factory=_Totals)
+    run_id: str = attrs.field(factory=lambda: os.urandom(4).hex())
+    _body: tuple[bytes, bytes] = attrs.field(init=False)
+    _head: bytes = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        cfg = self.config
+        body: dict[str, object] = {"model": cfg.model, "stream": True, "max_tokens": cfg.max_tokens}
+        if cfg.endpoint == "chat":
+            body["messages"] = [{"role": "user", "content": cfg.prompt}]
+        else:
+            body["prompt"] = cfg.prompt
+        if cfg.ignore_eos:
+            body["ignore_eos"] = True
+        if cfg.include_usage:
+            body["stream_options"] = {"include_usage": True}
+        body["user"] = "@@USER@@"
+        before, _, after = json.dumps(body, separators=(",", ":")).encode().partition(b"@@USER@@")
+        self._body = (before, after)
+        auth = f"Authorization: Bearer {cfg.api_key}\r\n" if cfg.api_key else ""
+        self._head = (
+            f"POST {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            f"Content-Type: application/json\r\nAccept: text/event-stream\r\n{auth}"
+        ).encode()
+
+    def _request(self, user: str) -> bytes:
+        body = self._body[0] + user.encode() + self._body[1]
+        return self._head + b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+
+    def _ticket(self) -> int | None:
+        n = self.totals.started
+        if self.config.requests is not None and n >= self.config.requests:
+            return None
+        self.totals.started += 1
+        return n
+
+    async def worker(self) -> None:
+        stream: trio.SocketStream | None = None
+        try:
+            while (n := self._ticket()) is not None:
+                if stream is None:
+                    try:
+                        with trio.fail_after(self.config.timeout):
+                            stream = await trio.open_tcp_stream(self.host, self.port)
+                    except (OSError, trio.TooSlowError) as exc:
+                        self.totals.error("connect", repr(exc))
+                        await trio.sleep(0.05)  # a down server must not become a busy loop
+                        continue
+                    stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                keep = False
+                with trio.move_on_after(self.config.timeout) as scope:
+                    keep = await self._one(stream, f"bench-{self.run_id}-{n}")
+                if scope.cancelled_caught:
+                    self.totals.error("timeout", f"no end after {self.config.timeout} s")
+                if not keep:
+                    stream.socket.close()
+                    stream = None
+        finally:
+            if stream is not None:
+                stream.socket.close()
+
+    async def _one(self, stream: trio.SocketStream, user: str) -> bool:
+        """One request; returns whether the connection can be reused."""
+        totals, sock = self.totals, stream.socket
+        start = time.perf_counter()
+        try:
+            await stream.send_all(self._request(user))
+            buf = b""
+            while (split := buf.find(b"\r\n\r\n")) < 0:
+                data = await sock.recv(_RECV)
+                if not data or len(buf) > _MAX_HEAD:
+                    totals.error("broken", "connection closed before the response head")
+                    return False
+                buf += data
+        except OSError as exc:
+            totals.error("broken", repr(exc))
+            return False
+        try:
+            lines = buf[:split].decode("latin-1").split("\r\n")
+            status = int(lines[0].split(" ", 2)[1])
+        except (IndexError, ValueError):
+            totals.error("broken", f"bad status line {buf[:80]!r}")
+            return False
+        headers = {
+            k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:])
+        }
+        chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+        length = None if chunked else int(headers.get("content-length") or -1)
+        keep = headers.get("connection", "").lower() != "close" and (chunked or length != -1)
+        scan = _Scan(start, _STYLES[self.config.endpoint])
+        try:
+            return await self._body_loop(sock, buf[split + 4 :], status, length, scan, keep, user)
+        except trio.Cancelled:
+            if status == 200:
+                totals.cut += 1
+            raise
+        except (OSError, ValueError) as exc:
+            totals.error("broken", repr(exc))
+            return False
+
+    async def _body_loop(
+        self,
+        sock: trio.socket.SocketType,
+        data: bytes,
+        status: int,
+        length: int | None,
+        scan: _Scan,
+        keep: bool,
+        user: str,
+    ) -> bool:
+        totals, cfg = self.totals, self.config
+        dechunk = _Dechunker() if length is None else None
+        left = length if length is not None and length >= 0 else -1
+        limit = cfg.disconnect_after
+        error_body = b""
+        while True:
+            if data:
+                totals.bytes += len(data)
+                if dechunk is not None:
+                    payload = dechunk.feed(data)
+                else:
+                    payload = data[:left] if left >= 0 else data
+                    left = left - len(payload) if left >= 0 else -1
+                if status != 200:
+                    error_body = (error_body + payload)[:500]
+                elif payload:
+                    scan.feed(payload, time.perf_counter(), totals)
+                    if limit is not None and scan.events >= limit:
+                        totals.closed[user] = time.monotonic()
+                        sock.close()
+                        totals.disconnects += 1
+                        totals.done += 1
+                        return False
+                if (dechunk is not None and dechunk.done) or left == 0:
+                    break
+            data = await sock.recv(_RECV)
+            if not data:
+                if dechunk is None and left < 0:
+                    keep = False
+                    break
+                raise ValueError("connection closed before the end of the body")
+        if status != 200:
+            totals.error(f"status {status}", error_body.decode("utf-8", "replace"))
+        elif scan.errors:
+            totals.error("error event", scan.end().decode("utf-8", "replace")[-300:])
+        else:
+            totals.done += 1
+            usage = _usage_tokens(scan.end())
+            if usage is not None:
+                totals.token_fix += usage - scan.content
+        return keep
+
+    def result(self, elapsed: float, seen: dict[str, float] | None) -> BenchResult:
+        t = self.totals
+        tokens = t.content + t.token_fix
+        lat: list[float] = []
+        if seen is not None:
+            lat = [(seen[u] - c) * 1e3 for u, c in t.closed.items() if u in seen]
+        return BenchResult(
+            base_url=self.config.base_url,
+            concurrency=self.config.concurrency,
+            max_tokens=self.config.max_tokens,
+            elapsed_s=elapsed,
+            requests_done=t.done,
+            requests_cut=t.cut,
+            events=t.events,
+            content_events=t.content,
+            tokens=tokens,
+            bytes=t.bytes,
+            events_per_s=t.events / elapsed if elapsed > 0 else 0.0,
+            tokens_per_s=tokens / elapsed if elapsed > 0 else 0.0,
+            ttft_p50_ms=_ms(_percentile(t.ttfts, 50)),
+            ttft_p99_ms=_ms(_percentile(t.ttfts, 99)),
+            gap_p99_ms=_ms(_percentile(t.gaps, 99)),
+            errors=sum(t.errors.values()),
+            error_kinds=dict(t.errors),
+            error_samples=list(t.samples),
+            disconnects=t.disconnects,
+            disconnect_p50_ms=_percentile(lat, 50),
+            disconnect_p99_ms=_percentile(lat, 99),
+            disconnects_seen=None if seen is None else len(lat),
+        )
+
+
+async def _get_json(url: str) -> object:
+    """GET a small JSON document over HTTP/1.1 (``Connection: close``)."""
+    parts = urlsplit(url)
+    with trio.fail_after(5.0):
+        stream = await trio.open_tcp_stream(parts.hostname or "127.0.0.1", parts.port or 80)
+        async with stream:
+            request = f"GET {parts.path or '/'} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+            await stream.send_all(f"{request}Connection: close\r\n\r\n".encode())
+            data = b""
+            while chunk := await stream.receive_some(_RECV):
+                data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    if b"chunked" in head.lower():
+        body = _Dechunker().feed(body)
+    return json.loads(body)
+
+
+async def _upstream_seen(config: BenchConfig, closed: dict[str, float]) -> dict[str, float] | None:
+    """When the fake upstream saw each of our closed streams go (waits up to 2 s for all)."""
+    if not config.upstream_url or not closed:
+        return None
+    url = config.upstream_url.rstrip("/") + "/bench/stats"
+    seen: dict[str, float] = {}
+    for _ in range(20):
+        try:
+            stats = await _get_json(url)
+        except (OSError, ValueError, trio.TooSlowError):
+            return None
+        if isinstance(stats, dict):
+            for user, at, _events in stats.get("disconnects", []):
+                seen[user] = at
+        if all(user in seen for user in closed):
+            break
+        await trio.sleep(0.1)
+    return seen
+
+
+async def _progress(bench: _Bench, started: float) -> None:
+    last_events, last_at = 0, started
+    tty = sys.stderr.isatty()
+    while True:
+        await trio.sleep(0.5)
+        t, now = bench.totals, time.perf_counter()
+        rate = (t.events - last_events) / max(now - last_at, 1e-9)
+        last_events, last_at = t.events, now
+        line = (
+            f"[bench] {now - started:6.1f}s  requests {t.done:,}  events {t.events:,}  "
+            f"now {rate:,.0f} ev/s  errors {sum(t.errors.values())}"
+        )
+        print(f"\r{line}" if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
+
+
+def _target(config: BenchConfig) -> tuple[str, int, str]:
+    parts = urlsplit(config.base_url)
+    if parts.scheme != "http" or not parts.hostname:
+        raise ConfigError(f"--base-url must be an http:// URL, got {config.base_url!r}")
+    route = "/chat/completions" if config.endpoint == "chat" else "/completions"
+    return parts.hostname, parts.port or 80, parts.path.rstrip("/") + route
+
+
+async def run_bench(config: BenchConfig, *, progress: bool = False) -> BenchResult:
+    """Run one benchmark and return its numbers.
+
+    Args:
+        config: The target and the load.
+        progress: Print a progress line on stderr about twice a second.
+
+    Returns:
+        The aggregated result. Streams still open at the end of ``duration`` are closed
+        and counted in ``requests_cut`` (their events count; they are not errors).
+
+    Raises:
+        ConfigError: The configuration makes no sense.
+
+    If cancelled, every connection is closed and the cancellation propagates.
+    """
+    if config.concurrency < 1 or (config.duration is None and config.requests is None):
+        raise ConfigError("need concurrency >= 1 and a duration or a request count")
+    if config.endpoint not in ("chat", "completions"):
+        raise ConfigError(f"endpoint must be chat or completions, got {config.endpoint!r}")
+    host, port, path = _target(config)
+    bench = _Bench(config, host, port, path)
+    started = time.perf_counter()
+    deadline = trio.current_time() + (math.inf if config.duration is None else config.duration)
+    with trio.move_on_at(deadline):
+        async with trio.open_nursery() as nursery:
+            if progress:
+                nursery.start_soon(_progress, bench, started)
+            async with trio.open_nursery() as workers:
+                for _ in range(config.concurrency):
+                    workers.start_soon(bench.worker)
+            nursery.cancel_scope.cancel()
+    elapsed = time.perf_counter() - started
+    if progress:
+        print(file=sys.stderr, flush=True)
+    seen = await _upstream_seen(config, bench.totals.closed)
+    return bench.result(elapsed, seen)
+
+
+def add_bench_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``bench`` to a CLI's subcommands (``run=run_bench_command`` is set as default)."""
+    p = subparsers.add_parser(
+        "bench",
+        help="streaming benchmark against an OpenAI-compatible server",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+    )
+    p.add_argument("--base-url", default="http://127.0.0.1:1135/v1", help="API base URL")
+    p.add_argument("--model", default="demo:tiny", help="model (alias) to request")
+    p.add_argument("--api-key", default=os.environ.get("BODHI_BENCH_API_KEY"), help="bearer key")
+    p.add_argument("--concurrency", "-c", type=int, default=1, help="concurrent streams (1)")
+    p.add_argument("--duration", "-d", type=float, help="seconds to run (default 10)")
+    p.add_argument("--requests", "-n", type=int, help="stop after this many requests")
+    p.add_argument("--max-tokens", type=int, default=100, help="max_tokens per request (100)")
+    eos = p.add_mutually_exclusive_group()
+    eos.add_argument("--ignore-eos", dest="ignore_eos", action="store_true", default=True)
+    eos.add_argument("--no-ignore-eos", dest="ignore_eos", action="store_false")
+    p.add_argument("--no-usage", action="store_true", help="don't ask for the usage chunk")
+    p.add_argument("--endpoint", choices=["chat", "completions"], default="chat")
+    p.add_argument("--prompt", default="Write a long story.", help="the prompt text")
+    p.add_argument("--disconnect-after", type=int, metavar="K", help="close after K events")
+    p.add_argument("--upstream-url", help="fake upstream root, for disconnect latency")
+    p.add_argument("--timeout", type=float, default=60.0, help="per-request timeout (60 s)")
+    p.add_argument("--json", metavar="PATH", help="also write the result as JSON")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    p.set_defaults(run=run_bench_command)
+
+
+def run_bench_command(args: argparse.Namespace) -> int:
+    """Run ``bodhi-trio bench``: prints a table; 0 without errors, 1 with some."""
+    duration = args.duration
+    if duration is None and args.requests is None:
+        duration = 10.0
+    config = BenchConfig(
+        base_url=args.base_url,
+        model=args.model,
+        api_key=args.api_key,
+        concurrency=args.concurrency,
+        duration=duration,
+        requests=args.requests,
+        max_tokens=args.max_tokens,
+        ignore_eos=args.ignore_eos,
+        include_usage=not args.no_usage,
+        endpoint=args.endpoint,
+        prompt=args.prompt,
+        disconnect_after=args.disconnect_after,
+        timeout=args.timeout,
+        upstream_url=args.upstream_url,
+    )
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    result = trio.run(lambda: run_bench(config, progress=progress))
+    print(result.table())
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result.to_dict(), f, indent=2)
+            f.write("\n")
+    return 1 if result.errors else 0

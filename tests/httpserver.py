@@ -1,0 +1,63 @@
+"""Run ``serve()`` on port 0 inside a test, with real Hypercorn."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import attrs
+import trio
+
+from bodhi_trio._alias_store import AliasStore
+from bodhi_trio._aliases import Alias
+from bodhi_trio._demo import DEMO_ALIAS, DEMO_FILENAME, DEMO_REPO, ensure_demo_model
+from bodhi_trio._serve import serve
+from bodhi_trio._settings import load_settings
+
+
+@attrs.define
+class RunningServer:
+    url: str
+    home: Path
+    stop: trio.Event
+
+
+@asynccontextmanager
+async def running_server(
+    home: Path,
+    hub_cache: Path,
+    *,
+    aliases: tuple[Alias, ...] = (),
+    shutdown_grace: float = 2.0,
+    **env: str,
+) -> AsyncIterator[RunningServer]:
+    """Serve on 127.0.0.1:0 with the demo alias (plus ``aliases``); stop on exit."""
+    settings = load_settings(
+        home=home,
+        env={
+            "HF_HUB_CACHE": str(hub_cache),
+            "BODHI_PORT": "0",
+            "BODHI_KEEP_ALIVE_SECS": "-1",
+            **env,
+        },
+    )
+    ensure_demo_model(hub_cache)
+    store = AliasStore(settings.aliases_dir)
+    store.put(Alias(DEMO_ALIAS, DEMO_REPO, DEMO_FILENAME, context_params=("--ctx-size 2048",)))
+    for alias in aliases:
+        store.put(alias)
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(
+            lambda task_status: serve(
+                settings,
+                shutdown_trigger=stop.wait,
+                shutdown_grace=shutdown_grace,
+                task_status=task_status,
+            )
+        )
+        try:
+            yield RunningServer(url, home, stop)
+        finally:
+            stop.set()

@@ -1,0 +1,283 @@
+"""The HTTP API over real Hypercorn on port 0, with the real llama-server and demo model.
+
+The fault cases (a slow load, a load that fails after headers) use our fake
+llama-server, configured as the binary through ``BODHI_LLAMA_SERVER``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import trio
+from openai.types.chat import ChatCompletionMessageParam
+
+from bodhi_trio._aliases import Alias
+from bodhi_trio._demo import DEMO_ALIAS
+from bodhi_trio._upstream import UpstreamPool, send_upstream
+from httpserver import running_server
+
+pytestmark = pytest.mark.llama
+
+README = Path(__file__).parent.parent / "README.md"
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello"}]
+
+
+def sse_events(body: bytes) -> list[str]:
+    """The ``data:`` payloads and comments of an SSE body, in order."""
+    return [block for block in body.decode().split("\n\n") if block]
+
+
+# The SDK stops reading at [DONE] and leaves its own async generators to the GC,
+# which Trio reports; that is the SDK's business, not a leak of ours.
+@pytest.mark.filterwarnings(
+    r"ignore:Exception ignored in. <async_generator object "
+    r"(SSEDecoder|AsyncStream|PoolByteStream|Response|BoundAsyncStream)\."
+    ":pytest.PytestUnraisableExceptionWarning"
+)
+async def test_openai_sdk_async_and_sync(tmp_path: Path, hub_cache: Path) -> None:
+    with trio.fail_after(60):
+        async with running_server(tmp_path, hub_cache) as server:
+            client = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="unused")
+            models = await client.models.list()
+            assert [m.id for m in models.data] == [DEMO_ALIAS]
+            reply = await client.chat.completions.create(
+                model=DEMO_ALIAS, messages=MESSAGES, max_tokens=8, extra_body={"ignore_eos": True}
+            )
+            assert reply.model == DEMO_ALIAS
+            assert reply.usage is not None
+            assert reply.usage.completion_tokens == 8
+            stream = await client.chat.completions.create(
+                model=DEMO_ALIAS,
+                messages=MESSAGES,
+                max_tokens=8,
+                stream=True,
+                stream_options={"include_usage": True},
+                extra_body={"ignore_eos": True},
+            )
+            chunks = [chunk async for chunk in stream]
+            assert all(chunk.model == DEMO_ALIAS for chunk in chunks)
+            assert chunks[-1].usage is not None
+            assert chunks[-1].usage.completion_tokens == 8
+            await client.close()
+
+            def sync_calls() -> tuple[str, int]:
+                with openai.OpenAI(base_url=server.url + "/v1", api_key="unused") as sync:
+                    listed = sync.models.list().data[0].id
+                    events = list(
+                        sync.chat.completions.create(
+                            model=DEMO_ALIAS,
+                            messages=MESSAGES,
+                            max_tokens=5,
+                            stream=True,
+                            extra_body={"ignore_eos": True},
+                        )
+                    )
+                    return listed, sum(
+                        1 for e in events if e.choices and e.choices[0].finish_reason
+                    )
+
+            listed, count = await trio.to_thread.run_sync(sync_calls)
+            assert listed == DEMO_ALIAS
+            assert count == 1  # one chunk carries finish_reason
+
+
+def normalized(body: bytes) -> list[Any]:
+    """SSE events with the fields llama-server varies per call blanked out."""
+    events: list[Any] = []
+    for block in sse_events(body):
+        payload = block.removeprefix("data: ")
+        if payload == "[DONE]":
+            events.append(payload)
+            continue
+        event = json.loads(payload)
+        event["id"] = event["created"] = None  # a random id and a timestamp per request
+        event.pop("timings", None)  # measured durations
+        events.append(event)
+    return events
+
+
+async def test_stream_is_relayed_byte_for_byte(tmp_path: Path, hub_cache: Path) -> None:
+    request = {
+        "model": DEMO_ALIAS,
+        "messages": MESSAGES,
+        "max_tokens": 40,
+        "seed": 7,
+        "temperature": 0.8,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "cache_prompt": False,
+    }
+    with trio.fail_after(60):
+        async with running_server(tmp_path, hub_cache) as server, httpx.AsyncClient() as client:
+            proxied = await client.post(server.url + "/v1/chat/completions", json=request)
+            state = (await client.get(server.url + "/bodhi/v1/state")).json()
+            direct = await client.post(
+                f"http://127.0.0.1:{state['port']}/v1/chat/completions", json=request
+            )
+    assert proxied.headers["content-type"] == "text/event-stream"
+    assert proxied.headers["cache-control"] == "no-cache"
+    assert proxied.headers["x-accel-buffering"] == "no"
+    assert normalized(proxied.content) == normalized(direct.content)
+    # Beyond those fields the bytes are identical: same length per event.
+    pattern = re.compile(rb'"(id|created)":("[^"]*"|\d+)|"timings":\{[^}]*\}')
+    assert pattern.sub(b"", proxied.content) == pattern.sub(b"", direct.content)
+
+
+async def slots_busy(port: int) -> bool:
+    async with httpx.AsyncClient() as probe:
+        slots = (await probe.get(f"http://127.0.0.1:{port}/slots")).json()
+    return any(slot["is_processing"] for slot in slots)
+
+
+async def test_client_disconnect_mid_stream_stops_generation(
+    tmp_path: Path, hub_cache: Path
+) -> None:
+    request = {"model": DEMO_ALIAS, "messages": MESSAGES, "max_tokens": 1500,
+               "ignore_eos": True, "stream": True}  # fmt: skip
+    with trio.fail_after(60):
+        async with running_server(tmp_path, hub_cache) as server, UpstreamPool() as pool:
+            port = int(server.url.rsplit(":", 1)[1])
+            body = json.dumps(request).encode()
+            # Our own h11 client: it closes the connection when the block is left early.
+            async with send_upstream(pool, "127.0.0.1", port, "/v1/chat/completions", body) as r:
+                async for _chunk in r:
+                    break  # leave after the first bytes
+            async with httpx.AsyncClient() as client:
+                state = (await client.get(server.url + "/bodhi/v1/state")).json()
+            with trio.fail_after(1):
+                while await slots_busy(state["port"]):  # noqa: ASYNC110 - only pollable
+                    await trio.sleep(0.01)
+            with trio.fail_after(1):
+                while (await client_state(server.url))["in_flight"]:  # noqa: ASYNC110
+                    await trio.sleep(0.01)
+
+
+async def client_state(url: str) -> dict[str, Any]:
+    async with httpx.AsyncClient() as client:
+        state: dict[str, Any] = (await client.get(url + "/bodhi/v1/state")).json()
+        return state
+
+
+FAKE = str(Path(__file__).parent / "fake_llama_server.py")
+
+
+def fake_alias(name: str, *fake_args: str) -> Alias:
+    from bodhi_trio._demo import DEMO_FILENAME, DEMO_REPO
+
+    return Alias(name, DEMO_REPO, DEMO_FILENAME, context_params=(" ".join(fake_args),))
+
+
+async def test_slow_load_sends_keepalives_then_completes(tmp_path: Path, hub_cache: Path) -> None:
+    slow = fake_alias("slow:1", "--fake-load-delay 1.5 --fake-load-chatter 0.1")
+    request = {"model": "slow:1", "messages": MESSAGES, "stream": True}
+    with trio.fail_after(30):
+        async with (
+            running_server(
+                tmp_path,
+                hub_cache,
+                aliases=(slow,),
+                BODHI_LLAMA_SERVER=FAKE,
+                BODHI_SSE_KEEPALIVE_SECS="0.3",
+            ) as server,
+            httpx.AsyncClient(timeout=30) as client,
+        ):
+            response = await client.post(server.url + "/v1/chat/completions", json=request)
+    events = sse_events(response.content)
+    assert response.status_code == 200
+    keepalives = [e for e in events if e == ": keep-alive"]
+    assert len(keepalives) >= 3  # 1.5 s of loading at 0.3 s
+    data = [e for e in events if e.startswith("data: ")]
+    assert data[-1] == "data: [DONE]"
+    assert events.index(data[0]) > events.index(keepalives[-1])  # comments only before data
+
+
+async def test_load_failing_after_headers_gives_one_error_event(
+    tmp_path: Path, hub_cache: Path
+) -> None:
+    doomed = fake_alias("doomed:1", "--fake-load-delay 30 --fake-die-while-loading 1")
+    request = {"model": "doomed:1", "messages": MESSAGES, "stream": True}
+    with trio.fail_after(30):
+        async with (
+            running_server(
+                tmp_path,
+                hub_cache,
+                aliases=(doomed,),
+                BODHI_LLAMA_SERVER=FAKE,
+                BODHI_SSE_KEEPALIVE_SECS="0.3",
+            ) as server,
+            httpx.AsyncClient(timeout=30) as client,
+        ):
+            response = await client.post(server.url + "/v1/chat/completions", json=request)
+            state = (await client.get(server.url + "/bodhi/v1/state")).json()
+    assert response.status_code == 200  # headers went out while it loaded
+    events = sse_events(response.content)
+    data = [e for e in events if e.startswith("data: ")]
+    assert len(data) == 1
+    error = json.loads(data[0].removeprefix("data: "))["error"]
+    assert error["code"] == "server_startup_failed"
+    assert "fake out of memory" in error["message"]
+    assert state["state"] == "stopped"
+
+
+async def test_disconnect_during_load_lets_the_load_finish(tmp_path: Path, hub_cache: Path) -> None:
+    slow = fake_alias("slow:1", "--fake-load-delay 1")
+    request = {"model": "slow:1", "messages": MESSAGES, "stream": True}
+    with trio.fail_after(30):
+        async with (
+            running_server(tmp_path, hub_cache, aliases=(slow,), BODHI_LLAMA_SERVER=FAKE) as server,
+            httpx.AsyncClient(timeout=30) as client,
+        ):
+            with trio.move_on_after(0.3):  # leave while it loads
+                await client.post(server.url + "/v1/chat/completions", json=request)
+            with trio.fail_after(10):
+                while (await client.get(server.url + "/bodhi/v1/state")).json()["state"] != "ready":  # noqa: ASYNC110
+                    await trio.sleep(0.05)
+            state = (await client.get(server.url + "/bodhi/v1/state")).json()
+    assert state["alias"] == "slow:1"
+    assert state["error"] is None
+
+
+async def test_events_stream_shows_load_and_stop(tmp_path: Path, hub_cache: Path) -> None:
+    with trio.fail_after(60):
+        async with (
+            running_server(tmp_path, hub_cache, BODHI_SSE_KEEPALIVE_SECS="0.2") as server,
+            UpstreamPool() as pool,
+            httpx.AsyncClient(base_url=server.url, timeout=30) as client,
+        ):
+            port = int(server.url.rsplit(":", 1)[1])
+            async with send_upstream(
+                pool, "127.0.0.1", port, "/bodhi/v1/events", b"", method="GET"
+            ) as events:
+                assert events.headers["content-type"] == "text/event-stream"
+                load = await client.post("/bodhi/v1/server/load", json={"alias": DEMO_ALIAS})
+                assert load.json()["state"] == "ready"
+                await client.post("/bodhi/v1/server/stop")
+                received = b""
+                async for chunk in events:
+                    received += chunk
+                    seen = sse_events(received)
+                    if any('"event":"stop"' in s for s in seen) and ": keep-alive" in seen:
+                        break
+    kinds = [json.loads(s.removeprefix("data: "))["event"] for s in seen if s.startswith("data: ")]
+    assert kinds == ["loading", "start", "stop"]
+    assert ": keep-alive" in seen
+
+
+async def test_readme_curl_works(tmp_path: Path, hub_cache: Path) -> None:
+    readme = README.read_text()
+    match = re.search(r"curl (http://127\.0\.0\.1:1135\S+).*?-d '(\{.*?\})'", readme, re.S)
+    assert match, "the README must show a curl chat completion against 127.0.0.1:1135"
+    path = match.group(1).removeprefix("http://127.0.0.1:1135")
+    payload = json.loads(match.group(2))
+    with trio.fail_after(60):
+        async with running_server(tmp_path, hub_cache) as server, httpx.AsyncClient() as client:
+            response = await client.post(server.url + path, json=payload)
+    assert response.status_code == 200
+    assert response.json()["model"] == DEMO_ALIAS
+    assert response.json()["choices"][0]["message"]["role"] == "assistant"
