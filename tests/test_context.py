@@ -121,12 +121,18 @@ class FakeResponse:
         return b"".join([chunk async for chunk in self])
 
 
-def sender_for(launcher: FakeLauncher) -> Any:
+@attrs.define(eq=False)
+class FakeSender:
     """llama-server's HTTP side: only a live fake answers; the body says how long to stream."""
 
+    launcher: FakeLauncher
+    closed_idle: list[int] = attrs.field(factory=list)
+
     @asynccontextmanager
-    async def send(host: str, port: int, path: str, body: bytes) -> AsyncIterator[FakeResponse]:
-        server = launcher.alive.get(f"http://fake-{port - 1}")
+    async def send(
+        self, host: str, port: int, path: str, body: bytes
+    ) -> AsyncIterator[FakeResponse]:
+        server = self.launcher.alive.get(f"http://fake-{port - 1}")
         if server is None:
             raise UpstreamError(f"cannot connect to llama-server at {host}:{port}")
         request = json.loads(body)
@@ -141,7 +147,8 @@ def sender_for(launcher: FakeLauncher) -> Any:
             reply = json.dumps({"served_by": server.pid, "request": request}).encode()
             yield FakeResponse(200, {"content-type": "application/json"}, body=reply)
 
-    return send
+    async def close_idle(self, host: str, port: int) -> None:
+        self.closed_idle.append(port)
 
 
 @attrs.define(eq=False)
@@ -196,7 +203,7 @@ async def harness(
         events.append(event)
 
     async with open_context(
-        settings, launcher=fake, spec_builder=spec_builder, sender=sender_for(fake)
+        settings, launcher=fake, spec_builder=spec_builder, sender=FakeSender(fake)
     ) as ctx:
         ctx.add_state_listener(record, name="recorder")
         yield Harness(ctx, fake, events)

@@ -91,7 +91,7 @@ async def test_leaving_mid_body_closes_the_connection() -> None:
                     assert chunk.startswith(b"hello")
                     break
             await closed.wait()
-            assert pool.forget("127.0.0.1", port) == []  # nothing went back to the pool
+            assert pool.idle_count("127.0.0.1", port) == 0  # nothing went back to the pool
             nursery.cancel_scope.cancel()
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import array
 import collections
+import itertools
 import json
 import math
 import os
@@ -232,11 +233,9 @@ class _Scan:
         content = 0
         for some, empty in self.styles:
             n = scan.count(some, max(0, base - len(some)))
-            if n:
-                n -= scan.count(empty, max(0, base - len(empty)))
-                if len(self.styles) > 1:
-                    self.styles = ((some, empty),)
-                content += n
+            if n and len(self.styles) > 1:
+                self.styles = ((some, empty),)
+            content += n - scan.count(empty, max(0, base - len(empty)))
         if content:
             self.content += content
             totals.content += content
@@ -284,6 +283,7 @@ class _Bench:
     path: str
     totals: _Totals = attrs.field(factory=_Totals)
     run_id: str = attrs.field(factory=lambda: os.urandom(4).hex())
+    ids: itertools.count[int] = attrs.field(factory=itertools.count)
     _body: tuple[bytes, bytes] = attrs.field(init=False)
     _head: bytes = attrs.field(init=False)
 
@@ -311,53 +311,64 @@ class _Bench:
         body = self._body[0] + user.encode() + self._body[1]
         return self._head + b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
 
-    def _ticket(self) -> int | None:
-        n = self.totals.started
-        if self.config.requests is not None and n >= self.config.requests:
-            return None
+    def _ticket(self) -> bool:
+        if self.config.requests is not None and self.totals.started >= self.config.requests:
+            return False
         self.totals.started += 1
-        return n
+        return True
+
+    async def _connect(self) -> trio.SocketStream | None:
+        try:
+            with trio.fail_after(self.config.timeout):
+                stream = await trio.open_tcp_stream(self.host, self.port)
+        except (OSError, trio.TooSlowError) as exc:
+            self.totals.error("connect", repr(exc))
+            await trio.sleep(0.05)  # a down server must not become a busy loop
+            return None
+        stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return stream
 
     async def worker(self) -> None:
         stream: trio.SocketStream | None = None
         try:
-            while (n := self._ticket()) is not None:
-                if stream is None:
-                    try:
-                        with trio.fail_after(self.config.timeout):
-                            stream = await trio.open_tcp_stream(self.host, self.port)
-                    except (OSError, trio.TooSlowError) as exc:
-                        self.totals.error("connect", repr(exc))
-                        await trio.sleep(0.05)  # a down server must not become a busy loop
-                        continue
-                    stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                keep = False
+            while self._ticket():
+                reused = stream is not None
+                if stream is None and (stream := await self._connect()) is None:
+                    continue
+                keep: bool | None = False
                 with trio.move_on_after(self.config.timeout) as scope:
-                    keep = await self._one(stream, f"bench-{self.run_id}-{n}")
+                    keep = await self._one(stream, f"bench-{self.run_id}-{next(self.ids)}", reused)
                 if scope.cancelled_caught:
                     self.totals.error("timeout", f"no end after {self.config.timeout} s")
                 if not keep:
                     stream.socket.close()
                     stream = None
+                if keep is None:  # a stale kept-alive connection: again on a new one
+                    self.totals.started -= 1
         finally:
             if stream is not None:
                 stream.socket.close()
 
-    async def _one(self, stream: trio.SocketStream, user: str) -> bool:
-        """One request; returns whether the connection can be reused."""
+    async def _one(self, stream: trio.SocketStream, user: str, reused: bool) -> bool | None:
+        """One request: whether the connection can be reused (None: it was stale)."""
         totals, sock = self.totals, stream.socket
         start = time.perf_counter()
+        buf = b""
         try:
             await stream.send_all(self._request(user))
-            buf = b""
-            while (split := buf.find(b"\r\n\r\n")) < 0:
-                data = await sock.recv(_RECV)
-                if not data or len(buf) > _MAX_HEAD:
-                    totals.error("broken", "connection closed before the response head")
-                    return False
+            while (split := buf.find(b"\r\n\r\n")) < 0 and len(buf) < _MAX_HEAD:
+                if not (data := await sock.recv(_RECV)):
+                    break
                 buf += data
-        except OSError as exc:
+        except (OSError, trio.BrokenResourceError) as exc:
+            if reused and not buf:
+                return None
             totals.error("broken", repr(exc))
+            return False
+        if split < 0:
+            if reused and not buf:
+                return None
+            totals.error("broken", f"no response head: {buf[:80]!r}")
             return False
         try:
             lines = buf[:split].decode("latin-1").split("\r\n")

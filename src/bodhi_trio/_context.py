@@ -28,7 +28,6 @@ the lock.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import time
@@ -73,7 +72,7 @@ from ._state import (
     SlotStatus,
     choose_strategy,
 )
-from ._upstream import Sender, UpstreamPool, UpstreamResponse, send_upstream
+from ._upstream import PooledSender, Sender, UpstreamPool, UpstreamResponse
 
 if TYPE_CHECKING:
     from ._settings import Settings
@@ -92,6 +91,7 @@ ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 """The llama-server routes :meth:`SharedContext.forward` accepts."""
 
 _SHUTDOWN_BOUND = 30.0
+_READERS_LEAVE_BOUND = 1.0
 
 
 @attrs.frozen
@@ -122,7 +122,7 @@ class SharedContext:
     ) -> None:
         self._settings = settings
         self._nursery = nursery
-        self._send = sender
+        self._sender = sender
         self._aliases = aliases
         self._launcher = launcher
         self._build_spec = spec_builder
@@ -247,7 +247,7 @@ class SharedContext:
         body = json.dumps(apply_request_params(request, alias.request_params)).encode()
         async with (
             self._serving(alias) as slot,
-            self._send(slot.server.host, slot.server.port, endpoint, body) as response,
+            self._sender.send(slot.server.host, slot.server.port, endpoint, body) as response,
         ):
             self._emit(
                 EventKind.CHAT_COMPLETIONS,
@@ -446,14 +446,24 @@ class SharedContext:
     async def _stop_locked(self) -> None:
         """Stop the child, if any (write side held, so no reader is in)."""
         slot = self._slot
-        if slot is None:
-            return
-        self._slot = None
+        if slot is not None:
+            await self._stop_slot(slot)
+
+    async def _stop_slot(self, slot: Slot) -> None:
+        """Empty the slot and stop its child; returns once the child is reaped.
+
+        Shielded, and bounded by the child's stop grace (TERM, grace, KILL, reap).
+        """
+        if self._slot is slot:
+            self._slot = None
         if slot.usable:
             self._publish(status=SlotStatus.STOPPING)
         slot.usable = False
-        slot.scope.cancel()
-        with trio.CancelScope(shield=True):  # bounded: TERM, grace, KILL, reap
+        with trio.CancelScope(shield=True):
+            # Idle keep-alive connections would hold llama-server's HTTP threads (and
+            # so its exit) until its keep-alive timeout.
+            await self._sender.close_idle(slot.server.host, slot.server.port)
+            slot.scope.cancel()
             await slot.finished.wait()
         if self.state.status is SlotStatus.STOPPING:
             self._publish(status=SlotStatus.STOPPED, alias=None, pid=None, port=None)
@@ -567,16 +577,13 @@ class SharedContext:
         self._interrupt_readers(ResponseInterruptedError("bodhi-trio is shutting down"))
         for pending in self._pending.values():
             pending.error = UnavailableError("bodhi-trio is shutting down", retry_after=5)
-        slot = self._slot
         with trio.move_on_after(_SHUTDOWN_BOUND, shield=True):
-            if slot is not None:
-                slot.usable = False
-                self._slot = None
-                self._publish(status=SlotStatus.STOPPING)
-                slot.scope.cancel()
-                await slot.finished.wait()
-                self._publish(status=SlotStatus.STOPPED, alias=None, pid=None, port=None)
-                self._emit(EventKind.STOP, slot.alias.alias, pid=slot.server.pid)
+            # Let the interrupted responses close their upstream connections first:
+            # llama-server exits at once on SIGTERM only when none is open.
+            with trio.move_on_after(_READERS_LEAVE_BOUND):
+                await self.wait_state(lambda state: state.in_flight == 0)
+            if self._slot is not None:
+                await self._stop_slot(self._slot)
         self._hub.close()
 
 
@@ -614,7 +621,7 @@ async def open_context(
             ctx = SharedContext(
                 settings,
                 nursery,
-                sender or functools.partial(send_upstream, pool),
+                sender or PooledSender(pool),
                 aliases=AliasStore(settings.aliases_dir),
                 launcher=launcher or serve_llama_server,
                 spec_builder=spec_builder or default_spec_builder(settings),

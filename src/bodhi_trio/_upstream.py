@@ -14,7 +14,7 @@ llama-server learns that the client left and stops generating.
 from __future__ import annotations
 
 import collections
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Protocol, final
 
@@ -24,7 +24,14 @@ import trio
 
 from ._exceptions import UpstreamError
 
-__all__ = ["H11Response", "Sender", "UpstreamPool", "UpstreamResponse", "send_upstream"]
+__all__ = [
+    "H11Response",
+    "PooledSender",
+    "Sender",
+    "UpstreamPool",
+    "UpstreamResponse",
+    "send_upstream",
+]
 
 _RECEIVE_BYTES = 65536
 _CLOSE_TIMEOUT = 2.0
@@ -43,9 +50,18 @@ class UpstreamResponse(Protocol):
     async def aread(self) -> bytes: ...
 
 
-Sender = Callable[[str, int, str, bytes], AbstractAsyncContextManager[UpstreamResponse]]
-"""``sender(host, port, path, body)``: POST ``body`` and yield the response (see
-:func:`send_upstream`; tests substitute a fake)."""
+class Sender(Protocol):
+    """How the context talks to a server: :class:`PooledSender` for real, fakes in tests."""
+
+    def send(
+        self, host: str, port: int, path: str, body: bytes
+    ) -> AbstractAsyncContextManager[UpstreamResponse]:
+        """POST ``body`` and yield the response (see :func:`send_upstream`)."""
+        ...
+
+    async def close_idle(self, host: str, port: int) -> None:
+        """Close idle connections to a server that is about to stop."""
+        ...
 
 
 @attrs.define(eq=False)
@@ -109,9 +125,14 @@ class UpstreamPool:
         idle.append(connection)
         return True
 
-    def forget(self, host: str, port: int) -> list[_Connection]:
-        """Drop the idle connections to a server that is gone; returns them to close."""
-        return list(self._idle.pop((host, port), ()))
+    async def close_idle(self, host: str, port: int) -> None:
+        """Close the idle connections to one server (before stopping it: llama-server's
+        HTTP threads would otherwise sit on them until its keep-alive timeout)."""
+        for connection in self._idle.pop((host, port), ()):
+            await connection.aclose()
+
+    def idle_count(self, host: str, port: int) -> int:
+        return len(self._idle.get((host, port), ()))
 
     async def aclose(self) -> None:
         """Close every idle connection."""
@@ -281,3 +302,19 @@ async def send_upstream(
     finally:
         if not (response._complete and pool._give_back(response._connection)):
             await response._connection.aclose()
+
+
+@final
+@attrs.define(eq=False)
+class PooledSender:
+    """The real :class:`Sender`: :func:`send_upstream` over one :class:`UpstreamPool`."""
+
+    pool: UpstreamPool
+
+    def send(
+        self, host: str, port: int, path: str, body: bytes
+    ) -> AbstractAsyncContextManager[H11Response]:
+        return send_upstream(self.pool, host, port, path, body)
+
+    async def close_idle(self, host: str, port: int) -> None:
+        await self.pool.close_idle(host, port)

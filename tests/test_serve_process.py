@@ -1,0 +1,120 @@
+"""``bodhi-trio serve --demo`` as a real process: startup, SIGTERM with streams open."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from bodhi_trio._upstream import UpstreamPool, send_upstream
+from procs import is_alive
+
+pytestmark = pytest.mark.llama
+
+SHUTDOWN_GRACE = 2.0  # bodhi_trio._serve.SHUTDOWN_GRACE
+
+
+def bodhi(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bodhi_trio", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+
+
+def start_serve(env: dict[str, str], home: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "bodhi_trio", "serve", "--demo", "--home", str(home), "--port", "0"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for_url(process: subprocess.Popen[str]) -> str:
+    assert process.stderr is not None
+    for line in process.stderr:
+        match = re.search(r"listening on (http://\S+)", line)
+        if match:
+            return match.group(1)
+    raise AssertionError(f"serve exited with {process.wait()} before listening")
+
+
+async def test_sigterm_with_sixteen_streams_open(tmp_path: Path) -> None:
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "BODHI_HOME": str(tmp_path / "home")}
+    bodhi(
+        "alias", "create", "demo:long",
+        "--repo", "bodhi-trio/tiny-random-llama", "--filename", "tiny-random-llama.gguf",
+        "--context-param", "--parallel 16 --ctx-size 8192 --context-shift",
+        env=env,
+    )  # fmt: skip
+    request = json.dumps(
+        {
+            "model": "demo:long",
+            "messages": [{"role": "user", "content": "go"}],
+            "max_tokens": 10_000_000,
+            "ignore_eos": True,
+            "stream": True,
+        }
+    ).encode()
+    with start_serve(env, tmp_path / "home") as process:
+        try:
+            url = await trio.to_thread.run_sync(wait_for_url, process)
+            port = int(url.rsplit(":", 1)[1])
+            outcomes: list[str] = []
+            streaming = 0
+            all_streaming = trio.Event()
+
+            async def client(pool: UpstreamPool) -> None:
+                nonlocal streaming
+                async with send_upstream(
+                    pool, "127.0.0.1", port, "/v1/chat/completions", request
+                ) as r:
+                    body = b""
+                    counted = False
+                    async for chunk in r:
+                        body += chunk
+                        if not counted:
+                            counted = True
+                            streaming += 1
+                            if streaming == 16:
+                                all_streaming.set()
+                        await trio.sleep(0.01)  # a slowish reader
+                if r.status_code != 200:
+                    outcomes.append(f"status {r.status_code}")
+                elif b'data: {"error"' in body:
+                    outcomes.append("error event")
+                else:
+                    outcomes.append("other end")
+
+            with trio.fail_after(60):
+                async with UpstreamPool() as pool, trio.open_nursery() as nursery:
+                    for _ in range(16):
+                        nursery.start_soon(client, pool)
+                    await all_streaming.wait()
+                    async with httpx.AsyncClient() as probe:
+                        child = (await probe.get(url + "/bodhi/v1/state")).json()["pid"]
+                    assert is_alive(child)
+                    process.send_signal(signal.SIGTERM)
+                    sent = trio.current_time()
+                    code = await trio.to_thread.run_sync(process.wait)
+                    exited_after = trio.current_time() - sent
+            assert code == 0
+            assert exited_after < SHUTDOWN_GRACE + 2, process.stderr and process.stderr.read()
+            assert outcomes == ["error event"] * 16  # every stream ended, with an error event
+            assert not is_alive(child)
+        finally:
+            if process.poll() is None:
+                process.kill()
