@@ -281,3 +281,31 @@ async def test_readme_curl_works(tmp_path: Path, hub_cache: Path) -> None:
     assert response.status_code == 200
     assert response.json()["model"] == DEMO_ALIAS
     assert response.json()["choices"][0]["message"]["role"] == "assistant"
+
+
+async def test_logs_tail_and_follow(tmp_path: Path, hub_cache: Path) -> None:
+    with trio.fail_after(60):
+        async with (
+            running_server(tmp_path, hub_cache, BODHI_SSE_KEEPALIVE_SECS="0.2") as server,
+            UpstreamPool() as pool,
+            httpx.AsyncClient(base_url=server.url, timeout=30) as client,
+        ):
+            await client.post("/bodhi/v1/server/load", json={"alias": DEMO_ALIAS})
+            tail = (await client.get("/bodhi/v1/server/logs", params={"lines": "5"})).json()
+            assert len(tail["lines"]) == 5
+            bad = await client.get("/bodhi/v1/server/logs", params={"lines": "x"})
+            assert bad.status_code == 400
+            port = int(server.url.rsplit(":", 1)[1])
+            path = "/bodhi/v1/server/logs?follow=true&lines=2"
+            async with send_upstream(pool, "127.0.0.1", port, path, b"", method="GET") as follow:
+                assert follow.headers["content-type"] == "text/event-stream"
+                await client.post("/bodhi/v1/server/stop")  # the child logs its shutdown
+                received = b""
+                async for chunk in follow:
+                    received += chunk
+                    lines = [json.loads(e.removeprefix("data: "))["line"]
+                             for e in sse_events(received) if e.startswith("data: ")]  # fmt: skip
+                    if len(lines) > 2:
+                        break
+    assert lines[:2] == tail["lines"][-2:]
+    assert len(lines) > 2  # new lines arrived after the two from the tail
