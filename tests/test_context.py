@@ -527,7 +527,10 @@ async def test_context_exit_stops_the_child_and_ends_streams(
 ) -> None:
     launcher = FakeLauncher()
     errors: list[BaseException] = []
-    async with harness(tmp_path, launcher=launcher) as h:
+    async with (
+        trio.open_nursery() as requests,  # request tasks outlive the context
+        harness(tmp_path, launcher=launcher) as h,
+    ):
         await h.ctx.load("a")
 
         async def streaming() -> None:
@@ -536,7 +539,7 @@ async def test_context_exit_stops_the_child_and_ends_streams(
             except ResponseInterruptedError as exc:
                 errors.append(exc)
 
-        h.ctx._nursery.start_soon(streaming)  # a request task the context doesn't own
+        requests.start_soon(streaming)
         await h.ctx.wait_state(lambda s: s.in_flight == 1)
     assert launcher.alive == {}
     assert [str(e) for e in errors] == ["bodhi-trio is shutting down"]

@@ -1,80 +1,50 @@
-"""The server slot: one llama-server at a time, shared by every request.
+"""The server slot's public face: ``SharedContext`` and ``open_context``.
 
-This is the seed's ``SharedContext``, done with structured concurrency. Who
-owns what (all long-lived tasks live in the context's root nursery)::
+This is the seed's ``SharedContext``, done with structured concurrency. It adds
+aliases, request forwarding and state listeners to the :class:`SlotScheduler`
+(``_scheduler.py``: the RW lock, loads, swaps, drain, crashes, idle unload)::
 
-    open_context ── root nursery
-        ├── child task        serve_llama_server(spec)   (one at a time; cancel = stop)
-        ├── load tasks        one per alias being loaded (single flight; outlive their waiters)
-        ├── idle unloader     BODHI_KEEP_ALIVE_SECS after the last response
-        └── listener tasks    one per state listener, each with its own bounded channel
-
-    request task ── forward() ── read hold on the RW lock ── upstream response
-                                 (registered cancel scope: a drain timeout,
-                                  a crash or shutdown ends it with an error)
-
-The RW lock guards the slot. A response holds the read side until its last
-byte or until its client leaves. Load, swap, stop, variant change and idle
-unload take the write side; they wait for in-flight responses up to the drain
-timeout, then cancel the rest.
-
-A request for an alias that is not loaded joins (or starts) that alias's load
-task and waits for it without holding the lock. When the load is done, the
-task turns its write hold into one read hold for every request still waiting
-(:meth:`WriteHold.downgrade`), so those requests are served before any other
-swap can get in; every other request re-checks what is loaded once it holds
-the lock.
+    open_context ── root nursery ── child task, load tasks, idle unloader, listener tasks
+    request task ── forward() ── read hold on the slot ── upstream response
+                                 (a drain timeout, a crash or shutdown ends it with an error)
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, final
 
 import attrs
 import trio
-import trio_util
 
 from ._alias_store import AliasStore
 from ._aliases import Alias, apply_request_params
-from ._child import LaunchSpec, serve_llama_server
+from ._child import serve_llama_server
 from ._exceptions import (
-    BodhiError,
     InvalidRequestError,
-    LlamaServerExitedError,
-    ResponseInterruptedError,
-    UnavailableError,
 )
 from ._leftovers import kill_leftovers
 from ._listeners import ListenerHub, ListenerStatistics, StateListener
 from ._logtail import LogTail
 from ._runtime import find_llama_server
-from ._rwlock import RWLock, RWLockStatistics
+from ._scheduler import SlotScheduler
 from ._slot import (
-    HandOff,
     Launcher,
-    PendingLoad,
     RunningServer,
-    Slot,
     SpecBuilder,
-    Ticket,
     default_spec_builder,
 )
 from ._state import (
     EventKind,
-    ModelLoadStrategy,
-    ServerEvent,
     ServerState,
-    SlotStatus,
-    choose_strategy,
 )
 from ._upstream import PooledSender, Sender, UpstreamPool, UpstreamResponse
 
 if TYPE_CHECKING:
+    from ._rwlock import RWLockStatistics
     from ._settings import Settings
 
 __all__ = [
@@ -89,9 +59,6 @@ logger = logging.getLogger("bodhi_trio.context")
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 """The llama-server routes :meth:`SharedContext.forward` accepts."""
-
-_SHUTDOWN_BOUND = 30.0
-_READERS_LEAVE_BOUND = 1.0
 
 
 @attrs.frozen
@@ -112,43 +79,26 @@ class SharedContext:
     def __init__(
         self,
         settings: Settings,
-        nursery: trio.Nursery,
+        scheduler: SlotScheduler,
         sender: Sender,
+        hub: ListenerHub,
         *,
         aliases: AliasStore,
-        launcher: Launcher,
-        spec_builder: SpecBuilder,
         log: LogTail,
     ) -> None:
         self._settings = settings
-        self._nursery = nursery
+        self._scheduler = scheduler
         self._sender = sender
+        self._hub = hub
         self._aliases = aliases
-        self._launcher = launcher
-        self._build_spec = spec_builder
-        self._lock = RWLock()
-        self._hub = ListenerHub(nursery)
         self._log = log
-        self._variant = settings.exec_variant
-        self._slot: Slot | None = None
-        self._pending: dict[str, PendingLoad] = {}
-        self._readers: set[trio.CancelScope] = set()
-        self._state = trio_util.AsyncValue(ServerState(SlotStatus.STOPPED, None, self._variant))
-        self._seq = 0
-        self._starts = 0
-        self._closed = False
-        # Idle tracking: `_activity` bumps on every read hold taken or given back.
-        self._activity = 0
-        self._idle_since = trio.current_time()
-        self._changed = trio.Event()
 
     # ------------------------------------------------------------------ observing
 
     @property
     def state(self) -> ServerState:
         """The slot's current :class:`ServerState`."""
-        state: ServerState = self._state.value
-        return state
+        return self._scheduler.state
 
     @property
     def log(self) -> LogTail:
@@ -157,7 +107,7 @@ class SharedContext:
 
     @property
     def exec_variant(self) -> str:
-        return self._variant
+        return self._scheduler.variant
 
     @property
     def aliases(self) -> AliasStore:
@@ -173,12 +123,11 @@ class SharedContext:
 
         Cancellation: safe.
         """
-        state: ServerState = await self._state.wait_value(predicate)
-        return state
+        return await self._scheduler.wait_state(predicate)
 
     def is_loaded(self) -> bool:
         """Whether a usable llama-server is loaded (a crashed one is not)."""
-        return self._slot is not None and self._slot.usable
+        return self._scheduler.is_loaded()
 
     def add_state_listener(
         self, listener: StateListener, *, buffer: int = 256, name: str | None = None
@@ -196,10 +145,10 @@ class SharedContext:
     def statistics(self) -> ContextStatistics:
         return ContextStatistics(
             state=self.state,
-            lock=self._lock.statistics(),
-            pending_loads=tuple(self._pending),
+            lock=self._scheduler.lock_statistics(),
+            pending_loads=self._scheduler.pending_loads(),
             listeners=tuple(self._hub.statistics()),
-            starts=self._starts,
+            starts=self._scheduler.starts,
         )
 
     # ------------------------------------------------------------------ requests
@@ -246,10 +195,10 @@ class SharedContext:
         alias = self.resolve_alias(request.get("model"))
         body = json.dumps(apply_request_params(request, alias.request_params)).encode()
         async with (
-            self._serving(alias) as slot,
+            self._scheduler.serving(alias) as slot,
             self._sender.send(slot.server.host, slot.server.port, endpoint, body) as response,
         ):
-            self._emit(
+            self._scheduler.emit(
                 EventKind.CHAT_COMPLETIONS,
                 alias.alias,
                 endpoint=endpoint,
@@ -266,7 +215,7 @@ class SharedContext:
         Cancellation: the load itself still completes.
         """
         alias = self.resolve_alias(alias_name)
-        async with self._serving(alias):
+        async with self._scheduler.serving(alias):
             pass
         return self.state
 
@@ -279,9 +228,7 @@ class SharedContext:
 
     async def stop(self) -> None:
         """Stop the loaded model, draining in-flight responses first (drain timeout)."""
-        self._check_open()
-        async with self._write("stop requested"):
-            await self._stop_locked()
+        await self._scheduler.stop()
 
     async def set_exec_variant(self, variant: str) -> ServerState:
         """Switch the exec variant; a loaded model restarts on the new variant's
@@ -291,278 +238,13 @@ class SharedContext:
             LlamaServerNotFoundError: No binary for ``variant`` (nothing changes).
             BodhiError: The restart failed (the variant stays switched; state stopped).
         """
-        self._check_open()
+        self._scheduler.check_open()
         variant = variant.strip().lower()
         if not variant or not variant.replace("_", "").isalnum():
             raise InvalidRequestError(f"invalid variant {variant!r}", param="variant")
-        explicit = self._settings.binary_for(variant)
-        find_llama_server(variant, explicit)
-        async with self._write(f"variant change to {variant}"):
-            previous = self._variant
-            self._variant = variant
-            self._publish(variant=variant)
-            self._emit(EventKind.VARIANT, None, previous=previous)
-            slot = self._slot
-            if slot is not None:
-                await self._stop_locked()
-                await self._start_locked(slot.alias)
+        find_llama_server(variant, self._settings.binary_for(variant))
+        await self._scheduler.switch_variant(variant)
         return self.state
-
-    # ------------------------------------------------------------------ the read side
-
-    @asynccontextmanager
-    async def _serving(self, alias: Alias) -> AsyncIterator[Slot]:
-        """Hold the read side on a slot serving ``alias`` for the block."""
-        slot = await self._hold_read_for(alias)
-        reader = trio.CancelScope()
-        self._readers.add(reader)
-        self._count_reader(+1)
-        try:
-            with reader:
-                yield slot
-        finally:
-            self._readers.discard(reader)
-            self._count_reader(-1)
-            await self._lock.release_read()
-        if reader.cancelled_caught:
-            raise slot.interruption or ResponseInterruptedError("the response was interrupted")
-
-    async def _hold_read_for(self, alias: Alias) -> Slot:
-        """Take a read hold on a usable slot serving ``alias``, loading it if needed."""
-        while True:
-            self._check_open()
-            await self._lock.acquire_read()
-            slot = self._slot
-            loaded = slot.alias.alias if slot is not None and slot.usable else None
-            if choose_strategy(loaded, alias.alias) is ModelLoadStrategy.CONTINUE:
-                assert slot is not None
-                return slot
-            await self._lock.release_read()
-            pending = self._pending.get(alias.alias)
-            if pending is None:
-                pending = self._start_load(alias)
-            ticket = Ticket()
-            pending.tickets.append(ticket)
-            try:
-                await pending.done.wait()
-            except BaseException:
-                if ticket.granted:
-                    await self._lock.release_read()
-                ticket.abandoned = True
-                raise
-            if pending.error is not None:
-                raise pending.error
-            if not ticket.granted:
-                continue
-            slot = self._slot
-            if slot is not None and slot.usable and slot.alias.alias == alias.alias:
-                return slot
-            await self._lock.release_read()  # it crashed between the grant and now: again
-
-    def _count_reader(self, delta: int) -> None:
-        in_flight = self.state.in_flight + delta
-        self._activity += 1
-        if in_flight == 0:
-            self._idle_since = trio.current_time()
-        self._publish(in_flight=in_flight)
-
-    # ------------------------------------------------------------------ the write side
-
-    @asynccontextmanager
-    async def _write(self, reason: str) -> AsyncIterator[Any]:
-        """Hold the write side; readers still in after the drain timeout are cancelled."""
-
-        def interrupt() -> None:
-            self._interrupt_readers(
-                ResponseInterruptedError(
-                    f"{reason}: the response outlasted the drain timeout"
-                    f" ({self._settings.drain_timeout_secs:g} s) and was ended"
-                )
-            )
-
-        async with self._lock.write(
-            patience=self._settings.drain_timeout_secs, on_impatience=interrupt
-        ) as hold:
-            yield hold
-
-    def _interrupt_readers(self, error: BodhiError) -> None:
-        if self._slot is not None and self._slot.interruption is None:
-            self._slot.interruption = error
-        for reader in self._readers:
-            reader.cancel()
-
-    def _start_load(self, alias: Alias) -> PendingLoad:
-        pending = PendingLoad(alias)
-        self._pending[alias.alias] = pending
-        self._nursery.start_soon(self._load_task, pending, name=f"load:{alias.alias}")
-        return pending
-
-    async def _load_task(self, pending: PendingLoad) -> None:
-        """Load ``pending.alias`` and hand read holds to the requests waiting for it."""
-        name = pending.alias.alias
-        try:
-            async with self._write(f"swap to {name}") as hold:
-                slot = self._slot
-                if slot is None or not slot.usable or slot.alias.alias != name:
-                    await self._stop_locked()
-                    await self._start_locked(pending.alias)
-                del self._pending[name]  # later requests take the normal path
-                tickets = [t for t in pending.tickets if not t.abandoned]
-                await hold.downgrade(len(tickets))
-                for ticket in tickets:
-                    if ticket.abandoned:  # its request left while we downgraded
-                        await self._lock.release_read()
-                    else:
-                        ticket.granted = True
-        except BodhiError as exc:
-            pending.error = exc
-        except Exception as exc:
-            logger.exception("loading %s failed unexpectedly", name)
-            pending.error = BodhiError(f"loading {name!r} failed: {exc!r}")
-        finally:
-            if self._pending.get(name) is pending:
-                del self._pending[name]
-            pending.done.set()
-
-    async def _start_locked(self, alias: Alias) -> None:
-        """Start the child for ``alias`` (write side held, slot empty)."""
-        variant = self._variant
-        self._publish(status=SlotStatus.LOADING, alias=alias.alias, pid=None, port=None, error=None)
-        self._emit(EventKind.LOADING, alias.alias)
-        try:
-            spec = self._build_spec(alias, variant)
-            server, scope, finished = await self._nursery.start(
-                self._child_task, spec, name=f"llama-server:{alias.alias}"
-            )
-        except BodhiError as exc:
-            self._publish(status=SlotStatus.STOPPED, alias=None, error=exc.message)
-            self._emit(EventKind.STOP, alias.alias, error=exc.message, code=exc.code)
-            raise
-        self._slot = Slot(alias, variant, spec, server, scope, finished)
-        self._starts += 1
-        self._publish(status=SlotStatus.READY, pid=server.pid, port=server.port)
-        self._emit(EventKind.START, alias.alias, pid=server.pid, port=server.port)
-
-    async def _stop_locked(self) -> None:
-        """Stop the child, if any (write side held, so no reader is in)."""
-        slot = self._slot
-        if slot is not None:
-            await self._stop_slot(slot)
-
-    async def _stop_slot(self, slot: Slot) -> None:
-        """Empty the slot and stop its child; returns once the child is reaped.
-
-        Shielded, and bounded by the child's stop grace (TERM, grace, KILL, reap).
-        """
-        if self._slot is slot:
-            self._slot = None
-        if slot.usable:
-            self._publish(status=SlotStatus.STOPPING)
-        slot.usable = False
-        with trio.CancelScope(shield=True):
-            # Idle keep-alive connections would hold llama-server's HTTP threads (and
-            # so its exit) until its keep-alive timeout.
-            await self._sender.close_idle(slot.server.host, slot.server.port)
-            slot.scope.cancel()
-            await slot.finished.wait()
-        if self.state.status is SlotStatus.STOPPING:
-            self._publish(status=SlotStatus.STOPPED, alias=None, pid=None, port=None)
-            self._emit(EventKind.STOP, slot.alias.alias, pid=slot.server.pid)
-
-    async def _child_task(
-        self,
-        spec: LaunchSpec,
-        task_status: trio.TaskStatus[tuple[RunningServer, trio.CancelScope, trio.Event]],
-    ) -> None:
-        """Run one child in the root nursery; report its crash if it exits by itself."""
-        handoff = HandOff(trio.CancelScope(), trio.Event(), task_status)
-        try:
-            with handoff.scope:
-                await self._launcher(spec, self._log, task_status=handoff)
-        except LlamaServerExitedError as exc:
-            self._on_crash(exc)
-        except Exception as exc:
-            if not handoff.started_ok:
-                raise
-            logger.exception("llama-server supervision failed")
-            self._on_crash(LlamaServerExitedError(-1, [repr(exc)]))
-        finally:
-            handoff.finished.set()
-
-    def _on_crash(self, error: LlamaServerExitedError) -> None:
-        slot = self._slot
-        if slot is None or not slot.usable:
-            return
-        logger.error("%s", error.message)
-        self._interrupt_readers(
-            ResponseInterruptedError(f"llama-server crashed (exit code {error.returncode})")
-        )
-        slot.usable = False
-        self._slot = None
-        self._publish(status=SlotStatus.CRASHED, pid=None, port=None, error=error.message)
-        self._emit(
-            EventKind.CRASHED,
-            slot.alias.alias,
-            pid=slot.server.pid,
-            returncode=error.returncode,
-            log_tail=list(error.log_tail),
-        )
-
-    # ------------------------------------------------------------------ idle unload
-
-    async def _run_idle_unloader(self) -> None:
-        """Unload the model ``BODHI_KEEP_ALIVE_SECS`` after its last response ended.
-
-        Never while loading or with a response in flight, and never racing a
-        start: the unload takes the write side only if it is free at that very
-        moment, and only if nothing happened since the idle period began.
-        """
-        keep_alive = self._settings.keep_alive_secs
-        if keep_alive < 0:
-            return
-        while True:
-            await self._wait_changed_until(
-                lambda: self._slot is not None and self._slot.usable and not self.state.in_flight
-            )
-            activity = self._activity
-            slot = self._slot
-
-            def active_since(seen: int = activity) -> bool:
-                return self._activity != seen
-
-            with trio.move_on_at(self._idle_since + keep_alive):
-                await self._wait_changed_until(active_since)
-                continue
-            if self._activity == activity and self._slot is slot and self._lock.try_acquire_write():
-                try:
-                    logger.info(
-                        "unloading %s after %s s idle", slot and slot.alias.alias, keep_alive
-                    )
-                    await self._stop_locked()
-                finally:
-                    await self._lock.release_write()
-
-    async def _wait_changed_until(self, predicate: Callable[[], bool]) -> None:
-        while not predicate():
-            await self._changed.wait()
-
-    # ------------------------------------------------------------------ plumbing
-
-    def _publish(self, **changes: Any) -> None:
-        current = self.state
-        if "status" in changes and changes["status"] is not current.status:
-            changes["since"] = time.time()
-        self._state.value = attrs.evolve(current, **changes)
-        self._changed.set()
-        self._changed = trio.Event()
-
-    def _emit(self, kind: EventKind, alias: str | None, **detail: object) -> None:
-        self._seq += 1
-        self._hub.notify(ServerEvent(kind, alias, self._variant, dict(detail), self._seq))
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise UnavailableError("bodhi-trio is shutting down", retry_after=5)
 
     async def aclose(self) -> None:
         """Stop everything: in-flight responses end with an error, the child stops.
@@ -571,19 +253,7 @@ class SharedContext:
 
         Cancellation: the stop is shielded and bounded by the child's stop grace.
         """
-        if self._closed:
-            return
-        self._closed = True
-        self._interrupt_readers(ResponseInterruptedError("bodhi-trio is shutting down"))
-        for pending in self._pending.values():
-            pending.error = UnavailableError("bodhi-trio is shutting down", retry_after=5)
-        with trio.move_on_after(_SHUTDOWN_BOUND, shield=True):
-            # Let the interrupted responses close their upstream connections first:
-            # llama-server exits at once on SIGTERM only when none is open.
-            with trio.move_on_after(_READERS_LEAVE_BOUND):
-                await self.wait_state(lambda state: state.in_flight == 0)
-            if self._slot is not None:
-                await self._stop_slot(self._slot)
+        await self._scheduler.close()
         self._hub.close()
 
 
@@ -618,16 +288,26 @@ async def open_context(
     log = LogTail(path=settings.logs_dir / "llama-server.log")
     try:
         async with UpstreamPool() as pool, trio.open_nursery() as nursery:
-            ctx = SharedContext(
+            real_sender = sender or PooledSender(pool)
+            hub = ListenerHub(nursery)
+            scheduler = SlotScheduler(
                 settings,
                 nursery,
-                sender or PooledSender(pool),
-                aliases=AliasStore(settings.aliases_dir),
+                real_sender,
+                hub,
                 launcher=launcher or serve_llama_server,
                 spec_builder=spec_builder or default_spec_builder(settings),
                 log=log,
             )
-            nursery.start_soon(ctx._run_idle_unloader, name="idle-unloader")
+            ctx = SharedContext(
+                settings,
+                scheduler,
+                real_sender,
+                hub,
+                aliases=AliasStore(settings.aliases_dir),
+                log=log,
+            )
+            nursery.start_soon(scheduler.run_idle_unloader, name="idle-unloader")
             try:
                 yield ctx
             finally:
