@@ -222,6 +222,9 @@ def main() -> None:
             )
             sys.exit(1)
 
+    # llama-server listens with a backlog of 128; http.server's default of 5 would drop
+    # SYNs under 64 concurrent connects (each retried only after 1 s, 3 s, 7 s...).
+    ThreadingHTTPServer.request_queue_size = 128
     server = ThreadingHTTPServer((args.host, args.port), Handler)
     server.daemon_threads = True
     State.ready_at = time.monotonic() + args.fake_load_delay

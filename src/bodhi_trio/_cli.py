@@ -17,6 +17,7 @@ import yaml
 
 from ._alias_store import AliasStore
 from ._aliases import Alias
+from ._bench import add_bench_parser
 from ._exceptions import BodhiError
 from ._runtime import find_llama_server, install_llama_server
 from ._settings import Settings, load_settings
@@ -161,6 +162,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     path.add_argument("--variant", help="exec variant (default: BODHI_EXEC_VARIANT, cpu)")
     path.set_defaults(run=_llama_server_path)
+
+    add_bench_parser(commands)
 
     alias = commands.add_parser("alias", help="manage model aliases")
     alias_commands = alias.add_subparsers(dest="action", required=True, metavar="ACTION")

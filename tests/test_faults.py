@@ -1,0 +1,125 @@
+"""Faults under load (issue 6): a child killed under 64 streams, and what follows."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from bodhi_trio._aliases import Alias
+from bodhi_trio._demo import DEMO_FILENAME, DEMO_REPO
+from bodhi_trio._upstream import UpstreamPool, send_upstream
+from httpserver import running_server
+from procs import is_alive
+
+FAKE = str(Path(__file__).parent / "fake_llama_server.py")
+
+pytestmark = pytest.mark.reliability
+
+
+async def test_child_sigkilled_under_64_streams(tmp_path: Path, hub_cache: Path) -> None:
+    slow = Alias("slow:1", DEMO_REPO, DEMO_FILENAME,
+                 context_params=("--fake-tokens 100000 --fake-token-delay 0.01",))  # fmt: skip
+    body = json.dumps({"model": "slow:1", "messages": [{"role": "user", "content": "x"}],
+                       "stream": True, "max_tokens": 100000}).encode()  # fmt: skip
+    outcomes: list[str] = []
+    streaming = 0
+    all_streaming = trio.Event()
+
+    with trio.fail_after(60):
+        async with (
+            running_server(tmp_path, hub_cache, aliases=(slow,), BODHI_LLAMA_SERVER=FAKE) as server,
+            UpstreamPool() as pool,
+            httpx.AsyncClient(base_url=server.url, timeout=30) as client,
+        ):
+            port = int(server.url.rsplit(":", 1)[1])
+
+            async def one() -> None:
+                nonlocal streaming
+                async with send_upstream(
+                    pool, "127.0.0.1", port, "/v1/chat/completions", body
+                ) as r:
+                    received = b""
+                    async for chunk in r:
+                        if not received:
+                            streaming += 1
+                            if streaming == 64:
+                                all_streaming.set()
+                        received += chunk
+                events = [e for e in received.decode().split("\n\n") if e.startswith("data: ")]
+                errors = [e for e in events if e.startswith('data: {"error"')]
+                if r.status_code != 200:
+                    outcomes.append(f"status {r.status_code}")
+                elif len(errors) == 1 and events[-1] == errors[0]:
+                    outcomes.append("one error event, last")
+                else:
+                    outcomes.append(f"unexpected: {len(errors)} errors, last {events[-1][:40]}")
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(64):
+                    nursery.start_soon(one)
+                await all_streaming.wait()
+                child = (await client.get("/bodhi/v1/state")).json()["pid"]
+                os.kill(child, signal.SIGKILL)
+            state = (await client.get("/bodhi/v1/state")).json()
+            again = await client.post(
+                "/v1/chat/completions",
+                json={"model": "slow:1", "messages": [{"role": "user", "content": "x"}],
+                      "max_tokens": 3},
+            )  # fmt: skip
+            new_child = (await client.get("/bodhi/v1/state")).json()["pid"]
+    assert outcomes == ["one error event, last"] * 64
+    assert state["state"] == "crashed"
+    assert "-9" in state["error"]
+    assert again.status_code == 200
+    assert new_child != child
+    assert not is_alive(child)
+
+
+@pytest.mark.llama
+async def test_model_file_deleted_while_loaded(tmp_path: Path) -> None:
+    from bodhi_trio._demo import DEMO_ALIAS, ensure_demo_model
+
+    private_hub = tmp_path / "hub"
+    model = ensure_demo_model(private_hub)
+    chat = {"model": DEMO_ALIAS, "messages": [{"role": "user", "content": "x"}], "max_tokens": 3}
+    with trio.fail_after(60):
+        async with (
+            running_server(tmp_path / "home", private_hub) as server,
+            httpx.AsyncClient(base_url=server.url, timeout=30) as client,
+        ):
+            assert (await client.post("/v1/chat/completions", json=chat)).status_code == 200
+            model.path.resolve().unlink()  # the blob behind the snapshot symlink
+            running = await client.post("/v1/chat/completions", json=chat)
+            await client.post("/bodhi/v1/server/stop")
+            reload = await client.post("/v1/chat/completions", json=chat)
+            state = (await client.get("/bodhi/v1/state")).json()
+    assert running.status_code == 200  # the loaded model is unaffected
+    assert reload.status_code == 404
+    assert reload.json()["error"]["code"] == "model_file_not_found"
+    assert state["state"] == "stopped"
+
+
+async def test_alias_directory_unwritable_is_a_clear_error(tmp_path: Path, hub_cache: Path) -> None:
+    alias = {"alias": "x:1", "repo": "org/repo", "filename": "x.gguf"}
+    with trio.fail_after(30):
+        async with (
+            running_server(tmp_path, hub_cache) as server,
+            httpx.AsyncClient(base_url=server.url, timeout=30) as client,
+        ):
+            aliases = tmp_path / "aliases"
+            for entry in aliases.iterdir():
+                entry.unlink()
+            aliases.rmdir()
+            aliases.write_text("not a directory")  # root ignores modes; this fails for all
+            response = await client.post("/bodhi/v1/aliases", json=alias)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert str(aliases) in error["message"]
+    assert "Traceback" not in error["message"]
+    assert aliases.read_text() == "not a directory"
