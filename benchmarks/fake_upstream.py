@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import os
 import select
@@ -49,6 +50,7 @@ _TIMINGS = {
     "prompt_ms": 0.1,
     "prompt_per_token_ms": 0.033,
     "prompt_per_second": 30000.0,
+    "predicted_n": 0,
     "predicted_ms": 1.0,
     "predicted_per_token_ms": 0.01,
     "predicted_per_second": 100000.0,
@@ -56,7 +58,15 @@ _TIMINGS = {
 
 
 class _Stop(Exception):
-    """Raised in the main thread by SIGTERM."""
+    """Raised in the main thread by SIGTERM or SIGINT."""
+
+
+class _Gone(Exception):
+    """The client left after ``sent`` events."""
+
+    def __init__(self, sent: int) -> None:
+        super().__init__(sent)
+        self.sent = sent
 
 
 class _Stats:
@@ -66,6 +76,7 @@ class _Stats:
         self.streams = 0
         self.completed = 0
         self.events = 0
+        self.gone = 0
         self.disconnects: collections.deque[tuple[str, float, int]] = collections.deque(
             maxlen=_DISCONNECT_LOG
         )
@@ -77,6 +88,7 @@ class _Stats:
                 "streams": self.streams,
                 "completed": self.completed,
                 "events": self.events,
+                "active": self.streams - self.completed - self.gone,
                 "disconnects": [list(d) for d in self.disconnects],
             }
 
@@ -108,7 +120,7 @@ class _Stream:
             def choice(delta: dict[str, object], reason: str | None) -> dict[str, object]:
                 return {"finish_reason": reason, "index": 0, "delta": delta}
 
-            role = {"role": "assistant", "content": None}
+            role: dict[str, object] = {"role": "assistant", "content": None}
             first.append(_frame(_dumps({"choices": [choice(role, None)], **tail}).encode()))
             token = {"choices": [choice({"content": " t" + _MARK}, None)], **tail}
             end: dict[str, object] = {"choices": [choice({}, finish)], **tail}
@@ -232,7 +244,9 @@ class _Connection:
         if method == "GET" and path == "/health":
             self._json(200, {"status": "ok"})
         elif method == "GET" and path == "/slots":
-            self._json(200, [{"id": 0, "n_ctx": 4096, "speculative": False, "is_processing": False}])
+            self._json(
+                200, [{"id": 0, "n_ctx": 4096, "speculative": False, "is_processing": False}]
+            )
         elif method == "GET" and path == "/bench/stats":
             self._json(200, self.stats.as_json())
         elif method == "POST" and path in ("/v1/chat/completions", "/v1/completions"):
@@ -274,7 +288,6 @@ class _Connection:
             b"Content-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n"
             b"Keep-Alive: timeout=5, max=100\r\n\r\n"
         )
-        sent = 0
         events = stream.events()
         try:
             if args.batch > 1:
@@ -282,13 +295,12 @@ class _Connection:
             elif args.token_delay > 0:
                 sent = _send_paced(sock, events, args.token_delay)
             else:
-                send = sock.sendall
-                for event in events:
-                    send(event)
-                    sent += 1
-        except OSError:
+                sent = _send_each(sock, events)
+        except _Gone as gone:
+            sent = gone.sent
             with self.stats.lock:
                 self.stats.events += sent
+                self.stats.gone += 1
                 self.stats.disconnects.append((user, time.monotonic(), sent))
             if args.verbose:
                 print(f"client disconnected after {sent} events", flush=True)
@@ -299,18 +311,34 @@ class _Connection:
         return True
 
 
+def _send_each(sock: socket.socket, events: Iterator[bytes]) -> int:
+    """The benchmark mode: one ``send`` per event."""
+    sent = 0
+    send = sock.sendall
+    try:
+        for event in events:
+            send(event)
+            sent += 1
+    except OSError:
+        raise _Gone(sent) from None
+    return sent
+
+
 def _send_batched(sock: socket.socket, events: Iterator[bytes], batch: int) -> int:
     sent = 0
     pending: list[bytes] = []
-    for event in events:
-        pending.append(event)
-        if len(pending) >= batch:
+    try:
+        for event in events:
+            pending.append(event)
+            if len(pending) >= batch:
+                sock.sendall(b"".join(pending))
+                sent += len(pending)
+                pending.clear()
+        if pending:
             sock.sendall(b"".join(pending))
             sent += len(pending)
-            pending.clear()
-    if pending:
-        sock.sendall(b"".join(pending))
-        sent += len(pending)
+    except OSError:
+        raise _Gone(sent) from None
     return sent
 
 
@@ -319,13 +347,16 @@ def _send_paced(sock: socket.socket, events: Iterator[bytes], delay: float) -> i
     sent = 0
     poller = select.poll()
     poller.register(sock, select.POLLIN | select.POLLRDHUP)
-    for event in events:
-        if sent:
-            ready = poller.poll(delay * 1000.0)
-            if ready and not sock.recv(1, socket.MSG_PEEK):
-                raise ConnectionResetError("client left")
-        sock.sendall(event)
-        sent += 1
+    try:
+        for event in events:
+            if sent:
+                ready = poller.poll(delay * 1000.0)
+                if ready and not sock.recv(1, socket.MSG_PEEK):
+                    raise ConnectionResetError("client left")
+            sock.sendall(event)
+            sent += 1
+    except OSError:
+        raise _Gone(sent) from None
     return sent
 
 
@@ -349,7 +380,7 @@ def _plain(chat: bool, stream: _Stream, model: str, n: int, finish: str) -> dict
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1", help="bind address (127.0.0.1)")
     parser.add_argument("--port", type=int, default=8080, help="port; 0 picks a free one")
     parser.add_argument("--alias", "-a", default="fake", help="model name when none is sent")
@@ -381,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         raise _Stop
 
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)  # also when started with SIGINT ignored (shell `&`)
     open_sockets: set[socket.socket] = set()
     try:
         while True:
@@ -391,15 +423,13 @@ def main(argv: list[str] | None = None) -> int:
             thread = threading.Thread(target=_run, args=(conn.serve, open_sockets, sock))
             thread.daemon = True
             thread.start()
-    except (_Stop, KeyboardInterrupt):
+    except _Stop:
         pass
     finally:
         listener.close()
         for sock in list(open_sockets):
-            try:
+            with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
     print("stopped", flush=True)
     return 0
 

@@ -543,3 +543,14 @@ async def test_context_exit_stops_the_child_and_ends_streams(
         await h.ctx.wait_state(lambda s: s.in_flight == 1)
     assert launcher.alive == {}
     assert [str(e) for e in errors] == ["bodhi-trio is shutting down"]
+
+
+async def test_errors_in_the_block_come_out_unwrapped(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    with pytest.raises(AliasNotFoundError):
+        async with harness(tmp_path) as h:
+            await h.chat("nope")
+    with pytest.raises(ZeroDivisionError):
+        async with harness(tmp_path / "2"):
+            _ = 1 / 0

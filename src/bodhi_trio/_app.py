@@ -50,6 +50,10 @@ _STATUS_TYPES = {
 }
 
 
+def _compact(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
 def _to_response(reply: Reply) -> Response:
     response = Response(reply.body, status=reply.status, headers=dict(reply.headers))
     response.timeout = None  # never cut a stream (the default is 60 s)
@@ -60,14 +64,14 @@ def _envelope_response(
     status: int, message: str, error_type: str, code: str | int, param: str | None = None
 ) -> Response:
     body = {"error": {"message": message, "type": error_type, "code": code, "param": param}}
-    return Response(json.dumps(body), status=status, content_type="application/json")
+    return Response(_compact(body), status=status, content_type="application/json")
 
 
 def _error_response(error: BaseException) -> Response:
     """The one place where errors become HTTP responses."""
     if isinstance(error, BodhiError):
         response = Response(
-            json.dumps(error.to_envelope()), status=error.status, content_type="application/json"
+            _compact(error.to_envelope()), status=error.status, content_type="application/json"
         )
         if isinstance(error, UnavailableError):
             response.headers["Retry-After"] = str(error.retry_after)

@@ -198,6 +198,7 @@ async def _run_once(
     spec: LaunchSpec, port: int, tail: LogTail, task_status: trio.TaskStatus[LlamaServer]
 ) -> NoReturn:
     argv = spec.argv(port)
+    mark = tail.total  # errors quote this child's lines only, not an earlier child's
     tail.append(f"[bodhi-trio] starting: {' '.join(argv)}")
     spawned_at = trio.current_time()
     env = dict(os.environ if spec.env is None else spec.env)
@@ -220,7 +221,7 @@ async def _run_once(
             nursery.start_soon(_pump_output, child, tail, activity, drained, pump_scope)
             try:
                 failure = await _supervise(
-                    spec, child, port, tail, activity, drained, spawned_at, task_status
+                    spec, child, port, tail, mark, activity, drained, spawned_at, task_status
                 )
             finally:
                 with trio.CancelScope(shield=True):
@@ -244,6 +245,7 @@ async def _supervise(
     child: ChildProcess,
     port: int,
     tail: LogTail,
+    mark: int,
     activity: _Activity,
     drained: trio.Event,
     spawned_at: float,
@@ -280,17 +282,19 @@ async def _supervise(
         if exited:
             with trio.move_on_after(_DRAIN_TIMEOUT):
                 await drained.wait()
-            if any(m in line for line in tail.tail(5) for m in _BIND_FAILURE_MARKERS):
+            if any(
+                m in line for line in _own_lines(tail, mark)[-5:] for m in _BIND_FAILURE_MARKERS
+            ):
                 return _BindFailed()
             return StartupError(
                 f"llama-server exited with code {child.returncode} before it was ready",
-                log_tail=tail.tail(_TAIL_LINES),
+                log_tail=_own_lines(tail, mark),
                 returncode=child.returncode,
             )
         return StartupError(
             f"llama-server showed no output or progress for {spec.startup_timeout:g} s"
             " while starting",
-            log_tail=tail.tail(_TAIL_LINES),
+            log_tail=_own_lines(tail, mark),
         )
 
     server = LlamaServer(
@@ -307,7 +311,13 @@ async def _supervise(
     returncode = await child.wait()
     with trio.move_on_after(_DRAIN_TIMEOUT):
         await drained.wait()
-    return LlamaServerExitedError(returncode, tail.tail(_TAIL_LINES))
+    return LlamaServerExitedError(returncode, _own_lines(tail, mark))
+
+
+def _own_lines(tail: LogTail, mark: int) -> list[str]:
+    """The last lines this child printed (the ring is shared by a context's children)."""
+    lines, _skipped = tail.since(mark)
+    return lines[-_TAIL_LINES:]
 
 
 async def _pump_output(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, final
@@ -46,6 +47,8 @@ from ._upstream import PooledSender, Sender, UpstreamPool, UpstreamResponse
 if TYPE_CHECKING:
     from ._rwlock import RWLockStatistics
     from ._settings import Settings
+
+_VARIANT = re.compile(r"[a-z0-9_]+")
 
 __all__ = [
     "ENDPOINTS",
@@ -193,7 +196,10 @@ class SharedContext:
         if endpoint not in ENDPOINTS:
             raise InvalidRequestError(f"unsupported endpoint {endpoint!r}")
         alias = self.resolve_alias(request.get("model"))
-        body = json.dumps(apply_request_params(request, alias.request_params)).encode()
+        # Sampling defaults belong to generation; an embeddings body gets none of them.
+        if endpoint != "/v1/embeddings":
+            request = apply_request_params(request, alias.request_params)
+        body = json.dumps(request).encode()
         async with (
             self._scheduler.serving(alias) as slot,
             self._sender.send(slot.server.host, slot.server.port, endpoint, body) as response,
@@ -240,7 +246,7 @@ class SharedContext:
         """
         self._scheduler.check_open()
         variant = variant.strip().lower()
-        if not variant or not variant.replace("_", "").isalnum():
+        if not _VARIANT.fullmatch(variant):
             raise InvalidRequestError(f"invalid variant {variant!r}", param="variant")
         find_llama_server(variant, self._settings.binary_for(variant))
         await self._scheduler.switch_variant(variant)
@@ -313,5 +319,12 @@ async def open_context(
             finally:
                 await ctx.aclose()
                 nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # The root nursery's tasks never raise, so a group here wraps what the
+        # caller's block raised: hand that back as it was, not wrapped.
+        if len(group.exceptions) != 1:
+            raise
+        error = group.exceptions[0]
+        raise error from error.__cause__
     finally:
         log.close()

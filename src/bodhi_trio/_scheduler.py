@@ -143,8 +143,13 @@ class SlotScheduler:
             await self._stop_locked()
 
     async def switch_variant(self, variant: str) -> None:
-        """Make ``variant`` current; restart a loaded model on it (write side, drained)."""
+        """Make ``variant`` current; restart a loaded model on it (write side, drained).
+
+        Switching to the current variant changes nothing.
+        """
         self.check_open()
+        if variant == self._variant:
+            return
         async with self._write(f"variant change to {variant}"):
             previous = self._variant
             self._variant = variant
@@ -198,6 +203,8 @@ class SlotScheduler:
                 ticket.abandoned = True
                 raise
             if pending.error is not None:
+                if ticket.granted:  # the load finished, then close() marked it failed
+                    await self._lock.release_read()
                 raise pending.error
             if not ticket.granted:
                 continue
@@ -380,14 +387,16 @@ class SlotScheduler:
             with trio.move_on_at(self._idle_since + keep_alive):
                 await self._wait_changed_until(active_since)
                 continue
-            if self._activity == activity and self._slot is slot and self._lock.try_acquire_write():
-                try:
-                    logger.info(
-                        "unloading %s after %s s idle", slot and slot.alias.alias, keep_alive
-                    )
-                    await self._stop_locked()
-                finally:
-                    await self._lock.release_write()
+            if self._activity != activity or self._slot is not slot:
+                continue
+            if not self._lock.try_acquire_write():
+                await self._changed.wait()  # a load, stop or handover holds it: look again after
+                continue
+            try:
+                logger.info("unloading %s after %s s idle", slot and slot.alias.alias, keep_alive)
+                await self._stop_locked()
+            finally:
+                await self._lock.release_write()
 
     async def _wait_changed_until(self, predicate: Callable[[], bool]) -> None:
         while not predicate():

@@ -1,0 +1,267 @@
+"""The benchmark tools: the fake upstream's llama-server shape, and the harness against it."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import trio
+
+from bodhi_trio._bench import BenchConfig, _Dechunker, _Scan, _Totals, run_bench
+
+FAKE = Path(__file__).resolve().parents[1] / "benchmarks" / "fake_upstream.py"
+
+
+def spawn_fake(*extra: str) -> tuple[subprocess.Popen[bytes], int]:
+    """Start the fake upstream on a free port (read from its first stdout line)."""
+    proc = subprocess.Popen(
+        [sys.executable, str(FAKE), "--port", "0", "--alias", "a", "--model", "m", *extra],
+        stdout=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline().decode()
+    assert line.startswith("listening on http://127.0.0.1:"), line
+    return proc, int(line.rsplit(":", 1)[1])
+
+
+def stop_fake(proc: subprocess.Popen[bytes]) -> int:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        assert proc.stdout is not None
+        proc.stdout.close()
+
+
+@pytest.fixture
+def fake() -> Iterator[int]:
+    proc, port = spawn_fake()
+    yield port
+    assert stop_fake(proc) == 0
+
+
+def strict_dechunk(body: bytes) -> tuple[list[bytes], bytes]:
+    """HTTP/1.1 chunks, checked strictly; returns the chunks and what follows the last."""
+    chunks: list[bytes] = []
+    while True:
+        line, sep, body = body.partition(b"\r\n")
+        assert sep, "unterminated chunk size line"
+        size = int(line, 16)
+        if size == 0:
+            assert body.startswith(b"\r\n"), "no trailer-ending CRLF"
+            return chunks, body[2:]
+        assert body[size : size + 2] == b"\r\n", "chunk data not followed by CRLF"
+        chunks.append(body[:size])
+        body = body[size + 2 :]
+
+
+def sse_events(text: str) -> list[str]:
+    """A minimal SSE parser: the data of each event (data lines joined, comments skipped)."""
+    events: list[str] = []
+    data: list[str] = []
+    for line in text.split("\n"):
+        if not line:
+            if data:
+                events.append("\n".join(data))
+            data = []
+        elif line.startswith("data:"):
+            data.append(line[5:].removeprefix(" "))
+        else:
+            assert line.startswith(":"), f"unexpected SSE line {line!r}"
+    assert not data, "unterminated final event"
+    return events
+
+
+async def post(stream: trio.SocketStream, path: str, body: dict[str, object]) -> bytes:
+    """One POST over a kept-alive connection; returns the raw response (head and body)."""
+    raw = json.dumps(body).encode()
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(raw)}\r\n\r\n"
+    await stream.send_all(head.encode() + raw)
+    data = b""
+
+    def complete() -> bool:
+        head, sep, body = data.partition(b"\r\n\r\n")
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                return len(body) >= int(line.split(b":")[1])
+        return bool(sep) and body.endswith(b"\r\n0\r\n\r\n")
+
+    while not complete():
+        chunk = await stream.receive_some(65536)
+        assert chunk, "connection closed early"
+        data += chunk
+    return data
+
+
+async def test_chat_stream_is_shaped_like_llama_server(fake: int) -> None:
+    with trio.fail_after(10):
+        stream = await trio.open_tcp_stream("127.0.0.1", fake)
+        async with stream:
+            for usage in (True, False):  # two requests on one keep-alive connection
+                request: dict[str, object] = {"model": "demo:tiny", "stream": True}
+                request |= {"max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+                if usage:
+                    request["stream_options"] = {"include_usage": True}
+                raw = await post(stream, "/v1/chat/completions", request)
+                head, _, body = raw.partition(b"\r\n\r\n")
+                lines = head.decode().split("\r\n")
+                assert lines[0] == "HTTP/1.1 200 OK"
+                assert "Content-Type: text/event-stream" in lines
+                assert "Transfer-Encoding: chunked" in lines
+                assert not any(h.lower().startswith("content-length") for h in lines)
+                chunks, rest = strict_dechunk(body)
+                assert rest == b""
+                assert all(c.startswith(b"data: ") and c.endswith(b"\n\n") for c in chunks)
+                events = sse_events(b"".join(chunks).decode())
+                assert len(events) == len(chunks)  # one event per chunk (per write)
+                assert events[-1] == "[DONE]"
+                objs = [json.loads(e) for e in events[:-1]]
+                assert all(o["object"] == "chat.completion.chunk" for o in objs)
+                assert all(o["model"] == "demo:tiny" for o in objs)
+                assert len({o["id"] for o in objs}) == 1
+                assert objs[0]["choices"][0]["delta"] == {"role": "assistant", "content": None}
+                tokens = [o["choices"][0]["delta"]["content"] for o in objs[1:6]]
+                assert len(set(tokens)) == 5
+                assert all(tokens)
+                finish = objs[6]["choices"][0]
+                assert finish == {"finish_reason": "length", "index": 0, "delta": {}}
+                if usage:
+                    assert len(objs) == 8
+                    assert objs[7]["choices"] == []
+                    assert objs[7]["usage"]["completion_tokens"] == 5
+                    assert "timings" in objs[7]
+                else:
+                    assert len(objs) == 7
+                    assert "timings" in objs[6]
+                    assert "usage" not in objs[6]
+
+
+async def test_completions_health_slots_and_plain(fake: int) -> None:
+    with trio.fail_after(10):
+        stream = await trio.open_tcp_stream("127.0.0.1", fake)
+        async with stream:
+            raw = await post(stream, "/v1/completions", {"prompt": "x", "stream": True})
+            chunks, _ = strict_dechunk(raw.partition(b"\r\n\r\n")[2])
+            events = sse_events(b"".join(chunks).decode())
+            assert len(events) == 102  # default 100 tokens, the final chunk, [DONE]
+            final = json.loads(events[-2])
+            assert final["object"] == "text_completion"
+            assert final["choices"][0]["finish_reason"] == "length"
+            assert final["usage"]["completion_tokens"] == 100
+            raw = await post(stream, "/v1/chat/completions", {"max_tokens": 3})
+            body = json.loads(raw.partition(b"\r\n\r\n")[2])
+            assert body["object"] == "chat.completion"
+            assert body["usage"]["completion_tokens"] == 3
+        for path, expected in (("/health", {"status": "ok"}), ("/slots", None)):
+            stream = await trio.open_tcp_stream("127.0.0.1", fake)
+            async with stream:
+                await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                data = b""
+                while not data.endswith((b"}", b"]")):
+                    data += await stream.receive_some(65536)
+                assert data.startswith(b"HTTP/1.1 200 OK\r\n")
+                doc = json.loads(data.partition(b"\r\n\r\n")[2])
+                assert doc == expected if expected else isinstance(doc, list)
+
+
+def test_eos_after_is_honoured_unless_ignore_eos() -> None:
+    proc, port = spawn_fake("--eos-after", "3")
+    try:
+        for ignore, n in ((False, 3), (True, 7)):
+            result = trio.run(
+                partial(run_bench, _config(port, requests=1, max_tokens=7, ignore_eos=ignore))
+            )
+            assert result.tokens == n
+    finally:
+        assert stop_fake(proc) == 0
+
+
+def _config(port: int, **kwargs: Any) -> BenchConfig:
+    return attrs.evolve(BenchConfig(base_url=f"http://127.0.0.1:{port}/v1"), **kwargs)
+
+
+async def test_harness_against_fake_upstream(fake: int) -> None:
+    with trio.fail_after(20):
+        result = await run_bench(_config(fake, concurrency=2, duration=0.5, max_tokens=200))
+        assert result.errors == 0, result.error_samples
+        assert result.events_per_s > 1000
+        assert result.requests_done > 2
+        assert result.tokens >= result.requests_done * 200
+        assert result.ttft_p50_ms is not None
+        assert 0 < result.ttft_p50_ms < 1000
+        assert result.gap_p99_ms is not None
+        counted = await run_bench(_config(fake, concurrency=3, requests=7, max_tokens=50))
+        assert (counted.requests_done, counted.requests_cut, counted.errors) == (7, 0, 0)
+        assert counted.tokens == 7 * 50  # from the usage chunks
+        assert counted.events == 7 * 54  # role, 50 tokens, finish, usage, [DONE]
+        plain = await run_bench(
+            _config(fake, requests=2, max_tokens=9, include_usage=False, endpoint="completions")
+        )
+        assert plain.tokens == plain.content_events == 18  # counted, no usage chunk
+
+
+async def test_disconnect_after_closes_and_the_fake_sees_it(fake: int) -> None:
+    with trio.fail_after(20):
+        upstream = f"http://127.0.0.1:{fake}"
+        config = _config(fake, concurrency=2, requests=6, max_tokens=1_000_000)
+        result = await run_bench(attrs.evolve(config, disconnect_after=3, upstream_url=upstream))
+        assert result.errors == 0, result.error_samples
+        assert result.disconnects == 6
+        assert result.disconnects_seen == 6
+        assert result.disconnect_p99_ms is not None
+        assert result.disconnect_p99_ms < 1000
+
+
+async def test_harness_counts_errors() -> None:
+    async def handler(stream: trio.SocketStream) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += await stream.receive_some(65536)
+        head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        if data.startswith(b"POST /broken/"):
+            await stream.send_all(head + b'10\r\ndata: {"choi')  # then the connection drops
+        else:
+            event = b'data: {"error": {"message": "boom", "code": 500}}\n\n'
+            await stream.send_all(head + b"%x\r\n%s\r\n0\r\n\r\n" % (len(event), event))
+        await stream.aclose()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
+            port = listeners[0].socket.getsockname()[1]
+            for prefix, kind in (("broken", "broken"), ("event", "error event")):
+                config = BenchConfig(base_url=f"http://127.0.0.1:{port}/{prefix}/v1", requests=2)
+                result = await run_bench(config)
+                assert result.error_kinds == {kind: 2}
+                assert result.requests_done == 0
+            config = BenchConfig(base_url="http://127.0.0.1:1/v1", requests=1)
+            assert (await run_bench(config)).error_kinds == {"connect": 1}
+            nursery.cancel_scope.cancel()
+
+
+def test_scanner_counts_the_same_for_any_split() -> None:
+    events = [b'data: {"choices":[{"delta":{"content":"%s"}}]}\n\n' % t for t in (b"", b"a", b"bc")]
+    events += [b'data: {"error": {"message": "x"}}\n\n', b"data: [DONE]\n\n"]
+    body = b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events) + b"0\r\n\r\n"
+    for step in (1, 2, 3, 7, 64, len(body)):
+        dechunk, totals = _Dechunker(), _Totals()
+        scan = _Scan(0.0, ((b'"content":"', b'"content":""'),))
+        for i in range(0, len(body), step):
+            scan.feed(dechunk.feed(body[i : i + step]), 1.0, totals)
+        assert dechunk.done
+        assert (scan.events, scan.content, scan.errors) == (5, 2, 1), step
+
+
+def test_fake_stops_on_sigterm() -> None:
+    proc, _port = spawn_fake()
+    assert stop_fake(proc) == 0
