@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, final
 
 from quart import Response, request
 from quart_trio import QuartTrio
@@ -28,10 +28,12 @@ from ._exceptions import (
     RequestTooLargeError,
     UnavailableError,
 )
+from ._openapi import openapi_document
 from ._router import Reply, RouterState
 
 if TYPE_CHECKING:
     from ._security import AccessPolicy
+from ._sse import request_scope
 
 __all__ = ["create_app"]
 
@@ -89,8 +91,24 @@ def _error_response(error: BaseException) -> Response:
     )
 
 
-def create_app(router: RouterState, policy: AccessPolicy, *, max_body_bytes: int) -> QuartTrio:
-    """The ASGI app for one context.
+@final
+class _RequestScoped:
+    """ASGI middleware: whatever a request registered with ``close_with_request`` is
+    closed when the request ends, even if the framework never touched its body."""
+
+    def __init__(self, app: QuartTrio) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        async with request_scope():
+            await self.app(scope, receive, send)
+
+
+def create_app(router: RouterState, policy: AccessPolicy, *, max_body_bytes: int) -> _RequestScoped:
+    """The ASGI app for one context (the Quart-Trio app inside a request-scope middleware).
 
     Args:
         router: What the routes do.
@@ -170,7 +188,13 @@ def create_app(router: RouterState, policy: AccessPolicy, *, max_body_bytes: int
     async def alias_put(name: str) -> Reply:
         return await router.alias_put(name, await body())
 
+    openapi = Reply.json(openapi_document())  # serialised once
+
+    async def openapi_json() -> Reply:
+        return openapi
+
     route("/ping", ["GET"], ping)
+    route("/openapi.json", ["GET"], openapi_json)
     route("/health", ["GET"], router.health)
     route("/v1/models", ["GET"], router.models)
     route("/v1/models/<path:name>", ["GET"], router.model)
@@ -185,7 +209,7 @@ def create_app(router: RouterState, policy: AccessPolicy, *, max_body_bytes: int
     route("/bodhi/v1/aliases/<path:name>", ["GET"], router.alias_get)
     route("/bodhi/v1/aliases/<path:name>", ["PUT"], alias_put)
     route("/bodhi/v1/aliases/<path:name>", ["DELETE"], router.alias_delete)
-    return app
+    return _RequestScoped(app)
 
 
 def _preflight(origin: str) -> Response:

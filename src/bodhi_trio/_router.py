@@ -28,6 +28,7 @@ from ._sse import (
     RelayHead,
     RelayItem,
     RelayStream,
+    close_with_request,
 )
 from ._state import ServerEvent
 
@@ -162,9 +163,9 @@ class RouterState:
                     raise first.error  # nothing sent yet: a proper status
                 assert isinstance(first, RelayHead)
                 if first.status == 200:
-                    return Reply(
-                        200, SSE_HEADERS, RelayStream(receive, producer, self._keepalive, True)
-                    )
+                    stream = RelayStream(receive, producer, self._keepalive, head_sent=True)
+                    close_with_request(stream)
+                    return Reply(200, SSE_HEADERS, stream)
                 # llama-server refused: its status and body, byte for byte
                 chunks = [item async for item in receive if isinstance(item, bytes)]
                 content_type = first.headers.get("content-type", "application/json")
@@ -176,6 +177,7 @@ class RouterState:
         # Still loading after the keep-alive interval: answer now, keep the client
         # company with comments, and report a later failure inside the stream.
         stream = RelayStream(receive, producer, self._keepalive, head_sent=False, prime=True)
+        close_with_request(stream)
         return Reply(200, SSE_HEADERS, stream)
 
     async def _produce(
@@ -245,6 +247,7 @@ class RouterState:
         stream = DirectStream(
             receive, lambda e: _compact(e.to_json()), self._keepalive, on_close=remove
         )
+        close_with_request(stream)
         return Reply(200, SSE_HEADERS, stream)
 
     async def load(self, raw: bytes) -> Reply:
@@ -284,6 +287,7 @@ class RouterState:
         stream = DirectStream(
             receive, lambda line: _compact({"line": line}), self._keepalive, follower.cancel
         )
+        close_with_request(stream)
         return Reply(200, SSE_HEADERS, stream)
 
     async def aliases_list(self) -> Reply:

@@ -17,11 +17,13 @@ Both are async iterators with ``aclose()`` (not async generators): Quart calls
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import math
-from collections.abc import Callable, Mapping
-from typing import Any, Generic, TypeVar, final
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any, Generic, Protocol, TypeVar, final
 
 import attrs
 import trio
@@ -30,6 +32,8 @@ from ._exceptions import BodhiError
 
 __all__ = [
     "KEEPALIVE",
+    "close_with_request",
+    "request_scope",
     "SSE_HEADERS",
     "DirectStream",
     "RelayFailure",
@@ -50,6 +54,45 @@ SSE_HEADERS: Mapping[str, str] = {
 }
 
 _T = TypeVar("_T")
+
+
+class _Closeable(Protocol):
+    async def aclose(self) -> None: ...
+
+
+_request_bodies: contextvars.ContextVar[list[_Closeable] | None] = contextvars.ContextVar(
+    "bodhi_trio_request_bodies", default=None
+)
+
+
+def close_with_request(body: _Closeable) -> None:
+    """Make sure ``body`` is closed when its HTTP request ends, however it ends.
+
+    A client can leave after the route returned a streaming body but before the
+    framework began to iterate it; the framework then never closes the body, and
+    its producer would wait forever. :func:`request_scope` closes it instead.
+    """
+    bodies = _request_bodies.get()
+    if bodies is not None:
+        bodies.append(body)
+
+
+@asynccontextmanager
+async def request_scope() -> AsyncIterator[None]:
+    """One HTTP request's lifetime: bodies registered inside are closed at its end.
+
+    Tasks the request spawns inherit the list (context variables are copied into
+    child tasks, and the list object is shared).
+    """
+    bodies: list[_Closeable] = []
+    token = _request_bodies.set(bodies)
+    try:
+        yield
+    finally:
+        _request_bodies.reset(token)
+        with trio.CancelScope(shield=True):
+            for body in bodies:
+                await body.aclose()  # idempotent, never blocks
 
 
 def sse_event(payload: str | bytes) -> bytes:
