@@ -1,0 +1,35 @@
+"""Binding beyond loopback needs an API key or --insecure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bodhi_trio._exceptions import ConfigError
+from bodhi_trio._serve import check_bind
+from bodhi_trio._settings import load_settings
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "localhost", "127.0.0.2"])
+def test_loopback_needs_nothing(tmp_path: Path, host: str) -> None:
+    check_bind(load_settings(home=tmp_path, env={"BODHI_HOST": host}))
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.0.2.10", "::"])
+def test_network_bind_without_key_is_refused(tmp_path: Path, host: str) -> None:
+    with pytest.raises(ConfigError, match="--insecure"):
+        check_bind(load_settings(home=tmp_path, env={"BODHI_HOST": host}))
+    check_bind(load_settings(home=tmp_path, env={"BODHI_HOST": host, "BODHI_API_KEYS": "k"}))
+    check_bind(
+        load_settings(home=tmp_path, env={"BODHI_HOST": host}, overrides={"BODHI_INSECURE": True})
+    )
+
+
+def test_cli_refuses_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bodhi_trio._cli import main
+
+    assert main(["serve", "--home", str(tmp_path), "--host", "0.0.0.0", "--port", "0"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("bodhi-trio: error: refusing to listen on 0.0.0.0")
+    assert err.count("\n") == 1
