@@ -191,7 +191,7 @@ class AliasStore:
     def _write(self, alias: Alias, *, replace: bool) -> Path:
         path = self.path_for(alias.alias)
         text = yaml.safe_dump(
-            alias.to_dict(), sort_keys=False, allow_unicode=True, default_flow_style=False
+            alias.to_dict(), sort_keys=False, allow_unicode=False, default_flow_style=False
         )
         tmp_name: str | None = None
         exists = False

@@ -98,15 +98,21 @@ def alias_filename(name: str) -> str:
     return validate_alias_name(name).replace(":", "--") + ".yaml"
 
 
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _check_float(key: str, value: object, source: str) -> float:
     low, high = _FLOAT_RANGES[key]
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidAliasError(
             f"{source}: request_params.{key} must be a number, got {value!r}", param=key
         )
-    if math.isnan(value) or not low <= value <= high:
+    # Compare before any float conversion: an int beyond float range would overflow.
+    if (isinstance(value, float) and math.isnan(value)) or not low <= value <= high:
         raise InvalidAliasError(
-            f"{source}: request_params.{key} must be in [{low:g}, {high:g}], got {value!r}",
+            f"{source}: request_params.{key} must be in [{low:g}, {high:g}], got {_short(value)}",
             param=key,
         )
     return float(value)

@@ -17,7 +17,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, final
 
-from quart import Response, request
+from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
@@ -123,6 +123,9 @@ def create_app(router: RouterState, policy: AccessPolicy, *, max_body_bytes: int
         BACKGROUND_TASK_SHUTDOWN_TIMEOUT=None,
         PROVIDE_AUTOMATIC_OPTIONS=False,
     )
+    # "//" in a path (e.g. an alias name "/etc/passwd") would get an HTML 308 redirect
+    # from the router; without merging it is a plain 404 envelope like any unknown path.
+    app.url_map.merge_slashes = False
 
     @app.before_request
     async def check_access() -> Response | None:
@@ -145,6 +148,16 @@ def create_app(router: RouterState, policy: AccessPolicy, *, max_body_bytes: int
             response.headers["Vary"] = "Origin"
         return response
 
+    @app.after_request
+    async def close_if_body_unread(response: Response) -> Response:
+        # Answered before the body was read (unknown route, wrong method, key, Host,
+        # too large): Hypercorn keeps the connection open but never answers another
+        # request on it, so a keep-alive client would hang. Tell it to reconnect.
+        declared = (request.content_length or 0) > 0 or "transfer-encoding" in request.headers
+        if declared and not g.get("bodhi_body_read", False):
+            response.headers["Connection"] = "close"
+        return response
+
     @app.errorhandler(Exception)
     async def on_error(error: Exception) -> Response:
         return _error_response(error)
@@ -156,6 +169,7 @@ def create_app(router: RouterState, policy: AccessPolicy, *, max_body_bytes: int
                 f"the request body is larger than {max_body_bytes} bytes (BODHI_MAX_BODY_BYTES)"
             )
         data: bytes = await request.get_data(cache=False, as_text=False, parse_form_data=False)
+        g.bodhi_body_read = True
         return data
 
     def route(rule: str, methods: list[str], handler: Callable[..., Awaitable[Reply]]) -> None:

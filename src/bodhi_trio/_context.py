@@ -24,9 +24,7 @@ import trio
 from ._alias_store import AliasStore
 from ._aliases import Alias, apply_request_params
 from ._child import serve_llama_server
-from ._exceptions import (
-    InvalidRequestError,
-)
+from ._exceptions import InvalidRequestError, LlamaServerNotFoundError
 from ._leftovers import kill_leftovers
 from ._listeners import ListenerHub, ListenerStatistics, StateListener
 from ._logtail import LogTail
@@ -199,7 +197,10 @@ class SharedContext:
         # Sampling defaults belong to generation; an embeddings body gets none of them.
         if endpoint != "/v1/embeddings":
             request = apply_request_params(request, alias.request_params)
-        body = json.dumps(request).encode()
+        try:
+            body = json.dumps(request).encode()
+        except RecursionError as exc:  # parsed fine, but too deep to encode from down here
+            raise InvalidRequestError("the request body is nested too deeply") from exc
         async with (
             self._scheduler.serving(alias) as slot,
             self._sender.send(slot.server.host, slot.server.port, endpoint, body) as response,
@@ -248,7 +249,10 @@ class SharedContext:
         variant = variant.strip().lower()
         if not _VARIANT.fullmatch(variant):
             raise InvalidRequestError(f"invalid variant {variant!r}", param="variant")
-        find_llama_server(variant, self._settings.binary_for(variant))
+        try:
+            find_llama_server(variant, self._settings.binary_for(variant))
+        except LlamaServerNotFoundError as exc:  # the request names a variant we cannot run
+            raise InvalidRequestError(exc.message, param="variant") from exc
         await self._scheduler.switch_variant(variant)
         return self.state
 

@@ -28,21 +28,15 @@ _FILE_PART = r"(?:[^/\\\x00]*[^/\\\x00.][^/\\\x00]*|\.{3,})"
 ALIAS_NAME_PATTERN = r"^[A-Za-z0-9_:-]+(?:\.[A-Za-z0-9_:-]+)*\.?$"
 
 _ERROR_TYPES = [
-    "invalid_request_error",
-    "authentication_error",
-    "permission_error",
-    "not_found_error",
-    "conflict_error",
-    "internal_server_error",
-    "service_unavailable",
-    "upstream_error",
-]
+    "invalid_request_error", "authentication_error", "permission_error", "not_found_error",
+    "conflict_error", "internal_server_error", "service_unavailable", "upstream_error",
+]  # fmt: skip
 
 _STATUS_TEXT = {
     400: "Bad request: invalid JSON, field, alias or query parameter",
     401: "Missing or wrong API key",
     403: "Foreign Host or Origin",
-    404: "No such alias or model file",
+    404: "No such alias or model file; or no such route (a name with a newline or '..')",
     409: "The alias (or one stored in the same file) exists",
     413: "Body larger than BODHI_MAX_BODY_BYTES",
     500: "llama-server missing or failed to start",
@@ -50,11 +44,6 @@ _STATUS_TEXT = {
     502: "llama-server unreachable or its connection broke",
     503: "Shutting down, or the response was interrupted",
 }
-
-
-def _nullable(schema: _Json) -> _Json:
-    kinds = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
-    return {**schema, "type": [*kinds, "null"]}
 
 
 _STRING_OR_ARRAY: _Json = {"type": ["string", "array", "null"]}
@@ -130,130 +119,115 @@ def _alias_input(*, alias_required: bool) -> _Json:
     }
 
 
-_SCHEMAS: _Json = {
-    "ErrorEnvelope": {
-        "type": "object",
-        "required": ["error"],
-        "additionalProperties": False,
-        "properties": {
-            "error": {
-                "type": "object",
-                "required": ["message", "type", "code", "param"],
-                "additionalProperties": False,
-                "properties": {
-                    "message": {"type": "string"},
-                    "type": {"type": "string", "enum": _ERROR_TYPES},
-                    "code": {"type": "string"},
-                    "param": {"type": ["string", "null"]},
-                },
-            }
-        },
-    },
-    "UpstreamError": {
-        "description": "An error body of llama-server, relayed unchanged",
-        "type": "object",
-        "required": ["error"],
-        "properties": {"error": {"type": "object"}},
-    },
-    "AliasName": {
-        "type": "string",
-        "minLength": 1,
-        "maxLength": 64,
-        "pattern": ALIAS_NAME_PATTERN,
-    },
-    "Alias": {
-        "type": "object",
-        "required": ["alias", "repo", "filename", "snapshot"],
-        "additionalProperties": False,
-        "properties": {
-            "alias": {"type": "string"},
-            "repo": {"type": "string"},
-            "filename": {"type": "string"},
-            "snapshot": {"type": "string"},
-            "request_params": {"type": "object"},
-            "context_params": {"type": "array", "items": {"type": "string"}},
-        },
-    },
-    "AliasInput": _alias_input(alias_required=True),
-    "AliasPutInput": _alias_input(alias_required=False),
-    "AliasList": {
-        "type": "object",
-        "required": ["data", "problems"],
-        "additionalProperties": False,
-        "properties": {
-            "data": {"type": "array", "items": {"$ref": "#/components/schemas/Alias"}},
-            "problems": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": ["file", "reason"],
-                    "additionalProperties": False,
-                    "properties": {"file": {"type": "string"}, "reason": {"type": "string"}},
-                },
-            },
-        },
-    },
-    "State": {
-        "type": "object",
-        "required": ["state", "alias", "variant", "pid", "port", "in_flight", "since", "error"],
-        "properties": {
-            "state": {"enum": ["stopped", "loading", "ready", "stopping", "crashed"]},
-            "alias": {"type": ["string", "null"]},
-            "variant": {"type": "string"},
-            "pid": {"type": ["integer", "null"]},
-            "port": {"type": ["integer", "null"]},
-            "in_flight": {"type": "integer", "minimum": 0},
-            "since": {"type": "number"},
-            "error": {"type": ["string", "null"]},
-        },
-    },
-    "Model": {
-        "type": "object",
-        "required": ["id", "object", "created", "owned_by", "loaded"],
-        "additionalProperties": False,
-        "properties": {
-            "id": {"type": "string"},
-            "object": {"const": "model"},
-            "created": {"type": "integer"},
-            "owned_by": {"type": "string"},
-            "loaded": {"type": "boolean"},
-        },
-    },
-    "ModelList": {
-        "type": "object",
-        "required": ["object", "data"],
-        "additionalProperties": False,
-        "properties": {
-            "object": {"const": "list"},
-            "data": {"type": "array", "items": {"$ref": "#/components/schemas/Model"}},
-        },
-    },
-}
+def _object(properties: _Json, *required: str, closed: bool = True) -> _Json:
+    schema: _Json = {"type": "object", "properties": properties}
+    if required:
+        schema["required"] = list(required)
+    if closed:
+        schema["additionalProperties"] = False
+    return schema
 
 
 def _ref(name: str) -> _Json:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
+_STRING: _Json = {"type": "string"}
+_NULLABLE_STRING: _Json = {"type": ["string", "null"]}
+_STRINGS: _Json = {"type": "array", "items": _STRING}
+
+_SCHEMAS: _Json = {
+    "ErrorEnvelope": _object(
+        {
+            "error": _object(
+                {
+                    "message": _STRING,
+                    "type": {"type": "string", "enum": _ERROR_TYPES},
+                    "code": _STRING,
+                    "param": _NULLABLE_STRING,
+                },
+                "message", "type", "code", "param",
+            )
+        },
+        "error",
+    ),
+    "UpstreamError": {
+        **_object({"error": {"type": "object"}}, "error", closed=False),
+        "description": "An error body of llama-server, relayed unchanged",
+    },
+    "AliasName": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": ALIAS_NAME_PATTERN},
+    "Alias": _object(
+        {
+            "alias": _STRING,
+            "repo": _STRING,
+            "filename": _STRING,
+            "snapshot": _STRING,
+            "request_params": {"type": "object"},
+            "context_params": _STRINGS,
+        },
+        "alias", "repo", "filename", "snapshot",
+    ),
+    "AliasInput": _alias_input(alias_required=True),
+    "AliasPutInput": _alias_input(alias_required=False),
+    "AliasList": _object(
+        {
+            "data": {"type": "array", "items": _ref("Alias")},
+            "problems": {
+                "type": "array",
+                "items": _object({"file": _STRING, "reason": _STRING}, "file", "reason"),
+            },
+        },
+        "data", "problems",
+    ),
+    "State": _object(
+        {
+            "state": {"enum": ["stopped", "loading", "ready", "stopping", "crashed"]},
+            "alias": _NULLABLE_STRING,
+            "variant": _STRING,
+            "pid": {"type": ["integer", "null"]},
+            "port": {"type": ["integer", "null"]},
+            "in_flight": {"type": "integer", "minimum": 0},
+            "since": {"type": "number"},
+            "error": _NULLABLE_STRING,
+        },
+        "state", "alias", "variant", "pid", "port", "in_flight", "since", "error",
+        closed=False,
+    ),
+    "Model": _object(
+        {
+            "id": _STRING,
+            "object": {"const": "model"},
+            "created": {"type": "integer"},
+            "owned_by": _STRING,
+            "loaded": {"type": "boolean"},
+        },
+        "id", "object", "created", "owned_by", "loaded",
+    ),
+    "ModelList": _object(
+        {"object": {"const": "list"}, "data": {"type": "array", "items": _ref("Model")}},
+        "object", "data",
+    ),
+}  # fmt: skip
+
+
 def _json(schema: _Json, description: str = "OK") -> _Json:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-_SSE: _Json = {"text/event-stream": {"schema": {"type": "string"}}}
+# Each event (schemathesis checks SSE bodies event by event); comments are not events.
+_SSE_EVENT = _object(
+    {"data": _STRING, "event": _STRING, "id": _STRING, "retry": {"type": "integer"}},
+    "data",
+    closed=False,
+)
+_SSE: _Json = {"text/event-stream": {"schema": _SSE_EVENT}}
 
 
-def _errors(*statuses: int, relay: bool = False) -> _Json:
+def _errors(statuses: list[int], *, relay: bool) -> _Json:
     """Error responses; on relaying routes llama-server's own error bodies may appear too."""
-    schema = (
-        {"anyOf": [_ref("ErrorEnvelope"), _ref("UpstreamError")]}
-        if relay
-        else _ref("ErrorEnvelope")
-    )
+    envelope = _ref("ErrorEnvelope")
+    schema = {"anyOf": [envelope, _ref("UpstreamError")]} if relay else envelope
     return {str(status): _json(schema, _STATUS_TEXT[status]) for status in statuses}
-
-
-def _body(schema: _Json) -> _Json:
-    return {"required": True, "content": {"application/json": {"schema": schema}}}
 
 
 _NAME_PARAM: _Json = {
@@ -268,19 +242,24 @@ _NAME_PARAM: _Json = {
 def _operation(
     summary: str,
     responses: _Json,
-    *errors: int,
+    errors: tuple[int, ...] = (),
+    *,
     body: _Json | None = None,
     parameters: list[_Json] | None = None,
     relay: bool = False,
     public: bool = False,
 ) -> _Json:
+    """One operation; 403 (Host/Origin) always, 401 unless ``public``."""
     operation: _Json = {"summary": summary}
     if parameters:
         operation["parameters"] = parameters
     if body is not None:
-        operation["requestBody"] = _body(body)
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": body}},
+        }
     statuses = sorted({*errors, 403, *(() if public else (401,))})
-    operation["responses"] = {**responses, **_errors(*statuses, relay=relay)}
+    operation["responses"] = {**responses, **_errors(statuses, relay=relay)}
     if public:
         operation["security"] = []
     return operation
@@ -289,13 +268,18 @@ def _operation(
 def _completion(summary: str, schema: _Json, *, streams: bool) -> _Json:
     ok = {"application/json": {"schema": {"type": "object"}}, **(_SSE if streams else {})}
     responses = {"200": {"description": "llama-server's answer, relayed", "content": ok}}
-    return _operation(
-        summary, responses, 400, 404, 413, 500, 501, 502, 503, body=schema, relay=True
-    )
+    errors = (400, 404, 413, 500, 501, 502, 503)
+    return _operation(summary, responses, errors, body=schema, relay=True)
+
+
+def _query(name: str, schema: _Json, description: str) -> _Json:
+    return {"name": name, "in": "query", "required": False, "description": description,
+            "schema": schema}  # fmt: skip
 
 
 def _build() -> _Json:
     state = {"200": _json(_ref("State"))}
+    alias = {"200": _json(_ref("Alias"))}
     chat = _completion_body(
         ["model", "messages"],
         {"messages": {"type": "array", "minItems": 1, "items": {"type": "object"}}},
@@ -303,160 +287,71 @@ def _build() -> _Json:
     text = _completion_body(["model", "prompt"], {"prompt": {"type": ["string", "array"]}})
     embed = _completion_body(["model", "input"], {"input": {"type": ["string", "array"]}})
     logs_params = [
-        {
-            "name": "lines",
-            "in": "query",
-            "required": False,
-            "description": "How many recent lines (clamped to 0..1000; default 100)",
-            "schema": {"type": "integer"},
-        },
-        {
-            "name": "follow",
-            "in": "query",
-            "required": False,
-            "description": "'true', '1' or 'yes' streams the lines as SSE; anything else does not",
-            "schema": {"type": "string"},
-        },
+        _query("lines", {"type": "integer"}, "How many recent lines (0..1000; default 100)"),
+        _query("follow", _STRING, "'true', '1' or 'yes' streams as SSE; anything else does not"),
     ]
-    name_body = {
-        "type": "object",
-        "required": ["alias"],
-        "properties": {"alias": {"type": "string", "minLength": 1}},
+    lines = _object({"lines": _STRINGS}, "lines")
+    load_body = _object({"alias": {"type": "string", "minLength": 1}}, "alias", closed=False)
+    # The server strips and lower-cases the name, then wants [a-z0-9_]+.
+    variant = {"type": "string", "pattern": r"^\s*[A-Za-z0-9_]+\s*$"}
+    variant_body = _object({"variant": variant}, "variant", closed=False)
+    pong = _object({"message": {"const": "pong"}}, "message", closed=False)
+    health = {
+        "allOf": [_ref("State"), _object({"status": {"const": "ok"}}, "status", closed=False)]
     }
     paths: _Json = {
         "/v1/chat/completions": {"post": _completion("OpenAI chat completion", chat, streams=True)},
         "/v1/completions": {"post": _completion("OpenAI text completion", text, streams=True)},
         "/v1/embeddings": {"post": _completion("OpenAI embeddings", embed, streams=False)},
-        "/v1/models": {
-            "get": _operation("Every alias as a model", {"200": _json(_ref("ModelList"))})
-        },
+        "/v1/models": {"get": _operation("Every alias", {"200": _json(_ref("ModelList"))})},
         "/v1/models/{name}": {
-            "get": _operation(
-                "One alias as a model",
-                {"200": _json(_ref("Model"))},
-                400,
-                404,
-                parameters=[_NAME_PARAM],
-            )
+            "get": _operation("One alias as a model", {"200": _json(_ref("Model"))}, (400, 404),
+                              parameters=[_NAME_PARAM]),
         },
-        "/ping": {
-            "get": _operation(
-                "Liveness (no API key)",
-                {
-                    "200": _json(
-                        {
-                            "type": "object",
-                            "required": ["message"],
-                            "properties": {"message": {"const": "pong"}},
-                        }
-                    )
-                },
-                public=True,
-            )
-        },
-        "/health": {
-            "get": _operation(
-                "State plus status ok",
-                {
-                    "200": _json(
-                        {
-                            "allOf": [
-                                _ref("State"),
-                                {
-                                    "type": "object",
-                                    "required": ["status"],
-                                    "properties": {"status": {"const": "ok"}},
-                                },
-                            ]
-                        }
-                    )
-                },
-            )
-        },
+        "/ping": {"get": _operation("Liveness (no API key)", {"200": _json(pong)}, public=True)},
+        "/health": {"get": _operation("State plus status ok", {"200": _json(health)})},
         "/openapi.json": {
-            "get": _operation(
-                "This document",
-                {"200": _json({"type": "object", "required": ["openapi", "paths"]})},
-            )
+            "get": _operation("This document",
+                              {"200": _json(_object({}, "openapi", "paths", closed=False))}),
         },
         "/bodhi/v1/state": {"get": _operation("The slot state", state)},
         "/bodhi/v1/events": {
-            "get": _operation(
-                "SSE: one event per slot change", {"200": {"description": "OK", "content": _SSE}}
-            )
+            "get": _operation("SSE: one event per slot change",
+                              {"200": {"description": "OK", "content": _SSE}}),
         },
         "/bodhi/v1/server/load": {
-            "post": _operation("Load an alias", state, 400, 404, 413, 500, 502, 503, body=name_body)
+            "post": _operation("Load an alias", state, (400, 404, 413, 500, 502, 503),
+                               body=load_body),
         },
-        "/bodhi/v1/server/stop": {"post": _operation("Stop the loaded model", state, 503)},
+        "/bodhi/v1/server/stop": {"post": _operation("Stop the loaded model", state, (503,))},
         "/bodhi/v1/server/variant": {
-            "put": _operation(
-                "Switch the exec variant",
-                state,
-                400,
-                413,
-                500,
-                503,
-                body={
-                    "type": "object",
-                    "required": ["variant"],
-                    "properties": {
-                        "variant": {"type": "string", "pattern": r"^\s*[A-Za-z0-9_]+\s*$"}
-                    },
-                },
-            )
+            "put": _operation("Switch the exec variant", state, (400, 413, 500, 503),
+                              body=variant_body),
         },
         "/bodhi/v1/server/logs": {
             "get": _operation(
-                "Recent llama-server output; follow streams it",
-                {
-                    "200": {
-                        "description": "OK",
-                        "content": {
-                            **_json(
-                                {
-                                    "type": "object",
-                                    "required": ["lines"],
-                                    "properties": {
-                                        "lines": {"type": "array", "items": {"type": "string"}}
-                                    },
-                                }
-                            )["content"],
-                            **_SSE,
-                        },
-                    }
-                },
-                400,
+                "Recent llama-server output; follow=true streams it",
+                {"200": {"description": "OK",
+                         "content": {**_json(lines)["content"], **_SSE}}},
+                (400,),
                 parameters=logs_params,
-            )
+            ),
         },
         "/bodhi/v1/aliases": {
-            "get": _operation(
-                "Every alias, and the files skipped", {"200": _json(_ref("AliasList"))}, 400
-            ),
-            "post": _operation(
-                "Create an alias",
-                {"201": _json(_ref("Alias"), "Created")},
-                400,
-                409,
-                413,
-                body=_ref("AliasInput"),
-            ),
+            "get": _operation("Every alias, and the files skipped",
+                              {"200": _json(_ref("AliasList"))}, (400,)),
+            "post": _operation("Create an alias", {"201": _json(_ref("Alias"), "Created")},
+                               (400, 409, 413), body=_ref("AliasInput")),
         },
         "/bodhi/v1/aliases/{name}": {
             "parameters": [_NAME_PARAM],
-            "get": _operation("Read an alias", {"200": _json(_ref("Alias"))}, 400, 404),
-            "put": _operation(
-                "Create or replace an alias",
-                {"200": _json(_ref("Alias"))},
-                400,
-                409,
-                413,
-                body=_ref("AliasPutInput"),
-            ),
-            "delete": _operation("Delete an alias", {"204": {"description": "Deleted"}}, 400, 404),
+            "get": _operation("Read an alias", alias, (400, 404)),
+            "put": _operation("Create or replace an alias", alias, (400, 404, 409, 413),
+                              body=_ref("AliasPutInput")),
+            "delete": _operation("Delete an alias", {"204": {"description": "Deleted"}},
+                                 (400, 404)),
         },
-    }
+    }  # fmt: skip
     return {
         "openapi": "3.1.0",
         "info": {

@@ -21,6 +21,7 @@ import contextvars
 import json
 import logging
 import math
+import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Generic, Protocol, TypeVar, final
@@ -54,6 +55,7 @@ SSE_HEADERS: Mapping[str, str] = {
 }
 
 _T = TypeVar("_T")
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
 class _Closeable(Protocol):
@@ -98,7 +100,8 @@ async def request_scope() -> AsyncIterator[None]:
 def sse_event(payload: str | bytes) -> bytes:
     """One event: a ``data:`` line per payload line, then a blank line."""
     text = payload.decode() if isinstance(payload, bytes) else payload
-    return "".join(f"data: {line}\n" for line in text.split("\n")).encode() + b"\n"
+    # SSE ends a line at CR, LF or CRLF: split on all three, or a CR would start a new field.
+    return "".join(f"data: {line}\n" for line in _LINE_BREAK.split(text)).encode() + b"\n"
 
 
 def error_event(error: BodhiError | Mapping[str, Any]) -> bytes:

@@ -1,0 +1,275 @@
+"""Schemathesis against the live server's own ``/openapi.json`` (issue 6, bad input).
+
+One real server (Hypercorn on port 0, the fake llama-server so loads are quick,
+an API key) is fuzzed operation by operation with schema-valid and
+schema-violating requests. Every answer must be documented, match its schema,
+be a 4xx envelope for bad input and never a 5xx or a traceback; afterwards the
+disk holds nothing but valid alias files and the server's own log and run files.
+
+Schemathesis is synchronous (``requests``), so it runs in a worker thread while
+the server runs in the test's Trio loop.
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+from collections import Counter
+from pathlib import Path
+from typing import Any
+from unittest.mock import Mock
+
+import pytest
+import schemathesis
+import trio
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+from hypothesis.errors import Unsatisfiable
+from schemathesis import GenerationMode
+from schemathesis.core.result import Ok
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    negative_data_rejection,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from bodhi_trio._alias_store import AliasStore
+from bodhi_trio._app import create_app
+from bodhi_trio._demo import DEMO_ALIAS
+from bodhi_trio._openapi import openapi_document
+from bodhi_trio._router import RouterState
+from bodhi_trio._security import AccessPolicy
+from httpserver import running_server
+
+pytestmark = pytest.mark.reliability
+
+FAKE = str(Path(__file__).parent / "fake_llama_server.py")
+KEY = "fuzz-key-1"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+EXAMPLES = 50  # per operation and generation mode
+# Streams that never end are read for STREAM_READ seconds each, so fewer examples.
+STREAMING = {"GET /bodhi/v1/events": 2, "GET /bodhi/v1/server/logs": 10}
+STREAM_READ = 0.5
+CHECKS = [
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    negative_data_rejection,
+]
+TRACEBACK_MARKERS = ("Traceback (most recent call last)", 'File "/', '.py", line ')
+ENVELOPE_KEYS = {"message", "type", "code", "param"}
+
+
+def bad_answer(label: str, status: int, content_type: str, text: str) -> str | None:
+    """Why this answer breaks the bad-input contract, or None."""
+    if any(marker in text for marker in TRACEBACK_MARKERS):
+        return "a traceback in the body"
+    if status < 400:
+        return None
+    if not content_type.startswith("application/json"):
+        return f"error status {status} with Content-Type {content_type!r}"
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return f"error status {status} with a body that is not JSON"
+    if not isinstance(body, dict) or not isinstance(body.get("error"), dict):
+        return f"error status {status} without the exact envelope"
+    # llama-server's own errors are relayed unchanged (its "code" is the status number).
+    relayed = label.startswith("POST /v1/") and isinstance(body["error"].get("code"), int)
+    if not relayed and (set(body) != {"error"} or set(body["error"]) != ENVELOPE_KEYS):
+        return f"error status {status} without the exact envelope"
+    if status >= 500:
+        return f"server error {status}"
+    return None
+
+
+# Random names are never aliases; half of the valid requests of these name real ones,
+# so loads, relays (chat, streams, embeddings) and variant switches happen too.
+KNOWN_NAMES = {
+    "POST /v1/chat/completions",
+    "POST /v1/completions",
+    "POST /v1/embeddings",
+    "GET /v1/models/{name}",
+    "POST /bodhi/v1/server/load",
+    "PUT /bodhi/v1/server/variant",
+    "GET /bodhi/v1/aliases/{name}",
+}
+
+
+def with_known_names(case: schemathesis.Case[Any]) -> schemathesis.Case[Any]:
+    if isinstance(case.body, dict):
+        for field, value in {"model": DEMO_ALIAS, "alias": DEMO_ALIAS, "variant": "cpu"}.items():
+            if field in case.body:
+                case.body[field] = value
+        case.body.pop("ignore_eos", None)  # the fake would then stream max_tokens tokens
+    if case.path_parameters and "name" in case.path_parameters:
+        case.path_parameters["name"] = DEMO_ALIAS
+    return case
+
+
+def fuzz_operation(
+    operation: Any, mode: GenerationMode, base_url: str, seen: Counter[str]
+) -> list[str]:
+    """Run one operation's examples; the failures (one line each plus details)."""
+    label = f"{operation.method.upper()} {operation.path}"
+    timeout = STREAM_READ if label in STREAMING else 30.0
+    examples = STREAMING.get(label, EXAMPLES)
+    found: list[str] = []
+
+    strategy = operation.as_strategy(generation_mode=mode)
+    if mode is GenerationMode.POSITIVE and label in KNOWN_NAMES:
+        strategy = st.one_of(strategy, strategy.map(with_known_names))
+
+    @given(case=strategy)
+    @settings(
+        max_examples=examples,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        phases=(Phase.explicit, Phase.generate),  # no shrinking: bounded time
+        suppress_health_check=list(HealthCheck),
+    )
+    def run(case: schemathesis.Case[Any]) -> None:
+        response = case.call(base_url=base_url, headers=AUTH, timeout=timeout)
+        content_type = response.headers.get("content-type", [""])[0]
+        seen[f"{label} {mode.value} {response.status_code}"] += 1
+        problem = bad_answer(label, response.status_code, content_type, response.text)
+        try:
+            case.validate_response(response, checks=CHECKS, headers=AUTH)
+        except (Exception, BaseExceptionGroup) as exc:  # FailureGroup; go on fuzzing
+            problem = problem or f"schemathesis: {exc}"
+        if problem is not None and len(found) < 3:
+            found.append(
+                f"{label} [{mode.value}] {problem}\n  request: {case.as_curl_command()}"
+                f"\n  response {response.status_code}: {response.text[:300]!r}"
+            )
+
+    run()
+    return found
+
+
+def fuzz(base_url: str, seen: Counter[str]) -> tuple[list[str], set[str]]:
+    """Every operation of the served document; the failures and the operations."""
+    schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json", headers=AUTH, timeout=10)
+    # Unknown query parameters are ignored by design; the key is sent, never fuzzed.
+    schema.config.generation.update(allow_extra_parameters=False, with_security_parameters=False)
+    assert schema.raw_schema == openapi_document()
+    failures: list[str] = []
+    operations = [result.ok() for result in schema.get_all_operations() if isinstance(result, Ok)]
+    for operation in operations:
+        has_input = bool(operation.body) or bool(list(operation.iter_parameters()))
+        modes = [GenerationMode.POSITIVE] + ([GenerationMode.NEGATIVE] if has_input else [])
+        for mode in modes:
+            try:
+                failures += fuzz_operation(operation, mode, base_url, seen)
+            except Unsatisfiable:
+                assert mode is GenerationMode.NEGATIVE  # only a free-form path parameter
+            except Exception:
+                failures.append(f"{operation.label} [{mode.value}]: {traceback.format_exc()}")
+    return failures, {operation.label for operation in operations}
+
+
+def names_in(directory: Path) -> list[str]:
+    return sorted(path.name for path in directory.iterdir())
+
+
+def files_under(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+async def test_schemathesis_every_operation(tmp_path: Path, hub_cache: Path) -> None:
+    home = tmp_path / "home"
+    with trio.fail_after(150):
+        async with running_server(
+            home,
+            hub_cache,
+            BODHI_LLAMA_SERVER=FAKE,
+            BODHI_API_KEYS=KEY,
+            BODHI_SSE_KEEPALIVE_SECS="0.1",
+            BODHI_STOP_GRACE_SECS="1",
+        ) as server:
+            before = files_under(home)
+            hub_before = files_under(hub_cache)
+            seen: Counter[str] = Counter()
+            failures, labels = await trio.to_thread.run_sync(
+                fuzz, server.url, seen, abandon_on_cancel=True
+            )
+    print("\n".join(f"{count:4} {key}" for key, count in sorted(seen.items())))
+    # Schemathesis leaves out the document's own route (fetched above instead).
+    assert labels | {"GET /openapi.json"} == app_routes()
+    assert not failures, "\n\n".join(failures)
+    # Nothing but the home directory was written next to it; the hub cache is untouched.
+    assert names_in(tmp_path) == ["home"]
+    assert files_under(hub_cache) == hub_before
+    # Outside aliases/, only the server's own log and run records may change.
+    after = files_under(home)
+    changed = {
+        name
+        for name in before.keys() | after.keys()
+        if before.get(name) != after.get(name)
+        and not name.startswith(("aliases/", "logs/", "run/"))
+    }
+    assert changed == set()
+    # Every alias file left by successful writes is a valid alias in its own file.
+    aliases_dir = home / "aliases"
+    assert all(not p.name.startswith(".") for p in aliases_dir.iterdir())  # no temp files
+    assert all(p.is_file() and p.suffix == ".yaml" for p in aliases_dir.iterdir())
+    aliases, problems = AliasStore(aliases_dir).load()
+    assert problems == []
+    assert len(aliases) == len(list(aliases_dir.iterdir()))
+
+
+def app_routes() -> set[str]:
+    """Every ``METHOD /path`` the app serves, in OpenAPI spelling."""
+    app: Any = create_app(Mock(spec=RouterState), Mock(spec=AccessPolicy), max_body_bytes=1)
+    app = getattr(app, "app", app)  # the Quart app inside any ASGI middleware
+    routes: set[str] = set()
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        path = rule.rule.replace("<path:name>", "{name}")
+        routes |= {f"{m} {path}" for m in rule.methods if m not in ("HEAD", "OPTIONS")}
+    return routes
+
+
+def test_the_document_covers_every_route() -> None:
+    document = openapi_document()
+    documented = {
+        f"{method.upper()} {path}"
+        for path, item in document["paths"].items()
+        for method in item
+        if method != "parameters"
+    }
+    assert documented == app_routes()
+    assert openapi_document() == document  # deterministic
+    assert json.loads(json.dumps(document)) == document  # plain JSON
+
+
+ENV = '{"error":{"message":"m","type":"t","code":"c","param":null}}'
+UPSTREAM = '{"error":{"code":%d,"message":"m","type":"t"}}'
+JSON = "application/json"
+NOT_ENVELOPE = "error status %d without the exact envelope"
+TRACEBACK = 'Traceback (most recent call last):\n  File "/a.py", line 1, in <module>'
+
+
+@pytest.mark.parametrize(
+    ("label", "status", "content_type", "text", "problem"),
+    [
+        ("GET /ping", 200, JSON, '{"message":"pong"}', None),
+        ("GET /x", 400, JSON, ENV, None),
+        ("GET /x", 400, "text/html", "<h1>Bad</h1>", "error status 400 with Content-Type 'text/html'"),  # noqa: E501
+        ("GET /x", 404, JSON, '{"error":{"message":"m"}}', NOT_ENVELOPE % 404),
+        ("GET /x", 422, JSON, "[1]", NOT_ENVELOPE % 422),
+        ("POST /v1/completions", 400, JSON, '"x"', NOT_ENVELOPE % 400),
+        ("POST /v1/completions", 400, JSON, "{]", "error status 400 with a body that is not JSON"),
+        ("GET /x", 500, JSON, ENV, "server error 500"),
+        ("POST /v1/embeddings", 501, JSON, UPSTREAM % 501, "server error 501"),
+        ("POST /v1/embeddings", 404, JSON, UPSTREAM % 404, None),
+        ("GET /x", 200, "text/plain", TRACEBACK, "a traceback in the body"),
+    ],
+)  # fmt: skip
+def test_the_answer_checks_catch_what_they_should(
+    label: str, status: int, content_type: str, text: str, problem: str | None
+) -> None:
+    assert bad_answer(label, status, content_type, text) == problem
