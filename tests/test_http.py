@@ -173,21 +173,30 @@ def fake_alias(name: str, *fake_args: str) -> Alias:
     return Alias(name, DEMO_REPO, DEMO_FILENAME, context_params=(" ".join(fake_args),))
 
 
+async def post_to_fake(
+    tmp_path: Path, hub_cache: Path, alias: Alias, request: dict[str, Any]
+) -> tuple[httpx.Response, dict[str, Any]]:
+    """POST ``request`` to a server whose llama-server is our fake; also return the state after."""
+    async with (
+        running_server(
+            tmp_path,
+            hub_cache,
+            aliases=(alias,),
+            BODHI_LLAMA_SERVER=FAKE,
+            BODHI_SSE_KEEPALIVE_SECS="0.3",
+        ) as server,
+        httpx.AsyncClient(timeout=30) as client,
+    ):
+        response = await client.post(server.url + "/v1/chat/completions", json=request)
+        state: dict[str, Any] = (await client.get(server.url + "/bodhi/v1/state")).json()
+    return response, state
+
+
 async def test_slow_load_sends_keepalives_then_completes(tmp_path: Path, hub_cache: Path) -> None:
     slow = fake_alias("slow:1", "--fake-load-delay 1.5 --fake-load-chatter 0.1")
     request = {"model": "slow:1", "messages": MESSAGES, "stream": True}
     with trio.fail_after(30):
-        async with (
-            running_server(
-                tmp_path,
-                hub_cache,
-                aliases=(slow,),
-                BODHI_LLAMA_SERVER=FAKE,
-                BODHI_SSE_KEEPALIVE_SECS="0.3",
-            ) as server,
-            httpx.AsyncClient(timeout=30) as client,
-        ):
-            response = await client.post(server.url + "/v1/chat/completions", json=request)
+        response, _state = await post_to_fake(tmp_path, hub_cache, slow, request)
     events = sse_events(response.content)
     assert response.status_code == 200
     keepalives = [e for e in events if e == ": keep-alive"]
@@ -203,18 +212,7 @@ async def test_load_failing_after_headers_gives_one_error_event(
     doomed = fake_alias("doomed:1", "--fake-load-delay 30 --fake-die-while-loading 1")
     request = {"model": "doomed:1", "messages": MESSAGES, "stream": True}
     with trio.fail_after(30):
-        async with (
-            running_server(
-                tmp_path,
-                hub_cache,
-                aliases=(doomed,),
-                BODHI_LLAMA_SERVER=FAKE,
-                BODHI_SSE_KEEPALIVE_SECS="0.3",
-            ) as server,
-            httpx.AsyncClient(timeout=30) as client,
-        ):
-            response = await client.post(server.url + "/v1/chat/completions", json=request)
-            state = (await client.get(server.url + "/bodhi/v1/state")).json()
+        response, state = await post_to_fake(tmp_path, hub_cache, doomed, request)
     assert response.status_code == 200  # headers went out while it loaded
     events = sse_events(response.content)
     data = [e for e in events if e.startswith("data: ")]

@@ -80,6 +80,13 @@ def parse_json_body(raw: bytes) -> dict[str, Any]:
     return value
 
 
+def _required_string(body: Mapping[str, Any], field: str) -> str:
+    value = body.get(field)
+    if not isinstance(value, str) or not value:
+        raise InvalidRequestError(f"'{field}' is required and must be a string", param=field)
+    return value
+
+
 def _check_type(body: Mapping[str, Any], field: str, kinds: tuple[type, ...], what: str) -> None:
     if field in body and body[field] is not None:
         value = body[field]
@@ -251,11 +258,7 @@ class RouterState:
         return Reply(200, SSE_HEADERS, stream)
 
     async def load(self, raw: bytes) -> Reply:
-        body = parse_json_body(raw)
-        alias = body.get("alias")
-        if not isinstance(alias, str) or not alias:
-            raise InvalidRequestError("'alias' is required and must be a string", param="alias")
-        state = await self.ctx.load(alias)
+        state = await self.ctx.load(_required_string(parse_json_body(raw), "alias"))
         return Reply.json(state.to_json())
 
     async def stop(self) -> Reply:
@@ -263,11 +266,7 @@ class RouterState:
         return Reply.json(self.ctx.state.to_json())
 
     async def variant(self, raw: bytes) -> Reply:
-        body = parse_json_body(raw)
-        variant = body.get("variant")
-        if not isinstance(variant, str) or not variant:
-            raise InvalidRequestError("'variant' is required and must be a string", param="variant")
-        state = await self.ctx.set_exec_variant(variant)
+        state = await self.ctx.set_exec_variant(_required_string(parse_json_body(raw), "variant"))
         return Reply.json(state.to_json())
 
     async def logs(self, lines: str | None, follow: str | None) -> Reply:
