@@ -154,6 +154,7 @@ class RelayStream:
     prime: bool = False
     _failed_head: RelayHead | None = None
     _error_body: list[bytes] = attrs.field(factory=list)
+    _held: RelayItem | None = None
     _done: bool = False
 
     def __aiter__(self) -> RelayStream:
@@ -164,16 +165,15 @@ class RelayStream:
             self.prime = False
             return KEEPALIVE
         while not self._done:
-            with trio.move_on_after(_interval(self.keepalive)) as idle:
-                try:
-                    item = await self.receive.receive()
-                except trio.EndOfChannel:
-                    return self._finish()
-            if idle.cancelled_caught:
+            try:
+                item = await self._next_item()
+            except trio.EndOfChannel:
+                return self._finish()
+            if item is None:
                 return KEEPALIVE
             if isinstance(item, bytes):
                 if self._failed_head is None:
-                    return item
+                    return self._with_queued_bytes(item)
                 self._error_body.append(item)
             elif isinstance(item, RelayHead):
                 if not self.head_sent and item.status != 200:
@@ -183,6 +183,37 @@ class RelayStream:
                 self._done = True
                 return error_event(item.error)
         raise StopAsyncIteration
+
+    async def _next_item(self) -> RelayItem | None:
+        """The next item; ``None`` after the keep-alive interval without one.
+
+        The timer (a cancel scope) is only armed when nothing is queued: while
+        bytes flow, an item costs no scope and no deadline bookkeeping.
+        """
+        if self._held is not None:
+            item, self._held = self._held, None
+            return item
+        try:
+            return self.receive.receive_nowait()
+        except trio.WouldBlock:
+            pass
+        with trio.move_on_after(_interval(self.keepalive)):
+            return await self.receive.receive()
+        return None
+
+    def _with_queued_bytes(self, first: bytes) -> bytes:
+        """``first`` plus every chunk already queued behind it: one write, not many."""
+        parts = [first]
+        while True:
+            try:
+                item = self.receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+            if not isinstance(item, bytes):
+                self._held = item
+                break
+            parts.append(item)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _finish(self) -> bytes:
         """End of the producer's items: the last error event, if any is owed."""
