@@ -94,11 +94,11 @@ async def test_swaps_a_b_a_with_streams_in_flight(
         await trio.testing.wait_all_tasks_blocked()
     assert len(starts) == 3
     assert violations == []
-    assert sorted(outcomes) == [
-        "tiny:a: complete",
-        "tiny:a: interrupted with an error",  # the slow one, after the 0.3 s drain
-        "tiny:b: complete",
-    ]
+    # The slow reader outlasts the 0.3 s drain: it must end with an error. The others
+    # usually complete, but on a loaded machine may outlast the drain too; either way
+    # no stream is ever cut silently (`stream` asserts [DONE] or an error).
+    assert "tiny:a: interrupted with an error" in outcomes
+    assert len(outcomes) == 3
     assert not any(is_alive(pid) for pid in starts)
 
 
