@@ -12,6 +12,10 @@ is spliced from bytes built once per request (only a fixed-width token counter c
 written with exactly one ``send`` per event. ``--batch N`` joins N events per write, to show
 what batching would buy (never for the "one write per event" numbers).
 
+Pacing: ``--token-delay S`` (or a request's ``"bench_token_delay": S``, which wins) waits S
+seconds between events: below 10 ms with ``time.sleep`` (a client that left is seen at the
+next send), from 10 ms on with ``poll`` on the socket (seen at once).
+
 Tokens per streamed request: the request's ``max_tokens`` (or ``max_completion_tokens``,
 ``n_predict``), default ``--default-tokens`` (100). With ``--eos-after N`` a request without
 ``"ignore_eos": true`` stops after N tokens with ``finish_reason: "stop"``, as a model hitting
@@ -277,9 +281,12 @@ class _Connection:
         if not body.get("stream"):
             self._json(200, _plain(chat, stream, model, n, finish))
             return True
-        return self._stream(stream, str(body.get("user") or ""))
+        delay = body.get("bench_token_delay")
+        if not isinstance(delay, (int, float)) or isinstance(delay, bool) or delay < 0:
+            delay = args.token_delay
+        return self._stream(stream, str(body.get("user") or ""), float(delay))
 
-    def _stream(self, stream: _Stream, user: str) -> bool:
+    def _stream(self, stream: _Stream, user: str, delay: float) -> bool:
         sock, args = self.sock, self.args
         with self.stats.lock:
             self.stats.streams += 1
@@ -292,8 +299,10 @@ class _Connection:
         try:
             if args.batch > 1:
                 sent = _send_batched(sock, events, args.batch)
-            elif args.token_delay > 0:
-                sent = _send_paced(sock, events, args.token_delay)
+            elif delay >= 0.01:
+                sent = _send_paced(sock, events, delay)
+            elif delay > 0:
+                sent = _send_slept(sock, events, delay)
             else:
                 sent = _send_each(sock, events)
         except _Gone as gone:
@@ -337,6 +346,22 @@ def _send_batched(sock: socket.socket, events: Iterator[bytes], batch: int) -> i
         if pending:
             sock.sendall(b"".join(pending))
             sent += len(pending)
+    except OSError:
+        raise _Gone(sent) from None
+    return sent
+
+
+def _send_slept(sock: socket.socket, events: Iterator[bytes], delay: float) -> int:
+    """One event, then sleep ``delay`` (below ``poll``'s 1 ms resolution): a model that
+    generates at a steady pace, so that a proxy reads one event at a time. A client that
+    left is noticed at the next send."""
+    sent = 0
+    try:
+        for event in events:
+            if sent:
+                time.sleep(delay)
+            sock.sendall(event)
+            sent += 1
     except OSError:
         raise _Gone(sent) from None
     return sent
@@ -406,7 +431,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"couldn't bind HTTP server socket, hostname: {args.host}, port: {args.port}: {exc}")
         return 1
     listener.listen(1024)
-    print(f"listening on http://{args.host}:{listener.getsockname()[1]}", flush=True)
 
     def stop(signum: int, frame: object) -> None:
         raise _Stop
@@ -415,6 +439,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, stop)  # also when started with SIGINT ignored (shell `&`)
     open_sockets: set[socket.socket] = set()
     try:
+        # only now: whoever waits for this line may send SIGTERM at once
+        print(f"listening on http://{args.host}:{listener.getsockname()[1]}", flush=True)
         while True:
             sock, _addr = listener.accept()
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -74,6 +74,7 @@ class BenchConfig:
     disconnect_after: int | None = None
     timeout: float = 60.0
     upstream_url: str | None = None
+    extra_body: dict[str, object] | None = None  # more request fields (e.g. for a fake)
 
 
 @attrs.frozen
@@ -298,6 +299,7 @@ class _Bench:
             body["ignore_eos"] = True
         if cfg.include_usage:
             body["stream_options"] = {"include_usage": True}
+        body.update(cfg.extra_body or {})
         body["user"] = "@@USER@@"
         before, _, after = json.dumps(body, separators=(",", ":")).encode().partition(b"@@USER@@")
         self._body = (before, after)

@@ -1,0 +1,419 @@
+"""Medians, tables, the issue-5 targets and ``benchmarks/RESULTS.md``, all from the JSON
+document ``run.py`` writes: no number in RESULTS.md is typed by hand."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["check_targets", "render_results", "summary", "throughput_table"]
+
+_METRICS = ["events_per_s", "tokens_per_s", "ttft_p50_ms", "ttft_p99_ms", "gap_p99_ms"]
+_METRICS += ["disconnect_p50_ms", "disconnect_p99_ms", "rss_mib", "cpu_us_per_event", "drain_s"]
+_METRICS += ["disconnects", "disconnects_seen"]
+
+Summary = dict[str, dict[str, dict[str, float | None]]]
+
+
+def _median(values: list[Any]) -> float | None:
+    present = [float(v) for v in values if isinstance(v, (int, float))]
+    return statistics.median(present) if present else None
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+
+
+def summary(rows: list[dict[str, Any]]) -> Summary:
+    """scenario → arm → metric → median over the rounds (``errors``: the sum)."""
+    out: Summary = {}
+    for row in rows:
+        out.setdefault(str(row["scenario"]), {}).setdefault(str(row["arm"]), {})
+    for scenario, arms in out.items():
+        for arm, medians in arms.items():
+            mine = [r for r in rows if r["scenario"] == scenario and r["arm"] == arm]
+            for metric in _METRICS:
+                medians[metric] = _median([r.get(metric) for r in mine])
+            medians["errors"] = float(sum(int(r["errors"]) for r in mine))
+            medians["rounds"] = float(len(mine))
+    return out
+
+
+def _num(v: float | None, fmt: str = "{:,.0f}") -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def _delta(m: dict[str, float | None], base: dict[str, float | None], key: str) -> float | None:
+    a, b = m.get(key), base.get(key)
+    return None if a is None or b is None else a - b
+
+
+def _ratio(m: dict[str, float | None], base: dict[str, float | None], key: str) -> float | None:
+    a, b = m.get(key), base.get(key)
+    return None if a is None or not b else a / b
+
+
+def throughput_table(summ: Summary, rate: str) -> str:
+    """One row per scenario and arm: medians, ratios and deltas to ``direct``."""
+    unit = "tokens/s" if rate == "tokens_per_s" else "events/s"
+    ms = "{:.3f}"
+    lines = [
+        f"| scenario | arm | {unit} | x direct | TTFT p50 ms | +TTFT p50 | TTFT p99 ms | +TTFT p99"
+        " | gap p99 ms | close→upstream p50 / p99 ms | CPU µs/event | RSS MiB | errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for scenario, arms in summ.items():
+        base = arms.get("direct", {})
+        for arm, m in arms.items():
+            close = "-"
+            if m["disconnects"] and not m["disconnects_seen"]:
+                close = "never seen (within 2 s)"
+            if m["disconnect_p99_ms"] is not None:
+                close = f"{_num(m['disconnect_p50_ms'], ms)} / {_num(m['disconnect_p99_ms'], ms)}"
+            cells = [
+                _num(m[rate]),
+                _num(_ratio(m, base, rate), "{:.3f}x"),
+                _num(m["ttft_p50_ms"], ms),
+                _num(_delta(m, base, "ttft_p50_ms"), "{:+.3f}"),
+                _num(m["ttft_p99_ms"], ms),
+                _num(_delta(m, base, "ttft_p99_ms"), "{:+.3f}"),
+                _num(m["gap_p99_ms"], ms),
+                close,
+                _num(m["cpu_us_per_event"], "{:.1f}"),
+                _num(m["rss_mib"], "{:.0f}"),
+                _num(m["errors"]),
+            ]
+            lines.append(f"| {scenario} | {arm} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
+def swap_stats(rows: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """kind → n, errors and p50/p99 of TTFT, child ready time and overhead."""
+    out: dict[str, dict[str, float | None]] = {}
+    for kind in ("swap", "cold", "warm"):
+        mine = [r for r in rows if r["kind"] == kind]
+        if not mine:
+            continue
+        stats: dict[str, float | None] = {"n": len(mine), "errors": sum(r["errors"] for r in mine)}
+        for key in ("ttft_ms", "ready_ms", "overhead_ms"):
+            values = [float(r[key]) for r in mine if isinstance(r.get(key), (int, float))]
+            stats[f"{key}_p50"] = _pct(values, 50)
+            stats[f"{key}_p99"] = _pct(values, 99)
+        out[kind] = stats
+    return out
+
+
+def _swap_table(stats: dict[str, dict[str, float | None]]) -> str:
+    ms = "{:.1f}"
+    lines = [
+        "| requests | n | TTFT p50 / p99 ms | child spawn→ready p50 / p99 ms"
+        " | overhead p50 / p99 ms | errors |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    names = {"swap": "swap (A, B, A, ...)", "cold": "cold (stop first)", "warm": "warm (loaded)"}
+    for kind, s in stats.items():
+        pairs = [
+            f"{_num(s[f'{k}_p50'], ms)} / {_num(s[f'{k}_p99'], ms)}"
+            for k in ("ttft_ms", "ready_ms", "overhead_ms")
+        ]
+        lines.append(
+            f"| {names[kind]} | {_num(s['n'])} | {' | '.join(pairs)} | {_num(s['errors'])} |"
+        )
+    return "\n".join(lines)
+
+
+def _memory_table(mem: dict[str, Any]) -> str:
+    rows = [
+        ("RSS right after startup", mem.get("rss_started_mib"), "MiB"),
+        ("RSS idle, after one completed request", mem.get("rss_idle_mib"), "MiB"),
+        ("RSS after loading the idle alias (baseline)", mem.get("rss_before_streams_mib"), "MiB"),
+        (f"RSS with {mem.get('streams')} open idle streams", mem.get("rss_streams_mib"), "MiB"),
+        ("per open stream (vs. baseline)", mem.get("per_stream_kib"), "KiB"),
+        ("RSS after closing them", mem.get("rss_after_streams_mib"), "MiB"),
+        ("streams opened / failed", f"{mem.get('opened')} / {mem.get('failed')}", ""),
+        ("time to open them all", mem.get("open_s"), "s"),
+        ("`in_flight` at the peak", mem.get("in_flight_at_peak"), ""),
+        ("`in_flight` back to 0 after closing, in", mem.get("in_flight_zero_after_s"), "s"),
+        ("fake upstream saw every socket closed, in", mem.get("upstream_closed_after_s"), "s"),
+    ]
+    lines = ["| what | value |", "|---|---:|"]
+    for what, value, unit in rows:
+        text = f"{value:,.1f} {unit}" if isinstance(value, float) else f"{value} {unit}"
+        lines.append(f"| {what} | {'-' if value is None else text.strip()} |")
+    return "\n".join(lines)
+
+
+def _verdict(value: float | None, limit: float, higher: bool, fmt: Callable[[float], str]) -> str:
+    if value is None:
+        return "NOT MEASURED"
+    if (value >= limit) if higher else (value <= limit):
+        return "MET"
+    gap = abs(value - limit)
+    return f"MISSED by {fmt(gap)} ({gap / limit:.0%} {'short' if higher else 'over'})"
+
+
+def _target(n: str, target: str, measured: str, result: str) -> dict[str, str]:
+    return {"n": n, "target": target, "measured": measured, "result": result}
+
+
+def _x(v: float) -> str:
+    return f"{v:.3f}x"
+
+
+def _ms(v: float) -> str:
+    return f"{v:.2f} ms"
+
+
+def check_targets(doc: dict[str, Any]) -> list[dict[str, str]]:
+    """The issue-5 targets with the measured value and MET / MISSED (by how much)."""
+    suites = doc.get("suites", {})
+
+    def m(suite: str, scenario: str, arm: str, key: str) -> float | None:
+        value = suites.get(suite, {}).get("summary", {}).get(scenario, {}).get(arm, {}).get(key)
+        return value if isinstance(value, (int, float)) else None
+
+    out = []
+    worst: dict[str, float | None] = {}
+    parts = []
+    for suite in ("llama", "llama-t1"):
+        ratios = []
+        for scenario in ("1 stream", "8 streams"):
+            a = m(suite, scenario, "bodhi-trio", "tokens_per_s")
+            b = m(suite, scenario, "direct", "tokens_per_s")
+            r = None if a is None or not b else a / b
+            ratios.append(r)
+            if suite in suites:
+                parts.append(
+                    f"{'' if suite == 'llama' else '`--threads 1`, '}{scenario}:"
+                    f" {_num(r, '{:.3f}x')} ({_num(a)} vs {_num(b)} tok/s)"
+                )
+        worst[suite] = None if None in ratios else min(r for r in ratios if r is not None)
+    verdict = _verdict(worst["llama"], 0.95, True, _x)
+    if worst["llama-t1"] is not None:
+        verdict += f" (`--threads 1`: {_verdict(worst['llama-t1'], 0.95, True, _x)})"
+    out.append(
+        _target(
+            "1",
+            "real llama-server, 1 and 8 streams: tokens/s through bodhi-trio >= 0.95x direct",
+            "; ".join(parts) or "-",
+            verdict,
+        )
+    )
+
+    rate = m("fake", "1 stream", "bodhi-trio", "events_per_s")
+    direct = m("fake", "1 stream", "direct", "events_per_s")
+    ratio = f" ({_x(rate / direct)} direct)" if rate is not None and direct else ""
+    out.append(
+        _target(
+            "2a",
+            "fake upstream, 1 stream: >= 50k events/s through bodhi-trio",
+            f"{_num(rate)} events/s{ratio}",
+            _verdict(rate, 50_000, True, lambda v: f"{v:,.0f} events/s"),
+        )
+    )
+    cpu = m("fake", "1 stream", "bodhi-trio", "cpu_us_per_event")
+    cpu64 = m("fake", "64 streams", "bodhi-trio", "cpu_us_per_event")
+    paced = m("fake", "1 stream, paced", "bodhi-trio", "cpu_us_per_event")
+    out.append(
+        _target(
+            "2b",
+            "proxy CPU per relayed event <= 20 µs (1 stream)",
+            f"{_num(cpu, '{:.1f}')} µs (64 streams: {_num(cpu64, '{:.1f}')} µs; paced, one"
+            f" event per read: {_num(paced, '{:.1f}')} µs)",
+            _verdict(cpu, 20, False, lambda v: f"{v:.1f} µs"),
+        )
+    )
+
+    agg = m("fake", "64 streams", "bodhi-trio", "events_per_s")
+    errors = m("fake", "64 streams", "bodhi-trio", "errors")
+    verdict = "NOT MEASURED"
+    if agg is not None and rate is not None and errors is not None:
+        verdict = "MET" if agg >= rate and errors == 0 else "MISSED"
+        if agg < rate:
+            verdict += f" by {rate - agg:,.0f} events/s ({(rate - agg) / rate:.0%} short)"
+        if errors:
+            verdict += f", {errors:.0f} errors"
+    out.append(
+        _target(
+            "3",
+            "64 concurrent streams, fake upstream: 0 errors, aggregate >= the 1-stream figure",
+            f"{_num(agg)} events/s (1 stream: {_num(rate)}); {_num(errors)} errors",
+            verdict,
+        )
+    )
+
+    for q, limit, n in (("p50", 2.0, "4a"), ("p99", 10.0, "4b")):
+        a = m("fake", "1 stream", "bodhi-trio", f"ttft_{q}_ms")
+        b = m("fake", "1 stream", "direct", f"ttft_{q}_ms")
+        d = None if a is None or b is None else a - b
+        out.append(
+            _target(
+                n,
+                f"added TTFT over direct, 1 stream: {q} <= {limit:g} ms",
+                f"{_num(d, '{:+.3f}')} ms ({_num(a, '{:.3f}')} vs {_num(b, '{:.3f}')} ms)",
+                _verdict(d, limit, False, _ms),
+            )
+        )
+
+    p99 = m("fake", "disconnect", "bodhi-trio", "disconnect_p99_ms")
+    p50 = m("fake", "disconnect", "bodhi-trio", "disconnect_p50_ms")
+    out.append(
+        _target(
+            "5",
+            "client disconnect -> upstream socket closed: p99 <= 20 ms",
+            f"p99 {_num(p99, '{:.2f}')} ms (p50 {_num(p50, '{:.2f}')} ms)",
+            _verdict(p99, 20, False, _ms),
+        )
+    )
+
+    stats = suites.get("swap", {}).get("stats", {})
+    s, c = stats.get("swap", {}), stats.get("cold", {})
+    out.append(
+        _target(
+            "6",
+            "swap overhead (TTFT minus the child's spawn-to-ready): p50 <= 50 ms",
+            f"swap: p50 {_num(s.get('overhead_ms_p50'), '{:.1f}')} ms,"
+            f" p99 {_num(s.get('overhead_ms_p99'), '{:.1f}')} ms;"
+            f" cold: p50 {_num(c.get('overhead_ms_p50'), '{:.1f}')} ms,"
+            f" p99 {_num(c.get('overhead_ms_p99'), '{:.1f}')} ms",
+            _verdict(s.get("overhead_ms_p50"), 50, False, _ms),
+        )
+    )
+
+    mem = suites.get("memory", {})
+    idle, per = mem.get("rss_idle_mib"), mem.get("per_stream_kib")
+    out.append(
+        _target(
+            "7a",
+            "idle RSS <= 80 MiB",
+            f"{_num(idle, '{:.1f}')} MiB",
+            _verdict(idle, 80, False, lambda v: f"{v:.1f} MiB"),
+        )
+    )
+    out.append(
+        _target(
+            "7b",
+            f"<= 64 KiB more per open idle stream ({mem.get('streams', 1000)} streams)",
+            f"{_num(per, '{:.1f}')} KiB",
+            _verdict(per, 64, False, lambda v: f"{v:.1f} KiB"),
+        )
+    )
+    return out
+
+
+def render_results(doc: dict[str, Any]) -> str:
+    """RESULTS.md from the document ``run.py`` wrote."""
+    machine, suites = doc["machine"], doc["suites"]
+    lines = [
+        "# Benchmark results",
+        "",
+        "Generated by `benchmarks/run.py` (`report.render_results`) from the run's JSON; rerun it"
+        " to refresh, do not edit by hand.",
+        "",
+        "## Machine and command",
+        "",
+        f"- date: {doc['date']}; wall time of the run: {doc['wall_s']:.0f} s",
+        f"- CPU: {machine['cpu_model']}, {machine['cpus']} logical cores; loopback only",
+        f"- Python {machine['python']} ({machine['platform']})",
+        f"- bodhi-trio {machine['bodhi_trio']} (git {machine['git']})",
+        f"- llama-server: {machine['llama_server']}",
+        f"- command: `{doc['command']}` (same as `nox -s bench -- {' '.join(doc['argv'])}`)",
+        f"- rounds per throughput scenario: {doc['rounds']}, interleaved A/B (each round"
+        " rotates the order of the arms); tables show medians over the rounds",
+        "",
+        "## Targets (issue 5)",
+        "",
+        "| # | target | measured | result |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {t['n']} | {t['target']} | {t['measured']} | {t['result']} |" for t in doc["targets"]
+    ]
+    if "fake" in suites:
+        fake = suites["fake"]
+        litellm = ", and LiteLLM's proxy points at it too" if doc.get("litellm") else ""
+        lines += [
+            "",
+            "## Fake upstream: the proxy ceiling",
+            "",
+            "`bodhi-trio serve` with `BODHI_LLAMA_SERVER=benchmarks/fake_upstream.py` (one write"
+            " per event, TCP_NODELAY); `direct` is the child's own port, the same process that"
+            f" bodhi-trio relays from{litellm}."
+            " Streams of 1,000 tokens (1,003 events with the usage chunk and `[DONE]`);"
+            " `disconnect`: 4 workers each closing after 10 events of a 5,000-token stream,"
+            " latency until the fake sees its socket closed. CPU µs/event: the arm's process CPU"
+            " time (utime+stime) during the run divided by the events the client received"
+            " (`direct`: the fake itself; `bodhi-trio`: its own pid, not the child; `litellm`:"
+            " its process). RSS: after each run. `paced`: the fake waits"
+            f" {fake.get('pace_s', 0) * 1e6:.0f} µs between events (about the demo model's"
+            " pace), so the proxy reads them one at a time and pays its per-read costs for"
+            " each; LiteLLM is left out there.",
+            "",
+            throughput_table(suites["fake"]["summary"], "events_per_s"),
+        ]
+    for name in ("llama", "llama-t1"):
+        if name not in suites:
+            continue
+        llama = suites[name]
+        lines += [
+            "",
+            f"## Real llama-server on the demo model: `{llama['alias']}`",
+            "",
+            f"Context params `{' '.join(llama['alias_params'])}`; `max_tokens`"
+            f" {llama['max_tokens']} with `ignore_eos`. `direct` is the child's port. CPU"
+            " µs/event: `direct` is llama-server's own CPU per event received; `bodhi-trio`"
+            " its own pid. "
+            + (
+                "llama-server picks its thread count itself (as many as cores): on 2 cores its"
+                " spinning ggml threads and any other busy process (the proxy, the client)"
+                " slow each other down, so these numbers are noisy, `direct` included."
+                if name == "llama"
+                else "One llama-server thread leaves a core to the proxy and the client."
+            ),
+            "",
+            throughput_table(llama["summary"], "tokens_per_s"),
+        ]
+    if "swap" in suites:
+        lines += [
+            "",
+            "## Model swap and cold start (real llama-server)",
+            "",
+            "Aliases `bench:a` and `bench:b` on the demo model; 5-token streamed requests."
+            " TTFT from sending the request to the first content event; child spawn→ready is"
+            " bodhi-trio's own `[bodhi-trio] ready on port N after X s` log line for that start;"
+            " overhead = TTFT - spawn→ready (it includes stopping the previous child, the"
+            " readiness poll granularity and the first token itself: see the warm row).",
+            "",
+            _swap_table(suites["swap"]["stats"]),
+        ]
+    if "memory" in suites:
+        lines += [
+            "",
+            "## Memory (bodhi-trio's own pid, fake upstream)",
+            "",
+            "Idle: after startup and one completed 100-token request. Streams: a raw Trio client"
+            " opens them (alias `bench:idle`, whose fake child sends headers and the role chunk"
+            " then waits an hour); RSS is read once `in_flight` in `/bodhi/v1/state` counts them"
+            " all, and 2 s later.",
+            "",
+            _memory_table(suites["memory"]),
+        ]
+    notes = list(doc.get("notes") or [])
+    loads = [
+        f"{name}: {v['loadavg'][0]} → {v['loadavg'][1]} ({v.get('wall_s', 0):.0f} s)"
+        for name, v in suites.items()
+        if isinstance(v.get("loadavg"), list)
+    ]
+    if loads:
+        notes.append(
+            "load average (1, 5, 15 min) before → after each suite, to spot other work on the"
+            " machine: " + "; ".join(loads)
+        )
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,244 @@
+"""The throughput suites: every scenario against every arm, interleaved A/B.
+
+- **fake**: one bodhi-trio whose llama-server is ``fake_upstream.py``; arms ``direct`` (the
+  child's own port: the same upstream process bodhi-trio relays from), ``bodhi-trio`` and,
+  optionally, ``litellm`` (LiteLLM's proxy against the same child port).
+- **llama**: one bodhi-trio serving the real llama-server on the demo model (alias
+  ``bench:llama``: 8 slots, context shift); arms ``direct`` (the child's port) and
+  ``bodhi-trio``.
+
+Each round rotates the order of the arms, so drift and warm-up hit all of them alike. For
+each run the arm's process RSS and CPU time (``/proc/<pid>/stat`` utime+stime, before and
+after) are recorded: for ``bodhi-trio`` its own pid only, never the child.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+from bench_procs import (
+    FAKE,
+    LITELLM_KEY,
+    Bodhi,
+    cpu_seconds,
+    rss_mib,
+    running_bodhi,
+    running_litellm,
+)
+
+from bodhi_trio._bench import BenchConfig, BenchResult, run_bench
+
+__all__ = ["LLAMA_VARIANTS", "Arm", "Scenario", "fake_suite", "llama_suite", "run_one"]
+
+LLAMA_PARAMS = "--parallel 8 --ctx-size 16384 --context-shift"
+# llama-server's own choice of threads (here: as many as cores), and one thread, which leaves
+# a core to the proxy and the client: on 2 cores, ggml's spinning worker threads and any other
+# busy process slow each other down.
+LLAMA_VARIANTS = {"llama": [LLAMA_PARAMS], "llama-t1": [f"{LLAMA_PARAMS} --threads 1"]}
+LLAMA_TOKENS = 500
+
+
+@attrs.frozen
+class Arm:
+    """One way to reach the upstream."""
+
+    name: str
+    base_url: str
+    model: str
+    api_key: str | None = None
+    upstream_url: str | None = None  # the fake behind it, for disconnect latency
+    pid: int | None = None  # whose RSS and CPU time to record
+    rss_group: bool = False  # RSS of the pid's whole process group
+
+
+@attrs.frozen
+class Scenario:
+    """One load shape, run against every arm in each round."""
+
+    name: str
+    concurrency: int
+    max_tokens: int
+    duration: float | None = None
+    requests: int | None = None
+    disconnect_after: int | None = None
+    token_delay: float | None = None  # asks the fake upstream to pace its events
+    arms: tuple[str, ...] | None = None  # only these arms (default: all)
+
+
+PACE = 0.0002  # s between events: about 4k events/s per stream, as the demo model makes
+
+
+def fake_scenarios(quick: bool) -> list[Scenario]:
+    seconds = 1.5 if quick else 5.0
+    paced = ("direct", "bodhi-trio")
+    return [
+        Scenario("1 stream", 1, 1000, duration=seconds),
+        Scenario("64 streams", 64, 1000, duration=seconds),
+        # one event per read, as from a real model: the proxy's cost per wakeup
+        Scenario("1 stream, paced", 1, 1000, duration=seconds, token_delay=PACE, arms=paced),
+        Scenario("8 streams, paced", 8, 1000, duration=seconds, token_delay=PACE, arms=paced),
+        # long streams, so that the upstream is still writing when the client leaves
+        Scenario(
+            "disconnect",
+            4,
+            5_000,
+            duration=5.0 if quick else 15.0,
+            requests=40 if quick else 200,
+            disconnect_after=10,
+        ),
+    ]
+
+
+def llama_scenarios(quick: bool) -> list[Scenario]:
+    seconds = 2.0 if quick else 5.0
+    return [
+        Scenario("1 stream", 1, LLAMA_TOKENS, duration=seconds),
+        Scenario("8 streams", 8, LLAMA_TOKENS, duration=seconds),
+    ]
+
+
+def run_one(arm: Arm, scenario: Scenario, timeout: float = 30.0) -> BenchResult:
+    config = BenchConfig(
+        base_url=arm.base_url,
+        model=arm.model,
+        api_key=arm.api_key,
+        concurrency=scenario.concurrency,
+        duration=scenario.duration,
+        requests=scenario.requests,
+        max_tokens=scenario.max_tokens,
+        disconnect_after=scenario.disconnect_after,
+        upstream_url=arm.upstream_url,
+        timeout=timeout,
+        extra_body=None
+        if scenario.token_delay is None
+        else {"bench_token_delay": scenario.token_delay},
+    )
+    return trio.run(lambda: run_bench(config))
+
+
+def _upstream_active(upstream_url: str) -> int | None:
+    try:
+        with urllib.request.urlopen(f"{upstream_url}/bench/stats", timeout=2) as r:
+            active = json.load(r).get("active")
+    except (OSError, ValueError):
+        return None
+    return active if isinstance(active, int) else None
+
+
+def drain(arm: Arm, limit: float = 120.0) -> float | None:
+    """Wait until ``arm`` is idle again: its fake upstream streams nothing and a 1-token
+    request completes (a proxy may go on working for streams its clients left). Returns the
+    seconds waited, None past ``limit``.
+    """
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        if arm.upstream_url and _upstream_active(arm.upstream_url) not in (0, None):
+            time.sleep(0.05)
+            continue
+        if run_one(arm, Scenario("probe", 1, 1, requests=1), timeout=10.0).requests_done:
+            return time.monotonic() - started
+    return None
+
+
+def _recorded(suite: str, arm: Arm, scenario: Scenario, r: int, rounds: int) -> dict[str, Any]:
+    cpu_before = cpu_seconds(arm.pid) if arm.pid else None
+    result = run_one(arm, scenario)
+    cpu_after = cpu_seconds(arm.pid) if arm.pid else None
+    row: dict[str, Any] = {"suite": suite, "round": r, "scenario": scenario.name, "arm": arm.name}
+    row.update(result.to_dict())
+    row["rss_mib"] = rss_mib(arm.pid, arm.rss_group) if arm.pid else None
+    cpu = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
+    row["cpu_s"] = cpu
+    row["cpu_us_per_event"] = (
+        cpu * 1e6 / result.events if cpu is not None and result.events else None
+    )
+    row["drain_s"] = waited = drain(arm)  # so that runs don't overlap
+    llama = suite.startswith("llama")
+    rate = result.tokens_per_s if llama else result.events_per_s
+    unit = "tok/s" if llama else "ev/s"
+    per_event = "" if row["cpu_us_per_event"] is None else f"  {row['cpu_us_per_event']:.1f} µs/ev"
+    print(
+        f"[{suite}] round {r + 1}/{rounds} {scenario.name:>10} {arm.name:>10}: "
+        f"{rate:>9,.0f} {unit}  errors {result.errors}  cut {result.requests_cut}{per_event}"
+        f"  idle again after {'?' if waited is None else f'{waited:.2f}'} s",
+        flush=True,
+    )
+    return row
+
+
+def interleaved(
+    suite: str, arms: list[Arm], phases: list[list[Scenario]], rounds: int
+) -> list[dict[str, Any]]:
+    """Warm every arm up, then run each phase's scenarios for ``rounds`` rounds, rotating
+    the order of the arms every round."""
+    for arm in arms:  # warm-up, not recorded
+        run_one(arm, Scenario("warm-up", 4, 100, duration=0.5))
+        drain(arm)
+    rows: list[dict[str, Any]] = []
+    for phase in phases:
+        for r in range(rounds):
+            for scenario in phase:
+                order = arms[r % len(arms) :] + arms[: r % len(arms)]
+                for arm in order:
+                    if scenario.arms is None or arm.name in scenario.arms:
+                        rows.append(_recorded(suite, arm, scenario, r, rounds))
+    return rows
+
+
+def _same_child(bodhi: Bodhi, state: dict[str, Any]) -> bool:
+    now = bodhi.state()
+    return bool(now.get("pid") == state["pid"] and now.get("state") == "ready")
+
+
+def fake_suite(workdir: Path, quick: bool, rounds: int, litellm: bool) -> dict[str, Any]:
+    """The proxy ceiling: fake upstream, arms direct / bodhi-trio / litellm."""
+    with running_bodhi(workdir, "fake", {"bench:fake": []}, FAKE) as bodhi:
+        state = bodhi.load("bench:fake")
+        child = f"http://127.0.0.1:{state['port']}"
+        arms = [
+            Arm("direct", f"{child}/v1", "bench:fake", None, child, state["pid"]),
+            Arm("bodhi-trio", f"{bodhi.url}/v1", "bench:fake", None, child, bodhi.pid),
+        ]
+        with contextlib.ExitStack() as stack:
+            if litellm:
+                url, pid = stack.enter_context(running_litellm(state["port"], workdir / "litellm"))
+                arms.append(Arm("litellm", url, "fake", LITELLM_KEY, child, pid, rss_group=True))
+            scenarios = fake_scenarios(quick)
+            # Disconnect rounds come last: a proxy that keeps consuming the upstream after its
+            # client left (LiteLLM does) would otherwise slow down every later measurement.
+            phases = [[s for s in scenarios if not s.disconnect_after]]
+            phases.append([s for s in scenarios if s.disconnect_after])
+            rows = interleaved("fake", arms, phases, rounds)
+        return {
+            "runs": rows,
+            "pace_s": PACE,
+            "same_child_throughout": _same_child(bodhi, state),
+            "bodhi_rss_end_mib": bodhi.rss_mib(),
+        }
+
+
+def llama_suite(workdir: Path, quick: bool, rounds: int, variant: str) -> dict[str, Any]:
+    """Real llama-server on the demo model: arms direct / bodhi-trio."""
+    alias, params = f"bench:{variant}", LLAMA_VARIANTS[variant]
+    with running_bodhi(workdir, variant, {alias: params}) as bodhi:
+        state = bodhi.load(alias)
+        child = f"http://127.0.0.1:{state['port']}"
+        arms = [
+            Arm("direct", f"{child}/v1", alias, None, None, state["pid"]),
+            Arm("bodhi-trio", f"{bodhi.url}/v1", alias, None, None, bodhi.pid),
+        ]
+        rows = interleaved(variant, arms, [llama_scenarios(quick)], rounds)
+        return {
+            "runs": rows,
+            "alias": alias,
+            "alias_params": params,
+            "max_tokens": LLAMA_TOKENS,
+            "same_child_throughout": _same_child(bodhi, state),
+        }
