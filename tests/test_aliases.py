@@ -368,3 +368,13 @@ def test_directory_that_is_a_file_gives_config_error(tmp_path: Path) -> None:
         store.list()
     with pytest.raises(ConfigError, match=r"^cannot read alias file .*Not a directory"):
         store.get("x")
+
+
+def test_get_sees_a_file_edited_in_place(tmp_path: Path) -> None:
+    store = AliasStore(tmp_path)
+    store.create(Alias("x:1", "org/repo", "a.gguf"))
+    assert store.get("x:1").filename == "a.gguf"
+    path = store.path_for("x:1")
+    path.write_text(path.read_text().replace("a.gguf", "bb.gguf"))  # same inode, new size
+    assert store.get("x:1").filename == "bb.gguf"
+    assert store.get("x:1") is store.get("x:1")  # parsed once, then reused

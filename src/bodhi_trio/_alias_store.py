@@ -46,12 +46,15 @@ def _os_reason(exc: OSError) -> str:
 class AliasStore:
     """The alias files in one directory (``BODHI_HOME/aliases``).
 
-    Plain synchronous file I/O: callers on the event loop run it in a thread.
-    Writes are atomic (temp file in the same directory, then rename), so a
+    Plain synchronous file I/O, called inline from the event loop: a lookup of an
+    alias already parsed costs one ``stat``. Writes are atomic (temp file in the same directory, then rename), so a
     reader never sees half a file.
     """
 
     directory: Path
+    _parsed: dict[Path, tuple[tuple[int, int, int], Alias]] = attrs.field(
+        factory=dict, init=False, repr=False
+    )
 
     def path_for(self, name: str) -> Path:
         """The file that holds alias ``name``.
@@ -62,7 +65,22 @@ class AliasStore:
         return self.directory / alias_filename(name)
 
     def _read(self, path: Path) -> Alias:
-        """Parse one file; every failure except a missing file is InvalidAliasError."""
+        """Parse one file; every failure except a missing file is InvalidAliasError.
+
+        Parsed aliases are kept per file and reused while the file's inode, size and
+        mtime stay the same (writes replace the file, so they always change the inode):
+        a request costs one ``stat``, not a YAML parse.
+        """
+        stat = path.stat()
+        stamp = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        cached = self._parsed.get(path)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        alias = self._parse(path)
+        self._parsed[path] = (stamp, alias)
+        return alias
+
+    def _parse(self, path: Path) -> Alias:
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as exc:

@@ -34,6 +34,7 @@ __all__ = [
 ]
 
 _RECEIVE_BYTES = 65536
+_HANDOVER_BYTES = 8192
 _CLOSE_TIMEOUT = 2.0
 _CONNECT_TIMEOUT = 10.0
 _MAX_IDLE_PER_SERVER = 64
@@ -177,10 +178,14 @@ class H11Response:
             raise StopAsyncIteration
         protocol = self._connection.protocol
         parts: list[bytes] = []
+        size = 0
         while True:
             event = _next_event(protocol)
             if isinstance(event, h11.Data):
                 parts.append(bytes(event.data))
+                size += len(event.data)
+                if size >= _HANDOVER_BYTES:  # pass bytes on; don't parse the whole buffer first
+                    break
             elif isinstance(event, h11.EndOfMessage):
                 self._complete = True
                 break
