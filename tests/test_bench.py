@@ -15,7 +15,8 @@ import attrs
 import pytest
 import trio
 
-from bodhi_trio._bench import BenchConfig, _Dechunker, _Scan, _Totals, run_bench
+from bodhi_trio._bench import BenchConfig, run_bench
+from bodhi_trio._bench_scan import _Dechunker, _Scan, _Totals
 
 FAKE = Path(__file__).resolve().parents[1] / "benchmarks" / "fake_upstream.py"
 

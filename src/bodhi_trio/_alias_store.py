@@ -47,8 +47,8 @@ class AliasStore:
     """The alias files in one directory (``BODHI_HOME/aliases``).
 
     Plain synchronous file I/O, called inline from the event loop: a lookup of an
-    alias already parsed costs one ``stat``. Writes are atomic (temp file in the same directory, then rename), so a
-    reader never sees half a file.
+    alias already parsed costs one ``stat``. Writes are atomic (temp file in the
+    same directory, then rename), so a reader never sees half a file.
     """
 
     directory: Path

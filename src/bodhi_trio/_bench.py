@@ -24,9 +24,6 @@ Every loop is bounded by a count, the duration, or the per-request timeout.
 
 from __future__ import annotations
 
-import argparse
-import array
-import collections
 import itertools
 import json
 import math
@@ -39,9 +36,10 @@ from urllib.parse import urlsplit
 import attrs
 import trio
 
+from ._bench_scan import _Dechunker, _ms, _percentile, _Scan, _Totals, _usage_tokens
 from ._exceptions import ConfigError
 
-__all__ = ["BenchConfig", "BenchResult", "add_bench_parser", "run_bench", "run_bench_command"]
+__all__ = ["BenchConfig", "BenchResult", "run_bench"]
 
 _RECV = 262144
 _MAX_HEAD = 65536
@@ -132,148 +130,6 @@ class BenchResult:
             rows.append(("close→upstream p50 / p99", lat))
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
-
-
-def _percentile(values: list[float] | array.array[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
-
-
-@attrs.define(eq=False)
-class _Totals:
-    events: int = 0
-    content: int = 0
-    token_fix: int = 0  # usage tokens minus counted content events, for finished streams
-    bytes: int = 0
-    done: int = 0
-    cut: int = 0
-    started: int = 0
-    disconnects: int = 0
-    errors: collections.Counter[str] = attrs.field(factory=collections.Counter)
-    samples: list[str] = attrs.field(factory=list)
-    ttfts: list[float] = attrs.field(factory=list)
-    gaps: array.array[float] = attrs.field(factory=lambda: array.array("d"))
-    closed: dict[str, float] = attrs.field(factory=dict)
-
-    def error(self, kind: str, detail: str) -> None:
-        self.errors[kind] += 1
-        if len(self.samples) < 5:
-            self.samples.append(f"{kind}: {detail}"[:300])
-
-
-class _Dechunker:
-    """Removes HTTP/1.1 chunked framing; ``done`` once the last chunk was read."""
-
-    __slots__ = ("_buf", "_crlf", "_need", "_trailer", "done")
-
-    def __init__(self) -> None:
-        self._buf = b""
-        self._need = 0
-        self._crlf = self._trailer = self.done = False
-
-    def feed(self, data: bytes) -> bytes:
-        buf = self._buf + data if self._buf else data
-        out: list[bytes] = []
-        pos, end = 0, len(buf)
-        while pos < end and not self.done:
-            if self._need:
-                take = min(self._need, end - pos)
-                out.append(buf[pos : pos + take])
-                pos += take
-                self._need -= take
-                self._crlf = not self._need
-                continue
-            if self._crlf:
-                if end - pos < 2:
-                    break
-                pos += 2
-                self._crlf = False
-                continue
-            eol = buf.find(b"\r\n", pos)
-            if eol < 0:
-                if end - pos > 4096:
-                    raise ValueError("chunk size or trailer line too long")
-                break
-            if self._trailer:  # trailer lines, until an empty one
-                self.done = eol == pos
-                pos = eol + 2
-                continue
-            line = buf[pos:eol]
-            size = int(line, 16) if b";" not in line else int(line.split(b";", 1)[0], 16)
-            pos = eol + 2
-            if size and pos + size + 2 <= end:  # the whole chunk is here: the usual case
-                out.append(buf[pos : pos + size])
-                pos += size + 2
-            else:
-                self._need = size
-                self._trailer = not size
-        self._buf = buf[pos:]
-        return out[0] if len(out) == 1 else b"".join(out)
-
-
-class _Scan:
-    """Counts the events of one stream's body as it arrives."""
-
-    __slots__ = ("content", "errors", "events", "last", "last_at", "start", "styles", "tail")
-
-    def __init__(self, start: float, styles: tuple[tuple[bytes, bytes], ...]) -> None:
-        self.start = start
-        self.styles = styles  # narrowed to the one the server uses at the first match
-        self.tail = b"\n"  # the body starts at a line start
-        self.last: collections.deque[bytes] = collections.deque(maxlen=16)
-        self.events = self.content = self.errors = 0
-        self.last_at: float | None = None
-
-    def feed(self, payload: bytes, now: float, totals: _Totals) -> None:
-        scan = self.tail + payload
-        base = len(self.tail) + 1  # count only matches that end in the new bytes
-        events = scan.count(_EVENT, max(0, base - len(_EVENT)))
-        self.errors += scan.count(_ERROR, max(0, base - len(_ERROR)))
-        content = 0
-        for some, empty in self.styles:
-            n = scan.count(some, max(0, base - len(some)))
-            if n and len(self.styles) > 1:
-                self.styles = ((some, empty),)
-            content += n - scan.count(empty, max(0, base - len(empty)))
-        if content:
-            self.content += content
-            totals.content += content
-        if events:
-            self.events += events
-            totals.events += events
-            if self.last_at is not None:
-                if len(totals.gaps) < _MAX_GAPS:
-                    totals.gaps.append(now - self.last_at)
-                self.last_at = now
-        if self.last_at is None and self.content > 0:
-            totals.ttfts.append(now - self.start)
-            self.last_at = now
-        self.tail = scan[-_OVERLAP:]
-        self.last.append(payload)
-
-    def end(self) -> bytes:
-        """The last bytes of the stream (where the usage chunk is)."""
-        return b"".join(self.last)[-_KEEP_LAST:]
-
-
-def _usage_tokens(last: bytes) -> int | None:
-    """``completion_tokens`` of the last usage chunk in the end of a stream."""
-    for line in reversed(last.split(b"\n")):
-        if line.startswith(b"data:") and b'"usage"' in line:
-            try:
-                usage = json.loads(line[5:]).get("usage")
-            except (ValueError, AttributeError):
-                continue
-            if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
-                tokens: int = usage["completion_tokens"]
-                return tokens
-    return None
-
-
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else seconds * 1e3
 
 
 @attrs.define(eq=False)
@@ -576,62 +432,3 @@ async def run_bench(config: BenchConfig, *, progress: bool = False) -> BenchResu
         print(file=sys.stderr, flush=True)
     seen = await _upstream_seen(config, bench.totals.closed)
     return bench.result(elapsed, seen)
-
-
-def add_bench_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``bench`` to a CLI's subcommands (``run=run_bench_command`` is set as default)."""
-    p = subparsers.add_parser(
-        "bench",
-        help="streaming benchmark against an OpenAI-compatible server",
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
-    )
-    p.add_argument("--base-url", default="http://127.0.0.1:1135/v1", help="API base URL")
-    p.add_argument("--model", default="demo:tiny", help="model (alias) to request")
-    p.add_argument("--api-key", default=os.environ.get("BODHI_BENCH_API_KEY"), help="bearer key")
-    p.add_argument("--concurrency", "-c", type=int, default=1, help="concurrent streams (1)")
-    p.add_argument("--duration", "-d", type=float, help="seconds to run (default 10)")
-    p.add_argument("--requests", "-n", type=int, help="stop after this many requests")
-    p.add_argument("--max-tokens", type=int, default=100, help="max_tokens per request (100)")
-    eos = p.add_mutually_exclusive_group()
-    eos.add_argument("--ignore-eos", dest="ignore_eos", action="store_true", default=True)
-    eos.add_argument("--no-ignore-eos", dest="ignore_eos", action="store_false")
-    p.add_argument("--no-usage", action="store_true", help="don't ask for the usage chunk")
-    p.add_argument("--endpoint", choices=["chat", "completions"], default="chat")
-    p.add_argument("--prompt", default="Write a long story.", help="the prompt text")
-    p.add_argument("--disconnect-after", type=int, metavar="K", help="close after K events")
-    p.add_argument("--upstream-url", help="fake upstream root, for disconnect latency")
-    p.add_argument("--timeout", type=float, default=60.0, help="per-request timeout (60 s)")
-    p.add_argument("--json", metavar="PATH", help="also write the result as JSON")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
-    p.set_defaults(run=run_bench_command)
-
-
-def run_bench_command(args: argparse.Namespace) -> int:
-    """Run ``bodhi-trio bench``: prints a table; 0 without errors, 1 with some."""
-    duration = args.duration
-    if duration is None and args.requests is None:
-        duration = 10.0
-    config = BenchConfig(
-        base_url=args.base_url,
-        model=args.model,
-        api_key=args.api_key,
-        concurrency=args.concurrency,
-        duration=duration,
-        requests=args.requests,
-        max_tokens=args.max_tokens,
-        ignore_eos=args.ignore_eos,
-        include_usage=not args.no_usage,
-        endpoint=args.endpoint,
-        prompt=args.prompt,
-        disconnect_after=args.disconnect_after,
-        timeout=args.timeout,
-        upstream_url=args.upstream_url,
-    )
-    progress = sys.stderr.isatty() if args.progress is None else args.progress
-    result = trio.run(lambda: run_bench(config, progress=progress))
-    print(result.table())
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result.to_dict(), f, indent=2)
-            f.write("\n")
-    return 1 if result.errors else 0

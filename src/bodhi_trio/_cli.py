@@ -17,7 +17,7 @@ import yaml
 
 from ._alias_store import AliasStore
 from ._aliases import Alias
-from ._bench import add_bench_parser
+from ._bench_cli import add_bench_parser
 from ._exceptions import BodhiError
 from ._runtime import find_llama_server, install_llama_server
 from ._settings import Settings, load_settings
