@@ -217,3 +217,16 @@ async def test_alias_api_round_trip_and_bad_names(tmp_path: Path, hub_cache: Pat
     assert deleted.status_code == 204
     assert gone.status_code == 404
     assert sorted(p.name for p in (tmp_path / "aliases").iterdir()) == ["demo--tiny.yaml"]
+
+
+@pytest.mark.parametrize("number", [b"NaN", b"Infinity", b"-Infinity", b"1e400"])
+async def test_non_finite_numbers_are_rejected(
+    tmp_path: Path, hub_cache: Path, number: bytes
+) -> None:
+    body = b'{"model": "demo:tiny", "messages": [{"role": "user", "content": "x"}], '
+    body += b'"temperature": ' + number + b"}"
+    with trio.fail_after(30):
+        async with running_server(tmp_path, hub_cache) as server:
+            response = await request(server.url, "POST", "/v1/chat/completions", content=body)
+    assert response.status_code == 400
+    assert "not valid JSON" in envelope(response)["message"]

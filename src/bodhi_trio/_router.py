@@ -61,6 +61,17 @@ def _compact(value: object) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not JSON")  # Python's json accepts NaN and Infinity
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text} is out of range")  # 1e400: llama-server would get Infinity
+    return number
+
+
 def parse_json_body(raw: bytes) -> dict[str, Any]:
     """The request body as a JSON object.
 
@@ -68,7 +79,7 @@ def parse_json_body(raw: bytes) -> dict[str, Any]:
         InvalidRequestError: Not UTF-8, not JSON, nested too deep, or not an object.
     """
     try:
-        value = json.loads(raw)
+        value = json.loads(raw, parse_constant=_no_constant, parse_float=_finite_float)
     except UnicodeDecodeError as exc:
         raise InvalidRequestError(f"the request body is not valid UTF-8: {exc.reason}") from exc
     except ValueError as exc:
