@@ -65,6 +65,7 @@ logger = logging.getLogger("bodhi_trio.context")
 
 _SHUTDOWN_BOUND = 30.0
 _READERS_LEAVE_BOUND = 1.0
+_IDLE_RETRY = 0.05
 
 
 @final
@@ -174,8 +175,10 @@ class SlotScheduler:
                 yield slot
         finally:
             self._readers.discard(reader)
-            self._count_reader(-1)
             await self._lock.release_read()
+            # Count the reader out only once its hold is back: whoever sees in_flight
+            # drop to 0 (the idle unloader) can then take the write side at once.
+            self._count_reader(-1)
         if reader.cancelled_caught:
             raise slot.interruption or ResponseInterruptedError("the response was interrupted")
 
@@ -390,7 +393,10 @@ class SlotScheduler:
             if self._activity != activity or self._slot is not slot:
                 continue
             if not self._lock.try_acquire_write():
-                await self._changed.wait()  # a load, stop or handover holds it: look again after
+                # A load, stop or handover holds it. Their ends publish a state change;
+                # a bare lock release does not, hence the short bound on the wait.
+                with trio.move_on_after(_IDLE_RETRY):
+                    await self._changed.wait()
                 continue
             try:
                 logger.info("unloading %s after %s s idle", slot and slot.alias.alias, keep_alive)
