@@ -16,7 +16,8 @@ import pytest
 import trio
 
 from bodhi_trio._bench import BenchConfig, run_bench
-from bodhi_trio._bench_scan import _Dechunker, _Scan, _Totals
+from bodhi_trio._bench_scan import _Scan, _Totals
+from bodhi_trio._http1 import ChunkedDecoder
 
 FAKE = Path(__file__).resolve().parents[1] / "benchmarks" / "fake_upstream.py"
 
@@ -255,7 +256,7 @@ def test_scanner_counts_the_same_for_any_split() -> None:
     events += [b'data: {"error": {"message": "x"}}\n\n', b"data: [DONE]\n\n"]
     body = b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events) + b"0\r\n\r\n"
     for step in (1, 2, 3, 7, 64, len(body)):
-        dechunk, totals = _Dechunker(), _Totals()
+        dechunk, totals = ChunkedDecoder(), _Totals()
         scan = _Scan(0.0, ((b'"content":"', b'"content":""'),))
         for i in range(0, len(body), step):
             scan.feed(dechunk.feed(body[i : i + step]), 1.0, totals)

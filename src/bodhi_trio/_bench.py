@@ -36,8 +36,9 @@ from urllib.parse import urlsplit
 import attrs
 import trio
 
-from ._bench_scan import _Dechunker, _ms, _percentile, _Scan, _Totals, _usage_tokens
+from ._bench_scan import _ms, _percentile, _Scan, _Totals, _usage_tokens
 from ._exceptions import ConfigError
+from ._http1 import ChunkedDecoder
 
 __all__ = ["BenchConfig", "BenchResult", "run_bench"]
 
@@ -262,7 +263,7 @@ class _Bench:
         user: str,
     ) -> bool:
         totals, cfg = self.totals, self.config
-        dechunk = _Dechunker() if length is None else None
+        dechunk = ChunkedDecoder() if length is None else None
         left = length if length is not None and length >= 0 else -1
         limit = cfg.disconnect_after
         error_body = b""
@@ -348,7 +349,7 @@ async def _get_json(url: str) -> object:
                 data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
     if b"chunked" in head.lower():
-        body = _Dechunker().feed(body)
+        body = ChunkedDecoder().feed(body)
     return json.loads(body)
 
 

@@ -12,7 +12,7 @@ import math
 
 import attrs
 
-__all__ = ["_Dechunker", "_Scan", "_Totals", "_ms", "_percentile", "_usage_tokens"]
+__all__ = ["_Scan", "_Totals", "_ms", "_percentile", "_usage_tokens"]
 
 _KEEP_LAST = 8192  # bytes of each stream kept for the usage chunk
 _MAX_GAPS = 2_000_000
@@ -48,56 +48,6 @@ class _Totals:
         self.errors[kind] += 1
         if len(self.samples) < 5:
             self.samples.append(f"{kind}: {detail}"[:300])
-
-
-class _Dechunker:
-    """Removes HTTP/1.1 chunked framing; ``done`` once the last chunk was read."""
-
-    __slots__ = ("_buf", "_crlf", "_need", "_trailer", "done")
-
-    def __init__(self) -> None:
-        self._buf = b""
-        self._need = 0
-        self._crlf = self._trailer = self.done = False
-
-    def feed(self, data: bytes) -> bytes:
-        buf = self._buf + data if self._buf else data
-        out: list[bytes] = []
-        pos, end = 0, len(buf)
-        while pos < end and not self.done:
-            if self._need:
-                take = min(self._need, end - pos)
-                out.append(buf[pos : pos + take])
-                pos += take
-                self._need -= take
-                self._crlf = not self._need
-                continue
-            if self._crlf:
-                if end - pos < 2:
-                    break
-                pos += 2
-                self._crlf = False
-                continue
-            eol = buf.find(b"\r\n", pos)
-            if eol < 0:
-                if end - pos > 4096:
-                    raise ValueError("chunk size or trailer line too long")
-                break
-            if self._trailer:  # trailer lines, until an empty one
-                self.done = eol == pos
-                pos = eol + 2
-                continue
-            line = buf[pos:eol]
-            size = int(line, 16) if b";" not in line else int(line.split(b";", 1)[0], 16)
-            pos = eol + 2
-            if size and pos + size + 2 <= end:  # the whole chunk is here: the usual case
-                out.append(buf[pos : pos + size])
-                pos += size + 2
-            else:
-                self._need = size
-                self._trailer = not size
-        self._buf = buf[pos:]
-        return out[0] if len(out) == 1 else b"".join(out)
 
 
 class _Scan:

@@ -8,7 +8,6 @@ one boundary.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -20,16 +19,9 @@ import trio
 
 from ._aliases import Alias
 from ._context import ENDPOINTS, SharedContext
-from ._exceptions import BodhiError, InvalidRequestError
-from ._sse import (
-    SSE_HEADERS,
-    DirectStream,
-    RelayFailure,
-    RelayHead,
-    RelayItem,
-    RelayStream,
-    close_with_request,
-)
+from ._exceptions import InvalidRequestError
+from ._relay import Relay, RelayBody, relay_upstream
+from ._sse import SSE_HEADERS, DirectStream, close_with_request, request_send
 from ._state import ServerEvent
 
 if TYPE_CHECKING:
@@ -39,7 +31,6 @@ __all__ = ["Reply", "RouterState", "parse_json_body"]
 
 logger = logging.getLogger("bodhi_trio.router")
 
-_RELAY_BUFFER = 16
 _JSON = {"Content-Type": "application/json"}
 _MAX_LOG_LINES = 1000
 
@@ -171,58 +162,31 @@ class RouterState:
         return Reply(response.status_code, {"Content-Type": content_type}, content)
 
     async def _streamed(self, endpoint: str, body: dict[str, Any]) -> Reply:
-        send, receive = trio.open_memory_channel[RelayItem](_RELAY_BUFFER)
-        producer = trio.CancelScope()
-        self.nursery.start_soon(self._produce, endpoint, body, send, producer)
+        """Start the relay (:mod:`._relay`) and answer once llama-server did, or early.
+
+        Cancellation (the client left): the relay's producer is cancelled too.
+        """
+        relay = Relay(request_send(), self._keepalive)
+        self.nursery.start_soon(relay_upstream, self.ctx.forward(endpoint, body), relay)
         try:
             with trio.move_on_after(self._keepalive if self._keepalive > 0 else math.inf):
-                first = await receive.receive()
-                if isinstance(first, RelayFailure):
-                    raise first.error  # nothing sent yet: a proper status
-                assert isinstance(first, RelayHead)
-                if first.status == 200:
-                    stream = RelayStream(receive, producer, self._keepalive, head_sent=True)
-                    close_with_request(stream)
-                    return Reply(200, SSE_HEADERS, stream)
-                # llama-server refused: its status and body, byte for byte
-                chunks = [item async for item in receive if isinstance(item, bytes)]
-                content_type = first.headers.get("content-type", "application/json")
-                return Reply(first.status, {"Content-Type": content_type}, b"".join(chunks))
+                await relay.answered.wait()
         except BaseException:
-            producer.cancel()
-            receive.close()
+            relay.producer.cancel()
             raise
-        # Still loading after the keep-alive interval: answer now, keep the client
-        # company with comments, and report a later failure inside the stream.
-        stream = RelayStream(receive, producer, self._keepalive, head_sent=False, prime=True)
+        if relay.failure is not None:
+            raise relay.failure  # nothing sent yet: a proper status
+        head = relay.head
+        if head is not None and head.status != 200:  # llama-server refused: byte for byte
+            content_type = head.headers.get("content-type", "application/json")
+            return Reply(head.status, {"Content-Type": content_type}, head.body)
+        # Answered (200), or still loading after the keep-alive interval: then the
+        # client gets its 200 now, comments while it waits, and a later failure
+        # inside the stream.
+        relay.early = head is None
+        stream = RelayBody(relay, prime=relay.early)
         close_with_request(stream)
         return Reply(200, SSE_HEADERS, stream)
-
-    async def _produce(
-        self,
-        endpoint: str,
-        body: dict[str, Any],
-        send: trio.MemorySendChannel[RelayItem],
-        scope: trio.CancelScope,
-    ) -> None:
-        """Run the upstream request; everything, errors included, goes into ``send``.
-
-        Never raises (a raise here would land in the server's nursery). Holds the
-        slot's read side until the last byte is queued or the consumer leaves.
-        """
-        with scope, send:
-            try:
-                async with self.ctx.forward(endpoint, body) as response:
-                    await send.send(RelayHead(response.status_code, dict(response.headers)))
-                    async for chunk in response:
-                        await send.send(chunk)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass  # the client left; leaving the block closed the upstream request
-            except BodhiError as exc:
-                await _send_quietly(send, RelayFailure(exc))
-            except Exception as exc:
-                logger.exception("relaying %s failed", endpoint)
-                await _send_quietly(send, RelayFailure(BodhiError(f"internal error: {exc!r}")))
 
     async def models(self) -> Reply:
         """``GET /v1/models``: every alias as an OpenAI model object."""
@@ -329,11 +293,6 @@ class RouterState:
     async def alias_delete(self, name: str) -> Reply:
         self.ctx.aliases.delete(name)
         return Reply(204, {}, b"")
-
-
-async def _send_quietly(send: trio.MemorySendChannel[RelayItem], item: RelayItem) -> None:
-    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-        await send.send(item)
 
 
 async def _follow_log(

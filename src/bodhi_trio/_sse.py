@@ -1,18 +1,15 @@
-"""Server-Sent Events: framing, keep-alive, and the two kinds of streams we send.
+"""Server-Sent Events: framing, keep-alive, events we generate, and request scopes.
 
-- :class:`RelayStream` forwards llama-server's SSE bytes unchanged (the seed's
-  RawSSE / ``fwd_sse``). A producer task in the server's nursery runs the
-  upstream request and puts items into a small channel; the response body only
-  reads that channel. So the producer never raises into Quart's frames (its
-  errors are items), the read hold lives in the producer, and a client that
-  leaves cancels the producer, which closes the upstream connection at once.
 - :class:`DirectStream` frames events we generate (state events, followed
-  logs): the seed's DirectSse / DirectEvent.
+  logs): the seed's DirectSse / DirectEvent. Relayed completions (the seed's
+  RawSSE / ``fwd_sse``) are :mod:`._relay`'s.
+- :func:`request_scope` is one HTTP request's lifetime: the bodies it must close
+  at its end, and the raw ASGI ``send`` the relay writes with.
 
-Both send ``: keep-alive`` after ``BODHI_SSE_KEEPALIVE_SECS`` without bytes, and
-a failure after the headers is one ``data: {"error": ...}`` event, then the end.
-Both are async iterators with ``aclose()`` (not async generators): Quart calls
-``aclose()`` when it is done with a body, and nothing is left to the GC.
+Streams send ``: keep-alive`` after ``BODHI_SSE_KEEPALIVE_SECS`` without bytes,
+and a failure after the headers is one ``data: {"error": ...}`` event, then the
+end. They are async iterators with ``aclose()`` (not async generators): Quart
+calls ``aclose()`` when it is done with a body, and nothing is left to the GC.
 """
 
 from __future__ import annotations
@@ -22,7 +19,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Generic, Protocol, TypeVar, final
 
@@ -33,15 +30,12 @@ from ._exceptions import BodhiError
 
 __all__ = [
     "KEEPALIVE",
-    "close_with_request",
-    "request_scope",
     "SSE_HEADERS",
     "DirectStream",
-    "RelayFailure",
-    "RelayHead",
-    "RelayItem",
-    "RelayStream",
+    "close_with_request",
     "error_event",
+    "request_scope",
+    "request_send",
     "sse_event",
 ]
 
@@ -62,8 +56,14 @@ class _Closeable(Protocol):
     async def aclose(self) -> None: ...
 
 
-_request_bodies: contextvars.ContextVar[list[_Closeable] | None] = contextvars.ContextVar(
-    "bodhi_trio_request_bodies", default=None
+@attrs.define(eq=False)
+class _RequestScope:
+    send: Callable[[dict[str, Any]], Awaitable[None]]
+    bodies: list[_Closeable] = attrs.field(factory=list)
+
+
+_request: contextvars.ContextVar[_RequestScope | None] = contextvars.ContextVar(
+    "bodhi_trio_request", default=None
 )
 
 
@@ -74,26 +74,41 @@ def close_with_request(body: _Closeable) -> None:
     framework began to iterate it; the framework then never closes the body, and
     its producer would wait forever. :func:`request_scope` closes it instead.
     """
-    bodies = _request_bodies.get()
-    if bodies is not None:
-        bodies.append(body)
+    scope = _request.get()
+    if scope is not None:
+        scope.bodies.append(body)
+
+
+def request_send() -> Callable[[dict[str, Any]], Awaitable[None]]:
+    """The raw ASGI ``send`` of the current request (see :func:`request_scope`).
+
+    Raises:
+        RuntimeError: Not inside a request scope.
+    """
+    scope = _request.get()
+    if scope is None:
+        raise RuntimeError("not inside bodhi-trio's request scope (create_app's middleware)")
+    return scope.send
 
 
 @asynccontextmanager
-async def request_scope() -> AsyncIterator[None]:
+async def request_scope(send: Callable[[dict[str, Any]], Awaitable[None]]) -> AsyncIterator[None]:
     """One HTTP request's lifetime: bodies registered inside are closed at its end.
 
-    Tasks the request spawns inherit the list (context variables are copied into
-    child tasks, and the list object is shared).
+    Args:
+        send: The request's ASGI ``send``, for :func:`request_send`.
+
+    Tasks the request spawns inherit the scope (context variables are copied into
+    child tasks, and the scope object is shared).
     """
-    bodies: list[_Closeable] = []
-    token = _request_bodies.set(bodies)
+    scope = _RequestScope(send)
+    token = _request.set(scope)
     try:
         yield
     finally:
-        _request_bodies.reset(token)
+        _request.reset(token)
         with trio.CancelScope(shield=True):
-            for body in bodies:
+            for body in scope.bodies:
                 await body.aclose()  # idempotent, never blocks
 
 
@@ -110,131 +125,8 @@ def error_event(error: BodhiError | Mapping[str, Any]) -> bytes:
     return sse_event(json.dumps(body, separators=(",", ":")))
 
 
-@attrs.frozen
-class RelayHead:
-    """llama-server's status and headers, the first item of a relay."""
-
-    status: int
-    headers: Mapping[str, str]
-
-
-@attrs.frozen
-class RelayFailure:
-    """The relay failed; the consumer reports ``error`` and ends."""
-
-    error: BodhiError
-
-
-RelayItem = RelayHead | bytes | RelayFailure
-
-
 def _interval(keepalive: float) -> float:
     return keepalive if keepalive > 0 else math.inf
-
-
-@final
-@attrs.define(eq=False)
-class RelayStream:
-    """The body of a streamed completion: upstream bytes, keep-alives, or one error.
-
-    Args:
-        receive: Items from the producer (see the module docstring).
-        producer: Cancel scope of the producer task; cancelled when the body ends.
-        keepalive: Seconds without bytes before a ``: keep-alive`` comment (0: off).
-        head_sent: Whether the status line already answered llama-server's (else the
-            client got an early 200 while the model loaded, and a non-200 answer
-            must become an error event).
-        prime: Send a ``: keep-alive`` first (the early answer while loading).
-    """
-
-    receive: trio.MemoryReceiveChannel[RelayItem]
-    producer: trio.CancelScope
-    keepalive: float
-    head_sent: bool
-    prime: bool = False
-    _failed_head: RelayHead | None = None
-    _error_body: list[bytes] = attrs.field(factory=list)
-    _held: RelayItem | None = None
-    _done: bool = False
-
-    def __aiter__(self) -> RelayStream:
-        return self
-
-    async def __anext__(self) -> bytes:
-        if self.prime:
-            self.prime = False
-            return KEEPALIVE
-        while not self._done:
-            try:
-                item = await self._next_item()
-            except trio.EndOfChannel:
-                return self._finish()
-            if item is None:
-                return KEEPALIVE
-            if isinstance(item, bytes):
-                if self._failed_head is None:
-                    return self._with_queued_bytes(item)
-                self._error_body.append(item)
-            elif isinstance(item, RelayHead):
-                if not self.head_sent and item.status != 200:
-                    self._failed_head = item
-                self.head_sent = True
-            else:
-                self._done = True
-                return error_event(item.error)
-        raise StopAsyncIteration
-
-    async def _next_item(self) -> RelayItem | None:
-        """The next item; ``None`` after the keep-alive interval without one.
-
-        The timer (a cancel scope) is only armed when nothing is queued: while
-        bytes flow, an item costs no scope and no deadline bookkeeping.
-        """
-        if self._held is not None:
-            item, self._held = self._held, None
-            return item
-        try:
-            return self.receive.receive_nowait()
-        except trio.WouldBlock:
-            pass
-        with trio.move_on_after(_interval(self.keepalive)):
-            return await self.receive.receive()
-        return None
-
-    def _with_queued_bytes(self, first: bytes) -> bytes:
-        """``first`` plus every chunk already queued behind it: one write, not many."""
-        parts = [first]
-        while True:
-            try:
-                item = self.receive.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel):
-                break
-            if not isinstance(item, bytes):
-                self._held = item
-                break
-            parts.append(item)
-        return parts[0] if len(parts) == 1 else b"".join(parts)
-
-    def _finish(self) -> bytes:
-        """End of the producer's items: the last error event, if any is owed."""
-        self._done = True
-        if self._failed_head is None:
-            raise StopAsyncIteration
-        body = b"".join(self._error_body)
-        try:
-            upstream = json.loads(body)
-            error = upstream["error"] if isinstance(upstream.get("error"), dict) else upstream
-        except (ValueError, AttributeError):
-            error = {"message": body.decode(errors="replace")}
-        error.setdefault("type", "upstream_error")
-        error.setdefault("code", self._failed_head.status)
-        return error_event(error)
-
-    async def aclose(self) -> None:
-        """Stop the producer (closing the upstream request) and drop what is queued."""
-        self._done = True
-        self.producer.cancel()
-        self.receive.close()
 
 
 @final

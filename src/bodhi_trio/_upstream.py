@@ -1,11 +1,11 @@
-"""Requests to the llama-server child: HTTP/1.1 over loopback, with h11.
+"""Requests to the llama-server child: HTTP/1.1 over loopback, keep-alive pooled.
 
 Why not httpx here: its body iterators are async generators nested three deep;
 when a client leaves mid-stream (our everyday case), the inner ones are left to
 the garbage collector, and its per-chunk overhead is far above what relaying
 thousands of events a second allows. This client does one thing: POST a JSON
-body to a loopback llama-server and hand back the response body chunk by chunk,
-exactly as received (chunked framing removed), keeping idle connections for reuse.
+body to a loopback llama-server and hand back the response body as it arrives
+(chunked framing removed by :mod:`._http1`), keeping idle connections for reuse.
 
 Closing a response before its end closes the connection, which is how
 llama-server learns that the client left and stops generating.
@@ -19,13 +19,13 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Protocol, final
 
 import attrs
-import h11
 import trio
 
 from ._exceptions import UpstreamError
+from ._http1 import MAX_HEAD_BYTES, ChunkedDecoder, FramingError, ResponseHead, parse_head
 
 __all__ = [
-    "H11Response",
+    "HTTPResponse",
     "PooledSender",
     "Sender",
     "UpstreamPool",
@@ -34,7 +34,6 @@ __all__ = [
 ]
 
 _RECEIVE_BYTES = 65536
-_HANDOVER_BYTES = 8192
 _CLOSE_TIMEOUT = 2.0
 _CONNECT_TIMEOUT = 10.0
 _MAX_IDLE_PER_SERVER = 64
@@ -70,8 +69,14 @@ class _Connection:
     host: str
     port: int
     stream: trio.SocketStream
-    protocol: h11.Connection = attrs.field(factory=lambda: h11.Connection(h11.CLIENT))
     reused: bool = False
+
+    async def receive(self) -> bytes:
+        """The next bytes from llama-server; ``b""`` when it closed the connection."""
+        try:
+            return await self.stream.receive_some(_RECEIVE_BYTES)
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise UpstreamError(f"llama-server connection broke: {exc!r}") from exc
 
     async def aclose(self) -> None:
         with trio.move_on_after(_CLOSE_TIMEOUT, shield=True):
@@ -98,12 +103,10 @@ class UpstreamPool:
 
     async def _connect(self, host: str, port: int, *, fresh: bool) -> _Connection:
         idle = None if fresh else self._idle.get((host, port))
-        while idle:
+        if idle:
             connection = idle.pop()
-            if connection.protocol.our_state is h11.IDLE:
-                connection.reused = True
-                return connection
-            await connection.aclose()
+            connection.reused = True
+            return connection
         try:
             with trio.fail_after(_CONNECT_TIMEOUT):
                 stream = await trio.open_tcp_stream(host, port)
@@ -113,13 +116,6 @@ class UpstreamPool:
 
     def _give_back(self, connection: _Connection) -> bool:
         """Keep a finished connection for reuse; ``False`` if it must be closed."""
-        protocol = connection.protocol
-        if protocol.our_state is not h11.DONE or protocol.their_state is not h11.DONE:
-            return False
-        try:
-            protocol.start_next_cycle()
-        except h11.LocalProtocolError:
-            return False
         idle = self._idle.setdefault((connection.host, connection.port), collections.deque())
         if len(idle) >= _MAX_IDLE_PER_SERVER:
             return False
@@ -145,59 +141,91 @@ class UpstreamPool:
 
 @final
 @attrs.define(eq=False)
-class H11Response:
-    """A llama-server response whose headers have arrived; the body is still to read.
+class HTTPResponse:
+    """A llama-server response whose head has arrived; the body is still to read.
 
-    Iterate it (``async for chunk in response``) for the body bytes exactly as
-    llama-server sent them, chunked framing removed; or :meth:`aread` it whole.
+    Iterate it (``async for chunk in response``) for the body bytes as they
+    arrive, framing removed, each chunk everything that one read brought; or
+    :meth:`aread` it whole.
 
     Attributes:
         status_code: The HTTP status llama-server answered with.
         headers: Its response headers, lower-case names.
     """
 
-    status_code: int
-    headers: dict[str, str]
+    _head: ResponseHead
     _connection: _Connection
+    _pending: bytes  # body bytes that arrived with the head
+    _chunked: ChunkedDecoder | None = None
+    _left: int = -1  # Content-Length bytes still to come; -1: until the connection closes
     _complete: bool = False
+    _reusable: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        head = self._head
+        if head.chunked:
+            self._chunked = ChunkedDecoder()
+        elif head.length is not None:
+            self._left = head.length
+            self._complete = head.length == 0 and not self._pending
+            self._reusable = self._complete and head.keep_alive
 
     @property
-    def is_event_stream(self) -> bool:
-        return self.headers.get("content-type", "").startswith("text/event-stream")
+    def status_code(self) -> int:
+        return self._head.status
 
-    def __aiter__(self) -> H11Response:
+    @property
+    def headers(self) -> dict[str, str]:
+        return self._head.headers
+
+    def __aiter__(self) -> HTTPResponse:
         return self
 
     async def __anext__(self) -> bytes:
-        """The next body chunk: everything received so far, in one piece.
+        """The next piece of the body: what the last read brought, framing removed.
 
         Raises:
-            UpstreamError: The connection broke before the body was complete.
+            UpstreamError: The connection broke, or the framing was malformed,
+                before the body was complete.
+
+        Cancellation: safe; no received byte is lost, so iterating again goes on.
         """
-        if self._complete:
-            raise StopAsyncIteration
-        protocol = self._connection.protocol
-        parts: list[bytes] = []
-        size = 0
-        while True:
-            event = _next_event(protocol)
-            if isinstance(event, h11.Data):
-                parts.append(bytes(event.data))
-                size += len(event.data)
-                if size >= _HANDOVER_BYTES:  # pass bytes on; don't parse the whole buffer first
-                    break
-            elif isinstance(event, h11.EndOfMessage):
+        while not self._complete:
+            data, self._pending = self._pending, b""
+            if not data:
+                data = await self._connection.receive()
+                if not data:
+                    return self._at_eof()
+            payload = self._decode(data)
+            if payload:
+                return payload
+        raise StopAsyncIteration
+
+    def _decode(self, data: bytes) -> bytes:
+        decoder = self._chunked
+        if decoder is not None:
+            try:
+                payload = decoder.feed(data)
+            except FramingError as exc:
+                raise UpstreamError(f"llama-server response broke off: {exc}") from exc
+            if decoder.done:
                 self._complete = True
-                break
-            elif event is h11.NEED_DATA:
-                if parts:  # hand over what we have before waiting for more
-                    break
-                await _receive_into(self._connection)
-            elif event is h11.PAUSED:  # cannot happen before EndOfMessage; never spin
-                raise UpstreamError("llama-server response ended unexpectedly")
-        if not parts:
-            raise StopAsyncIteration
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+                self._reusable = self._head.keep_alive and not decoder.leftover
+            return payload
+        if self._left < 0:
+            return data
+        payload = data[: self._left]
+        self._left -= len(payload)
+        if self._left == 0:
+            self._complete = True
+            self._reusable = self._head.keep_alive and len(payload) == len(data)
+        return payload
+
+    def _at_eof(self) -> bytes:
+        if self._head.delimited:
+            raise UpstreamError("llama-server response broke off: connection closed mid-body")
+        self._complete = True  # the body ran until the connection closed
+        raise StopAsyncIteration
 
     async def aread(self) -> bytes:
         """The whole body.
@@ -212,20 +240,33 @@ class _StaleConnection(Exception):
     """A reused keep-alive connection failed before any response: safe to retry."""
 
 
-def _next_event(protocol: h11.Connection) -> h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]:
-    try:
-        event = protocol.next_event()
-    except h11.RemoteProtocolError as exc:
-        raise UpstreamError(f"llama-server response broke off: {exc}") from exc
-    return event
+def _request_bytes(method: str, host: str, port: int, path: str, body: bytes) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {host}:{port}", f"Content-Length: {len(body)}"]
+    if body:
+        lines.append("Content-Type: application/json")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
-async def _receive_into(connection: _Connection) -> None:
-    try:
-        data = await connection.stream.receive_some(_RECEIVE_BYTES)
-    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-        raise UpstreamError(f"llama-server connection broke: {exc!r}") from exc
-    connection.protocol.receive_data(data)  # b"" is EOF: h11 decides if that ends the body
+async def _read_head(connection: _Connection) -> tuple[ResponseHead, bytes]:
+    """The first final (non-1xx) response head, and the body bytes that came with it."""
+    data = b""
+    while True:
+        end = data.find(b"\r\n\r\n")
+        if end < 0:
+            if len(data) > MAX_HEAD_BYTES:
+                raise UpstreamError("llama-server sent a response head over 64 KiB")
+            more = await connection.receive()
+            if not more:
+                raise UpstreamError("llama-server closed the connection before answering")
+            data += more
+            continue
+        try:
+            head = parse_head(data[:end])
+        except FramingError as exc:
+            raise UpstreamError(f"llama-server sent a malformed response: {exc}") from exc
+        data = data[end + 4 :]
+        if not head.informational:
+            return head, data
 
 
 async def _exchange(
@@ -237,30 +278,14 @@ async def _exchange(
     *,
     fresh: bool,
     method: str,
-) -> H11Response:
+) -> HTTPResponse:
     connection = await pool._connect(host, port, fresh=fresh)
-    protocol = connection.protocol
-    fields = [("Host", f"{host}:{port}"), ("Content-Length", str(len(body)))]
-    if body:
-        fields.append(("Content-Type", "application/json"))
-    request = h11.Request(method=method, target=path, headers=fields)
     try:
         try:
-            await connection.stream.send_all(
-                protocol.send(request)
-                + protocol.send(h11.Data(data=body))
-                + protocol.send(h11.EndOfMessage())
-            )
+            await connection.stream.send_all(_request_bytes(method, host, port, path, body))
         except (OSError, trio.BrokenResourceError) as exc:
             raise UpstreamError(f"llama-server connection broke: {exc!r}") from exc
-        while True:
-            event = _next_event(protocol)
-            if event is h11.NEED_DATA:
-                await _receive_into(connection)
-            elif isinstance(event, h11.Response):
-                break
-            elif not isinstance(event, h11.InformationalResponse):
-                raise UpstreamError(f"llama-server sent {event!r} instead of a response")
+        head, rest = await _read_head(connection)
     except UpstreamError as exc:
         await connection.aclose()
         if connection.reused:
@@ -269,10 +294,7 @@ async def _exchange(
     except BaseException:
         await connection.aclose()
         raise
-    headers = {
-        name.decode("latin-1").lower(): value.decode("latin-1") for name, value in event.headers
-    }
-    return H11Response(event.status_code, headers, connection)
+    return HTTPResponse(head, connection, rest)
 
 
 @asynccontextmanager
@@ -284,9 +306,9 @@ async def send_upstream(
     body: bytes,
     *,
     method: str = "POST",
-) -> AsyncIterator[H11Response]:
+) -> AsyncIterator[HTTPResponse]:
     """Send ``body`` (JSON; empty for none) to ``http://host:port/path`` and yield once
-    the response headers arrive.
+    the response head arrives.
 
     A reused keep-alive connection that fails before any response (llama-server
     closed it while idle) is replaced once by a fresh one.
@@ -305,7 +327,7 @@ async def send_upstream(
     try:
         yield response
     finally:
-        if not (response._complete and pool._give_back(response._connection)):
+        if not (response._reusable and pool._give_back(response._connection)):
             await response._connection.aclose()
 
 
@@ -318,7 +340,7 @@ class PooledSender:
 
     def send(
         self, host: str, port: int, path: str, body: bytes
-    ) -> AbstractAsyncContextManager[H11Response]:
+    ) -> AbstractAsyncContextManager[HTTPResponse]:
         return send_upstream(self.pool, host, port, path, body)
 
     async def close_idle(self, host: str, port: int) -> None:

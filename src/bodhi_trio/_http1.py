@@ -1,0 +1,174 @@
+"""HTTP/1.1 response framing, for our own clients: the head, and chunked bodies.
+
+Why not h11 here: it turns every chunk into an event object through a state
+machine, and relaying thousands of small SSE chunks a second that parse was the
+largest single cost of the relay (profiled: a quarter of its CPU on short
+streams). Here a chunked body is decoded with ``bytes.find`` over whatever
+arrived, and every complete chunk in it is handed on at once.
+
+Only what a client of llama-server needs: a status line, headers, and a body
+framed by ``Transfer-Encoding: chunked``, ``Content-Length`` or the end of the
+connection. Malformed framing raises :class:`FramingError`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import final
+
+import attrs
+
+__all__ = ["ChunkedDecoder", "FramingError", "ResponseHead", "parse_head"]
+
+MAX_HEAD_BYTES = 65536
+_MAX_SIZE_LINE = 4096
+_MAX_TRAILER_BYTES = 65536
+_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: (.*))?")
+_HEX = re.compile(rb"[0-9A-Fa-f]{1,15}")
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+class FramingError(ValueError):
+    """The peer's bytes are not a well-formed HTTP/1.1 response."""
+
+
+@attrs.frozen
+class ResponseHead:
+    """A response's status line and headers (names lower-case, repeats joined with ``, ``).
+
+    Attributes:
+        status: The status code.
+        headers: The header fields.
+        length: ``Content-Length``, or ``None`` (chunked, or until the connection ends).
+        chunked: The body uses chunked framing.
+        keep_alive: The connection may carry another request after this response.
+    """
+
+    status: int
+    headers: dict[str, str]
+    length: int | None
+    chunked: bool
+    keep_alive: bool
+
+    @property
+    def informational(self) -> bool:
+        """A 1xx answer: another head follows it."""
+        return 100 <= self.status < 200
+
+    @property
+    def delimited(self) -> bool:
+        """The body's end is known without the connection closing."""
+        return self.chunked or self.length is not None
+
+
+def parse_head(head: bytes) -> ResponseHead:
+    """Parse a response head: everything before the blank line that ends it.
+
+    Raises:
+        FramingError: Not a valid HTTP/1.x status line and header block.
+    """
+    lines = head.split(b"\r\n")
+    match = _STATUS_LINE.fullmatch(lines[0])
+    if match is None:
+        raise FramingError(f"not an HTTP/1.1 status line: {lines[0][:80]!r}")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon or _TOKEN.fullmatch(name) is None:
+            raise FramingError(f"malformed header line: {line[:80]!r}")
+        key = name.decode("ascii").lower()
+        text = value.strip(b" \t").decode("latin-1")
+        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+    status = int(match.group(2))
+    tokens = {t.strip() for t in headers.get("connection", "").lower().split(",")}
+    keep_alive = "close" not in tokens and (match.group(1) == b"1" or "keep-alive" in tokens)
+    chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+    length = None
+    if not chunked and "content-length" in headers:
+        declared = headers["content-length"].split(",")[0].strip()
+        if not declared.isdigit():
+            raise FramingError(f"bad Content-Length: {headers['content-length']!r}")
+        length = int(declared)
+    if status in (204, 304) or 100 <= status < 200:
+        length, chunked = 0, False
+    return ResponseHead(status, headers, length, chunked, keep_alive)
+
+
+@final
+class ChunkedDecoder:
+    """Removes chunked framing from a body fed in arbitrary pieces.
+
+    ``feed`` returns the payload bytes that arrived (possibly empty); ``done`` turns
+    true after the last chunk and its trailers, and ``leftover`` holds whatever
+    followed them.
+    """
+
+    __slots__ = ("_buf", "_crlf", "_need", "_trailer", "done", "leftover")
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._need = 0  # payload bytes still owed by the current chunk
+        self._crlf = False  # the CRLF after a chunk's payload is next
+        self._trailer = False  # past the last chunk: trailer lines until a blank one
+        self.done = False
+        self.leftover = b""
+
+    def feed(self, data: bytes) -> bytes:
+        """Decode ``data`` (the next bytes received); return the payload in it.
+
+        Raises:
+            FramingError: The framing is malformed.
+        """
+        buf = self._buf + data if self._buf else data
+        out: list[bytes] = []
+        pos, end = 0, len(buf)
+        while pos < end and not self.done:
+            if self._need:
+                take = min(self._need, end - pos)
+                out.append(buf[pos : pos + take])
+                pos += take
+                self._need -= take
+                self._crlf = not self._need
+                continue
+            if self._crlf:
+                if end - pos < 2:
+                    break
+                if buf[pos : pos + 2] != b"\r\n":
+                    raise FramingError("chunk payload not followed by CRLF")
+                pos += 2
+                self._crlf = False
+                continue
+            eol = buf.find(b"\r\n", pos)
+            if eol < 0:
+                if end - pos > _MAX_SIZE_LINE:
+                    raise FramingError("chunk size line too long")
+                break
+            if self._trailer:
+                if eol - pos > _MAX_TRAILER_BYTES:
+                    raise FramingError("trailer too long")
+                self.done = eol == pos
+                pos = eol + 2
+                continue
+            line = buf[pos:eol]
+            semicolon = line.find(b";")
+            digits = line if semicolon < 0 else line[:semicolon].rstrip(b" \t")
+            if _HEX.fullmatch(digits) is None:
+                raise FramingError(f"bad chunk size line: {line[:40]!r}")
+            size = int(digits, 16)
+            pos = eol + 2
+            if not size:
+                self._trailer = True
+            elif pos + size + 2 <= end:  # the whole chunk is here: the usual case
+                if buf[pos + size : pos + size + 2] != b"\r\n":
+                    raise FramingError("chunk payload not followed by CRLF")
+                out.append(buf[pos : pos + size])
+                pos += size + 2
+            else:
+                self._need = size
+        if self.done:
+            self.leftover, self._buf = buf[pos:], b""
+        else:
+            self._buf = buf[pos:]
+        if not out:
+            return b""
+        return out[0] if len(out) == 1 else b"".join(out)
