@@ -206,6 +206,25 @@ async def test_slow_load_sends_keepalives_then_completes(tmp_path: Path, hub_cac
     assert events.index(data[0]) > events.index(keepalives[-1])  # comments only before data
 
 
+async def test_paused_generation_gets_keepalives_between_whole_events(
+    tmp_path: Path, hub_cache: Path
+) -> None:
+    paused = fake_alias("paused:1", "--fake-tokens 3 --fake-token-delay 0.7")
+    request = {"model": "paused:1", "messages": MESSAGES, "stream": True}
+    with trio.fail_after(30):
+        response, state = await post_to_fake(tmp_path, hub_cache, paused, request)
+    assert response.status_code == 200
+    events = sse_events(response.content)
+    data = [i for i, e in enumerate(events) if e.startswith("data: ")]
+    assert events[data[-1]] == "data: [DONE]"
+    for i in data[:-1]:
+        json.loads(events[i].removeprefix("data: "))  # whole events: a comment never splits one
+    between = events[data[0] : data[-1]]
+    assert between.count(": keep-alive") >= 3  # 0.7 s pauses at a 0.3 s keep-alive
+    assert set(events) - {events[i] for i in data} == {": keep-alive"}
+    assert state["in_flight"] == 0
+
+
 async def test_load_failing_after_headers_gives_one_error_event(
     tmp_path: Path, hub_cache: Path
 ) -> None:

@@ -1,4 +1,4 @@
-"""The h11 upstream client against small loopback servers of our own."""
+"""The upstream HTTP/1.1 client against small loopback servers of our own."""
 
 from __future__ import annotations
 
@@ -147,4 +147,64 @@ async def test_body_chunks_arrive_exactly_as_sent() -> None:
                 assert response.headers["content-type"] == "text/event-stream"
                 body = await response.aread()
             assert body == b"".join(events)
+            nursery.cancel_scope.cancel()
+
+
+async def test_connection_close_and_unframed_bodies_are_not_pooled() -> None:
+    answers = [
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\n\r\nuntil the end",  # no framing: the body ends with the connection
+    ]
+
+    async def handler(stream: trio.SocketStream) -> None:
+        await read_request(stream)
+        await stream.send_all(answers.pop(0))
+        await stream.aclose()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery, UpstreamPool() as pool:
+            port = await serve(nursery, handler)
+            for expected in (b"ok", b"until the end"):
+                async with send_upstream(pool, "127.0.0.1", port, "/v1/x", b"{}") as response:
+                    assert await response.aread() == expected
+                assert pool.idle_count("127.0.0.1", port) == 0
+            nursery.cancel_scope.cancel()
+
+
+async def test_informational_answers_are_skipped() -> None:
+    async def handler(stream: trio.SocketStream) -> None:
+        await read_request(stream)
+        await stream.send_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+        await stream.send_all(b"HTTP/1.1 201 Created\r\nContent-Length: 3\r\n\r\nnew")
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery, UpstreamPool() as pool:
+            port = await serve(nursery, handler)
+            async with send_upstream(pool, "127.0.0.1", port, "/v1/x", b"{}") as response:
+                assert (response.status_code, await response.aread()) == (201, b"new")
+            nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    ("answer", "match"),
+    [
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX", "broke off"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", "broke off"),
+        (b"SSH-2.0-OpenSSH\r\n\r\n", "malformed response"),
+        (b"HTTP/1.1 200 OK\r\n", "closed the connection before answering"),
+    ],
+)
+async def test_malformed_or_cut_answers_are_upstream_errors(answer: bytes, match: str) -> None:
+    async def handler(stream: trio.SocketStream) -> None:
+        await read_request(stream)
+        await stream.send_all(answer)
+        await stream.aclose()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery, UpstreamPool() as pool:
+            port = await serve(nursery, handler)
+            with pytest.raises(UpstreamError, match=match):
+                async with send_upstream(pool, "127.0.0.1", port, "/v1/x", b"{}") as response:
+                    await response.aread()
+            assert pool.idle_count("127.0.0.1", port) == 0
             nursery.cancel_scope.cancel()

@@ -1,0 +1,103 @@
+"""HTTP/1.1 response framing (`_http1`): heads and chunked bodies, split every way."""
+
+from __future__ import annotations
+
+import pytest
+
+from bodhi_trio._http1 import ChunkedDecoder, FramingError, parse_head
+
+EVENTS = [b'data: {"n": %d}\n\n' % i for i in range(20)] + [b"data: [DONE]\n\n"]
+BODY = b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in EVENTS) + b"0\r\n\r\n"
+
+
+@pytest.mark.parametrize("step", [1, 2, 3, 5, 17, 64, len(BODY)])
+def test_chunked_body_decodes_the_same_for_any_split(step: int) -> None:
+    decoder, out = ChunkedDecoder(), b""
+    for i in range(0, len(BODY), step):
+        assert not decoder.done
+        out += decoder.feed(BODY[i : i + step])
+    assert decoder.done
+    assert out == b"".join(EVENTS)
+    assert decoder.leftover == b""
+
+
+def test_all_complete_chunks_of_one_read_come_out_at_once() -> None:
+    decoder = ChunkedDecoder()
+    assert decoder.feed(BODY[:-5]) == b"".join(EVENTS)  # everything but the last chunk
+    assert not decoder.done
+    assert decoder.feed(BODY[-5:]) == b""
+    assert decoder.done
+
+
+def test_extensions_trailers_and_what_follows() -> None:
+    decoder = ChunkedDecoder()
+    body = b"5;name=value\r\nhello\r\n0\r\nX-Trailer: 1\r\n\r\nHTTP/1.1 200"
+    assert decoder.feed(body) == b"hello"
+    assert decoder.done
+    assert decoder.leftover == b"HTTP/1.1 200"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"zz\r\nhello\r\n",  # not hex
+        b"-5\r\nhello\r\n",
+        b"0x5\r\nhello\r\n",
+        b"5\r\nhelloXX",  # payload not followed by CRLF
+        b"5\r\nhel",  # (split) ... then garbage where the CRLF belongs
+        b"1" * 5000,  # a size line that never ends
+    ],
+)
+def test_malformed_chunks_are_framing_errors(body: bytes) -> None:
+    decoder = ChunkedDecoder()
+
+    def feed_all() -> None:
+        decoder.feed(body)
+        decoder.feed(b"lo??")
+
+    with pytest.raises(FramingError):
+        feed_all()
+
+
+def test_head_fields() -> None:
+    head = parse_head(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+        b"Transfer-Encoding: chunked\r\nX-A: 1\r\nx-a:  2 \r\nServer: llama.cpp"
+    )
+    assert head.status == 200
+    assert head.headers["content-type"] == "text/event-stream"
+    assert head.headers["x-a"] == "1, 2"
+    assert (head.chunked, head.length, head.keep_alive, head.delimited) == (True, None, True, True)
+
+
+@pytest.mark.parametrize(
+    ("raw", "keep_alive", "length"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2", True, 2),
+        (b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2", False, 2),
+        (b"HTTP/1.0 200 OK\r\nContent-Length: 2", False, 2),
+        (b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2", True, 2),
+        (b"HTTP/1.1 204 No Content", True, 0),
+        (b"HTTP/1.1 200 OK", True, None),  # until the connection closes
+    ],
+)
+def test_head_keep_alive_and_length(raw: bytes, keep_alive: bool, length: int | None) -> None:
+    head = parse_head(raw)
+    assert (head.keep_alive, head.length) == (keep_alive, length)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"HTTP/2 200 OK",
+        b"ICY 200 OK",
+        b"HTTP/1.1 20 OK",
+        b"HTTP/1.1 200 OK\r\nno colon here",
+        b"HTTP/1.1 200 OK\r\nbad name: x",
+        b"HTTP/1.1 200 OK\r\nContent-Length: -1",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1e3",
+    ],
+)
+def test_malformed_heads_are_framing_errors(raw: bytes) -> None:
+    with pytest.raises(FramingError):
+        parse_head(raw)
