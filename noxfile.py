@@ -34,7 +34,7 @@ def serve(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """The benchmark harness (see benchmarks/README.md)."""
+    """The benchmark harness (see docs/benchmarks.md)."""
     session.install("-e", ".[test]")
     session.run("bodhi-trio", "llama-server", "install")
     session.run("python", "benchmarks/run.py", *session.posargs)
