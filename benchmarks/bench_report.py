@@ -253,12 +253,13 @@ def check_targets(doc: dict[str, Any]) -> list[dict[str, str]]:
         d = None if a is None or b is None else a - b
         pa = m("fake", "1 stream, paced", "bodhi-trio", f"ttft_{q}_ms")
         pb = m("fake", "1 stream, paced", "direct", f"ttft_{q}_ms")
-        paced = "" if pa is None or pb is None else f"; paced: {pa - pb:+.3f} ms"
+        paced_note = "" if pa is None or pb is None else f"; paced: {pa - pb:+.3f} ms"
         out.append(
             _target(
                 n,
                 f"added TTFT over direct, 1 stream: {q} <= {limit:g} ms",
-                f"{_num(d, '{:+.3f}')} ms ({_num(a, '{:.3f}')} vs {_num(b, '{:.3f}')} ms){paced}",
+                f"{_num(d, '{:+.3f}')} ms ({_num(a, '{:.3f}')} vs {_num(b, '{:.3f}')} ms)"
+                + paced_note,
                 _verdict(d, limit, False, _ms),
             )
         )
