@@ -173,30 +173,32 @@ def fake_alias(name: str, *fake_args: str) -> Alias:
     return Alias(name, DEMO_REPO, DEMO_FILENAME, context_params=(" ".join(fake_args),))
 
 
-async def post_to_fake(
-    tmp_path: Path, hub_cache: Path, alias: Alias, request: dict[str, Any]
+async def stream_from_fake(
+    tmp_path: Path, hub_cache: Path, fake_args: str
 ) -> tuple[httpx.Response, dict[str, Any]]:
-    """POST ``request`` to a server whose llama-server is our fake; also return the state after."""
-    async with (
-        running_server(
-            tmp_path,
-            hub_cache,
-            aliases=(alias,),
-            BODHI_LLAMA_SERVER=FAKE,
-            BODHI_SSE_KEEPALIVE_SECS="0.3",
-        ) as server,
-        httpx.AsyncClient(timeout=30) as client,
-    ):
-        response = await client.post(server.url + "/v1/chat/completions", json=request)
-        state: dict[str, Any] = (await client.get(server.url + "/bodhi/v1/state")).json()
+    """Stream a chat completion from a server whose llama-server is our fake (run with
+    ``fake_args``, keep-alive 0.3 s); also return the state after."""
+    alias = fake_alias("fake:1", fake_args)
+    request = {"model": "fake:1", "messages": MESSAGES, "stream": True}
+    with trio.fail_after(30):
+        async with (
+            running_server(
+                tmp_path,
+                hub_cache,
+                aliases=(alias,),
+                BODHI_LLAMA_SERVER=FAKE,
+                BODHI_SSE_KEEPALIVE_SECS="0.3",
+            ) as server,
+            httpx.AsyncClient(timeout=30) as client,
+        ):
+            response = await client.post(server.url + "/v1/chat/completions", json=request)
+            state: dict[str, Any] = (await client.get(server.url + "/bodhi/v1/state")).json()
     return response, state
 
 
 async def test_slow_load_sends_keepalives_then_completes(tmp_path: Path, hub_cache: Path) -> None:
-    slow = fake_alias("slow:1", "--fake-load-delay 1.5 --fake-load-chatter 0.1")
-    request = {"model": "slow:1", "messages": MESSAGES, "stream": True}
-    with trio.fail_after(30):
-        response, _state = await post_to_fake(tmp_path, hub_cache, slow, request)
+    args = "--fake-load-delay 1.5 --fake-load-chatter 0.1"
+    response, _state = await stream_from_fake(tmp_path, hub_cache, args)
     events = sse_events(response.content)
     assert response.status_code == 200
     keepalives = [e for e in events if e == ": keep-alive"]
@@ -209,10 +211,8 @@ async def test_slow_load_sends_keepalives_then_completes(tmp_path: Path, hub_cac
 async def test_paused_generation_gets_keepalives_between_whole_events(
     tmp_path: Path, hub_cache: Path
 ) -> None:
-    paused = fake_alias("paused:1", "--fake-tokens 3 --fake-token-delay 0.7")
-    request = {"model": "paused:1", "messages": MESSAGES, "stream": True}
-    with trio.fail_after(30):
-        response, state = await post_to_fake(tmp_path, hub_cache, paused, request)
+    args = "--fake-tokens 3 --fake-token-delay 0.7"
+    response, state = await stream_from_fake(tmp_path, hub_cache, args)
     assert response.status_code == 200
     events = sse_events(response.content)
     data = [i for i, e in enumerate(events) if e.startswith("data: ")]
@@ -228,10 +228,8 @@ async def test_paused_generation_gets_keepalives_between_whole_events(
 async def test_load_failing_after_headers_gives_one_error_event(
     tmp_path: Path, hub_cache: Path
 ) -> None:
-    doomed = fake_alias("doomed:1", "--fake-load-delay 30 --fake-die-while-loading 1")
-    request = {"model": "doomed:1", "messages": MESSAGES, "stream": True}
-    with trio.fail_after(30):
-        response, state = await post_to_fake(tmp_path, hub_cache, doomed, request)
+    args = "--fake-load-delay 30 --fake-die-while-loading 1"
+    response, state = await stream_from_fake(tmp_path, hub_cache, args)
     assert response.status_code == 200  # headers went out while it loaded
     events = sse_events(response.content)
     data = [e for e in events if e.startswith("data: ")]
