@@ -186,6 +186,10 @@ class RelayBody:
                 with trio.move_on_after(_interval(relay.keepalive)):
                     await relay.took_over.wait()
                     continue
+                if relay.writing or relay.finished.is_set():
+                    # The timer fired in the round the producer took over: a keep-alive
+                    # from here could land between two of its writes.
+                    continue
                 return KEEPALIVE  # still loading
             self._done = True
             owed = relay.owed_event()
