@@ -96,6 +96,7 @@ def test_head_keep_alive_and_length(raw: bytes, keep_alive: bool, length: int | 
         b"HTTP/1.1 200 OK\r\nbad name: x",
         b"HTTP/1.1 200 OK\r\nContent-Length: -1",
         b"HTTP/1.1 200 OK\r\nContent-Length: 1e3",
+        "HTTP/1.1 200 OK\r\nContent-Length: \u00b2".encode("latin-1"),
     ],
 )
 def test_malformed_heads_are_framing_errors(raw: bytes) -> None:

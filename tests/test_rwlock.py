@@ -146,6 +146,17 @@ async def test_downgrade_hands_read_holds_over_without_a_gap() -> None:
             await other_writer_in.wait()
 
 
+async def test_downgrade_to_no_readers_releases_the_write_side_once() -> None:
+    # A load whose waiters all left hands over zero read holds.
+    lock = RWLock()
+    with trio.fail_after(1):
+        async with lock.write() as hold:
+            await hold.downgrade(0)
+        assert lock.statistics() == RWLockStatistics(0, False, 0, 0)
+        async with lock.write():
+            pass
+
+
 async def test_try_acquire_write_only_when_free() -> None:
     lock = RWLock()
     async with lock.read():

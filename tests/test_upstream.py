@@ -208,3 +208,29 @@ async def test_malformed_or_cut_answers_are_upstream_errors(answer: bytes, match
                     await response.aread()
             assert pool.idle_count("127.0.0.1", port) == 0
             nursery.cancel_scope.cancel()
+
+
+async def test_a_reused_connection_that_answered_garbage_is_not_retried() -> None:
+    requests = 0
+
+    async def handler(stream: trio.SocketStream) -> None:
+        nonlocal requests
+        while await read_request(stream):
+            requests += 1
+            if requests == 1:
+                await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            else:  # it got the request, and answers nonsense: a retry would run it twice
+                await stream.send_all(b"SSH-2.0-OpenSSH\r\n\r\n")
+                await stream.aclose()
+                return
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery, UpstreamPool() as pool:
+            port = await serve(nursery, handler)
+            async with send_upstream(pool, "127.0.0.1", port, "/v1/x", b"{}") as response:
+                assert await response.aread() == b"ok"
+            with pytest.raises(UpstreamError, match="malformed"):
+                async with send_upstream(pool, "127.0.0.1", port, "/v1/x", b"{}"):
+                    pass
+            assert requests == 2
+            nursery.cancel_scope.cancel()

@@ -86,7 +86,7 @@ def parse_head(head: bytes) -> ResponseHead:
     length = None
     if not chunked and "content-length" in headers:
         declared = headers["content-length"].split(",")[0].strip()
-        if not declared.isdigit():
+        if not (declared.isascii() and declared.isdigit()):  # "²".isdigit() is true
             raise FramingError(f"bad Content-Length: {headers['content-length']!r}")
         length = int(declared)
     if status in (204, 304) or 100 <= status < 200:

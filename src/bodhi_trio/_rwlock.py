@@ -49,10 +49,10 @@ class WriteHold:
     """The write side, as held inside :meth:`RWLock.write`."""
 
     _lock: RWLock
-    downgraded: int = 0
+    downgraded: bool = False
 
     async def downgrade(self, readers: int = 1) -> None:
-        """Turn the write hold into ``readers`` read holds, atomically.
+        """Turn the write hold into ``readers`` read holds (0: none), atomically.
 
         No other writer can get in between. The caller becomes responsible for
         releasing each read hold with :meth:`RWLock.release_read`; leaving the
@@ -61,7 +61,7 @@ class WriteHold:
         if self.downgraded:
             raise RuntimeError("already downgraded")
         await self._lock._downgrade(readers)
-        self.downgraded = readers
+        self.downgraded = True
 
 
 @final

@@ -70,13 +70,16 @@ class _Connection:
     port: int
     stream: trio.SocketStream
     reused: bool = False
+    answered: bool = False  # llama-server sent bytes on it since the last request
 
     async def receive(self) -> bytes:
         """The next bytes from llama-server; ``b""`` when it closed the connection."""
         try:
-            return await self.stream.receive_some(_RECEIVE_BYTES)
+            data = await self.stream.receive_some(_RECEIVE_BYTES)
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise UpstreamError(f"llama-server connection broke: {exc!r}") from exc
+        self.answered = self.answered or bool(data)
+        return data
 
     async def aclose(self) -> None:
         with trio.move_on_after(_CLOSE_TIMEOUT, shield=True):
@@ -105,7 +108,7 @@ class UpstreamPool:
         idle = None if fresh else self._idle.get((host, port))
         if idle:
             connection = idle.pop()
-            connection.reused = True
+            connection.reused, connection.answered = True, False
             return connection
         try:
             with trio.fail_after(_CONNECT_TIMEOUT):
@@ -237,7 +240,9 @@ class HTTPResponse:
 
 
 class _StaleConnection(Exception):
-    """A reused keep-alive connection failed before any response: safe to retry."""
+    """A reused keep-alive connection failed before any byte of a response: safe to retry
+    (llama-server closed it while idle). Once it answered anything, a retry could run the
+    generation twice."""
 
 
 def _request_bytes(method: str, host: str, port: int, path: str, body: bytes) -> bytes:
@@ -288,7 +293,7 @@ async def _exchange(
         head, rest = await _read_head(connection)
     except UpstreamError as exc:
         await connection.aclose()
-        if connection.reused:
+        if connection.reused and not connection.answered:
             raise _StaleConnection from exc
         raise
     except BaseException:
