@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 from pathlib import Path
 
 import httpx
@@ -123,3 +124,35 @@ async def test_alias_directory_unwritable_is_a_clear_error(tmp_path: Path, hub_c
     assert str(aliases) in error["message"]
     assert "Traceback" not in error["message"]
     assert aliases.read_text() == "not a directory"
+
+
+async def test_a_client_that_stops_reading_does_not_hold_the_slot(
+    tmp_path: Path, hub_cache: Path
+) -> None:
+    """It blocks the write of its own stream, not a swap: the drain timeout frees the slot."""
+    fast = Alias("fast:1", DEMO_REPO, DEMO_FILENAME, context_params=("--fake-tokens 2000000",))
+    other = Alias("other:1", DEMO_REPO, DEMO_FILENAME, context_params=("--fake-tokens 3",))
+    body = json.dumps({"model": "fast:1", "messages": [{"role": "user", "content": "x"}],
+                       "stream": True, "max_tokens": 2000000}).encode()  # fmt: skip
+    with trio.fail_after(60):
+        async with (
+            running_server(tmp_path, hub_cache, aliases=(fast, other), BODHI_LLAMA_SERVER=FAKE,
+                           BODHI_DRAIN_TIMEOUT_SECS="1") as server,
+            httpx.AsyncClient(base_url=server.url, timeout=30) as client,
+        ):  # fmt: skip
+            host, port = server.url.removeprefix("http://").split(":")
+            sock = trio.socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            await sock.connect((host, int(port)))
+            async with trio.SocketStream(sock) as stalled:
+                head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+                await stalled.send_all(head.encode() + body)
+                assert b" 200 " in await stalled.receive_some(4096)
+                # ...and never reads again: the buffers fill and bodhi-trio's write blocks.
+                request = {"model": "other:1", "messages": [{"role": "user", "content": "x"}]}
+                with trio.fail_after(15):  # drain timeout 1 s, then the swap
+                    swap = await client.post("/v1/chat/completions", json=request)
+                assert swap.status_code == 200
+                state = (await client.get("/bodhi/v1/state")).json()
+                assert (state["alias"], state["state"]) == ("other:1", "ready")

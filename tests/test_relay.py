@@ -1,75 +1,176 @@
-"""The relay's body against its producer, on a virtual clock (no sockets)."""
+"""The relay's producer and body against a fake upstream response (no sockets).
+
+The fake ``forward`` does what ``SharedContext.forward`` does at its edges: it
+yields the response inside the slot's read hold, closing "the connection" (the
+fake's channel) when left, and raises ``ResponseInterruptedError`` when the
+hold was interrupted (a swap's drain timeout, a crash, shutdown).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
+import attrs
+import pytest
 import trio
 import trio.testing
 
-from bodhi_trio._relay import Relay, RelayBody
+from bodhi_trio._exceptions import ResponseInterruptedError, UpstreamError
+from bodhi_trio._relay import Relay, RelayBody, relay_upstream
 from bodhi_trio._sse import KEEPALIVE
 
 
-async def ignore(message: dict[str, Any]) -> None:
-    pass
+@attrs.define(eq=False)
+class FakeResponse:
+    receive: trio.MemoryReceiveChannel[bytes]
+    status_code: int = 200
+    headers: dict[str, str] = attrs.field(factory=dict)
+
+    def __aiter__(self) -> FakeResponse:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await self.receive.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+        except trio.ClosedResourceError as exc:  # "the connection" was closed under us
+            raise UpstreamError("llama-server connection broke") from exc
+
+    async def aread(self) -> bytes:
+        return b"".join([piece async for piece in self])
 
 
-async def test_no_keepalive_from_the_body_once_the_producer_writes(
-    mock_clock: trio.testing.MockClock,
-) -> None:
-    """The keep-alive timer firing in the very round the producer takes over must not
-    add a comment between the producer's writes (trio runs a round's tasks in random
-    order, so both orders are tried)."""
-    returned: list[tuple[bytes, bool]] = []
-    for _ in range(40):
-        relay = Relay(ignore, keepalive=1.0)
-        body = RelayBody(relay)
-
-        async def consume(relay: Relay = relay, body: RelayBody = body) -> None:
-            try:
-                item = await body.__anext__()
-            except StopAsyncIteration:
-                return
-            returned.append((item, relay.writing))
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(consume)
-            await trio.testing.wait_all_tasks_blocked()
-            mock_clock.jump(1.5)  # the body's timer is due...
-            await trio.lowlevel.checkpoint()  # ...and fires in the round where we take over
-            relay.writing = True
-            relay.took_over.set()
-            await trio.testing.wait_all_tasks_blocked()
-            relay.finished.set()
-        assert (KEEPALIVE, True) not in returned
+@asynccontextmanager
+async def fake_forward(
+    response: FakeResponse, hold: trio.CancelScope, loaded: trio.Event
+) -> AsyncIterator[FakeResponse]:
+    await loaded.wait()
+    with hold:
+        try:
+            yield response
+        finally:
+            response.receive.close()
+    if hold.cancelled_caught:
+        raise ResponseInterruptedError("swap: the response outlasted the drain timeout")
 
 
-async def test_keepalives_while_loading_then_the_owed_error(
-    mock_clock: trio.testing.MockClock,
-) -> None:
-    from bodhi_trio._exceptions import UpstreamError
+@attrs.define(eq=False)
+class Rig:
+    relay: Relay
+    body: RelayBody
+    upstream: trio.MemorySendChannel[bytes]
+    hold: trio.CancelScope
+    loaded: trio.Event
 
-    relay = Relay(ignore, keepalive=1.0)
-    relay.early = True
-    body = RelayBody(relay, prime=True)
-    assert await body.__anext__() == KEEPALIVE  # the early answer
+
+@asynccontextmanager
+async def rig(*, early: bool = False, keepalive: float = 1.0) -> AsyncIterator[Rig]:
+    send, receive = trio.open_memory_channel[bytes](100)
+    hold, loaded = trio.CancelScope(), trio.Event()
+    relay = Relay(keepalive)
+    relay.early = early
+    if not early:
+        loaded.set()
     async with trio.open_nursery() as nursery:
+        nursery.start_soon(relay_upstream, fake_forward(FakeResponse(receive), hold, loaded), relay)
+        body = RelayBody(relay, prime=early)
+        try:
+            yield Rig(relay, body, send, hold, loaded)
+        finally:
+            await body.aclose()
+
+
+async def test_pieces_as_they_come_then_the_slot_is_let_go_before_the_end() -> None:
+    with trio.fail_after(5):
+        async with rig() as r:
+            await r.relay.answered.wait()
+            await r.upstream.send(b"data: 1\n\n")
+            assert await r.body.__anext__() == b"data: 1\n\n"
+            await r.upstream.send(b"data: 2\n\n")
+            await r.upstream.aclose()  # the end of llama-server's body
+            assert await r.body.__anext__() == b"data: 2\n\n"
+            with pytest.raises(StopAsyncIteration):
+                await r.body.__anext__()
+            assert r.relay.finished.is_set()  # before the client saw the end
+            assert r.relay.failure is None
+
+
+async def test_keepalives_while_loading_and_while_generation_pauses(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    async with rig(early=True) as r:
         items: list[bytes] = []
 
         async def consume() -> None:
-            items.extend([item async for item in body])
+            items.extend([item async for item in r.body])
 
-        nursery.start_soon(consume)
-        for _ in range(3):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(consume)
+            for _ in range(2):  # loading
+                await trio.testing.wait_all_tasks_blocked()
+                mock_clock.jump(1.0)
+            r.loaded.set()
             await trio.testing.wait_all_tasks_blocked()
-            mock_clock.jump(1.0)
-        await trio.testing.wait_all_tasks_blocked()
-        relay.failure = UpstreamError("gone")
-        relay.finished.set()
-        relay.took_over.set()
-    assert relay.may_write.is_set()
-    assert items[:3] == [KEEPALIVE] * 3
-    assert items[3].startswith(b'data: {"error"')
-    assert b"gone" in items[3]
-    assert len(items) == 4
+            await r.upstream.send(b"data: 1\n\n")
+            await trio.testing.wait_all_tasks_blocked()
+            mock_clock.jump(1.0)  # a pause mid-generation
+            await trio.testing.wait_all_tasks_blocked()
+            await r.upstream.send(b"data: 2\n\n")
+            await r.upstream.aclose()
+    assert items == [KEEPALIVE] * 3 + [b"data: 1\n\n", KEEPALIVE, b"data: 2\n\n"]
+
+
+async def test_an_interruption_mid_read_ends_with_its_own_error() -> None:
+    with trio.fail_after(5):
+        async with rig() as r:
+            await r.relay.answered.wait()
+            await r.upstream.send(b"data: 1\n\n")
+            assert await r.body.__anext__() == b"data: 1\n\n"
+            async with trio.open_nursery() as nursery:
+                ended: list[bytes] = []
+
+                async def read_on() -> None:
+                    ended.extend([item async for item in r.body])
+
+                nursery.start_soon(read_on)
+                await trio.testing.wait_all_tasks_blocked()
+                r.hold.cancel()  # the drain timeout, while the body waits for bytes
+            assert len(ended) == 1
+            assert ended[0].startswith(b'data: {"error"')
+            assert b"drain timeout" in ended[0]  # not "connection broke"
+
+
+async def test_the_slot_is_let_go_while_the_client_write_is_stuck() -> None:
+    """A client that stopped reading blocks Quart's write, not the producer: an
+    interruption frees the slot without the body's help."""
+    with trio.fail_after(5):
+        async with rig() as r:
+            await r.relay.answered.wait()
+            await r.upstream.send(b"data: 1\n\n")
+            assert await r.body.__anext__() == b"data: 1\n\n"
+            # ...Quart is now stuck writing that piece; nobody calls the body.
+            r.hold.cancel()
+            await r.relay.finished.wait()
+            assert isinstance(r.relay.failure, ResponseInterruptedError)
+
+
+async def test_a_refusal_after_the_early_answer_is_one_error_event() -> None:
+    send, receive = trio.open_memory_channel[bytes](10)
+    relay = Relay(1.0)
+    relay.early = True
+    refused = FakeResponse(receive, status_code=400)
+    await send.send(b'{"error": {"message": "context too long", "code": 400}}')
+    await send.aclose()
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            loaded = trio.Event()
+            loaded.set()
+            nursery.start_soon(
+                relay_upstream, fake_forward(refused, trio.CancelScope(), loaded), relay
+            )
+            items = [item async for item in RelayBody(relay)]
+    assert len(items) == 1
+    assert b"context too long" in items[0]
+    assert b'"type":"upstream_error"' in items[0]

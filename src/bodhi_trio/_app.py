@@ -103,7 +103,7 @@ class _RequestScoped:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        async with request_scope(send):
+        async with request_scope():
             await self.app(scope, receive, send)
 
 

@@ -4,22 +4,24 @@ Three parties share one :class:`Relay`:
 
 - The **producer** (:func:`relay_upstream`, a task in the server's root nursery)
   holds the slot's read side and the upstream request. It publishes
-  llama-server's head (and, if that is not a 200, its whole error body), waits
-  until the client has its response headers, then writes every piece of body it
-  reads straight to the client through the request's raw ASGI ``send``: one
-  task, one read and one write per piece, nothing queued in between (the
-  relay's fast path; it bought a third of the relay's CPU per event).
+  llama-server's head (and, if that is not a 200, its whole error body), then
+  waits until the body has read the response to its end, or for an
+  interruption (a swap's drain timeout, a crash, shutdown): then it closes the
+  upstream connection and lets go of the slot at once, even if the client is
+  stuck (a client that stopped reading blocks the write, never the slot).
 - The **route** waits, up to the keep-alive interval, for that head: a failure
   becomes a proper status; a slow load gets an early 200 instead.
 - The **body** (:class:`RelayBody`), iterated by Quart once it sent the
-  headers, lets the producer write, sends keep-alive comments while the model
-  still loads, and ends when the producer does, with the one error event owed
-  by a failure. Its ``aclose`` (Quart's, or the request scope's when Quart never
-  got that far) cancels the producer, which closes the upstream connection.
+  headers, sends keep-alive comments while the model still loads, then reads
+  the upstream response itself and returns each piece as it arrives: one task
+  from the upstream read to the client write, nothing queued in between (the
+  relay's fast path). At the end it lets the producer release the slot, and
+  returns the one error event a failure owes. Its ``aclose`` (Quart's, or the
+  request scope's when Quart never got that far) cancels the producer, which
+  closes the upstream connection, so llama-server stops generating.
 
-The producer never raises (its errors are recorded for the body), and only one
-party writes body bytes at a time: the body until the producer takes over, the
-producer after, and the body again once the producer has finished.
+The producer never raises (its errors are recorded for the body), and only
+Quart writes to the client.
 """
 
 from __future__ import annotations
@@ -27,9 +29,9 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, final
 
 import attrs
 import trio
@@ -40,11 +42,13 @@ from ._sse import KEEPALIVE, error_event
 if TYPE_CHECKING:
     from ._upstream import UpstreamResponse
 
-__all__ = ["ASGISend", "Relay", "RelayBody", "RelayHead", "relay_upstream"]
+__all__ = ["Relay", "RelayBody", "RelayHead", "relay_upstream"]
 
 logger = logging.getLogger("bodhi_trio.relay")
 
-ASGISend = Callable[[dict[str, Any]], Awaitable[None]]
+# How long the body waits for the producer to let go of the slot after the last
+# byte (it returns the connection to the pool or closes it: bounded by the close).
+_RELEASE_WAIT = 5.0
 
 
 def _interval(keepalive: float) -> float:
@@ -66,26 +70,29 @@ class Relay:
     """What the producer, the route and the body of one streamed completion share.
 
     Args:
-        send: The request's raw ASGI ``send`` (from :func:`._sse.request_send`).
         keepalive: Seconds without bytes before a ``: keep-alive`` comment (0: off).
     """
 
-    send: ASGISend
     keepalive: float
     producer: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     head: RelayHead | None = None
+    response: UpstreamResponse | None = None  # a 200's body, for the body to read
     failure: BodhiError | None = None
     early: bool = False  # the client got its 200 before llama-server answered
-    writing: bool = False  # the producer writes the body now
     answered: trio.Event = attrs.field(factory=trio.Event)  # head or failure known
-    may_write: trio.Event = attrs.field(factory=trio.Event)  # the client has its headers
-    took_over: trio.Event = attrs.field(factory=trio.Event)  # writing, or finished
-    finished: trio.Event = attrs.field(factory=trio.Event)
+    done_reading: trio.Event = attrs.field(factory=trio.Event)  # the body is done with it
+    finished: trio.Event = attrs.field(factory=trio.Event)  # the producer let go
 
-    def owed_event(self) -> bytes | None:
-        """The error event the stream must end with, once the producer finished."""
+    def owed_event(self, read_error: BodhiError | None = None) -> bytes | None:
+        """The error event the stream must end with, once the producer finished.
+
+        An interruption the producer saw (a swap, a crash, shutdown) wins over the
+        broken read it caused.
+        """
         if self.failure is not None:
             return error_event(self.failure)
+        if read_error is not None:
+            return error_event(read_error)
         head = self.head
         if head is not None and head.status != 200 and self.early:
             try:
@@ -102,12 +109,13 @@ class Relay:
 async def relay_upstream(
     forward: AbstractAsyncContextManager[UpstreamResponse], relay: Relay
 ) -> None:
-    """The producer: run the upstream request and write its body to the client.
+    """The producer: run the upstream request and hold it while the body reads it.
 
     Never raises: failures are recorded in ``relay.failure`` for the body.
 
-    Cancellation (``relay.producer``): leaving ``forward`` closes the upstream
-    connection at once, so llama-server stops generating.
+    Cancellation (``relay.producer``, or an interruption of the slot's read
+    hold): leaving ``forward`` closes the upstream connection at once, so
+    llama-server stops generating and a read the body is blocked in fails.
     """
     try:
         with relay.producer:
@@ -115,14 +123,11 @@ async def relay_upstream(
                 if response.status_code != 200:
                     body = await response.aread()
                     relay.head = RelayHead(response.status_code, dict(response.headers), body)
-                    relay.answered.set()
                     return
                 relay.head = RelayHead(200, dict(response.headers))
+                relay.response = response
                 relay.answered.set()
-                await relay.may_write.wait()
-                relay.writing = True
-                relay.took_over.set()
-                await _pump(response, relay.send, _interval(relay.keepalive))
+                await relay.done_reading.wait()
     except BodhiError as exc:
         relay.failure = exc
     except Exception as exc:
@@ -130,30 +135,7 @@ async def relay_upstream(
         relay.failure = BodhiError(f"internal error: {exc!r}")
     finally:
         relay.answered.set()
-        relay.took_over.set()
         relay.finished.set()
-
-
-async def _pump(response: UpstreamResponse, send: ASGISend, interval: float) -> None:
-    """Every piece of ``response``'s body to the client as it arrives; a keep-alive
-    comment after ``interval`` seconds without one. Returns at the body's end, or
-    when the client is gone.
-
-    The keep-alive timer covers only the wait for upstream bytes, never a write:
-    a write cut short would lose bytes.
-    """
-    pieces = response.__aiter__()
-    while True:
-        piece = KEEPALIVE
-        with trio.move_on_after(interval):
-            try:
-                piece = await pieces.__anext__()
-            except StopAsyncIteration:
-                return
-        try:
-            await send({"type": "http.response.body", "body": piece, "more_body": True})
-        except OSError:  # some ASGI servers raise once the client left (Hypercorn drops it)
-            return
 
 
 @final
@@ -168,36 +150,65 @@ class RelayBody:
 
     relay: Relay
     prime: bool = False
-    _done: bool = False
+    _pieces: AsyncIterator[bytes] | None = None
+    _read_error: BodhiError | None = None
+    _ended: bool = False
 
     def __aiter__(self) -> RelayBody:
         return self
 
     async def __anext__(self) -> bytes:
+        """The next piece of llama-server's body as it arrived, a keep-alive, or the
+        one error event owed at the end.
+
+        Cancellation (the client left): Quart then calls :meth:`aclose`.
+        """
         if self.prime:
             self.prime = False
             return KEEPALIVE
         relay = self.relay
-        relay.may_write.set()  # Quart sent the headers: the producer may write
-        while not self._done:
-            if relay.writing:
-                await relay.finished.wait()
-            elif not relay.finished.is_set():
-                with trio.move_on_after(_interval(relay.keepalive)):
-                    await relay.took_over.wait()
-                    continue
-                if relay.writing or relay.finished.is_set():
-                    # The timer fired in the round the producer took over: a keep-alive
-                    # from here could land between two of its writes.
-                    continue
-                return KEEPALIVE  # still loading
-            self._done = True
-            owed = relay.owed_event()
-            if owed is not None:
-                return owed
+        interval = _interval(relay.keepalive)
+        while not self._ended:
+            if relay.response is not None:
+                if self._pieces is None:
+                    self._pieces = relay.response.__aiter__()
+                ended = False
+                with trio.move_on_after(interval):  # only the wait for bytes
+                    try:
+                        return await self._pieces.__anext__()
+                    except StopAsyncIteration:
+                        ended = True
+                    except BodhiError as exc:  # broke, or the producer was interrupted
+                        self._read_error, ended = exc, True
+                    except Exception as exc:
+                        logger.exception("reading a relayed completion failed")
+                        self._read_error = BodhiError(f"internal error: {exc!r}")
+                        ended = True
+                if not ended:
+                    return KEEPALIVE
+                return await self._end()
+            if relay.finished.is_set():
+                return await self._end()
+            with trio.move_on_after(interval):  # the model is still loading
+                await (relay.finished if relay.answered.is_set() else relay.answered).wait()
+                continue
+            return KEEPALIVE
         raise StopAsyncIteration
+
+    async def _end(self) -> bytes:
+        """Let the producer release the slot (so ``in_flight`` has dropped when the
+        client sees the end), then the owed error event, if any."""
+        self._ended = True
+        relay = self.relay
+        relay.done_reading.set()
+        with trio.move_on_after(_RELEASE_WAIT):
+            await relay.finished.wait()
+        owed = relay.owed_event(self._read_error)
+        if owed is None:
+            raise StopAsyncIteration
+        return owed
 
     async def aclose(self) -> None:
         """Stop the producer (closing the upstream request). Never blocks."""
-        self._done = True
+        self._ended = True
         self.relay.producer.cancel()

@@ -4,7 +4,7 @@
   logs): the seed's DirectSse / DirectEvent. Relayed completions (the seed's
   RawSSE / ``fwd_sse``) are :mod:`._relay`'s.
 - :func:`request_scope` is one HTTP request's lifetime: the bodies it must close
-  at its end, and the raw ASGI ``send`` the relay writes with.
+  at its end.
 
 Streams send ``: keep-alive`` after ``BODHI_SSE_KEEPALIVE_SECS`` without bytes,
 and a failure after the headers is one ``data: {"error": ...}`` event, then the
@@ -19,7 +19,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Generic, Protocol, TypeVar, final
 
@@ -35,7 +35,6 @@ __all__ = [
     "close_with_request",
     "error_event",
     "request_scope",
-    "request_send",
     "sse_event",
 ]
 
@@ -56,14 +55,8 @@ class _Closeable(Protocol):
     async def aclose(self) -> None: ...
 
 
-@attrs.define(eq=False)
-class _RequestScope:
-    send: Callable[[dict[str, Any]], Awaitable[None]]
-    bodies: list[_Closeable] = attrs.field(factory=list)
-
-
-_request: contextvars.ContextVar[_RequestScope | None] = contextvars.ContextVar(
-    "bodhi_trio_request", default=None
+_request_bodies: contextvars.ContextVar[list[_Closeable] | None] = contextvars.ContextVar(
+    "bodhi_trio_request_bodies", default=None
 )
 
 
@@ -74,41 +67,26 @@ def close_with_request(body: _Closeable) -> None:
     framework began to iterate it; the framework then never closes the body, and
     its producer would wait forever. :func:`request_scope` closes it instead.
     """
-    scope = _request.get()
-    if scope is not None:
-        scope.bodies.append(body)
-
-
-def request_send() -> Callable[[dict[str, Any]], Awaitable[None]]:
-    """The raw ASGI ``send`` of the current request (see :func:`request_scope`).
-
-    Raises:
-        RuntimeError: Not inside a request scope.
-    """
-    scope = _request.get()
-    if scope is None:
-        raise RuntimeError("not inside bodhi-trio's request scope (create_app's middleware)")
-    return scope.send
+    bodies = _request_bodies.get()
+    if bodies is not None:
+        bodies.append(body)
 
 
 @asynccontextmanager
-async def request_scope(send: Callable[[dict[str, Any]], Awaitable[None]]) -> AsyncIterator[None]:
+async def request_scope() -> AsyncIterator[None]:
     """One HTTP request's lifetime: bodies registered inside are closed at its end.
 
-    Args:
-        send: The request's ASGI ``send``, for :func:`request_send`.
-
-    Tasks the request spawns inherit the scope (context variables are copied into
-    child tasks, and the scope object is shared).
+    Tasks the request spawns inherit the list (context variables are copied into
+    child tasks, and the list object is shared).
     """
-    scope = _RequestScope(send)
-    token = _request.set(scope)
+    bodies: list[_Closeable] = []
+    token = _request_bodies.set(bodies)
     try:
         yield
     finally:
-        _request.reset(token)
+        _request_bodies.reset(token)
         with trio.CancelScope(shield=True):
-            for body in scope.bodies:
+            for body in bodies:
                 await body.aclose()  # idempotent, never blocks
 
 
