@@ -174,3 +174,26 @@ async def test_a_refusal_after_the_early_answer_is_one_error_event() -> None:
     assert len(items) == 1
     assert b"context too long" in items[0]
     assert b'"type":"upstream_error"' in items[0]
+
+
+async def test_no_comment_inside_an_event_and_an_error_after_one_is_its_own(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    async with rig() as r:
+        items: list[bytes] = []
+
+        async def consume() -> None:
+            items.extend([item async for item in r.body])
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(consume)
+            await r.upstream.send(b'data: {"a"')  # half an event, then a long pause
+            for _ in range(3):
+                await trio.testing.wait_all_tasks_blocked()
+                mock_clock.jump(1.0)
+            await trio.testing.wait_all_tasks_blocked()
+            r.hold.cancel()  # interrupted before the rest came
+    assert items[0] == b'data: {"a"'
+    assert KEEPALIVE not in items
+    assert items[1].startswith(b'\n\ndata: {"error"')
+    assert len(items) == 2

@@ -152,6 +152,7 @@ class RelayBody:
     prime: bool = False
     _pieces: AsyncIterator[bytes] | None = None
     _read_error: BodhiError | None = None
+    _mid_event: bool = False  # the last piece did not end with a blank line
     _ended: bool = False
 
     def __aiter__(self) -> RelayBody:
@@ -175,7 +176,7 @@ class RelayBody:
                 ended = False
                 with trio.move_on_after(interval):  # only the wait for bytes
                     try:
-                        return await self._pieces.__anext__()
+                        piece = await self._pieces.__anext__()
                     except StopAsyncIteration:
                         ended = True
                     except BodhiError as exc:  # broke, or the producer was interrupted
@@ -184,9 +185,14 @@ class RelayBody:
                         logger.exception("reading a relayed completion failed")
                         self._read_error = BodhiError(f"internal error: {exc!r}")
                         ended = True
-                if not ended:
+                    else:
+                        self._mid_event = not piece.endswith(b"\n\n")
+                        return piece
+                if ended:
+                    return await self._end()
+                if not self._mid_event:  # a comment inside an event would corrupt it
                     return KEEPALIVE
-                return await self._end()
+                continue
             if relay.finished.is_set():
                 return await self._end()
             with trio.move_on_after(interval):  # the model is still loading
@@ -206,7 +212,9 @@ class RelayBody:
         owed = relay.owed_event(self._read_error)
         if owed is None:
             raise StopAsyncIteration
-        return owed
+        # After a piece that ended mid-event, end that event first: glued onto its
+        # last line, the error event would not be one.
+        return b"\n\n" + owed if self._mid_event else owed
 
     async def aclose(self) -> None:
         """Stop the producer (closing the upstream request). Never blocks."""
