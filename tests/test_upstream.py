@@ -234,21 +234,3 @@ async def test_a_reused_connection_that_answered_garbage_is_not_retried() -> Non
                     pass
             assert requests == 2
             nursery.cancel_scope.cancel()
-
-
-async def test_a_large_read_comes_out_in_pieces_exactly() -> None:
-    events = [b'data: {"n": %d, "pad": "%s"}\n\n' % (i, b"x" * 200) for i in range(400)]
-    body = b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events) + b"0\r\n\r\n"
-
-    async def handler(stream: trio.SocketStream) -> None:
-        await read_request(stream)
-        await stream.send_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + body)
-
-    with trio.fail_after(10):
-        async with trio.open_nursery() as nursery, UpstreamPool() as pool:
-            port = await serve(nursery, handler)
-            async with send_upstream(pool, "127.0.0.1", port, "/v1/x", b"{}") as response:
-                pieces = [piece async for piece in response]
-            assert b"".join(pieces) == b"".join(events)
-            assert max(len(p) for p in pieces) <= 16384  # the first event is not held back
-            nursery.cancel_scope.cancel()

@@ -34,9 +34,6 @@ __all__ = [
 ]
 
 _RECEIVE_BYTES = 65536
-# Decode at most this much of what arrived per piece: a fast upstream fills a whole
-# read, and decoding all of it before the first write delays the first event.
-_PIECE_BYTES = 16384
 _CLOSE_TIMEOUT = 2.0
 _CONNECT_TIMEOUT = 10.0
 _MAX_IDLE_PER_SERVER = 64
@@ -188,8 +185,7 @@ class HTTPResponse:
         return self
 
     async def __anext__(self) -> bytes:
-        """The next piece of the body: what the last read brought (at most 16 KiB of it),
-        framing removed.
+        """The next piece of the body: what the last read brought, framing removed.
 
         Raises:
             UpstreamError: The connection broke, or the framing was malformed,
@@ -203,8 +199,6 @@ class HTTPResponse:
                 data = await self._connection.receive()
                 if not data:
                     return self._at_eof()
-            if len(data) > _PIECE_BYTES:
-                data, self._pending = data[:_PIECE_BYTES], data[_PIECE_BYTES:]
             payload = self._decode(data)
             if payload:
                 return payload
