@@ -144,7 +144,7 @@ async def test_client_disconnect_mid_stream_stops_generation(
         async with running_server(tmp_path, hub_cache) as server, UpstreamPool() as pool:
             port = int(server.url.rsplit(":", 1)[1])
             body = json.dumps(request).encode()
-            # Our own h11 client: it closes the connection when the block is left early.
+            # Our own HTTP/1.1 client: it closes the connection when the block is left early.
             async with send_upstream(pool, "127.0.0.1", port, "/v1/chat/completions", body) as r:
                 async for _chunk in r:
                     break  # leave after the first bytes
