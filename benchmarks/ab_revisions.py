@@ -8,7 +8,8 @@ its own ``benchmarks/run.py --quick`` runs with ``PYTHONPATH`` pointing at that
 worktree's ``src``, so the harness and the server are both that revision's. Rounds
 rotate the order of the revisions. Every run has its own ``direct`` arm, so each
 ratio below is measured side by side within one run; the table shows medians over
-the rounds. Nothing here is written into RESULTS.md.
+the rounds. Nothing here is written into RESULTS.md. The worktrees stay for the next
+run; ``git worktree remove <dir>`` (or delete them and ``git worktree prune``) when done.
 """
 
 from __future__ import annotations
