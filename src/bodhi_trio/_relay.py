@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, final
@@ -37,7 +36,7 @@ import attrs
 import trio
 
 from ._exceptions import BodhiError
-from ._sse import KEEPALIVE, error_event
+from ._sse import KEEPALIVE, error_event, keepalive_interval
 
 if TYPE_CHECKING:
     from ._upstream import UpstreamResponse
@@ -49,10 +48,6 @@ logger = logging.getLogger("bodhi_trio.relay")
 # How long the body waits for the producer to let go of the slot after the last
 # byte (it returns the connection to the pool or closes it: bounded by the close).
 _RELEASE_WAIT = 5.0
-
-
-def _interval(keepalive: float) -> float:
-    return keepalive if keepalive > 0 else math.inf
 
 
 @attrs.frozen
@@ -168,7 +163,7 @@ class RelayBody:
             self.prime = False
             return KEEPALIVE
         relay = self.relay
-        interval = _interval(relay.keepalive)
+        interval = keepalive_interval(relay.keepalive)
         while not self._ended:
             if relay.response is not None:
                 if self._pieces is None:

@@ -21,7 +21,7 @@ from ._aliases import Alias
 from ._context import ENDPOINTS, SharedContext
 from ._exceptions import InvalidRequestError
 from ._relay import Relay, RelayBody, relay_upstream
-from ._sse import SSE_HEADERS, DirectStream, close_with_request
+from ._sse import SSE_HEADERS, DirectStream, close_with_request, keepalive_interval
 from ._state import ServerEvent
 
 if TYPE_CHECKING:
@@ -169,7 +169,7 @@ class RouterState:
         relay = Relay(self._keepalive)
         self.nursery.start_soon(relay_upstream, self.ctx.forward(endpoint, body), relay)
         try:
-            with trio.move_on_after(self._keepalive if self._keepalive > 0 else math.inf):
+            with trio.move_on_after(keepalive_interval(self._keepalive)):
                 await relay.answered.wait()
         except BaseException:
             relay.producer.cancel()

@@ -34,6 +34,7 @@ __all__ = [
     "DirectStream",
     "close_with_request",
     "error_event",
+    "keepalive_interval",
     "request_scope",
     "sse_event",
 ]
@@ -103,7 +104,8 @@ def error_event(error: BodhiError | Mapping[str, Any]) -> bytes:
     return sse_event(json.dumps(body, separators=(",", ":")))
 
 
-def _interval(keepalive: float) -> float:
+def keepalive_interval(keepalive: float) -> float:
+    """Seconds to wait for bytes before a keep-alive; ``BODHI_SSE_KEEPALIVE_SECS`` 0 is never."""
     return keepalive if keepalive > 0 else math.inf
 
 
@@ -131,7 +133,7 @@ class DirectStream(Generic[_T]):
     async def __anext__(self) -> bytes:
         if self._closed:
             raise StopAsyncIteration
-        with trio.move_on_after(_interval(self.keepalive)) as idle:
+        with trio.move_on_after(keepalive_interval(self.keepalive)) as idle:
             try:
                 item = await self.receive.receive()
             except (trio.EndOfChannel, trio.ClosedResourceError):
