@@ -1,7 +1,12 @@
-"""Processes the benchmark runs: bodhi-trio servers, LiteLLM's proxy, and what /proc says.
+"""Processes the benchmark runs: bodhi-trio servers, LiteLLM's proxy, a fake upstream of its
+own, and what /proc says.
 
 Every process is started in its own session (``start_new_session``), so :func:`stop` reaches
 its whole process group; callers stop what they start in a ``finally``.
+
+bodhi-trio's children listen on a Unix socket in a private directory, never on a TCP port:
+the harness finds a child's socket in bodhi-trio's log (:meth:`Bodhi.child`) and talks to it
+over that socket (:func:`http_json` with ``unix_socket``; the bench client's ``unix_socket``).
 """
 
 from __future__ import annotations
@@ -22,18 +27,23 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import httpx
 
 __all__ = [
+    "CHILD_URL",
     "DEMO_FILENAME",
     "DEMO_REPO",
     "FAKE",
     "LITELLM_KEY",
     "Bodhi",
+    "ChildStart",
+    "child_starts",
     "cpu_seconds",
     "free_port",
     "http_json",
     "rss_mib",
     "running_bodhi",
+    "running_fake",
     "running_litellm",
     "start_bodhi",
     "start_litellm",
@@ -47,6 +57,12 @@ LITELLM_KEY = "sk-bench-litellm"
 DEMO_REPO = "bodhi-trio/tiny-random-llama"
 DEMO_FILENAME = "tiny-random-llama.gguf"
 _LISTENING = re.compile(rb"listening on (http://[0-9.]+:[0-9]+)")
+# A child's root URL over its Unix socket: only the path and the Host header come from it.
+CHILD_URL = "http://localhost"
+# bodhi-trio's own lines about each start of a child (see bodhi_trio._child)
+_STARTING = re.compile(r"\[bodhi-trio\] starting: (.+?)\s*$")
+_SPAWNED = re.compile(r"\[bodhi-trio\] spawned pid (\d+)\s*$")
+_READY = re.compile(r"\[bodhi-trio\] ready on unix:(.+?) after ([0-9.]+) s\s*$")
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -115,9 +131,18 @@ def rss_mib(pid: int, group: bool = False) -> float | None:
 
 
 def http_json(
-    url: str, method: str = "GET", body: object = None, key: str | None = None, timeout: float = 5
+    url: str,
+    method: str = "GET",
+    body: object = None,
+    key: str | None = None,
+    timeout: float = 5,
+    unix_socket: str | None = None,
 ) -> object:
-    """One small JSON request; raises OSError (HTTPError included) on failure."""
+    """One small JSON request, to ``url`` or over ``unix_socket`` (then ``url`` gives only the
+    path and Host, e.g. ``http://localhost/slots``); raises OSError (HTTPError included) on
+    failure."""
+    if unix_socket is not None:
+        return _http_json_unix(unix_socket, url, method, body, key, timeout)
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method=method)
     request.add_header("Content-Type", "application/json")
@@ -126,6 +151,21 @@ def http_json(
     with urllib.request.urlopen(request, timeout=timeout) as response:
         raw = response.read()
     return json.loads(raw) if raw else None
+
+
+def _http_json_unix(
+    path: str, url: str, method: str, body: object, key: str | None, timeout: float
+) -> object:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    transport = httpx.HTTPTransport(uds=path)
+    try:
+        with httpx.Client(transport=transport, timeout=timeout) as client:
+            response = client.request(method, url, json=body, headers=headers)
+    except httpx.HTTPError as exc:
+        raise OSError(f"{method} {url} over {path}: {exc!r}") from exc
+    if response.status_code >= 400:
+        raise OSError(f"{method} {url} over {path}: status {response.status_code}")
+    return response.json() if response.content else None
 
 
 def _status(url: str, key: str | None = None) -> int:
@@ -151,6 +191,36 @@ def _clean_env(**extra: str) -> dict[str, str]:
     }
     env.update(extra)
     return env
+
+
+@attrs.define
+class ChildStart:
+    """One start of a child, from bodhi-trio's log: ``starting: ARGV``, ``spawned pid N``,
+    ``ready on unix:PATH after X s``."""
+
+    argv: list[str]
+    socket: str | None  # the --host it was given: its Unix socket
+    pid: int | None = None
+    ready_s: float | None = None  # bodhi-trio's spawn-to-ready time
+
+
+def child_starts(lines: list[str]) -> list[ChildStart]:
+    """Every start of a child that ``lines`` show, oldest first (the ring may have lost the
+    start of the oldest one)."""
+    starts: list[ChildStart] = []
+    for line in lines:
+        if m := _STARTING.search(line):
+            argv = m.group(1).split(" ")  # bodhi-trio joins the argv with spaces
+            host = argv[argv.index("--host") + 1] if "--host" in argv[:-1] else None
+            starts.append(ChildStart(argv, host))
+        elif (m := _SPAWNED.search(line)) and starts:
+            starts[-1].pid = int(m.group(1))
+        elif m := _READY.search(line):
+            for start in reversed(starts):
+                if start.socket == m.group(1):
+                    start.ready_s = float(m.group(2))
+                    break
+    return starts
 
 
 @attrs.define(eq=False)
@@ -183,6 +253,14 @@ class Bodhi:
     def logs(self, lines: int = 200) -> list[str]:
         doc: dict[str, list[str]] = self.api(f"/bodhi/v1/server/logs?lines={lines}", timeout=10)
         return doc["lines"]
+
+    def child(self, pid: int) -> ChildStart:
+        """The start of the child ``pid`` (``GET /bodhi/v1/state``'s ``pid``), once ready:
+        its argv, Unix socket and spawn-to-ready time."""
+        for start in reversed(child_starts(self.logs(1000))):
+            if start.pid == pid and start.socket and start.ready_s is not None:
+                return start
+        raise RuntimeError(f"{self.name}: no ready start of child pid {pid} in the log")
 
     def stop_model(self) -> None:
         self.api("/bodhi/v1/server/stop", "POST", timeout=120)
@@ -261,6 +339,41 @@ def running_bodhi(
         yield bodhi
     finally:
         stop(bodhi.proc, grace=15.0)
+
+
+@contextlib.contextmanager
+def running_fake(
+    argv: list[str], workdir: Path, timeout: float = 30.0
+) -> Iterator[tuple[str, int]]:
+    """A fake upstream started as ``argv`` (a child's, from :meth:`Bodhi.child`) but listening
+    on a free TCP port of 127.0.0.1 instead of a Unix socket: a twin of that child for clients
+    that cannot reach a Unix socket. Yields its root URL and pid, stops it on leaving.
+    """
+    args = list(argv[1:])
+    for flag in ("--host", "--port"):
+        while flag in args[:-1]:
+            at = args.index(flag)
+            del args[at : at + 2]
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = workdir / "twin.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [argv[0], *args, "--host", "127.0.0.1", "--port", "0"],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=_clean_env(),
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + timeout
+        while not (m := _LISTENING.search(log.read_bytes())):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the twin fake upstream did not start; see {log}")
+            time.sleep(0.05)
+        yield m.group(1).decode(), proc.pid
+    finally:
+        stop(proc)
 
 
 @contextlib.contextmanager

@@ -346,14 +346,19 @@ def render_results(doc: dict[str, Any]) -> str:
     ]
     if "fake" in suites:
         fake = suites["fake"]
-        litellm = ", and LiteLLM's proxy points at it too" if doc.get("litellm") else ""
+        litellm = (
+            "; LiteLLM's proxy cannot reach a Unix socket, so its upstream is a twin of the"
+            " child (the same fake with the same arguments, on a TCP port of its own)"
+            if doc.get("litellm")
+            else ""
+        )
         lines += [
             "",
             "## Fake upstream: the proxy ceiling",
             "",
             "`bodhi-trio serve` with `BODHI_LLAMA_SERVER=benchmarks/fake_upstream.py` (one write"
-            " per event, TCP_NODELAY); `direct` is the child's own port, the same process that"
-            f" bodhi-trio relays from{litellm}."
+            " per event); `direct` is the child's own Unix socket (children have no TCP port),"
+            f" the same process and socket that bodhi-trio relays from{litellm}."
             " Streams of 1,000 tokens (1,003 events with the usage chunk and `[DONE]`);"
             " `disconnect`: 4 workers each closing after 10 events of a 5,000-token stream,"
             " latency until the fake sees its socket closed. CPU µs/event: the arm's process CPU"
@@ -375,7 +380,7 @@ def render_results(doc: dict[str, Any]) -> str:
             f"## Real llama-server on the demo model: `{llama['alias']}`",
             "",
             f"Context params `{' '.join(llama['alias_params'])}`; `max_tokens`"
-            f" {llama['max_tokens']} with `ignore_eos`. `direct` is the child's port. CPU"
+            f" {llama['max_tokens']} with `ignore_eos`. `direct` is the child's Unix socket. CPU"
             " µs/event: `direct` is llama-server's own CPU per event received; `bodhi-trio`"
             " its own pid. "
             + (
@@ -395,7 +400,8 @@ def render_results(doc: dict[str, Any]) -> str:
             "",
             "Aliases `bench:a` and `bench:b` on the demo model; 5-token streamed requests."
             " TTFT from sending the request to the first content event; child spawn→ready is"
-            " bodhi-trio's own `[bodhi-trio] ready on port N after X s` log line for that start;"
+            " bodhi-trio's own `[bodhi-trio] ready on unix:PATH after X s` log line for that"
+            " start;"
             " overhead = TTFT - spawn→ready (it includes stopping the previous child, the"
             " readiness poll granularity and the first token itself: see the warm row).",
             "",

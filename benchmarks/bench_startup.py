@@ -3,8 +3,10 @@
 - **swap**: one bodhi-trio serving the real llama-server, two aliases on the demo model
   (``bench:a``, ``bench:b``). Requests alternate A, B, A, B, ... (each one swaps the model);
   per request: the time to the first content event, and the child's own spawn-to-ready time
-  for that start, from ``[bodhi-trio] ready on port N after X s`` in
-  ``GET /bodhi/v1/server/logs``. Their difference is the swap overhead (it includes stopping
+  for that start, from ``[bodhi-trio] ready on unix:PATH after X s`` in
+  ``GET /bodhi/v1/server/logs`` (each start has its own socket PATH: the one whose
+  ``spawned pid N`` line has the pid in ``GET /bodhi/v1/state``). Their difference is the
+  swap overhead (it includes stopping
   the previous child). The same for cold starts (``POST /bodhi/v1/server/stop`` before each
   request), and warm requests (the alias already loaded) for reference.
 - **memory**: one bodhi-trio on the fake upstream. Its RSS after startup and one completed
@@ -15,26 +17,24 @@
 from __future__ import annotations
 
 import json
-import re
 import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import trio
-from bench_procs import FAKE, Bodhi, http_json, running_bodhi
+from bench_procs import CHILD_URL, FAKE, Bodhi, child_starts, http_json, running_bodhi
 from bench_suites import Arm, Scenario, run_one
 
 __all__ = ["memory_suite", "swap_suite"]
 
-_READY = re.compile(r"\[bodhi-trio\] ready on port (\d+) after ([0-9.]+) s")
 
-
-def _ready_seconds(bodhi: Bodhi, port: int) -> float | None:
-    """The spawn-to-ready time of the newest start on ``port``."""
-    for line in reversed(bodhi.logs(200)):
-        if (m := _READY.search(line)) and int(m.group(1)) == port:
-            return float(m.group(2))
+def _ready_seconds(bodhi: Bodhi, pid: int) -> float | None:
+    """The spawn-to-ready time of the newest start of child ``pid``: the ``ready on
+    unix:PATH`` line whose socket PATH that start was given (see ``child_starts``)."""
+    for start in reversed(child_starts(bodhi.logs(1000))):
+        if start.pid == pid:
+            return start.ready_s
     return None
 
 
@@ -45,11 +45,11 @@ def _first_token(bodhi: Bodhi, alias: str) -> dict[str, Any]:
     state = bodhi.state()
     row: dict[str, Any] = {"alias": alias, "ttft_ms": result.ttft_p50_ms}
     row.update(pid=state.get("pid"), errors=result.errors, samples=result.error_samples)
-    if state.get("alias") != alias or state.get("port") is None:
+    if state.get("alias") != alias or state.get("pid") is None:
         row["errors"] += 1
         row["samples"].append(f"state after the request: {state}")
         return row
-    ready = _ready_seconds(bodhi, state["port"])
+    ready = _ready_seconds(bodhi, state["pid"])
     row["ready_ms"] = None if ready is None else ready * 1e3
     if result.ttft_p50_ms is not None and ready is not None:
         row["overhead_ms"] = result.ttft_p50_ms - ready * 1e3
@@ -87,7 +87,7 @@ def swap_suite(workdir: Path, quick: bool) -> dict[str, Any]:
     return {"runs": rows, "per_kind": each}
 
 
-async def _hold_streams(bodhi: Bodhi, alias: str, n: int, child_url: str) -> dict[str, Any]:
+async def _hold_streams(bodhi: Bodhi, alias: str, n: int, child_socket: str) -> dict[str, Any]:
     """Open ``n`` streams, wait until bodhi-trio counts them, read its RSS, close them all,
     wait until ``in_flight`` is 0 again. Bounded: 120 s to open, 60 s to drain."""
     parts = urlsplit(bodhi.url)
@@ -147,6 +147,9 @@ async def _hold_streams(bodhi: Bodhi, alias: str, n: int, child_url: str) -> dic
     async def state() -> dict[str, Any]:
         return await trio.to_thread.run_sync(bodhi.state)
 
+    def child_stats() -> object:
+        return http_json(f"{CHILD_URL}/bench/stats", unix_socket=child_socket)
+
     async def wait_in_flight(want: int, limit: float) -> float | None:
         started = time.monotonic()
         for _ in range(int(limit / 0.1)):
@@ -168,13 +171,13 @@ async def _hold_streams(bodhi: Bodhi, alias: str, n: int, child_url: str) -> dic
         await trio.sleep(2)  # let allocations settle
         out["rss_streams_mib"] = bodhi.rss_mib()
         out["in_flight_at_peak"] = (await state()).get("in_flight")
-        stats = await trio.to_thread.run_sync(lambda: http_json(f"{child_url}/bench/stats"))
+        stats = await trio.to_thread.run_sync(child_stats)
         out["upstream_active_at_peak"] = stats.get("active") if isinstance(stats, dict) else None
         release.set()
     closed_at = time.monotonic()
     out["in_flight_zero_after_s"] = await wait_in_flight(0, 60)
     for _ in range(300):  # 30 s
-        stats = await trio.to_thread.run_sync(lambda: http_json(f"{child_url}/bench/stats"))
+        stats = await trio.to_thread.run_sync(child_stats)
         if isinstance(stats, dict) and stats.get("active") == 0:
             out["upstream_closed_after_s"] = time.monotonic() - closed_at
             break
@@ -197,8 +200,9 @@ def memory_suite(workdir: Path, streams: int = 1000) -> dict[str, Any]:
         state = bodhi.load("bench:idle")  # the fake child now waits an hour after the role chunk
         time.sleep(1)
         out["rss_before_streams_mib"] = bodhi.rss_mib()
-        child_url = f"http://127.0.0.1:{state['port']}"
-        out.update(trio.run(_hold_streams, bodhi, "bench:idle", streams, child_url))
+        child = bodhi.child(state["pid"])  # its Unix socket, from bodhi-trio's log
+        assert child.socket is not None
+        out.update(trio.run(_hold_streams, bodhi, "bench:idle", streams, child.socket))
         time.sleep(1)
         out["rss_after_streams_mib"] = bodhi.rss_mib()
         if out["rss_streams_mib"] is not None and out["rss_before_streams_mib"] is not None:

@@ -1,10 +1,12 @@
 """The throughput suites: every scenario against every arm, interleaved A/B.
 
 - **fake**: one bodhi-trio whose llama-server is ``fake_upstream.py``; arms ``direct`` (the
-  child's own port: the same upstream process bodhi-trio relays from), ``bodhi-trio`` and,
-  optionally, ``litellm`` (LiteLLM's proxy against the same child port).
+  child's own Unix socket: the same upstream process bodhi-trio relays from, reached the
+  same way), ``bodhi-trio`` and, optionally, ``litellm`` (LiteLLM's proxy). Children have no
+  TCP port and LiteLLM cannot reach a Unix socket, so LiteLLM's upstream is a twin of the
+  child: a second ``fake_upstream.py`` with the child's arguments, on a free TCP port.
 - **llama**: one bodhi-trio serving the real llama-server on the demo model (alias
-  ``bench:llama``: 8 slots, context shift); arms ``direct`` (the child's port) and
+  ``bench:llama``: 8 slots, context shift); arms ``direct`` (the child's Unix socket) and
   ``bodhi-trio``.
 
 Each round rotates the order of the arms, so drift and warm-up hit all of them alike. For
@@ -15,21 +17,22 @@ after) are recorded: for ``bodhi-trio`` its own pid only, never the child.
 from __future__ import annotations
 
 import contextlib
-import json
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import attrs
 import trio
 from bench_procs import (
+    CHILD_URL,
     FAKE,
     LITELLM_KEY,
     Bodhi,
     cpu_seconds,
+    http_json,
     rss_mib,
     running_bodhi,
+    running_fake,
     running_litellm,
 )
 
@@ -56,6 +59,8 @@ class Arm:
     upstream_url: str | None = None  # the fake behind it, for disconnect latency
     pid: int | None = None  # whose RSS and CPU time to record
     rss_group: bool = False  # RSS of the pid's whole process group
+    unix_socket: str | None = None  # reach base_url over this socket (a child's)
+    upstream_socket: str | None = None  # reach upstream_url over this socket (a child's)
 
 
 @attrs.frozen
@@ -115,6 +120,8 @@ def run_one(arm: Arm, scenario: Scenario, timeout: float = 30.0) -> BenchResult:
         max_tokens=scenario.max_tokens,
         disconnect_after=scenario.disconnect_after,
         upstream_url=arm.upstream_url,
+        unix_socket=arm.unix_socket,
+        upstream_unix_socket=arm.upstream_socket,
         timeout=timeout,
         extra_body=None
         if scenario.token_delay is None
@@ -123,12 +130,15 @@ def run_one(arm: Arm, scenario: Scenario, timeout: float = 30.0) -> BenchResult:
     return trio.run(lambda: run_bench(config))
 
 
-def _upstream_active(upstream_url: str) -> int | None:
+def _upstream_active(arm: Arm) -> int | None:
+    assert arm.upstream_url is not None
     try:
-        with urllib.request.urlopen(f"{upstream_url}/bench/stats", timeout=2) as r:
-            active = json.load(r).get("active")
+        stats = http_json(
+            f"{arm.upstream_url}/bench/stats", timeout=2, unix_socket=arm.upstream_socket
+        )
     except (OSError, ValueError):
         return None
+    active = stats.get("active") if isinstance(stats, dict) else None
     return active if isinstance(active, int) else None
 
 
@@ -139,7 +149,7 @@ def drain(arm: Arm, limit: float = 120.0) -> float | None:
     """
     started = time.monotonic()
     while time.monotonic() - started < limit:
-        if arm.upstream_url and _upstream_active(arm.upstream_url) not in (0, None):
+        if arm.upstream_url and _upstream_active(arm) not in (0, None):
             time.sleep(0.05)
             continue
         if run_one(arm, Scenario("probe", 1, 1, requests=1), timeout=10.0).requests_done:
@@ -201,15 +211,38 @@ def fake_suite(workdir: Path, quick: bool, rounds: int, litellm: bool) -> dict[s
     """The proxy ceiling: fake upstream, arms direct / bodhi-trio / litellm."""
     with running_bodhi(workdir, "fake", {"bench:fake": []}, FAKE) as bodhi:
         state = bodhi.load("bench:fake")
-        child = f"http://127.0.0.1:{state['port']}"
+        child = bodhi.child(state["pid"])  # its Unix socket, from bodhi-trio's log
+        sock = child.socket
         arms = [
-            Arm("direct", f"{child}/v1", "bench:fake", None, child, state["pid"]),
-            Arm("bodhi-trio", f"{bodhi.url}/v1", "bench:fake", None, child, bodhi.pid),
+            Arm(
+                "direct",
+                f"{CHILD_URL}/v1",
+                "bench:fake",
+                None,
+                CHILD_URL,
+                state["pid"],
+                unix_socket=sock,
+                upstream_socket=sock,
+            ),
+            Arm(
+                "bodhi-trio",
+                f"{bodhi.url}/v1",
+                "bench:fake",
+                None,
+                CHILD_URL,
+                bodhi.pid,
+                upstream_socket=sock,
+            ),
         ]
         with contextlib.ExitStack() as stack:
             if litellm:
-                url, pid = stack.enter_context(running_litellm(state["port"], workdir / "litellm"))
-                arms.append(Arm("litellm", url, "fake", LITELLM_KEY, child, pid, rss_group=True))
+                # LiteLLM cannot reach the child's Unix socket (and children have no TCP port):
+                # its upstream is a twin of the child, the same fake with the same arguments
+                # on a free TCP port. Its own process, so it is never shared with the others.
+                twin, _ = stack.enter_context(running_fake(child.argv, workdir / "twin"))
+                port = int(twin.rsplit(":", 1)[1])
+                url, pid = stack.enter_context(running_litellm(port, workdir / "litellm"))
+                arms.append(Arm("litellm", url, "fake", LITELLM_KEY, twin, pid, rss_group=True))
             scenarios = fake_scenarios(quick)
             # Disconnect rounds come last: a proxy that keeps consuming the upstream after its
             # client left (LiteLLM does) would otherwise slow down every later measurement.
@@ -229,9 +262,17 @@ def llama_suite(workdir: Path, quick: bool, rounds: int, variant: str) -> dict[s
     alias, params = f"bench:{variant}", LLAMA_VARIANTS[variant]
     with running_bodhi(workdir, variant, {alias: params}) as bodhi:
         state = bodhi.load(alias)
-        child = f"http://127.0.0.1:{state['port']}"
+        child = bodhi.child(state["pid"])  # its Unix socket, from bodhi-trio's log
         arms = [
-            Arm("direct", f"{child}/v1", alias, None, None, state["pid"]),
+            Arm(
+                "direct",
+                f"{CHILD_URL}/v1",
+                alias,
+                None,
+                None,
+                state["pid"],
+                unix_socket=child.socket,
+            ),
             Arm("bodhi-trio", f"{bodhi.url}/v1", alias, None, None, bodhi.pid),
         ]
         rows = interleaved(variant, arms, [llama_scenarios(quick)], rounds)

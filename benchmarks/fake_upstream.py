@@ -7,6 +7,9 @@ It answers like llama-server: ``GET /health``, ``GET /slots`` and streaming or p
 final chunk with ``finish_reason`` and ``timings``, a usage chunk when
 ``stream_options.include_usage`` is set, then ``data: [DONE]``), over HTTP/1.1 keep-alive.
 
+Like llama-server, it listens on a Unix socket when ``--host`` ends in ``.sock`` (as
+bodhi-trio starts its children), else on ``--host``/``--port`` over TCP.
+
 Speed: one thread per connection with blocking ``sendall`` and ``TCP_NODELAY``; each event
 is spliced from bytes built once per request (only a fixed-width token counter changes), and
 written with exactly one ``send`` per event. ``--batch N`` joins N events per write, to show
@@ -406,7 +409,9 @@ def _plain(chat: bool, stream: _Stream, model: str, n: int, finish: str) -> dict
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--host", default="127.0.0.1", help="bind address (127.0.0.1)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="bind address (127.0.0.1); PATH.sock: a Unix socket"
+    )
     parser.add_argument("--port", type=int, default=8080, help="port; 0 picks a free one")
     parser.add_argument("--alias", "-a", default="fake", help="model name when none is sent")
     parser.add_argument("--model", "-m", default="", help="accepted and ignored")
@@ -423,11 +428,16 @@ def main(argv: list[str] | None = None) -> int:
     """Serve until SIGTERM or SIGINT; returns the exit code."""
     args = _parse_args(argv)
     stats = _Stats()
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    unix = args.host.endswith(".sock")
+    if unix:
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    else:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        listener.bind((args.host, args.port))
+        listener.bind(args.host if unix else (args.host, args.port))
     except OSError as exc:
+        listener.close()
         print(f"couldn't bind HTTP server socket, hostname: {args.host}, port: {args.port}: {exc}")
         return 1
     listener.listen(1024)
@@ -440,10 +450,12 @@ def main(argv: list[str] | None = None) -> int:
     open_sockets: set[socket.socket] = set()
     try:
         # only now: whoever waits for this line may send SIGTERM at once
-        print(f"listening on http://{args.host}:{listener.getsockname()[1]}", flush=True)
+        where = f"unix://{args.host}" if unix else f"http://{args.host}:{listener.getsockname()[1]}"
+        print(f"listening on {where}", flush=True)
         while True:
             sock, _addr = listener.accept()
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if not unix:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             open_sockets.add(sock)
             conn = _Connection(sock, args, stats)
             thread = threading.Thread(target=_run, args=(conn.serve, open_sockets, sock))
@@ -453,6 +465,9 @@ def main(argv: list[str] | None = None) -> int:
         pass
     finally:
         listener.close()
+        if unix:
+            with contextlib.suppress(OSError):
+                os.unlink(args.host)
         for sock in list(open_sockets):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)

@@ -4,20 +4,21 @@ Suites (each starts its own ``bodhi-trio serve --demo --port 0`` with a temporar
 BODHI_HOME and HF_HOME, and stops it, with its child, at the end):
 
 - ``fake`` (default): bodhi-trio whose llama-server is ``fake_upstream.py``; arms ``direct``
-  (the child's port), ``bodhi-trio`` and with ``--litellm`` LiteLLM's proxy (own venv,
-  ``benchmarks/.venv-litellm``) against the same child. Scenarios: 1 stream, 64 streams,
-  disconnect. See :mod:`bench_suites`.
+  (the child's Unix socket, found in bodhi-trio's log), ``bodhi-trio`` and with ``--litellm``
+  LiteLLM's proxy (own venv, ``benchmarks/.venv-litellm``) against a twin of the child on a
+  TCP port (children have none; LiteLLM cannot reach a Unix socket). Scenarios: 1 stream,
+  64 streams, disconnect. See :mod:`bench_suites`.
 - ``memory`` (default): bodhi-trio's RSS idle and with 1,000 open idle streams. See
   :mod:`bench_startup`.
 - ``llama``, ``llama-t1`` and ``swap`` (``--llama``): the real llama-server on the demo
-  model, direct vs bodhi-trio at 1 and 8 streams (``llama``: llama-server's default threads;
-  ``llama-t1``: ``--threads 1``, which leaves a core to the proxy and the client); then the
-  time to the first token across model swaps and cold starts, minus the child's own
-  start-to-ready time.
+  model, direct (its Unix socket) vs bodhi-trio at 1 and 8 streams (``llama``:
+  llama-server's default threads; ``llama-t1``: ``--threads 1``, which leaves a core to the
+  proxy and the client); then the time to the first token across model swaps and cold
+  starts, minus the child's own start-to-ready time.
 
 Writes the whole run to ``benchmarks/results/latest.json`` and renders
 ``benchmarks/RESULTS.md`` from it (machine, command, tables of medians with ratios to
-``direct``, the issue-5 targets with MET / MISSED). Loopback only.
+``direct``, the issue-5 targets with MET / MISSED). Loopback and Unix sockets only.
 
     python benchmarks/run.py [--quick] [--llama] [--litellm] [--suites fake,memory,...]
 """

@@ -19,6 +19,10 @@ extra flags:
 ``--fake-fork-grandchild``   fork a helper that sleeps in the same process group
 ``--fake-tokens N``          tokens per completion (default 8)
 ``--fake-token-delay S``     pause between streamed tokens (default 0)
+``--fake-stall-after N``     after N streamed tokens, send nothing more (connection open)
+``--fake-busy``              ``/slots`` says a slot is processing (else: all idle)
+
+Like llama-server, a ``--host`` ending in ``.sock`` is a Unix socket to listen on.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import argparse
 import json
 import os
 import signal
+import socketserver
 import sys
 import threading
 import time
@@ -73,7 +78,8 @@ class Handler(BaseHTTPRequestHandler):
             else:
                 self._json(200, {"status": "ok"})
         elif self.path == "/slots":
-            self._json(200, [{"id": 0, "is_processing": False}])
+            log("slots asked")
+            self._json(200, [{"id": 0, "is_processing": bool(State.args.fake_busy)}])
         else:
             self._json(
                 404,
@@ -143,6 +149,10 @@ class Handler(BaseHTTPRequestHandler):
         try:
             event(chunk({"role": "assistant", "content": None}, None))
             for i in range(n):
+                if i == State.args.fake_stall_after:
+                    log("stalling the stream")
+                    while True:
+                        time.sleep(3600)
                 if State.args.fake_token_delay:
                     time.sleep(State.args.fake_token_delay)
                 event(chunk({"content": f"tok{i} "}, None))
@@ -166,6 +176,14 @@ class Handler(BaseHTTPRequestHandler):
             log("client disconnected; generation stopped")
 
 
+class UnixHTTPServer(socketserver.ThreadingUnixStreamServer):
+    request_queue_size = 128
+
+    def get_request(self) -> tuple[Any, Any]:
+        request, _ = super().get_request()
+        return request, ("unix", 0)  # http.server wants a (host, port) client address
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--alias", default="fake")
@@ -183,6 +201,8 @@ def main() -> None:
     parser.add_argument("--fake-fork-grandchild", action="store_true")
     parser.add_argument("--fake-tokens", type=int, default=8)
     parser.add_argument("--fake-token-delay", type=float, default=0.0)
+    parser.add_argument("--fake-stall-after", type=int, default=None)
+    parser.add_argument("--fake-busy", action="store_true")
     args, _unknown = parser.parse_known_args()
     State.args = args
     log(f"fake llama-server pid {os.getpid()} alias {args.alias} model {args.model}")
@@ -225,10 +245,15 @@ def main() -> None:
     # llama-server listens with a backlog of 128; http.server's default of 5 would drop
     # SYNs under 64 concurrent connects (each retried only after 1 s, 3 s, 7 s...).
     ThreadingHTTPServer.request_queue_size = 128
-    server = ThreadingHTTPServer((args.host, args.port), Handler)
+    server: socketserver.TCPServer | socketserver.UnixStreamServer
+    if args.host.endswith(".sock"):
+        server = UnixHTTPServer(args.host, Handler)
+        log(f"listening on unix://{args.host}")
+    else:
+        server = ThreadingHTTPServer((args.host, args.port), Handler)
+        log(f"listening on http://{args.host}:{args.port}")
     server.daemon_threads = True
     State.ready_at = time.monotonic() + args.fake_load_delay
-    log(f"listening on http://{args.host}:{args.port}")
     if args.fake_load_chatter:
 
         def chatter() -> None:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import attrs
+import httpx
 import trio
 
+from bodhi_trio._address import Address
 from bodhi_trio._alias_store import AliasStore
 from bodhi_trio._aliases import Alias
 from bodhi_trio._demo import DEMO_ALIAS, DEMO_FILENAME, DEMO_REPO, ensure_demo_model
@@ -61,3 +64,16 @@ async def running_server(
             yield RunningServer(url, home, stop)
         finally:
             stop.set()
+
+
+_READY = re.compile(r"\[bodhi-trio\] ready on unix:(\S+) after ")
+
+
+async def child_address(url: str, **headers: str) -> Address:
+    """The newest child's Unix socket, from the server's log ring (it has no TCP port)."""
+    async with httpx.AsyncClient(headers=headers) as client:
+        lines = (await client.get(url + "/bodhi/v1/server/logs?lines=1000")).json()["lines"]
+    for line in reversed(lines):
+        if match := _READY.search(line):
+            return Address.unix(match.group(1))
+    raise AssertionError(f"no ready line in the child's log: {lines[-5:]}")

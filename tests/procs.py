@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
+import httpx
 import trio
+
+from bodhi_trio._address import Address
 
 
 def _stat_fields(pid: int) -> list[str] | None:
@@ -47,3 +51,10 @@ async def wait_gone(pid: int) -> None:
         await trio.lowlevel.wait_readable(pidfd)
     finally:
         os.close(pidfd)
+
+
+def child_client(address: Address, **kwargs: Any) -> httpx.AsyncClient:
+    """An httpx client for a llama-server child, which listens on a Unix socket."""
+    assert address.unix_socket is not None
+    transport = httpx.AsyncHTTPTransport(uds=address.unix_socket)
+    return httpx.AsyncClient(transport=transport, base_url="http://localhost", **kwargs)

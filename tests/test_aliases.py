@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -147,6 +148,28 @@ def test_invalid_fields_name_source_and_field(changes: dict[str, Any], message: 
 def test_not_a_mapping() -> None:
     with pytest.raises(InvalidAliasError, match=r"^src: expected a mapping, got list$"):
         Alias.from_dict([1], source="src")
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("stop", '["ok", "\\ud800"]'), ("stop", '"a\\udfffb"'), ("user", '"\\ud83d"')],
+)
+def test_lone_surrogates_in_request_params_are_refused(key: str, value: str) -> None:
+    # json.loads accepts these escapes; saved, such a value failed every request.
+    request_params = {key: json.loads(value)}
+    with pytest.raises(InvalidAliasError) as caught:
+        Alias.from_dict({**LLAMA3, "request_params": request_params}, source="src")
+    assert caught.value.message.startswith(f"src: request_params.{key} holds a lone surrogate")
+    assert caught.value.param == key
+
+
+def test_underscore_spellings_of_reserved_flags_are_refused_in_aliases() -> None:
+    with pytest.raises(InvalidAliasError) as caught:
+        Alias.from_dict({**LLAMA3, "context_params": ["--api_key secret"]}, source="src")
+    assert "flag '--api_key' is reserved (llama-server reads it as '--api-key')" in (
+        caught.value.message
+    )
+    assert caught.value.param == "context_params"
 
 
 def test_request_params_accept_ints_for_floats_and_a_stop_string() -> None:

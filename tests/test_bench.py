@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -267,3 +269,88 @@ def test_scanner_counts_the_same_for_any_split() -> None:
 def test_fake_stops_on_sigterm() -> None:
     proc, _port = spawn_fake()
     assert stop_fake(proc) == 0
+
+
+@pytest.fixture
+def socket_dir() -> Iterator[Path]:
+    """A short private directory for Unix sockets (sun_path holds 107 bytes)."""
+    with tempfile.TemporaryDirectory(prefix="bt-bench-") as name:
+        yield Path(name)
+
+
+async def test_harness_over_a_unix_socket(socket_dir: Path) -> None:
+    """With ``unix_socket`` the client connects there; the URL gives the path and Host."""
+    seen: list[tuple[str, str]] = []
+    event = b'data: {"choices":[{"delta":{"content":"x"}}]}\n\n'
+    usage = b'data: {"choices":[],"usage":{"completion_tokens":3}}\n\n'
+    body = b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in [event] * 3 + [usage])
+    body += b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n"
+    head = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+
+    async def handler(stream: trio.abc.Stream) -> None:
+        data = b""
+        while True:  # keep-alive: one request after the other
+            while b"\r\n\r\n" not in data:
+                if not (chunk := await stream.receive_some(65536)):
+                    return
+                data += chunk
+            request, _, data = data.partition(b"\r\n\r\n")
+            lines = request.decode().split("\r\n")
+            headers = dict(line.split(": ", 1) for line in lines[1:])
+            length = int(headers["Content-Length"])
+            while len(data) < length:
+                data += await stream.receive_some(65536)
+            data = data[length:]
+            seen.append((lines[0], headers["Host"]))
+            await stream.send_all(head + body)
+
+    path = os.fspath(socket_dir / "llama.sock")
+    config = BenchConfig(base_url="http://localhost/v1", unix_socket=path, requests=4)
+    with trio.fail_after(10), trio.socket.socket(trio.socket.AF_UNIX) as sock:
+        await sock.bind(path)
+        sock.listen(16)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.serve_listeners, handler, [trio.SocketListener(sock)])
+            result = await run_bench(attrs.evolve(config, concurrency=2))
+            nursery.cancel_scope.cancel()
+    assert result.errors == 0, result.error_samples
+    assert (result.requests_done, result.events, result.tokens) == (4, 20, 12)
+    assert result.ttft_p50_ms is not None
+    assert result.unix_socket == path
+    assert seen == [("POST /v1/chat/completions HTTP/1.1", "localhost")] * 4
+
+
+@pytest.fixture
+def fake_unix(socket_dir: Path) -> Iterator[str]:
+    """The fake upstream on a Unix socket (like llama-server: a --host ending in .sock)."""
+    path = os.fspath(socket_dir / "llama.sock")
+    proc = subprocess.Popen(
+        [sys.executable, str(FAKE), "--host", path, "--alias", "a"], stdout=subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().decode() == f"listening on unix://{path}\n"
+        yield path
+    finally:
+        assert stop_fake(proc) == 0
+    assert not os.path.exists(path)  # the fake removes its socket on the way out
+
+
+async def test_fake_on_a_unix_socket_and_disconnect_latency_over_it(fake_unix: str) -> None:
+    """The client reaches the fake over its socket, and reads its disconnect log there too."""
+    config = BenchConfig(
+        base_url="http://localhost/v1",
+        unix_socket=fake_unix,
+        concurrency=2,
+        requests=4,
+        max_tokens=1_000_000,
+        disconnect_after=3,
+        upstream_url="http://localhost",
+        upstream_unix_socket=fake_unix,
+    )
+    with trio.fail_after(20):
+        result = await run_bench(config)
+    assert result.errors == 0, result.error_samples
+    assert result.disconnects == result.disconnects_seen == 4

@@ -8,14 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
 import trio
 
 from bodhi_trio._child import LaunchSpec, LlamaServer, serve_llama_server
 from bodhi_trio._exceptions import LlamaServerExitedError, StartupError
 from bodhi_trio._logtail import LogTail
-from procs import group_members, is_alive, wait_gone
+from procs import child_client, group_members, is_alive, wait_gone
 
 
 def fake_spec(fake: Path, tmp_path: Path, *args: str, **kw: object) -> LaunchSpec:
@@ -43,14 +42,17 @@ async def test_start_ready_stop_leaves_nothing(fake_llama_server: Path, tmp_path
         async with trio.open_nursery() as nursery:
             server: LlamaServer = await nursery.start(serve_llama_server, spec)
             assert server.startup_seconds >= 0.3  # ready means /health said 200, not "spawned"
-            async with httpx.AsyncClient(base_url=server.base_url) as client:
+            async with child_client(server.address) as client:
                 assert (await client.get("/health")).json() == {"status": "ok"}
             assert list((tmp_path / "run").glob("*.json"))  # the run record exists while it runs
+            socket_dir = Path(str(server.address.unix_socket)).parent
+            assert socket_dir.stat().st_mode & 0o777 == 0o700  # only our user may enter
             assert group_members(server.pid) == [server.pid]
             nursery.cancel_scope.cancel()
     assert server.returncode == 0  # graceful: it exited on SIGTERM
     assert group_members(server.pid) == []
     assert not list((tmp_path / "run").glob("*.json"))
+    assert not socket_dir.exists()  # removed with the child
     logged = (tmp_path / "logs" / "llama-server.log").read_text()
     assert "received SIGTERM" in logged
 
@@ -99,7 +101,7 @@ async def test_exit_after_ready_is_reported_with_code_and_tail(
     assert "code 3" in error.message
 
 
-async def test_bind_failure_is_retried_on_another_port(
+async def test_bind_failure_is_retried_on_another_socket(
     fake_llama_server: Path, tmp_path: Path
 ) -> None:
     fail_file = tmp_path / "bind-failures"
@@ -111,9 +113,10 @@ async def test_bind_failure_is_retried_on_another_port(
             nursery.cancel_scope.cancel()
     starts = [line for line in server.log.tail(100) if line.startswith("[bodhi-trio] starting")]
     assert len(starts) == 2
-    ports = [line.split("--port ")[1].split()[0] for line in starts]
-    assert ports[1] == str(server.port)
-    assert ports[0] != ports[1]
+    sockets = [line.split("--host ")[1].split()[0] for line in starts]
+    assert sockets[1] == server.address.unix_socket
+    assert sockets[0] != sockets[1]
+    assert not Path(sockets[0]).parent.exists()  # the failed attempt's directory is gone
     assert fail_file.read_text() == "0"
 
 
@@ -125,7 +128,7 @@ async def test_bind_failures_beyond_attempts_fail_the_start(
     spec = fake_spec(fake_llama_server, tmp_path, "--fake-bind-fail-file", str(fail_file))
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
-            with pytest.raises(StartupError, match="could not bind a port after 3"):
+            with pytest.raises(StartupError, match="could not bind its socket after 3"):
                 await nursery.start(serve_llama_server, spec)
     assert fail_file.read_text() == "2"
 

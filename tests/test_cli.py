@@ -63,6 +63,25 @@ def test_reserved_context_param_is_rejected(
     assert not (tmp_path / "aliases" / "x.yaml").exists()
 
 
+@pytest.mark.parametrize(
+    "context_param",
+    ["--context-param=--tools all", "--context-param=--api_key x", "--context-param=-v"],
+)
+def test_refused_context_params_are_one_line_and_write_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], context_param: str
+) -> None:
+    code, out, err = run(
+        capsys, "--home", str(tmp_path), "alias", "create", "x",
+        "--repo", "a/b", "--filename", "c.gguf", context_param,
+    )  # fmt: skip
+    flag = context_param.removeprefix("--context-param=").split()[0]
+    assert (code, out) == (1, "")
+    assert err.startswith("bodhi-trio: error: ")
+    assert f"alias 'x' context_params: flag '{flag}' is " in err
+    assert err.count("\n") == 1
+    assert not (tmp_path / "aliases").exists()
+
+
 def test_llama_server_path_error_is_one_line(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "bodhi_trio", "--home", str(tmp_path), "llama-server", "path"],

@@ -20,6 +20,7 @@ import pytest
 import trio
 import trio.testing
 
+from bodhi_trio._address import Address
 from bodhi_trio._alias_store import AliasStore
 from bodhi_trio._aliases import Alias
 from bodhi_trio._child import LaunchSpec
@@ -40,22 +41,29 @@ from bodhi_trio._state import (
     SlotStatus,
     choose_strategy,
 )
+from bodhi_trio._upstream import Probe
 
 
 @attrs.define
 class FakeServer:
     pid: int
-    port: int
     alias: str
     variant: str
     args: tuple[str, ...]
     crash: trio.Event = attrs.field(factory=trio.Event)
-
-    host: str = "127.0.0.1"
+    killed: bool = False
 
     @property
     def base_url(self) -> str:
         return f"http://fake-{self.pid}"
+
+    @property
+    def address(self) -> Address:
+        return Address.unix(f"/fake/{self.pid}.sock")
+
+    def kill(self) -> None:
+        self.killed = True
+        self.crash.set()
 
 
 @attrs.define(eq=False)
@@ -76,7 +84,7 @@ class FakeLauncher:
         await trio.sleep(self.load_seconds)
         if spec.alias in self.fail_aliases:
             raise StartupError(f"fake {spec.alias} failed to load", log_tail=["boom"])
-        server = FakeServer(pid, pid + 1, spec.alias, spec.variant, spec.server_args)
+        server = FakeServer(pid, spec.alias, spec.variant, spec.server_args)
         self.starts.append(server)
         self.alive[server.base_url] = server
         self.max_alive = max(self.max_alive, len(self.alive))
@@ -126,15 +134,17 @@ class FakeSender:
     """llama-server's HTTP side: only a live fake answers; the body says how long to stream."""
 
     launcher: FakeLauncher
-    closed_idle: list[int] = attrs.field(factory=list)
+    closed_idle: list[Address] = attrs.field(factory=list)
+
+    def _server(self, address: Address) -> FakeServer | None:
+        pid = Path(str(address.unix_socket)).stem
+        return self.launcher.alive.get(f"http://fake-{pid}")
 
     @asynccontextmanager
-    async def send(
-        self, host: str, port: int, path: str, body: bytes
-    ) -> AsyncIterator[FakeResponse]:
-        server = self.launcher.alive.get(f"http://fake-{port - 1}")
+    async def send(self, address: Address, path: str, body: bytes) -> AsyncIterator[FakeResponse]:
+        server = self._server(address)
         if server is None:
-            raise UpstreamError(f"cannot connect to llama-server at {host}:{port}")
+            raise UpstreamError(f"cannot connect to llama-server at {address}")
         request = json.loads(body)
         if request.get("stream"):
             yield FakeResponse(
@@ -147,8 +157,20 @@ class FakeSender:
             reply = json.dumps({"served_by": server.pid, "request": request}).encode()
             yield FakeResponse(200, {"content-type": "application/json"}, body=reply)
 
-    async def close_idle(self, host: str, port: int) -> None:
-        self.closed_idle.append(port)
+    async def close_idle(self, address: Address) -> None:
+        self.closed_idle.append(address)
+
+    async def probe(self, address: Address, path: str, *, within: float) -> Probe | None:
+        server = self._server(address)
+        if server is None or server.killed:
+            return None
+        return Probe(200, b'{"status": "ok"}' if path == "/health" else b"[]")
+
+    def waiting_since(self, address: Address) -> float | None:
+        return None
+
+    async def abort_waiting(self, address: Address, *, since_before: float, reason: str) -> int:
+        return 0
 
 
 @attrs.define(eq=False)

@@ -17,7 +17,7 @@ from bodhi_trio._demo import DEMO_FILENAME, DEMO_REPO
 from bodhi_trio._exceptions import ResponseInterruptedError
 from bodhi_trio._settings import load_settings
 from bodhi_trio._state import EventKind, ServerEvent
-from procs import is_alive
+from procs import child_client, is_alive
 
 pytestmark = pytest.mark.llama
 
@@ -112,7 +112,8 @@ async def test_cancelled_stream_stops_generation(
     with trio.fail_after(60):
         async with real_context(tmp_path, hub_cache, demo_model_path) as ctx:
             await ctx.load("tiny:a")
-            port = ctx.state.port
+            address = ctx.child_address
+            assert address is not None
             with trio.CancelScope() as client:
                 async with ctx.forward("/v1/chat/completions", chat("tiny:a", 3500)) as response:
                     received = 0
@@ -121,7 +122,7 @@ async def test_cancelled_stream_stops_generation(
                         if received == 20:
                             client.cancel()  # the client leaves mid-stream
             assert received == 20
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as probe:
+            async with child_client(address) as probe:
                 with trio.fail_after(1):
                     while await any_slot_processing(probe):  # noqa: ASYNC110 - only pollable
                         await trio.sleep(0.01)

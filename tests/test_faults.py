@@ -12,6 +12,7 @@ import httpx
 import pytest
 import trio
 
+from bodhi_trio._address import Address
 from bodhi_trio._aliases import Alias
 from bodhi_trio._demo import DEMO_FILENAME, DEMO_REPO
 from bodhi_trio._upstream import UpstreamPool, send_upstream
@@ -43,7 +44,7 @@ async def test_child_sigkilled_under_64_streams(tmp_path: Path, hub_cache: Path)
             async def one() -> None:
                 nonlocal streaming
                 async with send_upstream(
-                    pool, "127.0.0.1", port, "/v1/chat/completions", body
+                    pool, Address.tcp("127.0.0.1", port), "/v1/chat/completions", body
                 ) as r:
                     received = b""
                     async for chunk in r:

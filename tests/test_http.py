@@ -17,10 +17,12 @@ import pytest
 import trio
 from openai.types.chat import ChatCompletionMessageParam
 
+from bodhi_trio._address import Address
 from bodhi_trio._aliases import Alias
 from bodhi_trio._demo import DEMO_ALIAS
 from bodhi_trio._upstream import UpstreamPool, send_upstream
-from httpserver import running_server
+from httpserver import child_address, running_server
+from procs import child_client
 
 pytestmark = pytest.mark.llama
 
@@ -116,10 +118,8 @@ async def test_stream_is_relayed_byte_for_byte(tmp_path: Path, hub_cache: Path) 
     with trio.fail_after(60):
         async with running_server(tmp_path, hub_cache) as server, httpx.AsyncClient() as client:
             proxied = await client.post(server.url + "/v1/chat/completions", json=request)
-            state = (await client.get(server.url + "/bodhi/v1/state")).json()
-            direct = await client.post(
-                f"http://127.0.0.1:{state['port']}/v1/chat/completions", json=request
-            )
+            async with child_client(await child_address(server.url)) as child:
+                direct = await child.post("/v1/chat/completions", json=request)
     assert proxied.headers["content-type"] == "text/event-stream"
     assert proxied.headers["cache-control"] == "no-cache"
     assert proxied.headers["x-accel-buffering"] == "no"
@@ -129,9 +129,9 @@ async def test_stream_is_relayed_byte_for_byte(tmp_path: Path, hub_cache: Path) 
     assert pattern.sub(b"", proxied.content) == pattern.sub(b"", direct.content)
 
 
-async def slots_busy(port: int) -> bool:
-    async with httpx.AsyncClient() as probe:
-        slots = (await probe.get(f"http://127.0.0.1:{port}/slots")).json()
+async def slots_busy(child: Address) -> bool:
+    async with child_client(child) as probe:
+        slots = (await probe.get("/slots")).json()
     return any(slot["is_processing"] for slot in slots)
 
 
@@ -145,13 +145,14 @@ async def test_client_disconnect_mid_stream_stops_generation(
             port = int(server.url.rsplit(":", 1)[1])
             body = json.dumps(request).encode()
             # Our own HTTP/1.1 client: it closes the connection when the block is left early.
-            async with send_upstream(pool, "127.0.0.1", port, "/v1/chat/completions", body) as r:
+            async with send_upstream(
+                pool, Address.tcp("127.0.0.1", port), "/v1/chat/completions", body
+            ) as r:
                 async for _chunk in r:
                     break  # leave after the first bytes
-            async with httpx.AsyncClient() as client:
-                state = (await client.get(server.url + "/bodhi/v1/state")).json()
+            child = await child_address(server.url)
             with trio.fail_after(1):
-                while await slots_busy(state["port"]):  # noqa: ASYNC110 - only pollable
+                while await slots_busy(child):  # noqa: ASYNC110 - only pollable
                     await trio.sleep(0.01)
             with trio.fail_after(1):
                 while (await client_state(server.url))["in_flight"]:  # noqa: ASYNC110
@@ -267,7 +268,7 @@ async def test_events_stream_shows_load_and_stop(tmp_path: Path, hub_cache: Path
         ):
             port = int(server.url.rsplit(":", 1)[1])
             async with send_upstream(
-                pool, "127.0.0.1", port, "/bodhi/v1/events", b"", method="GET"
+                pool, Address.tcp("127.0.0.1", port), "/bodhi/v1/events", b"", method="GET"
             ) as events:
                 assert events.headers["content-type"] == "text/event-stream"
                 load = await client.post("/bodhi/v1/server/load", json={"alias": DEMO_ALIAS})
@@ -312,7 +313,9 @@ async def test_logs_tail_and_follow(tmp_path: Path, hub_cache: Path) -> None:
             assert bad.status_code == 400
             port = int(server.url.rsplit(":", 1)[1])
             path = "/bodhi/v1/server/logs?follow=true&lines=2"
-            async with send_upstream(pool, "127.0.0.1", port, path, b"", method="GET") as follow:
+            async with send_upstream(
+                pool, Address.tcp("127.0.0.1", port), path, b"", method="GET"
+            ) as follow:
                 assert follow.headers["content-type"] == "text/event-stream"
                 await client.post("/bodhi/v1/server/stop")  # the child logs its shutdown
                 received = b""

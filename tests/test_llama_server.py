@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
-import httpx
 import pytest
 import trio
 
@@ -13,7 +13,7 @@ from bodhi_trio._child import LaunchSpec, LlamaServer, serve_llama_server
 from bodhi_trio._demo import DEMO_ALIAS, write_corrupt_gguf
 from bodhi_trio._exceptions import StartupError
 from bodhi_trio._logtail import LogTail
-from procs import group_members, is_alive, wait_gone
+from procs import child_client, group_members, is_alive, wait_gone
 from test_child import run_parent_and_sigkill_it
 
 pytestmark = pytest.mark.llama
@@ -52,7 +52,7 @@ async def test_start_chat_stop(
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             server: LlamaServer = await nursery.start(serve_llama_server, spec)
-            async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as client:
+            async with child_client(server.address, timeout=30) as client:
                 reply = (await client.post("/v1/chat/completions", json=CHAT)).json()
                 assert reply["model"] == DEMO_ALIAS
                 assert reply["usage"]["completion_tokens"] == 20
@@ -138,3 +138,52 @@ async def test_cancel_at_any_point_of_startup_leaves_nothing(
         assert not is_alive(pid)
         assert group_members(pid) == []
     assert not list((tmp_path / "run").glob("*.json"))
+
+
+def _listening_tcp_inodes() -> set[str]:
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A":  # LISTEN
+                inodes.add(fields[9])
+    return inodes
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        target = os.readlink(fd)
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:[") : -1])
+    return inodes
+
+
+async def test_the_child_is_ours_alone(
+    llama_server_binary: Path,
+    demo_model_path: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No TCP port to find, a socket only our user can reach, none of our keys inherited."""
+    monkeypatch.setenv("BODHI_API_KEYS", "secret-api-key-4711")
+    monkeypatch.setenv("BODHI_ADMIN_KEYS", "secret-admin-key-4712")
+    monkeypatch.setenv("LLAMA_ARG_TOOLS", "all")  # would set --tools around the flag checks
+    spec = demo_spec(llama_server_binary, demo_model_path, tmp_path)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            server: LlamaServer = await nursery.start(serve_llama_server, spec)
+            environ = Path(f"/proc/{server.pid}/environ").read_bytes()  # noqa: ASYNC240 - /proc
+            listening = _socket_inodes(server.pid) & _listening_tcp_inodes()
+            socket_mode = Path(str(server.address.unix_socket)).parent.stat().st_mode & 0o777
+            async with child_client(server.address, timeout=30) as client:
+                health = await client.get("/health")
+                tools = await client.get("/tools")
+            nursery.cancel_scope.cancel()
+    assert b"secret-api-key-4711" not in environ
+    assert b"secret-admin-key-4712" not in environ
+    assert b"LLAMA_ARG_TOOLS" not in environ
+    assert listening == set()
+    assert socket_mode == 0o700
+    assert health.status_code == 200
+    assert tools.status_code != 200  # the tools endpoint stays off

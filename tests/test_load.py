@@ -16,6 +16,7 @@ import httpx
 import pytest
 import trio
 
+from bodhi_trio._address import Address
 from bodhi_trio._aliases import Alias
 from bodhi_trio._demo import DEMO_FILENAME, DEMO_REPO
 from bodhi_trio._upstream import UpstreamPool, send_upstream
@@ -64,7 +65,9 @@ async def hammer(url: str, model: str, seconds: float, streams: int, max_tokens:
         until = trio.current_time() + seconds
         mine = 0
         while mine == 0 or trio.current_time() < until:
-            async with send_upstream(pool, "127.0.0.1", port, "/v1/chat/completions", body) as r:
+            async with send_upstream(
+                pool, Address.tcp("127.0.0.1", port), "/v1/chat/completions", body
+            ) as r:
                 received = await r.aread()
             if r.status_code != 200 or not received.endswith(b"data: [DONE]\n\n"):
                 problems.append(f"{r.status_code}: {received[-120:]!r}")

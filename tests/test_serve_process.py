@@ -14,6 +14,7 @@ import httpx
 import pytest
 import trio
 
+from bodhi_trio._address import Address
 from bodhi_trio._upstream import UpstreamPool, send_upstream
 from procs import is_alive
 
@@ -80,7 +81,7 @@ async def test_sigterm_with_sixteen_streams_open(tmp_path: Path) -> None:
             async def client(pool: UpstreamPool) -> None:
                 nonlocal streaming
                 async with send_upstream(
-                    pool, "127.0.0.1", port, "/v1/chat/completions", request
+                    pool, Address.tcp("127.0.0.1", port), "/v1/chat/completions", request
                 ) as r:
                     body = b""
                     counted = False

@@ -256,3 +256,43 @@ def test_tokenize_keeps_values_that_contain_equals() -> None:
         "-1",
         "x",
     ]
+
+
+@pytest.mark.parametrize(
+    ("spelling", "reads_as"),
+    [
+        ("--api_key", "--api-key"),
+        ("--api_key_file", "--api-key-file"),
+        ("--model_url", "--model-url"),
+        ("--hf_repo", "--hf-repo"),
+        ("--hf_file", "--hf-file"),
+    ],
+)
+def test_underscore_spellings_of_reserved_flags_are_rejected(spelling: str, reads_as: str) -> None:
+    # llama.cpp replaces every "_" with "-" in a "--" argument before looking it up.
+    for given in (f"{spelling} x", f"{spelling}=x"):
+        with pytest.raises(ServerArgsError) as caught:
+            merge([], [], [given])
+        assert caught.value.message.startswith(
+            f"{SOURCES[2]}: flag {spelling!r} is reserved (llama-server reads it as {reads_as!r})"
+        )
+
+
+@pytest.mark.parametrize(
+    ("given", "canonical"),
+    [
+        ("--log_file", "--log-file"),
+        ("--n_gpu_layers", "--n-gpu-layers"),
+        ("-v", "--verbose"),
+        ("--log-verbose", "--verbose"),
+        ("-lv", "--verbosity"),
+        ("-hfd", "--spec-draft-hf"),
+        ("-md", "--spec-draft-model"),
+        ("--embeddings", "--embedding"),
+        ("-no-kvu", "--no-kv-unified"),
+        ("--not_a_flag", "--not-a-flag"),
+    ],
+)
+def test_every_spelling_of_the_pinned_build_is_unified(given: str, canonical: str) -> None:
+    assert canonical_flag(given) == canonical
+    assert merge([f"{given} 1"], [], []) == [canonical, "1"]

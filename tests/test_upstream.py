@@ -8,10 +8,15 @@ from functools import partial
 import pytest
 import trio
 
+from bodhi_trio._address import Address
 from bodhi_trio._exceptions import UpstreamError
 from bodhi_trio._upstream import UpstreamPool, send_upstream
 
 Handler = Callable[[trio.SocketStream], Awaitable[None]]
+
+
+def local(port: int) -> Address:
+    return Address.tcp("127.0.0.1", port)
 
 
 async def read_request(stream: trio.SocketStream) -> bytes:
@@ -48,7 +53,7 @@ async def test_keep_alive_connection_is_reused() -> None:
         async with trio.open_nursery() as nursery, UpstreamPool() as pool:
             port = await serve(nursery, handler)
             for _ in range(3):
-                async with send_upstream(pool, "127.0.0.1", port, "/v1/x", b"{}") as response:
+                async with send_upstream(pool, local(port), "/v1/x", b"{}") as response:
                     assert response.status_code == 200
                     assert await response.aread() == b"ok"
             assert connections == 1
@@ -65,7 +70,7 @@ async def test_stale_pooled_connection_is_replaced_once() -> None:
         async with trio.open_nursery() as nursery, UpstreamPool() as pool:
             port = await serve(nursery, handler)
             for _ in range(3):
-                async with send_upstream(pool, "127.0.0.1", port, "/v1/x", b"{}") as response:
+                async with send_upstream(pool, local(port), "/v1/x", b"{}") as response:
                     assert await response.aread() == b"ok"
             nursery.cancel_scope.cancel()
 
@@ -86,12 +91,12 @@ async def test_leaving_mid_body_closes_the_connection() -> None:
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery, UpstreamPool() as pool:
             port = await serve(nursery, handler)
-            async with send_upstream(pool, "127.0.0.1", port, "/v1/x", b"{}") as response:
+            async with send_upstream(pool, local(port), "/v1/x", b"{}") as response:
                 async for chunk in response:
                     assert chunk.startswith(b"hello")
                     break
             await closed.wait()
-            assert pool.idle_count("127.0.0.1", port) == 0  # nothing went back to the pool
+            assert pool.idle_count(local(port)) == 0  # nothing went back to the pool
             nursery.cancel_scope.cancel()
 
 
@@ -109,7 +114,7 @@ async def test_connection_dropped_mid_body_is_an_upstream_error() -> None:
             received: list[bytes] = []
 
             async def read_all() -> None:
-                async with send_upstream(pool, "127.0.0.1", port, "/v1/x", b"{}") as response:
+                async with send_upstream(pool, local(port), "/v1/x", b"{}") as response:
                     async for chunk in response:
                         received.append(chunk)
 
@@ -125,7 +130,7 @@ async def test_nothing_listening_is_an_upstream_error() -> None:
         port = sock.getsockname()[1]  # bound, not listening: connection refused
         async with UpstreamPool() as pool:
             with trio.fail_after(10), pytest.raises(UpstreamError, match="cannot connect"):
-                async with send_upstream(pool, "127.0.0.1", port, "/v1/x", b"{}"):
+                async with send_upstream(pool, local(port), "/v1/x", b"{}"):
                     pass
 
 
@@ -143,7 +148,7 @@ async def test_body_chunks_arrive_exactly_as_sent() -> None:
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery, UpstreamPool() as pool:
             port = await serve(nursery, handler)
-            async with send_upstream(pool, "127.0.0.1", port, "/v1/x", b"{}") as response:
+            async with send_upstream(pool, local(port), "/v1/x", b"{}") as response:
                 assert response.headers["content-type"] == "text/event-stream"
                 body = await response.aread()
             assert body == b"".join(events)
@@ -165,9 +170,9 @@ async def test_connection_close_and_unframed_bodies_are_not_pooled() -> None:
         async with trio.open_nursery() as nursery, UpstreamPool() as pool:
             port = await serve(nursery, handler)
             for expected in (b"ok", b"until the end"):
-                async with send_upstream(pool, "127.0.0.1", port, "/v1/x", b"{}") as response:
+                async with send_upstream(pool, local(port), "/v1/x", b"{}") as response:
                     assert await response.aread() == expected
-                assert pool.idle_count("127.0.0.1", port) == 0
+                assert pool.idle_count(local(port)) == 0
             nursery.cancel_scope.cancel()
 
 
@@ -180,7 +185,7 @@ async def test_informational_answers_are_skipped() -> None:
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery, UpstreamPool() as pool:
             port = await serve(nursery, handler)
-            async with send_upstream(pool, "127.0.0.1", port, "/v1/x", b"{}") as response:
+            async with send_upstream(pool, local(port), "/v1/x", b"{}") as response:
                 assert (response.status_code, await response.aread()) == (201, b"new")
             nursery.cancel_scope.cancel()
 
@@ -204,9 +209,9 @@ async def test_malformed_or_cut_answers_are_upstream_errors(answer: bytes, match
         async with trio.open_nursery() as nursery, UpstreamPool() as pool:
             port = await serve(nursery, handler)
             with pytest.raises(UpstreamError, match=match):
-                async with send_upstream(pool, "127.0.0.1", port, "/v1/x", b"{}") as response:
+                async with send_upstream(pool, local(port), "/v1/x", b"{}") as response:
                     await response.aread()
-            assert pool.idle_count("127.0.0.1", port) == 0
+            assert pool.idle_count(local(port)) == 0
             nursery.cancel_scope.cancel()
 
 
@@ -227,10 +232,10 @@ async def test_a_reused_connection_that_answered_garbage_is_not_retried() -> Non
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery, UpstreamPool() as pool:
             port = await serve(nursery, handler)
-            async with send_upstream(pool, "127.0.0.1", port, "/v1/x", b"{}") as response:
+            async with send_upstream(pool, local(port), "/v1/x", b"{}") as response:
                 assert await response.aread() == b"ok"
             with pytest.raises(UpstreamError, match="malformed"):
-                async with send_upstream(pool, "127.0.0.1", port, "/v1/x", b"{}"):
+                async with send_upstream(pool, local(port), "/v1/x", b"{}"):
                     pass
             assert requests == 2
             nursery.cancel_scope.cancel()

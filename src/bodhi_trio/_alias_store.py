@@ -1,7 +1,8 @@
 """The alias directory: one YAML file per alias, read and written safely.
 
 A lookup reads only the one file it needs; a bad file is reported and skipped
-without breaking the others; writes are atomic.
+without breaking the others; writes are atomic, and the temp file of a write that
+died half-way is swept by the next :meth:`AliasStore.load` (at start, at the latest).
 """
 
 from __future__ import annotations
@@ -10,24 +11,38 @@ import builtins
 import contextlib
 import logging
 import os
+import re
 import tempfile
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
 import yaml
 
 from bodhi_trio._aliases import Alias, alias_filename, validate_alias_name
+from bodhi_trio._arg_policy import ArgPolicy
 from bodhi_trio._exceptions import (
     AliasExistsError,
     AliasNotFoundError,
     ConfigError,
     InvalidAliasError,
+    ServerArgsError,
 )
 from bodhi_trio._yaml_errors import yaml_error_summary
+
+if TYPE_CHECKING:
+    from bodhi_trio._settings import Settings
 
 __all__ = ["AliasFileProblem", "AliasStore"]
 
 logger = logging.getLogger("bodhi_trio.aliases")
+
+# What _write's mkstemp(prefix=".<file>.") names its temp files: 8 characters follow.
+_TEMP_FILE = re.compile(r"\..+\.yaml\.[a-z0-9_]{8}")
+STALE_TEMP_SECS = 60.0
+"""A temp file older than this is left from a write that died; a younger one may be
+another process's write in progress (which takes milliseconds) and is left alone."""
 
 
 @attrs.frozen
@@ -49,12 +64,33 @@ class AliasStore:
     Plain synchronous file I/O, called inline from the event loop: a lookup of an
     alias already parsed costs one ``stat``. Writes are atomic (temp file in the
     same directory, then rename), so a reader never sees half a file.
+
+    With an ``arg_policy`` (:meth:`for_settings` gives the server's), every alias
+    read or written must pass it too: ``context_params`` that it refuses make a
+    file invalid and a write fail before anything is written.
     """
 
     directory: Path
+    arg_policy: ArgPolicy | None = attrs.field(default=None, kw_only=True)
     _parsed: dict[Path, tuple[tuple[int, int, int], Alias]] = attrs.field(
         factory=dict, init=False, repr=False
     )
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> AliasStore:
+        """The store of ``settings.aliases_dir``, checking aliases with its :class:`ArgPolicy`."""
+        return cls(settings.aliases_dir, arg_policy=ArgPolicy.from_settings(settings))
+
+    def _check_args(self, alias: Alias, *, prefix: str = "") -> None:
+        """Raise InvalidAliasError if the policy refuses ``alias``'s ``context_params``."""
+        if self.arg_policy is None:
+            return
+        try:
+            self.arg_policy.check(
+                alias.context_params, source=f"{prefix}alias {alias.alias!r} context_params"
+            )
+        except ServerArgsError as exc:
+            raise InvalidAliasError(exc.message, param="context_params") from exc
 
     def path_for(self, name: str) -> Path:
         """The file that holds alias ``name``.
@@ -89,14 +125,17 @@ class AliasStore:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise InvalidAliasError(f"{path}: not valid YAML: {yaml_error_summary(exc)}") from exc
-        return Alias.from_dict(data, source=str(path))
+        alias = Alias.from_dict(data, source=str(path))
+        self._check_args(alias, prefix=f"{path}: ")
+        return alias
 
     def load(self) -> tuple[list[Alias], list[AliasFileProblem]]:
         """Read every alias file.
 
         A file that cannot be used is skipped, logged as a warning and returned
         as a problem; it never hides the other aliases. Only ``*.yaml`` files
-        count; dotfiles (including this store's temp files) are ignored.
+        count; dotfiles are ignored, and this store's temp files older than
+        :data:`STALE_TEMP_SECS` (left by a process that died mid-write) are removed.
 
         Returns:
             The good aliases sorted by name, and the problems sorted by path.
@@ -115,6 +154,9 @@ class AliasStore:
         aliases: list[Alias] = []
         problems: list[AliasFileProblem] = []
         for path in entries:
+            if _TEMP_FILE.fullmatch(path.name):
+                self._remove_if_stale(path)
+                continue
             if path.name.startswith(".") or path.suffix not in {".yaml", ".yml"}:
                 continue
             try:
@@ -137,6 +179,16 @@ class AliasStore:
             logger.warning("skipping alias file %s: %s", problem.path, problem.reason)
         aliases.sort(key=lambda alias: alias.alias)
         return aliases, problems
+
+    @staticmethod
+    def _remove_if_stale(path: Path) -> None:
+        try:
+            if time.time() - path.stat().st_mtime < STALE_TEMP_SECS:
+                return
+            path.unlink()
+        except OSError:
+            return  # gone already (another sweeper), or not ours to remove: leave it
+        logger.info("removed %s, left by an alias write that was interrupted", path)
 
     def list(self) -> list[Alias]:
         """The good aliases sorted by name; bad files are logged and skipped."""
@@ -207,6 +259,7 @@ class AliasStore:
         )
 
     def _write(self, alias: Alias, *, replace: bool) -> Path:
+        self._check_args(alias)  # before anything touches the disk
         path = self.path_for(alias.alias)
         text = yaml.safe_dump(
             alias.to_dict(), sort_keys=False, allow_unicode=False, default_flow_style=False
@@ -256,6 +309,7 @@ class AliasStore:
         Raises:
             AliasExistsError: Its file already exists, whether it holds the
                 same name or one that maps to the same file (``a:b``/``a--b``).
+            InvalidAliasError: The arg policy refuses its ``context_params``.
             ConfigError: The directory or file cannot be written.
         """
         return self._write(alias, replace=False)
@@ -266,6 +320,7 @@ class AliasStore:
         Raises:
             AliasExistsError: The file holds a different alias that maps to the
                 same file name; replacing it would lose that alias.
+            InvalidAliasError: The arg policy refuses its ``context_params``.
             ConfigError: The directory or file cannot be written.
         """
         try:

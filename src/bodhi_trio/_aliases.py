@@ -130,12 +130,29 @@ def _check_int(key: str, value: object, source: str, *, minimum: int | None) -> 
     return value
 
 
+def _check_text(key: str, value: str, source: str) -> str:
+    """``value`` if it can be sent on as UTF-8 JSON.
+
+    ``json.loads`` turns ``"\\ud800"`` into a lone surrogate, which no UTF-8
+    encoder takes: saved, it would make every request of the alias fail.
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidAliasError(
+            f"{source}: request_params.{key} holds a lone surrogate ({_short(value)}),"
+            " which is not text",
+            param=key,
+        ) from None
+    return value
+
+
 def _check_stop(value: object, source: str) -> str | tuple[str, ...] | None:
     if isinstance(value, str):
-        return value
+        return _check_text("stop", value, source)
     if isinstance(value, list | tuple) and all(isinstance(item, str) for item in value):
         # An empty list means "no stop strings": nothing to fill in.
-        return tuple(value) or None
+        return tuple(_check_text("stop", item, source) for item in value) or None
     raise InvalidAliasError(
         f"{source}: request_params.stop must be a string or a list of strings, got {value!r}",
         param="stop",
@@ -194,7 +211,7 @@ class RequestParams:
                     f"{source}: request_params.user must be a string, got {value!r}", param=key
                 )
             else:
-                values[key] = value
+                values[key] = _check_text(key, value, source)
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:

@@ -6,6 +6,10 @@ the framework (unknown route, wrong method, body too large) and anything
 unexpected becomes ``{"error": {"message", "type", "code", "param"}}`` with its
 status here, in :func:`_error_response`, and nowhere else.
 
+Who may call what is declared where each route is registered (``access=``, an
+:class:`Access`), so a new route cannot be added without deciding it; the
+resulting table is ``create_app(...).route_access``.
+
 Framework traps handled here: ``RESPONSE_TIMEOUT`` (default 60 s) would cut long
 streams, so it is off; ``BODY_TIMEOUT`` bounds a slow upload instead.
 """
@@ -14,7 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, final
 
 from quart import Response, g, request
@@ -30,6 +34,7 @@ from ._exceptions import (
 )
 from ._openapi import openapi_document
 from ._router import Reply, RouterState
+from ._security import Access
 
 if TYPE_CHECKING:
     from ._security import AccessPolicy
@@ -94,10 +99,16 @@ def _error_response(error: BaseException) -> Response:
 @final
 class _RequestScoped:
     """ASGI middleware: whatever a request registered with ``close_with_request`` is
-    closed when the request ends, even if the framework never touched its body."""
+    closed when the request ends, even if the framework never touched its body.
 
-    def __init__(self, app: QuartTrio) -> None:
+    Attributes:
+        app: The Quart-Trio app.
+        route_access: What each ``(method, rule)`` the app serves needs (see :class:`Access`).
+    """
+
+    def __init__(self, app: QuartTrio, route_access: Mapping[tuple[str, str], Access]) -> None:
         self.app = app
+        self.route_access = route_access
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -115,7 +126,7 @@ def create_app(router: RouterState, policy: AccessPolicy, *, max_body_bytes: int
         policy: API keys and Host/Origin rules, checked before every route.
         max_body_bytes: Larger request bodies get 413.
     """
-    app = QuartTrio("bodhi_trio")
+    app = QuartTrio("bodhi_trio", static_folder=None)  # no /static/ route: nothing to serve
     app.config.update(
         RESPONSE_TIMEOUT=None,
         BODY_TIMEOUT=_BODY_TIMEOUT,
@@ -127,6 +138,14 @@ def create_app(router: RouterState, policy: AccessPolicy, *, max_body_bytes: int
     # from the router; without merging it is a plain 404 envelope like any unknown path.
     app.url_map.merge_slashes = False
 
+    access_by_endpoint: dict[str, Access] = {}
+    route_access: dict[tuple[str, str], Access] = {}
+
+    def access_of(endpoint: str | None) -> Access:
+        if endpoint is None:
+            return Access.API  # no such route: any valid key, then 404/405
+        return access_by_endpoint.get(endpoint, Access.ADMIN)  # unclassified: fail closed
+
     @app.before_request
     async def check_access() -> Response | None:
         headers = {k.lower(): v for k, v in request.headers.items()}
@@ -137,7 +156,7 @@ def create_app(router: RouterState, policy: AccessPolicy, *, max_body_bytes: int
             if not policy.origin_allowed(origin):
                 raise ForbiddenError(f"requests from the web origin {origin!r} are not allowed")
             return _preflight(origin)
-        policy.check(request.path, headers)
+        policy.check(headers, access_of(request.endpoint))
         return None
 
     @app.after_request
@@ -172,17 +191,27 @@ def create_app(router: RouterState, policy: AccessPolicy, *, max_body_bytes: int
         g.bodhi_body_read = True
         return data
 
-    def route(rule: str, methods: list[str], handler: Callable[..., Awaitable[Reply]]) -> None:
+    def route(
+        rule: str, methods: list[str], handler: Callable[..., Awaitable[Reply]], *, access: Access
+    ) -> None:
         async def view(**kwargs: Any) -> Response:
             return _to_response(await handler(**kwargs))
 
-        app.add_url_rule(rule, endpoint=rule + ",".join(methods), view_func=view, methods=methods)
+        endpoint = rule + ",".join(methods)
+        app.add_url_rule(rule, endpoint=endpoint, view_func=view, methods=methods)
+        access_by_endpoint[endpoint] = access
+        route_access.update({(method, rule): access for method in methods})
 
     async def completion_for(endpoint: str) -> Reply:
         return await router.completion(endpoint, await body())
 
     for endpoint in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
-        route(endpoint, ["POST"], lambda endpoint=endpoint: completion_for(endpoint))
+        route(
+            endpoint,
+            ["POST"],
+            lambda endpoint=endpoint: completion_for(endpoint),
+            access=Access.API,
+        )
 
     async def ping() -> Reply:
         return Reply.json({"message": "pong"})
@@ -207,23 +236,25 @@ def create_app(router: RouterState, policy: AccessPolicy, *, max_body_bytes: int
     async def openapi_json() -> Reply:
         return openapi
 
-    route("/ping", ["GET"], ping)
-    route("/openapi.json", ["GET"], openapi_json)
-    route("/health", ["GET"], router.health)
-    route("/v1/models", ["GET"], router.models)
-    route("/v1/models/<path:name>", ["GET"], router.model)
-    route("/bodhi/v1/state", ["GET"], router.state)
-    route("/bodhi/v1/events", ["GET"], router.events)
-    route("/bodhi/v1/server/load", ["POST"], load)
-    route("/bodhi/v1/server/stop", ["POST"], router.stop)
-    route("/bodhi/v1/server/variant", ["PUT"], variant)
-    route("/bodhi/v1/server/logs", ["GET"], logs)
-    route("/bodhi/v1/aliases", ["GET"], router.aliases_list)
-    route("/bodhi/v1/aliases", ["POST"], alias_create)
-    route("/bodhi/v1/aliases/<path:name>", ["GET"], router.alias_get)
-    route("/bodhi/v1/aliases/<path:name>", ["PUT"], alias_put)
-    route("/bodhi/v1/aliases/<path:name>", ["DELETE"], router.alias_delete)
-    return _RequestScoped(app)
+    # access: API = inference and reading state/models/aliases; ADMIN = changes the
+    # server or its aliases, or shows the child's logs (they can hold prompts).
+    route("/ping", ["GET"], ping, access=Access.PUBLIC)
+    route("/openapi.json", ["GET"], openapi_json, access=Access.API)
+    route("/health", ["GET"], router.health, access=Access.API)
+    route("/v1/models", ["GET"], router.models, access=Access.API)
+    route("/v1/models/<path:name>", ["GET"], router.model, access=Access.API)
+    route("/bodhi/v1/state", ["GET"], router.state, access=Access.API)
+    route("/bodhi/v1/events", ["GET"], router.events, access=Access.API)
+    route("/bodhi/v1/server/load", ["POST"], load, access=Access.ADMIN)
+    route("/bodhi/v1/server/stop", ["POST"], router.stop, access=Access.ADMIN)
+    route("/bodhi/v1/server/variant", ["PUT"], variant, access=Access.ADMIN)
+    route("/bodhi/v1/server/logs", ["GET"], logs, access=Access.ADMIN)
+    route("/bodhi/v1/aliases", ["GET"], router.aliases_list, access=Access.API)
+    route("/bodhi/v1/aliases", ["POST"], alias_create, access=Access.ADMIN)
+    route("/bodhi/v1/aliases/<path:name>", ["GET"], router.alias_get, access=Access.API)
+    route("/bodhi/v1/aliases/<path:name>", ["PUT"], alias_put, access=Access.ADMIN)
+    route("/bodhi/v1/aliases/<path:name>", ["DELETE"], router.alias_delete, access=Access.ADMIN)
+    return _RequestScoped(app, route_access)
 
 
 def _preflight(origin: str) -> Response:

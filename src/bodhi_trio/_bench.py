@@ -19,6 +19,11 @@ Definitions (all per stream, then aggregated):
   ``benchmarks/fake_upstream.py``): from our close to the fake upstream seeing the
   stream's socket closed, both on ``time.monotonic()``.
 
+A server on a Unix socket (a bodhi-trio child: llama-server with ``--host PATH.sock``) is
+reached as curl's ``--unix-socket`` does: ``unix_socket`` (``upstream_unix_socket``) is the
+socket to connect to, and ``base_url`` (``upstream_url``) only gives the path and the
+``Host`` header, e.g. ``http://localhost/v1``.
+
 Every loop is bounded by a count, the duration, or the per-request timeout.
 """
 
@@ -36,6 +41,7 @@ from urllib.parse import urlsplit
 import attrs
 import trio
 
+from ._address import Address
 from ._bench_scan import _ms, _percentile, _Scan, _Totals, _usage_tokens
 from ._exceptions import ConfigError
 from ._http1 import ChunkedDecoder
@@ -74,6 +80,8 @@ class BenchConfig:
     timeout: float = 60.0
     upstream_url: str | None = None
     extra_body: dict[str, object] | None = None  # more request fields (e.g. for a fake)
+    unix_socket: str | None = None  # connect here; base_url gives only the path and Host
+    upstream_unix_socket: str | None = None  # the same for upstream_url
 
 
 @attrs.frozen
@@ -102,6 +110,7 @@ class BenchResult:
     disconnect_p50_ms: float | None = None
     disconnect_p99_ms: float | None = None
     disconnects_seen: int | None = None
+    unix_socket: str | None = None
 
     def to_dict(self) -> dict[str, object]:
         """A JSON-ready dict."""
@@ -115,6 +124,7 @@ class BenchResult:
 
         rows = [
             ("target", self.base_url),
+            *([("unix socket", self.unix_socket)] if self.unix_socket else []),
             ("concurrency", str(self.concurrency)),
             ("elapsed", f"{self.elapsed_s:.2f} s"),
             ("requests done", f"{self.requests_done} (+{self.requests_cut} cut at the end)"),
@@ -136,8 +146,7 @@ class BenchResult:
 @attrs.define(eq=False)
 class _Bench:
     config: BenchConfig
-    host: str
-    port: int
+    address: Address
     path: str
     totals: _Totals = attrs.field(factory=_Totals)
     run_id: str = attrs.field(factory=lambda: os.urandom(4).hex())
@@ -162,7 +171,7 @@ class _Bench:
         self._body = (before, after)
         auth = f"Authorization: Bearer {cfg.api_key}\r\n" if cfg.api_key else ""
         self._head = (
-            f"POST {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            f"POST {self.path} HTTP/1.1\r\nHost: {self.address.host_header}\r\n"
             f"Content-Type: application/json\r\nAccept: text/event-stream\r\n{auth}"
         ).encode()
 
@@ -179,12 +188,13 @@ class _Bench:
     async def _connect(self) -> trio.SocketStream | None:
         try:
             with trio.fail_after(self.config.timeout):
-                stream = await trio.open_tcp_stream(self.host, self.port)
+                stream = await self.address.connect()
         except (OSError, trio.TooSlowError) as exc:
             self.totals.error("connect", repr(exc))
             await trio.sleep(0.05)  # a down server must not become a busy loop
             return None
-        stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.address.unix_socket is None:
+            stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return stream
 
     async def worker(self) -> None:
@@ -333,16 +343,18 @@ class _Bench:
             disconnect_p50_ms=_percentile(lat, 50),
             disconnect_p99_ms=_percentile(lat, 99),
             disconnects_seen=None if seen is None else len(lat),
+            unix_socket=self.config.unix_socket,
         )
 
 
-async def _get_json(url: str) -> object:
-    """GET a small JSON document over HTTP/1.1 (``Connection: close``)."""
-    parts = urlsplit(url)
+async def _get_json(url: str, unix_socket: str | None = None) -> object:
+    """GET a small JSON document over HTTP/1.1 (``Connection: close``), from ``url``'s host
+    or, if given, over ``unix_socket``."""
+    address, path = _address(url, unix_socket, "--upstream-url")
     with trio.fail_after(5.0):
-        stream = await trio.open_tcp_stream(parts.hostname or "127.0.0.1", parts.port or 80)
+        stream = await address.connect()
         async with stream:
-            request = f"GET {parts.path or '/'} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+            request = f"GET {path or '/'} HTTP/1.1\r\nHost: {address.host_header}\r\n"
             await stream.send_all(f"{request}Connection: close\r\n\r\n".encode())
             data = b""
             while chunk := await stream.receive_some(_RECV):
@@ -361,8 +373,8 @@ async def _upstream_seen(config: BenchConfig, closed: dict[str, float]) -> dict[
     seen: dict[str, float] = {}
     for _ in range(20):
         try:
-            stats = await _get_json(url)
-        except (OSError, ValueError, trio.TooSlowError):
+            stats = await _get_json(url, config.upstream_unix_socket)
+        except (OSError, ValueError, trio.TooSlowError, ConfigError):
             return None
         if isinstance(stats, dict):
             for user, at, _events in stats.get("disconnects", []):
@@ -388,12 +400,20 @@ async def _progress(bench: _Bench, started: float) -> None:
         print(f"\r{line}" if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
 
 
-def _target(config: BenchConfig) -> tuple[str, int, str]:
-    parts = urlsplit(config.base_url)
+def _address(url: str, unix_socket: str | None, what: str) -> tuple[Address, str]:
+    """Where to connect for ``url`` (over ``unix_socket`` if given), and the URL's path."""
+    parts = urlsplit(url)
     if parts.scheme != "http" or not parts.hostname:
-        raise ConfigError(f"--base-url must be an http:// URL, got {config.base_url!r}")
+        raise ConfigError(f"{what} must be an http:// URL, got {url!r}")
+    if unix_socket is not None:
+        return Address.unix(unix_socket), parts.path
+    return Address.tcp(parts.hostname, parts.port or 80), parts.path
+
+
+def _target(config: BenchConfig) -> tuple[Address, str]:
+    address, path = _address(config.base_url, config.unix_socket, "--base-url")
     route = "/chat/completions" if config.endpoint == "chat" else "/completions"
-    return parts.hostname, parts.port or 80, parts.path.rstrip("/") + route
+    return address, path.rstrip("/") + route
 
 
 async def run_bench(config: BenchConfig, *, progress: bool = False) -> BenchResult:
@@ -416,8 +436,8 @@ async def run_bench(config: BenchConfig, *, progress: bool = False) -> BenchResu
         raise ConfigError("need concurrency >= 1 and a duration or a request count")
     if config.endpoint not in ("chat", "completions"):
         raise ConfigError(f"endpoint must be chat or completions, got {config.endpoint!r}")
-    host, port, path = _target(config)
-    bench = _Bench(config, host, port, path)
+    address, path = _target(config)
+    bench = _Bench(config, address, path)
     started = time.perf_counter()
     deadline = trio.current_time() + (math.inf if config.duration is None else config.duration)
     with trio.move_on_at(deadline):

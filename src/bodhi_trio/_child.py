@@ -8,7 +8,7 @@ or the task is cancelled (the normal way to stop it).
 
 Lifecycle of one start::
 
-    pick a free port ─► spawn (own process group, parent-death signal, run record)
+    private socket dir ─► spawn (own process group, parent-death signal, run record)
         │                  │
         │                  ├─ pump: output → LogTail + log file; any byte pushes the stall deadline
         │                  └─ race: /health every 10 ms  vs  child exit  vs  stall deadline
@@ -16,12 +16,19 @@ Lifecycle of one start::
         ▼
     supervise: wait for exit → LlamaServerExitedError(code, log tail)
     finally (shielded, bounded): SIGTERM group → grace → SIGKILL group → drain output
+                                 → remove the socket dir
+
+The child is ours alone: it listens on a Unix socket in a directory only our
+user can enter (``mkdtemp``: mode 0700), not on a TCP port, and its environment
+carries none of our keys (:func:`child_environment`).
 """
 
 from __future__ import annotations
 
 import os
-import socket
+import shutil
+import signal
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,12 +37,13 @@ from typing import NoReturn, final
 import attrs
 import trio
 
+from ._address import MAX_UNIX_PATH_BYTES, Address
 from ._exceptions import LlamaServerExitedError, StartupError
 from ._leftovers import forget_child, record_child
 from ._logtail import LogTail
 from ._process import ChildProcess, spawn_child
 
-__all__ = ["LaunchSpec", "LlamaServer", "serve_llama_server"]
+__all__ = ["LaunchSpec", "LlamaServer", "child_environment", "serve_llama_server"]
 
 _HEALTH_INTERVAL = 0.01
 _HEALTH_TIMEOUT = 1.0
@@ -43,6 +51,27 @@ _DRAIN_TIMEOUT = 2.0
 _MAX_LINE = 64 * 1024
 _BIND_FAILURE_MARKERS = ("couldn't bind HTTP server socket", "address already in use")
 _TAIL_LINES = 20
+_SOCKET_NAME = "llama.sock"  # llama-server listens on a Unix socket when --host ends in .sock
+# Never passed on to a child: our own settings and keys (BODHI_API_KEYS...), tokens, and
+# llama-server's LLAMA_ARG_* variables, which would set flags around the checks on
+# what an alias or the settings may pass.
+_SCRUBBED_PREFIXES = ("BODHI_", "LLAMA_ARG_")
+_SCRUBBED_NAMES = frozenset({"LLAMA_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"})
+
+
+def child_environment(base: Mapping[str, str]) -> dict[str, str]:
+    """The environment a llama-server child gets: ``base`` without our keys and tokens.
+
+    ``GGML_NO_BACKTRACE=1`` is added unless set: on an assert ggml would otherwise
+    attach gdb, taking seconds and burying the error line under a backtrace.
+    """
+    env = {
+        name: value
+        for name, value in base.items()
+        if not name.startswith(_SCRUBBED_PREFIXES) and name not in _SCRUBBED_NAMES
+    }
+    env.setdefault("GGML_NO_BACKTRACE", "1")
+    return env
 
 
 @attrs.frozen
@@ -55,15 +84,16 @@ class LaunchSpec:
         alias: Passed as ``--alias``; llama-server reports it as ``model`` in responses.
         server_args: Merged extra args (never host/port/model/alias: those are ours).
         variant: The exec variant the binary belongs to (for state and logs).
-        host: Where the child listens; always loopback.
+        socket_root: Where the private socket directory of each start is made
+            (``None``: the system's temporary directory). Its path must stay short:
+            a Unix socket path has at most 107 bytes.
         startup_timeout: Seconds without any child output or progress before a start fails.
         stop_grace: Seconds between SIGTERM and SIGKILL when stopping.
-        bind_attempts: Starts on fresh ports when the chosen port was taken.
+        bind_attempts: Starts on fresh sockets when binding failed.
         log_path: File the child's output is appended to; ``None`` for none.
         run_dir: Where the run record goes (see ``_leftovers``); ``None`` for none.
-        env: The child's environment; ``None`` inherits ours. ``GGML_NO_BACKTRACE=1`` is
-            added unless set: on an assert ggml would otherwise attach gdb, taking seconds
-            and burying the error line under a backtrace.
+        env: The child's environment before :func:`child_environment` scrubs it;
+            ``None``: ours.
     """
 
     binary: Path
@@ -71,7 +101,7 @@ class LaunchSpec:
     alias: str
     server_args: tuple[str, ...] = ()
     variant: str = "cpu"
-    host: str = "127.0.0.1"
+    socket_root: Path | None = None
     startup_timeout: float = 120.0
     stop_grace: float = 5.0
     bind_attempts: int = 3
@@ -79,8 +109,8 @@ class LaunchSpec:
     run_dir: Path | None = None
     env: Mapping[str, str] | None = attrs.field(default=None, eq=False)
 
-    def argv(self, port: int) -> list[str]:
-        """The child's command line for ``port``."""
+    def argv(self, socket_path: str) -> list[str]:
+        """The child's command line, listening on the Unix socket ``socket_path``."""
         return [
             str(self.binary),
             "--alias",
@@ -88,9 +118,7 @@ class LaunchSpec:
             "--model",
             str(self.model),
             "--host",
-            self.host,
-            "--port",
-            str(port),
+            socket_path,
             *self.server_args,
         ]
 
@@ -103,7 +131,7 @@ class LlamaServer:
     Attributes:
         spec: What was started.
         pid: The child's pid (also its process group id).
-        port: The loopback port it listens on.
+        address: Its Unix socket.
         log: Its recent output.
         started_at: Wall-clock time (``time.time()``) it became ready.
         startup_seconds: Spawn to first healthy ``/health``.
@@ -111,19 +139,18 @@ class LlamaServer:
 
     spec: LaunchSpec
     pid: int
-    port: int
+    address: Address
     log: LogTail
     started_at: float
     startup_seconds: float
     _process: ChildProcess = attrs.field(repr=False)
 
-    @property
-    def host(self) -> str:
-        return self.spec.host
+    def kill(self) -> None:
+        """SIGKILL its process group now (a hung child cannot be asked to stop).
 
-    @property
-    def base_url(self) -> str:
-        return f"http://{self.spec.host}:{self.port}"
+        The supervising task still reaps it and cleans up.
+        """
+        self._process.signal_group(signal.SIGKILL)
 
     @property
     def returncode(self) -> int | None:
@@ -146,11 +173,20 @@ class _BindFailed(Exception):
     pass
 
 
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+def _private_socket_dir(root: Path | None) -> Path:
+    """A fresh directory only our user can enter (``mkdtemp`` makes it 0700)."""
+    try:
+        directory = Path(tempfile.mkdtemp(prefix="bodhi-trio-", dir=root))
+    except OSError as exc:
+        raise StartupError(f"could not create a socket directory: {exc}") from exc
+    socket_path = directory / _SOCKET_NAME
+    if len(os.fsencode(socket_path)) > MAX_UNIX_PATH_BYTES:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise StartupError(
+            f"the socket path {socket_path} is longer than {MAX_UNIX_PATH_BYTES} bytes;"
+            " set TMPDIR to a shorter directory"
+        )
+    return directory
 
 
 async def serve_llama_server(
@@ -179,14 +215,16 @@ async def serve_llama_server(
     tail = LogTail(path=spec.log_path) if log is None else log
     try:
         for attempt in range(1, spec.bind_attempts + 1):
-            port = _free_port(spec.host)
+            socket_dir = _private_socket_dir(spec.socket_root)
             try:
-                await _run_once(spec, port, tail, task_status)
+                await _run_once(spec, socket_dir, tail, task_status)
             except _BindFailed:
-                tail.append(f"[bodhi-trio] port {port} was taken (attempt {attempt})")
+                tail.append(f"[bodhi-trio] could not bind {socket_dir} (attempt {attempt})")
                 continue
+            finally:
+                shutil.rmtree(socket_dir, ignore_errors=True)
         raise StartupError(
-            f"llama-server could not bind a port after {spec.bind_attempts} attempts",
+            f"llama-server could not bind its socket after {spec.bind_attempts} attempts",
             log_tail=tail.tail(_TAIL_LINES),
         )
     finally:
@@ -195,20 +233,24 @@ async def serve_llama_server(
 
 
 async def _run_once(
-    spec: LaunchSpec, port: int, tail: LogTail, task_status: trio.TaskStatus[LlamaServer]
+    spec: LaunchSpec, socket_dir: Path, tail: LogTail, task_status: trio.TaskStatus[LlamaServer]
 ) -> NoReturn:
-    argv = spec.argv(port)
+    address = Address.unix(str(socket_dir / _SOCKET_NAME))
+    argv = spec.argv(str(address.unix_socket))
     mark = tail.total  # errors quote this child's lines only, not an earlier child's
     tail.append(f"[bodhi-trio] starting: {' '.join(argv)}")
     spawned_at = trio.current_time()
-    env = dict(os.environ if spec.env is None else spec.env)
-    env.setdefault("GGML_NO_BACKTRACE", "1")
+    env = child_environment(os.environ if spec.env is None else spec.env)
     try:
         child = spawn_child(argv, env=env)
     except OSError as exc:
         raise StartupError(f"could not execute {spec.binary}: {exc.strerror or exc}") from exc
     tail.append(f"[bodhi-trio] spawned pid {child.pid}")
-    record = record_child(spec.run_dir, child.pid, argv[0]) if spec.run_dir else None
+    record = (
+        record_child(spec.run_dir, child.pid, argv[0], socket_dir=socket_dir)
+        if spec.run_dir
+        else None
+    )
     failure: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:
@@ -221,7 +263,7 @@ async def _run_once(
             nursery.start_soon(_pump_output, child, tail, activity, drained, pump_scope)
             try:
                 failure = await _supervise(
-                    spec, child, port, tail, mark, activity, drained, spawned_at, task_status
+                    spec, child, address, tail, mark, activity, drained, spawned_at, task_status
                 )
             finally:
                 with trio.CancelScope(shield=True):
@@ -243,7 +285,7 @@ async def _run_once(
 async def _supervise(
     spec: LaunchSpec,
     child: ChildProcess,
-    port: int,
+    address: Address,
     tail: LogTail,
     mark: int,
     activity: _Activity,
@@ -264,7 +306,7 @@ async def _supervise(
     async def poll_health() -> None:
         nonlocal ready
         while True:
-            status = await _probe_health(spec.host, port)
+            status = await _probe_health(address)
             if status == 200:
                 ready = True
                 race.cancel()
@@ -300,13 +342,13 @@ async def _supervise(
     server = LlamaServer(
         spec=spec,
         pid=child.pid,
-        port=port,
+        address=address,
         log=tail,
         started_at=time.time(),
         startup_seconds=trio.current_time() - spawned_at,
         process=child,
     )
-    tail.append(f"[bodhi-trio] ready on port {port} after {server.startup_seconds:.3f} s")
+    tail.append(f"[bodhi-trio] ready on {address} after {server.startup_seconds:.3f} s")
     task_status.started(server)
     returncode = await child.wait()
     with trio.move_on_after(_DRAIN_TIMEOUT):
@@ -354,21 +396,22 @@ async def _pump_output(
             await child.output.aclose()
 
 
-async def _probe_health(host: str, port: int) -> int | None:
+async def _probe_health(address: Address) -> int | None:
     """One ``GET /health``: the HTTP status, or ``None`` if nothing answered.
 
     A raw request on a fresh connection: no client object to build, no pool, about
-    a tenth of a millisecond on loopback.
+    a tenth of a millisecond on a Unix socket. (The socket does not exist until the
+    child binds it: the connect fails fast until then.)
     """
     with trio.move_on_after(_HEALTH_TIMEOUT):
         try:
-            stream = await trio.open_tcp_stream(host, port)
+            stream = await address.connect()
         except OSError:
             return None
         async with stream:
             try:
                 await stream.send_all(
-                    b"GET /health HTTP/1.1\r\nHost: " + host.encode() + b"\r\n"
+                    b"GET /health HTTP/1.1\r\nHost: " + address.host_header.encode() + b"\r\n"
                     b"Connection: close\r\n\r\n"
                 )
                 head = b""

@@ -74,7 +74,7 @@ def _llama_server_path(args: argparse.Namespace) -> int:
 
 
 def _alias_list(args: argparse.Namespace) -> int:
-    store = AliasStore(_settings(args).aliases_dir)
+    store = AliasStore.for_settings(_settings(args))
     aliases, problems = store.load()
     if args.json:
         print(json.dumps([a.to_dict() for a in aliases], indent=2))
@@ -87,7 +87,7 @@ def _alias_list(args: argparse.Namespace) -> int:
 
 
 def _alias_show(args: argparse.Namespace) -> int:
-    alias = AliasStore(_settings(args).aliases_dir).get(args.name)
+    alias = AliasStore.for_settings(_settings(args)).get(args.name)
     print(yaml.safe_dump(alias.to_dict(), sort_keys=False), end="")
     return 0
 
@@ -108,7 +108,7 @@ def _alias_create(args: argparse.Namespace) -> int:
         "context_params": list(args.context_param or ()),
     }
     alias = Alias.from_dict(data, source="command line")
-    store = AliasStore(_settings(args).aliases_dir)
+    store = AliasStore.for_settings(_settings(args))
     path = store.put(alias) if args.force else store.create(alias)
     print(f"created {alias.alias}: {path}")
     return 0

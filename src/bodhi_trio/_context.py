@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, final
@@ -30,6 +29,7 @@ from ._listeners import ListenerHub, ListenerStatistics, StateListener
 from ._logtail import LogTail
 from ._runtime import find_llama_server
 from ._scheduler import SlotScheduler
+from ._settings import VARIANT_NAME
 from ._slot import (
     Launcher,
     RunningServer,
@@ -43,10 +43,9 @@ from ._state import (
 from ._upstream import PooledSender, Sender, UpstreamPool, UpstreamResponse
 
 if TYPE_CHECKING:
+    from ._address import Address
     from ._rwlock import RWLockStatistics
     from ._settings import Settings
-
-_VARIANT = re.compile(r"[a-z0-9_]+")
 
 __all__ = [
     "ENDPOINTS",
@@ -130,6 +129,11 @@ class SharedContext:
         """Whether a usable llama-server is loaded (a crashed one is not)."""
         return self._scheduler.is_loaded()
 
+    @property
+    def child_address(self) -> Address | None:
+        """The loaded child's private Unix socket, for diagnostics; ``None`` if none."""
+        return self._scheduler.child_address
+
     def add_state_listener(
         self, listener: StateListener, *, buffer: int = 256, name: str | None = None
     ) -> Callable[[], None]:
@@ -203,7 +207,7 @@ class SharedContext:
             raise InvalidRequestError("the request body is nested too deeply") from exc
         async with (
             self._scheduler.serving(alias) as slot,
-            self._sender.send(slot.server.host, slot.server.port, endpoint, body) as response,
+            self._sender.send(slot.server.address, endpoint, body) as response,
         ):
             self._scheduler.emit(
                 EventKind.CHAT_COMPLETIONS,
@@ -247,8 +251,14 @@ class SharedContext:
         """
         self._scheduler.check_open()
         variant = variant.strip().lower()
-        if not _VARIANT.fullmatch(variant):
-            raise InvalidRequestError(f"invalid variant {variant!r}", param="variant")
+        if not VARIANT_NAME.fullmatch(variant):
+            shown = repr(variant)
+            if len(variant) > 64:  # the message is the client's own input: keep it short
+                shown = f"{variant[:20]!r}... ({len(variant)} characters)"
+            raise InvalidRequestError(
+                f"invalid variant {shown}: a variant name is 1 to 64 letters, digits and '_'",
+                param="variant",
+            )
         try:
             find_llama_server(variant, self._settings.binary_for(variant))
         except LlamaServerNotFoundError as exc:  # the request names a variant we cannot run
@@ -314,7 +324,7 @@ async def open_context(
                 scheduler,
                 real_sender,
                 hub,
-                aliases=AliasStore(settings.aliases_dir),
+                aliases=AliasStore.for_settings(settings),
                 log=log,
             )
             nursery.start_soon(scheduler.run_idle_unloader, name="idle-unloader")

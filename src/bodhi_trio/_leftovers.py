@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -36,8 +37,14 @@ def _start_time(pid: int) -> int | None:
     return int(fields[19])
 
 
-def record_child(run_dir: Path, pid: int, argv0: str) -> Path:
+def record_child(run_dir: Path, pid: int, argv0: str, *, socket_dir: Path | None = None) -> Path:
     """Write the run record of a child that was just spawned.
+
+    Args:
+        run_dir: Where records live.
+        pid: The child's pid.
+        argv0: Its program, for the log.
+        socket_dir: Its private socket directory, removed with a leftover child.
 
     Returns:
         The record's path, for :func:`forget_child`.
@@ -49,6 +56,7 @@ def record_child(run_dir: Path, pid: int, argv0: str) -> Path:
         "owner_pid": os.getpid(),
         "owner_start_time": _start_time(os.getpid()),
         "argv0": argv0,
+        "socket_dir": None if socket_dir is None else str(socket_dir),
     }
     path = run_dir / f"llama-server-{pid}.json"
     tmp = path.with_suffix(".tmp")
@@ -90,5 +98,8 @@ def kill_leftovers(run_dir: Path) -> list[int]:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
             killed.append(pid)
+        socket_dir = record.get("socket_dir")
+        if isinstance(socket_dir, str) and Path(socket_dir).name.startswith("bodhi-trio-"):
+            shutil.rmtree(socket_dir, ignore_errors=True)
         forget_child(path)
     return killed

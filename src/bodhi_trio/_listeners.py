@@ -2,13 +2,23 @@
 
 :meth:`ListenerHub.notify` never blocks and never fails: it puts the event into
 every listener's channel with ``send_nowait``. A listener that is too slow loses
-events (counted in its statistics, never blocking a request); a listener that
-raises is logged and keeps receiving. Each listener's delivery task lives in
-the context's root nursery.
+events (counted in its statistics, never blocking a request). Each listener's
+delivery task lives in the context's root nursery.
+
+A listener that raises ``trio.BrokenResourceError`` or ``trio.ClosedResourceError``
+says its consumer has left (a ``GET /bodhi/v1/events`` client closed its stream,
+and the listener is that stream's ``send``): it is removed with one debug line,
+and what was queued for it is dropped. Any other exception is a bug in the
+listener: the first is logged with its traceback, later ones are counted
+(``failed``) with a warning line every :data:`_FAILURE_LOG_EVERY`, and the
+listener keeps receiving. Either way one listener cannot flood the log, which
+hundreds of departed event clients with full queues once did (a traceback per
+queued event).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import final
@@ -22,13 +32,26 @@ __all__ = ["ListenerHub", "ListenerStatistics", "StateListener"]
 
 logger = logging.getLogger("bodhi_trio.listeners")
 
+_CONSUMER_LEFT = (trio.BrokenResourceError, trio.ClosedResourceError)
+_FAILURE_LOG_EVERY = 100
+"""After the first failure (with traceback), a warning every this many failures."""
+
 StateListener = Callable[[ServerEvent], Awaitable[None]]
 """An async callable that receives each :class:`ServerEvent` in order."""
 
 
 @attrs.frozen
 class ListenerStatistics:
-    """Delivery counters of one listener."""
+    """Delivery counters of one listener.
+
+    Attributes:
+        name: The listener's name.
+        delivered: Events the listener returned from normally.
+        dropped: Events lost because its queue was full (too slow).
+        failed: Events on which it raised (a consumer that left is no failure:
+            the listener is removed instead).
+        queued: Events waiting in its queue now.
+    """
 
     name: str
     delivered: int
@@ -70,21 +93,16 @@ class ListenerHub:
             name: For logs and statistics (default: the listener's qualified name).
 
         Returns:
-            A function that removes the listener; its task ends after the events
-            already queued.
+            A function that removes the listener (idempotent); its task ends after
+            the events already queued, or at once if the listener reports that its
+            consumer has left (see the module docstring).
         """
         send, receive = trio.open_memory_channel[ServerEvent](buffer)
         label = name or str(getattr(listener, "__qualname__", repr(listener)))
         subscription = _Subscription(label, listener, send)
         self._subscriptions.append(subscription)
         self._nursery.start_soon(self._deliver, subscription, receive, name=f"listener:{label}")
-
-        def remove() -> None:
-            if subscription in self._subscriptions:
-                self._subscriptions.remove(subscription)
-                send.close()
-
-        return remove
+        return functools.partial(self._discard, subscription)
 
     def notify(self, event: ServerEvent) -> None:
         """Queue ``event`` for every listener. Never blocks."""
@@ -121,18 +139,46 @@ class ListenerHub:
             for s in self._subscriptions
         ]
 
-    @staticmethod
+    def _discard(self, subscription: _Subscription) -> None:
+        if subscription in self._subscriptions:
+            self._subscriptions.remove(subscription)
+        subscription.send.close()
+
     async def _deliver(
-        subscription: _Subscription, receive: trio.MemoryReceiveChannel[ServerEvent]
+        self, subscription: _Subscription, receive: trio.MemoryReceiveChannel[ServerEvent]
     ) -> None:
         async with receive:
             async for event in receive:
                 try:
                     await subscription.listener(event)
-                except Exception:
-                    subscription.failed += 1
-                    logger.exception(
-                        "state listener %s failed on %s", subscription.name, event.kind
+                except _CONSUMER_LEFT:
+                    # Every event still queued would fail the same way: stop here.
+                    logger.debug(
+                        "state listener %s removed: its consumer has left", subscription.name
                     )
+                    self._discard(subscription)
+                    return
+                except Exception as exc:
+                    subscription.failed += 1
+                    _log_failure(subscription, event, exc)
                 else:
                     subscription.delivered += 1
+
+
+def _log_failure(subscription: _Subscription, event: ServerEvent, error: Exception) -> None:
+    """The first failure with its traceback; then a line every ``_FAILURE_LOG_EVERY``."""
+    if subscription.failed == 1:
+        logger.error(
+            "state listener %s failed on %s (later failures are counted, not logged each)",
+            subscription.name,
+            event.kind,
+            exc_info=error,
+        )
+    elif subscription.failed % _FAILURE_LOG_EVERY == 0:
+        logger.warning(
+            "state listener %s has failed %d times; the last on %s: %r",
+            subscription.name,
+            subscription.failed,
+            event.kind,
+            error,
+        )

@@ -35,7 +35,7 @@ _ERROR_TYPES = [
 _STATUS_TEXT = {
     400: "Bad request: invalid JSON, field, alias or query parameter",
     401: "Missing or wrong API key",
-    403: "Foreign Host or Origin",
+    403: "Foreign Host or Origin; or an API key on a route that needs an admin key",
     404: "No such alias or model file; or no such route (a name with a newline or '..')",
     409: "The alias (or one stored in the same file) exists",
     413: "Body larger than BODHI_MAX_BODY_BYTES",
@@ -366,7 +366,11 @@ def _build() -> _Json:
                 "bearer": {
                     "type": "http",
                     "scheme": "bearer",
-                    "description": "One of BODHI_API_KEYS (only when keys are set)",
+                    "description": (
+                        "One of BODHI_API_KEYS or BODHI_ADMIN_KEYS (only when keys are set);"
+                        " changing aliases or the server, and reading its logs, need an admin"
+                        " key (docs/api.md#who-may-call-what)"
+                    ),
                 }
             },
         },

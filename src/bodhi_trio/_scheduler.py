@@ -4,6 +4,7 @@ Who owns what (all long-lived tasks live in the context's root nursery)::
 
     root nursery
         ├── child task        serve_llama_server(spec)   (one at a time; cancel = stop)
+        ├── child watch       health and stalled reads of the loaded child (_watch.py)
         ├── load tasks        one per alias being loaded (single flight; outlive their waiters)
         ├── idle unloader     BODHI_KEEP_ALIVE_SECS after the last response
         └── listener tasks    (ListenerHub) one per state listener
@@ -50,8 +51,10 @@ from ._state import (
     SlotStatus,
     choose_strategy,
 )
+from ._watch import watch_child
 
 if TYPE_CHECKING:
+    from ._address import Address
     from ._aliases import Alias
     from ._child import LaunchSpec
     from ._listeners import ListenerHub
@@ -132,6 +135,12 @@ class SlotScheduler:
         """Wait until ``predicate(state)`` holds and return that state. Cancellation: safe."""
         state: ServerState = await self._state.wait_value(predicate)
         return state
+
+    @property
+    def child_address(self) -> Address | None:
+        """The usable loaded child's address, if any."""
+        slot = self._slot
+        return slot.server.address if slot is not None and slot.usable else None
 
     def is_loaded(self) -> bool:
         """Whether a usable llama-server is loaded (a crashed one is not)."""
@@ -295,10 +304,21 @@ class SlotScheduler:
             self._publish(status=SlotStatus.STOPPED, alias=None, error=exc.message)
             self.emit(EventKind.STOP, alias.alias, error=exc.message, code=exc.code)
             raise
-        self._slot = Slot(alias, variant, spec, server, scope, finished)
+        slot = Slot(alias, variant, spec, server, scope, finished)
+        self._slot = slot
         self._starts += 1
-        self._publish(status=SlotStatus.READY, pid=server.pid, port=server.port)
-        self.emit(EventKind.START, alias.alias, pid=server.pid, port=server.port)
+        self._publish(status=SlotStatus.READY, pid=server.pid, port=None)
+        self.emit(EventKind.START, alias.alias, pid=server.pid)
+        timeout = self._settings.upstream_idle_timeout_secs
+        if timeout > 0:
+            self._nursery.start_soon(
+                watch_child,
+                slot,
+                self._sender,
+                timeout,
+                self._on_hung,
+                name=f"watch:{alias.alias}",
+            )
 
     async def _stop_locked(self) -> None:
         """Stop the child, if any (write side held, so no reader is in)."""
@@ -316,10 +336,11 @@ class SlotScheduler:
         if slot.usable:
             self._publish(status=SlotStatus.STOPPING)
         slot.usable = False
+        slot.watch.cancel()
         with trio.CancelScope(shield=True):
             # Idle keep-alive connections would hold llama-server's HTTP threads (and
             # so its exit) until its keep-alive timeout.
-            await self._sender.close_idle(slot.server.host, slot.server.port)
+            await self._sender.close_idle(slot.server.address)
             slot.scope.cancel()
             await slot.finished.wait()
         if self.state.status is SlotStatus.STOPPING:
@@ -355,6 +376,7 @@ class SlotScheduler:
             ResponseInterruptedError(f"llama-server crashed (exit code {error.returncode})")
         )
         slot.usable = False
+        slot.watch.cancel()
         self._slot = None
         self._publish(status=SlotStatus.CRASHED, pid=None, port=None, error=error.message)
         self.emit(
@@ -364,6 +386,22 @@ class SlotScheduler:
             returncode=error.returncode,
             log_tail=list(error.log_tail),
         )
+
+    def _on_hung(self, slot: Slot, message: str) -> None:
+        """The watch found ``slot``'s child unresponsive: end its responses, kill it.
+
+        The child task then reaps it; the next request for the alias loads a fresh one.
+        """
+        if self._slot is not slot or not slot.usable:
+            return
+        logger.error("%s", message)
+        self._interrupt_readers(ResponseInterruptedError(message))
+        slot.usable = False
+        self._slot = None
+        slot.server.kill()  # SIGKILL: a stopped or wedged process ignores SIGTERM
+        slot.scope.cancel()
+        self._publish(status=SlotStatus.HUNG, pid=None, port=None, error=message)
+        self.emit(EventKind.HUNG, slot.alias.alias, pid=slot.server.pid, error=message)
 
     # ------------------------------------------------------------------ idle unload
 

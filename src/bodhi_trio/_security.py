@@ -1,4 +1,4 @@
-"""Who may call the server: API keys, and the Host/Origin checks.
+"""Who may call the server: API and admin keys, and the Host/Origin checks.
 
 A local server is reachable by every web page the user visits (the browser
 sends the request; the page cannot read the answer unless CORS allows it, but
@@ -10,11 +10,20 @@ a POST still runs). Two checks stop that:
 - ``Origin``, when a browser sends one, must be a loopback page or one listed in
   ``BODHI_ALLOWED_ORIGINS``.
 
-API keys are compared in constant time, against every configured key.
+Keys (SPEC section 15): every route is registered with its :class:`Access`.
+``BODHI_API_KEYS`` may call :attr:`Access.API` routes (inference, reading state,
+models and metrics); ``BODHI_ADMIN_KEYS`` may also call :attr:`Access.ADMIN`
+routes (anything that changes the server, and its logs, which can hold prompts).
+With only API keys set they are admin keys, as before admin keys existed; with
+only admin keys set, auth is on and every accepted key is an admin key. A valid
+key that is not enough for the route gets 403, no or a wrong key 401. A
+presented key is compared in constant time against every configured key of
+both kinds, whatever matches.
 """
 
 from __future__ import annotations
 
+import enum
 import hmac
 import ipaddress
 from collections.abc import Mapping
@@ -25,10 +34,26 @@ import attrs
 
 from ._exceptions import AuthenticationError, ForbiddenError
 
-__all__ = ["AccessPolicy", "is_loopback_host"]
+__all__ = ["Access", "AccessPolicy", "AdminKeyRequiredError", "is_loopback_host"]
 
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
-_OPEN_PATHS = frozenset({"/ping"})
+
+
+class Access(enum.Enum):
+    """What a route needs when keys are configured (the Host/Origin checks apply to all)."""
+
+    PUBLIC = "public"
+    """No key: liveness only (``/ping``)."""
+    API = "api"
+    """Any valid key: the model routes, and reading state, models, aliases and metrics."""
+    ADMIN = "admin"
+    """An admin key: changing aliases or the server, and its logs (they can hold prompts)."""
+
+
+class AdminKeyRequiredError(ForbiddenError):
+    """A valid API key on a route that needs one of ``BODHI_ADMIN_KEYS``."""
+
+    code = "admin_key_required"
 
 
 def is_loopback_host(host: str) -> bool:
@@ -57,31 +82,41 @@ class AccessPolicy:
 
     Attributes:
         bind_host: The address the server listens on.
-        api_keys: Accepted bearer tokens; empty means no authentication.
+        api_keys: ``BODHI_API_KEYS``: bearer tokens for :attr:`Access.API` routes
+            (admin keys too when ``admin_keys`` is empty).
         allowed_origins: Extra web origins allowed (``*`` allows every origin).
+        admin_keys: ``BODHI_ADMIN_KEYS``: bearer tokens for every route. No keys of
+            either kind means no authentication.
     """
 
     bind_host: str
     api_keys: tuple[str, ...] = attrs.field(default=(), repr=False)
     allowed_origins: frozenset[str] = frozenset()
+    admin_keys: tuple[str, ...] = attrs.field(default=(), repr=False, kw_only=True)
 
-    def check(self, path: str, headers: Mapping[str, str]) -> None:
-        """Raise unless a request for ``path`` with ``headers`` may proceed.
+    def check(self, headers: Mapping[str, str], access: Access) -> None:
+        """Raise unless a request with ``headers`` may call a route that needs ``access``.
 
         Args:
-            path: The request path.
             headers: Request headers with lower-case names.
+            access: What the route needs (see :class:`Access`).
 
         Raises:
             ForbiddenError: A foreign ``Host`` or ``Origin`` (403).
-            AuthenticationError: A missing or wrong API key (401).
+            AuthenticationError: A missing or wrong key (401).
+            AdminKeyRequiredError: An API key on an admin route (403).
         """
         self._check_host(headers.get("host", ""))
         origin = headers.get("origin")
         if origin is not None and not self.origin_allowed(origin):
             raise ForbiddenError(f"requests from the web origin {origin!r} are not allowed")
-        if self.api_keys and path not in _OPEN_PATHS:
-            self._check_key(headers)
+        if access is Access.PUBLIC or not (self.api_keys or self.admin_keys):
+            return
+        if self._granted(headers) is Access.API and access is Access.ADMIN:
+            raise AdminKeyRequiredError(
+                "this route changes the server or shows its logs: it needs an admin key"
+                " (one of BODHI_ADMIN_KEYS)"
+            )
 
     def _check_host(self, host_header: str) -> None:
         if not is_loopback_host(self.bind_host):
@@ -100,7 +135,8 @@ class AccessPolicy:
         parts = urlsplit(origin)
         return parts.scheme in ("http", "https") and is_loopback_host(parts.hostname or "")
 
-    def _check_key(self, headers: Mapping[str, str]) -> None:
+    def _granted(self, headers: Mapping[str, str]) -> Access:
+        """What the request's key allows: :attr:`Access.API` or :attr:`Access.ADMIN`."""
         presented = ""
         authorization = headers.get("authorization", "")
         scheme, _, token = authorization.partition(" ")
@@ -111,8 +147,13 @@ class AccessPolicy:
         if not presented:
             raise AuthenticationError("an API key is required: send 'Authorization: Bearer <key>'")
         given = presented.encode()
-        matched = False
-        for key in self.api_keys:  # every key, always: no early exit to time
-            matched |= hmac.compare_digest(given, key.encode())
-        if not matched:
-            raise AuthenticationError("the API key is not valid")
+        is_api = is_admin = False
+        for key in self.api_keys:  # every key of both kinds, always: no early exit to time
+            is_api |= hmac.compare_digest(given, key.encode())
+        for key in self.admin_keys:
+            is_admin |= hmac.compare_digest(given, key.encode())
+        if is_admin or (is_api and not self.admin_keys):
+            return Access.ADMIN  # only API keys configured: they are the admin keys
+        if is_api:
+            return Access.API
+        raise AuthenticationError("the API key is not valid")

@@ -5,7 +5,8 @@ Who owns what::
     serve()
     └── open_context ── root nursery (llama-server child, loads, idle unloader, listeners)
         └── relay nursery ── one producer per streamed completion, log followers
-            └── hypercorn.trio.serve ── connections, requests (Quart-Trio app)
+            └── serve_http ── connections (at most BODHI_MAX_CONNECTIONS), requests
+                              (Hypercorn's HTTP/1.1, Quart-Trio app)
 
 Shutdown (SIGINT/SIGTERM, or ``shutdown_trigger``): Hypercorn stops accepting
 at once; in-flight responses get ``shutdown_grace`` seconds to finish, then the
@@ -22,7 +23,6 @@ from typing import TYPE_CHECKING
 
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve as hypercorn_serve
 
 from ._alias_store import AliasStore
 from ._aliases import Alias
@@ -30,6 +30,8 @@ from ._app import create_app
 from ._context import open_context
 from ._demo import DEMO_ALIAS, DEMO_FILENAME, DEMO_REPO, ensure_demo_model
 from ._exceptions import ConfigError
+from ._fd_limits import connection_limit, raise_open_files_limit
+from ._http_server import serve_http
 from ._router import RouterState
 from ._security import AccessPolicy, is_loopback_host
 
@@ -45,23 +47,24 @@ SHUTDOWN_GRACE = 2.0
 
 
 def check_bind(settings: Settings) -> None:
-    """Refuse a non-loopback bind without API keys unless ``--insecure`` was given.
+    """Refuse a non-loopback bind without keys (API or admin) unless ``--insecure`` was given.
 
     Raises:
         ConfigError: The bind would expose an unauthenticated server to the network.
     """
-    if is_loopback_host(settings.host) or settings.api_keys or settings.insecure:
+    keys = settings.api_keys or settings.admin_keys
+    if is_loopback_host(settings.host) or keys or settings.insecure:
         return
     raise ConfigError(
-        f"refusing to listen on {settings.host} without an API key: set BODHI_API_KEYS,"
-        " bind 127.0.0.1, or pass --insecure"
+        f"refusing to listen on {settings.host} without an API key: set BODHI_API_KEYS"
+        " (or BODHI_ADMIN_KEYS), bind 127.0.0.1, or pass --insecure"
     )
 
 
 def prepare_demo(settings: Settings) -> None:
     """Write the demo model into the HF cache and its alias, if they are missing."""
     ensure_demo_model(settings.hub_cache)
-    store = AliasStore(settings.aliases_dir)
+    store = AliasStore.for_settings(settings)
     aliases, _problems = store.load()
     if not any(alias.alias == DEMO_ALIAS for alias in aliases):
         store.create(Alias(DEMO_ALIAS, DEMO_REPO, DEMO_FILENAME))
@@ -110,6 +113,7 @@ async def serve(
     Cancellation: stops the server and the child, like a shutdown without grace.
     """
     check_bind(settings)
+    max_connections = connection_limit(settings.max_connections, raise_open_files_limit())
     config = HypercornConfig()
     config.bind = [_bind(settings.host, settings.port)]
     # Hypercorn neither recycles nor closes a connection whose response ends after
@@ -119,7 +123,12 @@ async def serve(
     config.keep_alive_timeout = 75
     config.accesslog = None
     config.errorlog = logging.getLogger("bodhi_trio.hypercorn")
-    policy = AccessPolicy(settings.host, settings.api_keys, frozenset(settings.allowed_origins))
+    policy = AccessPolicy(
+        settings.host,
+        settings.api_keys,
+        frozenset(settings.allowed_origins),
+        admin_keys=settings.admin_keys,
+    )
 
     async with open_context(settings) as ctx, trio.open_nursery() as relays:
         app = create_app(RouterState(ctx, relays), policy, max_body_bytes=settings.max_body_bytes)
@@ -143,15 +152,15 @@ async def serve(
                 settings.keep_alive_secs,
                 len(aliases),
                 f" ({len(problems)} skipped)" if problems else "",
-                "on" if settings.api_keys else "off",
+                "on" if settings.api_keys or settings.admin_keys else "off",
             )
             task_status.started(binds[0])
 
-        await hypercorn_serve(
+        await serve_http(
             app,
             config,
+            max_connections=max_connections,
             shutdown_trigger=shutdown,
-            mode="asgi",
             task_status=_Started(on_listening),
         )
         relays.cancel_scope.cancel()  # log followers and the grace timer, if still there

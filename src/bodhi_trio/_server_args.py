@@ -10,7 +10,10 @@ which gave an arbitrary output order, collapsed repeated flags such as
   with spaces work; ``--flag=value`` is split into flag and value;
 * a token is a flag if it starts with ``-``, is longer than one character and
   is not a number, so ``-1`` and ``-0.5`` are values while ``-abc`` is a flag;
-* common short spellings are unified with their long form;
+* every spelling of a flag is read as llama.cpp reads it and unified with its
+  canonical form: ``_`` becomes ``-`` in ``--`` flags, and short or legacy
+  spellings (``-c``, ``--gpu-layers``) map to the long one, from the table of
+  the pinned build in :mod:`._llama_flags`;
 * ``--no-x`` and ``--x`` are two sides of one switch, so a higher tier's
   ``--mmap`` replaces a lower tier's ``--no-mmap``;
 * a flag given in a higher tier replaces every occurrence from lower tiers,
@@ -18,7 +21,9 @@ which gave an arbitrary output order, collapsed repeated flags such as
 * the output order is deterministic: first appearance across the tiers.
 
 Flags that bodhi-trio itself must control (host, port, model, alias, API keys)
-are rejected wherever they appear.
+are rejected wherever they appear, in any spelling llama.cpp reads as one of
+them (``--api_key``). Which other flags settings and aliases may pass, and with
+which paths, is :mod:`._arg_policy`'s concern: parsing here stays policy-free.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from collections.abc import Sequence
 import attrs
 
 from bodhi_trio._exceptions import ServerArgsError
+from bodhi_trio._llama_flags import LLAMA_SERVER_FLAGS, normalize_spelling
 
 __all__ = [
     "RESERVED_FLAGS",
@@ -38,6 +44,7 @@ __all__ = [
     "is_flag",
     "merge_server_args",
     "parse_server_args",
+    "read_as",
     "tokenize_server_args",
 ]
 
@@ -65,31 +72,6 @@ RESERVED_FLAGS: frozenset[str] = frozenset(
     }
 )
 
-# Short (and legacy long) spellings of common flags, mapped to the long form so
-# that tiers override each other whatever spelling each one uses.
-_FLAG_SPELLINGS: dict[str, str] = {
-    "-c": "--ctx-size",
-    "-t": "--threads",
-    "-tb": "--threads-batch",
-    "-b": "--batch-size",
-    "-ub": "--ubatch-size",
-    "-ngl": "--n-gpu-layers",
-    "--gpu-layers": "--n-gpu-layers",
-    "-np": "--parallel",
-    "-n": "--n-predict",
-    "--predict": "--n-predict",
-    "-fa": "--flash-attn",
-    "-s": "--seed",
-    "-ctk": "--cache-type-k",
-    "-ctv": "--cache-type-v",
-    "-to": "--timeout",
-    "-cb": "--cont-batching",
-    "-nocb": "--no-cont-batching",
-    "-ts": "--tensor-split",
-    "-sm": "--split-mode",
-    "-mg": "--main-gpu",
-}
-
 # A negative number in the forms llama-server accepts: -1, -0.5, -.5, -1., -1e3.
 # A regex rather than float(): float() also takes "-inf", "-nan" and "-1_0".
 _NEGATIVE_NUMBER = re.compile(r"-(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
@@ -102,10 +84,12 @@ class ServerArg:
     Attributes:
         flag: The flag in its canonical spelling (long form where known).
         values: The non-flag tokens that followed it, possibly none.
+        given: The spelling the user wrote, for messages; empty if not known.
     """
 
     flag: str
     values: tuple[str, ...] = ()
+    given: str = attrs.field(default="", eq=False, repr=False)
 
     def to_argv(self) -> list[str]:
         """The flag followed by its values, as separate argv elements."""
@@ -128,8 +112,25 @@ def is_flag(token: str) -> bool:
 
 
 def canonical_flag(flag: str) -> str:
-    """The long spelling of ``flag`` if it is in the short/long table, else ``flag``."""
-    return _FLAG_SPELLINGS.get(flag, flag)
+    """``flag`` as llama-server reads it, in its canonical spelling.
+
+    ``--api_key`` becomes ``--api-key`` (llama.cpp turns ``_`` into ``-`` in
+    ``--`` flags), ``-ngl`` becomes ``--n-gpu-layers``; a flag the pinned build
+    does not define keeps its (normalised) spelling.
+    """
+    spelling = normalize_spelling(flag)
+    known = LLAMA_SERVER_FLAGS.get(spelling)
+    return spelling if known is None else known.canonical
+
+
+def _is_reserved(flag: str) -> bool:
+    return normalize_spelling(flag) in RESERVED_FLAGS or canonical_flag(flag) in RESERVED_FLAGS
+
+
+def read_as(given: str) -> str:
+    """For messages: how llama-server reads ``given`` when that is another spelling, else ``""``."""
+    canonical = canonical_flag(given)
+    return "" if canonical == given else f" (llama-server reads it as {canonical!r})"
 
 
 def _switch_key(flag: str) -> str:
@@ -204,17 +205,19 @@ def parse_server_args(items: str | Sequence[str], *, source: str) -> list[Server
                 )
             current_values.append(token)
             continue
-        if token in RESERVED_FLAGS:
+        if _is_reserved(token):
             raise ServerArgsError(
-                f"{source}: flag {token!r} is reserved: bodhi-trio sets the host, port,"
-                " model, alias and API key of llama-server itself"
+                f"{source}: flag {token!r} is reserved{read_as(token)}: bodhi-trio sets the"
+                " host, port, model, alias and API key of llama-server itself"
             )
         if current_flag is not None:
-            parsed.append(ServerArg(current_flag, tuple(current_values)))
-        current_flag = canonical_flag(token)
+            parsed.append(
+                ServerArg(canonical_flag(current_flag), tuple(current_values), current_flag)
+            )
+        current_flag = token
         current_values = []
     if current_flag is not None:
-        parsed.append(ServerArg(current_flag, tuple(current_values)))
+        parsed.append(ServerArg(canonical_flag(current_flag), tuple(current_values), current_flag))
     return parsed
 
 

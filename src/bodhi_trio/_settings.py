@@ -20,20 +20,27 @@ from typing import TypeVar
 import attrs
 import yaml
 
+from bodhi_trio._arg_policy import (
+    allowed_flags_setting,
+    allowed_paths_setting,
+    check_settings_args,
+)
 from bodhi_trio._exceptions import SettingsError
 from bodhi_trio._hub import hub_cache_dir
 from bodhi_trio._server_args import parse_server_args
 from bodhi_trio._yaml_errors import yaml_error_summary
 
-__all__ = ["DEFAULT_PORT", "KNOWN_KEYS", "Settings", "load_settings"]
+__all__ = ["DEFAULT_PORT", "KNOWN_KEYS", "VARIANT_NAME", "Settings", "load_settings"]
 
 logger = logging.getLogger("bodhi_trio.settings")
 
 DEFAULT_PORT = 1135
 _LLAMA_SERVER_PREFIX = "BODHI_LLAMA_SERVER_"
 _VARIANT_ARGS_PREFIX = "BODHI_LLAMACPP_ARGS_"
-# Variant names map 1:1 onto environment variable suffixes (BODHI_..._CUDA).
-_VARIANT_NAME = re.compile(r"[a-z0-9_]+")
+# Variant names map 1:1 onto environment variable suffixes (BODHI_..._CUDA) and onto
+# directory names in the runtime cache, so they are short like alias names (a 300-character
+# one from PUT server/variant reached the file system and failed "File name too long").
+VARIANT_NAME = re.compile(r"[a-z0-9_]{1,64}")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"", "0", "false", "no", "off"})
 
@@ -51,15 +58,20 @@ KNOWN_KEYS: frozenset[str] = frozenset(
         "BODHI_KEEP_ALIVE_SECS",
         "BODHI_SSE_KEEPALIVE_SECS",
         "BODHI_STARTUP_TIMEOUT_SECS",
+        "BODHI_UPSTREAM_IDLE_TIMEOUT_SECS",
         "BODHI_DRAIN_TIMEOUT_SECS",
         "BODHI_STOP_GRACE_SECS",
         "BODHI_API_KEYS",
+        "BODHI_ADMIN_KEYS",
         "BODHI_MAX_BODY_BYTES",
+        "BODHI_MAX_CONNECTIONS",
         "BODHI_ALLOWED_ORIGINS",
         "BODHI_INSECURE",
+        "BODHI_ALLOWED_CONTEXT_FLAGS",
+        "BODHI_ALLOWED_PATHS",
     }
 )
-_SECRET_KEYS = frozenset({"BODHI_API_KEYS"})
+_SECRET_KEYS = frozenset({"BODHI_API_KEYS", "BODHI_ADMIN_KEYS"})
 _NO_ARGS: tuple[str, ...] = ()
 
 _T = TypeVar("_T")
@@ -90,12 +102,23 @@ class Settings:
         keep_alive_secs: Idle unload: -1 never, 0 right after each response.
         sse_keepalive_secs: Seconds without bytes before ``: keep-alive``; 0 off.
         startup_timeout_secs: Seconds without child output or progress at startup.
+        upstream_idle_timeout_secs: Seconds a loaded child may leave its health check or a
+            response unanswered (while it works on nothing) before it counts as hung; 0 off.
         drain_timeout_secs: How long a swap waits for in-flight responses.
         stop_grace_secs: Child TERM -> KILL grace.
-        api_keys: Accepted bearer tokens; empty means no auth. Never in ``repr``.
+        api_keys: Bearer tokens for inference and reading; the admin keys too when
+            ``admin_keys`` is empty. Never in ``repr``.
+        admin_keys: Bearer tokens for every route (SPEC section 15). No keys of either
+            kind means no auth. Never in ``repr``.
         max_body_bytes: Largest accepted request body.
+        max_connections: Most client connections served at once (more get 503); 0 means
+            derived from the open-files limit (see ``_fd_limits.connection_limit``).
         allowed_origins: Extra web origins allowed to call the server.
         insecure: Allow a non-loopback bind without API keys.
+        allowed_context_flags: Refused llama-server flags the operator allows (see
+            ``_arg_policy``); reserved flags cannot be allowed.
+        allowed_paths: Directories, besides the HF hub cache and ``BODHI_HOME``, that
+            path values of llama-server flags may point into.
     """
 
     home: Path
@@ -112,12 +135,17 @@ class Settings:
     keep_alive_secs: int = 300
     sse_keepalive_secs: float = 15.0
     startup_timeout_secs: float = 120.0
+    upstream_idle_timeout_secs: float = 120.0
     drain_timeout_secs: float = 300.0
     stop_grace_secs: float = 5.0
     api_keys: tuple[str, ...] = attrs.field(default=(), repr=lambda keys: f"<{len(keys)} hidden>")
+    admin_keys: tuple[str, ...] = attrs.field(default=(), repr=lambda keys: f"<{len(keys)} hidden>")
     max_body_bytes: int = 32 * 1024 * 1024
+    max_connections: int = 0
     allowed_origins: tuple[str, ...] = ()
     insecure: bool = False
+    allowed_context_flags: tuple[str, ...] = ()
+    allowed_paths: tuple[Path, ...] = ()
 
     @property
     def aliases_dir(self) -> Path:
@@ -251,7 +279,9 @@ def _to_args(key: str, value: object, source: str) -> tuple[str, ...]:
 
 def _to_variant(key: str, value: object, source: str) -> str:
     variant = _to_str(key, value, source).lower()
-    if _VARIANT_NAME.fullmatch(variant) is None:
+    if len(variant) > 64:
+        raise _error(key, source, value, "a variant name of at most 64 characters")
+    if VARIANT_NAME.fullmatch(variant) is None:
         raise _error(key, source, value, "a variant name of letters, digits and '_'")
     return variant
 
@@ -291,7 +321,7 @@ def _is_known(key: str) -> bool:
     if key in KNOWN_KEYS:
         return True
     suffix = _variant_suffix(key)
-    return bool(suffix) and _VARIANT_NAME.fullmatch(suffix) is not None
+    return bool(suffix) and VARIANT_NAME.fullmatch(suffix) is not None
 
 
 def _variant_suffix(key: str) -> str:
@@ -331,8 +361,8 @@ def load_settings(
         SettingsError: A value has the wrong type or is out of range (the
             message names key, source and value), an override key is unknown,
             or ``settings.yaml`` is unreadable, not YAML or not a mapping.
-        ServerArgsError: llama-server args that cannot be used (reserved
-            flags, bad quoting).
+        ServerArgsError: llama-server args that cannot be used (reserved or
+            refused flags, paths outside the allowed directories, bad quoting).
     """
     # An empty environment variable counts as unset, as shells make that easy to leave behind.
     environ = {key: value for key, value in (os.environ if env is None else env).items() if value}
@@ -375,7 +405,7 @@ def load_settings(
     def seconds(key: str, default: float, *, positive: bool = False) -> float:
         return get(key, lambda k, v, s: _to_float(k, v, s, positive=positive), default)
 
-    return Settings(
+    settings = Settings(
         home=resolved_home,
         hf_home=hf_home,
         hub_cache=get("HF_HUB_CACHE", _to_path, hub_cache_dir(hf_home)),
@@ -390,12 +420,28 @@ def load_settings(
         ),
         sse_keepalive_secs=seconds("BODHI_SSE_KEEPALIVE_SECS", 15.0),
         startup_timeout_secs=seconds("BODHI_STARTUP_TIMEOUT_SECS", 120.0, positive=True),
+        upstream_idle_timeout_secs=seconds("BODHI_UPSTREAM_IDLE_TIMEOUT_SECS", 120.0),
         drain_timeout_secs=seconds("BODHI_DRAIN_TIMEOUT_SECS", 300.0),
         stop_grace_secs=seconds("BODHI_STOP_GRACE_SECS", 5.0),
         api_keys=get("BODHI_API_KEYS", _to_list, _NO_ARGS),
+        admin_keys=get("BODHI_ADMIN_KEYS", _to_list, _NO_ARGS),
         max_body_bytes=get(
             "BODHI_MAX_BODY_BYTES", lambda k, v, s: _to_int(k, v, s, 1, None), 32 * 1024 * 1024
         ),
+        max_connections=get("BODHI_MAX_CONNECTIONS", lambda k, v, s: _to_int(k, v, s, 0, None), 0),
         allowed_origins=get("BODHI_ALLOWED_ORIGINS", _to_list, _NO_ARGS),
         insecure=get("BODHI_INSECURE", _to_bool, False),
+        allowed_context_flags=get(
+            "BODHI_ALLOWED_CONTEXT_FLAGS",
+            lambda k, v, s: allowed_flags_setting(k, _to_list(k, v, s), s),
+            _NO_ARGS,
+        ),
+        allowed_paths=get(
+            "BODHI_ALLOWED_PATHS",
+            lambda k, v, s: allowed_paths_setting(k, _to_list(k, v, s), s),
+            (),
+        ),
     )
+    # Needs the hub cache, home and allowed paths, so it runs once they are all known.
+    check_settings_args(settings)
+    return settings

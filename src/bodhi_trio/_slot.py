@@ -13,12 +13,14 @@ import attrs
 import trio
 
 from ._aliases import Alias
+from ._arg_policy import ArgPolicy
 from ._child import LaunchSpec
 from ._hub import resolve_model_file
 from ._runtime import find_llama_server
 from ._server_args import merge_server_args
 
 if TYPE_CHECKING:
+    from ._address import Address
     from ._exceptions import BodhiError
     from ._logtail import LogTail
     from ._settings import Settings
@@ -41,9 +43,8 @@ class RunningServer(Protocol):
     @property
     def pid(self) -> int: ...
     @property
-    def port(self) -> int: ...
-    @property
-    def host(self) -> str: ...
+    def address(self) -> Address: ...
+    def kill(self) -> None: ...
 
 
 class Launcher(Protocol):
@@ -73,6 +74,7 @@ class Slot:
     server: RunningServer
     scope: trio.CancelScope  # cancelling it stops the child
     finished: trio.Event  # set once the child task has ended (child reaped)
+    watch: trio.CancelScope = attrs.field(factory=trio.CancelScope)  # its health watch
     usable: bool = True
     interruption: BodhiError | None = None  # why its readers were cancelled
 
@@ -110,21 +112,26 @@ class HandOff:
 
 
 def default_spec_builder(settings: Settings) -> SpecBuilder:
-    """The real spec builder: binary lookup, HF cache resolution and the args merge."""
+    """The real spec builder: binary lookup, HF cache resolution and the args merge.
+
+    Every tier of args passes the :class:`ArgPolicy` again right before the merge,
+    although settings and the alias store checked them already: an alias built in
+    code, or a symlink that changed since, must not reach a child either.
+    """
+    policy = ArgPolicy.from_settings(settings)
 
     def build(alias: Alias, variant: str) -> LaunchSpec:
         binary = find_llama_server(variant, settings.binary_for(variant))
         model = resolve_model_file(settings.hub_cache, alias.repo, alias.filename, alias.snapshot)
-        args = merge_server_args(
-            settings.llamacpp_args,
-            settings.server_args_for(variant),
-            alias.context_params,
-            sources=(
-                "BODHI_LLAMACPP_ARGS",
-                f"BODHI_LLAMACPP_ARGS_{variant.upper()}",
-                f"alias {alias.alias!r} context_params",
-            ),
+        tiers = (settings.llamacpp_args, settings.server_args_for(variant), alias.context_params)
+        sources = (
+            "BODHI_LLAMACPP_ARGS",
+            f"BODHI_LLAMACPP_ARGS_{variant.upper()}",
+            f"alias {alias.alias!r} context_params",
         )
+        for items, source in zip(tiers, sources, strict=True):
+            policy.check(items, source=source)
+        args = merge_server_args(*tiers, sources=sources)
         return LaunchSpec(
             binary=binary,
             model=model.absolute(),

@@ -31,6 +31,7 @@ class SlotStatus(enum.StrEnum):
     READY = "ready"
     STOPPING = "stopping"
     CRASHED = "crashed"
+    HUNG = "hung"  # stopped answering: killed; the next request loads it again
 
 
 class EventKind(enum.StrEnum):
@@ -40,6 +41,7 @@ class EventKind(enum.StrEnum):
     START = "start"
     STOP = "stop"
     CRASHED = "crashed"
+    HUNG = "hung"
     VARIANT = "variant"
     CHAT_COMPLETIONS = "chat_completions"
 
@@ -70,7 +72,7 @@ class ServerState:
         alias: The alias loaded or loading, else ``None``.
         variant: The exec variant in use.
         pid: The llama-server pid while one runs.
-        port: Its loopback port while it is ready.
+        port: Always ``None``: children listen on a private Unix socket, not a port.
         in_flight: Responses holding the slot right now.
         since: Wall-clock time the status last changed.
         error: Why the last start failed or the child crashed, if it did.

@@ -16,7 +16,7 @@ from __future__ import annotations
 import collections
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Protocol, final
+from typing import TYPE_CHECKING, Protocol, final
 
 import attrs
 import trio
@@ -24,12 +24,17 @@ import trio
 from ._exceptions import UpstreamError
 from ._http1 import MAX_HEAD_BYTES, ChunkedDecoder, FramingError, ResponseHead, parse_head
 
+if TYPE_CHECKING:
+    from ._address import Address
+
 __all__ = [
     "HTTPResponse",
     "PooledSender",
+    "Probe",
     "Sender",
     "UpstreamPool",
     "UpstreamResponse",
+    "probe",
     "send_upstream",
 ]
 
@@ -54,32 +59,66 @@ class Sender(Protocol):
     """How the context talks to a server: :class:`PooledSender` for real, fakes in tests."""
 
     def send(
-        self, host: str, port: int, path: str, body: bytes
+        self, address: Address, path: str, body: bytes
     ) -> AbstractAsyncContextManager[UpstreamResponse]:
         """POST ``body`` and yield the response (see :func:`send_upstream`)."""
         ...
 
-    async def close_idle(self, host: str, port: int) -> None:
+    async def close_idle(self, address: Address) -> None:
         """Close idle connections to a server that is about to stop."""
         ...
+
+    async def probe(self, address: Address, path: str, *, within: float) -> Probe | None:
+        """One ``GET`` on a fresh connection (see :func:`probe`)."""
+        ...
+
+    def waiting_since(self, address: Address) -> float | None:
+        """When the longest current wait for bytes from ``address`` began (Trio clock)."""
+        ...
+
+    async def abort_waiting(self, address: Address, *, since_before: float, reason: str) -> int:
+        """End the requests to ``address`` that have waited for bytes since before
+        ``since_before``: each raises :class:`UpstreamError` with ``reason``."""
+        ...
+
+
+@attrs.frozen
+class Probe:
+    """The answer to :func:`probe`: status and whole body."""
+
+    status: int
+    body: bytes
 
 
 @attrs.define(eq=False)
 class _Connection:
-    host: str
-    port: int
+    address: Address
     stream: trio.SocketStream
     reused: bool = False
     answered: bool = False  # llama-server sent bytes on it since the last request
+    # While a read waits for llama-server: when it began (Trio clock). A watchdog
+    # reads it instead of a timer per read, which the relay's hot path cannot afford.
+    waiting_since: float | None = None
+    abort_reason: str | None = None
 
     async def receive(self) -> bytes:
         """The next bytes from llama-server; ``b""`` when it closed the connection."""
+        self.waiting_since = trio.current_time()
         try:
             data = await self.stream.receive_some(_RECEIVE_BYTES)
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            if self.abort_reason is not None:
+                raise UpstreamError(self.abort_reason) from exc
             raise UpstreamError(f"llama-server connection broke: {exc!r}") from exc
+        finally:
+            self.waiting_since = None
         self.answered = self.answered or bool(data)
         return data
+
+    async def abort(self, reason: str) -> None:
+        """Close it under a reader's feet: the reader's :meth:`receive` raises ``reason``."""
+        self.abort_reason = reason
+        await self.aclose()
 
     async def aclose(self) -> None:
         with trio.move_on_after(_CLOSE_TIMEOUT, shield=True):
@@ -89,14 +128,14 @@ class _Connection:
 @final
 @attrs.define(eq=False)
 class UpstreamPool:
-    """Keep-alive connections to llama-server children, per host and port.
+    """Keep-alive connections to llama-server children, per address.
 
     Call :meth:`aclose` (or use it with ``async with``) to close idle connections.
     """
 
-    _idle: dict[tuple[str, int], collections.deque[_Connection]] = attrs.field(
-        factory=dict, init=False
-    )
+    _idle: dict[Address, collections.deque[_Connection]] = attrs.field(factory=dict, init=False)
+    # Connections carrying a request right now, for the stall watchdog.
+    _busy: dict[Address, set[_Connection]] = attrs.field(factory=dict, init=False)
 
     async def __aenter__(self) -> UpstreamPool:
         return self
@@ -104,35 +143,70 @@ class UpstreamPool:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    async def _connect(self, host: str, port: int, *, fresh: bool) -> _Connection:
-        idle = None if fresh else self._idle.get((host, port))
+    async def _connect(self, address: Address, *, fresh: bool) -> _Connection:
+        idle = None if fresh else self._idle.get(address)
         if idle:
             connection = idle.pop()
             connection.reused, connection.answered = True, False
-            return connection
-        try:
-            with trio.fail_after(_CONNECT_TIMEOUT):
-                stream = await trio.open_tcp_stream(host, port)
-        except (OSError, trio.TooSlowError) as exc:
-            raise UpstreamError(f"cannot connect to llama-server at {host}:{port}: {exc}") from exc
-        return _Connection(host, port, stream)
+        else:
+            try:
+                with trio.fail_after(_CONNECT_TIMEOUT):
+                    stream = await address.connect()
+            except (OSError, trio.TooSlowError) as exc:
+                raise UpstreamError(f"cannot connect to llama-server at {address}: {exc}") from exc
+            connection = _Connection(address, stream)
+        self._busy.setdefault(address, set()).add(connection)
+        return connection
+
+    def _release(self, connection: _Connection) -> None:
+        busy = self._busy.get(connection.address)
+        if busy is not None:
+            busy.discard(connection)
+            if not busy:
+                del self._busy[connection.address]
 
     def _give_back(self, connection: _Connection) -> bool:
         """Keep a finished connection for reuse; ``False`` if it must be closed."""
-        idle = self._idle.setdefault((connection.host, connection.port), collections.deque())
+        self._release(connection)
+        idle = self._idle.setdefault(connection.address, collections.deque())
         if len(idle) >= _MAX_IDLE_PER_SERVER:
             return False
         idle.append(connection)
         return True
 
-    async def close_idle(self, host: str, port: int) -> None:
+    async def _discard(self, connection: _Connection) -> None:
+        self._release(connection)
+        await connection.aclose()
+
+    async def close_idle(self, address: Address) -> None:
         """Close the idle connections to one server (before stopping it: llama-server's
         HTTP threads would otherwise sit on them until its keep-alive timeout)."""
-        for connection in self._idle.pop((host, port), ()):
+        for connection in self._idle.pop(address, ()):
             await connection.aclose()
 
-    def idle_count(self, host: str, port: int) -> int:
-        return len(self._idle.get((host, port), ()))
+    def idle_count(self, address: Address) -> int:
+        return len(self._idle.get(address, ()))
+
+    def waiting_since(self, address: Address) -> float | None:
+        """When the longest current wait for bytes from ``address`` began, or ``None``."""
+        starts = [c.waiting_since for c in self._busy.get(address, ())]
+        return min((t for t in starts if t is not None), default=None)
+
+    async def abort_waiting(self, address: Address, *, since_before: float, reason: str) -> int:
+        """End every request to ``address`` whose read has waited since before
+        ``since_before``; its reader gets :class:`UpstreamError` with ``reason``.
+
+        Returns:
+            How many were ended.
+        """
+        stalled = [
+            c
+            for c in self._busy.get(address, ())
+            if c.waiting_since is not None and c.waiting_since < since_before
+        ]
+        for connection in stalled:
+            await connection.abort(reason)
+        return len(stalled)
 
     async def aclose(self) -> None:
         """Close every idle connection."""
@@ -245,8 +319,12 @@ class _StaleConnection(Exception):
     generation twice."""
 
 
-def _request_bytes(method: str, host: str, port: int, path: str, body: bytes) -> bytes:
-    lines = [f"{method} {path} HTTP/1.1", f"Host: {host}:{port}", f"Content-Length: {len(body)}"]
+def _request_bytes(method: str, address: Address, path: str, body: bytes) -> bytes:
+    lines = [
+        f"{method} {path} HTTP/1.1",
+        f"Host: {address.host_header}",
+        f"Content-Length: {len(body)}",
+    ]
     if body:
         lines.append("Content-Type: application/json")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
@@ -276,28 +354,27 @@ async def _read_head(connection: _Connection) -> tuple[ResponseHead, bytes]:
 
 async def _exchange(
     pool: UpstreamPool,
-    host: str,
-    port: int,
+    address: Address,
     path: str,
     body: bytes,
     *,
     fresh: bool,
     method: str,
 ) -> HTTPResponse:
-    connection = await pool._connect(host, port, fresh=fresh)
+    connection = await pool._connect(address, fresh=fresh)
     try:
         try:
-            await connection.stream.send_all(_request_bytes(method, host, port, path, body))
+            await connection.stream.send_all(_request_bytes(method, address, path, body))
         except (OSError, trio.BrokenResourceError) as exc:
             raise UpstreamError(f"llama-server connection broke: {exc!r}") from exc
         head, rest = await _read_head(connection)
     except UpstreamError as exc:
-        await connection.aclose()
-        if connection.reused and not connection.answered:
+        await pool._discard(connection)
+        if connection.reused and not connection.answered and connection.abort_reason is None:
             raise _StaleConnection from exc
         raise
     except BaseException:
-        await connection.aclose()
+        await pool._discard(connection)
         raise
     return HTTPResponse(head, connection, rest)
 
@@ -305,14 +382,13 @@ async def _exchange(
 @asynccontextmanager
 async def send_upstream(
     pool: UpstreamPool,
-    host: str,
-    port: int,
+    address: Address,
     path: str,
     body: bytes,
     *,
     method: str = "POST",
 ) -> AsyncIterator[HTTPResponse]:
-    """Send ``body`` (JSON; empty for none) to ``http://host:port/path`` and yield once
+    """Send ``body`` (JSON; empty for none) to ``path`` at ``address`` and yield once
     the response head arrives.
 
     A reused keep-alive connection that fails before any response (llama-server
@@ -326,14 +402,34 @@ async def send_upstream(
     stops generating. A body read to its end returns the connection to the pool.
     """
     try:
-        response = await _exchange(pool, host, port, path, body, fresh=False, method=method)
+        response = await _exchange(pool, address, path, body, fresh=False, method=method)
     except _StaleConnection:
-        response = await _exchange(pool, host, port, path, body, fresh=True, method=method)
+        response = await _exchange(pool, address, path, body, fresh=True, method=method)
     try:
         yield response
     finally:
         if not (response._reusable and pool._give_back(response._connection)):
-            await response._connection.aclose()
+            await pool._discard(response._connection)
+
+
+async def probe(address: Address, path: str, *, within: float) -> Probe | None:
+    """One ``GET path`` on a fresh connection, read whole ``within`` seconds.
+
+    Returns:
+        The answer, or ``None`` if nothing (or nothing complete) came back in time.
+
+    Cancellation: safe; the connection is closed.
+    """
+    with trio.move_on_after(within):
+        try:
+            async with (
+                UpstreamPool() as pool,
+                send_upstream(pool, address, path, b"", method="GET") as response,
+            ):
+                return Probe(response.status_code, await response.aread())
+        except UpstreamError:
+            return None
+    return None
 
 
 @final
@@ -344,9 +440,18 @@ class PooledSender:
     pool: UpstreamPool
 
     def send(
-        self, host: str, port: int, path: str, body: bytes
+        self, address: Address, path: str, body: bytes
     ) -> AbstractAsyncContextManager[HTTPResponse]:
-        return send_upstream(self.pool, host, port, path, body)
+        return send_upstream(self.pool, address, path, body)
 
-    async def close_idle(self, host: str, port: int) -> None:
-        await self.pool.close_idle(host, port)
+    async def close_idle(self, address: Address) -> None:
+        await self.pool.close_idle(address)
+
+    async def probe(self, address: Address, path: str, *, within: float) -> Probe | None:
+        return await probe(address, path, within=within)
+
+    def waiting_since(self, address: Address) -> float | None:
+        return self.pool.waiting_since(address)
+
+    async def abort_waiting(self, address: Address, *, since_before: float, reason: str) -> int:
+        return await self.pool.abort_waiting(address, since_before=since_before, reason=reason)

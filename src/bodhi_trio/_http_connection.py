@@ -1,0 +1,192 @@
+"""One client connection: Hypercorn's HTTP/1.1 protocol, with four changes.
+
+Hypercorn 0.18's own connection handler (``hypercorn.trio.tcp_server.TCPServer``
+and ``hypercorn.protocol.h11.H11Protocol``) is used as is, except:
+
+- **HTTP/1.1 only.** Hypercorn answers an ``Upgrade: h2c`` request with 101 and a
+  ``PRI * HTTP/2.0`` preface with HTTP/2, on plain TCP, by default. We serve plain
+  HTTP/1.1 on loopback; a second protocol stack is only attack surface. An h2c
+  upgrade is ignored (the request is answered in HTTP/1.1, as RFC 9110 §7.8
+  allows) and any request line naming another version than 1.0/1.1 gets 505.
+- **Both framings refused.** A request with both ``Content-Length`` and
+  ``Transfer-Encoding`` (h11 would let ``Transfer-Encoding`` win) gets 400 and the
+  connection is closed, as RFC 9112 §6.3 requires: such a request is the
+  smuggling vector.
+- **Parser errors carry the envelope.** The 400/431/501/505 answers written before a
+  request reaches the app have the ``{"error": {...}}`` body every other error has
+  (Hypercorn writes them with an empty body). Their messages are fixed: h11's own
+  would echo the client's bytes.
+- **``Connection: close`` closes.** Hypercorn closes the socket from the task that
+  wrote the last response, and Quart-Trio cancels that task as soon as the response
+  is out: the close was cut at its first checkpoint and the socket stayed open until
+  the keep-alive timeout. The close is shielded here.
+
+These hook methods are Hypercorn internals (pinned to 0.18.0 in pyproject.toml); the
+tests in ``tests/test_connections.py`` fail if an upgrade changes them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any, final
+
+import h11
+import trio
+from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.trio.task_group import TaskGroup
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.typing import ConnectionState
+from hypercorn.utils import parse_socket_addr
+
+__all__ = ["Connection", "error_body"]
+
+_HTTP_VERSIONS = frozenset({b"1.0", b"1.1"})
+
+# What a status from the parser means (the app never saw the request).
+_PARSER_ERRORS: dict[int, tuple[str, str]] = {
+    400: ("malformed_request", "the request is not valid HTTP/1.1"),
+    431: ("headers_too_large", "the request line and headers are too large"),
+    501: ("unsupported_transfer_encoding", "only Transfer-Encoding: chunked is supported"),
+    505: ("http_version_not_supported", "only HTTP/1.1 (and 1.0) is served"),
+}
+
+
+def error_body(message: str, error_type: str, code: str) -> bytes:
+    """The error envelope, serialised as the app serialises it."""
+    body = {"error": {"message": message, "type": error_type, "code": code, "param": None}}
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+class _Refused(h11.RemoteProtocolError):
+    """A request h11 accepts but we do not; ``code`` and message go into the envelope."""
+
+    def __init__(self, message: str, code: str, status: int) -> None:
+        super().__init__(message, error_status_hint=status)
+        self.code = code
+
+
+@final
+class _StrictH11Connection(h11.Connection):
+    """h11's server side, refusing requests that parse but must not be served."""
+
+    def __init__(self, max_incomplete_event_size: int) -> None:
+        super().__init__(h11.SERVER, max_incomplete_event_size=max_incomplete_event_size)
+        self.refusal: _Refused | None = None
+
+    def next_event(self) -> h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]:
+        event = super().next_event()
+        if isinstance(event, h11.Request):
+            # Raised as a protocol error, Hypercorn answers with _send_error_response and
+            # closes, exactly as for a request h11 itself cannot parse.
+            self.refusal = _refusal_of(event)
+            if self.refusal is not None:
+                raise self.refusal
+        return event
+
+
+def _refusal_of(request: h11.Request) -> _Refused | None:
+    if request.http_version not in _HTTP_VERSIONS:
+        code, message = _PARSER_ERRORS[505]
+        return _Refused(message, code, 505)
+    names = {name for name, _ in request.headers}
+    if b"content-length" in names and b"transfer-encoding" in names:
+        return _Refused(
+            "a request must not have both Content-Length and Transfer-Encoding"
+            " (RFC 9112 section 6.3)",
+            "conflicting_framing",
+            400,
+        )
+    return None
+
+
+@final
+class _H11Protocol(H11Protocol):
+    """Hypercorn's HTTP/1.1 protocol without HTTP/2 and with enveloped parser errors."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.connection = _StrictH11Connection(self.config.h11_max_incomplete_size)
+
+    async def _check_protocol(self, event: h11.Request) -> None:
+        """No switch to HTTP/2 (see the module docstring): nothing to check."""
+
+    async def _send_error_response(self, status_code: int) -> None:
+        refusal = getattr(self.connection, "refusal", None)
+        if isinstance(refusal, _Refused):
+            code, message = refusal.code, str(refusal)
+        else:
+            code, message = _PARSER_ERRORS.get(status_code, _PARSER_ERRORS[400])
+        body = error_body(message, "invalid_request_error", code)
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+            *self.config.response_headers("h11"),
+        ]
+        await self._send_h11_event(h11.Response(status_code=status_code, headers=headers))
+        await self._send_h11_event(h11.Data(data=body))
+        await self._send_h11_event(h11.EndOfMessage())
+
+
+@final
+class Connection(TCPServer):
+    """Serves one accepted plain-TCP connection (see the module docstring).
+
+    Args:
+        app, config, context, state: As for Hypercorn's ``TCPServer``.
+        stream: The accepted connection.
+        on_close: Called once, just before the socket is closed; a client that sees
+            the connection end can count on it having run.
+    """
+
+    def __init__(
+        self,
+        app: Any,
+        config: Any,
+        context: Any,
+        state: Any,
+        stream: trio.SocketStream,
+        on_close: Callable[[], None],
+    ) -> None:
+        # Annotated as an SSLStream, but TCPServer serves plain sockets too (its non-TLS branch).
+        super().__init__(app, config, context, state, stream)  # type: ignore[arg-type]
+        self._on_close = on_close
+
+    async def run(self) -> None:
+        # TCPServer.run without its TLS branch and with our protocol instead of
+        # Hypercorn's ProtocolWrapper (which is what switches to HTTP/2).
+        socket = self.stream.socket
+        try:
+            client = parse_socket_addr(socket.family, socket.getpeername())
+            server = parse_socket_addr(socket.family, socket.getsockname())
+            async with TaskGroup() as task_group:
+                self._task_group = task_group
+                # Typed as ProtocolWrapper; TCPServer only calls initiate() and handle().
+                self.protocol = _H11Protocol(  # type: ignore[assignment]
+                    self.app,
+                    self.config,
+                    self.context,
+                    task_group,
+                    ConnectionState(self.state),
+                    False,
+                    client,
+                    server,
+                    self.protocol_send,
+                )
+                await self.protocol.initiate()
+                await self.idle_task.restart(self._task_group, self._idle_timeout)
+                await self._read_data()
+        except OSError:
+            pass
+        finally:
+            await self._close()
+
+    async def _close(self) -> None:
+        self._on_close()
+        with trio.CancelScope(shield=True):  # see "Connection: close closes" above
+            await super()._close()
+
+    async def _initiate_server_close(self) -> None:
+        self._on_close()
+        await super()._initiate_server_close()

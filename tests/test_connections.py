@@ -1,0 +1,242 @@
+"""The HTTP transport under abuse (issue 10, items 6 and 7c-f), over raw sockets.
+
+Each test talks bytes to a real server on 127.0.0.1:0, because what is tested is what
+HTTP clients hide: whether the socket closes, what the parser answers, which protocol
+is spoken.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from httpserver import running_server
+
+HOST = b"Host: 127.0.0.1\r\n"
+# Reading stops at EOF; this is only how long a test waits before it calls an open
+# connection a failure (the server's keep-alive timeout is 75 s).
+CLOSE_WITHIN = 5.0
+
+
+def port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+async def read_until_closed(stream: trio.SocketStream) -> tuple[bytes, bool]:
+    """Everything the server sends, and whether it closed within ``CLOSE_WITHIN``."""
+    received = b""
+    with trio.move_on_after(CLOSE_WITHIN):
+        while chunk := await stream.receive_some():
+            received += chunk
+        return received, True
+    return received, False
+
+
+async def exchange(port: int, raw: bytes) -> tuple[bytes, bool]:
+    """Send ``raw`` on a new connection; return the answer and whether it was closed."""
+    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+        await stream.send_all(raw)
+        return await read_until_closed(stream)
+
+
+def parse(answer: bytes) -> tuple[int, dict[str, str], bytes]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ")[1])
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers, body
+
+
+def envelope(body: bytes) -> dict[str, Any]:
+    document = json.loads(body)
+    assert set(document) == {"error"}
+    assert set(document["error"]) == {"message", "type", "code", "param"}
+    error: dict[str, Any] = document["error"]
+    return error
+
+
+async def test_connections_over_the_cap_get_a_503_and_the_server_stays_reachable(
+    tmp_path: Path, hub_cache: Path
+) -> None:
+    """1100 idle sockets used to exhaust the fd limit (EMFILE for 75 s); now the cap
+    (here 20) refuses the 21st with a 503 envelope and closes it, and a connection
+    that ends frees its place at once."""
+    with trio.fail_after(60):
+        async with running_server(tmp_path, hub_cache, BODHI_MAX_CONNECTIONS="20") as server:
+            port = port_of(server.url)
+            idle = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(20)]
+            try:
+                # Accepted in order: the 20 are counted before the 21st is looked at.
+                async with await trio.open_tcp_stream("127.0.0.1", port) as over:
+                    refused, refused_closed = await read_until_closed(over)
+                # A held connection is served normally; its end frees a place.
+                await idle[0].send_all(
+                    b"GET /ping HTTP/1.1\r\n" + HOST + b"Connection: close\r\n\r\n"
+                )
+                held, held_closed = await read_until_closed(idle[0])
+                async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+                    ping = await client.get("/ping")
+            finally:
+                for stream in idle:
+                    await stream.aclose()
+    assert refused, "the connection over the cap got no answer"
+    status, headers, body = parse(refused)
+    assert (status, refused_closed) == (503, True)
+    assert headers["connection"] == "close"
+    assert headers["retry-after"] == "1"
+    assert headers["content-type"] == "application/json"
+    error = envelope(body)
+    assert (error["type"], error["code"]) == ("service_unavailable", "too_many_connections")
+    assert "BODHI_MAX_CONNECTIONS" in error["message"]
+    assert (parse(held)[0], held_closed) == (200, True)
+    assert ping.status_code == 200
+
+
+async def test_serve_raises_the_soft_open_files_limit(tmp_path: Path, hub_cache: Path) -> None:
+    """A process started under a low soft limit serves under the hard one."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    low = 256
+    if hard != resource.RLIM_INFINITY and hard <= low:
+        pytest.fail(f"the hard open-files limit {hard} leaves nothing to raise")
+    script = textwrap.dedent(
+        f"""
+        import resource, trio
+        from pathlib import Path
+        from bodhi_trio._serve import serve
+        from bodhi_trio._settings import load_settings
+
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, ({low}, hard))
+        settings = load_settings(
+            home=Path({str(tmp_path)!r}),
+            env={{"HF_HUB_CACHE": {str(hub_cache)!r}, "BODHI_PORT": "0"}},
+        )
+
+        async def stop_at_once():
+            pass
+
+        trio.run(lambda: serve(settings, shutdown_trigger=stop_at_once, shutdown_grace=0))
+        print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+        """
+    )
+    with trio.fail_after(60):
+        done = await trio.run_process(
+            [sys.executable, "-c", script], capture_stdout=True, capture_stderr=True, check=False
+        )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert int(done.stdout.decode().split()[-1]) == min(hard, 65536) > low
+
+
+def test_default_connection_cap_follows_the_open_files_limit() -> None:
+    from bodhi_trio._fd_limits import connection_limit
+
+    assert connection_limit(0, 1024) == 384  # (1024 - 256 reserved) / 2 descriptors each
+    assert connection_limit(0, 1_048_576) == 10_000
+    assert connection_limit(0, 100) == 1
+    assert connection_limit(50, 1024) == 50  # set explicitly: taken as given
+
+
+@pytest.mark.parametrize(
+    ("raw", "status", "code"),
+    [
+        (b"GET /a b c\r\n\r\n", 400, "malformed_request"),
+        (b"GET /ping HTTP/1.1\r\n" + HOST + b"X-Big: " + b"a" * 20_000, 431, "headers_too_large"),
+        (
+            b"POST /v1/chat/completions HTTP/1.1\r\n" + HOST + b"Transfer-Encoding: gzip\r\n\r\n",
+            501,
+            "unsupported_transfer_encoding",
+        ),
+    ],
+    ids=["bad-request-line", "headers-too-large", "unknown-transfer-coding"],
+)
+async def test_parser_errors_carry_the_envelope(
+    tmp_path: Path, hub_cache: Path, raw: bytes, status: int, code: str
+) -> None:
+    """Answers from the HTTP parser (the app never sees the request) have the envelope
+    too, and never echo the client's bytes."""
+    with trio.fail_after(30):
+        async with running_server(tmp_path, hub_cache) as server:
+            answer, closed = await exchange(port_of(server.url), raw)
+    got_status, headers, body = parse(answer)
+    assert (got_status, closed, headers["connection"]) == (status, True, "close")
+    assert headers["content-type"] == "application/json"
+    error = envelope(body)
+    assert (error["type"], error["code"]) == ("invalid_request_error", code)
+    assert b"aaaa" not in body
+
+
+async def test_content_length_with_transfer_encoding_is_refused_and_closed(
+    tmp_path: Path, hub_cache: Path
+) -> None:
+    """RFC 9112 section 6.3: the server must close after such a request (a smuggling
+    vector); it is refused before the app sees it."""
+    raw = (
+        b"POST /v1/chat/completions HTTP/1.1\r\n" + HOST + b"Content-Length: 5\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
+        b"GET /ping HTTP/1.1\r\n" + HOST + b"\r\n"  # a smuggled second request
+    )
+    with trio.fail_after(30):
+        async with running_server(tmp_path, hub_cache) as server:
+            answer, closed = await exchange(port_of(server.url), raw)
+    status, headers, body = parse(answer)
+    assert (status, closed, headers["connection"]) == (400, True, "close")
+    assert envelope(body)["code"] == "conflicting_framing"
+    assert answer.count(b"HTTP/1.1 ") == 1  # the smuggled request got no answer
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        # answered before its body is read: the app says Connection: close
+        (b"PUT /nowhere HTTP/1.1\r\n" + HOST + b"Content-Length: 5\r\n\r\nabcde", 404),
+        (b"PUT /nowhere HTTP/1.1\r\n" + HOST + b"Content-Length: 5\r\n\r\n", 404),
+        # the client asks for it
+        (b"GET /ping HTTP/1.1\r\n" + HOST + b"Connection: close\r\n\r\n", 200),
+    ],
+    ids=["unread-body", "body-never-sent", "client-asks"],
+)
+async def test_a_connection_close_answer_closes_the_socket(
+    tmp_path: Path, hub_cache: Path, raw: bytes, status: int
+) -> None:
+    """``Connection: close`` used to leave the socket open until the 75 s keep-alive
+    timeout: the close ran in a task the framework had just cancelled."""
+    with trio.fail_after(30):
+        async with running_server(tmp_path, hub_cache) as server:
+            answer, closed = await exchange(port_of(server.url), raw)
+    got_status, headers, _ = parse(answer)
+    assert (got_status, headers.get("connection"), closed) == (status, "close", True)
+
+
+async def test_http2_is_not_spoken(tmp_path: Path, hub_cache: Path) -> None:
+    """Plain HTTP/1.1 only: the HTTP/2 preface gets a 505 envelope, and an h2c upgrade
+    request is answered in HTTP/1.1 (the upgrade ignored)."""
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+    upgrade = (
+        b"GET /ping HTTP/1.1\r\n" + HOST + b"Connection: Upgrade, HTTP2-Settings\r\n"
+        b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+    )
+    with trio.fail_after(30):
+        async with running_server(tmp_path, hub_cache) as server:
+            port = port_of(server.url)
+            prior, prior_closed = await exchange(port, preface)
+            async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+                await stream.send_all(upgrade)
+                upgraded = b""
+                while b"pong" not in upgraded and (chunk := await stream.receive_some()):
+                    upgraded += chunk
+    status, headers, body = parse(prior)
+    assert (status, prior_closed, headers["connection"]) == (505, True, "close")
+    assert envelope(body)["code"] == "http_version_not_supported"
+    assert upgraded.startswith(b"HTTP/1.1 200 "), upgraded[:200]
+    assert b"upgrade" not in upgraded.lower()
