@@ -19,7 +19,7 @@ from openai.types.chat import ChatCompletionMessageParam
 
 from bodhi_trio._address import Address
 from bodhi_trio._aliases import Alias
-from bodhi_trio._demo import DEMO_ALIAS
+from bodhi_trio._demo import DEMO_ALIAS, DEMO_FILENAME, DEMO_REPO
 from bodhi_trio._upstream import UpstreamPool, send_upstream
 from httpserver import child_address, running_server
 from procs import child_client
@@ -135,26 +135,40 @@ async def slots_busy(child: Address) -> bool:
     return any(slot["is_processing"] for slot in slots)
 
 
+# A generation that nobody stops runs for minutes: with context shift the context never
+# fills, and a million tokens take the demo model ~400 s. So the liveness bound below (a
+# client that left must stop it within STOP_BOUND) is far from what an unstopped run takes.
+ENDLESS = Alias("endless:1", DEMO_REPO, DEMO_FILENAME,
+                context_params=("--ctx-size 256 --context-shift --parallel 1",))  # fmt: skip
+STOP_BOUND = 10.0
+
+
 async def test_client_disconnect_mid_stream_stops_generation(
     tmp_path: Path, hub_cache: Path
 ) -> None:
-    request = {"model": DEMO_ALIAS, "messages": MESSAGES, "max_tokens": 1500,
+    request = {"model": ENDLESS.alias, "messages": MESSAGES, "max_tokens": 1_000_000,
                "ignore_eos": True, "stream": True}  # fmt: skip
-    with trio.fail_after(60):
-        async with running_server(tmp_path, hub_cache) as server, UpstreamPool() as pool:
+    with trio.fail_after(120):  # liveness bound for the whole test
+        async with (
+            running_server(tmp_path, hub_cache, aliases=(ENDLESS,)) as server,
+            UpstreamPool() as pool,
+        ):
             port = int(server.url.rsplit(":", 1)[1])
             body = json.dumps(request).encode()
             # Our own HTTP/1.1 client: it closes the connection when the block is left early.
             async with send_upstream(
                 pool, Address.tcp("127.0.0.1", port), "/v1/chat/completions", body
             ) as r:
-                async for _chunk in r:
-                    break  # leave after the first bytes
+                received = 0
+                async for chunk in r:
+                    received += chunk.count(b"data: ")
+                    if received >= 20:
+                        break  # leave mid-stream
             child = await child_address(server.url)
-            with trio.fail_after(1):
+            with trio.fail_after(STOP_BOUND):  # liveness bound: unstopped, it runs ~400 s
                 while await slots_busy(child):  # noqa: ASYNC110 - only pollable
                     await trio.sleep(0.01)
-            with trio.fail_after(1):
+            with trio.fail_after(STOP_BOUND):  # liveness bound
                 while (await client_state(server.url))["in_flight"]:  # noqa: ASYNC110
                     await trio.sleep(0.01)
 
