@@ -16,11 +16,17 @@ BODHI_HOME and HF_HOME, and stops it, with its child, at the end):
   proxy and the client); then the time to the first token across model swaps and cold
   starts, minus the child's own start-to-ready time.
 
-Writes the whole run to ``benchmarks/results/latest.json`` and renders
-``benchmarks/RESULTS.md`` from it (machine, command, tables of medians with ratios to
-``direct``, the issue-5 targets with MET / MISSED). Loopback and Unix sockets only.
+Writes the whole run, with its provenance (git revision and whether ``src/`` or
+``benchmarks/`` had uncommitted changes, the machine, Python and package versions, the
+llama-server version, the date and the command), to ``benchmarks/results.json``, then renders
+``benchmarks/RESULTS.md`` from that file (tables of medians with ratios to ``direct``, the
+issue-5 targets with MET / MISSED). Both are committed: ``--render benchmarks/results.json``
+writes RESULTS.md again, byte for byte. A ``--quick`` run goes to the ignored
+``benchmarks/results/`` instead, so it never replaces the committed pair by accident.
+Loopback and Unix sockets only.
 
     python benchmarks/run.py [--quick] [--llama] [--litellm] [--suites fake,memory,...]
+    python benchmarks/run.py --render benchmarks/results.json
 """
 
 from __future__ import annotations
@@ -28,9 +34,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import importlib.metadata
 import json
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -48,7 +56,12 @@ import bench_suites as suites
 __all__ = ["main"]
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 SUITES = ("fake", "llama", "llama-t1", "swap", "memory")
+RESULTS_JSON = HERE / "results.json"  # committed, with RESULTS.md rendered from it
+QUICK_JSON = HERE / "results" / "quick.json"  # ignored: quick runs are not the record
+PACKAGES = ("bodhi-trio", "trio", "hypercorn", "quart", "quart-trio", "h11")
+GIT_PATHS = ("src", "benchmarks")  # a change here can move the numbers
 
 
 def _cpu_model() -> str:
@@ -59,32 +72,116 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def _output(argv: list[str]) -> str:
+def _memory_mib() -> int | None:
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) // 1024  # the line is in KiB
+    return None
+
+
+def _output(argv: list[str], cwd: Path = HERE, stderr: bool = True) -> str | None:
+    """The command's output (stdout, and stderr unless told not), or None if it failed."""
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, cwd=HERE)
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, cwd=cwd)
     except (OSError, subprocess.TimeoutExpired):
-        return ""
-    return (done.stdout + done.stderr).strip() if done.returncode == 0 else ""
+        return None
+    if done.returncode != 0:
+        return None
+    # rstrip: a line of `git status --porcelain` may start with a space
+    return (done.stdout + (done.stderr if stderr else "")).rstrip()
 
 
-def _machine() -> dict[str, Any]:
-    import bodhi_trio
+def _in_repo(path: Path) -> str | None:
+    """``path`` relative to the repository's root, or None if it lies outside."""
+    with contextlib.suppress(ValueError):
+        return path.resolve().relative_to(ROOT).as_posix()
+    return None
 
-    git = _output(["git", "rev-parse", "--short", "HEAD"]) or "unknown"
-    if _output(["git", "status", "--porcelain", "--untracked-files=no"]):
-        git += " plus uncommitted changes"
-    binary = _output([sys.executable, "-m", "bodhi_trio", "llama-server", "path"])
-    version = _output([binary, "--version"]).splitlines() if binary else []
-    llama = next((v for v in version if v.startswith("version")), "unknown")
+
+def _git(outputs: list[Path]) -> dict[str, Any]:
+    """The checked-out revision, and the uncommitted changes under ``GIT_PATHS`` (the
+    run's own output files left out: a previous run's results are not a code change)."""
+    revision = _output(["git", "rev-parse", "HEAD"], ROOT, stderr=False)
+    excluded = [f":(exclude){rel}" for p in outputs if (rel := _in_repo(p))]
+    status = _output(
+        ["git", "status", "--porcelain", "--untracked-files=all", "--", *GIT_PATHS, *excluded],
+        ROOT,
+        stderr=False,
+    )
+    changes = status.splitlines() if status else []
     return {
-        "cpu_model": _cpu_model(),
-        "cpus": os.cpu_count(),
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "platform": platform.platform(),
-        "bodhi_trio": getattr(bodhi_trio, "__version__", "?"),
-        "git": git,
-        "llama_server": f"{binary or 'not found'} ({llama})",
+        "revision": revision or None,
+        "dirty": None if status is None else bool(changes),
+        "changes": changes,
+        "paths_checked": list(GIT_PATHS),
     }
+
+
+def _packages() -> dict[str, str | None]:
+    found: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def _llama_server() -> dict[str, str | None]:
+    binary = _output([sys.executable, "-m", "bodhi_trio", "llama-server", "path"], stderr=False)
+    lines = (_output([binary, "--version"]) or "").splitlines() if binary else []
+    return {
+        "path": binary or None,
+        "version": next((v for v in lines if v.startswith("version")), None),
+        "built_with": next((v for v in lines if v.startswith("built with")), None),
+    }
+
+
+def provenance(argv: list[str], outputs: list[Path]) -> dict[str, Any]:
+    """What produced a run: revision, machine, software, date and command line."""
+    return {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": shlex.join(["python", "benchmarks/run.py", *argv]),
+        "argv": argv,
+        "executable": sys.executable,
+        "git": _git(outputs),
+        "machine": {
+            "cpu_model": _cpu_model(),
+            "cpus": os.cpu_count(),
+            "memory_mib": _memory_mib(),
+            "platform": platform.platform(),
+        },
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "packages": _packages(),
+        "llama_server": _llama_server(),
+    }
+
+
+def _shown(path: Path) -> str:
+    """How RESULTS.md names a file: from the repository's root, else absolute."""
+    return _in_repo(path) or str(path.resolve())
+
+
+def write_results(doc: dict[str, Any], out: Path, results_md: Path | None) -> None:
+    """Write the run's JSON, then render RESULTS.md from what was written (not from
+    ``doc`` in memory), exactly as ``--render`` does, so the two cannot differ."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2) + "\n")
+    if results_md is not None:
+        render(out, results_md)
+
+
+def render(source: Path, results_md: Path) -> None:
+    """RESULTS.md from a run's JSON; it names the file and the command that re-derive it."""
+    saved = json.loads(source.read_text())
+    saved["targets"] = report.check_targets(saved)
+    command = ["python", "benchmarks/run.py", "--render", _shown(source)]
+    if results_md.resolve() != source.resolve().with_name("RESULTS.md"):
+        command += ["--results-md", _shown(results_md)]
+    link = Path(os.path.relpath(source.resolve(), results_md.resolve().parent)).as_posix()
+    results_md.parent.mkdir(parents=True, exist_ok=True)
+    results_md.write_text(report.render_results(saved, link, shlex.join(command)))
 
 
 def _loadavg() -> str:
@@ -146,17 +243,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--litellm", action="store_true", help="also LiteLLM in the fake suite")
     parser.add_argument("--suites", help=f"exactly these, comma-separated: {','.join(SUITES)}")
     parser.add_argument("--streams", type=int, default=1000, help="idle streams (1000)")
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "latest.json")
-    parser.add_argument("--results-md", type=Path, default=HERE / "RESULTS.md")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help=f"the run's JSON ({_shown(RESULTS_JSON)}; with --quick {_shown(QUICK_JSON)})",
+    )
+    parser.add_argument(
+        "--results-md", type=Path, help="where to render (RESULTS.md next to the JSON)"
+    )
     parser.add_argument("--no-results-md", action="store_true", help="don't write RESULTS.md")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, homes)")
-    parser.add_argument("--render", type=Path, metavar="JSON", help="only re-render RESULTS.md")
+    parser.add_argument(
+        "--render", type=Path, metavar="JSON", help="only render RESULTS.md from a run's JSON"
+    )
     args = parser.parse_args(argv)
     if args.render:
-        saved = json.loads(args.render.read_text())
-        saved["targets"] = report.check_targets(saved)
-        args.results_md.write_text(report.render_results(saved))
-        print(f"rendered {args.render} into {args.results_md}")
+        results_md = args.results_md or args.render.with_name("RESULTS.md")
+        render(args.render, results_md)
+        print(f"rendered {args.render} into {results_md}")
         return 0
     if args.suites:
         chosen = [s.strip() for s in args.suites.split(",") if s.strip()]
@@ -164,13 +268,13 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown suites: {', '.join(sorted(unknown))}")
     else:
         chosen = list(SUITES) if args.llama else ["fake", "memory"]
+    out: Path = args.out or (QUICK_JSON if args.quick else RESULTS_JSON)
+    results_md = None if args.no_results_md else args.results_md or out.with_name("RESULTS.md")
     doc: dict[str, Any] = {
-        "command": " ".join(["python", "benchmarks/run.py", *argv]),
-        "argv": argv,
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "provenance": provenance(argv, [out] + ([results_md] if results_md else [])),
         "rounds": args.rounds or (2 if args.quick else 5),
+        "quick": args.quick,
         "litellm": args.litellm,
-        "machine": _machine(),
         "suites": {},
         "notes": [],
         "errors": 0,
@@ -186,20 +290,15 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     doc["targets"] = report.check_targets(doc)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    write_results(doc, out, results_md)
     print()
     for name in ("fake", "llama", "llama-t1"):
         rate = "events_per_s" if name == "fake" else "tokens_per_s"
         if name in doc["suites"]:
             print(f"{name}:\n{report.throughput_table(doc['suites'][name]['summary'], rate)}\n")
     for t in doc["targets"]:
-        print(f"target {t['n']:>3}: {t['measured']}  →  {t['result']}")
-    if not args.no_results_md:
-        args.results_md.write_text(report.render_results(doc))
-        print(f"\nwritten to {args.out} and {args.results_md}")
-    else:
-        print(f"\nwritten to {args.out}")
+        print(f"target {t['n']:>10}: {t['measured']}  →  {t['result']}")
+    print(f"\nwritten to {out}" + (f" and {results_md}" if results_md else ""))
     return 1 if doc["errors"] else 0
 
 

@@ -19,8 +19,14 @@ extra flags:
 ``--fake-fork-grandchild``   fork a helper that sleeps in the same process group
 ``--fake-tokens N``          tokens per completion (default 8)
 ``--fake-token-delay S``     pause between streamed tokens (default 0)
-``--fake-stall-after N``     after N streamed tokens, send nothing more (connection open)
-``--fake-busy``              ``/slots`` says a slot is processing (else: all idle)
+``--fake-stall-after N``     after N streamed tokens, send nothing more (connection open);
+                             the generation counts as ended, like a child whose slot went
+                             idle without finishing the response
+``--fake-busy``              ``/slots`` always says a slot is processing
+
+``/slots`` tells the truth otherwise: a slot is processing while a completion is being
+generated (from the request until its last token is sent or the client is found gone),
+idle when none is. Every ``/slots`` request logs "slots asked".
 
 Like llama-server, a ``--host`` ending in ``.sock`` is a Unix socket to listen on.
 """
@@ -46,6 +52,37 @@ def log(message: str) -> None:
 class State:
     ready_at = 0.0
     args: argparse.Namespace
+    # Completions being generated now (one handler thread each), for /slots.
+    generating = 0
+    lock = threading.Lock()
+
+
+class Generation:
+    """One completion's turn on a slot, for ``/slots``: from the request until
+    :meth:`end` (its last token, a client found gone, a stall), at most once."""
+
+    def __init__(self) -> None:
+        self.running = False
+
+    def __enter__(self) -> Generation:
+        with State.lock:
+            State.generating += 1
+        self.running = True
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.end()
+
+    def end(self) -> None:
+        if self.running:
+            self.running = False
+            with State.lock:
+                State.generating -= 1
+
+
+def any_generating() -> bool:
+    with State.lock:
+        return State.generating > 0
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -56,11 +93,16 @@ class Handler(BaseHTTPRequestHandler):
 
     def _json(self, status: int, body: object) -> None:
         data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json; charset=utf-8")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json; charset=utf-8")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            # The health probe reads the status line and closes. Like llama-server, say
+            # nothing: a traceback here would be output, which counts as progress.
+            self.close_connection = True
 
     def do_GET(self) -> None:
         if self.path == "/health":
@@ -79,7 +121,8 @@ class Handler(BaseHTTPRequestHandler):
                 self._json(200, {"status": "ok"})
         elif self.path == "/slots":
             log("slots asked")
-            self._json(200, [{"id": 0, "is_processing": bool(State.args.fake_busy)}])
+            busy = bool(State.args.fake_busy) or any_generating()
+            self._json(200, [{"id": 0, "is_processing": busy}])
         else:
             self._json(
                 404,
@@ -102,12 +145,17 @@ class Handler(BaseHTTPRequestHandler):
                 {"error": {"code": 404, "message": "File Not Found", "type": "not_found_error"}},
             )
             return
+        with Generation() as generation:
+            self._generate(body, generation)
+
+    def _generate(self, body: dict[str, Any], generation: Generation) -> None:
         n = int(body.get("max_tokens") or State.args.fake_tokens)
         n = min(n, State.args.fake_tokens) if not body.get("ignore_eos") else n
         created = int(time.time())
         model = State.args.alias
         if not body.get("stream"):
             text = "".join(f"tok{i} " for i in range(n))
+            generation.end()
             self._json(
                 200,
                 {
@@ -150,12 +198,14 @@ class Handler(BaseHTTPRequestHandler):
             event(chunk({"role": "assistant", "content": None}, None))
             for i in range(n):
                 if i == State.args.fake_stall_after:
+                    generation.end()  # the slot goes idle; the response never ends
                     log("stalling the stream")
                     while True:
                         time.sleep(3600)
                 if State.args.fake_token_delay:
                     time.sleep(State.args.fake_token_delay)
                 event(chunk({"content": f"tok{i} "}, None))
+            generation.end()  # the last token: the slot is free before the tail is sent
             event(chunk({}, "length"))
             if (body.get("stream_options") or {}).get("include_usage"):
                 usage = {"prompt_tokens": 3, "completion_tokens": n, "total_tokens": n + 3}
@@ -173,6 +223,7 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(b"0\r\n\r\n")
             self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
+            generation.end()
             log("client disconnected; generation stopped")
 
 

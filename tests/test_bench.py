@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
@@ -354,3 +355,145 @@ async def test_fake_on_a_unix_socket_and_disconnect_latency_over_it(fake_unix: s
         result = await run_bench(config)
     assert result.errors == 0, result.error_samples
     assert result.disconnects == result.disconnects_seen == 4
+
+
+# The benchmark report: RESULTS.md is rendered from the run's raw JSON, nothing else.
+
+BENCH_DIR = FAKE.parent
+
+
+def _bench_module(name: str) -> Any:
+    """A module of benchmarks/ (they import each other by bare name, as run.py does)."""
+    if str(BENCH_DIR) not in sys.path:
+        sys.path.insert(0, str(BENCH_DIR))
+    return importlib.import_module(name)
+
+
+def _arm(events_per_s: float, cpu: float, ttft: float) -> dict[str, float | None]:
+    metrics: dict[str, float | None] = dict.fromkeys(
+        ["tokens_per_s", "gap_p99_ms", "disconnect_p50_ms", "disconnect_p99_ms", "drain_s"]
+    )
+    metrics |= {"events_per_s": events_per_s, "cpu_us_per_event": cpu, "rss_mib": 70.0}
+    metrics |= {"ttft_p50_ms": ttft, "ttft_p99_ms": ttft * 2, "disconnects": 0.0}
+    return metrics | {"disconnects_seen": 0.0, "errors": 0.0, "rounds": 5.0}
+
+
+def committed_like_results() -> dict[str, Any]:
+    """A small run document shaped like the committed ``benchmarks/results.json``."""
+    summary = {
+        "1 stream": {"direct": _arm(200_000, 4.7, 0.2), "bodhi-trio": _arm(160_000, 5.1, 2.6)},
+        "64 streams": {"direct": _arm(300_000, 3.4, 50), "bodhi-trio": _arm(240_000, 3.2, 130)},
+        "1 stream, paced": {
+            "direct": _arm(3_333, 36.6, 0.5),
+            "bodhi-trio": _arm(3_300, 130.7, 1.9),
+        },
+        "8 streams, paced": {
+            "direct": _arm(26_000, 14.7, 0.7),
+            "bodhi-trio": _arm(25_000, 35.9, 7),
+        },
+    }
+    return {
+        "provenance": {
+            "date": "2026-11-28T15:05:02+00:00",
+            "command": "python benchmarks/run.py --llama --litellm",
+            "argv": ["--llama", "--litellm"],
+            "executable": "/usr/bin/python3",
+            "git": {
+                "revision": "0123456789abcdef0123456789abcdef01234567",
+                "dirty": True,
+                "changes": [" M src/bodhi_trio/_relay.py"],
+                "paths_checked": ["src", "benchmarks"],
+            },
+            "machine": {
+                "cpu_model": "Some CPU 9000",
+                "cpus": 2,
+                "memory_mib": 24104,
+                "platform": "Linux-6.1-x86_64-with-glibc2.36",
+            },
+            "python": "CPython 3.11.7",
+            "packages": {"bodhi-trio": "0.1.0", "trio": "0.35.0", "hypercorn": "0.18.0"}
+            | {"quart": "0.22.0", "quart-trio": "0.12.0", "h11": "0.16.0"},
+            "llama_server": {
+                "path": "/opt/llama-server",
+                "version": "version: 1234 (abcdef0)",
+                "built_with": "built with cc for x86_64-linux-gnu",
+            },
+        },
+        "rounds": 5,
+        "quick": False,
+        "litellm": False,
+        "suites": {
+            "fake": {"pace_s": 0.0002, "summary": summary, "loadavg": ["0.1 0.2 0.3"] * 2},
+            "memory": {"rss_idle_mib": 67.4, "per_stream_kib": 46.7, "streams": 1000},
+        },
+        "notes": [],
+        "errors": 0,
+        "wall_s": 717.2,
+    }
+
+
+def test_results_md_is_rendered_from_the_committed_json_byte_for_byte(tmp_path: Path) -> None:
+    """What a run writes, ``--render`` of its JSON writes again, identically, every time."""
+    run = _bench_module("run")
+    json_path, md = tmp_path / "results.json", tmp_path / "RESULTS.md"
+    run.write_results(committed_like_results(), json_path, md)  # what a full run does
+    written = md.read_bytes()
+    assert json.loads(json_path.read_text()) == committed_like_results()
+    for _ in range(2):
+        md.unlink()
+        assert run.main(["--render", str(json_path)]) == 0
+        assert md.read_bytes() == written
+    elsewhere = tmp_path / "other" / "OUT.md"
+    assert run.main(["--render", str(json_path), "--results-md", str(elsewhere)]) == 0
+    text = elsewhere.read_text()
+    assert "Rendered from [`../results.json`](../results.json)" in text
+    assert f"--results-md {elsewhere.resolve()}`" in text
+
+
+def test_rendered_report_states_its_provenance_and_both_2b_scores(tmp_path: Path) -> None:
+    run = _bench_module("run")
+    json_path, md = tmp_path / "results.json", tmp_path / "RESULTS.md"
+    run.write_results(committed_like_results(), json_path, md)
+    text = md.read_text()
+    assert "Rendered from [`results.json`](results.json)" in text
+    command = f"python benchmarks/run.py --render {json_path.resolve()}"
+    assert f"`{command}` writes this file again from it, byte for byte" in text
+    for fact in (
+        "git revision: `0123456789abcdef0123456789abcdef01234567`, **uncommitted changes**",
+        "` M src/bodhi_trio/_relay.py`",
+        "machine: Some CPU 9000, 2 logical cores, 23.5 GiB memory; Linux-6.1-x86_64-with-glibc2.36",
+        "Python CPython 3.11.7; bodhi-trio 0.1.0, trio 0.35.0, hypercorn 0.18.0, quart 0.22.0,"
+        " quart-trio 0.12.0, h11 0.16.0",
+        "llama-server: /opt/llama-server (version: 1234 (abcdef0); built with cc",
+        "date: 2026-11-28T15:05:02+00:00; wall time of the run: 717 s",
+        "command: `python benchmarks/run.py --llama --litellm`",
+    ):
+        assert fact in text
+    rows = {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith("| 2b")}
+    assert rows.keys() == {"| 2b", "| 2b paced"}
+    assert rows["| 2b"].endswith("| 5.1 µs (64 streams: 3.2 µs) | MET |")
+    assert "one event per read, 200 µs apart" in rows["| 2b paced"]
+    assert rows["| 2b paced"].endswith(
+        "| 130.7 µs (8 streams, paced: 35.9 µs) | MISSED by 110.7 µs (553% over) |"
+    )
+
+
+def test_provenance_is_recorded_at_run_time(tmp_path: Path) -> None:
+    """The collector itself: the checked-out revision, git state, machine and versions."""
+    run = _bench_module("run")
+    prov = run.provenance(["--quick"], [run.RESULTS_JSON, tmp_path / "x.json"])
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=BENCH_DIR, capture_output=True, text=True, check=True
+    )
+    assert prov["git"]["revision"] == head.stdout.strip()
+    assert isinstance(prov["git"]["dirty"], bool)
+    assert prov["git"]["dirty"] == bool(prov["git"]["changes"])
+    assert all(c[2] == " " for c in prov["git"]["changes"])  # "XY path", X may be a space
+    assert not any("results.json" in c for c in prov["git"]["changes"])
+    assert prov["command"] == "python benchmarks/run.py --quick"
+    assert prov["machine"]["cpus"] == os.cpu_count()
+    assert prov["machine"]["memory_mib"] > 0
+    assert prov["machine"]["cpu_model"]
+    assert prov["packages"]["trio"] == trio.__version__
+    assert set(prov["packages"]) >= {"trio", "hypercorn", "quart", "quart-trio", "bodhi-trio"}
+    assert set(prov["llama_server"]) == {"path", "version", "built_with"}

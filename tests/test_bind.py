@@ -13,7 +13,16 @@ from bodhi_trio._settings import load_settings
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1", "localhost", "127.0.0.2"])
 def test_loopback_needs_nothing(tmp_path: Path, host: str) -> None:
-    check_bind(load_settings(home=tmp_path, env={"BODHI_HOST": host}))
+    settings = load_settings(home=tmp_path, env={"BODHI_HOST": host})
+    # Nothing but the host can let it through: no key of either kind, not insecure.
+    assert (settings.host, settings.api_keys, settings.admin_keys) == (host, (), ())
+    assert settings.insecure is False
+    check_bind(settings)  # accepted: no ConfigError
+    # The control: the same settings on a network address are refused, so the pass
+    # above is the loopback rule's doing, not a check that lets everything through.
+    network = load_settings(home=tmp_path, env={"BODHI_HOST": "192.0.2.10"})
+    with pytest.raises(ConfigError, match=r"refusing to listen on 192\.0\.2\.10"):
+        check_bind(network)
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "192.0.2.10", "::"])

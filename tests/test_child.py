@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 
 from bodhi_trio._child import LaunchSpec, LlamaServer, serve_llama_server
 from bodhi_trio._exceptions import LlamaServerExitedError, StartupError
 from bodhi_trio._logtail import LogTail
+from bodhi_trio._upstream import UpstreamPool, send_upstream
 from procs import child_client, group_members, is_alive, wait_gone
 
 
@@ -258,7 +261,8 @@ async def test_child_dies_when_its_parent_is_sigkilled(
 ) -> None:
     with trio.fail_after(30):
         child_pid = await run_parent_and_sigkill_it(fake_llama_server, tmp_path / "m.gguf")
-        with trio.fail_after(2):
+        # liveness bound: the death signal is immediate; without it the child lives on
+        with trio.fail_after(15):
             await wait_gone(child_pid)
 
 
@@ -275,3 +279,66 @@ async def test_child_outlives_idle_worker_threads(fake_llama_server: Path, tmp_p
             assert server.returncode is None
             assert is_alive(server.pid)
             nursery.cancel_scope.cancel()
+
+
+async def slots_processing(client: httpx.AsyncClient) -> bool:
+    return any(slot["is_processing"] for slot in (await client.get("/slots")).json())
+
+
+async def wait_for_line(log: LogTail, text: str) -> None:
+    while not any(text in line for line in log.tail(1000)):
+        await log.wait_for_more(log.total)
+
+
+def stream_request(max_tokens: int) -> bytes:
+    return json.dumps(
+        {"messages": [], "stream": True, "max_tokens": max_tokens, "ignore_eos": True}
+    ).encode()
+
+
+async def test_the_fakes_slots_say_whether_it_generates(
+    fake_llama_server: Path, tmp_path: Path
+) -> None:
+    """Fault tests lean on the fake's ``/slots`` (the hung-stream watch asks it): a slot
+    is processing while a completion is generated, idle before, after, once the client
+    is gone and once a stream stalls; ``--fake-busy`` says processing regardless."""
+    fakes = {
+        "plain": ("--fake-tokens", "1000000", "--fake-token-delay", "0.01"),
+        "stalls": ("--fake-stall-after", "2"),
+        "busy": ("--fake-busy",),
+    }
+    path = "/v1/chat/completions"
+    seen: dict[str, list[bool]] = {}
+    for name, args in fakes.items():
+        spec = fake_spec(fake_llama_server, tmp_path / name, *args)
+        log = LogTail()
+        seen[name] = []
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery, UpstreamPool() as pool:
+                server: LlamaServer = await nursery.start(serve_llama_server, spec, log)
+                async with child_client(server.address, timeout=10) as client:
+                    seen[name].append(await slots_processing(client))  # before anything
+                    if name == "plain":
+                        async with send_upstream(
+                            pool, server.address, path, stream_request(3)
+                        ) as short:
+                            assert (await short.aread()).endswith(b"data: [DONE]\n\n")
+                        seen[name].append(await slots_processing(client))  # after it ended
+                        async with send_upstream(
+                            pool, server.address, path, stream_request(1_000_000)
+                        ) as endless:
+                            async for _chunk in endless:
+                                break
+                            seen[name].append(await slots_processing(client))  # mid-stream
+                        await wait_for_line(log, "client disconnected")
+                        seen[name].append(await slots_processing(client))  # client gone
+                    elif name == "stalls":
+                        async with send_upstream(pool, server.address, path, stream_request(50)):
+                            await wait_for_line(log, "stalling the stream")
+                            seen[name].append(await slots_processing(client))  # stalled
+                nursery.cancel_scope.cancel()
+    assert seen == {
+        "plain": [False, False, True, False],
+        "stalls": [False, False],
+        "busy": [True],
+    }

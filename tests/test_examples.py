@@ -12,8 +12,6 @@ import pytest
 
 from procs import group_members, is_alive
 
-pytestmark = pytest.mark.llama
-
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
 
@@ -28,6 +26,7 @@ def run_example(name: str, *args: str, env: dict[str, str]) -> subprocess.Comple
     )
 
 
+@pytest.mark.llama
 def test_stream_and_cancel(tmp_path: Path, llama_server_binary: Path) -> None:
     home = tmp_path / "home"
     env = {"BODHI_HOME": str(home), "HF_HOME": str(tmp_path / "hf"), "BODHI_KEEP_ALIVE_SECS": "-1"}
@@ -47,6 +46,7 @@ def test_stream_and_cancel(tmp_path: Path, llama_server_binary: Path) -> None:
     assert (tmp_path / "hf" / "hub" / "models--bodhi-trio--tiny-random-llama").is_dir()
 
 
+# No llama-server runs here: the binary is missing on purpose, so no llama marker.
 def test_stream_and_cancel_reports_a_missing_binary(tmp_path: Path) -> None:
     env = {
         "BODHI_HOME": str(tmp_path / "home"),

@@ -3,8 +3,14 @@
 One real server (Hypercorn on port 0, the fake llama-server so loads are quick,
 an API key) is fuzzed operation by operation with schema-valid and
 schema-violating requests. Every answer must be documented, match its schema,
-be a 4xx envelope for bad input and never a 5xx or a traceback; afterwards the
-disk holds nothing but valid alias files and the server's own log and run files.
+be a 4xx envelope for bad input and never a 5xx or a traceback; an error's
+(status, type, code) must be a row of docs/api.md's table and its ``param`` a field
+the operation takes. Afterwards the disk holds nothing but valid alias files and the
+server's own log and run files.
+
+Operations whose only input is a free-form path parameter have no schema-violating
+value (Hypothesis raises ``Unsatisfiable``): they are listed in ``NO_NEGATIVE`` and
+get hostile names instead; any other operation that cannot be fuzzed fails the test.
 
 Schemathesis is synchronous (``requests``), so it runs in a worker thread while
 the server runs in the test's Trio loop.
@@ -34,6 +40,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from api_errors import documented_fields, envelope_problem
 from bodhi_trio._alias_store import AliasStore
 from bodhi_trio._app import create_app
 from bodhi_trio._demo import DEMO_ALIAS
@@ -58,7 +65,18 @@ CHECKS = [
     negative_data_rejection,
 ]
 TRACEBACK_MARKERS = ("Traceback (most recent call last)", 'File "/', '.py", line ')
-ENVELOPE_KEYS = {"message", "type", "code", "param"}
+# Only a free-form path parameter: nothing violates its schema (see the docstring).
+NO_NEGATIVE = {
+    "GET /v1/models/{name}",
+    "GET /bodhi/v1/aliases/{name}",
+    "DELETE /bodhi/v1/aliases/{name}",
+}
+# ...so these instead: names that try to escape, hide, inject or overflow, and the file
+# name (not the name) of the demo alias. None is an alias: each is a 4xx envelope.
+HOSTILE_NAMES = [
+    "..", "../../etc/passwd", "..%2F..%2Fetc", ".hidden", "a\x00b", "a\r\nX-Evil: 1",
+    "a b", "x" * 300, "demo--tiny", "demo--tiny.yaml", "%FF%FE", "\u00e9t\u00e9", "a/b",
+]  # fmt: skip
 
 
 def bad_answer(label: str, status: int, content_type: str, text: str) -> str | None:
@@ -73,12 +91,14 @@ def bad_answer(label: str, status: int, content_type: str, text: str) -> str | N
         body = json.loads(text)
     except ValueError:
         return f"error status {status} with a body that is not JSON"
-    if not isinstance(body, dict) or not isinstance(body.get("error"), dict):
-        return f"error status {status} without the exact envelope"
-    # llama-server's own errors are relayed unchanged (its "code" is the status number).
-    relayed = label.startswith("POST /v1/") and isinstance(body["error"].get("code"), int)
-    if not relayed and (set(body) != {"error"} or set(body["error"]) != ENVELOPE_KEYS):
-        return f"error status {status} without the exact envelope"
+    method, path = label.split(" ", 1)
+    document = openapi_document()
+    fields = documented_fields(document, method, path) if path in document["paths"] else None
+    # llama-server's own errors are relayed unchanged on the inference routes.
+    relay_allowed = label.startswith("POST /v1/")
+    problem = envelope_problem(status, body, relay_allowed=relay_allowed, fields=fields)
+    if problem is not None:
+        return problem
     if status >= 500:
         return f"server error {status}"
     return None
@@ -149,6 +169,27 @@ def fuzz_operation(
     return found
 
 
+def hostile_names(operation: Any, base_url: str, seen: Counter[str]) -> list[str]:
+    """An operation of ``NO_NEGATIVE`` with each of ``HOSTILE_NAMES``: the failures."""
+    label = f"{operation.method.upper()} {operation.path}"
+    found: list[str] = []
+    for name in HOSTILE_NAMES:
+        case = operation.Case(path_parameters={"name": name})
+        response = case.call(base_url=base_url, headers=AUTH, timeout=30)
+        content_type = response.headers.get("content-type", [""])[0]
+        seen[f"{label} hostile {response.status_code}"] += 1
+        problem = bad_answer(label, response.status_code, content_type, response.text)
+        if not 400 <= response.status_code < 500:
+            problem = problem or f"status {response.status_code} for a name no alias has"
+        try:
+            case.validate_response(response, checks=CHECKS, headers=AUTH)
+        except (Exception, BaseExceptionGroup) as exc:
+            problem = problem or f"schemathesis: {exc}"
+        if problem is not None:
+            found.append(f"{label} [hostile {name!r}] {problem}: {response.text[:300]!r}")
+    return found
+
+
 def fuzz(base_url: str, seen: Counter[str]) -> tuple[list[str], set[str]]:
     """Every operation of the served document; the failures and the operations."""
     schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json", headers=AUTH, timeout=10)
@@ -157,6 +198,7 @@ def fuzz(base_url: str, seen: Counter[str]) -> tuple[list[str], set[str]]:
     assert schema.raw_schema == openapi_document()
     failures: list[str] = []
     operations = [result.ok() for result in schema.get_all_operations() if isinstance(result, Ok)]
+    unsatisfiable: set[str] = set()
     for operation in operations:
         has_input = bool(operation.body) or bool(list(operation.iter_parameters()))
         modes = [GenerationMode.POSITIVE] + ([GenerationMode.NEGATIVE] if has_input else [])
@@ -164,9 +206,18 @@ def fuzz(base_url: str, seen: Counter[str]) -> tuple[list[str], set[str]]:
             try:
                 failures += fuzz_operation(operation, mode, base_url, seen)
             except Unsatisfiable:
-                assert mode is GenerationMode.NEGATIVE  # only a free-form path parameter
+                unsatisfiable.add(f"{operation.label} [{mode.value}]")
             except Exception:
                 failures.append(f"{operation.label} [{mode.value}]: {traceback.format_exc()}")
+        if operation.label in NO_NEGATIVE:
+            failures += hostile_names(operation, base_url, seen)
+    # Exactly the listed operations could not be fuzzed negatively, and nothing else
+    # could not be fuzzed at all: a dropped operation is a failure, not a skip.
+    expected = {f"{label} [{GenerationMode.NEGATIVE.value}]" for label in NO_NEGATIVE}
+    if unsatisfiable != expected:
+        failures.append(
+            f"Unsatisfiable: {sorted(unsatisfiable)}, expected exactly {sorted(expected)}"
+        )
     return failures, {operation.label for operation in operations}
 
 
@@ -246,13 +297,21 @@ def test_the_document_covers_every_route() -> None:
     assert json.loads(json.dumps(document)) == document  # plain JSON
 
 
-ENV = '{"error":{"message":"m","type":"t","code":"c","param":null}}'
+def env(error_type: str, code: str, param: str | None = None) -> str:
+    return json.dumps({"error": {"message": "m", "type": error_type, "code": code, "param": param}})
+
+
+ENV = env("invalid_request_error", "invalid_request")
 UPSTREAM = '{"error":{"code":%d,"message":"m","type":"t"}}'
 JSON = "application/json"
 NOT_ENVELOPE = "error status %d without the exact envelope"
 TRACEBACK = 'Traceback (most recent call last):\n  File "/a.py", line 1, in <module>'
+LOAD = "POST /bodhi/v1/server/load"
+CHAT = "POST /v1/chat/completions"
 
 
+# Known answers for the checks themselves: each problem they must see, and none where
+# the answer keeps the documented contract.
 @pytest.mark.parametrize(
     ("label", "status", "content_type", "text", "problem"),
     [
@@ -263,10 +322,23 @@ TRACEBACK = 'Traceback (most recent call last):\n  File "/a.py", line 1, in <mod
         ("GET /x", 422, JSON, "[1]", NOT_ENVELOPE % 422),
         ("POST /v1/completions", 400, JSON, '"x"', NOT_ENVELOPE % 400),
         ("POST /v1/completions", 400, JSON, "{]", "error status 400 with a body that is not JSON"),
-        ("GET /x", 500, JSON, ENV, "server error 500"),
+        ("GET /x", 500, JSON, env("internal_server_error", "internal_error"), "server error 500"),
         ("POST /v1/embeddings", 501, JSON, UPSTREAM % 501, "server error 501"),
         ("POST /v1/embeddings", 404, JSON, UPSTREAM % 404, None),
         ("GET /x", 200, "text/plain", TRACEBACK, "a traceback in the body"),
+        # not in docs/api.md's table: an unknown code, a code under another status or type
+        ("GET /x", 400, JSON, env("t", "c"), "undocumented error: 400 't' 'c'"),
+        ("GET /x", 404, JSON, ENV, "undocumented error: 404 'invalid_request_error' 'invalid_request'"),  # noqa: E501
+        ("GET /x", 400, JSON, env("not_found_error", "invalid_request"), "undocumented error: 400 'not_found_error' 'invalid_request'"),  # noqa: E501
+        # relayed: only on inference routes, and with the status as its code
+        ("POST /v1/embeddings", 404, JSON, UPSTREAM % 400, "relayed error with code 400 under status 404"),  # noqa: E501
+        ("GET /bodhi/v1/state", 404, JSON, UPSTREAM % 404, NOT_ENVELOPE % 404),
+        # param: a field the operation takes ("model" for an unknown alias, everywhere)
+        (CHAT, 400, JSON, env("invalid_request_error", "invalid_request", "messages"), None),
+        (LOAD, 400, JSON, env("invalid_request_error", "invalid_request", "alias"), None),
+        (LOAD, 400, JSON, env("invalid_request_error", "invalid_request", "model"), "error param 'model' names no field of the request"),  # noqa: E501
+        (LOAD, 404, JSON, env("not_found_error", "alias_not_found", "model"), None),
+        (LOAD, 404, JSON, env("not_found_error", "alias_not_found", "alias"), "alias_not_found with param 'alias', documented as 'model'"),  # noqa: E501
     ],
 )  # fmt: skip
 def test_the_answer_checks_catch_what_they_should(

@@ -24,7 +24,8 @@ from bodhi_trio._upstream import UpstreamPool, send_upstream
 from httpserver import child_address, running_server
 from procs import child_client
 
-pytestmark = pytest.mark.llama
+# The real llama-server runs in every test here but the four fault cases, which use the fake.
+REAL = pytest.mark.llama
 
 README = Path(__file__).parent.parent / "README.md"
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello"}]
@@ -35,6 +36,7 @@ def sse_events(body: bytes) -> list[str]:
     return [block for block in body.decode().split("\n\n") if block]
 
 
+@REAL
 # The SDK stops reading at [DONE] and leaves its own async generators to the GC,
 # which Trio reports; that is the SDK's business, not a leak of ours.
 @pytest.mark.filterwarnings(
@@ -104,6 +106,7 @@ def normalized(body: bytes) -> list[Any]:
     return events
 
 
+@REAL
 async def test_stream_is_relayed_byte_for_byte(tmp_path: Path, hub_cache: Path) -> None:
     request = {
         "model": DEMO_ALIAS,
@@ -143,6 +146,7 @@ ENDLESS = Alias("endless:1", DEMO_REPO, DEMO_FILENAME,
 STOP_BOUND = 10.0
 
 
+@REAL
 async def test_client_disconnect_mid_stream_stops_generation(
     tmp_path: Path, hub_cache: Path
 ) -> None:
@@ -273,6 +277,7 @@ async def test_disconnect_during_load_lets_the_load_finish(tmp_path: Path, hub_c
     assert state["error"] is None
 
 
+@REAL
 async def test_events_stream_shows_load_and_stop(tmp_path: Path, hub_cache: Path) -> None:
     with trio.fail_after(60):
         async with (
@@ -299,6 +304,7 @@ async def test_events_stream_shows_load_and_stop(tmp_path: Path, hub_cache: Path
     assert ": keep-alive" in seen
 
 
+@REAL
 async def test_readme_curl_works(tmp_path: Path, hub_cache: Path) -> None:
     readme = README.read_text()
     match = re.search(r"curl (http://127\.0\.0\.1:1135\S+).*?-d '(\{.*?\})'", readme, re.S)
@@ -313,6 +319,7 @@ async def test_readme_curl_works(tmp_path: Path, hub_cache: Path) -> None:
     assert response.json()["choices"][0]["message"]["role"] == "assistant"
 
 
+@REAL
 async def test_logs_tail_and_follow(tmp_path: Path, hub_cache: Path) -> None:
     with trio.fail_after(60):
         async with (

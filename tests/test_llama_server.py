@@ -82,7 +82,9 @@ async def test_corrupt_model_fails_fast_with_the_childs_error(
     write_corrupt_gguf(corrupt)
     log = LogTail()
     spec = demo_spec(llama_server_binary, corrupt, tmp_path)
-    with trio.fail_after(5):
+    # liveness bound: the abort takes milliseconds; a start that missed the exit would
+    # wait out spec.startup_timeout (120 s)
+    with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             with pytest.raises(StartupError) as caught:
                 await nursery.start(serve_llama_server, spec, log)
@@ -98,7 +100,7 @@ async def test_cancel_during_load(
 ) -> None:
     spec = demo_spec(llama_server_binary, demo_model_path, tmp_path)
     log = LogTail()
-    with trio.fail_after(spec.stop_grace + 10):
+    with trio.fail_after(spec.stop_grace + 30):  # liveness bound: a child never reaped
         async with trio.open_nursery() as nursery:
             nursery.start_soon(nursery.start, serve_llama_server, spec, log)
             while not list((tmp_path / "run").glob("*.json")):
@@ -117,26 +119,64 @@ async def test_child_dies_with_sigkilled_parent(
         child_pid = await run_parent_and_sigkill_it(
             llama_server_binary, demo_model_path, "--ctx-size", "512"
         )
-        with trio.fail_after(2):
+        # liveness bound: the death signal is immediate; without it the child lives on
+        with trio.fail_after(15):
             await wait_gone(child_pid)
 
 
-@pytest.mark.parametrize("delay", [0.0, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3])
+# Seven points of startup, in order, each an event the test sees before it cancels:
+# (the marker line in the log that shows it was reached; None: none is awaited).
+START_POINTS = {
+    # Cancelled before the task first runs: it still spawns (nursery.start does not
+    # check), and the cancellation lands at its first checkpoint.
+    "already-cancelled": None,
+    "spawned": "[bodhi-trio] spawned pid",
+    "first-output": "llama_server: initializing",
+    "loading-model": "load_model: loading model",
+    "model-loaded": "llama_server: model loaded",
+    "listening": "llama_server: listening on",
+    "ready": "[bodhi-trio] ready on",  # handed over: nursery.start returned
+}
+
+
+@pytest.mark.parametrize("point", list(START_POINTS))
 async def test_cancel_at_any_point_of_startup_leaves_nothing(
-    llama_server_binary: Path, demo_model_path: Path, tmp_path: Path, delay: float
+    llama_server_binary: Path, demo_model_path: Path, tmp_path: Path, point: str
 ) -> None:
     spec = demo_spec(llama_server_binary, demo_model_path, tmp_path)
     log = LogTail()
-    with trio.fail_after(spec.stop_grace + 10):
+    marker = START_POINTS[point]
+    handed_over: list[LlamaServer] = []
+
+    def reached() -> bool:
+        return marker is not None and any(marker in line for line in log.tail(1000))
+
+    # liveness bound: what fails here is a point never reached or a child never reaped
+    with trio.fail_after(spec.stop_grace + 30):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(nursery.start, serve_llama_server, spec, log)
-            await trio.sleep(delay)  # the point of cancellation is the parameter under test
+            if point == "ready":
+                handed_over.append(await nursery.start(serve_llama_server, spec, log))
+            else:
+                nursery.start_soon(nursery.start, serve_llama_server, spec, log)
+            while marker is not None and not reached():
+                await log.wait_for_more(log.total)
+            at_cancel = log.tail(1000)
             nursery.cancel_scope.cancel()
+    # The point was reached when the cancellation came; the first one came before
+    # anything at all had happened.
+    if marker is None:
+        assert at_cancel == []
+    else:
+        assert any(marker in line for line in at_cancel), at_cancel
+    # Every point has a child to clean up: exactly one was spawned, and it is gone.
     spawned = [line for line in log.tail(1000) if line.startswith("[bodhi-trio] spawned pid")]
-    for line in spawned:
-        pid = int(line.split()[-1])
-        assert not is_alive(pid)
-        assert group_members(pid) == []
+    assert len(spawned) == 1, log.tail(1000)
+    pid = int(spawned[0].split()[-1])
+    if handed_over:
+        assert handed_over[0].pid == pid
+        assert handed_over[0].returncode is not None
+    assert not is_alive(pid)
+    assert group_members(pid) == []
     assert not list((tmp_path / "run").glob("*.json"))
 
 

@@ -82,7 +82,7 @@ async def hammer(url: str, model: str, seconds: float, streams: int, max_tokens:
     return problems
 
 
-@pytest.mark.parametrize("upstream", ["fake", "llama"])
+@pytest.mark.parametrize("upstream", ["fake", pytest.param("llama", marks=pytest.mark.llama)])
 async def test_256_streams_then_back_to_baseline(
     tmp_path: Path, hub_cache: Path, upstream: str
 ) -> None:
@@ -146,7 +146,7 @@ async def test_a_slow_reader_does_not_hold_up_the_others(tmp_path: Path, hub_cac
             finally:
                 slow.close()
             async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
-                with trio.fail_after(5):
+                with trio.fail_after(30):  # liveness bound: a response that never ends
                     while (await client.get("/bodhi/v1/state")).json()["in_flight"]:  # noqa: ASYNC110
                         await trio.sleep(0.05)
     assert read_slowly == 5

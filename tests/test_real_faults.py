@@ -70,7 +70,11 @@ async def test_real_child_sigkilled_under_open_streams(tmp_path: Path, hub_cache
                 await all_streaming.wait()
                 child = (await client.get("/bodhi/v1/state")).json()["pid"]
                 os.kill(child, signal.SIGKILL)
-            state = (await client.get("/bodhi/v1/state")).json()
+            # A stream can see its connection break before the child's exit is reaped:
+            # wait (bounded) for the crash to be reported rather than race it.
+            with trio.fail_after(10):  # liveness bound
+                while (state := (await client.get("/bodhi/v1/state")).json())["pid"] == child:  # noqa: ASYNC110
+                    await trio.sleep(0.01)
             again = await client.post(
                 "/v1/chat/completions",
                 json={"model": ENDLESS.alias, "messages": [{"role": "user", "content": "x"}],

@@ -21,6 +21,10 @@ from procs import is_alive
 pytestmark = pytest.mark.llama
 
 SHUTDOWN_GRACE = 2.0  # bodhi_trio._serve.SHUTDOWN_GRACE
+# liveness bound on the exit after SIGTERM: the streams never end on their own (10M
+# tokens each), so a shutdown that does not cut them at the grace never exits; the
+# margin is for a loaded 2-core machine, not a claim about how fast the exit is.
+SHUTDOWN_BOUND = SHUTDOWN_GRACE + 20
 
 
 def bodhi(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -109,11 +113,10 @@ async def test_sigterm_with_sixteen_streams_open(tmp_path: Path) -> None:
                         child = (await probe.get(url + "/bodhi/v1/state")).json()["pid"]
                     assert is_alive(child)
                     process.send_signal(signal.SIGTERM)
-                    sent = trio.current_time()
-                    code = await trio.to_thread.run_sync(process.wait)
-                    exited_after = trio.current_time() - sent
-            assert code == 0
-            assert exited_after < SHUTDOWN_GRACE + 2, process.stderr and process.stderr.read()
+                    # A thread's wait cannot be cancelled: it gets the bound itself
+                    # (subprocess.TimeoutExpired fails the test).
+                    code = await trio.to_thread.run_sync(process.wait, SHUTDOWN_BOUND)
+            assert code == 0, process.stderr and process.stderr.read()
             assert outcomes == ["error event"] * 16  # every stream ended, with an error event
             assert not is_alive(child)
         finally:

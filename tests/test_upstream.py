@@ -61,17 +61,57 @@ async def test_keep_alive_connection_is_reused() -> None:
 
 
 async def test_stale_pooled_connection_is_replaced_once() -> None:
+    connections = 0
+    requests = 0
+
     async def handler(stream: trio.SocketStream) -> None:
-        await read_request(stream)
-        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        nonlocal connections, requests
+        connections += 1
+        if await read_request(stream):
+            requests += 1
+            await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
         # ...and close it without saying so: the next request on it finds it dead
 
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery, UpstreamPool() as pool:
             port = await serve(nursery, handler)
-            for _ in range(3):
+            async with send_upstream(pool, local(port), "/v1/x", b"{}") as response:
+                assert await response.aread() == b"ok"
+            assert (connections, requests, pool.idle_count(local(port))) == (1, 1, 1)
+            for sent in (2, 3):
+                # The pooled connection is dead: one retry, on one fresh connection.
                 async with send_upstream(pool, local(port), "/v1/x", b"{}") as response:
                     assert await response.aread() == b"ok"
+                assert (connections, requests) == (sent, sent)
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_failed_retry_is_not_retried_again() -> None:
+    """The fresh connection of the one retry fails before answering too: that is the
+    error, not a third attempt."""
+    connections = 0
+    requests = 0
+
+    async def handler(stream: trio.SocketStream) -> None:
+        nonlocal connections, requests
+        connections += 1
+        if await read_request(stream):
+            requests += 1
+            if connections == 1:  # the first answers (and is pooled, then dies)
+                await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        # every later one closes without a byte
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery, UpstreamPool() as pool:
+            port = await serve(nursery, handler)
+            async with send_upstream(pool, local(port), "/v1/x", b"{}") as response:
+                assert await response.aread() == b"ok"
+            with pytest.raises(UpstreamError, match="closed the connection before answering"):
+                async with send_upstream(pool, local(port), "/v1/x", b"{}"):
+                    pass
+            # the stale pooled one (dead: the request never arrived) plus one fresh one
+            assert (connections, requests) == (2, 2)
+            assert pool.idle_count(local(port)) == 0
             nursery.cancel_scope.cancel()
 
 
@@ -216,10 +256,12 @@ async def test_malformed_or_cut_answers_are_upstream_errors(answer: bytes, match
 
 
 async def test_a_reused_connection_that_answered_garbage_is_not_retried() -> None:
+    connections = 0
     requests = 0
 
     async def handler(stream: trio.SocketStream) -> None:
-        nonlocal requests
+        nonlocal connections, requests
+        connections += 1
         while await read_request(stream):
             requests += 1
             if requests == 1:
@@ -237,5 +279,5 @@ async def test_a_reused_connection_that_answered_garbage_is_not_retried() -> Non
             with pytest.raises(UpstreamError, match="malformed"):
                 async with send_upstream(pool, local(port), "/v1/x", b"{}"):
                     pass
-            assert requests == 2
+            assert (connections, requests) == (1, 2)  # no retry on a fresh connection
             nursery.cancel_scope.cancel()
