@@ -59,7 +59,7 @@ DEMO_FILENAME = "tiny-random-llama.gguf"
 _LISTENING = re.compile(rb"listening on (http://[0-9.]+:[0-9]+)")
 # A child's root URL over its Unix socket: only the path and the Host header come from it.
 CHILD_URL = "http://localhost"
-# bodhi-trio's own lines about each start of a child (see bodhi_trio._child)
+# bodhi-trio's own lines about each start of a child (see bodhi_trio._llama._child)
 _STARTING = re.compile(r"\[bodhi-trio\] starting: (.+?)\s*$")
 _SPAWNED = re.compile(r"\[bodhi-trio\] spawned pid (\d+)\s*$")
 _READY = re.compile(r"\[bodhi-trio\] ready on unix:(.+?) after ([0-9.]+) s\s*$")

@@ -36,7 +36,7 @@ from bench_procs import (
     running_litellm,
 )
 
-from bodhi_trio._bench import BenchConfig, BenchResult, run_bench
+from bodhi_trio._bench._client import BenchConfig, BenchResult, run_bench
 
 __all__ = ["LLAMA_VARIANTS", "Arm", "Scenario", "fake_suite", "llama_suite", "run_one"]
 

@@ -24,7 +24,7 @@ def fake_llama_server() -> Path:
 @pytest.fixture(scope="session")
 def llama_server_binary() -> Path:
     """The real llama-server. Missing means the test setup is broken: fail, never skip."""
-    from bodhi_trio._runtime import find_llama_server
+    from bodhi_trio._llama._runtime import find_llama_server
 
     try:
         return find_llama_server("cpu")
@@ -40,6 +40,6 @@ def hub_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def demo_model_path(hub_cache: Path) -> Path:
     """The tiny demo GGUF in an HF cache layout (its snapshot path)."""
-    from bodhi_trio._demo import ensure_demo_model
+    from bodhi_trio._config._demo import ensure_demo_model
 
     return ensure_demo_model(hub_cache).path

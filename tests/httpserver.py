@@ -11,12 +11,12 @@ import attrs
 import httpx
 import trio
 
-from bodhi_trio._address import Address
-from bodhi_trio._alias_store import AliasStore
-from bodhi_trio._aliases import Alias
-from bodhi_trio._demo import DEMO_ALIAS, DEMO_FILENAME, DEMO_REPO, ensure_demo_model
-from bodhi_trio._serve import serve
-from bodhi_trio._settings import load_settings
+from bodhi_trio._config._alias_store import AliasStore
+from bodhi_trio._config._aliases import Alias
+from bodhi_trio._config._demo import DEMO_ALIAS, DEMO_FILENAME, DEMO_REPO, ensure_demo_model
+from bodhi_trio._config._settings import load_settings
+from bodhi_trio._core._address import Address
+from bodhi_trio._http._serve import serve
 
 
 @attrs.define

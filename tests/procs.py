@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import trio
 
-from bodhi_trio._address import Address
+from bodhi_trio._core._address import Address
 
 
 def _stat_fields(pid: int) -> list[str] | None:

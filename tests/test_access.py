@@ -11,12 +11,12 @@ import httpx
 import pytest
 import trio
 
-from bodhi_trio._app import create_app
+from bodhi_trio._config._settings import load_settings
 from bodhi_trio._exceptions import AuthenticationError, ForbiddenError, SettingsError
-from bodhi_trio._router import RouterState
-from bodhi_trio._security import Access, AccessPolicy, AdminKeyRequiredError
-from bodhi_trio._serve import check_bind
-from bodhi_trio._settings import load_settings
+from bodhi_trio._http._app import create_app
+from bodhi_trio._http._routes import RouterState
+from bodhi_trio._http._security import Access, AccessPolicy, AdminKeyRequiredError
+from bodhi_trio._http._serve import check_bind
 from httpserver import running_server
 
 FAKE = str(Path(__file__).parent / "fake_llama_server.py")

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
-from bodhi_trio._alias_store import AliasFileProblem, AliasStore
-from bodhi_trio._aliases import (
+from bodhi_trio._config._alias_store import AliasFileProblem, AliasStore
+from bodhi_trio._config._aliases import (
     REQUEST_PARAM_KEYS,
     Alias,
     RequestParams,

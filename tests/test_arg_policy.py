@@ -13,15 +13,15 @@ import pytest
 import trio
 import yaml
 
-from bodhi_trio._alias_store import AliasStore
-from bodhi_trio._aliases import Alias
-from bodhi_trio._arg_policy import REFUSAL_REASONS, ArgPolicy
-from bodhi_trio._demo import DEMO_FILENAME, DEMO_REPO
+from bodhi_trio._config._alias_store import AliasStore
+from bodhi_trio._config._aliases import Alias
+from bodhi_trio._config._arg_policy import REFUSAL_REASONS, ArgPolicy
+from bodhi_trio._config._demo import DEMO_FILENAME, DEMO_REPO
+from bodhi_trio._config._settings import load_settings
+from bodhi_trio._core._slot import default_spec_builder
 from bodhi_trio._exceptions import InvalidAliasError, ServerArgsError, SettingsError
-from bodhi_trio._llama_flags import CATEGORIES, LLAMA_SERVER_FLAGS
-from bodhi_trio._server_args import RESERVED_FLAGS, canonical_flag
-from bodhi_trio._settings import load_settings
-from bodhi_trio._slot import default_spec_builder
+from bodhi_trio._llama._flags import CATEGORIES, LLAMA_SERVER_FLAGS
+from bodhi_trio._llama._server_args import RESERVED_FLAGS, canonical_flag
 from httpserver import running_server
 
 # The probe's findings, in the spellings it used (llama.cpp reads ``_`` as ``-``).

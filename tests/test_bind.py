@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from bodhi_trio._config._settings import load_settings
 from bodhi_trio._exceptions import ConfigError
-from bodhi_trio._serve import check_bind
-from bodhi_trio._settings import load_settings
+from bodhi_trio._http._serve import check_bind
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1", "localhost", "127.0.0.2"])

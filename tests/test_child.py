@@ -13,10 +13,10 @@ import httpx
 import pytest
 import trio
 
-from bodhi_trio._child import LaunchSpec, LlamaServer, serve_llama_server
 from bodhi_trio._exceptions import LlamaServerExitedError, StartupError
-from bodhi_trio._logtail import LogTail
-from bodhi_trio._upstream import UpstreamPool, send_upstream
+from bodhi_trio._llama._child import LaunchSpec, LlamaServer, serve_llama_server
+from bodhi_trio._llama._logtail import LogTail
+from bodhi_trio._transport._loopback import UpstreamPool, send_upstream
 from procs import child_client, group_members, is_alive, wait_gone
 
 
@@ -222,7 +222,7 @@ async def test_non_executable_binary_is_a_startup_error(tmp_path: Path) -> None:
 PARENT_SCRIPT = """
 import sys, trio
 from pathlib import Path
-from bodhi_trio._child import LaunchSpec, serve_llama_server
+from bodhi_trio._llama._child import LaunchSpec, serve_llama_server
 
 async def main():
     spec = LaunchSpec(binary=Path(sys.argv[1]), model=Path(sys.argv[2]), alias="x",

@@ -113,8 +113,8 @@ async def test_serve_raises_the_soft_open_files_limit(tmp_path: Path, hub_cache:
         f"""
         import resource, trio
         from pathlib import Path
-        from bodhi_trio._serve import serve
-        from bodhi_trio._settings import load_settings
+        from bodhi_trio._http._serve import serve
+        from bodhi_trio._config._settings import load_settings
 
         hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
         resource.setrlimit(resource.RLIMIT_NOFILE, ({low}, hard))
@@ -139,7 +139,7 @@ async def test_serve_raises_the_soft_open_files_limit(tmp_path: Path, hub_cache:
 
 
 def test_default_connection_cap_follows_the_open_files_limit() -> None:
-    from bodhi_trio._fd_limits import connection_limit
+    from bodhi_trio._http._fd_limits import connection_limit
 
     assert connection_limit(0, 1024) == 384  # (1024 - 256 reserved) / 2 descriptors each
     assert connection_limit(0, 1_048_576) == 10_000

@@ -20,11 +20,18 @@ import pytest
 import trio
 import trio.testing
 
-from bodhi_trio._address import Address
-from bodhi_trio._alias_store import AliasStore
-from bodhi_trio._aliases import Alias
-from bodhi_trio._child import LaunchSpec
-from bodhi_trio._context import SharedContext, open_context
+from bodhi_trio._config._alias_store import AliasStore
+from bodhi_trio._config._aliases import Alias
+from bodhi_trio._config._settings import load_settings
+from bodhi_trio._context._open import SharedContext, open_context
+from bodhi_trio._core._address import Address
+from bodhi_trio._core._state import (
+    EventKind,
+    ModelLoadStrategy,
+    ServerEvent,
+    SlotStatus,
+    choose_strategy,
+)
 from bodhi_trio._exceptions import (
     AliasNotFoundError,
     LlamaServerExitedError,
@@ -32,16 +39,9 @@ from bodhi_trio._exceptions import (
     StartupError,
     UpstreamError,
 )
-from bodhi_trio._logtail import LogTail
-from bodhi_trio._settings import load_settings
-from bodhi_trio._state import (
-    EventKind,
-    ModelLoadStrategy,
-    ServerEvent,
-    SlotStatus,
-    choose_strategy,
-)
-from bodhi_trio._upstream import Probe
+from bodhi_trio._llama._child import LaunchSpec
+from bodhi_trio._llama._logtail import LogTail
+from bodhi_trio._transport._loopback import Probe
 
 
 @attrs.define

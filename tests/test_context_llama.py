@@ -10,13 +10,13 @@ import httpx
 import pytest
 import trio
 
-from bodhi_trio._alias_store import AliasStore
-from bodhi_trio._aliases import Alias
-from bodhi_trio._context import SharedContext, open_context
-from bodhi_trio._demo import DEMO_FILENAME, DEMO_REPO
+from bodhi_trio._config._alias_store import AliasStore
+from bodhi_trio._config._aliases import Alias
+from bodhi_trio._config._demo import DEMO_FILENAME, DEMO_REPO
+from bodhi_trio._config._settings import load_settings
+from bodhi_trio._context._open import SharedContext, open_context
+from bodhi_trio._core._state import EventKind, ServerEvent
 from bodhi_trio._exceptions import ResponseInterruptedError
-from bodhi_trio._settings import load_settings
-from bodhi_trio._state import EventKind, ServerEvent
 from procs import child_client, is_alive
 
 pytestmark = pytest.mark.llama

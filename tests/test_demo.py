@@ -12,7 +12,7 @@ import gguf
 import huggingface_hub
 import numpy as np
 
-from bodhi_trio._demo import (
+from bodhi_trio._config._demo import (
     DEMO_ALIAS,
     DEMO_FILENAME,
     DEMO_REPO,

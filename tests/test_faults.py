@@ -12,10 +12,10 @@ import httpx
 import pytest
 import trio
 
-from bodhi_trio._address import Address
-from bodhi_trio._aliases import Alias
-from bodhi_trio._demo import DEMO_FILENAME, DEMO_REPO
-from bodhi_trio._upstream import UpstreamPool, send_upstream
+from bodhi_trio._config._aliases import Alias
+from bodhi_trio._config._demo import DEMO_FILENAME, DEMO_REPO
+from bodhi_trio._core._address import Address
+from bodhi_trio._transport._loopback import UpstreamPool, send_upstream
 from httpserver import running_server
 from procs import is_alive
 
@@ -85,7 +85,7 @@ async def test_child_sigkilled_under_64_streams(tmp_path: Path, hub_cache: Path)
 
 @pytest.mark.llama
 async def test_model_file_deleted_while_loaded(tmp_path: Path) -> None:
-    from bodhi_trio._demo import DEMO_ALIAS, ensure_demo_model
+    from bodhi_trio._config._demo import DEMO_ALIAS, ensure_demo_model
 
     private_hub = tmp_path / "hub"
     model = ensure_demo_model(private_hub)

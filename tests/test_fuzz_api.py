@@ -41,12 +41,12 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from api_errors import documented_fields, envelope_problem
-from bodhi_trio._alias_store import AliasStore
-from bodhi_trio._app import create_app
-from bodhi_trio._demo import DEMO_ALIAS
-from bodhi_trio._openapi import openapi_document
-from bodhi_trio._router import RouterState
-from bodhi_trio._security import AccessPolicy
+from bodhi_trio._config._alias_store import AliasStore
+from bodhi_trio._config._demo import DEMO_ALIAS
+from bodhi_trio._http._app import create_app
+from bodhi_trio._http._openapi import openapi_document
+from bodhi_trio._http._routes import RouterState
+from bodhi_trio._http._security import AccessPolicy
 from httpserver import running_server
 
 pytestmark = pytest.mark.reliability

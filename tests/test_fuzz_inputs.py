@@ -32,15 +32,15 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from api_errors import DOCUMENTED_ERRORS, ENVELOPE_KEYS, documented_fields, envelope_problem
-from bodhi_trio._alias_store import AliasStore
-from bodhi_trio._aliases import (
+from bodhi_trio._config._alias_store import AliasStore
+from bodhi_trio._config._aliases import (
     ALIAS_NAME_RE,
     REQUEST_PARAM_KEYS,
     Alias,
     RequestParams,
     validate_alias_name,
 )
-from bodhi_trio._demo import DEMO_ALIAS
+from bodhi_trio._config._demo import DEMO_ALIAS
 from bodhi_trio._exceptions import (
     AliasExistsError,
     AliasNotFoundError,
@@ -61,9 +61,14 @@ from bodhi_trio._exceptions import (
     UnavailableError,
     UpstreamError,
 )
-from bodhi_trio._openapi import openapi_document
-from bodhi_trio._server_args import RESERVED_FLAGS, is_flag, merge_server_args, parse_server_args
-from bodhi_trio._sse import error_event, sse_event
+from bodhi_trio._http._openapi import openapi_document
+from bodhi_trio._http._sse import error_event, sse_event
+from bodhi_trio._llama._server_args import (
+    RESERVED_FLAGS,
+    is_flag,
+    merge_server_args,
+    parse_server_args,
+)
 from httpserver import running_server
 
 pytestmark = pytest.mark.reliability

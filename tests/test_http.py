@@ -17,10 +17,10 @@ import pytest
 import trio
 from openai.types.chat import ChatCompletionMessageParam
 
-from bodhi_trio._address import Address
-from bodhi_trio._aliases import Alias
-from bodhi_trio._demo import DEMO_ALIAS, DEMO_FILENAME, DEMO_REPO
-from bodhi_trio._upstream import UpstreamPool, send_upstream
+from bodhi_trio._config._aliases import Alias
+from bodhi_trio._config._demo import DEMO_ALIAS, DEMO_FILENAME, DEMO_REPO
+from bodhi_trio._core._address import Address
+from bodhi_trio._transport._loopback import UpstreamPool, send_upstream
 from httpserver import child_address, running_server
 from procs import child_client
 
@@ -187,7 +187,7 @@ FAKE = str(Path(__file__).parent / "fake_llama_server.py")
 
 
 def fake_alias(name: str, *fake_args: str) -> Alias:
-    from bodhi_trio._demo import DEMO_FILENAME, DEMO_REPO
+    from bodhi_trio._config._demo import DEMO_FILENAME, DEMO_REPO
 
     return Alias(name, DEMO_REPO, DEMO_FILENAME, context_params=(" ".join(fake_args),))
 

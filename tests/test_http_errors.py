@@ -82,7 +82,7 @@ async def test_chat_errors_have_the_envelope(
 
 
 async def test_missing_model_file_is_404(tmp_path: Path, hub_cache: Path) -> None:
-    from bodhi_trio._aliases import Alias
+    from bodhi_trio._config._aliases import Alias
 
     ghost = Alias("ghost:1", "nobody/nothing", "missing.gguf")
     with trio.fail_after(30):

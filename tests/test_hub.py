@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bodhi_trio._exceptions import InvalidAliasError, ModelFileNotFoundError
-from bodhi_trio._hub import (
+from bodhi_trio._config._hf_cache import (
     hub_cache_dir,
     repo_cache_dir,
     resolve_model_file,
@@ -15,6 +14,7 @@ from bodhi_trio._hub import (
     validate_repo_id,
     validate_snapshot,
 )
+from bodhi_trio._exceptions import InvalidAliasError, ModelFileNotFoundError
 
 REPO = "TheOrg/Tiny-GGUF"
 COMMIT = "5007652f7a641fe7170e0bad4f63839419bd9213"

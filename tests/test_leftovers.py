@@ -7,7 +7,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from bodhi_trio._leftovers import forget_child, kill_leftovers, record_child
+from bodhi_trio._llama._leftovers import forget_child, kill_leftovers, record_child
 from procs import is_alive
 
 

@@ -16,11 +16,11 @@ import pytest
 import trio
 import trio.testing
 
-from bodhi_trio._context import SharedContext
-from bodhi_trio._listeners import ListenerHub, StateListener
-from bodhi_trio._router import RouterState
-from bodhi_trio._sse import DirectStream
-from bodhi_trio._state import EventKind, ServerEvent
+from bodhi_trio._context._open import SharedContext
+from bodhi_trio._core._listeners import ListenerHub, StateListener
+from bodhi_trio._core._state import EventKind, ServerEvent
+from bodhi_trio._http._routes import RouterState
+from bodhi_trio._http._sse import DirectStream
 
 LOGGER = "bodhi_trio.listeners"
 

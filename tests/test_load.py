@@ -16,10 +16,10 @@ import httpx
 import pytest
 import trio
 
-from bodhi_trio._address import Address
-from bodhi_trio._aliases import Alias
-from bodhi_trio._demo import DEMO_FILENAME, DEMO_REPO
-from bodhi_trio._upstream import UpstreamPool, send_upstream
+from bodhi_trio._config._aliases import Alias
+from bodhi_trio._config._demo import DEMO_FILENAME, DEMO_REPO
+from bodhi_trio._core._address import Address
+from bodhi_trio._transport._loopback import UpstreamPool, send_upstream
 from httpserver import running_server
 
 pytestmark = pytest.mark.reliability

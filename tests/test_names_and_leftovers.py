@@ -12,11 +12,11 @@ import httpx
 import pytest
 import trio
 
-from bodhi_trio._alias_store import AliasStore
-from bodhi_trio._aliases import Alias
-from bodhi_trio._demo import DEMO_ALIAS, DEMO_FILENAME, DEMO_REPO
+from bodhi_trio._config._alias_store import AliasStore
+from bodhi_trio._config._aliases import Alias
+from bodhi_trio._config._demo import DEMO_ALIAS, DEMO_FILENAME, DEMO_REPO
+from bodhi_trio._config._settings import load_settings
 from bodhi_trio._exceptions import SettingsError
-from bodhi_trio._settings import load_settings
 from httpserver import running_server
 
 
@@ -60,8 +60,8 @@ async def test_a_write_killed_half_way_leaves_a_temp_file_the_next_load_sweeps(
         f"""
         import os
         from pathlib import Path
-        from bodhi_trio._alias_store import AliasStore
-        from bodhi_trio._aliases import Alias
+        from bodhi_trio._config._alias_store import AliasStore
+        from bodhi_trio._config._aliases import Alias
 
         os.replace = lambda *args: os._exit(3)  # dies after the temp file is written
         AliasStore(Path({str(directory)!r})).put(Alias("other", "org/repo", "m.gguf"))

@@ -12,14 +12,14 @@ import httpx
 import pytest
 import trio
 
-from bodhi_trio._address import Address
-from bodhi_trio._alias_store import AliasStore
-from bodhi_trio._aliases import Alias
-from bodhi_trio._context import open_context
-from bodhi_trio._demo import DEMO_FILENAME, DEMO_REPO
-from bodhi_trio._settings import load_settings
-from bodhi_trio._state import SlotStatus
-from bodhi_trio._upstream import UpstreamPool, send_upstream
+from bodhi_trio._config._alias_store import AliasStore
+from bodhi_trio._config._aliases import Alias
+from bodhi_trio._config._demo import DEMO_FILENAME, DEMO_REPO
+from bodhi_trio._config._settings import load_settings
+from bodhi_trio._context._open import open_context
+from bodhi_trio._core._address import Address
+from bodhi_trio._core._state import SlotStatus
+from bodhi_trio._transport._loopback import UpstreamPool, send_upstream
 from httpserver import running_server
 from procs import is_alive
 

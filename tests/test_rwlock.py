@@ -6,7 +6,7 @@ import pytest
 import trio
 import trio.testing
 
-from bodhi_trio._rwlock import RWLock, RWLockStatistics
+from bodhi_trio._core._rwlock import RWLock, RWLockStatistics
 
 
 async def test_readers_share() -> None:

@@ -14,13 +14,13 @@ import httpx
 import pytest
 import trio
 
-from bodhi_trio._address import Address
-from bodhi_trio._upstream import UpstreamPool, send_upstream
+from bodhi_trio._core._address import Address
+from bodhi_trio._transport._loopback import UpstreamPool, send_upstream
 from procs import is_alive
 
 pytestmark = pytest.mark.llama
 
-SHUTDOWN_GRACE = 2.0  # bodhi_trio._serve.SHUTDOWN_GRACE
+SHUTDOWN_GRACE = 2.0  # bodhi_trio._http._serve.SHUTDOWN_GRACE
 # liveness bound on the exit after SIGTERM: the streams never end on their own (10M
 # tokens each), so a shutdown that does not cut them at the grace never exits; the
 # margin is for a loaded 2-core machine, not a claim about how fast the exit is.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from bodhi_trio._exceptions import ServerArgsError
-from bodhi_trio._server_args import (
+from bodhi_trio._llama._server_args import (
     RESERVED_FLAGS,
     ServerArg,
     canonical_flag,

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from bodhi_trio._config._settings import Settings, load_settings
 from bodhi_trio._exceptions import ServerArgsError, SettingsError
-from bodhi_trio._settings import Settings, load_settings
 
 
 def write_settings(home: Path, text: str) -> Path:

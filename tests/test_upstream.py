@@ -8,9 +8,9 @@ from functools import partial
 import pytest
 import trio
 
-from bodhi_trio._address import Address
+from bodhi_trio._core._address import Address
 from bodhi_trio._exceptions import UpstreamError
-from bodhi_trio._upstream import UpstreamPool, send_upstream
+from bodhi_trio._transport._loopback import UpstreamPool, send_upstream
 
 Handler = Callable[[trio.SocketStream], Awaitable[None]]
 

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import yaml
 
-from ._alias_store import AliasStore
-from ._aliases import Alias
-from ._bench_cli import add_bench_parser
-from ._exceptions import BodhiError
-from ._runtime import find_llama_server, install_llama_server
-from ._settings import Settings, load_settings
+from bodhi_trio._bench._cli import add_bench_parser
+from bodhi_trio._config._alias_store import AliasStore
+from bodhi_trio._config._aliases import Alias
+from bodhi_trio._config._settings import Settings, load_settings
+from bodhi_trio._exceptions import BodhiError
+from bodhi_trio._llama._runtime import find_llama_server, install_llama_server
 
 __all__ = ["main"]
 
@@ -36,8 +36,8 @@ def _settings(args: argparse.Namespace) -> Settings:
 def _serve(args: argparse.Namespace) -> int:
     import trio
 
-    from ._runtime import find_llama_server as find
-    from ._serve import prepare_demo, serve
+    from bodhi_trio._http._serve import prepare_demo, serve
+    from bodhi_trio._llama._runtime import find_llama_server as find
 
     overrides = {
         "BODHI_HOST": args.host,

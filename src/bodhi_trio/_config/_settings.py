@@ -20,15 +20,15 @@ from typing import TypeVar
 import attrs
 import yaml
 
-from bodhi_trio._arg_policy import (
+from bodhi_trio._config._arg_policy import (
     allowed_flags_setting,
     allowed_paths_setting,
     check_settings_args,
 )
+from bodhi_trio._config._hf_cache import hub_cache_dir
+from bodhi_trio._config._yaml_errors import yaml_error_summary
 from bodhi_trio._exceptions import SettingsError
-from bodhi_trio._hub import hub_cache_dir
-from bodhi_trio._server_args import parse_server_args
-from bodhi_trio._yaml_errors import yaml_error_summary
+from bodhi_trio._llama._server_args import parse_server_args
 
 __all__ = ["DEFAULT_PORT", "KNOWN_KEYS", "VARIANT_NAME", "Settings", "load_settings"]
 

@@ -9,7 +9,7 @@ import sys
 
 import trio
 
-from ._bench import BenchConfig, run_bench
+from bodhi_trio._bench._client import BenchConfig, run_bench
 
 __all__ = ["add_bench_parser", "run_bench_command"]
 

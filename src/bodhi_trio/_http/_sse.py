@@ -26,7 +26,7 @@ from typing import Any, Generic, Protocol, TypeVar, final
 import attrs
 import trio
 
-from ._exceptions import BodhiError
+from bodhi_trio._exceptions import BodhiError
 
 __all__ = [
     "KEEPALIVE",

@@ -12,18 +12,18 @@ from typing import TYPE_CHECKING, Any, Protocol
 import attrs
 import trio
 
-from ._aliases import Alias
-from ._arg_policy import ArgPolicy
-from ._child import LaunchSpec
-from ._hub import resolve_model_file
-from ._runtime import find_llama_server
-from ._server_args import merge_server_args
+from bodhi_trio._config._aliases import Alias
+from bodhi_trio._config._arg_policy import ArgPolicy
+from bodhi_trio._config._hf_cache import resolve_model_file
+from bodhi_trio._llama._child import LaunchSpec
+from bodhi_trio._llama._runtime import find_llama_server
+from bodhi_trio._llama._server_args import merge_server_args
 
 if TYPE_CHECKING:
-    from ._address import Address
-    from ._exceptions import BodhiError
-    from ._logtail import LogTail
-    from ._settings import Settings
+    from bodhi_trio._config._settings import Settings
+    from bodhi_trio._core._address import Address
+    from bodhi_trio._exceptions import BodhiError
+    from bodhi_trio._llama._logtail import LogTail
 
 __all__ = [
     "HandOff",

@@ -21,11 +21,17 @@ from typing import TYPE_CHECKING, Protocol, final
 import attrs
 import trio
 
-from ._exceptions import UpstreamError
-from ._http1 import MAX_HEAD_BYTES, ChunkedDecoder, FramingError, ResponseHead, parse_head
+from bodhi_trio._exceptions import UpstreamError
+from bodhi_trio._transport._http1 import (
+    MAX_HEAD_BYTES,
+    ChunkedDecoder,
+    FramingError,
+    ResponseHead,
+    parse_head,
+)
 
 if TYPE_CHECKING:
-    from ._address import Address
+    from bodhi_trio._core._address import Address
 
 __all__ = [
     "HTTPResponse",

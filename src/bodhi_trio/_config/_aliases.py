@@ -15,12 +15,12 @@ from typing import Any
 
 import attrs
 
+from bodhi_trio._config._hf_cache import validate_filename, validate_repo_id, validate_snapshot
 from bodhi_trio._exceptions import (
     InvalidAliasError,
     ServerArgsError,
 )
-from bodhi_trio._hub import validate_filename, validate_repo_id, validate_snapshot
-from bodhi_trio._server_args import parse_server_args
+from bodhi_trio._llama._server_args import parse_server_args
 
 __all__ = [
     "ALIAS_NAME_RE",

@@ -35,11 +35,11 @@ from typing import TYPE_CHECKING, final
 import attrs
 import trio
 
-from ._exceptions import BodhiError
-from ._sse import KEEPALIVE, error_event, keepalive_interval
+from bodhi_trio._exceptions import BodhiError
+from bodhi_trio._http._sse import KEEPALIVE, error_event, keepalive_interval
 
 if TYPE_CHECKING:
-    from ._upstream import UpstreamResponse
+    from bodhi_trio._transport._loopback import UpstreamResponse
 
 __all__ = ["Relay", "RelayBody", "RelayHead", "relay_upstream"]
 

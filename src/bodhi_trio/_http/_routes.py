@@ -17,15 +17,15 @@ from typing import TYPE_CHECKING, Any, final
 import attrs
 import trio
 
-from ._aliases import Alias
-from ._context import ENDPOINTS, SharedContext
-from ._exceptions import InvalidRequestError
-from ._relay import Relay, RelayBody, relay_upstream
-from ._sse import SSE_HEADERS, DirectStream, close_with_request, keepalive_interval
-from ._state import ServerEvent
+from bodhi_trio._config._aliases import Alias
+from bodhi_trio._context._open import ENDPOINTS, SharedContext
+from bodhi_trio._core._state import ServerEvent
+from bodhi_trio._exceptions import InvalidRequestError
+from bodhi_trio._http._relay import Relay, RelayBody, relay_upstream
+from bodhi_trio._http._sse import SSE_HEADERS, DirectStream, close_with_request, keepalive_interval
 
 if TYPE_CHECKING:
-    from ._logtail import LogTail
+    from bodhi_trio._llama._logtail import LogTail
 
 __all__ = ["Reply", "RouterState", "parse_json_body"]
 

@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING
 import trio
 
 if TYPE_CHECKING:
-    from ._slot import Slot
-    from ._upstream import Sender
+    from bodhi_trio._core._slot import Slot
+    from bodhi_trio._transport._loopback import Sender
 
 __all__ = ["watch_child"]
 

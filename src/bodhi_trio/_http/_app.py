@@ -25,20 +25,20 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from ._exceptions import (
+from bodhi_trio._exceptions import (
     BodhiError,
     ForbiddenError,
     InvalidRequestError,
     RequestTooLargeError,
     UnavailableError,
 )
-from ._openapi import openapi_document
-from ._router import Reply, RouterState
-from ._security import Access
+from bodhi_trio._http._openapi import openapi_document
+from bodhi_trio._http._routes import Reply, RouterState
+from bodhi_trio._http._security import Access
 
 if TYPE_CHECKING:
-    from ._security import AccessPolicy
-from ._sse import request_scope
+    from bodhi_trio._http._security import AccessPolicy
+from bodhi_trio._http._sse import request_scope
 
 __all__ = ["create_app"]
 

@@ -24,19 +24,19 @@ from typing import TYPE_CHECKING
 import trio
 from hypercorn.config import Config as HypercornConfig
 
-from ._alias_store import AliasStore
-from ._aliases import Alias
-from ._app import create_app
-from ._context import open_context
-from ._demo import DEMO_ALIAS, DEMO_FILENAME, DEMO_REPO, ensure_demo_model
-from ._exceptions import ConfigError
-from ._fd_limits import connection_limit, raise_open_files_limit
-from ._http_server import serve_http
-from ._router import RouterState
-from ._security import AccessPolicy, is_loopback_host
+from bodhi_trio._config._alias_store import AliasStore
+from bodhi_trio._config._aliases import Alias
+from bodhi_trio._config._demo import DEMO_ALIAS, DEMO_FILENAME, DEMO_REPO, ensure_demo_model
+from bodhi_trio._context._open import open_context
+from bodhi_trio._exceptions import ConfigError
+from bodhi_trio._http._app import create_app
+from bodhi_trio._http._fd_limits import connection_limit, raise_open_files_limit
+from bodhi_trio._http._routes import RouterState
+from bodhi_trio._http._security import AccessPolicy, is_loopback_host
+from bodhi_trio._http._server import serve_http
 
 if TYPE_CHECKING:
-    from ._settings import Settings
+    from bodhi_trio._config._settings import Settings
 
 __all__ = ["check_bind", "prepare_demo", "serve"]
 

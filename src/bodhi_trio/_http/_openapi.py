@@ -14,7 +14,7 @@ import copy
 import functools
 from typing import Any
 
-from ._aliases import REQUEST_PARAM_KEYS
+from bodhi_trio._config._aliases import REQUEST_PARAM_KEYS
 
 __all__ = ["openapi_document"]
 

@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING
 import attrs
 
 from bodhi_trio._exceptions import ServerArgsError, SettingsError
-from bodhi_trio._llama_flags import LLAMA_SERVER_FLAGS, LlamaFlag
-from bodhi_trio._server_args import (
+from bodhi_trio._llama._flags import LLAMA_SERVER_FLAGS, LlamaFlag
+from bodhi_trio._llama._server_args import (
     RESERVED_FLAGS,
     ServerArg,
     canonical_flag,
@@ -45,7 +45,7 @@ from bodhi_trio._server_args import (
 )
 
 if TYPE_CHECKING:
-    from bodhi_trio._settings import Settings
+    from bodhi_trio._config._settings import Settings
 
 __all__ = [
     "REFUSAL_REASONS",

@@ -37,11 +37,11 @@ from typing import NoReturn, final
 import attrs
 import trio
 
-from ._address import MAX_UNIX_PATH_BYTES, Address
-from ._exceptions import LlamaServerExitedError, StartupError
-from ._leftovers import forget_child, record_child
-from ._logtail import LogTail
-from ._process import ChildProcess, spawn_child
+from bodhi_trio._core._address import MAX_UNIX_PATH_BYTES, Address
+from bodhi_trio._exceptions import LlamaServerExitedError, StartupError
+from bodhi_trio._llama._leftovers import forget_child, record_child
+from bodhi_trio._llama._logtail import LogTail
+from bodhi_trio._llama._process import ChildProcess, spawn_child
 
 __all__ = ["LaunchSpec", "LlamaServer", "child_environment", "serve_llama_server"]
 

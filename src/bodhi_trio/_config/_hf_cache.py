@@ -37,7 +37,7 @@ def hub_cache_dir(hf_home: Path) -> Path:
     """The hub cache under ``HF_HOME``: ``hf_home / "hub"``.
 
     ``HF_HUB_CACHE``, when set, wins over this; that choice is made when the
-    settings are loaded (:func:`bodhi_trio._settings.load_settings`).
+    settings are loaded (:func:`bodhi_trio._config._settings.load_settings`).
     """
     return hf_home / "hub"
 

@@ -13,7 +13,7 @@ Everything else follows ``hypercorn.trio.run.worker_serve`` (0.18): the ASGI
 lifespan around it all; on shutdown, stop accepting, tell connections
 (``context.terminated``: no keep-alive reuse) and give them
 ``config.graceful_timeout`` before they are cancelled. A connection itself is run by
-:class:`~bodhi_trio._http_connection.Connection`.
+:class:`~bodhi_trio._http._connection.Connection`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import repr_socket_addr, wrap_app
 
-from ._http_connection import Connection, error_body
+from bodhi_trio._http._connection import Connection, error_body
 
 if TYPE_CHECKING:
     from hypercorn.config import Config

@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING
 import attrs
 import yaml
 
-from bodhi_trio._aliases import Alias, alias_filename, validate_alias_name
-from bodhi_trio._arg_policy import ArgPolicy
+from bodhi_trio._config._aliases import Alias, alias_filename, validate_alias_name
+from bodhi_trio._config._arg_policy import ArgPolicy
+from bodhi_trio._config._yaml_errors import yaml_error_summary
 from bodhi_trio._exceptions import (
     AliasExistsError,
     AliasNotFoundError,
@@ -29,10 +30,9 @@ from bodhi_trio._exceptions import (
     InvalidAliasError,
     ServerArgsError,
 )
-from bodhi_trio._yaml_errors import yaml_error_summary
 
 if TYPE_CHECKING:
-    from bodhi_trio._settings import Settings
+    from bodhi_trio._config._settings import Settings
 
 __all__ = ["AliasFileProblem", "AliasStore"]
 

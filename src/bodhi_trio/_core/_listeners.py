@@ -26,7 +26,7 @@ from typing import final
 import attrs
 import trio
 
-from ._state import ServerEvent
+from bodhi_trio._core._state import ServerEvent
 
 __all__ = ["ListenerHub", "ListenerStatistics", "StateListener"]
 

@@ -35,7 +35,7 @@ from collections.abc import Sequence
 import attrs
 
 from bodhi_trio._exceptions import ServerArgsError
-from bodhi_trio._llama_flags import LLAMA_SERVER_FLAGS, normalize_spelling
+from bodhi_trio._llama._flags import LLAMA_SERVER_FLAGS, normalize_spelling
 
 __all__ = [
     "RESERVED_FLAGS",

@@ -20,32 +20,32 @@ from typing import TYPE_CHECKING, Any, final
 import attrs
 import trio
 
-from ._alias_store import AliasStore
-from ._aliases import Alias, apply_request_params
-from ._child import serve_llama_server
-from ._exceptions import InvalidRequestError, LlamaServerNotFoundError
-from ._leftovers import kill_leftovers
-from ._listeners import ListenerHub, ListenerStatistics, StateListener
-from ._logtail import LogTail
-from ._runtime import find_llama_server
-from ._scheduler import SlotScheduler
-from ._settings import VARIANT_NAME
-from ._slot import (
+from bodhi_trio._config._alias_store import AliasStore
+from bodhi_trio._config._aliases import Alias, apply_request_params
+from bodhi_trio._config._settings import VARIANT_NAME
+from bodhi_trio._core._listeners import ListenerHub, ListenerStatistics, StateListener
+from bodhi_trio._core._scheduler import SlotScheduler
+from bodhi_trio._core._slot import (
     Launcher,
     RunningServer,
     SpecBuilder,
     default_spec_builder,
 )
-from ._state import (
+from bodhi_trio._core._state import (
     EventKind,
     ServerState,
 )
-from ._upstream import PooledSender, Sender, UpstreamPool, UpstreamResponse
+from bodhi_trio._exceptions import InvalidRequestError, LlamaServerNotFoundError
+from bodhi_trio._llama._child import serve_llama_server
+from bodhi_trio._llama._leftovers import kill_leftovers
+from bodhi_trio._llama._logtail import LogTail
+from bodhi_trio._llama._runtime import find_llama_server
+from bodhi_trio._transport._loopback import PooledSender, Sender, UpstreamPool, UpstreamResponse
 
 if TYPE_CHECKING:
-    from ._address import Address
-    from ._rwlock import RWLockStatistics
-    from ._settings import Settings
+    from bodhi_trio._config._settings import Settings
+    from bodhi_trio._core._address import Address
+    from bodhi_trio._core._rwlock import RWLockStatistics
 
 __all__ = [
     "ENDPOINTS",

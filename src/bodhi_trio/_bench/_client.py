@@ -41,10 +41,10 @@ from urllib.parse import urlsplit
 import attrs
 import trio
 
-from ._address import Address
-from ._bench_scan import _ms, _percentile, _Scan, _Totals, _usage_tokens
-from ._exceptions import ConfigError
-from ._http1 import ChunkedDecoder
+from bodhi_trio._bench._scan import _ms, _percentile, _Scan, _Totals, _usage_tokens
+from bodhi_trio._core._address import Address
+from bodhi_trio._exceptions import ConfigError
+from bodhi_trio._transport._http1 import ChunkedDecoder
 
 __all__ = ["BenchConfig", "BenchResult", "run_bench"]
 

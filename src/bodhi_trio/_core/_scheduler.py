@@ -35,15 +35,17 @@ import attrs
 import trio
 import trio_util
 
-from ._exceptions import (
-    BodhiError,
-    LlamaServerExitedError,
-    ResponseInterruptedError,
-    UnavailableError,
+from bodhi_trio._core._rwlock import RWLock, RWLockStatistics
+from bodhi_trio._core._slot import (
+    HandOff,
+    Launcher,
+    PendingLoad,
+    RunningServer,
+    Slot,
+    SpecBuilder,
+    Ticket,
 )
-from ._rwlock import RWLock, RWLockStatistics
-from ._slot import HandOff, Launcher, PendingLoad, RunningServer, Slot, SpecBuilder, Ticket
-from ._state import (
+from bodhi_trio._core._state import (
     EventKind,
     ModelLoadStrategy,
     ServerEvent,
@@ -51,16 +53,22 @@ from ._state import (
     SlotStatus,
     choose_strategy,
 )
-from ._watch import watch_child
+from bodhi_trio._core._watch import watch_child
+from bodhi_trio._exceptions import (
+    BodhiError,
+    LlamaServerExitedError,
+    ResponseInterruptedError,
+    UnavailableError,
+)
 
 if TYPE_CHECKING:
-    from ._address import Address
-    from ._aliases import Alias
-    from ._child import LaunchSpec
-    from ._listeners import ListenerHub
-    from ._logtail import LogTail
-    from ._settings import Settings
-    from ._upstream import Sender
+    from bodhi_trio._config._aliases import Alias
+    from bodhi_trio._config._settings import Settings
+    from bodhi_trio._core._address import Address
+    from bodhi_trio._core._listeners import ListenerHub
+    from bodhi_trio._llama._child import LaunchSpec
+    from bodhi_trio._llama._logtail import LogTail
+    from bodhi_trio._transport._loopback import Sender
 
 __all__ = ["SlotScheduler"]
 

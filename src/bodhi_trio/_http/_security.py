@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from ._exceptions import AuthenticationError, ForbiddenError
+from bodhi_trio._exceptions import AuthenticationError, ForbiddenError
 
 __all__ = ["Access", "AccessPolicy", "AdminKeyRequiredError", "is_loopback_host"]
 
