@@ -18,11 +18,12 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff (with the ASYNC rules) and mypy --strict."""
+    """ruff (with the ASYNC rules), mypy --strict, and the import-linter layer contracts."""
     session.install("-e", ".[dev]")
     session.run("ruff", "check", "src", "tests", "benchmarks", "examples", "noxfile.py")
     session.run("ruff", "format", "--check", "src", "tests", "benchmarks", "examples", "noxfile.py")
     session.run("mypy")
+    session.run("lint-imports")
 
 
 @nox.session

@@ -22,21 +22,22 @@ from typing import Any
 import trio
 
 import bodhi_trio
+import bodhi_trio.lowlevel
 
 
 def prepare(home: Path) -> bodhi_trio.Settings:
     """Settings for ``home``, with the demo model and its ``demo:tiny`` alias in place."""
     settings = bodhi_trio.load_settings(home=home)
-    demo = bodhi_trio.ensure_demo_model(settings.hub_cache)
+    demo = bodhi_trio.lowlevel.ensure_demo_model(settings.hub_cache)
     store = bodhi_trio.AliasStore(settings.aliases_dir)
     with contextlib.suppress(bodhi_trio.AliasExistsError):
-        store.create(bodhi_trio.Alias(bodhi_trio.DEMO_ALIAS, demo.repo, demo.filename))
+        store.create(bodhi_trio.Alias(bodhi_trio.lowlevel.DEMO_ALIAS, demo.repo, demo.filename))
     return settings
 
 
 def chat(content: str, **extra: Any) -> dict[str, Any]:
     messages = [{"role": "user", "content": content}]
-    return {"model": bodhi_trio.DEMO_ALIAS, "messages": messages, "stream": True, **extra}
+    return {"model": bodhi_trio.lowlevel.DEMO_ALIAS, "messages": messages, "stream": True, **extra}
 
 
 async def sse_data(response: bodhi_trio.UpstreamResponse) -> AsyncIterator[str]:

@@ -12,10 +12,15 @@ import pytest
 import trio
 
 from bodhi_trio._config._settings import load_settings
-from bodhi_trio._exceptions import AuthenticationError, ForbiddenError, SettingsError
+from bodhi_trio._exceptions import (
+    AdminKeyRequiredError,
+    AuthenticationError,
+    ForbiddenError,
+    SettingsError,
+)
 from bodhi_trio._http._app import create_app
 from bodhi_trio._http._routes import RouterState
-from bodhi_trio._http._security import Access, AccessPolicy, AdminKeyRequiredError
+from bodhi_trio._http._security import Access, AccessPolicy
 from bodhi_trio._http._serve import check_bind
 from httpserver import running_server
 

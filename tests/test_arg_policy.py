@@ -18,7 +18,7 @@ from bodhi_trio._config._aliases import Alias
 from bodhi_trio._config._arg_policy import REFUSAL_REASONS, ArgPolicy
 from bodhi_trio._config._demo import DEMO_FILENAME, DEMO_REPO
 from bodhi_trio._config._settings import load_settings
-from bodhi_trio._core._slot import default_spec_builder
+from bodhi_trio._context._spec import default_spec_builder
 from bodhi_trio._exceptions import InvalidAliasError, ServerArgsError, SettingsError
 from bodhi_trio._llama._flags import CATEGORIES, LLAMA_SERVER_FLAGS
 from bodhi_trio._llama._server_args import RESERVED_FLAGS, canonical_flag

@@ -576,3 +576,21 @@ async def test_errors_in_the_block_come_out_unwrapped(
     with pytest.raises(ZeroDivisionError):
         async with harness(tmp_path / "2"):
             _ = 1 / 0
+
+
+async def test_an_error_from_the_block_keeps_its_own_context(tmp_path: Path) -> None:
+    """The caller's exception comes out of open_context as raised, chain included."""
+    settings = load_settings(home=tmp_path, env={"BODHI_KEEP_ALIVE_SECS": "-1"})
+
+    async def fail_inside() -> None:
+        async with open_context(settings, launcher=FakeLauncher(), spec_builder=spec_builder):
+            try:
+                raise KeyError("inner")
+            except KeyError:
+                raise ValueError("outer")  # noqa: B904 - the implicit chain is the point
+
+    with pytest.raises(ValueError, match="outer") as caught:
+        await fail_inside()
+    assert isinstance(caught.value.__context__, KeyError)
+    assert not caught.value.__suppress_context__
+    assert caught.value.__cause__ is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bodhi_trio
+import bodhi_trio.lowlevel
 
 
 def test_all_names_exist_and_are_public() -> None:
@@ -10,6 +11,34 @@ def test_all_names_exist_and_are_public() -> None:
         assert hasattr(bodhi_trio, name), name
         assert not name.startswith("_")
     assert len(set(bodhi_trio.__all__)) == len(bodhi_trio.__all__)
+
+
+PUBLIC = {
+    "AdminKeyRequiredError", "Alias", "AliasExistsError", "AliasFileProblem",
+    "AliasNotFoundError", "AliasStore", "AuthenticationError", "BodhiError", "ConfigError",
+    "ConflictError", "ContextStatistics", "EventKind", "ForbiddenError", "InvalidAliasError",
+    "InvalidRequestError", "ListenerStatistics", "LlamaServerExitedError",
+    "LlamaServerInstallError", "LlamaServerNotFoundError", "ModelFileNotFoundError",
+    "NotFoundError", "RequestParams", "RequestTooLargeError", "ResponseInterruptedError",
+    "ServerArgsError", "ServerEvent", "ServerState", "Settings", "SettingsError",
+    "SharedContext", "SlotStatus", "StartupError", "StateListener", "UnavailableError",
+    "UpstreamError", "UpstreamResponse", "load_settings", "open_context", "serve",
+}  # fmt: skip
+LOWLEVEL = {
+    "DEMO_ALIAS", "Address", "DemoModel", "LaunchSpec", "LlamaServer", "LogTail",
+    "ModelLoadStrategy", "RWLock", "RWLockStatistics", "apply_request_params",
+    "child_environment", "choose_strategy", "ensure_demo_model", "find_llama_server",
+    "install_llama_server", "merge_server_args", "serve_llama_server",
+}  # fmt: skip
+
+
+def test_the_two_tiers_are_exactly_these() -> None:
+    """A name added to or dropped from either tier is a decision: make it here too."""
+    assert set(bodhi_trio.__all__) == PUBLIC
+    assert set(bodhi_trio.lowlevel.__all__) == LOWLEVEL
+    for name in bodhi_trio.lowlevel.__all__:
+        assert hasattr(bodhi_trio.lowlevel, name), name
+    assert bodhi_trio.lowlevel.RWLock.__module__ == "bodhi_trio.lowlevel"
 
 
 def test_public_classes_report_the_public_module() -> None:

@@ -1,6 +1,8 @@
 """bodhi-trio: a local, OpenAI-compatible LLM server on Trio that owns llama-server processes.
 
-The public surface; everything else lives in private modules. Library use::
+The public surface; everything else lives in private subpackages, and the lower
+tier (locks, launch specs, the child supervisor, the args merge) is in
+:mod:`bodhi_trio.lowlevel`. Library use::
 
     import bodhi_trio
     import trio
@@ -14,6 +16,10 @@ The public surface; everything else lives in private modules. Library use::
                     ...
 
     trio.run(main)
+
+Or the whole HTTP server inside your own Trio program::
+
+    url = await nursery.start(bodhi_trio.serve, settings)
 """
 
 from __future__ import annotations
@@ -24,10 +30,6 @@ from bodhi_trio._config._alias_store import AliasFileProblem as AliasFileProblem
 from bodhi_trio._config._alias_store import AliasStore as AliasStore
 from bodhi_trio._config._aliases import Alias as Alias
 from bodhi_trio._config._aliases import RequestParams as RequestParams
-from bodhi_trio._config._aliases import apply_request_params as apply_request_params
-from bodhi_trio._config._demo import DEMO_ALIAS as DEMO_ALIAS
-from bodhi_trio._config._demo import DemoModel as DemoModel
-from bodhi_trio._config._demo import ensure_demo_model as ensure_demo_model
 from bodhi_trio._config._settings import Settings as Settings
 from bodhi_trio._config._settings import load_settings as load_settings
 from bodhi_trio._context._open import ContextStatistics as ContextStatistics
@@ -35,19 +37,18 @@ from bodhi_trio._context._open import SharedContext as SharedContext
 from bodhi_trio._context._open import open_context as open_context
 from bodhi_trio._core._listeners import ListenerStatistics as ListenerStatistics
 from bodhi_trio._core._listeners import StateListener as StateListener
-from bodhi_trio._core._rwlock import RWLock as RWLock
-from bodhi_trio._core._rwlock import RWLockStatistics as RWLockStatistics
 from bodhi_trio._core._state import EventKind as EventKind
-from bodhi_trio._core._state import ModelLoadStrategy as ModelLoadStrategy
 from bodhi_trio._core._state import ServerEvent as ServerEvent
 from bodhi_trio._core._state import ServerState as ServerState
 from bodhi_trio._core._state import SlotStatus as SlotStatus
-from bodhi_trio._core._state import choose_strategy as choose_strategy
+from bodhi_trio._exceptions import AdminKeyRequiredError as AdminKeyRequiredError
 from bodhi_trio._exceptions import AliasExistsError as AliasExistsError
 from bodhi_trio._exceptions import AliasNotFoundError as AliasNotFoundError
+from bodhi_trio._exceptions import AuthenticationError as AuthenticationError
 from bodhi_trio._exceptions import BodhiError as BodhiError
 from bodhi_trio._exceptions import ConfigError as ConfigError
 from bodhi_trio._exceptions import ConflictError as ConflictError
+from bodhi_trio._exceptions import ForbiddenError as ForbiddenError
 from bodhi_trio._exceptions import InvalidAliasError as InvalidAliasError
 from bodhi_trio._exceptions import InvalidRequestError as InvalidRequestError
 from bodhi_trio._exceptions import LlamaServerExitedError as LlamaServerExitedError
@@ -62,52 +63,41 @@ from bodhi_trio._exceptions import SettingsError as SettingsError
 from bodhi_trio._exceptions import StartupError as StartupError
 from bodhi_trio._exceptions import UnavailableError as UnavailableError
 from bodhi_trio._exceptions import UpstreamError as UpstreamError
-from bodhi_trio._llama._child import LaunchSpec as LaunchSpec
-from bodhi_trio._llama._child import LlamaServer as LlamaServer
-from bodhi_trio._llama._child import serve_llama_server as serve_llama_server
-from bodhi_trio._llama._logtail import LogTail as LogTail
-from bodhi_trio._llama._runtime import find_llama_server as find_llama_server
-from bodhi_trio._llama._runtime import install_llama_server as install_llama_server
-from bodhi_trio._llama._server_args import merge_server_args as merge_server_args
+from bodhi_trio._http._serve import serve as serve
 from bodhi_trio._transport._loopback import UpstreamResponse as UpstreamResponse
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "DEMO_ALIAS",
+    "AdminKeyRequiredError",
     "Alias",
     "AliasExistsError",
     "AliasFileProblem",
     "AliasNotFoundError",
     "AliasStore",
+    "AuthenticationError",
     "BodhiError",
     "ConfigError",
     "ConflictError",
     "ContextStatistics",
-    "DemoModel",
     "EventKind",
+    "ForbiddenError",
     "InvalidAliasError",
     "InvalidRequestError",
-    "LaunchSpec",
     "ListenerStatistics",
-    "LlamaServer",
     "LlamaServerExitedError",
     "LlamaServerInstallError",
     "LlamaServerNotFoundError",
-    "LogTail",
     "ModelFileNotFoundError",
-    "ModelLoadStrategy",
     "NotFoundError",
-    "RWLock",
-    "RWLockStatistics",
     "RequestParams",
     "RequestTooLargeError",
     "ResponseInterruptedError",
     "ServerArgsError",
     "ServerEvent",
     "ServerState",
-    "SettingsError",
     "Settings",
+    "SettingsError",
     "SharedContext",
     "SlotStatus",
     "StartupError",
@@ -115,15 +105,9 @@ __all__ = [
     "UnavailableError",
     "UpstreamError",
     "UpstreamResponse",
-    "apply_request_params",
-    "choose_strategy",
-    "ensure_demo_model",
-    "find_llama_server",
-    "install_llama_server",
     "load_settings",
-    "merge_server_args",
     "open_context",
-    "serve_llama_server",
+    "serve",
 ]
 
 # Show public names as bodhi_trio.X in reprs and tracebacks (as trio does).

@@ -16,6 +16,7 @@ single boundary, and the CLI prints ``message`` as one line.
     │   └── RequestTooLargeError        413                        request_too_large
     ├── AuthenticationError             401 authentication_error   invalid_api_key
     ├── ForbiddenError                  403 permission_error       forbidden
+    │   └── AdminKeyRequiredError                                  admin_key_required
     ├── NotFoundError                   404 not_found_error
     │   ├── AliasNotFoundError                                     alias_not_found
     │   └── ModelFileNotFoundError                                 model_file_not_found
@@ -36,6 +37,7 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 __all__ = [
+    "AdminKeyRequiredError",
     "AliasExistsError",
     "AliasNotFoundError",
     "AuthenticationError",
@@ -144,6 +146,12 @@ class ForbiddenError(BodhiError):
     status = 403
     error_type = "permission_error"
     code = "forbidden"
+
+
+class AdminKeyRequiredError(ForbiddenError):
+    """A valid API key on a route that needs one of ``BODHI_ADMIN_KEYS``."""
+
+    code = "admin_key_required"
 
 
 class NotFoundError(BodhiError):

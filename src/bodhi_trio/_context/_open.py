@@ -15,7 +15,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any, NoReturn, final
 
 import attrs
 import trio
@@ -23,13 +23,13 @@ import trio
 from bodhi_trio._config._alias_store import AliasStore
 from bodhi_trio._config._aliases import Alias, apply_request_params
 from bodhi_trio._config._settings import VARIANT_NAME
+from bodhi_trio._context._spec import default_spec_builder
 from bodhi_trio._core._listeners import ListenerHub, ListenerStatistics, StateListener
 from bodhi_trio._core._scheduler import SlotScheduler
 from bodhi_trio._core._slot import (
     Launcher,
     RunningServer,
     SpecBuilder,
-    default_spec_builder,
 )
 from bodhi_trio._core._state import (
     EventKind,
@@ -338,7 +338,21 @@ async def open_context(
         # caller's block raised: hand that back as it was, not wrapped.
         if len(group.exceptions) != 1:
             raise
-        error = group.exceptions[0]
-        raise error from error.__cause__
+        _reraise_unwrapped(group.exceptions[0])
     finally:
         log.close()
+
+
+def _reraise_unwrapped(error: BaseException) -> NoReturn:
+    """Raise ``error`` as the caller raised it.
+
+    ``raise error`` inside ``except`` would set its ``__context__`` to the group
+    being handled, hiding the exception the caller's own ``error`` arose from
+    (and ``raise error from x`` would also suppress it): put the original back.
+    """
+    context = error.__context__
+    try:
+        raise error
+    finally:
+        error.__context__ = context
+        del error, context

@@ -1,28 +1,23 @@
 """The parts of the server slot: what is loaded, what is loading, who waits.
 
-Types shared by :mod:`._context` and its tests; :func:`default_spec_builder`
-turns an alias and a variant into a :class:`LaunchSpec`.
+Types shared by the scheduler, the context and their tests. The core knows an
+alias and a launch spec only as values it hands on: it never builds one (the
+context's spec builder does) and never imports their layers at run time.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import attrs
 import trio
 
-from bodhi_trio._config._aliases import Alias
-from bodhi_trio._config._arg_policy import ArgPolicy
-from bodhi_trio._config._hf_cache import resolve_model_file
-from bodhi_trio._llama._child import LaunchSpec
-from bodhi_trio._llama._runtime import find_llama_server
-from bodhi_trio._llama._server_args import merge_server_args
-
 if TYPE_CHECKING:
-    from bodhi_trio._config._settings import Settings
+    from bodhi_trio._config._aliases import Alias
     from bodhi_trio._core._address import Address
     from bodhi_trio._exceptions import BodhiError
+    from bodhi_trio._llama._child import LaunchSpec
     from bodhi_trio._llama._logtail import LogTail
 
 __all__ = [
@@ -33,7 +28,6 @@ __all__ = [
     "Slot",
     "SpecBuilder",
     "Ticket",
-    "default_spec_builder",
 ]
 
 
@@ -55,7 +49,7 @@ class Launcher(Protocol):
     ) -> Any: ...
 
 
-SpecBuilder = Callable[[Alias, str], LaunchSpec]
+SpecBuilder: TypeAlias = "Callable[[Alias, str], LaunchSpec]"
 """Builds the launch spec for an alias and a variant.
 
 Alias lookups and spec building touch the disk for well under a millisecond
@@ -109,38 +103,3 @@ class HandOff:
     def started(self, server: RunningServer) -> None:
         self.started_ok = True
         self.outer.started((server, self.scope, self.finished))
-
-
-def default_spec_builder(settings: Settings) -> SpecBuilder:
-    """The real spec builder: binary lookup, HF cache resolution and the args merge.
-
-    Every tier of args passes the :class:`ArgPolicy` again right before the merge,
-    although settings and the alias store checked them already: an alias built in
-    code, or a symlink that changed since, must not reach a child either.
-    """
-    policy = ArgPolicy.from_settings(settings)
-
-    def build(alias: Alias, variant: str) -> LaunchSpec:
-        binary = find_llama_server(variant, settings.binary_for(variant))
-        model = resolve_model_file(settings.hub_cache, alias.repo, alias.filename, alias.snapshot)
-        tiers = (settings.llamacpp_args, settings.server_args_for(variant), alias.context_params)
-        sources = (
-            "BODHI_LLAMACPP_ARGS",
-            f"BODHI_LLAMACPP_ARGS_{variant.upper()}",
-            f"alias {alias.alias!r} context_params",
-        )
-        for items, source in zip(tiers, sources, strict=True):
-            policy.check(items, source=source)
-        args = merge_server_args(*tiers, sources=sources)
-        return LaunchSpec(
-            binary=binary,
-            model=model.absolute(),
-            alias=alias.alias,
-            server_args=tuple(args),
-            variant=variant,
-            startup_timeout=settings.startup_timeout_secs,
-            stop_grace=settings.stop_grace_secs,
-            run_dir=settings.run_dir,
-        )
-
-    return build

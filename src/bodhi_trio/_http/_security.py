@@ -32,9 +32,9 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from bodhi_trio._exceptions import AuthenticationError, ForbiddenError
+from bodhi_trio._exceptions import AdminKeyRequiredError, AuthenticationError, ForbiddenError
 
-__all__ = ["Access", "AccessPolicy", "AdminKeyRequiredError", "is_loopback_host"]
+__all__ = ["Access", "AccessPolicy", "is_loopback_host"]
 
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
@@ -48,12 +48,6 @@ class Access(enum.Enum):
     """Any valid key: the model routes, and reading state, models, aliases and metrics."""
     ADMIN = "admin"
     """An admin key: changing aliases or the server, and its logs (they can hold prompts)."""
-
-
-class AdminKeyRequiredError(ForbiddenError):
-    """A valid API key on a route that needs one of ``BODHI_ADMIN_KEYS``."""
-
-    code = "admin_key_required"
 
 
 def is_loopback_host(host: str) -> bool:

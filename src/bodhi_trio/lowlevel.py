@@ -1,0 +1,56 @@
+"""The lower tier, as ``trio.lowlevel`` is to ``trio``: the parts the context is built from.
+
+For programs that supervise llama-server themselves, reuse the lock, or need
+the pieces the server uses: the child supervisor and its launch spec, the args
+merge, the binary lookup and build, the demo model, the log ring, the
+writer-preferring RW lock, the address of a child.
+"""
+
+from __future__ import annotations
+
+import contextlib as _contextlib
+
+from bodhi_trio._config._aliases import apply_request_params as apply_request_params
+from bodhi_trio._config._demo import DEMO_ALIAS as DEMO_ALIAS
+from bodhi_trio._config._demo import DemoModel as DemoModel
+from bodhi_trio._config._demo import ensure_demo_model as ensure_demo_model
+from bodhi_trio._core._address import Address as Address
+from bodhi_trio._core._rwlock import RWLock as RWLock
+from bodhi_trio._core._rwlock import RWLockStatistics as RWLockStatistics
+from bodhi_trio._core._state import ModelLoadStrategy as ModelLoadStrategy
+from bodhi_trio._core._state import choose_strategy as choose_strategy
+from bodhi_trio._llama._child import LaunchSpec as LaunchSpec
+from bodhi_trio._llama._child import LlamaServer as LlamaServer
+from bodhi_trio._llama._child import child_environment as child_environment
+from bodhi_trio._llama._child import serve_llama_server as serve_llama_server
+from bodhi_trio._llama._logtail import LogTail as LogTail
+from bodhi_trio._llama._runtime import find_llama_server as find_llama_server
+from bodhi_trio._llama._runtime import install_llama_server as install_llama_server
+from bodhi_trio._llama._server_args import merge_server_args as merge_server_args
+
+__all__ = [
+    "DEMO_ALIAS",
+    "Address",
+    "DemoModel",
+    "LaunchSpec",
+    "LlamaServer",
+    "LogTail",
+    "ModelLoadStrategy",
+    "RWLock",
+    "RWLockStatistics",
+    "apply_request_params",
+    "child_environment",
+    "choose_strategy",
+    "ensure_demo_model",
+    "find_llama_server",
+    "install_llama_server",
+    "merge_server_args",
+    "serve_llama_server",
+]
+
+for _name in __all__:
+    _value = globals()[_name]
+    if getattr(_value, "__module__", "").startswith("bodhi_trio._"):
+        with _contextlib.suppress(AttributeError, TypeError):
+            _value.__module__ = __name__
+del _name, _value
