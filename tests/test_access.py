@@ -19,7 +19,7 @@ from bodhi_trio._exceptions import (
     SettingsError,
 )
 from bodhi_trio._http._app import create_app
-from bodhi_trio._http._routes import RouterState
+from bodhi_trio._http._routes import Routes
 from bodhi_trio._http._security import Access, AccessPolicy
 from bodhi_trio._http._serve import check_bind
 from httpserver import running_server
@@ -54,7 +54,7 @@ EXPECTED_ACCESS = {
 
 
 def test_every_registered_route_is_classified() -> None:
-    app: Any = create_app(Mock(spec=RouterState), Mock(spec=AccessPolicy), max_body_bytes=1)
+    app: Any = create_app(Mock(spec=Routes), Mock(spec=AccessPolicy), max_body_bytes=1)
     served = {
         (method, rule.rule)
         for rule in app.app.url_map.iter_rules()

@@ -20,7 +20,7 @@ import trio
 
 from bodhi_trio._bench._client import BenchConfig, run_bench
 from bodhi_trio._bench._scan import _Scan, _Totals
-from bodhi_trio._transport._http1 import ChunkedDecoder
+from bodhi_trio._core._http1 import ChunkedDecoder
 
 FAKE = Path(__file__).resolve().parents[1] / "benchmarks" / "fake_upstream.py"
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
-from bodhi_trio._cli import main
+import bodhi_trio
+from bodhi_trio._cli import _join_dashed_values, main
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -101,3 +104,98 @@ def test_help_everywhere() -> None:
         with pytest.raises(SystemExit) as caught:
             main(argv)
         assert caught.value.code == 0
+
+
+def test_version_prints_the_package_version(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(sys, "argv", ["bodhi-trio", "--version"])  # as the console script runs
+    with pytest.raises(SystemExit) as caught:
+        main()
+    assert caught.value.code == 0
+    out, err = capsys.readouterr()
+    assert (out, err) == (f"bodhi-trio {bodhi_trio.__version__}\n", "")
+    assert bodhi_trio.__version__ == importlib.metadata.version("bodhi-trio")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--context-param", "--embeddings", "--context-param", "--pooling mean"],
+        ["--context-param=--embeddings", "--context-param=--pooling mean"],
+        ["--context-param", "--embeddings", "--force", "--context-param", "--pooling mean"],
+    ],
+    ids=["spaced", "equals", "spaced-then-other-option"],
+)
+def test_context_param_values_may_start_with_a_dash(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    code, out, _ = run(
+        capsys, "--home", str(tmp_path), "alias", "create", "embed",
+        "--repo", "a/b", "--filename", "c.gguf", *argv,
+    )  # fmt: skip
+    assert code == 0, out
+    written = yaml.safe_load((tmp_path / "aliases" / "embed.yaml").read_text())
+    assert written["context_params"] == ["--embeddings", "--pooling mean"]
+
+
+def test_cmake_arg_values_may_start_with_a_dash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(
+        "bodhi_trio._cli.install_llama_server", lambda variant, **kw: calls.append(kw)
+    )
+    argv = ["--home", str(tmp_path), "llama-server", "install", "--variant", "cpu"]
+    assert main([*argv, "--cmake-arg", "-DGGML_NATIVE=OFF", "--cmake-arg=-DX=1"]) == 0
+    assert list(calls[0]["extra_cmake_args"]) == ["-DGGML_NATIVE=OFF", "-DX=1"]
+
+
+def test_a_dashed_option_without_a_value_is_still_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["--home", str(tmp_path), "alias", "create", "x", "--repo", "a/b",
+              "--filename", "c.gguf", "--context-param"])  # fmt: skip
+    assert caught.value.code == 2
+    assert "--context-param: expected one argument" in capsys.readouterr().err
+    assert not (tmp_path / "aliases" / "x.yaml").exists()
+
+
+def test_alias_create_warns_when_the_model_file_is_not_in_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hub = tmp_path / "hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    home = str(tmp_path / "home")
+    code, out, err = run(
+        capsys, "--home", home, "alias", "create", "x",
+        "--repo", "owner/model-GGUF", "--filename", "m.Q4_K_M.gguf", "--snapshot", "v1",
+    )  # fmt: skip
+    assert code == 0
+    assert out.startswith("created x: ")
+    assert (tmp_path / "home" / "aliases" / "x.yaml").exists()  # written all the same
+    assert err.count("\n") == 1
+    assert err.startswith("bodhi-trio: warning: ")
+    for part in ("'owner/model-GGUF'", "'m.Q4_K_M.gguf'", "'v1'", str(hub)):
+        assert part in err
+    download = f"hf download owner/model-GGUF m.Q4_K_M.gguf --revision v1 --cache-dir {hub}"
+    assert err.endswith(download + "\n")
+
+    # Once the file is where the server looks, the same alias is created silently.
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo_dir = hub / "models--owner--model-GGUF"
+    (repo_dir / "refs").mkdir(parents=True)
+    (repo_dir / "refs" / "v1").write_text(commit)
+    (repo_dir / "snapshots" / commit).mkdir(parents=True)
+    (repo_dir / "snapshots" / commit / "m.Q4_K_M.gguf").write_bytes(b"GGUF")
+    code, out, err = run(
+        capsys, "--home", home, "alias", "create", "x", "--force",
+        "--repo", "owner/model-GGUF", "--filename", "m.Q4_K_M.gguf", "--snapshot", "v1",
+    )  # fmt: skip
+    assert (code, err) == (0, "")
+
+
+def test_join_dashed_values_leaves_everything_after_a_double_dash() -> None:
+    argv = ["--context-param", "-v", "--", "--context-param", "--embeddings"]
+    assert _join_dashed_values(argv) == ["--context-param=-v", "--", *argv[-2:]]

@@ -45,7 +45,7 @@ from bodhi_trio._config._alias_store import AliasStore
 from bodhi_trio._config._demo import DEMO_ALIAS
 from bodhi_trio._http._app import create_app
 from bodhi_trio._http._openapi import openapi_document
-from bodhi_trio._http._routes import RouterState
+from bodhi_trio._http._routes import Routes
 from bodhi_trio._http._security import AccessPolicy
 from httpserver import running_server
 
@@ -273,7 +273,7 @@ async def test_schemathesis_every_operation(tmp_path: Path, hub_cache: Path) -> 
 
 def app_routes() -> set[str]:
     """Every ``METHOD /path`` the app serves, in OpenAPI spelling."""
-    app: Any = create_app(Mock(spec=RouterState), Mock(spec=AccessPolicy), max_body_bytes=1)
+    app: Any = create_app(Mock(spec=Routes), Mock(spec=AccessPolicy), max_body_bytes=1)
     app = getattr(app, "app", app)  # the Quart app inside any ASGI middleware
     routes: set[str] = set()
     for rule in app.url_map.iter_rules():

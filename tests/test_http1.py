@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bodhi_trio._transport._http1 import ChunkedDecoder, FramingError, parse_head
+from bodhi_trio._core._http1 import ChunkedDecoder, FramingError, parse_head
 
 EVENTS = [b'data: {"n": %d}\n\n' % i for i in range(20)] + [b"data: [DONE]\n\n"]
 BODY = b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in EVENTS) + b"0\r\n\r\n"

@@ -19,7 +19,8 @@ import trio.testing
 from bodhi_trio._context._open import SharedContext
 from bodhi_trio._core._listeners import ListenerHub, StateListener
 from bodhi_trio._core._state import EventKind, ServerEvent
-from bodhi_trio._http._routes import RouterState
+from bodhi_trio._http._request_scope import request_scope
+from bodhi_trio._http._routes import Routes
 from bodhi_trio._http._sse import DirectStream
 
 LOGGER = "bodhi_trio.listeners"
@@ -32,7 +33,7 @@ class _Settings:
 
 @attrs.define
 class _EventsOnlyContext:
-    """What ``RouterState.events`` uses of a context: its settings and listener hub."""
+    """What ``Routes.events`` uses of a context: its settings and listener hub."""
 
     hub: ListenerHub
     settings: _Settings = attrs.field(factory=_Settings)
@@ -44,7 +45,7 @@ class _EventsOnlyContext:
 
 
 def event(seq: int) -> ServerEvent:
-    return ServerEvent(EventKind.CHAT_COMPLETIONS, "a", "cpu", seq=seq)
+    return ServerEvent(EventKind.RESPONSE, "a", "cpu", seq=seq)
 
 
 def listener_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
@@ -57,12 +58,13 @@ async def test_event_clients_that_left_are_removed_without_tracebacks(
     caplog.set_level(logging.DEBUG, logger=LOGGER)
     clients = 5
     with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
+        # The route registers its body with the request, as it does under the app's middleware.
+        async with trio.open_nursery() as nursery, request_scope():
             hub = ListenerHub(nursery)
-            router = RouterState(cast(SharedContext, _EventsOnlyContext(hub)), nursery)
+            routes = Routes(cast(SharedContext, _EventsOnlyContext(hub)), nursery)
             streams: list[Any] = []
             for _ in range(clients):
-                reply = await router.events()  # the real route: a body nobody reads
+                reply = await routes.events()  # the real route: a body nobody reads
                 assert isinstance(reply.body, DirectStream)
                 streams.append(reply.body)
             for seq in range(300):  # more than a listener's queue (256) holds

@@ -9,23 +9,28 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import yaml
 
+from bodhi_trio import __version__
 from bodhi_trio._bench._cli import add_bench_parser
 from bodhi_trio._config._alias_store import AliasStore
 from bodhi_trio._config._aliases import Alias
+from bodhi_trio._config._hf_cache import resolve_model_file
 from bodhi_trio._config._settings import Settings, load_settings
-from bodhi_trio._exceptions import BodhiError
+from bodhi_trio._exceptions import BodhiError, ModelFileNotFoundError
 from bodhi_trio._llama._runtime import find_llama_server, install_llama_server
 
 __all__ = ["main"]
 
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _Command = Callable[[argparse.Namespace], int]
+# Options whose values are llama-server or CMake arguments, which start with "-".
+_DASHED_VALUE_OPTIONS = frozenset({"--context-param", "--cmake-arg"})
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -108,10 +113,33 @@ def _alias_create(args: argparse.Namespace) -> int:
         "context_params": list(args.context_param or ()),
     }
     alias = Alias.from_dict(data, source="command line")
-    store = AliasStore.for_settings(_settings(args))
+    settings = _settings(args)
+    store = AliasStore.for_settings(settings)
     path = store.put(alias) if args.force else store.create(alias)
     print(f"created {alias.alias}: {path}")
+    _warn_if_not_cached(settings, alias)
     return 0
+
+
+def _warn_if_not_cached(settings: Settings, alias: Alias) -> None:
+    """One stderr line if the server could not find the alias's model file today.
+
+    The alias is kept: the file may well be downloaded after the alias is made,
+    but a typo in repo, file or snapshot should not wait for the first request's 404.
+    """
+    repo, file, snapshot, cache = alias.repo, alias.filename, alias.snapshot, settings.hub_cache
+    try:
+        resolve_model_file(cache, repo, file, snapshot)  # as the server will when it loads
+    except ModelFileNotFoundError as exc:
+        download = shlex.join(
+            ["hf", "download", repo, file, "--revision", snapshot, "--cache-dir", str(cache)]
+        )
+        print(
+            f"bodhi-trio: warning: alias {alias.alias!r} saved, but {exc.message};"
+            f" the server looks in the Hugging Face cache {cache};"
+            f" download the file with: {download}",
+            file=sys.stderr,
+        )
 
 
 def _alias_rm(args: argparse.Namespace) -> int:
@@ -125,6 +153,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="bodhi-trio",
         description="A local, OpenAI-compatible LLM server on Trio that owns llama-server.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--home", help="BODHI_HOME (default ~/.cache/bodhi-trio)")
     home = argparse.ArgumentParser(add_help=False)  # --home also after the command
     home.add_argument("--home", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -155,7 +184,11 @@ def _parser() -> argparse.ArgumentParser:
     install.add_argument("--variant", help="exec variant (default: BODHI_EXEC_VARIANT, cpu)")
     install.add_argument("--jobs", type=int, help="parallel build jobs (default: CPU count)")
     install.add_argument("--force", action="store_true", help="rebuild even if installed")
-    install.add_argument("--cmake-arg", action="append", help="extra CMake argument (repeatable)")
+    install.add_argument(
+        "--cmake-arg",
+        action="append",
+        help="extra CMake argument, e.g. -DGGML_NATIVE=OFF (repeatable)",
+    )
     install.set_defaults(run=_llama_server_install)
     path = runtime_commands.add_parser(
         "path", parents=[home], help="print the llama-server binary that will be used"
@@ -185,7 +218,7 @@ def _parser() -> argparse.ArgumentParser:
         "--context-param",
         action="append",
         metavar="ARGS",
-        help='llama-server args, e.g. "--ctx-size 4096"',
+        help='llama-server args, e.g. "--ctx-size 4096" or --embeddings (repeatable)',
     )
     create.add_argument("--force", action="store_true", help="replace an existing alias")
     create.set_defaults(run=_alias_create)
@@ -195,13 +228,30 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _join_dashed_values(argv: Sequence[str]) -> list[str]:
+    """Rewrite ``--context-param --embeddings`` as ``--context-param=--embeddings``.
+
+    argparse takes a token that starts with ``-`` and has no space for an option,
+    never for a value, so the spaced form failed with "expected one argument";
+    the ``=`` form is unambiguous. Nothing after ``--`` is touched.
+    """
+    joined: list[str] = []
+    items = iter(argv)
+    for item in items:
+        if item == "--":
+            joined.append(item)
+            joined.extend(items)
+            break
+        value = next(items, None) if item in _DASHED_VALUE_OPTIONS else None
+        joined.append(item if value is None else f"{item}={value}")
+    return joined
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (also used by ``python -m bodhi_trio``)."""
     parser = _parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    args = parser.parse_args(_join_dashed_values(sys.argv[1:] if argv is None else argv))
+    logging.basicConfig(level=logging.INFO, format=_LOG_FORMAT)
     run: _Command = args.run
     try:
         return run(args)

@@ -227,6 +227,13 @@ class LlamaServerInstallError(BodhiError):
     code = "llama_server_install_failed"
 
 
+def _with_log_tail(message: str, log_tail: Sequence[str]) -> str:
+    """``message``, then the child's last output lines under a header, if there are any."""
+    if not log_tail:
+        return message
+    return f"{message}\n--- llama-server output (last lines) ---\n" + "\n".join(log_tail)
+
+
 class StartupError(BodhiError):
     """llama-server did not become ready.
 
@@ -240,10 +247,7 @@ class StartupError(BodhiError):
     def __init__(
         self, reason: str, *, log_tail: Sequence[str] = (), returncode: int | None = None
     ) -> None:
-        message = reason
-        if log_tail:
-            message += "\n--- llama-server output (last lines) ---\n" + "\n".join(log_tail)
-        super().__init__(message)
+        super().__init__(_with_log_tail(reason, log_tail))
         self.reason = reason
         self.log_tail = tuple(log_tail)
         self.returncode = returncode
@@ -292,8 +296,6 @@ class LlamaServerExitedError(UpstreamError):
 
     def __init__(self, returncode: int, log_tail: Sequence[str] = ()) -> None:
         message = f"llama-server exited unexpectedly with code {returncode}"
-        if log_tail:
-            message += "\n--- llama-server output (last lines) ---\n" + "\n".join(log_tail)
-        super().__init__(message)
+        super().__init__(_with_log_tail(message, log_tail))
         self.returncode = returncode
         self.log_tail = tuple(log_tail)

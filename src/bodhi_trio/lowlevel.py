@@ -19,10 +19,10 @@ from bodhi_trio._core._rwlock import RWLock as RWLock
 from bodhi_trio._core._rwlock import RWLockStatistics as RWLockStatistics
 from bodhi_trio._core._state import ModelLoadStrategy as ModelLoadStrategy
 from bodhi_trio._core._state import choose_strategy as choose_strategy
-from bodhi_trio._llama._child import LaunchSpec as LaunchSpec
 from bodhi_trio._llama._child import LlamaServer as LlamaServer
-from bodhi_trio._llama._child import child_environment as child_environment
 from bodhi_trio._llama._child import serve_llama_server as serve_llama_server
+from bodhi_trio._llama._launch import LaunchSpec as LaunchSpec
+from bodhi_trio._llama._launch import child_environment as child_environment
 from bodhi_trio._llama._logtail import LogTail as LogTail
 from bodhi_trio._llama._runtime import find_llama_server as find_llama_server
 from bodhi_trio._llama._runtime import install_llama_server as install_llama_server

@@ -7,7 +7,6 @@ died half-way is swept by the next :meth:`AliasStore.load` (at start, at the lat
 
 from __future__ import annotations
 
-import builtins
 import contextlib
 import logging
 import os
@@ -189,14 +188,6 @@ class AliasStore:
         except OSError:
             return  # gone already (another sweeper), or not ours to remove: leave it
         logger.info("removed %s, left by an alias write that was interrupted", path)
-
-    def list(self) -> list[Alias]:
-        """The good aliases sorted by name; bad files are logged and skipped."""
-        return self.load()[0]
-
-    def problems(self) -> builtins.list[AliasFileProblem]:
-        """The alias files that :meth:`list` skips, with the reason for each."""
-        return self.load()[1]
 
     def _read_existing(self, name: str) -> Alias | None:
         """The alias stored in ``name``'s file, or None if there is no file.

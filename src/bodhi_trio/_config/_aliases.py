@@ -1,13 +1,13 @@
-"""Aliases: named model + request defaults + llama-server args (SPEC section 5).
+"""Aliases: named model + request defaults + llama-server args.
 
 One YAML file per alias in ``BODHI_HOME/aliases/`` (see ``_alias_store``);
-``llama3:instruct`` is stored as ``llama3--instruct.yaml``. Unlike BodhiApp,
-unknown or mistyped ``request_params`` are errors rather than silently dropped.
+``llama3:instruct`` is stored as ``llama3--instruct.yaml``. Unknown or mistyped
+``request_params`` are errors, never silently dropped: a typo would otherwise
+change nothing without a word.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import re
 from collections.abc import Mapping
@@ -31,8 +31,6 @@ __all__ = [
     "apply_request_params",
     "validate_alias_name",
 ]
-
-logger = logging.getLogger("bodhi_trio.aliases")
 
 ALIAS_NAME_RE = r"[A-Za-z0-9._:-]{1,64}"
 _ALIAS_NAME = re.compile(ALIAS_NAME_RE)
@@ -262,7 +260,7 @@ class Alias:
 
     @classmethod
     def from_dict(cls, data: object, *, source: str) -> Alias:
-        """Validate an alias mapping (SPEC section 5 shape).
+        """Validate an alias mapping (the shape of an alias file, see ``docs/configuration.md``).
 
         Args:
             data: The parsed YAML or JSON.

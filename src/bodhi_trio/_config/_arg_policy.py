@@ -1,4 +1,4 @@
-"""What settings and aliases may tell llama-server (SPEC section 15).
+"""What settings and aliases may tell llama-server.
 
 llama-server has flags that run programs (``--tools``), write files
 (``--log-file``), serve files (``--path``), fetch from the network (``-hf``),

@@ -29,7 +29,7 @@ __all__ = [
     "validate_snapshot",
 ]
 
-# The same rule BodhiApp's Repo type uses for each half of "owner/name".
+# Each half of "owner/name": the characters Hugging Face allows in user and repo names.
 _NAME_PART = re.compile(r"[A-Za-z0-9_.-]+")
 
 

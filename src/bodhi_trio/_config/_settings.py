@@ -1,17 +1,17 @@
-"""Settings (SPEC section 4): CLI flag > environment > ``settings.yaml`` > default.
+"""Settings: CLI flag > environment > ``settings.yaml`` > default.
 
 Every setting has one name, its environment variable name (``BODHI_PORT``),
 used in all three sources: CLI overrides are passed keyed by it and
-``settings.yaml`` is a mapping keyed by it. Values are checked once, here;
-an error names the key, the source and the bad value (never an API key).
+``settings.yaml`` is a mapping keyed by it. Values are checked once, here (with
+the converters of :mod:`._setting_values`); an error names the key, the source
+and the bad value (never an API key). Each default is written once, in
+:class:`Settings`, or for the child's, in ``_llama._launch``.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
-import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -26,9 +26,24 @@ from bodhi_trio._config._arg_policy import (
     check_settings_args,
 )
 from bodhi_trio._config._hf_cache import hub_cache_dir
+from bodhi_trio._config._setting_values import (
+    VARIANT_NAME,
+    as_args,
+    as_bool,
+    as_int,
+    as_list,
+    as_path,
+    as_seconds,
+    as_str,
+    as_variant,
+)
 from bodhi_trio._config._yaml_errors import yaml_error_summary
 from bodhi_trio._exceptions import SettingsError
-from bodhi_trio._llama._server_args import parse_server_args
+from bodhi_trio._llama._launch import (
+    DEFAULT_STARTUP_TIMEOUT_SECS,
+    DEFAULT_STOP_GRACE_SECS,
+    DEFAULT_VARIANT,
+)
 
 __all__ = ["DEFAULT_PORT", "KNOWN_KEYS", "VARIANT_NAME", "Settings", "load_settings"]
 
@@ -37,12 +52,6 @@ logger = logging.getLogger("bodhi_trio.settings")
 DEFAULT_PORT = 1135
 _LLAMA_SERVER_PREFIX = "BODHI_LLAMA_SERVER_"
 _VARIANT_ARGS_PREFIX = "BODHI_LLAMACPP_ARGS_"
-# Variant names map 1:1 onto environment variable suffixes (BODHI_..._CUDA) and onto
-# directory names in the runtime cache, so they are short like alias names (a 300-character
-# one from PUT server/variant reached the file system and failed "File name too long").
-VARIANT_NAME = re.compile(r"[a-z0-9_]{1,64}")
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"", "0", "false", "no", "off"})
 
 # Keys with a fixed name; BODHI_LLAMA_SERVER_<V> and BODHI_LLAMACPP_ARGS_<V> come on top.
 KNOWN_KEYS: frozenset[str] = frozenset(
@@ -71,7 +80,6 @@ KNOWN_KEYS: frozenset[str] = frozenset(
         "BODHI_ALLOWED_PATHS",
     }
 )
-_SECRET_KEYS = frozenset({"BODHI_API_KEYS", "BODHI_ADMIN_KEYS"})
 _NO_ARGS: tuple[str, ...] = ()
 
 _T = TypeVar("_T")
@@ -108,8 +116,8 @@ class Settings:
         stop_grace_secs: Child TERM -> KILL grace.
         api_keys: Bearer tokens for inference and reading; the admin keys too when
             ``admin_keys`` is empty. Never in ``repr``.
-        admin_keys: Bearer tokens for every route (SPEC section 15). No keys of either
-            kind means no auth. Never in ``repr``.
+        admin_keys: Bearer tokens for every route. No keys of either kind means no
+            auth. Never in ``repr``.
         max_body_bytes: Largest accepted request body.
         max_connections: Most client connections served at once (more get 503); 0 means
             derived from the open-files limit (see ``_fd_limits.connection_limit``).
@@ -126,7 +134,7 @@ class Settings:
     hub_cache: Path
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
-    exec_variant: str = "cpu"
+    exec_variant: str = DEFAULT_VARIANT
     llama_server: Mapping[str, Path] = attrs.field(factory=dict, converter=_frozen_paths)
     llamacpp_args: tuple[str, ...] = ()
     llamacpp_args_variants: Mapping[str, tuple[str, ...]] = attrs.field(
@@ -134,10 +142,10 @@ class Settings:
     )
     keep_alive_secs: int = 300
     sse_keepalive_secs: float = 15.0
-    startup_timeout_secs: float = 120.0
+    startup_timeout_secs: float = DEFAULT_STARTUP_TIMEOUT_SECS
     upstream_idle_timeout_secs: float = 120.0
     drain_timeout_secs: float = 300.0
-    stop_grace_secs: float = 5.0
+    stop_grace_secs: float = DEFAULT_STOP_GRACE_SECS
     api_keys: tuple[str, ...] = attrs.field(default=(), repr=lambda keys: f"<{len(keys)} hidden>")
     admin_keys: tuple[str, ...] = attrs.field(default=(), repr=lambda keys: f"<{len(keys)} hidden>")
     max_body_bytes: int = 32 * 1024 * 1024
@@ -176,6 +184,11 @@ class Settings:
         return self.llama_server.get(variant.lower())
 
 
+# The class's own defaults, read by load_settings so that each is written once (in the
+# class body). The three paths have no fixed default: they are placeholders here.
+_DEFAULTS = Settings(home=Path(), hf_home=Path(), hub_cache=Path())
+
+
 @attrs.frozen
 class _Sources:
     """The three sources, highest precedence first, with labels for messages."""
@@ -190,100 +203,6 @@ class _Sources:
 
     def keys_with_prefix(self, prefix: str) -> set[str]:
         return {key for _, values in self.layers for key in values if key.startswith(prefix)}
-
-
-def _error(key: str, source: str, value: object, expected: str) -> SettingsError:
-    shown = "(value hidden)" if key in _SECRET_KEYS else repr(value)
-    return SettingsError(f"{key} from {source}: {expected}, got {shown}", param=key)
-
-
-def _to_int(key: str, value: object, source: str, minimum: int, maximum: int | None) -> int:
-    expected = f"an integer >= {minimum}" if maximum is None else f"an integer {minimum}..{maximum}"
-    if isinstance(value, bool):
-        raise _error(key, source, value, expected)
-    if isinstance(value, str):
-        try:
-            number = int(value.strip())
-        except ValueError:
-            raise _error(key, source, value, expected) from None
-    elif isinstance(value, int):
-        number = value
-    else:
-        raise _error(key, source, value, expected)
-    if number < minimum or (maximum is not None and number > maximum):
-        raise _error(key, source, value, expected)
-    return number
-
-
-def _to_float(key: str, value: object, source: str, *, positive: bool = False) -> float:
-    expected = "a number of seconds > 0" if positive else "a number of seconds >= 0"
-    if isinstance(value, bool):
-        raise _error(key, source, value, expected)
-    if isinstance(value, str):
-        try:
-            number = float(value.strip())
-        except ValueError:
-            raise _error(key, source, value, expected) from None
-    elif isinstance(value, int | float):
-        number = float(value)
-    else:
-        raise _error(key, source, value, expected)
-    if math.isnan(number) or number < 0 or (positive and number == 0):
-        raise _error(key, source, value, expected)
-    return number
-
-
-def _to_str(key: str, value: object, source: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise _error(key, source, value, "a non-empty string")
-    return value.strip()
-
-
-def _to_path(key: str, value: object, source: str) -> Path:
-    if isinstance(value, Path):
-        return value.expanduser()
-    return Path(_to_str(key, value, source)).expanduser()
-
-
-def _to_bool(key: str, value: object, source: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-        return value.strip().lower() in _TRUE
-    raise _error(key, source, value, "true or false")
-
-
-def _to_list(key: str, value: object, source: str) -> tuple[str, ...]:
-    """A comma list (string) or a list of strings; blanks dropped."""
-    if isinstance(value, str):
-        items: list[object] = list(value.split(","))
-    elif isinstance(value, list | tuple):
-        items = list(value)
-    else:
-        raise _error(key, source, value, "a comma-separated string or a list of strings")
-    if not all(isinstance(item, str) for item in items):
-        raise _error(key, source, value, "a comma-separated string or a list of strings")
-    return tuple(item.strip() for item in items if isinstance(item, str) and item.strip())
-
-
-def _to_args(key: str, value: object, source: str) -> tuple[str, ...]:
-    """llama-server args as given; parsed once now so mistakes fail at startup."""
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-        raise _error(key, source, value, "a string or a list of strings")
-    args = tuple(item for item in value if item.strip())
-    parse_server_args(args, source=f"{key} ({source})")
-    return args
-
-
-def _to_variant(key: str, value: object, source: str) -> str:
-    variant = _to_str(key, value, source).lower()
-    if len(variant) > 64:
-        raise _error(key, source, value, "a variant name of at most 64 characters")
-    if VARIANT_NAME.fullmatch(variant) is None:
-        raise _error(key, source, value, "a variant name of letters, digits and '_'")
-    return variant
 
 
 def _read_settings_file(path: Path) -> dict[str, object]:
@@ -337,7 +256,7 @@ def _resolve_home(home: Path | None, sources: _Sources) -> Path:
     found = sources.lookup("BODHI_HOME")
     if found is None:
         return Path.home() / ".cache" / "bodhi-trio"
-    return _to_path("BODHI_HOME", found[0], found[1])
+    return as_path("BODHI_HOME", found[0], found[1])
 
 
 def load_settings(
@@ -385,61 +304,64 @@ def load_settings(
         found = sources.lookup(key)
         return default if found is None else parse(key, found[0], found[1])
 
-    hf_home = get("HF_HOME", _to_path, Path.home() / ".cache" / "huggingface")
-    exec_variant = get("BODHI_EXEC_VARIANT", _to_variant, "cpu")
+    hf_home = get("HF_HOME", as_path, Path.home() / ".cache" / "huggingface")
+    exec_variant = get("BODHI_EXEC_VARIANT", as_variant, _DEFAULTS.exec_variant)
 
     llama_server: dict[str, Path] = {}
-    generic_binary = get("BODHI_LLAMA_SERVER", _to_path, None)
+    generic_binary = get("BODHI_LLAMA_SERVER", as_path, None)
     if generic_binary is not None:
         llama_server[exec_variant] = generic_binary
     for key in sorted(sources.keys_with_prefix(_LLAMA_SERVER_PREFIX)):
         if _is_known(key):  # environment keys are not pre-filtered
             # A per-variant binary is more specific, so it wins over the generic one.
-            llama_server[_variant_suffix(key)] = get(key, _to_path, Path())
+            llama_server[_variant_suffix(key)] = get(key, as_path, Path())
     variant_args = {
-        _variant_suffix(key): get(key, _to_args, _NO_ARGS)
+        _variant_suffix(key): get(key, as_args, _NO_ARGS)
         for key in sorted(sources.keys_with_prefix(_VARIANT_ARGS_PREFIX))
         if _is_known(key)
     }
 
+    def integer(key: str, default: int, minimum: int, maximum: int | None = None) -> int:
+        return get(key, lambda k, v, s: as_int(k, v, s, minimum, maximum), default)
+
     def seconds(key: str, default: float, *, positive: bool = False) -> float:
-        return get(key, lambda k, v, s: _to_float(k, v, s, positive=positive), default)
+        return get(key, lambda k, v, s: as_seconds(k, v, s, positive=positive), default)
 
     settings = Settings(
         home=resolved_home,
         hf_home=hf_home,
-        hub_cache=get("HF_HUB_CACHE", _to_path, hub_cache_dir(hf_home)),
-        host=get("BODHI_HOST", _to_str, "127.0.0.1"),
-        port=get("BODHI_PORT", lambda k, v, s: _to_int(k, v, s, 0, 65535), DEFAULT_PORT),
+        hub_cache=get("HF_HUB_CACHE", as_path, hub_cache_dir(hf_home)),
+        host=get("BODHI_HOST", as_str, _DEFAULTS.host),
+        port=integer("BODHI_PORT", _DEFAULTS.port, 0, 65535),
         exec_variant=exec_variant,
         llama_server=llama_server,
-        llamacpp_args=get("BODHI_LLAMACPP_ARGS", _to_args, _NO_ARGS),
+        llamacpp_args=get("BODHI_LLAMACPP_ARGS", as_args, _DEFAULTS.llamacpp_args),
         llamacpp_args_variants=variant_args,
-        keep_alive_secs=get(
-            "BODHI_KEEP_ALIVE_SECS", lambda k, v, s: _to_int(k, v, s, -1, None), 300
+        keep_alive_secs=integer("BODHI_KEEP_ALIVE_SECS", _DEFAULTS.keep_alive_secs, -1),
+        sse_keepalive_secs=seconds("BODHI_SSE_KEEPALIVE_SECS", _DEFAULTS.sse_keepalive_secs),
+        startup_timeout_secs=seconds(
+            "BODHI_STARTUP_TIMEOUT_SECS", _DEFAULTS.startup_timeout_secs, positive=True
         ),
-        sse_keepalive_secs=seconds("BODHI_SSE_KEEPALIVE_SECS", 15.0),
-        startup_timeout_secs=seconds("BODHI_STARTUP_TIMEOUT_SECS", 120.0, positive=True),
-        upstream_idle_timeout_secs=seconds("BODHI_UPSTREAM_IDLE_TIMEOUT_SECS", 120.0),
-        drain_timeout_secs=seconds("BODHI_DRAIN_TIMEOUT_SECS", 300.0),
-        stop_grace_secs=seconds("BODHI_STOP_GRACE_SECS", 5.0),
-        api_keys=get("BODHI_API_KEYS", _to_list, _NO_ARGS),
-        admin_keys=get("BODHI_ADMIN_KEYS", _to_list, _NO_ARGS),
-        max_body_bytes=get(
-            "BODHI_MAX_BODY_BYTES", lambda k, v, s: _to_int(k, v, s, 1, None), 32 * 1024 * 1024
+        upstream_idle_timeout_secs=seconds(
+            "BODHI_UPSTREAM_IDLE_TIMEOUT_SECS", _DEFAULTS.upstream_idle_timeout_secs
         ),
-        max_connections=get("BODHI_MAX_CONNECTIONS", lambda k, v, s: _to_int(k, v, s, 0, None), 0),
-        allowed_origins=get("BODHI_ALLOWED_ORIGINS", _to_list, _NO_ARGS),
-        insecure=get("BODHI_INSECURE", _to_bool, False),
+        drain_timeout_secs=seconds("BODHI_DRAIN_TIMEOUT_SECS", _DEFAULTS.drain_timeout_secs),
+        stop_grace_secs=seconds("BODHI_STOP_GRACE_SECS", _DEFAULTS.stop_grace_secs),
+        api_keys=get("BODHI_API_KEYS", as_list, _DEFAULTS.api_keys),
+        admin_keys=get("BODHI_ADMIN_KEYS", as_list, _DEFAULTS.admin_keys),
+        max_body_bytes=integer("BODHI_MAX_BODY_BYTES", _DEFAULTS.max_body_bytes, 1),
+        max_connections=integer("BODHI_MAX_CONNECTIONS", _DEFAULTS.max_connections, 0),
+        allowed_origins=get("BODHI_ALLOWED_ORIGINS", as_list, _DEFAULTS.allowed_origins),
+        insecure=get("BODHI_INSECURE", as_bool, _DEFAULTS.insecure),
         allowed_context_flags=get(
             "BODHI_ALLOWED_CONTEXT_FLAGS",
-            lambda k, v, s: allowed_flags_setting(k, _to_list(k, v, s), s),
-            _NO_ARGS,
+            lambda k, v, s: allowed_flags_setting(k, as_list(k, v, s), s),
+            _DEFAULTS.allowed_context_flags,
         ),
         allowed_paths=get(
             "BODHI_ALLOWED_PATHS",
-            lambda k, v, s: allowed_paths_setting(k, _to_list(k, v, s), s),
-            (),
+            lambda k, v, s: allowed_paths_setting(k, as_list(k, v, s), s),
+            _DEFAULTS.allowed_paths,
         ),
     )
     # Needs the hub cache, home and allowed paths, so it runs once they are all known.

@@ -1,8 +1,8 @@
 """The server slot's public face: ``SharedContext`` and ``open_context``.
 
-This is the seed's ``SharedContext``, done with structured concurrency. It adds
+The one model slot as a library object, with structured concurrency. It adds
 aliases, request forwarding and state listeners to the :class:`SlotScheduler`
-(``_scheduler.py``: the RW lock, loads, swaps, drain, crashes, idle unload)::
+(``_core._scheduler``: the RW lock, loads, swaps, drain, crashes, idle unload)::
 
     open_context ── root nursery ── child task, load tasks, idle unloader, listener tasks
     request task ── forward() ── read hold on the slot ── upstream response
@@ -12,10 +12,9 @@ aliases, request forwarding and state listeners to the :class:`SlotScheduler`
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, NoReturn, final
+from typing import TYPE_CHECKING, Any, final
 
 import attrs
 import trio
@@ -24,6 +23,7 @@ from bodhi_trio._config._alias_store import AliasStore
 from bodhi_trio._config._aliases import Alias, apply_request_params
 from bodhi_trio._config._settings import VARIANT_NAME
 from bodhi_trio._context._spec import default_spec_builder
+from bodhi_trio._core._groups import reraise_unwrapped
 from bodhi_trio._core._listeners import ListenerHub, ListenerStatistics, StateListener
 from bodhi_trio._core._scheduler import SlotScheduler
 from bodhi_trio._core._slot import (
@@ -53,12 +53,23 @@ __all__ = [
     "RunningServer",
     "SharedContext",
     "open_context",
+    "required_string",
 ]
 
-logger = logging.getLogger("bodhi_trio.context")
-
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
-"""The llama-server routes :meth:`SharedContext.forward` accepts."""
+"""The llama-server routes :meth:`SharedContext.forward` accepts (and the HTTP app serves)."""
+
+
+def required_string(value: object, field: str) -> str:
+    """``value`` if it is a non-empty string: a request's ``model`` (or another field
+    that names something).
+
+    Raises:
+        InvalidRequestError: It is missing, empty or not a string; ``param`` is ``field``.
+    """
+    if not isinstance(value, str) or not value:
+        raise InvalidRequestError(f"'{field}' is required and must be a string", param=field)
+    return value
 
 
 @attrs.frozen
@@ -166,9 +177,7 @@ class SharedContext:
             AliasNotFoundError: No such alias.
             InvalidAliasError: Its file is broken.
         """
-        if not isinstance(name, str) or not name:
-            raise InvalidRequestError("'model' is required and must be a string", param="model")
-        return self._aliases.get(name)
+        return self._aliases.get(required_string(name, "model"))
 
     @asynccontextmanager
     async def forward(
@@ -210,7 +219,7 @@ class SharedContext:
             self._sender.send(slot.server.address, endpoint, body) as response,
         ):
             self._scheduler.emit(
-                EventKind.CHAT_COMPLETIONS,
+                EventKind.RESPONSE,
                 alias.alias,
                 endpoint=endpoint,
                 status=response.status_code,
@@ -229,13 +238,6 @@ class SharedContext:
         async with self._scheduler.serving(alias):
             pass
         return self.state
-
-    async def reload(self, alias_name: str | None) -> ServerState:
-        """The seed's ``reload``: ``None`` stops, a name loads that alias."""
-        if alias_name is None:
-            await self.stop()
-            return self.state
-        return await self.load(alias_name)
 
     async def stop(self) -> None:
         """Stop the loaded model, draining in-flight responses first (drain timeout)."""
@@ -338,21 +340,6 @@ async def open_context(
         # caller's block raised: hand that back as it was, not wrapped.
         if len(group.exceptions) != 1:
             raise
-        _reraise_unwrapped(group.exceptions[0])
+        reraise_unwrapped(group.exceptions[0])
     finally:
         log.close()
-
-
-def _reraise_unwrapped(error: BaseException) -> NoReturn:
-    """Raise ``error`` as the caller raised it.
-
-    ``raise error`` inside ``except`` would set its ``__context__`` to the group
-    being handled, hiding the exception the caller's own ``error`` arose from
-    (and ``raise error from x`` would also suppress it): put the original back.
-    """
-    context = error.__context__
-    try:
-        raise error
-    finally:
-        error.__context__ = context
-        del error, context

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from bodhi_trio._config._arg_policy import ArgPolicy
 from bodhi_trio._config._hf_cache import resolve_model_file
-from bodhi_trio._llama._child import LaunchSpec
+from bodhi_trio._llama._launch import LaunchSpec
 from bodhi_trio._llama._runtime import find_llama_server
 from bodhi_trio._llama._server_args import merge_server_args
 

@@ -101,7 +101,12 @@ class RWLock:
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[None]:
-        """Hold the read side for the block."""
+        """Hold the read side for the block (for tests and diagnostics).
+
+        The scheduler does not use it: its read holds are granted by a write hold's
+        downgrade or released on paths a block cannot express, so it calls
+        :meth:`acquire_read` and :meth:`release_read` itself.
+        """
         await self.acquire_read()
         try:
             yield

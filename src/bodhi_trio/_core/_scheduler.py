@@ -35,12 +35,11 @@ import attrs
 import trio
 import trio_util
 
+from bodhi_trio._core._idle import run_idle_unloader
 from bodhi_trio._core._rwlock import RWLock, RWLockStatistics
 from bodhi_trio._core._slot import (
-    HandOff,
     Launcher,
     PendingLoad,
-    RunningServer,
     Slot,
     SpecBuilder,
     Ticket,
@@ -53,6 +52,7 @@ from bodhi_trio._core._state import (
     SlotStatus,
     choose_strategy,
 )
+from bodhi_trio._core._supervision import supervise_child
 from bodhi_trio._core._watch import watch_child
 from bodhi_trio._exceptions import (
     BodhiError,
@@ -66,7 +66,6 @@ if TYPE_CHECKING:
     from bodhi_trio._config._settings import Settings
     from bodhi_trio._core._address import Address
     from bodhi_trio._core._listeners import ListenerHub
-    from bodhi_trio._llama._child import LaunchSpec
     from bodhi_trio._llama._logtail import LogTail
     from bodhi_trio._transport._loopback import Sender
 
@@ -76,7 +75,6 @@ logger = logging.getLogger("bodhi_trio.context")
 
 _SHUTDOWN_BOUND = 30.0
 _READERS_LEAVE_BOUND = 1.0
-_IDLE_RETRY = 0.05
 
 
 @final
@@ -306,7 +304,12 @@ class SlotScheduler:
         try:
             spec = self._build_spec(alias, variant)
             server, scope, finished = await self._nursery.start(
-                self._child_task, spec, name=f"llama-server:{alias.alias}"
+                supervise_child,
+                self._launcher,
+                spec,
+                self._log,
+                self._on_crash,
+                name=f"llama-server:{alias.alias}",
             )
         except BodhiError as exc:
             self._publish(status=SlotStatus.STOPPED, alias=None, error=exc.message)
@@ -355,26 +358,6 @@ class SlotScheduler:
             self._publish(status=SlotStatus.STOPPED, alias=None, pid=None, port=None)
             self.emit(EventKind.STOP, slot.alias.alias, pid=slot.server.pid)
 
-    async def _child_task(
-        self,
-        spec: LaunchSpec,
-        task_status: trio.TaskStatus[tuple[RunningServer, trio.CancelScope, trio.Event]],
-    ) -> None:
-        """Run one child in the root nursery; report its crash if it exits by itself."""
-        handoff = HandOff(trio.CancelScope(), trio.Event(), task_status)
-        try:
-            with handoff.scope:
-                await self._launcher(spec, self._log, task_status=handoff)
-        except LlamaServerExitedError as exc:
-            self._on_crash(exc)
-        except Exception as exc:
-            if not handoff.started_ok:
-                raise
-            logger.exception("llama-server supervision failed")
-            self._on_crash(LlamaServerExitedError(-1, [repr(exc)]))
-        finally:
-            handoff.finished.set()
-
     def _on_crash(self, error: LlamaServerExitedError) -> None:
         slot = self._slot
         if slot is None or not slot.usable:
@@ -414,41 +397,9 @@ class SlotScheduler:
     # ------------------------------------------------------------------ idle unload
 
     async def run_idle_unloader(self) -> None:
-        """Unload the model ``BODHI_KEEP_ALIVE_SECS`` after its last response ended.
-
-        Never while loading or with a response in flight, and never racing a
-        start: the unload takes the write side only if it is free at that very
-        moment, and only if nothing happened since the idle period began.
-        """
-        keep_alive = self._settings.keep_alive_secs
-        if keep_alive < 0:
-            return
-        while True:
-            await self._wait_changed_until(
-                lambda: self._slot is not None and self._slot.usable and not self.state.in_flight
-            )
-            activity = self._activity
-            slot = self._slot
-
-            def active_since(seen: int = activity) -> bool:
-                return self._activity != seen
-
-            with trio.move_on_at(self._idle_since + keep_alive):
-                await self._wait_changed_until(active_since)
-                continue
-            if self._activity != activity or self._slot is not slot:
-                continue
-            if not self._lock.try_acquire_write():
-                # A load, stop or handover holds it. Their ends publish a state change;
-                # a bare lock release does not, hence the short bound on the wait.
-                with trio.move_on_after(_IDLE_RETRY):
-                    await self._changed.wait()
-                continue
-            try:
-                logger.info("unloading %s after %s s idle", slot and slot.alias.alias, keep_alive)
-                await self._stop_locked()
-            finally:
-                await self._lock.release_write()
+        """Unload the model ``BODHI_KEEP_ALIVE_SECS`` after its last response ended
+        (see :func:`._idle.run_idle_unloader`)."""
+        await run_idle_unloader(self)
 
     async def _wait_changed_until(self, predicate: Callable[[], bool]) -> None:
         while not predicate():

@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from bodhi_trio._llama._logtail import LogTail
 
 __all__ = [
-    "HandOff",
     "Launcher",
     "PendingLoad",
     "RunningServer",
@@ -89,17 +88,3 @@ class PendingLoad:
     done: trio.Event = attrs.field(factory=trio.Event)
     error: BodhiError | None = None
     tickets: list[Ticket] = attrs.field(factory=list)
-
-
-@attrs.define(eq=False)
-class HandOff:
-    """A ``task_status`` that hands back the slot parts along with the server."""
-
-    scope: trio.CancelScope
-    finished: trio.Event
-    outer: trio.TaskStatus[tuple[RunningServer, trio.CancelScope, trio.Event]]
-    started_ok: bool = False
-
-    def started(self, server: RunningServer) -> None:
-        self.started_ok = True
-        self.outer.started((server, self.scope, self.finished))

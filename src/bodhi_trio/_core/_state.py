@@ -2,8 +2,8 @@
 
 :class:`ServerState` is a snapshot (``GET /bodhi/v1/state``); :class:`ServerEvent`
 is one change, in the order it happened (``GET /bodhi/v1/events`` and in-process
-listeners). :func:`choose_strategy` is the seed's ``ModelLoadStrategy`` as a
-pure function.
+listeners). :func:`choose_strategy` decides, as a pure function, what a request
+for an alias needs done to the slot.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class SlotStatus(enum.StrEnum):
 
 
 class EventKind(enum.StrEnum):
-    """What a :class:`ServerEvent` reports (the seed's ``ServerState`` variants, plus more)."""
+    """What a :class:`ServerEvent` reports."""
 
     LOADING = "loading"
     START = "start"
@@ -43,7 +43,9 @@ class EventKind(enum.StrEnum):
     CRASHED = "crashed"
     HUNG = "hung"
     VARIANT = "variant"
-    CHAT_COMPLETIONS = "chat_completions"
+    # llama-server's response head arrived, for any of the three endpoints (embeddings
+    # too). The wire value keeps its first name: clients of GET /bodhi/v1/events match it.
+    RESPONSE = "chat_completions"
 
 
 class ModelLoadStrategy(enum.StrEnum):

@@ -1,4 +1,4 @@
-"""The Quart-Trio app: thin routes over :class:`RouterState`, errors mapped once.
+"""The Quart-Trio app: thin routes over :class:`Routes`, errors mapped once.
 
 Each route parses its path and query, passes the raw body on, and turns the
 :class:`Reply` into a response. Every :class:`BodhiError`, every HTTP error from
@@ -16,7 +16,6 @@ streams, so it is off; ``BODY_TIMEOUT`` bounds a slow upload instead.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, final
@@ -25,6 +24,7 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from bodhi_trio._context._open import ENDPOINTS
 from bodhi_trio._exceptions import (
     BodhiError,
     ForbiddenError,
@@ -33,12 +33,12 @@ from bodhi_trio._exceptions import (
     UnavailableError,
 )
 from bodhi_trio._http._openapi import openapi_document
-from bodhi_trio._http._routes import Reply, RouterState
+from bodhi_trio._http._routes import Reply, Routes, compact_json
 from bodhi_trio._http._security import Access
 
 if TYPE_CHECKING:
     from bodhi_trio._http._security import AccessPolicy
-from bodhi_trio._http._sse import request_scope
+from bodhi_trio._http._request_scope import request_scope
 
 __all__ = ["create_app"]
 
@@ -57,10 +57,6 @@ _STATUS_TYPES = {
 }
 
 
-def _compact(value: object) -> str:
-    return json.dumps(value, separators=(",", ":"))
-
-
 def _to_response(reply: Reply) -> Response:
     response = Response(reply.body, status=reply.status, headers=dict(reply.headers))
     response.timeout = None  # never cut a stream (the default is 60 s)
@@ -71,14 +67,14 @@ def _envelope_response(
     status: int, message: str, error_type: str, code: str | int, param: str | None = None
 ) -> Response:
     body = {"error": {"message": message, "type": error_type, "code": code, "param": param}}
-    return Response(_compact(body), status=status, content_type="application/json")
+    return Response(compact_json(body), status=status, content_type="application/json")
 
 
 def _error_response(error: BaseException) -> Response:
     """The one place where errors become HTTP responses."""
     if isinstance(error, BodhiError):
         response = Response(
-            _compact(error.to_envelope()), status=error.status, content_type="application/json"
+            compact_json(error.to_envelope()), status=error.status, content_type="application/json"
         )
         if isinstance(error, UnavailableError):
             response.headers["Retry-After"] = str(error.retry_after)
@@ -118,11 +114,11 @@ class _RequestScoped:
             await self.app(scope, receive, send)
 
 
-def create_app(router: RouterState, policy: AccessPolicy, *, max_body_bytes: int) -> _RequestScoped:
+def create_app(routes: Routes, policy: AccessPolicy, *, max_body_bytes: int) -> _RequestScoped:
     """The ASGI app for one context (the Quart-Trio app inside a request-scope middleware).
 
     Args:
-        router: What the routes do.
+        routes: What the routes do.
         policy: API keys and Host/Origin rules, checked before every route.
         max_body_bytes: Larger request bodies get 413.
     """
@@ -203,9 +199,9 @@ def create_app(router: RouterState, policy: AccessPolicy, *, max_body_bytes: int
         route_access.update({(method, rule): access for method in methods})
 
     async def completion_for(endpoint: str) -> Reply:
-        return await router.completion(endpoint, await body())
+        return await routes.completion(endpoint, await body())
 
-    for endpoint in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
+    for endpoint in ENDPOINTS:
         route(
             endpoint,
             ["POST"],
@@ -217,19 +213,19 @@ def create_app(router: RouterState, policy: AccessPolicy, *, max_body_bytes: int
         return Reply.json({"message": "pong"})
 
     async def logs() -> Reply:
-        return await router.logs(request.args.get("lines"), request.args.get("follow"))
+        return await routes.logs(request.args.get("lines"), request.args.get("follow"))
 
     async def load() -> Reply:
-        return await router.load(await body())
+        return await routes.load(await body())
 
     async def variant() -> Reply:
-        return await router.variant(await body())
+        return await routes.variant(await body())
 
     async def alias_create() -> Reply:
-        return await router.alias_create(await body())
+        return await routes.alias_create(await body())
 
     async def alias_put(name: str) -> Reply:
-        return await router.alias_put(name, await body())
+        return await routes.alias_put(name, await body())
 
     openapi = Reply.json(openapi_document())  # serialised once
 
@@ -240,20 +236,20 @@ def create_app(router: RouterState, policy: AccessPolicy, *, max_body_bytes: int
     # server or its aliases, or shows the child's logs (they can hold prompts).
     route("/ping", ["GET"], ping, access=Access.PUBLIC)
     route("/openapi.json", ["GET"], openapi_json, access=Access.API)
-    route("/health", ["GET"], router.health, access=Access.API)
-    route("/v1/models", ["GET"], router.models, access=Access.API)
-    route("/v1/models/<path:name>", ["GET"], router.model, access=Access.API)
-    route("/bodhi/v1/state", ["GET"], router.state, access=Access.API)
-    route("/bodhi/v1/events", ["GET"], router.events, access=Access.API)
+    route("/health", ["GET"], routes.health, access=Access.API)
+    route("/v1/models", ["GET"], routes.models, access=Access.API)
+    route("/v1/models/<path:name>", ["GET"], routes.model, access=Access.API)
+    route("/bodhi/v1/state", ["GET"], routes.state, access=Access.API)
+    route("/bodhi/v1/events", ["GET"], routes.events, access=Access.API)
     route("/bodhi/v1/server/load", ["POST"], load, access=Access.ADMIN)
-    route("/bodhi/v1/server/stop", ["POST"], router.stop, access=Access.ADMIN)
+    route("/bodhi/v1/server/stop", ["POST"], routes.stop, access=Access.ADMIN)
     route("/bodhi/v1/server/variant", ["PUT"], variant, access=Access.ADMIN)
     route("/bodhi/v1/server/logs", ["GET"], logs, access=Access.ADMIN)
-    route("/bodhi/v1/aliases", ["GET"], router.aliases_list, access=Access.API)
+    route("/bodhi/v1/aliases", ["GET"], routes.aliases_list, access=Access.API)
     route("/bodhi/v1/aliases", ["POST"], alias_create, access=Access.ADMIN)
-    route("/bodhi/v1/aliases/<path:name>", ["GET"], router.alias_get, access=Access.API)
+    route("/bodhi/v1/aliases/<path:name>", ["GET"], routes.alias_get, access=Access.API)
     route("/bodhi/v1/aliases/<path:name>", ["PUT"], alias_put, access=Access.ADMIN)
-    route("/bodhi/v1/aliases/<path:name>", ["DELETE"], router.alias_delete, access=Access.ADMIN)
+    route("/bodhi/v1/aliases/<path:name>", ["DELETE"], routes.alias_delete, access=Access.ADMIN)
     return _RequestScoped(app, route_access)
 
 

@@ -1,4 +1,4 @@
-"""The open-files limit, and the connection cap derived from it (SPEC section 15).
+"""The open-files limit, and the connection cap derived from it.
 
 Every accepted connection is a file descriptor, and a completion holds a second
 one to llama-server. Under the common soft limit of 1024, some 1000 idle sockets

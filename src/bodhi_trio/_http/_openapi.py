@@ -15,12 +15,13 @@ import functools
 from typing import Any
 
 from bodhi_trio._config._aliases import REQUEST_PARAM_KEYS
+from bodhi_trio._http._routes import INTEGER_FIELDS, NUMBER_FIELDS
 
 __all__ = ["openapi_document"]
 
 _Json = dict[str, Any]
 
-# Path-safe parts: [A-Za-z0-9_.-]+ but not "." or ".." (see _hub._is_safe_part).
+# Path-safe parts: [A-Za-z0-9_.-]+ but not "." or ".." (see _hf_cache._is_safe_part).
 _PART = r"(?:[A-Za-z0-9_.-]*[A-Za-z0-9_-][A-Za-z0-9_.-]*|\.{3,})"
 # A file name part: no "/", "\" or NUL, and not "", "." or "..".
 _FILE_PART = r"(?:[^/\\\x00]*[^/\\\x00.][^/\\\x00]*|\.{3,})"
@@ -52,7 +53,7 @@ _NUMBER: _Json = {"type": ["number", "null"]}
 
 
 def _completion_body(required: list[str], extra: _Json) -> _Json:
-    """The fields ``_router.validate_completion_request`` checks; others pass through."""
+    """The fields ``_routes.validate_completion_request`` checks; others pass through."""
     properties: _Json = {
         "model": {"type": "string", "minLength": 1, "examples": ["demo:tiny"]},
         **extra,
@@ -60,9 +61,9 @@ def _completion_body(required: list[str], extra: _Json) -> _Json:
         "stream_options": {"type": ["object", "null"]},
         "stop": _STRING_OR_ARRAY,
     }
-    for field in ("max_tokens", "max_completion_tokens", "n", "seed"):
+    for field in INTEGER_FIELDS:
         properties[field] = _INTEGER
-    for field in ("temperature", "top_p", "frequency_penalty", "presence_penalty"):
+    for field in NUMBER_FIELDS:
         properties[field] = _NUMBER
     return {
         "type": "object",
@@ -112,7 +113,7 @@ def _alias_input(*, alias_required: bool) -> _Json:
                     {"type": "array", "items": {"type": "string"}},
                 ]
             },
-            # BodhiApp's keys: accepted and ignored.
+            # Keys older alias files carry: accepted and ignored.
             "source": {},
             "chat_template": {},
         },

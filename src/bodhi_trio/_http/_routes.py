@@ -1,4 +1,4 @@
-"""RouterState: what each HTTP route does, without the web framework.
+"""Routes: what each HTTP route does, without the web framework.
 
 Routes in :mod:`._app` only parse the path and hand the raw body here; every
 method returns a :class:`Reply` (status, headers, bytes or a streaming body)
@@ -9,7 +9,6 @@ one boundary.
 from __future__ import annotations
 
 import json
-import logging
 import math
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any, final
@@ -18,18 +17,30 @@ import attrs
 import trio
 
 from bodhi_trio._config._aliases import Alias
-from bodhi_trio._context._open import ENDPOINTS, SharedContext
-from bodhi_trio._core._state import ServerEvent
+from bodhi_trio._context._open import ENDPOINTS, SharedContext, required_string
+from bodhi_trio._core._state import ServerEvent, SlotStatus
 from bodhi_trio._exceptions import InvalidRequestError
 from bodhi_trio._http._relay import Relay, RelayBody, relay_upstream
-from bodhi_trio._http._sse import SSE_HEADERS, DirectStream, close_with_request, keepalive_interval
+from bodhi_trio._http._request_scope import close_with_request
+from bodhi_trio._http._sse import SSE_HEADERS, DirectStream, keepalive_interval
 
 if TYPE_CHECKING:
     from bodhi_trio._llama._logtail import LogTail
 
-__all__ = ["Reply", "RouterState", "parse_json_body"]
+__all__ = [
+    "INTEGER_FIELDS",
+    "NUMBER_FIELDS",
+    "Reply",
+    "Routes",
+    "compact_json",
+    "parse_json_body",
+    "validate_completion_request",
+]
 
-logger = logging.getLogger("bodhi_trio.router")
+INTEGER_FIELDS = ("max_tokens", "max_completion_tokens", "n", "seed")
+"""Optional completion request fields that must be integers when given."""
+NUMBER_FIELDS = ("temperature", "top_p", "frequency_penalty", "presence_penalty")
+"""Optional completion request fields that must be numbers when given."""
 
 _JSON = {"Content-Type": "application/json"}
 _MAX_LOG_LINES = 1000
@@ -45,10 +56,11 @@ class Reply:
 
     @classmethod
     def json(cls, value: object, status: int = 200) -> Reply:
-        return cls(status, _JSON, _compact(value).encode())
+        return cls(status, _JSON, compact_json(value).encode())
 
 
-def _compact(value: object) -> str:
+def compact_json(value: object) -> str:
+    """``value`` as JSON without optional whitespace, as every body and event we send is."""
     return json.dumps(value, separators=(",", ":"))
 
 
@@ -82,13 +94,6 @@ def parse_json_body(raw: bytes) -> dict[str, Any]:
     return value
 
 
-def _required_string(body: Mapping[str, Any], field: str) -> str:
-    value = body.get(field)
-    if not isinstance(value, str) or not value:
-        raise InvalidRequestError(f"'{field}' is required and must be a string", param=field)
-    return value
-
-
 def _check_type(body: Mapping[str, Any], field: str, kinds: tuple[type, ...], what: str) -> None:
     if field in body and body[field] is not None:
         value = body[field]
@@ -104,9 +109,7 @@ def validate_completion_request(endpoint: str, body: Mapping[str, Any]) -> None:
     Raises:
         InvalidRequestError: With ``param`` naming the field.
     """
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequestError("'model' is required and must be a string", param="model")
+    required_string(body.get("model"), "model")
     if endpoint == "/v1/chat/completions":
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
@@ -123,17 +126,17 @@ def validate_completion_request(endpoint: str, body: Mapping[str, Any]) -> None:
         _check_type(body, "input", (str, list), "a string or an array")
     _check_type(body, "stream", (bool,), "a boolean")
     _check_type(body, "stream_options", (dict,), "an object")
-    for field in ("max_tokens", "max_completion_tokens", "n", "seed"):
+    for field in INTEGER_FIELDS:
         _check_type(body, field, (int,), "an integer")
-    for field in ("temperature", "top_p", "frequency_penalty", "presence_penalty"):
+    for field in NUMBER_FIELDS:
         _check_type(body, field, (int, float), "a number")
     _check_type(body, "stop", (str, list), "a string or an array of strings")
 
 
 @final
 @attrs.define(eq=False)
-class RouterState:
-    """The routes' logic over one :class:`SharedContext`.
+class Routes:
+    """The route handlers over one :class:`SharedContext`.
 
     Args:
         ctx: The server slot.
@@ -208,7 +211,7 @@ class RouterState:
             "object": "model",
             "created": created,
             "owned_by": "bodhi-trio",
-            "loaded": state.alias == alias.alias and state.status.value == "ready",
+            "loaded": state.alias == alias.alias and state.status is SlotStatus.READY,
         }
 
     # ------------------------------------------------------------------ health
@@ -227,13 +230,13 @@ class RouterState:
         send, receive = trio.open_memory_channel[ServerEvent](0)
         remove = self.ctx.add_state_listener(send.send, buffer=256, name="events-client")
         stream = DirectStream(
-            receive, lambda e: _compact(e.to_json()), self._keepalive, on_close=remove
+            receive, lambda e: compact_json(e.to_json()), self._keepalive, on_close=remove
         )
         close_with_request(stream)
         return Reply(200, SSE_HEADERS, stream)
 
     async def load(self, raw: bytes) -> Reply:
-        state = await self.ctx.load(_required_string(parse_json_body(raw), "alias"))
+        state = await self.ctx.load(required_string(parse_json_body(raw).get("alias"), "alias"))
         return Reply.json(state.to_json())
 
     async def stop(self) -> Reply:
@@ -241,7 +244,8 @@ class RouterState:
         return Reply.json(self.ctx.state.to_json())
 
     async def variant(self, raw: bytes) -> Reply:
-        state = await self.ctx.set_exec_variant(_required_string(parse_json_body(raw), "variant"))
+        variant = required_string(parse_json_body(raw).get("variant"), "variant")
+        state = await self.ctx.set_exec_variant(variant)
         return Reply.json(state.to_json())
 
     async def logs(self, lines: str | None, follow: str | None) -> Reply:
@@ -259,7 +263,7 @@ class RouterState:
         follower = trio.CancelScope()
         self.nursery.start_soon(_follow_log, log, recent, send, follower)
         stream = DirectStream(
-            receive, lambda line: _compact({"line": line}), self._keepalive, follower.cancel
+            receive, lambda line: compact_json({"line": line}), self._keepalive, follower.cancel
         )
         close_with_request(stream)
         return Reply(200, SSE_HEADERS, stream)

@@ -10,7 +10,7 @@ a POST still runs). Two checks stop that:
 - ``Origin``, when a browser sends one, must be a loopback page or one listed in
   ``BODHI_ALLOWED_ORIGINS``.
 
-Keys (SPEC section 15): every route is registered with its :class:`Access`.
+Keys: every route is registered with its :class:`Access`.
 ``BODHI_API_KEYS`` may call :attr:`Access.API` routes (inference, reading state,
 models and metrics); ``BODHI_ADMIN_KEYS`` may also call :attr:`Access.ADMIN`
 routes (anything that changes the server, and its logs, which can hold prompts).

@@ -16,6 +16,7 @@ child (TERM, grace, KILL); then everything returns and the process exits 0.
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -31,7 +32,7 @@ from bodhi_trio._context._open import open_context
 from bodhi_trio._exceptions import ConfigError
 from bodhi_trio._http._app import create_app
 from bodhi_trio._http._fd_limits import connection_limit, raise_open_files_limit
-from bodhi_trio._http._routes import RouterState
+from bodhi_trio._http._routes import Routes
 from bodhi_trio._http._security import AccessPolicy, is_loopback_host
 from bodhi_trio._http._server import serve_http
 
@@ -78,16 +79,6 @@ async def wait_for_signal() -> None:
             return
 
 
-class _Started:
-    """A ``task_status`` for Hypercorn that hands its bound URLs to a callback."""
-
-    def __init__(self, callback: Callable[[list[str]], None]) -> None:
-        self._callback = callback
-
-    def started(self, value: list[str] | None = None) -> None:
-        self._callback(value or [])
-
-
 def _bind(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -131,7 +122,7 @@ async def serve(
     )
 
     async with open_context(settings) as ctx, trio.open_nursery() as relays:
-        app = create_app(RouterState(ctx, relays), policy, max_body_bytes=settings.max_body_bytes)
+        app = create_app(Routes(ctx, relays), policy, max_body_bytes=settings.max_body_bytes)
 
         async def shutdown() -> None:
             await shutdown_trigger()
@@ -156,12 +147,16 @@ async def serve(
             )
             task_status.started(binds[0])
 
-        await serve_http(
-            app,
-            config,
-            max_connections=max_connections,
-            shutdown_trigger=shutdown,
-            task_status=_Started(on_listening),
-        )
+        async with trio.open_nursery() as server:
+            binds = await server.start(
+                functools.partial(
+                    serve_http,
+                    app,
+                    config,
+                    max_connections=max_connections,
+                    shutdown_trigger=shutdown,
+                )
+            )
+            on_listening(binds)
         relays.cancel_scope.cancel()  # log followers and the grace timer, if still there
     logger.info("bodhi-trio stopped")

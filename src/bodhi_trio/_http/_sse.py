@@ -1,10 +1,8 @@
-"""Server-Sent Events: framing, keep-alive, events we generate, and request scopes.
+"""Server-Sent Events: framing, keep-alive, and the events we generate.
 
-- :class:`DirectStream` frames events we generate (state events, followed
-  logs): the seed's DirectSse / DirectEvent. Relayed completions (the seed's
-  RawSSE / ``fwd_sse``) are :mod:`._relay`'s.
-- :func:`request_scope` is one HTTP request's lifetime: the bodies it must close
-  at its end.
+:class:`DirectStream` frames events we generate (state events, followed logs);
+relayed completions are :mod:`._relay`'s, which uses the framing helpers here.
+Closing a body its request never iterated is :mod:`._request_scope`'s job.
 
 Streams send ``: keep-alive`` after ``BODHI_SSE_KEEPALIVE_SECS`` without bytes,
 and a failure after the headers is one ``data: {"error": ...}`` event, then the
@@ -14,14 +12,11 @@ calls ``aclose()`` when it is done with a body, and nothing is left to the GC.
 
 from __future__ import annotations
 
-import contextvars
 import json
-import logging
 import math
 import re
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
-from typing import Any, Generic, Protocol, TypeVar, final
+from collections.abc import Callable, Mapping
+from typing import Any, Generic, TypeVar, final
 
 import attrs
 import trio
@@ -32,14 +27,10 @@ __all__ = [
     "KEEPALIVE",
     "SSE_HEADERS",
     "DirectStream",
-    "close_with_request",
     "error_event",
     "keepalive_interval",
-    "request_scope",
     "sse_event",
 ]
-
-logger = logging.getLogger("bodhi_trio.sse")
 
 KEEPALIVE = b": keep-alive\n\n"
 SSE_HEADERS: Mapping[str, str] = {
@@ -50,45 +41,6 @@ SSE_HEADERS: Mapping[str, str] = {
 
 _T = TypeVar("_T")
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
-
-
-class _Closeable(Protocol):
-    async def aclose(self) -> None: ...
-
-
-_request_bodies: contextvars.ContextVar[list[_Closeable] | None] = contextvars.ContextVar(
-    "bodhi_trio_request_bodies", default=None
-)
-
-
-def close_with_request(body: _Closeable) -> None:
-    """Make sure ``body`` is closed when its HTTP request ends, however it ends.
-
-    A client can leave after the route returned a streaming body but before the
-    framework began to iterate it; the framework then never closes the body, and
-    its producer would wait forever. :func:`request_scope` closes it instead.
-    """
-    bodies = _request_bodies.get()
-    if bodies is not None:
-        bodies.append(body)
-
-
-@asynccontextmanager
-async def request_scope() -> AsyncIterator[None]:
-    """One HTTP request's lifetime: bodies registered inside are closed at its end.
-
-    Tasks the request spawns inherit the list (context variables are copied into
-    child tasks, and the list object is shared).
-    """
-    bodies: list[_Closeable] = []
-    token = _request_bodies.set(bodies)
-    try:
-        yield
-    finally:
-        _request_bodies.reset(token)
-        with trio.CancelScope(shield=True):
-            for body in bodies:
-                await body.aclose()  # idempotent, never blocks
 
 
 def sse_event(payload: str | bytes) -> bytes:

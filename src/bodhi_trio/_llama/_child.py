@@ -30,7 +30,6 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import NoReturn, final
 
@@ -38,11 +37,15 @@ import attrs
 import trio
 
 from bodhi_trio._core._address import MAX_UNIX_PATH_BYTES, Address
+from bodhi_trio._core._http1 import FramingError, split_head
 from bodhi_trio._exceptions import LlamaServerExitedError, StartupError
+from bodhi_trio._llama._launch import LaunchSpec, child_environment
 from bodhi_trio._llama._leftovers import forget_child, record_child
 from bodhi_trio._llama._logtail import LogTail
 from bodhi_trio._llama._process import ChildProcess, spawn_child
 
+# LaunchSpec and child_environment live in ._launch; they are this module's inputs, so
+# they are importable from here as well.
 __all__ = ["LaunchSpec", "LlamaServer", "child_environment", "serve_llama_server"]
 
 _HEALTH_INTERVAL = 0.01
@@ -52,75 +55,6 @@ _MAX_LINE = 64 * 1024
 _BIND_FAILURE_MARKERS = ("couldn't bind HTTP server socket", "address already in use")
 _TAIL_LINES = 20
 _SOCKET_NAME = "llama.sock"  # llama-server listens on a Unix socket when --host ends in .sock
-# Never passed on to a child: our own settings and keys (BODHI_API_KEYS...), tokens, and
-# llama-server's LLAMA_ARG_* variables, which would set flags around the checks on
-# what an alias or the settings may pass.
-_SCRUBBED_PREFIXES = ("BODHI_", "LLAMA_ARG_")
-_SCRUBBED_NAMES = frozenset({"LLAMA_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"})
-
-
-def child_environment(base: Mapping[str, str]) -> dict[str, str]:
-    """The environment a llama-server child gets: ``base`` without our keys and tokens.
-
-    ``GGML_NO_BACKTRACE=1`` is added unless set: on an assert ggml would otherwise
-    attach gdb, taking seconds and burying the error line under a backtrace.
-    """
-    env = {
-        name: value
-        for name, value in base.items()
-        if not name.startswith(_SCRUBBED_PREFIXES) and name not in _SCRUBBED_NAMES
-    }
-    env.setdefault("GGML_NO_BACKTRACE", "1")
-    return env
-
-
-@attrs.frozen
-class LaunchSpec:
-    """Everything needed to start one llama-server.
-
-    Attributes:
-        binary: The llama-server executable.
-        model: The GGUF file (an HF snapshot path is fine; symlinks are followed by the child).
-        alias: Passed as ``--alias``; llama-server reports it as ``model`` in responses.
-        server_args: Merged extra args (never host/port/model/alias: those are ours).
-        variant: The exec variant the binary belongs to (for state and logs).
-        socket_root: Where the private socket directory of each start is made
-            (``None``: the system's temporary directory). Its path must stay short:
-            a Unix socket path has at most 107 bytes.
-        startup_timeout: Seconds without any child output or progress before a start fails.
-        stop_grace: Seconds between SIGTERM and SIGKILL when stopping.
-        bind_attempts: Starts on fresh sockets when binding failed.
-        log_path: File the child's output is appended to; ``None`` for none.
-        run_dir: Where the run record goes (see ``_leftovers``); ``None`` for none.
-        env: The child's environment before :func:`child_environment` scrubs it;
-            ``None``: ours.
-    """
-
-    binary: Path
-    model: Path
-    alias: str
-    server_args: tuple[str, ...] = ()
-    variant: str = "cpu"
-    socket_root: Path | None = None
-    startup_timeout: float = 120.0
-    stop_grace: float = 5.0
-    bind_attempts: int = 3
-    log_path: Path | None = None
-    run_dir: Path | None = None
-    env: Mapping[str, str] | None = attrs.field(default=None, eq=False)
-
-    def argv(self, socket_path: str) -> list[str]:
-        """The child's command line, listening on the Unix socket ``socket_path``."""
-        return [
-            str(self.binary),
-            "--alias",
-            self.alias,
-            "--model",
-            str(self.model),
-            "--host",
-            socket_path,
-            *self.server_args,
-        ]
 
 
 @final
@@ -397,7 +331,7 @@ async def _pump_output(
 
 
 async def _probe_health(address: Address) -> int | None:
-    """One ``GET /health``: the HTTP status, or ``None`` if nothing answered.
+    """One ``GET /health``: the HTTP status, or ``None`` if nothing (or nothing valid) answered.
 
     A raw request on a fresh connection: no client object to build, no pool, about
     a tenth of a millisecond on a Unix socket. (The socket does not exist until the
@@ -414,13 +348,14 @@ async def _probe_health(address: Address) -> int | None:
                     b"GET /health HTTP/1.1\r\nHost: " + address.host_header.encode() + b"\r\n"
                     b"Connection: close\r\n\r\n"
                 )
-                head = b""
-                while b"\r\n" not in head:
+                data = b""
+                while (found := split_head(data)) is None:
                     chunk = await stream.receive_some(4096)
                     if not chunk:
                         return None
-                    head += chunk
-                return int(head.split(b" ", 2)[1])
-            except (OSError, trio.BrokenResourceError, ValueError, IndexError):
+                    data += chunk
+            except (OSError, trio.BrokenResourceError, FramingError):
                 return None
+            head, _body = found
+            return head.status
     return None

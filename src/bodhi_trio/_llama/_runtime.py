@@ -10,8 +10,8 @@ into a per-user cache keyed by version and variant, and reuses it::
         build/src-11434.0.0/             its llama.cpp tree
         build/cpu-11434.0.0/             the CMake build tree (kept: a rebuild is incremental)
 
-:func:`find_llama_server` applies the lookup order of SPEC §3: the explicit
-setting for the variant, then the cache, then ``llama-server`` on ``PATH``.
+:func:`find_llama_server` looks in this order: the explicit setting for the
+variant, then the cache, then ``llama-server`` on ``PATH``.
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 
 Args come from three tiers, lowest precedence first: the common settings
 (``BODHI_LLAMACPP_ARGS``), the exec variant (``BODHI_LLAMACPP_ARGS_<VARIANT>``)
-and the alias (``context_params``). BodhiApp merged them through a hash map,
-which gave an arbitrary output order, collapsed repeated flags such as
-``--lora`` and let ``-t 8`` and ``--threads 4`` both through. Here:
+and the alias (``context_params``). A merge through a hash map would give an
+arbitrary output order, collapse repeated flags such as ``--lora`` and let
+``-t 8`` and ``--threads 4`` both through. Here:
 
 * each input string is split like a shell would (``shlex``), so quoted paths
   with spaces work; ``--flag=value`` is split into flag and value;
@@ -190,8 +190,8 @@ def parse_server_args(items: str | Sequence[str], *, source: str) -> list[Server
         canonical flag spellings.
 
     Raises:
-        ServerArgsError: Bad quoting, a value before the first flag (BodhiApp
-            dropped those silently), or a reserved flag.
+        ServerArgsError: Bad quoting, a value before the first flag (an error, not
+            silently dropped), or a reserved flag.
     """
     parsed: list[ServerArg] = []
     current_flag: str | None = None

@@ -5,7 +5,8 @@ when a client leaves mid-stream (our everyday case), the inner ones are left to
 the garbage collector, and its per-chunk overhead is far above what relaying
 thousands of events a second allows. This client does one thing: POST a JSON
 body to a loopback llama-server and hand back the response body as it arrives
-(chunked framing removed by :mod:`._http1`), keeping idle connections for reuse.
+(chunked framing removed by :mod:`bodhi_trio._core._http1`), keeping idle connections for
+reuse in an :class:`UpstreamPool` (:mod:`._pool`).
 
 Closing a response before its end closes the connection, which is how
 llama-server learns that the client left and stops generating.
@@ -13,7 +14,6 @@ llama-server learns that the client left and stops generating.
 
 from __future__ import annotations
 
-import collections
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Protocol, final
@@ -21,14 +21,9 @@ from typing import TYPE_CHECKING, Protocol, final
 import attrs
 import trio
 
+from bodhi_trio._core._http1 import ChunkedDecoder, FramingError, ResponseHead, split_head
 from bodhi_trio._exceptions import UpstreamError
-from bodhi_trio._transport._http1 import (
-    MAX_HEAD_BYTES,
-    ChunkedDecoder,
-    FramingError,
-    ResponseHead,
-    parse_head,
-)
+from bodhi_trio._transport._pool import UpstreamConnection, UpstreamPool
 
 if TYPE_CHECKING:
     from bodhi_trio._core._address import Address
@@ -43,11 +38,6 @@ __all__ = [
     "probe",
     "send_upstream",
 ]
-
-_RECEIVE_BYTES = 65536
-_CLOSE_TIMEOUT = 2.0
-_CONNECT_TIMEOUT = 10.0
-_MAX_IDLE_PER_SERVER = 64
 
 
 class UpstreamResponse(Protocol):
@@ -96,132 +86,6 @@ class Probe:
     body: bytes
 
 
-@attrs.define(eq=False)
-class _Connection:
-    address: Address
-    stream: trio.SocketStream
-    reused: bool = False
-    answered: bool = False  # llama-server sent bytes on it since the last request
-    # While a read waits for llama-server: when it began (Trio clock). A watchdog
-    # reads it instead of a timer per read, which the relay's hot path cannot afford.
-    waiting_since: float | None = None
-    abort_reason: str | None = None
-
-    async def receive(self) -> bytes:
-        """The next bytes from llama-server; ``b""`` when it closed the connection."""
-        self.waiting_since = trio.current_time()
-        try:
-            data = await self.stream.receive_some(_RECEIVE_BYTES)
-        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            if self.abort_reason is not None:
-                raise UpstreamError(self.abort_reason) from exc
-            raise UpstreamError(f"llama-server connection broke: {exc!r}") from exc
-        finally:
-            self.waiting_since = None
-        self.answered = self.answered or bool(data)
-        return data
-
-    async def abort(self, reason: str) -> None:
-        """Close it under a reader's feet: the reader's :meth:`receive` raises ``reason``."""
-        self.abort_reason = reason
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        with trio.move_on_after(_CLOSE_TIMEOUT, shield=True):
-            await self.stream.aclose()
-
-
-@final
-@attrs.define(eq=False)
-class UpstreamPool:
-    """Keep-alive connections to llama-server children, per address.
-
-    Call :meth:`aclose` (or use it with ``async with``) to close idle connections.
-    """
-
-    _idle: dict[Address, collections.deque[_Connection]] = attrs.field(factory=dict, init=False)
-    # Connections carrying a request right now, for the stall watchdog.
-    _busy: dict[Address, set[_Connection]] = attrs.field(factory=dict, init=False)
-
-    async def __aenter__(self) -> UpstreamPool:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    async def _connect(self, address: Address, *, fresh: bool) -> _Connection:
-        idle = None if fresh else self._idle.get(address)
-        if idle:
-            connection = idle.pop()
-            connection.reused, connection.answered = True, False
-        else:
-            try:
-                with trio.fail_after(_CONNECT_TIMEOUT):
-                    stream = await address.connect()
-            except (OSError, trio.TooSlowError) as exc:
-                raise UpstreamError(f"cannot connect to llama-server at {address}: {exc}") from exc
-            connection = _Connection(address, stream)
-        self._busy.setdefault(address, set()).add(connection)
-        return connection
-
-    def _release(self, connection: _Connection) -> None:
-        busy = self._busy.get(connection.address)
-        if busy is not None:
-            busy.discard(connection)
-            if not busy:
-                del self._busy[connection.address]
-
-    def _give_back(self, connection: _Connection) -> bool:
-        """Keep a finished connection for reuse; ``False`` if it must be closed."""
-        self._release(connection)
-        idle = self._idle.setdefault(connection.address, collections.deque())
-        if len(idle) >= _MAX_IDLE_PER_SERVER:
-            return False
-        idle.append(connection)
-        return True
-
-    async def _discard(self, connection: _Connection) -> None:
-        self._release(connection)
-        await connection.aclose()
-
-    async def close_idle(self, address: Address) -> None:
-        """Close the idle connections to one server (before stopping it: llama-server's
-        HTTP threads would otherwise sit on them until its keep-alive timeout)."""
-        for connection in self._idle.pop(address, ()):
-            await connection.aclose()
-
-    def idle_count(self, address: Address) -> int:
-        return len(self._idle.get(address, ()))
-
-    def waiting_since(self, address: Address) -> float | None:
-        """When the longest current wait for bytes from ``address`` began, or ``None``."""
-        starts = [c.waiting_since for c in self._busy.get(address, ())]
-        return min((t for t in starts if t is not None), default=None)
-
-    async def abort_waiting(self, address: Address, *, since_before: float, reason: str) -> int:
-        """End every request to ``address`` whose read has waited since before
-        ``since_before``; its reader gets :class:`UpstreamError` with ``reason``.
-
-        Returns:
-            How many were ended.
-        """
-        stalled = [
-            c
-            for c in self._busy.get(address, ())
-            if c.waiting_since is not None and c.waiting_since < since_before
-        ]
-        for connection in stalled:
-            await connection.abort(reason)
-        return len(stalled)
-
-    async def aclose(self) -> None:
-        """Close every idle connection."""
-        idle, self._idle = self._idle, {}
-        for connections in idle.values():
-            for connection in connections:
-                await connection.aclose()
-
-
 @final
 @attrs.define(eq=False)
 class HTTPResponse:
@@ -237,7 +101,7 @@ class HTTPResponse:
     """
 
     _head: ResponseHead
-    _connection: _Connection
+    _connection: UpstreamConnection
     _pending: bytes  # body bytes that arrived with the head
     _chunked: ChunkedDecoder | None = None
     _left: int = -1  # Content-Length bytes still to come; -1: until the connection closes
@@ -336,26 +200,18 @@ def _request_bytes(method: str, address: Address, path: str, body: bytes) -> byt
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
-async def _read_head(connection: _Connection) -> tuple[ResponseHead, bytes]:
+async def _read_head(connection: UpstreamConnection) -> tuple[ResponseHead, bytes]:
     """The first final (non-1xx) response head, and the body bytes that came with it."""
     data = b""
-    while True:
-        end = data.find(b"\r\n\r\n")
-        if end < 0:
-            if len(data) > MAX_HEAD_BYTES:
-                raise UpstreamError("llama-server sent a response head over 64 KiB")
+    try:
+        while (found := split_head(data)) is None:
             more = await connection.receive()
             if not more:
                 raise UpstreamError("llama-server closed the connection before answering")
             data += more
-            continue
-        try:
-            head = parse_head(data[:end])
-        except FramingError as exc:
-            raise UpstreamError(f"llama-server sent a malformed response: {exc}") from exc
-        data = data[end + 4 :]
-        if not head.informational:
-            return head, data
+    except FramingError as exc:
+        raise UpstreamError(f"llama-server sent a malformed response: {exc}") from exc
+    return found
 
 
 async def _exchange(
@@ -367,7 +223,7 @@ async def _exchange(
     fresh: bool,
     method: str,
 ) -> HTTPResponse:
-    connection = await pool._connect(address, fresh=fresh)
+    connection = await pool.check_out(address, fresh=fresh)
     try:
         try:
             await connection.stream.send_all(_request_bytes(method, address, path, body))
@@ -375,12 +231,12 @@ async def _exchange(
             raise UpstreamError(f"llama-server connection broke: {exc!r}") from exc
         head, rest = await _read_head(connection)
     except UpstreamError as exc:
-        await pool._discard(connection)
+        await pool.discard(connection)
         if connection.reused and not connection.answered and connection.abort_reason is None:
             raise _StaleConnection from exc
         raise
     except BaseException:
-        await pool._discard(connection)
+        await pool.discard(connection)
         raise
     return HTTPResponse(head, connection, rest)
 
@@ -414,8 +270,8 @@ async def send_upstream(
     try:
         yield response
     finally:
-        if not (response._reusable and pool._give_back(response._connection)):
-            await pool._discard(response._connection)
+        if not (response._reusable and pool.give_back(response._connection)):
+            await pool.discard(response._connection)
 
 
 async def probe(address: Address, path: str, *, within: float) -> Probe | None:

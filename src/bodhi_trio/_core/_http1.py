@@ -9,6 +9,11 @@ arrived, and every complete chunk in it is handed on at once.
 Only what a client of llama-server needs: a status line, headers, and a body
 framed by ``Transfer-Encoding: chunked``, ``Content-Length`` or the end of the
 connection. Malformed framing raises :class:`FramingError`.
+
+It lives in the core layer, below everything that reads responses, because it does
+no I/O and imports nothing of ours: the child's readiness probe (``_llama``), the pooled
+upstream client (``_transport``) and the benchmark client (``_bench``) all read their
+heads with :func:`split_head`.
 """
 
 from __future__ import annotations
@@ -18,7 +23,14 @@ from typing import final
 
 import attrs
 
-__all__ = ["ChunkedDecoder", "FramingError", "ResponseHead", "parse_head"]
+__all__ = [
+    "MAX_HEAD_BYTES",
+    "ChunkedDecoder",
+    "FramingError",
+    "ResponseHead",
+    "parse_head",
+    "split_head",
+]
 
 MAX_HEAD_BYTES = 65536
 _MAX_SIZE_LINE = 4096
@@ -92,6 +104,27 @@ def parse_head(head: bytes) -> ResponseHead:
     if status in (204, 304) or 100 <= status < 200:
         length, chunked = 0, False
     return ResponseHead(status, headers, length, chunked, keep_alive)
+
+
+def split_head(data: bytes) -> tuple[ResponseHead, bytes] | None:
+    """The first final (non-1xx) response head at the start of ``data``, and the bytes
+    after it (the start of the body); ``None`` while the head is not complete.
+
+    Call it again with more bytes appended until it returns a head.
+
+    Raises:
+        FramingError: A head is malformed, or none ended within :data:`MAX_HEAD_BYTES`.
+    """
+    while True:
+        end = data.find(b"\r\n\r\n")
+        if end < 0:
+            if len(data) > MAX_HEAD_BYTES:
+                raise FramingError(f"no end of the response head in {MAX_HEAD_BYTES} bytes")
+            return None
+        head = parse_head(data[:end])
+        data = data[end + 4 :]
+        if not head.informational:
+            return head, data
 
 
 @final

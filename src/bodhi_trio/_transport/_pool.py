@@ -1,0 +1,178 @@
+"""Keep-alive connections to llama-server children, per address.
+
+A connection is checked out for one request and then either given back for reuse
+(its response was read to the end) or discarded (anything else). The pool also
+knows which connections carry a request right now and since when each has waited
+for bytes, so the stall watchdog can end reads that wait too long.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import TYPE_CHECKING, final
+
+import attrs
+import trio
+
+from bodhi_trio._exceptions import UpstreamError
+
+if TYPE_CHECKING:
+    from bodhi_trio._core._address import Address
+
+__all__ = ["UpstreamConnection", "UpstreamPool"]
+
+_RECEIVE_BYTES = 65536
+_CLOSE_TIMEOUT = 2.0
+_CONNECT_TIMEOUT = 10.0
+_MAX_IDLE_PER_SERVER = 64
+
+
+@attrs.define(eq=False)
+class UpstreamConnection:
+    """One connection to llama-server, and what the pool and the watchdog need to know of it.
+
+    Attributes:
+        address: Where it goes.
+        stream: The socket.
+        reused: It carried a request before this one.
+        answered: llama-server sent bytes on it since the last request.
+        waiting_since: While a read waits for llama-server, when the wait began (Trio
+            clock); a watchdog reads it instead of a timer per read, which the relay's
+            hot path cannot afford.
+        abort_reason: Why it was closed under its reader, if it was.
+    """
+
+    address: Address
+    stream: trio.SocketStream
+    reused: bool = False
+    answered: bool = False
+    waiting_since: float | None = None
+    abort_reason: str | None = None
+
+    async def receive(self) -> bytes:
+        """The next bytes from llama-server; ``b""`` when it closed the connection.
+
+        Raises:
+            UpstreamError: The connection broke, or was aborted (with ``abort_reason``).
+        """
+        self.waiting_since = trio.current_time()
+        try:
+            data = await self.stream.receive_some(_RECEIVE_BYTES)
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            if self.abort_reason is not None:
+                raise UpstreamError(self.abort_reason) from exc
+            raise UpstreamError(f"llama-server connection broke: {exc!r}") from exc
+        finally:
+            self.waiting_since = None
+        self.answered = self.answered or bool(data)
+        return data
+
+    async def abort(self, reason: str) -> None:
+        """Close it under a reader's feet: the reader's :meth:`receive` raises ``reason``."""
+        self.abort_reason = reason
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the socket (shielded, and bounded in time)."""
+        with trio.move_on_after(_CLOSE_TIMEOUT, shield=True):
+            await self.stream.aclose()
+
+
+@final
+@attrs.define(eq=False)
+class UpstreamPool:
+    """Keep-alive connections to llama-server children, per address.
+
+    Call :meth:`aclose` (or use it with ``async with``) to close idle connections.
+    """
+
+    _idle: dict[Address, collections.deque[UpstreamConnection]] = attrs.field(
+        factory=dict, init=False
+    )
+    # Connections carrying a request right now, for the stall watchdog.
+    _busy: dict[Address, set[UpstreamConnection]] = attrs.field(factory=dict, init=False)
+
+    async def __aenter__(self) -> UpstreamPool:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def check_out(self, address: Address, *, fresh: bool) -> UpstreamConnection:
+        """A connection for one request: an idle one, or (``fresh``, or none idle) a new one.
+
+        Raises:
+            UpstreamError: A new connection could not be made.
+        """
+        idle = None if fresh else self._idle.get(address)
+        if idle:
+            connection = idle.pop()
+            connection.reused, connection.answered = True, False
+        else:
+            try:
+                with trio.fail_after(_CONNECT_TIMEOUT):
+                    stream = await address.connect()
+            except (OSError, trio.TooSlowError) as exc:
+                raise UpstreamError(f"cannot connect to llama-server at {address}: {exc}") from exc
+            connection = UpstreamConnection(address, stream)
+        self._busy.setdefault(address, set()).add(connection)
+        return connection
+
+    def _release(self, connection: UpstreamConnection) -> None:
+        busy = self._busy.get(connection.address)
+        if busy is not None:
+            busy.discard(connection)
+            if not busy:
+                del self._busy[connection.address]
+
+    def give_back(self, connection: UpstreamConnection) -> bool:
+        """Keep a connection whose response ended for reuse; ``False`` if it must be closed."""
+        self._release(connection)
+        idle = self._idle.setdefault(connection.address, collections.deque())
+        if len(idle) >= _MAX_IDLE_PER_SERVER:
+            return False
+        idle.append(connection)
+        return True
+
+    async def discard(self, connection: UpstreamConnection) -> None:
+        """Close a checked-out connection that cannot be reused."""
+        self._release(connection)
+        await connection.aclose()
+
+    async def close_idle(self, address: Address) -> None:
+        """Close the idle connections to one server (before stopping it: llama-server's
+        HTTP threads would otherwise sit on them until its keep-alive timeout)."""
+        for connection in self._idle.pop(address, ()):
+            await connection.aclose()
+
+    def idle_count(self, address: Address) -> int:
+        """How many idle connections to ``address`` are kept (for tests and diagnostics)."""
+        return len(self._idle.get(address, ()))
+
+    def waiting_since(self, address: Address) -> float | None:
+        """When the longest current wait for bytes from ``address`` began, or ``None``."""
+        starts = [c.waiting_since for c in self._busy.get(address, ())]
+        return min((t for t in starts if t is not None), default=None)
+
+    async def abort_waiting(self, address: Address, *, since_before: float, reason: str) -> int:
+        """End every request to ``address`` whose read has waited since before
+        ``since_before``; its reader gets :class:`UpstreamError` with ``reason``.
+
+        Returns:
+            How many were ended.
+        """
+        stalled = [
+            c
+            for c in self._busy.get(address, ())
+            if c.waiting_since is not None and c.waiting_since < since_before
+        ]
+        for connection in stalled:
+            await connection.abort(reason)
+        return len(stalled)
+
+    async def aclose(self) -> None:
+        """Close every idle connection."""
+        idle, self._idle = self._idle, {}
+        for connections in idle.values():
+            for connection in connections:
+                await connection.aclose()
