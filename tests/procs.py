@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -58,3 +60,40 @@ def child_client(address: Address, **kwargs: Any) -> httpx.AsyncClient:
     assert address.unix_socket is not None
     transport = httpx.AsyncHTTPTransport(uds=address.unix_socket)
     return httpx.AsyncClient(transport=transport, base_url="http://localhost", **kwargs)
+
+
+PARENT_SCRIPT = """
+import sys, trio
+from pathlib import Path
+from bodhi_trio._llama._child import LaunchSpec, serve_llama_server
+
+async def main():
+    spec = LaunchSpec(binary=Path(sys.argv[1]), model=Path(sys.argv[2]), alias="x",
+                      server_args=tuple(sys.argv[3:]))
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(serve_llama_server, spec)
+        print(server.pid, flush=True)
+        await trio.sleep_forever()
+
+trio.run(main)
+"""
+
+
+def start_parent(binary: Path, model: Path, *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-c", PARENT_SCRIPT, str(binary), str(model), *args],
+        stdout=subprocess.PIPE,
+    )
+
+
+async def run_parent_and_sigkill_it(binary: Path, model: Path, *args: str) -> int:
+    """Start a Python parent that owns a child, SIGKILL the parent; return the child pid."""
+    with start_parent(binary, model, *args) as parent:
+        try:
+            assert parent.stdout is not None
+            line = await trio.to_thread.run_sync(parent.stdout.readline)
+            child_pid = int(line)
+            assert is_alive(child_pid)
+        finally:
+            parent.kill()
+    return child_pid

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from paths import REPO
 from procs import group_members, is_alive
 
-EXAMPLES = Path(__file__).parent.parent / "examples"
+EXAMPLES = REPO / "examples"
 
 
 def run_example(name: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

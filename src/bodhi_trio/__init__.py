@@ -24,8 +24,6 @@ Or the whole HTTP server inside your own Trio program::
 
 from __future__ import annotations
 
-import contextlib as _contextlib
-
 from bodhi_trio._config._alias_store import AliasFileProblem as AliasFileProblem
 from bodhi_trio._config._alias_store import AliasStore as AliasStore
 from bodhi_trio._config._aliases import Alias as Alias
@@ -63,6 +61,7 @@ from bodhi_trio._exceptions import SettingsError as SettingsError
 from bodhi_trio._exceptions import StartupError as StartupError
 from bodhi_trio._exceptions import UnavailableError as UnavailableError
 from bodhi_trio._exceptions import UpstreamError as UpstreamError
+from bodhi_trio._exports import fix_module_names
 from bodhi_trio._http._serve import serve as serve
 from bodhi_trio._transport._loopback import UpstreamResponse as UpstreamResponse
 
@@ -110,10 +109,4 @@ __all__ = [
     "serve",
 ]
 
-# Show public names as bodhi_trio.X in reprs and tracebacks (as trio does).
-for _name in __all__:
-    _value = globals()[_name]
-    if getattr(_value, "__module__", "").startswith("bodhi_trio._"):
-        with _contextlib.suppress(AttributeError, TypeError):
-            _value.__module__ = __name__
-del _name, _value
+fix_module_names(__name__, globals(), __all__)

@@ -8,8 +8,6 @@ writer-preferring RW lock, the address of a child.
 
 from __future__ import annotations
 
-import contextlib as _contextlib
-
 from bodhi_trio._config._aliases import apply_request_params as apply_request_params
 from bodhi_trio._config._demo import DEMO_ALIAS as DEMO_ALIAS
 from bodhi_trio._config._demo import DemoModel as DemoModel
@@ -19,6 +17,7 @@ from bodhi_trio._core._rwlock import RWLock as RWLock
 from bodhi_trio._core._rwlock import RWLockStatistics as RWLockStatistics
 from bodhi_trio._core._state import ModelLoadStrategy as ModelLoadStrategy
 from bodhi_trio._core._state import choose_strategy as choose_strategy
+from bodhi_trio._exports import fix_module_names
 from bodhi_trio._llama._child import LlamaServer as LlamaServer
 from bodhi_trio._llama._child import serve_llama_server as serve_llama_server
 from bodhi_trio._llama._launch import LaunchSpec as LaunchSpec
@@ -48,9 +47,4 @@ __all__ = [
     "serve_llama_server",
 ]
 
-for _name in __all__:
-    _value = globals()[_name]
-    if getattr(_value, "__module__", "").startswith("bodhi_trio._"):
-        with _contextlib.suppress(AttributeError, TypeError):
-            _value.__module__ = __name__
-del _name, _value
+fix_module_names(__name__, globals(), __all__)

@@ -14,12 +14,12 @@ import trio
 
 from bodhi_trio._config._aliases import Alias
 from bodhi_trio._config._demo import DEMO_FILENAME, DEMO_REPO
-from bodhi_trio._core._address import Address
-from bodhi_trio._transport._loopback import UpstreamPool, send_upstream
 from httpserver import running_server
+from paths import FAKE_LLAMA_SERVER
 from procs import is_alive
+from streams import ONE_ERROR_EVENT_LAST, streams_in_flight
 
-FAKE = str(Path(__file__).parent / "fake_llama_server.py")
+FAKE = str(FAKE_LLAMA_SERVER)
 
 pytestmark = pytest.mark.reliability
 
@@ -29,43 +29,12 @@ async def test_child_sigkilled_under_64_streams(tmp_path: Path, hub_cache: Path)
                  context_params=("--fake-tokens 100000 --fake-token-delay 0.01",))  # fmt: skip
     body = json.dumps({"model": "slow:1", "messages": [{"role": "user", "content": "x"}],
                        "stream": True, "max_tokens": 100000}).encode()  # fmt: skip
-    outcomes: list[str] = []
-    streaming = 0
-    all_streaming = trio.Event()
-
     with trio.fail_after(60):
         async with (
             running_server(tmp_path, hub_cache, aliases=(slow,), BODHI_LLAMA_SERVER=FAKE) as server,
-            UpstreamPool() as pool,
             httpx.AsyncClient(base_url=server.url, timeout=30) as client,
         ):
-            port = int(server.url.rsplit(":", 1)[1])
-
-            async def one() -> None:
-                nonlocal streaming
-                async with send_upstream(
-                    pool, Address.tcp("127.0.0.1", port), "/v1/chat/completions", body
-                ) as r:
-                    received = b""
-                    async for chunk in r:
-                        if not received:
-                            streaming += 1
-                            if streaming == 64:
-                                all_streaming.set()
-                        received += chunk
-                events = [e for e in received.decode().split("\n\n") if e.startswith("data: ")]
-                errors = [e for e in events if e.startswith('data: {"error"')]
-                if r.status_code != 200:
-                    outcomes.append(f"status {r.status_code}")
-                elif len(errors) == 1 and events[-1] == errors[0]:
-                    outcomes.append("one error event, last")
-                else:
-                    outcomes.append(f"unexpected: {len(errors)} errors, last {events[-1][:40]}")
-
-            async with trio.open_nursery() as nursery:
-                for _ in range(64):
-                    nursery.start_soon(one)
-                await all_streaming.wait()
+            async with streams_in_flight(server.url, body, 64) as streams:
                 child = (await client.get("/bodhi/v1/state")).json()["pid"]
                 os.kill(child, signal.SIGKILL)
             state = (await client.get("/bodhi/v1/state")).json()
@@ -75,7 +44,7 @@ async def test_child_sigkilled_under_64_streams(tmp_path: Path, hub_cache: Path)
                       "max_tokens": 3},
             )  # fmt: skip
             new_child = (await client.get("/bodhi/v1/state")).json()["pid"]
-    assert outcomes == ["one error event, last"] * 64
+    assert streams.outcomes == [ONE_ERROR_EVENT_LAST] * 64
     assert state["state"] == "crashed"
     assert "-9" in state["error"]
     assert again.status_code == 200

@@ -21,9 +21,11 @@ from bodhi_trio._config._demo import DEMO_FILENAME, DEMO_REPO
 from bodhi_trio._core._address import Address
 from bodhi_trio._transport._loopback import UpstreamPool, send_upstream
 from httpserver import running_server
+from paths import FAKE_LLAMA_SERVER
 from procs import is_alive
+from streams import ONE_ERROR_EVENT_LAST, streams_in_flight
 
-FAKE = str(Path(__file__).parent / "fake_llama_server.py")
+FAKE = str(FAKE_LLAMA_SERVER)
 
 pytestmark = pytest.mark.reliability
 
@@ -41,40 +43,13 @@ async def test_a_stopped_child_ends_every_stream_and_is_replaced(
     body = json.dumps({"model": "long:1", "messages": [{"role": "user", "content": "x"}],
                        "stream": True, "max_tokens": 4000,
                        "ignore_eos": True}).encode()  # fmt: skip
-    outcomes: list[str] = []
-    streaming = 0
-    all_streaming = trio.Event()
     with trio.fail_after(90):  # a liveness bound: what fails here is a hang
         async with (
             running_server(tmp_path, hub_cache, aliases=(long,),
                            BODHI_UPSTREAM_IDLE_TIMEOUT_SECS="3") as server,
-            UpstreamPool() as pool,
             httpx.AsyncClient(base_url=server.url, timeout=30) as client,
         ):  # fmt: skip
-            port = int(server.url.rsplit(":", 1)[1])
-
-            async def one() -> None:
-                nonlocal streaming
-                async with send_upstream(
-                    pool, Address.tcp("127.0.0.1", port), "/v1/chat/completions", body
-                ) as r:
-                    received = b""
-                    async for chunk in r:
-                        if not received:
-                            streaming += 1
-                            if streaming == 8:
-                                all_streaming.set()
-                        received += chunk
-                events = _events(received)
-                if events and events[-1].startswith('data: {"error"'):
-                    outcomes.append("ended with an error event")
-                else:
-                    outcomes.append(f"unexpected end: {events[-1][:60] if events else 'nothing'}")
-
-            async with trio.open_nursery() as nursery:
-                for _ in range(8):
-                    nursery.start_soon(one)
-                await all_streaming.wait()
+            async with streams_in_flight(server.url, body, 8) as streams:
                 frozen = (await client.get("/bodhi/v1/state")).json()["pid"]
                 os.kill(frozen, signal.SIGSTOP)
                 stopped_at = trio.current_time()
@@ -86,7 +61,7 @@ async def test_a_stopped_child_ends_every_stream_and_is_replaced(
                       "max_tokens": 3},
             )  # fmt: skip
             fresh = (await client.get("/bodhi/v1/state")).json()
-    assert outcomes == ["ended with an error event"] * 8
+    assert streams.outcomes == [ONE_ERROR_EVENT_LAST] * 8
     assert ended_after < 10
     assert state["state"] == "hung"
     assert "health check" in state["error"]

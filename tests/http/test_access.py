@@ -23,8 +23,9 @@ from bodhi_trio._http._routes import Routes
 from bodhi_trio._http._security import Access, AccessPolicy
 from bodhi_trio._http._serve import check_bind
 from httpserver import running_server
+from paths import FAKE_LLAMA_SERVER
 
-FAKE = str(Path(__file__).parent / "fake_llama_server.py")
+FAKE = str(FAKE_LLAMA_SERVER)
 API_KEY = "api-key-3f9c"
 ADMIN_KEY = "admin-key-7d21"
 LOCAL = {"host": "127.0.0.1:1135"}

@@ -23,6 +23,7 @@ from bodhi_trio._exceptions import InvalidAliasError, ServerArgsError, SettingsE
 from bodhi_trio._llama._flags import CATEGORIES, LLAMA_SERVER_FLAGS
 from bodhi_trio._llama._server_args import RESERVED_FLAGS, canonical_flag
 from httpserver import running_server
+from paths import REPO
 
 # The probe's findings, in the spellings it used (llama.cpp reads ``_`` as ``-``).
 PROBE = [
@@ -189,7 +190,7 @@ def test_the_flag_table_agrees_with_the_reserved_set() -> None:
 
 
 def test_the_docs_list_every_refused_and_path_flag() -> None:
-    docs = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
+    docs = (REPO / "docs" / "configuration.md").read_text()
     section = docs.split("### What an alias may pass to llama-server")[1].split("\n## ")[0]
     named = re.findall(r"`(-[^`\s]*)`", section)
     for flag in {f for f in LLAMA_SERVER_FLAGS.values() if f.category not in ("ok", "reserved")}:

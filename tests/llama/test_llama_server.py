@@ -13,8 +13,7 @@ from bodhi_trio._config._demo import DEMO_ALIAS, write_corrupt_gguf
 from bodhi_trio._exceptions import StartupError
 from bodhi_trio._llama._child import LaunchSpec, LlamaServer, serve_llama_server
 from bodhi_trio._llama._logtail import LogTail
-from procs import child_client, group_members, is_alive, wait_gone
-from test_child import run_parent_and_sigkill_it
+from procs import child_client, group_members, is_alive, run_parent_and_sigkill_it, wait_gone
 
 pytestmark = pytest.mark.llama
 

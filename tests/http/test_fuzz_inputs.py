@@ -70,10 +70,11 @@ from bodhi_trio._llama._server_args import (
     parse_server_args,
 )
 from httpserver import running_server
+from paths import FAKE_LLAMA_SERVER
 
 pytestmark = pytest.mark.reliability
 
-FAKE = str(Path(__file__).parent / "fake_llama_server.py")
+FAKE = str(FAKE_LLAMA_SERVER)
 BODY_LIMIT = 65536
 FAST = settings(
     max_examples=150,

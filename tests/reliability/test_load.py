@@ -21,10 +21,11 @@ from bodhi_trio._config._demo import DEMO_FILENAME, DEMO_REPO
 from bodhi_trio._core._address import Address
 from bodhi_trio._transport._loopback import UpstreamPool, send_upstream
 from httpserver import running_server
+from paths import FAKE_LLAMA_SERVER
 
 pytestmark = pytest.mark.reliability
 
-FAKE = str(Path(__file__).parent / "fake_llama_server.py")
+FAKE = str(FAKE_LLAMA_SERVER)
 LOAD_SECONDS = float(os.environ.get("BODHI_LOAD_SECONDS", "30"))
 STREAMS = 256
 

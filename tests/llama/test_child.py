@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -17,7 +15,7 @@ from bodhi_trio._exceptions import LlamaServerExitedError, StartupError
 from bodhi_trio._llama._child import LaunchSpec, LlamaServer, serve_llama_server
 from bodhi_trio._llama._logtail import LogTail
 from bodhi_trio._transport._loopback import UpstreamPool, send_upstream
-from procs import child_client, group_members, is_alive, wait_gone
+from procs import child_client, group_members, is_alive, run_parent_and_sigkill_it, wait_gone
 
 
 def fake_spec(fake: Path, tmp_path: Path, *args: str, **kw: object) -> LaunchSpec:
@@ -217,43 +215,6 @@ async def test_non_executable_binary_is_a_startup_error(tmp_path: Path) -> None:
         async with trio.open_nursery() as nursery:
             with pytest.raises(StartupError, match="Permission denied"):
                 await nursery.start(serve_llama_server, spec)
-
-
-PARENT_SCRIPT = """
-import sys, trio
-from pathlib import Path
-from bodhi_trio._llama._child import LaunchSpec, serve_llama_server
-
-async def main():
-    spec = LaunchSpec(binary=Path(sys.argv[1]), model=Path(sys.argv[2]), alias="x",
-                      server_args=tuple(sys.argv[3:]))
-    async with trio.open_nursery() as nursery:
-        server = await nursery.start(serve_llama_server, spec)
-        print(server.pid, flush=True)
-        await trio.sleep_forever()
-
-trio.run(main)
-"""
-
-
-def start_parent(binary: Path, model: Path, *args: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-c", PARENT_SCRIPT, str(binary), str(model), *args],
-        stdout=subprocess.PIPE,
-    )
-
-
-async def run_parent_and_sigkill_it(binary: Path, model: Path, *args: str) -> int:
-    """Start a Python parent that owns a child, SIGKILL the parent; return the child pid."""
-    with start_parent(binary, model, *args) as parent:
-        try:
-            assert parent.stdout is not None
-            line = await trio.to_thread.run_sync(parent.stdout.readline)
-            child_pid = int(line)
-            assert is_alive(child_pid)
-        finally:
-            parent.kill()
-    return child_pid
 
 
 async def test_child_dies_when_its_parent_is_sigkilled(

@@ -21,8 +21,9 @@ import trio
 from bodhi_trio._bench._client import BenchConfig, run_bench
 from bodhi_trio._bench._scan import _Scan, _Totals
 from bodhi_trio._core._http1 import ChunkedDecoder
+from paths import REPO
 
-FAKE = Path(__file__).resolve().parents[1] / "benchmarks" / "fake_upstream.py"
+FAKE = REPO / "benchmarks" / "fake_upstream.py"
 
 
 def spawn_fake(*extra: str) -> tuple[subprocess.Popen[bytes], int]:

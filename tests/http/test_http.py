@@ -22,12 +22,13 @@ from bodhi_trio._config._demo import DEMO_ALIAS, DEMO_FILENAME, DEMO_REPO
 from bodhi_trio._core._address import Address
 from bodhi_trio._transport._loopback import UpstreamPool, send_upstream
 from httpserver import child_address, running_server
+from paths import FAKE_LLAMA_SERVER, REPO
 from procs import child_client
 
 # The real llama-server runs in every test here but the four fault cases, which use the fake.
 REAL = pytest.mark.llama
 
-README = Path(__file__).parent.parent / "README.md"
+README = REPO / "README.md"
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello"}]
 
 
@@ -183,7 +184,7 @@ async def client_state(url: str) -> dict[str, Any]:
         return state
 
 
-FAKE = str(Path(__file__).parent / "fake_llama_server.py")
+FAKE = str(FAKE_LLAMA_SERVER)
 
 
 def fake_alias(name: str, *fake_args: str) -> Alias:

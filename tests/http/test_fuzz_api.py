@@ -48,10 +48,11 @@ from bodhi_trio._http._openapi import openapi_document
 from bodhi_trio._http._routes import Routes
 from bodhi_trio._http._security import AccessPolicy
 from httpserver import running_server
+from paths import FAKE_LLAMA_SERVER
 
 pytestmark = pytest.mark.reliability
 
-FAKE = str(Path(__file__).parent / "fake_llama_server.py")
+FAKE = str(FAKE_LLAMA_SERVER)
 KEY = "fuzz-key-1"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 EXAMPLES = 50  # per operation and generation mode

@@ -17,11 +17,10 @@ from bodhi_trio._config._aliases import Alias
 from bodhi_trio._config._demo import DEMO_FILENAME, DEMO_REPO
 from bodhi_trio._config._settings import load_settings
 from bodhi_trio._context._open import open_context
-from bodhi_trio._core._address import Address
 from bodhi_trio._core._state import SlotStatus
-from bodhi_trio._transport._loopback import UpstreamPool, send_upstream
 from httpserver import running_server
 from procs import is_alive
+from streams import ONE_ERROR_EVENT_LAST, streams_in_flight
 
 pytestmark = [pytest.mark.llama, pytest.mark.reliability]
 
@@ -36,38 +35,12 @@ async def test_real_child_sigkilled_under_open_streams(tmp_path: Path, hub_cache
     body = json.dumps({"model": ENDLESS.alias, "messages": [{"role": "user", "content": "x"}],
                        "stream": True, "max_tokens": 1_000_000,
                        "ignore_eos": True}).encode()  # fmt: skip
-    outcomes: list[str] = []
-    streaming = 0
-    all_streaming = trio.Event()
     with trio.fail_after(90):  # liveness bound: what fails here is a hang
         async with (
             running_server(tmp_path, hub_cache, aliases=(ENDLESS,)) as server,
-            UpstreamPool() as pool,
             httpx.AsyncClient(base_url=server.url, timeout=30) as client,
         ):
-            ours = Address.tcp("127.0.0.1", int(server.url.rsplit(":", 1)[1]))
-
-            async def one() -> None:
-                nonlocal streaming
-                async with send_upstream(pool, ours, "/v1/chat/completions", body) as r:
-                    received = b""
-                    async for chunk in r:
-                        if not received:
-                            streaming += 1
-                            if streaming == STREAMS:
-                                all_streaming.set()
-                        received += chunk
-                events = [e for e in received.decode().split("\n\n") if e.startswith("data: ")]
-                errors = [e for e in events if e.startswith('data: {"error"')]
-                if len(errors) == 1 and events[-1] == errors[0]:
-                    outcomes.append("one error event, last")
-                else:
-                    outcomes.append(f"unexpected: {len(errors)} errors, last {events[-1][:60]}")
-
-            async with trio.open_nursery() as nursery:
-                for _ in range(STREAMS):
-                    nursery.start_soon(one)
-                await all_streaming.wait()
+            async with streams_in_flight(server.url, body, STREAMS) as streams:
                 child = (await client.get("/bodhi/v1/state")).json()["pid"]
                 os.kill(child, signal.SIGKILL)
             # A stream can see its connection break before the child's exit is reaped:
@@ -81,7 +54,7 @@ async def test_real_child_sigkilled_under_open_streams(tmp_path: Path, hub_cache
                       "max_tokens": 3},
             )  # fmt: skip
             fresh = (await client.get("/bodhi/v1/state")).json()
-    assert outcomes == ["one error event, last"] * STREAMS
+    assert streams.outcomes == [ONE_ERROR_EVENT_LAST] * STREAMS
     assert state["state"] == "crashed"
     assert "-9" in state["error"]
     assert again.status_code == 200

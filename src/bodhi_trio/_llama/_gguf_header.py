@@ -1,0 +1,162 @@
+"""A lean reader of a GGUF file's metadata (its key/value header), for memory estimates.
+
+``gguf.GGUFReader`` parses every field into numpy views, one per element of every
+array: on this project's 2-core test machine it took 6.5 s on the llama-3 vocabulary
+(128k tokens, 280k merges) and 17 s on gemma-4's (262k tokens, 515k merges), far too
+long for an admission decision. What the estimate needs is a dozen scalars and a few
+short per-layer arrays, so this reader decodes scalars and short numeric arrays and
+only steps over string arrays (reading each string's length, never its bytes). The
+file is memory-mapped: only the header's pages are read, never the tensor data. The
+value type codes and the magic come from the ``gguf`` package.
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+from pathlib import Path
+
+import gguf
+
+__all__ = ["GGUFHeaderError", "GGUFValue", "read_gguf_metadata"]
+
+GGUFValue = int | float | bool | str | tuple[int | float | bool, ...]
+"""A decoded metadata value: a scalar, a string or a short numeric array."""
+
+_VT = gguf.GGUFValueType
+_SCALAR_FORMATS: dict[int, str] = {
+    _VT.UINT8: "B",
+    _VT.INT8: "b",
+    _VT.UINT16: "H",
+    _VT.INT16: "h",
+    _VT.UINT32: "I",
+    _VT.INT32: "i",
+    _VT.FLOAT32: "f",
+    _VT.BOOL: "?",
+    _VT.UINT64: "Q",
+    _VT.INT64: "q",
+    _VT.FLOAT64: "d",
+}
+# Per-layer arrays (head counts, SWA patterns) have one entry per block; anything longer
+# (token scores, token types) is of no use to an estimate and is stepped over.
+_MAX_ARRAY = 4096
+# A string longer than this in the header is a broken file, not a chat template.
+_MAX_STRING = 64 * 1024 * 1024
+
+
+class GGUFHeaderError(ValueError):
+    """The file is not a GGUF file this reader understands, or its header is cut short."""
+
+
+class _Cursor:
+    """Reads little- or big-endian values from a mapped file, checking every bound."""
+
+    def __init__(self, data: mmap.mmap, order: str, path: Path) -> None:
+        self.data = data
+        self.order = order
+        self.path = path
+        self.offset = 0
+
+    def _need(self, size: int) -> None:
+        if self.offset + size > len(self.data):
+            raise GGUFHeaderError(f"{self.path}: GGUF header cut short at byte {self.offset}")
+
+    def scalar(self, fmt: str) -> int | float | bool:
+        layout = struct.Struct(self.order + fmt)
+        self._need(layout.size)
+        (value,) = layout.unpack_from(self.data, self.offset)
+        self.offset += layout.size
+        return value  # type: ignore[no-any-return]
+
+    def count(self) -> int:
+        return int(self.scalar("Q"))
+
+    def string(self) -> str:
+        length = self.count()
+        if length > _MAX_STRING:
+            raise GGUFHeaderError(f"{self.path}: GGUF string of {length} bytes in the header")
+        self._need(length)
+        raw = self.data[self.offset : self.offset + length]
+        self.offset += length
+        return raw.decode("utf-8", errors="replace")
+
+    def skip_strings(self, count: int) -> None:
+        # The hot loop for vocabularies: one unpack per string, no decoding.
+        length = struct.Struct(self.order + "Q")
+        data, offset, end = self.data, self.offset, len(self.data)
+        for _ in range(count):
+            if offset + 8 > end:
+                break
+            offset += 8 + length.unpack_from(data, offset)[0]
+        else:
+            if offset <= end:
+                self.offset = offset
+                return
+        raise GGUFHeaderError(f"{self.path}: GGUF header cut short in a string array")
+
+    def value(self, value_type: int) -> GGUFValue | None:
+        """Decode one value; ``None`` for an array this reader steps over."""
+        if value_type == _VT.STRING:
+            return self.string()
+        if value_type in _SCALAR_FORMATS:
+            return self.scalar(_SCALAR_FORMATS[value_type])
+        if value_type != _VT.ARRAY:
+            raise GGUFHeaderError(f"{self.path}: unknown GGUF value type {value_type}")
+        item_type = int(self.scalar("I"))
+        count = self.count()
+        if item_type == _VT.STRING:
+            self.skip_strings(count)
+            return None
+        if item_type not in _SCALAR_FORMATS:
+            raise GGUFHeaderError(f"{self.path}: unsupported GGUF array of type {item_type}")
+        fmt = _SCALAR_FORMATS[item_type]
+        size = struct.calcsize(fmt) * count
+        self._need(size)
+        if count > _MAX_ARRAY:
+            self.offset += size
+            return None
+        items = struct.unpack_from(f"{self.order}{count}{fmt}", self.data, self.offset)
+        self.offset += size
+        return tuple(items)
+
+
+def read_gguf_metadata(path: Path) -> dict[str, GGUFValue]:
+    """Read the metadata of a GGUF file (versions 2 and 3, either byte order).
+
+    Blocking, but cheap: tens of milliseconds for a 262k-token vocabulary.
+
+    Args:
+        path: The GGUF file (symlinks followed). For a split model, its first part.
+
+    Returns:
+        Every key with a scalar, string or numeric-array value of at most 4096 items;
+        string arrays (the vocabulary) and longer arrays are left out.
+
+    Raises:
+        OSError: The file cannot be opened.
+        GGUFHeaderError: Not a GGUF file, an unsupported version, or a cut-short header.
+    """
+    with path.open("rb") as file:
+        try:
+            data = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+        except ValueError:  # an empty file cannot be mapped
+            raise GGUFHeaderError(f"{path}: not a GGUF file (empty)") from None
+    with data:
+        if len(data) < 24 or struct.unpack_from("<I", data, 0)[0] != gguf.GGUF_MAGIC:
+            raise GGUFHeaderError(f"{path}: not a GGUF file (no GGUF magic)")
+        # A file written on a big-endian machine shows its version byte-swapped.
+        order = "<" if struct.unpack_from("<I", data, 4)[0] & 0xFFFF else ">"
+        cursor = _Cursor(data, order, path)
+        cursor.offset = 4
+        version = int(cursor.scalar("I"))
+        if version not in (2, 3):
+            raise GGUFHeaderError(f"{path}: GGUF version {version} is not supported")
+        cursor.count()  # tensor count
+        kv_count = cursor.count()
+        metadata: dict[str, GGUFValue] = {}
+        for _ in range(kv_count):
+            key = cursor.string()
+            value = cursor.value(int(cursor.scalar("I")))
+            if value is not None:
+                metadata[key] = value
+        return metadata
