@@ -85,13 +85,15 @@ async def run(home: Path) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(stream_to_stdout, ctx)
             nursery.start_soon(stream_and_cancel, ctx, 5)
-        state = ctx.state
+        model = ctx.state.model(bodhi_trio.lowlevel.DEMO_ALIAS)
+        assert model is not None
         print(
-            f"state: {state.status} alias={state.alias} pid={state.pid}"
-            f" in_flight={state.in_flight} starts={ctx.statistics().starts}"
+            f"state: {model.status} alias={model.alias} pid={model.pid}"
+            f" in_flight={model.in_flight} starts={ctx.statistics().starts}"
         )
     # Leaving open_context stopped llama-server (SIGTERM to its process group, then reaped).
-    print(f"after close: {ctx.state.status} pid={ctx.state.pid}")
+    status = ctx.state.status_of(bodhi_trio.lowlevel.DEMO_ALIAS)
+    print(f"after close: {status} models={len(ctx.state.models)}")
 
 
 def main() -> int:

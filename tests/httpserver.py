@@ -6,6 +6,7 @@ import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import attrs
 import httpx
@@ -77,3 +78,13 @@ async def child_address(url: str, **headers: str) -> Address:
         if match := _READY.search(line):
             return Address.unix(match.group(1))
     raise AssertionError(f"no ready line in the child's log: {lines[-5:]}")
+
+
+def one_model(state: dict[str, Any], alias: str | None = None) -> dict[str, Any]:
+    """From ``GET /bodhi/v1/state``: ``alias``'s entry, or (``None``) the newest one; a
+    stopped placeholder when there is none."""
+    models = [m for m in state["models"] if alias is None or m["alias"] == alias]
+    if not models:
+        return {"alias": None, "state": "stopped", "pid": None, "in_flight": 0, "error": None}
+    entry: dict[str, Any] = max(models, key=lambda m: m["since"])
+    return entry

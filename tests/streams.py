@@ -12,16 +12,19 @@ from bodhi_trio._core._address import Address
 from bodhi_trio._transport._loopback import UpstreamPool, send_upstream
 
 ONE_ERROR_EVENT_LAST = "one error event, last"
+DONE_LAST = "no error event, [DONE] last"
 
 
 def outcome(status: int, received: bytes) -> str:
-    """How one stream ended: ``ONE_ERROR_EVENT_LAST`` or what went wrong instead."""
+    """How one stream ended: ``ONE_ERROR_EVENT_LAST``, ``DONE_LAST`` or something else."""
     events = [e for e in received.decode().split("\n\n") if e.startswith("data: ")]
     errors = [e for e in events if e.startswith('data: {"error"')]
     if status != 200:
         return f"status {status}"
     if len(errors) == 1 and events[-1] == errors[0]:
         return ONE_ERROR_EVENT_LAST
+    if not errors and events and events[-1] == "data: [DONE]":
+        return DONE_LAST
     return f"unexpected: {len(errors)} errors, last {events[-1][:60] if events else 'nothing'}"
 
 

@@ -39,7 +39,7 @@ def test_stream_and_cancel(tmp_path: Path, llama_server_binary: Path) -> None:
     assert "[long] cancelled after 5 chunks: True" in out
     state = re.search(r"state: ready alias=demo:tiny pid=(\d+) in_flight=0 starts=1", out)
     assert state is not None, out
-    assert "after close: stopped pid=None" in out
+    assert "after close: stopped models=0" in out
     pid = int(state.group(1))
     assert not is_alive(pid)  # the context stopped llama-server on exit
     assert group_members(pid) == []

@@ -26,8 +26,8 @@ PUBLIC = {
 }  # fmt: skip
 LOWLEVEL = {
     "DEMO_ALIAS", "Address", "DemoModel", "LaunchSpec", "LlamaServer", "LogTail",
-    "ModelLoadStrategy", "RWLock", "RWLockStatistics", "apply_request_params",
-    "child_environment", "choose_strategy", "ensure_demo_model", "find_llama_server",
+    "RWLock", "RWLockStatistics", "apply_request_params",
+    "child_environment", "ensure_demo_model", "find_llama_server",
     "install_llama_server", "merge_server_args", "serve_llama_server",
 }  # fmt: skip
 

@@ -26,6 +26,8 @@ single boundary, and the CLI prints ``message`` as one line.
     ├── LlamaServerInstallError         500 internal_server_error  llama_server_install_failed
     ├── StartupError                    500 internal_server_error  server_startup_failed
     ├── UnavailableError                503 service_unavailable    service_unavailable
+    │   ├── ServerBusyError             429 rate_limit_error       server_busy
+    │   ├── InsufficientMemoryError                                insufficient_memory
     │   └── ResponseInterruptedError                               response_interrupted
     └── UpstreamError                   502 upstream_error         upstream_error
         └── LlamaServerExitedError                                 llama_server_exited
@@ -56,7 +58,9 @@ __all__ = [
     "ServerArgsError",
     "SettingsError",
     "StartupError",
+    "InsufficientMemoryError",
     "ResponseInterruptedError",
+    "ServerBusyError",
     "UnavailableError",
     "UpstreamError",
 ]
@@ -267,6 +271,20 @@ class UnavailableError(BodhiError):
     def __init__(self, message: str, *, retry_after: int = 1) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class ServerBusyError(UnavailableError):
+    """A model has ``BODHI_MAX_QUEUE`` requests admitted already: retry later."""
+
+    status = 429
+    error_type = "rate_limit_error"
+    code = "server_busy"
+
+
+class InsufficientMemoryError(UnavailableError):
+    """A model's memory estimate exceeds the whole memory budget: it can never load."""
+
+    code = "insufficient_memory"
 
 
 class ResponseInterruptedError(UnavailableError):

@@ -15,8 +15,6 @@ from bodhi_trio._config._demo import ensure_demo_model as ensure_demo_model
 from bodhi_trio._core._address import Address as Address
 from bodhi_trio._core._rwlock import RWLock as RWLock
 from bodhi_trio._core._rwlock import RWLockStatistics as RWLockStatistics
-from bodhi_trio._core._state import ModelLoadStrategy as ModelLoadStrategy
-from bodhi_trio._core._state import choose_strategy as choose_strategy
 from bodhi_trio._exports import fix_module_names
 from bodhi_trio._llama._child import LlamaServer as LlamaServer
 from bodhi_trio._llama._child import serve_llama_server as serve_llama_server
@@ -34,12 +32,10 @@ __all__ = [
     "LaunchSpec",
     "LlamaServer",
     "LogTail",
-    "ModelLoadStrategy",
     "RWLock",
     "RWLockStatistics",
     "apply_request_params",
     "child_environment",
-    "choose_strategy",
     "ensure_demo_model",
     "find_llama_server",
     "install_llama_server",

@@ -8,14 +8,9 @@ same virtual clock. The real llama-server version of the key cases is in
 
 from __future__ import annotations
 
-import itertools
-import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import attrs
 import pytest
 import trio
 import trio.testing
@@ -23,224 +18,18 @@ import trio.testing
 from bodhi_trio._config._alias_store import AliasStore
 from bodhi_trio._config._aliases import Alias
 from bodhi_trio._config._settings import load_settings
-from bodhi_trio._context._open import SharedContext, open_context
-from bodhi_trio._core._address import Address
+from bodhi_trio._context._open import open_context
 from bodhi_trio._core._state import (
     EventKind,
-    ModelLoadStrategy,
     ServerEvent,
     SlotStatus,
-    choose_strategy,
 )
 from bodhi_trio._exceptions import (
     AliasNotFoundError,
-    LlamaServerExitedError,
     ResponseInterruptedError,
     StartupError,
-    UpstreamError,
 )
-from bodhi_trio._llama._child import LaunchSpec
-from bodhi_trio._llama._logtail import LogTail
-from bodhi_trio._transport._loopback import Probe
-
-
-@attrs.define
-class FakeServer:
-    pid: int
-    alias: str
-    variant: str
-    args: tuple[str, ...]
-    crash: trio.Event = attrs.field(factory=trio.Event)
-    killed: bool = False
-
-    @property
-    def base_url(self) -> str:
-        return f"http://fake-{self.pid}"
-
-    @property
-    def address(self) -> Address:
-        return Address.unix(f"/fake/{self.pid}.sock")
-
-    def kill(self) -> None:
-        self.killed = True
-        self.crash.set()
-
-
-@attrs.define(eq=False)
-class FakeLauncher:
-    """Starts fake servers: a load takes ``load_seconds`` of virtual time."""
-
-    load_seconds: float = 1.0
-    fail_aliases: set[str] = attrs.field(factory=set)
-    starts: list[FakeServer] = attrs.field(factory=list)
-    alive: dict[str, FakeServer] = attrs.field(factory=dict)  # base_url -> server
-    max_alive: int = 0
-    _pids: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1000))
-
-    async def __call__(
-        self, spec: LaunchSpec, log: LogTail | None = None, *, task_status: Any = None
-    ) -> None:
-        pid = next(self._pids)
-        await trio.sleep(self.load_seconds)
-        if spec.alias in self.fail_aliases:
-            raise StartupError(f"fake {spec.alias} failed to load", log_tail=["boom"])
-        server = FakeServer(pid, spec.alias, spec.variant, spec.server_args)
-        self.starts.append(server)
-        self.alive[server.base_url] = server
-        self.max_alive = max(self.max_alive, len(self.alive))
-        try:
-            task_status.started(server)
-            await server.crash.wait()
-            raise LlamaServerExitedError(3, ["fake crash"])
-        finally:
-            del self.alive[server.base_url]
-
-
-@attrs.define(eq=False)
-class FakeResponse:
-    """llama-server's answer: JSON, or ``events`` SSE events one every ``interval`` s."""
-
-    status_code: int
-    headers: dict[str, str]
-    body: bytes = b""
-    events: int = 0
-    interval: float = 0.0
-
-    _sent: int = 0
-    _done: bool = False
-
-    def __aiter__(self) -> FakeResponse:
-        return self
-
-    async def __anext__(self) -> bytes:
-        if self._done:
-            raise StopAsyncIteration
-        if self.body:
-            self._done = True
-            return self.body
-        if self._sent < self.events:
-            await trio.sleep(self.interval)
-            self._sent += 1
-            return b'data: {"n": %d}\n\n' % (self._sent - 1)
-        self._done = True
-        return b"data: [DONE]\n\n"
-
-    async def aread(self) -> bytes:
-        return b"".join([chunk async for chunk in self])
-
-
-@attrs.define(eq=False)
-class FakeSender:
-    """llama-server's HTTP side: only a live fake answers; the body says how long to stream."""
-
-    launcher: FakeLauncher
-    closed_idle: list[Address] = attrs.field(factory=list)
-
-    def _server(self, address: Address) -> FakeServer | None:
-        pid = Path(str(address.unix_socket)).stem
-        return self.launcher.alive.get(f"http://fake-{pid}")
-
-    @asynccontextmanager
-    async def send(self, address: Address, path: str, body: bytes) -> AsyncIterator[FakeResponse]:
-        server = self._server(address)
-        if server is None:
-            raise UpstreamError(f"cannot connect to llama-server at {address}")
-        request = json.loads(body)
-        if request.get("stream"):
-            yield FakeResponse(
-                200,
-                {"content-type": "text/event-stream"},
-                events=request.get("events", 3),
-                interval=request.get("interval", 0.1),
-            )
-        else:
-            reply = json.dumps({"served_by": server.pid, "request": request}).encode()
-            yield FakeResponse(200, {"content-type": "application/json"}, body=reply)
-
-    async def close_idle(self, address: Address) -> None:
-        self.closed_idle.append(address)
-
-    async def probe(self, address: Address, path: str, *, within: float) -> Probe | None:
-        server = self._server(address)
-        if server is None or server.killed:
-            return None
-        return Probe(200, b'{"status": "ok"}' if path == "/health" else b"[]")
-
-    def waiting_since(self, address: Address) -> float | None:
-        return None
-
-    async def abort_waiting(self, address: Address, *, since_before: float, reason: str) -> int:
-        return 0
-
-
-@attrs.define(eq=False)
-class Harness:
-    ctx: SharedContext
-    launcher: FakeLauncher
-    events: list[ServerEvent]
-
-    async def chat(self, alias: str, **body: Any) -> dict[str, Any]:
-        request = {"model": alias, "messages": [{"role": "user", "content": "hi"}], **body}
-        async with self.ctx.forward("/v1/chat/completions", request) as response:
-            result: dict[str, Any] = json.loads(await response.aread())
-            return result
-
-    async def stream(self, alias: str, events: int, interval: float) -> list[bytes]:
-        request = {"model": alias, "stream": True, "events": events, "interval": interval}
-        chunks = []
-        async with self.ctx.forward("/v1/chat/completions", request) as response:
-            async for chunk in response:
-                chunks.append(chunk)
-        return chunks
-
-    def kinds(self) -> list[tuple[str, str | None]]:
-        return [(e.kind.value, e.alias) for e in self.events]
-
-
-def spec_builder(alias: Alias, variant: str) -> LaunchSpec:
-    return LaunchSpec(
-        binary=Path(f"/fake/{variant}/llama-server"),
-        model=Path("/fake/model.gguf"),
-        alias=alias.alias,
-        server_args=(f"--variant-arg-{variant}", *alias.context_params),
-        variant=variant,
-    )
-
-
-@asynccontextmanager
-async def harness(
-    tmp_path: Path, *, launcher: FakeLauncher | None = None, **env: str
-) -> AsyncIterator[Harness]:
-    settings = load_settings(
-        home=tmp_path,
-        env={"BODHI_KEEP_ALIVE_SECS": "-1", "BODHI_DRAIN_TIMEOUT_SECS": "30", **env},
-    )
-    store = AliasStore(settings.aliases_dir)
-    for name in ("a", "b", "c"):
-        store.create(Alias(name, "org/repo", f"{name}.gguf", context_params=(f"--ctx-{name}",)))
-    fake = launcher or FakeLauncher()
-    events: list[ServerEvent] = []
-
-    async def record(event: ServerEvent) -> None:
-        events.append(event)
-
-    async with open_context(
-        settings, launcher=fake, spec_builder=spec_builder, sender=FakeSender(fake)
-    ) as ctx:
-        ctx.add_state_listener(record, name="recorder")
-        yield Harness(ctx, fake, events)
-
-
-@pytest.mark.parametrize(
-    ("loaded", "requested", "expected"),
-    [
-        (None, "a", ModelLoadStrategy.LOAD),
-        ("a", "a", ModelLoadStrategy.CONTINUE),
-        ("b", "a", ModelLoadStrategy.DROP_AND_LOAD),
-    ],
-)
-def test_strategy_table(loaded: str | None, requested: str, expected: ModelLoadStrategy) -> None:
-    assert choose_strategy(loaded, requested) is expected
+from fake_context import FakeLauncher, harness, newest, spec_builder
 
 
 async def test_fifty_concurrent_requests_start_one_child(
@@ -257,8 +46,8 @@ async def test_fifty_concurrent_requests_start_one_child(
                 nursery.start_soon(one)
         assert len(h.launcher.starts) == 1
         assert served == [h.launcher.starts[0].pid] * 50
-        assert h.ctx.state.status is SlotStatus.READY
-        assert h.ctx.state.in_flight == 0
+        assert h.slot.status is SlotStatus.READY
+        assert h.slot.in_flight == 0
 
 
 async def test_request_params_fill_gaps(
@@ -332,7 +121,7 @@ async def test_swap_waits_for_streams_and_blocks_new_readers(
             await trio.testing.wait_all_tasks_blocked()
             nursery.start_soon(late_a)  # arrives while the swap waits: queued behind it
             await trio.testing.wait_all_tasks_blocked()
-            assert h.ctx.statistics().lock.writers_waiting == 1
+            assert h.ctx.statistics().locks["a"].writers_waiting == 1
         a1, b1, a2 = h.launcher.starts
         assert (a1.alias, b1.alias, a2.alias) == ("a", "b", "a")
         assert results["long_a"][-1] == b"data: [DONE]\n\n"  # not cut: the swap waited
@@ -383,9 +172,9 @@ async def test_crash_ends_streams_and_next_request_reloads(
             nursery.start_soon(streaming)
             await h.ctx.wait_state(lambda s: s.in_flight == 1)
             first.crash.set()
-        assert h.ctx.state.status is SlotStatus.CRASHED
+        assert h.slot.status is SlotStatus.CRASHED
         assert not h.ctx.is_loaded()
-        assert "exited unexpectedly with code 3" in (h.ctx.state.error or "")
+        assert "exited unexpectedly with code 3" in (h.slot.error or "")
         reply = await h.chat("a")
         assert len(h.launcher.starts) == 2
         assert reply["served_by"] == h.launcher.starts[1].pid
@@ -412,8 +201,8 @@ async def test_failed_load_reaches_every_waiter_and_next_request_retries(
                 nursery.start_soon(one)
         assert len(errors) == 5
         assert len({id(e) for e in errors}) == 1  # one load, one error
-        assert h.ctx.state.status is SlotStatus.STOPPED
-        assert "failed to load" in (h.ctx.state.error or "")
+        assert h.slot.status is SlotStatus.STOPPED
+        assert "failed to load" in (h.slot.error or "")
         launcher.fail_aliases.clear()
         assert (await h.chat("a"))["served_by"] == launcher.starts[0].pid
 
@@ -424,10 +213,10 @@ async def test_waiter_leaving_does_not_cancel_the_load(
     async with harness(tmp_path) as h:
         with trio.move_on_after(0.5):  # the load takes 1 s
             await h.chat("a")
-        assert h.ctx.state.status is SlotStatus.LOADING
-        await h.ctx.wait_state(lambda s: s.status is SlotStatus.READY)
+        assert h.slot.status is SlotStatus.LOADING
+        await h.ctx.wait_state(lambda s: newest(s).status is SlotStatus.READY)
         await trio.testing.wait_all_tasks_blocked()
-        assert h.ctx.statistics().lock.readers == 0  # no hold for the request that left
+        assert h.ctx.statistics().locks["a"].readers == 0  # no hold for the request that left
         assert len(h.launcher.starts) == 1
 
 
@@ -445,11 +234,11 @@ async def test_keep_alive(
         await h.chat("a")
         ended = trio.current_time()
         with trio.move_on_after(3600):
-            await h.ctx.wait_state(lambda s: s.status is SlotStatus.STOPPED)
+            await h.ctx.wait_state(lambda s: newest(s).status is SlotStatus.STOPPED)
         if expect_stopped_after is None:
-            assert h.ctx.state.status is SlotStatus.READY
+            assert h.slot.status is SlotStatus.READY
         else:
-            assert h.ctx.state.status is SlotStatus.STOPPED
+            assert h.slot.status is SlotStatus.STOPPED
             assert trio.current_time() - ended == pytest.approx(expect_stopped_after, abs=0.01)
             await trio.testing.wait_all_tasks_blocked()  # listeners run in their own tasks
             assert h.kinds()[-1] == ("stop", "a")
@@ -463,9 +252,9 @@ async def test_long_stream_is_not_cut_by_a_shorter_keep_alive(
         chunks = await h.stream("a", 20, 0.5)  # 10 s
         assert chunks[-1] == b"data: [DONE]\n\n"
         assert len(chunks) == 21
-        assert h.ctx.state.status is SlotStatus.READY  # counted from the end: 2 s from now
+        assert h.slot.status is SlotStatus.READY  # counted from the end: 2 s from now
         ended = trio.current_time()
-        await h.ctx.wait_state(lambda s: s.status is SlotStatus.STOPPED)
+        await h.ctx.wait_state(lambda s: newest(s).status is SlotStatus.STOPPED)
         assert trio.current_time() - ended == pytest.approx(2, abs=0.01)
 
 
@@ -476,7 +265,7 @@ async def test_idle_countdown_restarts_with_each_response(
         for _ in range(4):
             await h.chat("a")
             await trio.sleep(4)  # virtual: less than the keep-alive each time
-        assert h.ctx.state.status is SlotStatus.READY
+        assert h.slot.status is SlotStatus.READY
         assert len(h.launcher.starts) == 1
 
 
@@ -490,7 +279,7 @@ async def test_variant_switch_restarts_with_new_binary_and_args(
         await h.ctx.load("a")
         state = await h.ctx.set_exec_variant("cuda")
         assert state.variant == "cuda"
-        assert state.status is SlotStatus.READY
+        assert state.status_of("a") is SlotStatus.READY
         before, after = h.launcher.starts
         assert before.variant == "cpu"
         assert after.variant == "cuda"
@@ -506,7 +295,7 @@ async def test_stop_then_is_loaded(tmp_path: Path, autojump_clock: trio.testing.
         assert h.ctx.is_loaded()
         await h.ctx.stop()
         assert not h.ctx.is_loaded()
-        assert h.ctx.state.status is SlotStatus.STOPPED
+        assert h.slot.status is SlotStatus.STOPPED
         assert h.launcher.alive == {}
 
 
@@ -533,7 +322,7 @@ async def test_listeners_get_events_in_order_and_are_isolated(
         await trio.testing.wait_all_tasks_blocked()
         assert h.kinds() == [
             ("loading", "a"), ("start", "a"), ("chat_completions", "a"),
-            ("stop", "a"), ("loading", "b"), ("start", "b"), ("chat_completions", "b"),
+            ("loading", "b"), ("stop", "a"), ("start", "b"), ("chat_completions", "b"),
             ("stop", "b"),
         ]  # fmt: skip
         assert [e.seq for e in h.events] == list(range(1, 9))

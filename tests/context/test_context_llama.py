@@ -15,7 +15,7 @@ from bodhi_trio._config._aliases import Alias
 from bodhi_trio._config._demo import DEMO_FILENAME, DEMO_REPO
 from bodhi_trio._config._settings import load_settings
 from bodhi_trio._context._open import SharedContext, open_context
-from bodhi_trio._core._state import EventKind, ServerEvent
+from bodhi_trio._core._state import EventKind, ServerEvent, SlotStatus
 from bodhi_trio._exceptions import ResponseInterruptedError
 from procs import child_client, is_alive
 
@@ -30,7 +30,13 @@ async def real_context(
 ) -> AsyncIterator[SharedContext]:
     settings = load_settings(
         home=tmp_path,
-        env={"HF_HUB_CACHE": str(hub_cache), "BODHI_KEEP_ALIVE_SECS": "-1", **env},
+        # One model at a time: these are the one-slot swap rules on the real server.
+        env={
+            "HF_HUB_CACHE": str(hub_cache),
+            "BODHI_KEEP_ALIVE_SECS": "-1",
+            "BODHI_MAX_LOADED_MODELS": "1",
+            **env,
+        },
     )
     store = AliasStore(settings.aliases_dir)
     for name in ("tiny:a", "tiny:b"):
@@ -92,7 +98,9 @@ async def test_swaps_a_b_a_with_streams_in_flight(
                 nursery.start_soon(stream, ctx, "tiny:a", True)
                 await ctx.wait_state(lambda s: s.in_flight == 1)
                 nursery.start_soon(stream, ctx, "tiny:b", False)
-                await ctx.wait_state(lambda s: s.alias == "tiny:b" and s.in_flight == 1)
+                await ctx.wait_state(
+                    lambda s: s.status_of("tiny:b") is SlotStatus.READY and s.in_flight == 1
+                )
                 nursery.start_soon(stream, ctx, "tiny:a", False)
             assert ctx.statistics().starts == 3
         await trio.testing.wait_all_tasks_blocked()
@@ -119,7 +127,7 @@ async def test_cancelled_stream_stops_generation(
     with trio.fail_after(120):  # liveness bound for the whole test
         async with real_context(tmp_path, hub_cache, demo_model_path) as ctx:
             await ctx.load("tiny:a")
-            address = ctx.child_address
+            address = ctx.child_address("tiny:a")
             assert address is not None
             with trio.CancelScope() as client:
                 endless = chat("tiny:a", 1_000_000)

@@ -21,7 +21,7 @@ from bodhi_trio._config._aliases import Alias
 from bodhi_trio._config._demo import DEMO_ALIAS, DEMO_FILENAME, DEMO_REPO
 from bodhi_trio._core._address import Address
 from bodhi_trio._transport._loopback import UpstreamPool, send_upstream
-from httpserver import child_address, running_server
+from httpserver import child_address, one_model, running_server
 from paths import FAKE_LLAMA_SERVER, REPO
 from procs import child_client
 
@@ -180,7 +180,7 @@ async def test_client_disconnect_mid_stream_stops_generation(
 
 async def client_state(url: str) -> dict[str, Any]:
     async with httpx.AsyncClient() as client:
-        state: dict[str, Any] = (await client.get(url + "/bodhi/v1/state")).json()
+        state: dict[str, Any] = one_model((await client.get(url + "/bodhi/v1/state")).json())
         return state
 
 
@@ -212,7 +212,9 @@ async def stream_from_fake(
             httpx.AsyncClient(timeout=30) as client,
         ):
             response = await client.post(server.url + "/v1/chat/completions", json=request)
-            state: dict[str, Any] = (await client.get(server.url + "/bodhi/v1/state")).json()
+            state: dict[str, Any] = one_model(
+                (await client.get(server.url + "/bodhi/v1/state")).json()
+            )
     return response, state
 
 
@@ -271,9 +273,9 @@ async def test_disconnect_during_load_lets_the_load_finish(tmp_path: Path, hub_c
             with trio.move_on_after(0.3):  # leave while it loads
                 await client.post(server.url + "/v1/chat/completions", json=request)
             with trio.fail_after(10):
-                while (await client.get(server.url + "/bodhi/v1/state")).json()["state"] != "ready":  # noqa: ASYNC110
+                while (await client_state(server.url))["state"] != "ready":  # noqa: ASYNC110
                     await trio.sleep(0.05)
-            state = (await client.get(server.url + "/bodhi/v1/state")).json()
+            state = one_model((await client.get(server.url + "/bodhi/v1/state")).json())
     assert state["alias"] == "slow:1"
     assert state["error"] is None
 
@@ -292,7 +294,7 @@ async def test_events_stream_shows_load_and_stop(tmp_path: Path, hub_cache: Path
             ) as events:
                 assert events.headers["content-type"] == "text/event-stream"
                 load = await client.post("/bodhi/v1/server/load", json={"alias": DEMO_ALIAS})
-                assert load.json()["state"] == "ready"
+                assert one_model(load.json())["state"] == "ready"
                 await client.post("/bodhi/v1/server/stop")
                 received = b""
                 async for chunk in events:

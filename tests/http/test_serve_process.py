@@ -16,6 +16,7 @@ import trio
 
 from bodhi_trio._core._address import Address
 from bodhi_trio._transport._loopback import UpstreamPool, send_upstream
+from httpserver import one_model
 from procs import is_alive
 
 pytestmark = pytest.mark.llama
@@ -110,7 +111,7 @@ async def test_sigterm_with_sixteen_streams_open(tmp_path: Path) -> None:
                         nursery.start_soon(client, pool)
                     await all_streaming.wait()
                     async with httpx.AsyncClient() as probe:
-                        child = (await probe.get(url + "/bodhi/v1/state")).json()["pid"]
+                        child = one_model((await probe.get(url + "/bodhi/v1/state")).json())["pid"]
                     assert is_alive(child)
                     process.send_signal(signal.SIGTERM)
                     # A thread's wait cannot be cancelled: it gets the bound itself

@@ -14,7 +14,7 @@ import trio
 
 from bodhi_trio._config._aliases import Alias
 from bodhi_trio._config._demo import DEMO_FILENAME, DEMO_REPO
-from httpserver import running_server
+from httpserver import one_model, running_server
 from paths import FAKE_LLAMA_SERVER
 from procs import is_alive
 from streams import ONE_ERROR_EVENT_LAST, streams_in_flight
@@ -35,15 +35,15 @@ async def test_child_sigkilled_under_64_streams(tmp_path: Path, hub_cache: Path)
             httpx.AsyncClient(base_url=server.url, timeout=30) as client,
         ):
             async with streams_in_flight(server.url, body, 64) as streams:
-                child = (await client.get("/bodhi/v1/state")).json()["pid"]
+                child = one_model((await client.get("/bodhi/v1/state")).json())["pid"]
                 os.kill(child, signal.SIGKILL)
-            state = (await client.get("/bodhi/v1/state")).json()
+            state = one_model((await client.get("/bodhi/v1/state")).json())
             again = await client.post(
                 "/v1/chat/completions",
                 json={"model": "slow:1", "messages": [{"role": "user", "content": "x"}],
                       "max_tokens": 3},
             )  # fmt: skip
-            new_child = (await client.get("/bodhi/v1/state")).json()["pid"]
+            new_child = one_model((await client.get("/bodhi/v1/state")).json())["pid"]
     assert streams.outcomes == [ONE_ERROR_EVENT_LAST] * 64
     assert state["state"] == "crashed"
     assert "-9" in state["error"]
@@ -69,7 +69,7 @@ async def test_model_file_deleted_while_loaded(tmp_path: Path) -> None:
             running = await client.post("/v1/chat/completions", json=chat)
             await client.post("/bodhi/v1/server/stop")
             reload = await client.post("/v1/chat/completions", json=chat)
-            state = (await client.get("/bodhi/v1/state")).json()
+            state = one_model((await client.get("/bodhi/v1/state")).json())
     assert running.status_code == 200  # the loaded model is unaffected
     assert reload.status_code == 404
     assert reload.json()["error"]["code"] == "model_file_not_found"
@@ -107,7 +107,7 @@ async def test_a_client_that_stops_reading_does_not_hold_the_slot(
     with trio.fail_after(60):
         async with (
             running_server(tmp_path, hub_cache, aliases=(fast, other), BODHI_LLAMA_SERVER=FAKE,
-                           BODHI_DRAIN_TIMEOUT_SECS="1") as server,
+                           BODHI_DRAIN_TIMEOUT_SECS="1", BODHI_MAX_LOADED_MODELS="1") as server,
             httpx.AsyncClient(base_url=server.url, timeout=30) as client,
         ):  # fmt: skip
             host, port = server.url.removeprefix("http://").split(":")
@@ -124,5 +124,5 @@ async def test_a_client_that_stops_reading_does_not_hold_the_slot(
                 with trio.fail_after(15):  # drain timeout 1 s, then the swap
                     swap = await client.post("/v1/chat/completions", json=request)
                 assert swap.status_code == 200
-                state = (await client.get("/bodhi/v1/state")).json()
+                state = one_model((await client.get("/bodhi/v1/state")).json())
                 assert (state["alias"], state["state"]) == ("other:1", "ready")

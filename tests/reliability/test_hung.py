@@ -20,7 +20,7 @@ from bodhi_trio._config._aliases import Alias
 from bodhi_trio._config._demo import DEMO_FILENAME, DEMO_REPO
 from bodhi_trio._core._address import Address
 from bodhi_trio._transport._loopback import UpstreamPool, send_upstream
-from httpserver import running_server
+from httpserver import one_model, running_server
 from paths import FAKE_LLAMA_SERVER
 from procs import is_alive
 from streams import ONE_ERROR_EVENT_LAST, streams_in_flight
@@ -50,17 +50,17 @@ async def test_a_stopped_child_ends_every_stream_and_is_replaced(
             httpx.AsyncClient(base_url=server.url, timeout=30) as client,
         ):  # fmt: skip
             async with streams_in_flight(server.url, body, 8) as streams:
-                frozen = (await client.get("/bodhi/v1/state")).json()["pid"]
+                frozen = one_model((await client.get("/bodhi/v1/state")).json())["pid"]
                 os.kill(frozen, signal.SIGSTOP)
                 stopped_at = trio.current_time()
             ended_after = trio.current_time() - stopped_at
-            state = (await client.get("/bodhi/v1/state")).json()
+            state = one_model((await client.get("/bodhi/v1/state")).json())
             again = await client.post(
                 "/v1/chat/completions",
                 json={"model": "long:1", "messages": [{"role": "user", "content": "x"}],
                       "max_tokens": 3},
             )  # fmt: skip
-            fresh = (await client.get("/bodhi/v1/state")).json()
+            fresh = one_model((await client.get("/bodhi/v1/state")).json())
     assert streams.outcomes == [ONE_ERROR_EVENT_LAST] * 8
     assert ended_after < 10
     assert state["state"] == "hung"

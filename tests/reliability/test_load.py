@@ -20,7 +20,7 @@ from bodhi_trio._config._aliases import Alias
 from bodhi_trio._config._demo import DEMO_FILENAME, DEMO_REPO
 from bodhi_trio._core._address import Address
 from bodhi_trio._transport._loopback import UpstreamPool, send_upstream
-from httpserver import running_server
+from httpserver import one_model, running_server
 from paths import FAKE_LLAMA_SERVER
 
 pytestmark = pytest.mark.reliability
@@ -100,7 +100,7 @@ async def test_256_streams_then_back_to_baseline(
                 assert warm == []
                 before = (open_fds(), trio_tasks(), rss_mib())
                 problems = await hammer(server.url, "load:1", LOAD_SECONDS, STREAMS, 20)
-                state = (await client.get("/bodhi/v1/state")).json()
+                state = one_model((await client.get("/bodhi/v1/state")).json())
             # The server finishes what the leaving clients abandoned at its own pace (the
             # machine was saturated): wait for the work to drain, then count.
             with trio.fail_after(30):
@@ -148,7 +148,7 @@ async def test_a_slow_reader_does_not_hold_up_the_others(tmp_path: Path, hub_cac
                 slow.close()
             async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
                 with trio.fail_after(30):  # liveness bound: a response that never ends
-                    while (await client.get("/bodhi/v1/state")).json()["in_flight"]:  # noqa: ASYNC110
+                    while one_model((await client.get("/bodhi/v1/state")).json())["in_flight"]:  # noqa: ASYNC110
                         await trio.sleep(0.05)
     assert read_slowly == 5
     assert grown < 32, f"memory grew {grown:.1f} MiB behind one slow reader"

@@ -18,7 +18,7 @@ from bodhi_trio._config._demo import DEMO_FILENAME, DEMO_REPO
 from bodhi_trio._config._settings import load_settings
 from bodhi_trio._context._open import open_context
 from bodhi_trio._core._state import SlotStatus
-from httpserver import running_server
+from httpserver import one_model, running_server
 from procs import is_alive
 from streams import ONE_ERROR_EVENT_LAST, streams_in_flight
 
@@ -41,19 +41,21 @@ async def test_real_child_sigkilled_under_open_streams(tmp_path: Path, hub_cache
             httpx.AsyncClient(base_url=server.url, timeout=30) as client,
         ):
             async with streams_in_flight(server.url, body, STREAMS) as streams:
-                child = (await client.get("/bodhi/v1/state")).json()["pid"]
+                child = one_model((await client.get("/bodhi/v1/state")).json())["pid"]
                 os.kill(child, signal.SIGKILL)
             # A stream can see its connection break before the child's exit is reaped:
             # wait (bounded) for the crash to be reported rather than race it.
             with trio.fail_after(10):  # liveness bound
-                while (state := (await client.get("/bodhi/v1/state")).json())["pid"] == child:  # noqa: ASYNC110
-                    await trio.sleep(0.01)
+                state = one_model((await client.get("/bodhi/v1/state")).json())
+                while state["pid"] == child:
+                    await trio.sleep(0.01)  # only pollable over HTTP
+                    state = one_model((await client.get("/bodhi/v1/state")).json())
             again = await client.post(
                 "/v1/chat/completions",
                 json={"model": ENDLESS.alias, "messages": [{"role": "user", "content": "x"}],
                       "max_tokens": 3},
             )  # fmt: skip
-            fresh = (await client.get("/bodhi/v1/state")).json()
+            fresh = one_model((await client.get("/bodhi/v1/state")).json())
     assert streams.outcomes == [ONE_ERROR_EVENT_LAST] * STREAMS
     assert state["state"] == "crashed"
     assert "-9" in state["error"]
@@ -80,18 +82,21 @@ async def test_real_child_unloads_after_keep_alive(
                 assert response.status_code == 200
                 await response.aread()
             ended_at = trio.current_time()
-            pid = ctx.state.pid
+            loaded = ctx.state.model("tiny:a")
+            assert loaded is not None
+            pid = loaded.pid
             assert pid is not None
-            assert ctx.state.status is SlotStatus.READY
+            assert loaded.status is SlotStatus.READY
             with trio.fail_after(10):  # liveness bound: keep-alive is 1 s
-                stopped = await ctx.wait_state(lambda state: state.status is SlotStatus.STOPPED)
+                stopped = await ctx.wait_state(lambda state: state.model("tiny:a") is None)
             unloaded_after = trio.current_time() - ended_at
             assert not is_alive(pid)
             async with ctx.forward("/v1/chat/completions", request) as response:
                 assert response.status_code == 200
                 await response.aread()
-            reloaded = ctx.state
-    assert stopped.alias is None
+            reloaded = ctx.state.model("tiny:a")
+    assert stopped.models == ()
     assert unloaded_after >= 1.0  # never before the keep-alive ran out
+    assert reloaded is not None
     assert reloaded.status is SlotStatus.READY
     assert reloaded.pid != pid

@@ -25,6 +25,7 @@ from bodhi_trio._config._arg_policy import (
     allowed_paths_setting,
     check_settings_args,
 )
+from bodhi_trio._config._budget import as_memory_budget, machine_memory_bytes, resolve_memory_budget
 from bodhi_trio._config._hf_cache import hub_cache_dir
 from bodhi_trio._config._setting_values import (
     VARIANT_NAME,
@@ -78,6 +79,9 @@ KNOWN_KEYS: frozenset[str] = frozenset(
         "BODHI_INSECURE",
         "BODHI_ALLOWED_CONTEXT_FLAGS",
         "BODHI_ALLOWED_PATHS",
+        "BODHI_MAX_LOADED_MODELS",
+        "BODHI_MEMORY_BUDGET",
+        "BODHI_MAX_QUEUE",
     }
 )
 _NO_ARGS: tuple[str, ...] = ()
@@ -127,6 +131,10 @@ class Settings:
             ``_arg_policy``); reserved flags cannot be allowed.
         allowed_paths: Directories, besides the HF hub cache and ``BODHI_HOME``, that
             path values of llama-server flags may point into.
+        max_loaded_models: Most children (loaded models) at once.
+        memory_budget: ``BODHI_MEMORY_BUDGET`` as written (``8GiB``, ``75%``,
+            ``unlimited``...), ``None`` if unset; :meth:`memory_budget_bytes` resolves it.
+        max_queue: Most requests per model in flight at its child or waiting for it.
     """
 
     home: Path
@@ -154,6 +162,9 @@ class Settings:
     insecure: bool = False
     allowed_context_flags: tuple[str, ...] = ()
     allowed_paths: tuple[Path, ...] = ()
+    max_loaded_models: int = 3
+    memory_budget: str | None = None
+    max_queue: int = 512
 
     @property
     def aliases_dir(self) -> Path:
@@ -182,6 +193,23 @@ class Settings:
     def binary_for(self, variant: str) -> Path | None:
         """The explicitly configured llama-server binary for ``variant``, if any."""
         return self.llama_server.get(variant.lower())
+
+    def memory_budget_bytes(
+        self, variant: str | None = None, *, total_memory: int | None = None
+    ) -> int | None:
+        """The memory budget in bytes for ``variant``, or ``None`` for no limit.
+
+        Unset, the ``cpu`` variant gets 80% of the machine's memory, others no limit.
+
+        Args:
+            variant: The exec variant; :attr:`exec_variant` if not given.
+            total_memory: The machine's memory in bytes; read from the system
+                (:func:`machine_memory_bytes`) if not given. Unknown, a percentage
+                means no limit.
+        """
+        if total_memory is None:
+            total_memory = machine_memory_bytes()
+        return resolve_memory_budget(self.memory_budget, variant or self.exec_variant, total_memory)
 
 
 # The class's own defaults, read by load_settings so that each is written once (in the
@@ -363,6 +391,9 @@ def load_settings(
             lambda k, v, s: allowed_paths_setting(k, as_list(k, v, s), s),
             _DEFAULTS.allowed_paths,
         ),
+        max_loaded_models=integer("BODHI_MAX_LOADED_MODELS", _DEFAULTS.max_loaded_models, 1),
+        memory_budget=get("BODHI_MEMORY_BUDGET", as_memory_budget, _DEFAULTS.memory_budget),
+        max_queue=integer("BODHI_MAX_QUEUE", _DEFAULTS.max_queue, 1),
     )
     # Needs the hub cache, home and allowed paths, so it runs once they are all known.
     check_settings_args(settings)

@@ -1,18 +1,22 @@
-"""The server slot's public face: ``SharedContext`` and ``open_context``.
+"""The context's public face: ``SharedContext`` and ``open_context``.
 
-The one model slot as a library object, with structured concurrency. It adds
-aliases, request forwarding and state listeners to the :class:`SlotScheduler`
-(``_core._scheduler``: the RW lock, loads, swaps, drain, crashes, idle unload)::
+Several models as a library object, with structured concurrency. It adds
+aliases, request forwarding and state listeners to the :class:`Scheduler`
+(``_core._scheduler``: per-model locks, admission, loads, eviction, drain,
+crashes, idle unload)::
 
-    open_context ── root nursery ── child task, load tasks, idle unloader, listener tasks
-    request task ── forward() ── read hold on the slot ── upstream response
-                                 (a drain timeout, a crash or shutdown ends it with an error)
+    open_context ── root nursery ── child tasks, watches, idle unloaders, load tasks,
+                                    listener tasks
+    request task ── forward() ── read hold on its model ── upstream response
+                                 (a drain timeout, a crash, a hang or shutdown ends it
+                                 with an error)
 """
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, final
 
@@ -20,12 +24,12 @@ import attrs
 import trio
 
 from bodhi_trio._config._alias_store import AliasStore
-from bodhi_trio._config._aliases import Alias, apply_request_params
+from bodhi_trio._config._aliases import Alias, alias_filename, apply_request_params
 from bodhi_trio._config._settings import VARIANT_NAME
 from bodhi_trio._context._spec import default_spec_builder
 from bodhi_trio._core._groups import reraise_unwrapped
 from bodhi_trio._core._listeners import ListenerHub, ListenerStatistics, StateListener
-from bodhi_trio._core._scheduler import SlotScheduler
+from bodhi_trio._core._scheduler import Limits, Scheduler
 from bodhi_trio._core._slot import (
     Launcher,
     RunningServer,
@@ -39,6 +43,7 @@ from bodhi_trio._exceptions import InvalidRequestError, LlamaServerNotFoundError
 from bodhi_trio._llama._child import serve_llama_server
 from bodhi_trio._llama._leftovers import kill_leftovers
 from bodhi_trio._llama._logtail import LogTail
+from bodhi_trio._llama._memory import estimate_model_memory, process_group_rss
 from bodhi_trio._llama._runtime import find_llama_server
 from bodhi_trio._transport._loopback import PooledSender, Sender, UpstreamPool, UpstreamResponse
 
@@ -46,6 +51,7 @@ if TYPE_CHECKING:
     from bodhi_trio._config._settings import Settings
     from bodhi_trio._core._address import Address
     from bodhi_trio._core._rwlock import RWLockStatistics
+    from bodhi_trio._llama._child import LaunchSpec
 
 __all__ = [
     "ENDPOINTS",
@@ -77,7 +83,7 @@ class ContextStatistics:
     """Counters for ``/health`` and debugging."""
 
     state: ServerState
-    lock: RWLockStatistics
+    locks: dict[str, RWLockStatistics]
     pending_loads: tuple[str, ...]
     listeners: tuple[ListenerStatistics, ...]
     starts: int
@@ -85,12 +91,12 @@ class ContextStatistics:
 
 @final
 class SharedContext:
-    """The one model slot. Create it with :func:`open_context`."""
+    """Several models and their children. Create it with :func:`open_context`."""
 
     def __init__(
         self,
         settings: Settings,
-        scheduler: SlotScheduler,
+        scheduler: Scheduler,
         sender: Sender,
         hub: ListenerHub,
         *,
@@ -108,13 +114,17 @@ class SharedContext:
 
     @property
     def state(self) -> ServerState:
-        """The slot's current :class:`ServerState`."""
+        """Every model's current state (:class:`ServerState`)."""
         return self._scheduler.state
 
     @property
     def log(self) -> LogTail:
-        """The output of the llama-server children (one ring for the context's life)."""
+        """The output of every llama-server child, each line after ``[alias]``."""
         return self._log
+
+    def log_for(self, alias: str) -> LogTail | None:
+        """The output of ``alias``'s children (``None`` if it never started one)."""
+        return self._scheduler.log_for(alias)
 
     @property
     def exec_variant(self) -> str:
@@ -136,14 +146,14 @@ class SharedContext:
         """
         return await self._scheduler.wait_state(predicate)
 
-    def is_loaded(self) -> bool:
-        """Whether a usable llama-server is loaded (a crashed one is not)."""
-        return self._scheduler.is_loaded()
+    def is_loaded(self, alias: str | None = None) -> bool:
+        """Whether ``alias`` (``None``: any model) has a usable child (a crashed one has not)."""
+        return self._scheduler.is_loaded(alias)
 
-    @property
-    def child_address(self) -> Address | None:
-        """The loaded child's private Unix socket, for diagnostics; ``None`` if none."""
-        return self._scheduler.child_address
+    def child_address(self, alias: str | None = None) -> Address | None:
+        """``alias``'s ready child's private Unix socket, for diagnostics (``None``: the
+        only ready child's); ``None`` if there is no such child."""
+        return self._scheduler.child_address(alias)
 
     def add_state_listener(
         self, listener: StateListener, *, buffer: int = 256, name: str | None = None
@@ -161,7 +171,7 @@ class SharedContext:
     def statistics(self) -> ContextStatistics:
         return ContextStatistics(
             state=self.state,
-            lock=self._scheduler.lock_statistics(),
+            locks=self._scheduler.lock_statistics(),
             pending_loads=self._scheduler.pending_loads(),
             listeners=tuple(self._hub.statistics()),
             starts=self._scheduler.starts,
@@ -185,20 +195,21 @@ class SharedContext:
     ) -> AsyncIterator[UpstreamResponse]:
         """Send ``request`` to the llama-server serving its ``model`` alias.
 
-        Loads or swaps the model first if needed. Yields once llama-server's
-        response headers are in; the slot stays held (read side) until the block
-        exits, so stream the body inside it.
+        Loads the model first if needed (evicting another if admission says so).
+        Yields once llama-server's response headers are in; the model stays held
+        (read side) until the block exits, so stream the body inside it.
 
         Args:
             endpoint: One of :data:`ENDPOINTS`.
             request: The request JSON; the alias's ``request_params`` fill its gaps.
 
         Raises:
-            BodhiError: Unknown alias (404), missing model file (404), startup
-                failure (500), llama-server unreachable (502), or
-                :class:`ResponseInterruptedError` (503) when a swap outlasted the
-                drain timeout, the child crashed, or the context closed while the
-                block ran.
+            BodhiError: Unknown alias (404), missing model file (404), too many
+                requests for it (429 ``server_busy``), larger than the memory budget
+                (503 ``insufficient_memory``), startup failure (500), llama-server
+                unreachable (502), or :class:`ResponseInterruptedError` (503) when an
+                eviction or stop outlasted the drain timeout, the child crashed or hung,
+                or the context closed while the block ran.
 
         Cancellation: leaving the block early (the client left) closes the
         upstream connection at once, so llama-server stops generating. A load
@@ -227,7 +238,7 @@ class SharedContext:
             yield response
 
     async def load(self, alias_name: str) -> ServerState:
-        """Make ``alias_name`` the loaded model (as a request for it would).
+        """Load ``alias_name`` beside the others (as a request for it would).
 
         Returns:
             The state once it is loaded.
@@ -239,12 +250,12 @@ class SharedContext:
             pass
         return self.state
 
-    async def stop(self) -> None:
-        """Stop the loaded model, draining in-flight responses first (drain timeout)."""
-        await self._scheduler.stop()
+    async def stop(self, alias: str | None = None) -> None:
+        """Stop ``alias`` (``None``: every model), draining in-flight responses first."""
+        await self._scheduler.stop(alias)
 
     async def set_exec_variant(self, variant: str) -> ServerState:
-        """Switch the exec variant; a loaded model restarts on the new variant's
+        """Switch the exec variant; every loaded model restarts on the new variant's
         binary with args merged again for the new variant.
 
         Raises:
@@ -279,6 +290,40 @@ class SharedContext:
         self._hub.close()
 
 
+def _child_log(settings: Settings, made: list[LogTail], combined: LogTail, alias: str) -> LogTail:
+    """``alias``'s children's own output: its ring and file, mirrored into ``combined``."""
+    path = settings.logs_dir / f"llama-server-{alias_filename(alias).removesuffix('.yaml')}.log"
+    log = LogTail(path=path, mirror=combined, mirror_prefix=f"[{alias}] ")
+    made.append(log)
+    return log
+
+
+async def estimate_from_gguf(spec: LaunchSpec) -> int | None:
+    """A model's memory before it loads, from its GGUF header (in a worker thread: the
+    header read takes milliseconds); ``None`` if the file cannot be read as GGUF (the
+    start will then say why)."""
+
+    def estimate() -> int | None:
+        try:
+            return estimate_model_memory(spec.model, spec.server_args).total
+        except (OSError, ValueError):
+            return None
+
+    return await trio.to_thread.run_sync(estimate)
+
+
+def limits_from(settings: Settings) -> Limits:
+    """The scheduler's numbers from the settings."""
+    return Limits(
+        max_loaded=settings.max_loaded_models,
+        max_queue=settings.max_queue,
+        memory_budget=settings.memory_budget_bytes(),
+        drain_timeout=settings.drain_timeout_secs,
+        keep_alive=settings.keep_alive_secs,
+        upstream_idle_timeout=settings.upstream_idle_timeout_secs,
+    )
+
+
 @asynccontextmanager
 async def open_context(
     settings: Settings,
@@ -286,8 +331,10 @@ async def open_context(
     launcher: Launcher | None = None,
     spec_builder: SpecBuilder | None = None,
     sender: Sender | None = None,
+    estimate: Callable[[LaunchSpec], Awaitable[int | None]] | None = None,
+    measure: Callable[[int], int | None] | None = None,
 ) -> AsyncIterator[SharedContext]:
-    """Open the server slot; everything it starts is stopped when the block exits.
+    """Open a context; everything it starts is stopped when the block exits.
 
     Example::
 
@@ -301,6 +348,8 @@ async def open_context(
         launcher: Starts a server (default: the real llama-server supervisor).
         spec_builder: Builds launch specs (default: binary lookup, HF cache, args merge).
         sender: Sends requests to a server (default: keep-alive HTTP/1.1 over loopback).
+        estimate: A model's memory before it loads (default: from its GGUF header).
+        measure: A running child's memory by pid (default: its process group's RSS).
 
     Cancellation: leaving the block, by cancellation or otherwise, interrupts
     in-flight responses and stops the child (SIGTERM, grace, SIGKILL of its group)
@@ -308,18 +357,22 @@ async def open_context(
     """
     kill_leftovers(settings.run_dir)
     log = LogTail(path=settings.logs_dir / "llama-server.log")
+    child_logs: list[LogTail] = []
     try:
         async with UpstreamPool() as pool, trio.open_nursery() as nursery:
             real_sender = sender or PooledSender(pool)
             hub = ListenerHub(nursery)
-            scheduler = SlotScheduler(
-                settings,
+            scheduler = Scheduler(
+                limits_from(settings),
+                settings.exec_variant,
                 nursery,
                 real_sender,
                 hub,
                 launcher=launcher or serve_llama_server,
                 spec_builder=spec_builder or default_spec_builder(settings),
-                log=log,
+                log_for=functools.partial(_child_log, settings, child_logs, log),
+                estimate=estimate or estimate_from_gguf,
+                measure=measure or process_group_rss,
             )
             ctx = SharedContext(
                 settings,
@@ -329,7 +382,6 @@ async def open_context(
                 aliases=AliasStore.for_settings(settings),
                 log=log,
             )
-            nursery.start_soon(scheduler.run_idle_unloader, name="idle-unloader")
             try:
                 yield ctx
             finally:
@@ -342,4 +394,6 @@ async def open_context(
             raise
         reraise_unwrapped(group.exceptions[0])
     finally:
+        for child_log in child_logs:
+            child_log.close()
         log.close()

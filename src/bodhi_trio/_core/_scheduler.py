@@ -1,75 +1,70 @@
-"""The slot scheduler: the RW lock, loads, swaps, drain, crashes and idle unload.
+"""The scheduler: several models at once, each with its own lock, child and timers.
 
 Who owns what (all long-lived tasks live in the context's root nursery)::
 
     root nursery
-        ├── child task        serve_llama_server(spec)   (one at a time; cancel = stop)
-        ├── child watch       health and stalled reads of the loaded child (_watch.py)
+        ├── child tasks       one per resident model: supervise_child → serve_llama_server
+        ├── child watches     one per resident model: health, stalled reads, measured RSS
+        ├── idle unloaders    one per resident model: its keep-alive after its last response
         ├── load tasks        one per alias being loaded (single flight; outlive their waiters)
-        ├── idle unloader     BODHI_KEEP_ALIVE_SECS after the last response
         └── listener tasks    (ListenerHub) one per state listener
 
-The RW lock guards the slot. A response holds the read side until its last
-byte or until its client leaves (:meth:`SlotScheduler.serving`). Load, swap,
-stop, variant change and idle unload take the write side; they wait for
-in-flight responses up to the drain timeout, then cancel the rest, which end
-with :class:`ResponseInterruptedError`.
+Each model (:class:`ModelSlot`) has its own writer-preferring RW lock. A response
+holds the read side of its model until its last byte or until its client leaves
+(:meth:`Scheduler.serving`); load, eviction, stop, variant change and idle unload
+take that model's write side, waiting for its in-flight responses up to the drain
+timeout, then ending the rest with :class:`ResponseInterruptedError`. A request
+for a loaded model touches only that model's lock.
+
+Admission decides who loads (:mod:`._admission`): at most ``max_loaded`` models
+and the memory budget; to make room the least recently used idle model is
+evicted; if none is idle, the load waits (one admission at a time, in order) for
+one to become idle, up to the drain timeout, then evicts the least recently used
+anyway. Each model admits at most ``max_queue`` requests (in flight or waiting);
+the next gets :class:`ServerBusyError` at once.
 
 A request for an alias that is not loaded joins (or starts) that alias's load
-task and waits for it without holding the lock. When the load is done, the task
-turns its write hold into one read hold for every request still waiting
-(:meth:`WriteHold.downgrade`), so those requests are served before any other
-swap can get in; every other request re-checks what is loaded once it holds
-the lock.
+task and waits without holding any lock. When the child is ready, the task turns
+its write hold into one read hold per waiting request (:meth:`WriteHold.downgrade`).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, final
 
-import attrs
 import trio
 import trio_util
 
+from bodhi_trio._core._admission import Admission, Limits
 from bodhi_trio._core._idle import run_idle_unloader
-from bodhi_trio._core._rwlock import RWLock, RWLockStatistics
-from bodhi_trio._core._slot import (
-    Launcher,
-    PendingLoad,
-    Slot,
-    SpecBuilder,
-    Ticket,
-)
-from bodhi_trio._core._state import (
-    EventKind,
-    ModelLoadStrategy,
-    ServerEvent,
-    ServerState,
-    SlotStatus,
-    choose_strategy,
-)
+from bodhi_trio._core._model import ModelSlot
+from bodhi_trio._core._slot import PendingLoad, Slot, Ticket
+from bodhi_trio._core._state import EventKind, ServerEvent, ServerState, SlotStatus
 from bodhi_trio._core._supervision import supervise_child
 from bodhi_trio._core._watch import watch_child
 from bodhi_trio._exceptions import (
     BodhiError,
     LlamaServerExitedError,
     ResponseInterruptedError,
+    ServerBusyError,
     UnavailableError,
 )
 
 if TYPE_CHECKING:
     from bodhi_trio._config._aliases import Alias
-    from bodhi_trio._config._settings import Settings
     from bodhi_trio._core._address import Address
     from bodhi_trio._core._listeners import ListenerHub
+    from bodhi_trio._core._rwlock import RWLockStatistics
+    from bodhi_trio._core._slot import Launcher, SpecBuilder
+    from bodhi_trio._llama._child import LaunchSpec
     from bodhi_trio._llama._logtail import LogTail
     from bodhi_trio._transport._loopback import Sender
 
-__all__ = ["SlotScheduler"]
+__all__ = ["Limits", "Scheduler"]
 
 logger = logging.getLogger("bodhi_trio.context")
 
@@ -78,53 +73,61 @@ _READERS_LEAVE_BOUND = 1.0
 
 
 @final
-class SlotScheduler:
-    """The one model slot: what is loaded, who holds it, loads, swaps, crashes, idle unload.
+class Scheduler:
+    """Every model of one context: loads, admission, eviction, crashes, idle unload.
 
     Internal to :class:`SharedContext`, which adds aliases, requests and listeners.
     """
 
     def __init__(
         self,
-        settings: Settings,
+        limits: Limits,
+        variant: str,
         nursery: trio.Nursery,
         sender: Sender,
         hub: ListenerHub,
         *,
         launcher: Launcher,
         spec_builder: SpecBuilder,
-        log: LogTail,
+        log_for: Callable[[str], LogTail],
+        estimate: Callable[[LaunchSpec], Awaitable[int | None]] | None = None,
+        measure: Callable[[int], int | None] | None = None,
     ) -> None:
-        self._settings = settings
+        self._limits = limits
+        self._variant = variant
         self._nursery = nursery
         self._sender = sender
         self._hub = hub
         self._launcher = launcher
         self._build_spec = spec_builder
-        self._log = log
-        self._lock = RWLock()
-        self._variant = settings.exec_variant
-        self._slot: Slot | None = None
+        self._new_log = log_for
+        self._estimate = estimate
+        self._measure = measure
+        self._models: dict[str, ModelSlot] = {}
+        self._logs: dict[str, LogTail] = {}
         self._pending: dict[str, PendingLoad] = {}
-        self._readers: set[trio.CancelScope] = set()
-        self._state = trio_util.AsyncValue(ServerState(SlotStatus.STOPPED, None, self._variant))
+        self._admitted: dict[str, int] = {}  # requests per alias: in flight or waiting
+        self._admission = Admission(self)
+        self._state = trio_util.AsyncValue(ServerState(variant, (), limits.memory_budget, 0))
+        self._changed = trio.Event()
         self._seq = 0
         self._starts = 0
         self._closed = False
-        # Idle tracking: `_activity` bumps on every read hold taken or given back.
-        self._activity = 0
-        self._idle_since = trio.current_time()
-        self._changed = trio.Event()
+
+    # ------------------------------------------------------------------ observing
 
     @property
     def state(self) -> ServerState:
-        """The slot's current :class:`ServerState`."""
         state: ServerState = self._state.value
         return state
 
     @property
     def variant(self) -> str:
         return self._variant
+
+    @property
+    def limits(self) -> Limits:
+        return self._limits
 
     @property
     def starts(self) -> int:
@@ -134,134 +137,155 @@ class SlotScheduler:
     def pending_loads(self) -> tuple[str, ...]:
         return tuple(self._pending)
 
-    def lock_statistics(self) -> RWLockStatistics:
-        return self._lock.statistics()
+    def lock_statistics(self) -> dict[str, RWLockStatistics]:
+        return {name: model.lock.statistics() for name, model in self._models.items()}
 
     async def wait_state(self, predicate: Callable[[ServerState], bool]) -> ServerState:
         """Wait until ``predicate(state)`` holds and return that state. Cancellation: safe."""
         state: ServerState = await self._state.wait_value(predicate)
         return state
 
-    @property
-    def child_address(self) -> Address | None:
-        """The usable loaded child's address, if any."""
-        slot = self._slot
-        return slot.server.address if slot is not None and slot.usable else None
+    def child_address(self, alias: str | None = None) -> Address | None:
+        """The address of ``alias``'s ready child (``None``: of the only ready one)."""
+        ready = [m for m in self._models.values() if m.ready]
+        if alias is not None:
+            ready = [m for m in ready if m.name == alias]
+        if len(ready) != 1 or ready[0].child is None:
+            return None
+        return ready[0].child.server.address
 
-    def is_loaded(self) -> bool:
-        """Whether a usable llama-server is loaded (a crashed one is not)."""
-        return self._slot is not None and self._slot.usable
+    def is_loaded(self, alias: str | None = None) -> bool:
+        """Whether ``alias`` (``None``: any model) has a usable child."""
+        return any(m.ready for m in self._models.values() if alias is None or m.name == alias)
 
-    async def stop(self) -> None:
-        """Stop the loaded model, draining in-flight responses first (drain timeout)."""
+    def log_for(self, alias: str) -> LogTail | None:
+        """The output of ``alias``'s children, if it ever started one."""
+        return self._logs.get(alias)
+
+    # ------------------------------------------------------------------ control
+
+    async def stop(self, alias: str | None = None) -> None:
+        """Stop ``alias`` (``None``: every model), draining in-flight responses first."""
         self.check_open()
-        async with self._write("stop requested"):
-            await self._stop_locked()
+        for model in list(self._models.values()):
+            if alias is not None and model.name != alias:
+                continue
+            if model.resident:
+                await self.evict(model, "stop requested", patience=self._limits.drain_timeout)
+            elif self._models.get(model.name) is model:
+                del self._models[model.name]  # a crashed or failed entry: forget it
+                self._publish()
 
     async def switch_variant(self, variant: str) -> None:
-        """Make ``variant`` current; restart a loaded model on it (write side, drained).
+        """Make ``variant`` current; every loaded model restarts on it (drained first).
 
-        Switching to the current variant changes nothing.
+        Raises:
+            BodhiError: A restart failed (the variant stays switched; that model is stopped).
         """
         self.check_open()
         if variant == self._variant:
             return
-        async with self._write(f"variant change to {variant}"):
-            previous = self._variant
-            self._variant = variant
-            self._publish(variant=variant)
+        async with self._admission.turn():
+            previous, self._variant = self._variant, variant
+            self._publish()
             self.emit(EventKind.VARIANT, None, previous=previous)
-            slot = self._slot
-            if slot is not None:
-                await self._stop_locked()
-                await self._start_locked(slot.alias)
+            loaded = [m for m in self._models.values() if m.resident]
+            for model in loaded:
+                reason = f"variant change to {variant}"
+                await self.evict(model, reason, patience=self._limits.drain_timeout)
+        loads = [self._pending.get(m.name) or self._start_load(m.alias) for m in loaded]
+        for pending in loads:
+            await pending.done.wait()
+        for pending in loads:
+            if pending.error is not None:
+                raise pending.error
 
     # ------------------------------------------------------------------ the read side
 
     @asynccontextmanager
     async def serving(self, alias: Alias) -> AsyncIterator[Slot]:
-        """Hold the read side on a slot serving ``alias`` for the block."""
-        slot = await self._hold_read_for(alias)
-        reader = trio.CancelScope()
-        self._readers.add(reader)
-        self._count_reader(+1)
-        try:
-            with reader:
-                yield slot
-        finally:
-            self._readers.discard(reader)
-            await self._lock.release_read()
-            # Count the reader out only once its hold is back: whoever sees in_flight
-            # drop to 0 (the idle unloader) can then take the write side at once.
-            self._count_reader(-1)
-        if reader.cancelled_caught:
-            raise slot.interruption or ResponseInterruptedError("the response was interrupted")
+        """Hold the read side of ``alias``'s model for the block, loading it if needed.
 
-    async def _hold_read_for(self, alias: Alias) -> Slot:
-        """Take a read hold on a usable slot serving ``alias``, loading it if needed."""
+        Raises:
+            ServerBusyError: ``max_queue`` requests for it are admitted already (429).
+            BodhiError: Its load failed, or (:class:`ResponseInterruptedError`) the block
+                was interrupted by a drain timeout, a crash, a hang or shutdown.
+        """
+        name = alias.alias
+        admitted = self._admitted.get(name, 0)
+        if admitted >= self._limits.max_queue:
+            raise ServerBusyError(
+                f"{name!r} has {admitted} requests in flight or waiting (BODHI_MAX_QUEUE);"
+                " retry shortly",
+                retry_after=1,
+            )
+        self._admitted[name] = admitted + 1
+        try:
+            model = await self._hold_read_for(alias)
+            reader = trio.CancelScope()
+            model.readers.add(reader)
+            model.count_reader(+1)
+            self._publish()
+            try:
+                with reader:
+                    assert model.child is not None
+                    yield model.child
+            finally:
+                model.readers.discard(reader)
+                await model.lock.release_read()
+                # Count the reader out only once its hold is back: whoever sees in_flight
+                # drop to 0 (an idle unloader) can then take the write side at once.
+                model.count_reader(-1)
+        finally:
+            left = self._admitted[name] - 1
+            if left:
+                self._admitted[name] = left
+            else:
+                del self._admitted[name]
+            self._publish()
+        if reader.cancelled_caught:
+            raise model.interruption or ResponseInterruptedError("the response was interrupted")
+
+    def waiting(self, name: str) -> int:
+        """Requests admitted for ``name`` that do not hold it yet."""
+        model = self._models.get(name)
+        in_flight = model.in_flight if model is not None else 0
+        return self._admitted.get(name, 0) - in_flight
+
+    async def _hold_read_for(self, alias: Alias) -> ModelSlot:
+        """A read hold on a ready model serving ``alias``, loading it if needed."""
+        name = alias.alias
         while True:
             self.check_open()
-            await self._lock.acquire_read()
-            slot = self._slot
-            loaded = slot.alias.alias if slot is not None and slot.usable else None
-            if choose_strategy(loaded, alias.alias) is ModelLoadStrategy.CONTINUE:
-                assert slot is not None
-                return slot
-            await self._lock.release_read()
-            pending = self._pending.get(alias.alias)
-            if pending is None:
-                pending = self._start_load(alias)
+            model = self._models.get(name)
+            if model is not None and model.ready and model.pending is None:
+                await model.lock.acquire_read()
+                if model.ready and self._models.get(name) is model:
+                    return model
+                await model.lock.release_read()  # it stopped while we queued: again
+                continue
+            pending = self._pending.get(name) or self._start_load(alias)
             ticket = Ticket()
             pending.tickets.append(ticket)
             try:
                 await pending.done.wait()
             except BaseException:
-                if ticket.granted:
-                    await self._lock.release_read()
+                if ticket.granted and pending.model is not None:
+                    await pending.model.lock.release_read()
                 ticket.abandoned = True
                 raise
+            granted = pending.model if ticket.granted else None
             if pending.error is not None:
-                if ticket.granted:  # the load finished, then close() marked it failed
-                    await self._lock.release_read()
+                if granted is not None:  # the load finished, then close() marked it failed
+                    await granted.lock.release_read()
                 raise pending.error
-            if not ticket.granted:
+            if granted is None:
                 continue
-            slot = self._slot
-            if slot is not None and slot.usable and slot.alias.alias == alias.alias:
-                return slot
-            await self._lock.release_read()  # it crashed between the grant and now: again
+            if granted.ready and self._models.get(name) is granted:
+                return granted
+            await granted.lock.release_read()  # it crashed between the grant and now
 
-    def _count_reader(self, delta: int) -> None:
-        in_flight = self.state.in_flight + delta
-        self._activity += 1
-        if in_flight == 0:
-            self._idle_since = trio.current_time()
-        self._publish(in_flight=in_flight)
-
-    # ------------------------------------------------------------------ the write side
-
-    @asynccontextmanager
-    async def _write(self, reason: str) -> AsyncIterator[Any]:
-        """Hold the write side; readers still in after the drain timeout are cancelled."""
-
-        def interrupt() -> None:
-            self._interrupt_readers(
-                ResponseInterruptedError(
-                    f"{reason}: the response outlasted the drain timeout"
-                    f" ({self._settings.drain_timeout_secs:g} s) and was ended"
-                )
-            )
-
-        async with self._lock.write(
-            patience=self._settings.drain_timeout_secs, on_impatience=interrupt
-        ) as hold:
-            yield hold
-
-    def _interrupt_readers(self, error: BodhiError) -> None:
-        if self._slot is not None and self._slot.interruption is None:
-            self._slot.interruption = error
-        for reader in self._readers:
-            reader.cancel()
+    # ------------------------------------------------------------------ loads
 
     def _start_load(self, alias: Alias) -> PendingLoad:
         pending = PendingLoad(alias)
@@ -270,148 +294,212 @@ class SlotScheduler:
         return pending
 
     async def _load_task(self, pending: PendingLoad) -> None:
-        """Load ``pending.alias`` and hand read holds to the requests waiting for it."""
-        name = pending.alias.alias
+        """Admit, start and hand read holds to the requests waiting for ``pending.alias``."""
+        alias = pending.alias
+        name = alias.alias
+        model: ModelSlot | None = None
         try:
-            async with self._write(f"swap to {name}") as hold:
-                slot = self._slot
-                if slot is None or not slot.usable or slot.alias.alias != name:
-                    await self._stop_locked()
-                    await self._start_locked(pending.alias)
+            spec = self._build_spec(alias, self._variant)
+            estimate = await self._estimate(spec) if self._estimate is not None else None
+            self._admission.check_fits_alone(name, estimate)
+            model = ModelSlot(alias, self._log_for(name), self._keep_alive_for(alias))
+            model.memory = estimate
+            model.pending = pending
+            pending.model = model
+            async with model.lock.write() as hold:
+                async with self._admission.turn():
+                    self.check_open()
+                    self._models[name] = model  # replaces a crashed or failed entry
+                    self._publish()
+                    self.emit(EventKind.LOADING, name, memory=estimate)
+                    await self._admission.make_room(model)
+                await self._start_child(model, spec)
                 del self._pending[name]  # later requests take the normal path
+                model.pending = None
                 tickets = [t for t in pending.tickets if not t.abandoned]
                 await hold.downgrade(len(tickets))
                 for ticket in tickets:
                     if ticket.abandoned:  # its request left while we downgraded
-                        await self._lock.release_read()
+                        await model.lock.release_read()
                     else:
                         ticket.granted = True
         except BodhiError as exc:
             pending.error = exc
+            self._load_failed(name, model, exc)
         except Exception as exc:
             logger.exception("loading %s failed unexpectedly", name)
             pending.error = BodhiError(f"loading {name!r} failed: {exc!r}")
+            self._load_failed(name, model, pending.error)
         finally:
             if self._pending.get(name) is pending:
                 del self._pending[name]
+            if model is not None:
+                model.pending = None
             pending.done.set()
 
-    async def _start_locked(self, alias: Alias) -> None:
-        """Start the child for ``alias`` (write side held, slot empty)."""
-        variant = self._variant
-        self._publish(status=SlotStatus.LOADING, alias=alias.alias, pid=None, port=None, error=None)
-        self.emit(EventKind.LOADING, alias.alias)
-        try:
-            spec = self._build_spec(alias, variant)
-            server, scope, finished = await self._nursery.start(
-                supervise_child,
-                self._launcher,
-                spec,
-                self._log,
-                self._on_crash,
-                name=f"llama-server:{alias.alias}",
-            )
-        except BodhiError as exc:
-            self._publish(status=SlotStatus.STOPPED, alias=None, error=exc.message)
-            self.emit(EventKind.STOP, alias.alias, error=exc.message, code=exc.code)
-            raise
-        slot = Slot(alias, variant, spec, server, scope, finished)
-        self._slot = slot
+    def _load_failed(self, alias: str, model: ModelSlot | None, error: BodhiError) -> None:
+        if model is not None and self._models.get(alias) is model and not model.ready:
+            model.set_status(SlotStatus.STOPPED, error=error.message)  # listed with its error
+            self._publish()
+        self.emit(EventKind.STOP, alias, error=error.message, code=error.code)
+
+    async def _start_child(self, model: ModelSlot, spec: LaunchSpec) -> None:
+        """Start ``model``'s child (its write side held) and its watch and idle timer."""
+        on_crash = functools.partial(self._on_crash, model)
+        server, scope, finished = await self._nursery.start(
+            supervise_child,
+            self._launcher,
+            spec,
+            model.log,
+            on_crash,
+            name=f"llama-server:{model.name}",
+        )
+        model.child = Slot(model.alias, self._variant, spec, server, scope, finished)
+        model.interruption = None
+        model.set_status(SlotStatus.READY)
+        model.count_reader(0)  # the keep-alive counts from now
         self._starts += 1
-        self._publish(status=SlotStatus.READY, pid=server.pid, port=None)
-        self.emit(EventKind.START, alias.alias, pid=server.pid)
-        timeout = self._settings.upstream_idle_timeout_secs
+        self._publish()
+        self.emit(EventKind.START, model.name, pid=server.pid)
+        timeout = self._limits.upstream_idle_timeout
         if timeout > 0:
             self._nursery.start_soon(
                 watch_child,
-                slot,
+                model.child,
                 self._sender,
                 timeout,
-                self._on_hung,
-                name=f"watch:{alias.alias}",
+                functools.partial(self._on_hung, model),
+                functools.partial(self._measure_memory, model),
+                name=f"watch:{model.name}",
+            )
+        if model.keep_alive >= 0:
+            self._nursery.start_soon(run_idle_unloader, self, model, name=f"idle:{model.name}")
+
+    # ------------------------------------------------------------------ the write side
+
+    async def evict(self, model: ModelSlot, reason: str, *, patience: float) -> None:
+        """Stop ``model`` under its write side: in-flight responses get ``patience``
+        seconds, then end with an error. Shielded once the write side is held."""
+
+        def interrupt() -> None:
+            model.interrupt(
+                ResponseInterruptedError(
+                    f"{reason}: the response outlasted the drain timeout"
+                    f" ({self._limits.drain_timeout:g} s) and was ended"
+                )
             )
 
-    async def _stop_locked(self) -> None:
-        """Stop the child, if any (write side held, so no reader is in)."""
-        slot = self._slot
-        if slot is not None:
-            await self._stop_slot(slot)
+        async with model.lock.write(patience=patience, on_impatience=interrupt):
+            await self.stop_model(model, reason)
 
-    async def _stop_slot(self, slot: Slot) -> None:
-        """Empty the slot and stop its child; returns once the child is reaped.
-
-        Shielded, and bounded by the child's stop grace (TERM, grace, KILL, reap).
-        """
-        if self._slot is slot:
-            self._slot = None
-        if slot.usable:
-            self._publish(status=SlotStatus.STOPPING)
-        slot.usable = False
-        slot.watch.cancel()
+    async def stop_model(self, model: ModelSlot, reason: str) -> None:
+        """Stop ``model``'s child and forget it (its write side held). Shielded, bounded
+        by the child's stop grace (TERM, grace, KILL, reap)."""
+        child = model.child
+        if self._models.get(model.name) is not model or child is None or not model.resident:
+            return
+        model.set_status(SlotStatus.STOPPING)
+        child.usable = False
+        child.watch.cancel()
+        model.idle_scope.cancel()
+        self._publish()
         with trio.CancelScope(shield=True):
             # Idle keep-alive connections would hold llama-server's HTTP threads (and
             # so its exit) until its keep-alive timeout.
-            await self._sender.close_idle(slot.server.address)
-            slot.scope.cancel()
-            await slot.finished.wait()
-        if self.state.status is SlotStatus.STOPPING:
-            self._publish(status=SlotStatus.STOPPED, alias=None, pid=None, port=None)
-            self.emit(EventKind.STOP, slot.alias.alias, pid=slot.server.pid)
+            await self._sender.close_idle(child.server.address)
+            child.scope.cancel()
+            await child.finished.wait()
+        if self._models.get(model.name) is model:
+            del self._models[model.name]
+        model.set_status(SlotStatus.STOPPED)
+        self._publish()
+        self.emit(EventKind.STOP, model.name, pid=child.server.pid, reason=reason)
+        logger.info("stopped %s (%s)", model.name, reason)
 
-    def _on_crash(self, error: LlamaServerExitedError) -> None:
-        slot = self._slot
-        if slot is None or not slot.usable:
+    def _on_crash(self, model: ModelSlot, error: LlamaServerExitedError) -> None:
+        child = model.child
+        if child is None or not child.usable:
             return
-        logger.error("%s", error.message)
-        self._interrupt_readers(
+        logger.error("%s: %s", model.name, error.message)
+        model.interrupt(
             ResponseInterruptedError(f"llama-server crashed (exit code {error.returncode})")
         )
-        slot.usable = False
-        slot.watch.cancel()
-        self._slot = None
-        self._publish(status=SlotStatus.CRASHED, pid=None, port=None, error=error.message)
+        child.usable = False
+        child.watch.cancel()
+        model.idle_scope.cancel()
+        model.set_status(SlotStatus.CRASHED, error=error.message)
+        self._publish()
         self.emit(
             EventKind.CRASHED,
-            slot.alias.alias,
-            pid=slot.server.pid,
+            model.name,
+            pid=child.server.pid,
             returncode=error.returncode,
             log_tail=list(error.log_tail),
         )
 
-    def _on_hung(self, slot: Slot, message: str) -> None:
-        """The watch found ``slot``'s child unresponsive: end its responses, kill it.
+    def _on_hung(self, model: ModelSlot, child: Slot, message: str) -> None:
+        """The watch found the child unresponsive: end its responses, kill it.
 
         The child task then reaps it; the next request for the alias loads a fresh one.
         """
-        if self._slot is not slot or not slot.usable:
+        if model.child is not child or not child.usable:
             return
         logger.error("%s", message)
-        self._interrupt_readers(ResponseInterruptedError(message))
-        slot.usable = False
-        self._slot = None
-        slot.server.kill()  # SIGKILL: a stopped or wedged process ignores SIGTERM
-        slot.scope.cancel()
-        self._publish(status=SlotStatus.HUNG, pid=None, port=None, error=message)
-        self.emit(EventKind.HUNG, slot.alias.alias, pid=slot.server.pid, error=message)
+        model.interrupt(ResponseInterruptedError(message))
+        child.usable = False
+        model.idle_scope.cancel()
+        child.server.kill()  # SIGKILL: a stopped or wedged process ignores SIGTERM
+        child.scope.cancel()
+        model.set_status(SlotStatus.HUNG, error=message)
+        self._publish()
+        self.emit(EventKind.HUNG, model.name, pid=child.server.pid, error=message)
 
-    # ------------------------------------------------------------------ idle unload
+    def _measure_memory(self, model: ModelSlot) -> None:
+        """Count ``model`` for its child's measured RSS from now on (the watch calls it)."""
+        if self._measure is None or model.child is None or not model.ready:
+            return
+        measured = self._measure(model.child.server.pid)
+        if measured is not None and measured != model.memory:
+            model.memory = measured
+            self._publish()
 
-    async def run_idle_unloader(self) -> None:
-        """Unload the model ``BODHI_KEEP_ALIVE_SECS`` after its last response ended
-        (see :func:`._idle.run_idle_unloader`)."""
-        await run_idle_unloader(self)
+    # ------------------------------------------------------------------ waiting
 
-    async def _wait_changed_until(self, predicate: Callable[[], bool]) -> None:
-        while not predicate():
-            await self._changed.wait()
+    async def wait_until(self, predicate: Callable[[], bool]) -> None:
+        """Wait until ``predicate()`` holds, checking it at every published change."""
+        while True:
+            changed = self._changed
+            if predicate():
+                return
+            await changed.wait()
 
     # ------------------------------------------------------------------ plumbing
 
-    def _publish(self, **changes: Any) -> None:
-        current = self.state
-        if "status" in changes and changes["status"] is not current.status:
-            changes["since"] = time.time()
-        self._state.value = attrs.evolve(current, **changes)
+    def models(self) -> list[ModelSlot]:
+        return list(self._models.values())
+
+    def _log_for(self, name: str) -> LogTail:
+        log = self._logs.get(name)
+        if log is None:
+            log = self._logs[name] = self._new_log(name)
+        return log
+
+    def _keep_alive_for(self, alias: Alias) -> int:
+        own = alias.keep_alive_secs
+        return own if own is not None else self._limits.keep_alive
+
+    @property
+    def changed(self) -> trio.Event:
+        """Set at the next published change (a fresh event after each)."""
+        return self._changed
+
+    def _publish(self) -> None:
+        snapshots = tuple(
+            model.snapshot(queued=self.waiting(name))
+            for name, model in sorted(self._models.items())
+        )
+        used = sum(m.memory or 0 for m in self._models.values() if m.resident)
+        self._state.value = ServerState(self._variant, snapshots, self._limits.memory_budget, used)
         self._changed.set()
         self._changed = trio.Event()
 
@@ -424,16 +512,17 @@ class SlotScheduler:
             raise UnavailableError("bodhi-trio is shutting down", retry_after=5)
 
     async def close(self) -> None:
-        """Stop everything: in-flight responses end with an error, the child stops.
+        """Stop everything: in-flight responses end with an error, every child stops.
 
-        Returns once the child is reaped. Idempotent.
+        Returns once every child is reaped. Idempotent.
 
-        Cancellation: the stop is shielded and bounded by the child's stop grace.
+        Cancellation: the stop is shielded and bounded by the children's stop grace.
         """
         if self._closed:
             return
         self._closed = True
-        self._interrupt_readers(ResponseInterruptedError("bodhi-trio is shutting down"))
+        for model in self._models.values():
+            model.interrupt(ResponseInterruptedError("bodhi-trio is shutting down"))
         for pending in self._pending.values():
             pending.error = UnavailableError("bodhi-trio is shutting down", retry_after=5)
         with trio.move_on_after(_SHUTDOWN_BOUND, shield=True):
@@ -441,5 +530,6 @@ class SlotScheduler:
             # llama-server exits at once on SIGTERM only when none is open.
             with trio.move_on_after(_READERS_LEAVE_BOUND):
                 await self.wait_state(lambda state: state.in_flight == 0)
-            if self._slot is not None:
-                await self._stop_slot(self._slot)
+            async with trio.open_nursery() as stopping:
+                for model in list(self._models.values()):
+                    stopping.start_soon(self.stop_model, model, "shutdown")

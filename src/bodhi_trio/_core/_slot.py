@@ -16,6 +16,7 @@ import trio
 if TYPE_CHECKING:
     from bodhi_trio._config._aliases import Alias
     from bodhi_trio._core._address import Address
+    from bodhi_trio._core._model import ModelSlot
     from bodhi_trio._exceptions import BodhiError
     from bodhi_trio._llama._child import LaunchSpec
     from bodhi_trio._llama._logtail import LogTail
@@ -59,7 +60,7 @@ thread hop would cost more than it saves.
 
 @attrs.define(eq=False)
 class Slot:
-    """The loaded server and the means to stop it."""
+    """A model's running child and the means to stop it."""
 
     alias: Alias
     variant: str
@@ -69,7 +70,6 @@ class Slot:
     finished: trio.Event  # set once the child task has ended (child reaped)
     watch: trio.CancelScope = attrs.field(factory=trio.CancelScope)  # its health watch
     usable: bool = True
-    interruption: BodhiError | None = None  # why its readers were cancelled
 
 
 @attrs.define(eq=False)
@@ -88,3 +88,4 @@ class PendingLoad:
     done: trio.Event = attrs.field(factory=trio.Event)
     error: BodhiError | None = None
     tickets: list[Ticket] = attrs.field(factory=list)
+    model: ModelSlot | None = None  # the model it loads, once admitted

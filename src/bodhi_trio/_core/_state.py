@@ -1,9 +1,8 @@
-"""What the server slot is doing, and the events listeners receive.
+"""What the models are doing, and the events listeners receive.
 
-:class:`ServerState` is a snapshot (``GET /bodhi/v1/state``); :class:`ServerEvent`
-is one change, in the order it happened (``GET /bodhi/v1/events`` and in-process
-listeners). :func:`choose_strategy` decides, as a pure function, what a request
-for an alias needs done to the slot.
+:class:`ServerState` is a snapshot of every model (``GET /bodhi/v1/state``), one
+:class:`ModelState` each; :class:`ServerEvent` is one change, in the order it
+happened (``GET /bodhi/v1/events`` and in-process listeners), naming its alias.
 """
 
 from __future__ import annotations
@@ -15,16 +14,15 @@ import attrs
 
 __all__ = [
     "EventKind",
-    "ModelLoadStrategy",
+    "ModelState",
     "ServerEvent",
     "ServerState",
     "SlotStatus",
-    "choose_strategy",
 ]
 
 
 class SlotStatus(enum.StrEnum):
-    """The lifecycle of the one model slot."""
+    """The lifecycle of one model."""
 
     STOPPED = "stopped"
     LOADING = "loading"
@@ -48,58 +46,87 @@ class EventKind(enum.StrEnum):
     RESPONSE = "chat_completions"
 
 
-class ModelLoadStrategy(enum.StrEnum):
-    """What a request for an alias needs done to the slot."""
+@attrs.frozen
+class ModelState:
+    """A snapshot of one model: loading, resident, or how its last run ended.
 
-    CONTINUE = "continue"  # that alias is loaded: forward
-    DROP_AND_LOAD = "drop_and_load"  # another alias is loaded: swap
-    LOAD = "load"  # nothing is loaded: load
+    Attributes:
+        alias: The alias.
+        status: Its lifecycle state.
+        pid: Its llama-server pid while one runs.
+        in_flight: Responses holding it right now.
+        queued: Requests admitted for it and waiting (for its load or its lock).
+        since: Wall-clock time the status last changed.
+        last_used: Wall-clock time a response for it last began or ended.
+        expires_at: Wall-clock time the idle unload is due, while it is idle.
+        memory: Bytes it is counted for: the estimate until loaded, then measured.
+        error: Why its last start failed or its child crashed or hung, if it did.
+    """
 
+    alias: str
+    status: SlotStatus
+    pid: int | None = None
+    in_flight: int = 0
+    queued: int = 0
+    since: float = attrs.field(factory=time.time)
+    last_used: float | None = None
+    expires_at: float | None = None
+    memory: int | None = None
+    error: str | None = None
 
-def choose_strategy(loaded_alias: str | None, requested_alias: str) -> ModelLoadStrategy:
-    """The strategy for a request, given what is loaded (``None``: nothing usable)."""
-    if loaded_alias is None:
-        return ModelLoadStrategy.LOAD
-    if loaded_alias == requested_alias:
-        return ModelLoadStrategy.CONTINUE
-    return ModelLoadStrategy.DROP_AND_LOAD
+    def to_json(self) -> dict[str, object]:
+        """One entry of ``models`` in ``GET /bodhi/v1/state``."""
+        return {
+            "alias": self.alias,
+            "state": self.status.value,
+            "pid": self.pid,
+            "port": None,  # children listen on a private Unix socket, never a port
+            "in_flight": self.in_flight,
+            "queued": self.queued,
+            "since": self.since,
+            "last_used": self.last_used,
+            "expires_at": self.expires_at,
+            "memory": self.memory,
+            "error": self.error,
+        }
 
 
 @attrs.frozen
 class ServerState:
-    """A snapshot of the slot.
+    """A snapshot of every model the context knows of.
 
     Attributes:
-        status: The slot's lifecycle state.
-        alias: The alias loaded or loading, else ``None``.
         variant: The exec variant in use.
-        pid: The llama-server pid while one runs.
-        port: Always ``None``: children listen on a private Unix socket, not a port.
-        in_flight: Responses holding the slot right now.
-        since: Wall-clock time the status last changed.
-        error: Why the last start failed or the child crashed, if it did.
+        models: One entry per model loading, resident, or ended by a failure, by alias.
+        memory_budget: Bytes all resident models may use together; ``None``: no limit.
+        memory_used: Bytes they are counted for now.
     """
 
-    status: SlotStatus
-    alias: str | None
     variant: str
-    pid: int | None = None
-    port: int | None = None
-    in_flight: int = 0
-    since: float = attrs.field(factory=time.time)
-    error: str | None = None
+    models: tuple[ModelState, ...] = ()
+    memory_budget: int | None = None
+    memory_used: int = 0
+
+    def model(self, alias: str) -> ModelState | None:
+        """The entry for ``alias``, if there is one."""
+        return next((m for m in self.models if m.alias == alias), None)
+
+    def status_of(self, alias: str) -> SlotStatus:
+        """The status of ``alias``: ``STOPPED`` when the context has no entry for it."""
+        entry = self.model(alias)
+        return SlotStatus.STOPPED if entry is None else entry.status
+
+    @property
+    def in_flight(self) -> int:
+        """Responses in flight over all models."""
+        return sum(m.in_flight for m in self.models)
 
     def to_json(self) -> dict[str, object]:
         """The JSON shape of ``GET /bodhi/v1/state``."""
         return {
-            "state": self.status.value,
-            "alias": self.alias,
             "variant": self.variant,
-            "pid": self.pid,
-            "port": self.port,
-            "in_flight": self.in_flight,
-            "since": self.since,
-            "error": self.error,
+            "memory": {"budget": self.memory_budget, "used": self.memory_used},
+            "models": [m.to_json() for m in self.models],
         }
 
 

@@ -58,6 +58,7 @@ async def watch_child(
     sender: Sender,
     idle_timeout: float,
     on_hung: Callable[[Slot, str], None],
+    on_healthy: Callable[[], None] | None = None,
 ) -> None:
     """Watch ``slot``'s child until ``slot.watch`` is cancelled or the child is hung.
 
@@ -66,6 +67,8 @@ async def watch_child(
         sender: Asks the child (``probe``) and knows its reads (``waiting_since``).
         idle_timeout: ``BODHI_UPSTREAM_IDLE_TIMEOUT_SECS``.
         on_hung: Called once, with a message, when ``/health`` stopped answering.
+        on_healthy: Called after each healthy answer (the scheduler measures the
+            child's memory then).
 
     Cancellation: the way it ends; nothing to clean up.
     """
@@ -80,6 +83,8 @@ async def watch_child(
             now = trio.current_time()
             if health is not None and health.status == 200:
                 last_healthy = now
+                if on_healthy is not None:
+                    on_healthy()
             elif now - last_healthy >= timeout:
                 on_hung(
                     slot,

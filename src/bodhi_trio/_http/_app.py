@@ -213,7 +213,11 @@ def create_app(routes: Routes, policy: AccessPolicy, *, max_body_bytes: int) -> 
         return Reply.json({"message": "pong"})
 
     async def logs() -> Reply:
-        return await routes.logs(request.args.get("lines"), request.args.get("follow"))
+        args = request.args
+        return await routes.logs(args.get("lines"), args.get("follow"), args.get("alias"))
+
+    async def stop() -> Reply:
+        return await routes.stop(await body())
 
     async def load() -> Reply:
         return await routes.load(await body())
@@ -242,7 +246,7 @@ def create_app(routes: Routes, policy: AccessPolicy, *, max_body_bytes: int) -> 
     route("/bodhi/v1/state", ["GET"], routes.state, access=Access.API)
     route("/bodhi/v1/events", ["GET"], routes.events, access=Access.API)
     route("/bodhi/v1/server/load", ["POST"], load, access=Access.ADMIN)
-    route("/bodhi/v1/server/stop", ["POST"], routes.stop, access=Access.ADMIN)
+    route("/bodhi/v1/server/stop", ["POST"], stop, access=Access.ADMIN)
     route("/bodhi/v1/server/variant", ["PUT"], variant, access=Access.ADMIN)
     route("/bodhi/v1/server/logs", ["GET"], logs, access=Access.ADMIN)
     route("/bodhi/v1/aliases", ["GET"], routes.aliases_list, access=Access.API)

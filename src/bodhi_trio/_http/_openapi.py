@@ -14,7 +14,7 @@ import copy
 import functools
 from typing import Any
 
-from bodhi_trio._config._aliases import REQUEST_PARAM_KEYS
+from bodhi_trio._config._aliases import KEEP_ALIVE_MAX, REQUEST_PARAM_KEYS
 from bodhi_trio._http._routes import INTEGER_FIELDS, NUMBER_FIELDS
 
 __all__ = ["openapi_document"]
@@ -30,7 +30,8 @@ ALIAS_NAME_PATTERN = r"^[A-Za-z0-9_:-]+(?:\.[A-Za-z0-9_:-]+)*\.?$"
 
 _ERROR_TYPES = [
     "invalid_request_error", "authentication_error", "permission_error", "not_found_error",
-    "conflict_error", "internal_server_error", "service_unavailable", "upstream_error",
+    "conflict_error", "rate_limit_error", "internal_server_error", "service_unavailable",
+    "upstream_error",
 ]  # fmt: skip
 
 _STATUS_TEXT = {
@@ -40,10 +41,12 @@ _STATUS_TEXT = {
     404: "No such alias or model file; or no such route (a name with a newline or '..')",
     409: "The alias (or one stored in the same file) exists",
     413: "Body larger than BODHI_MAX_BODY_BYTES",
+    429: "server_busy: BODHI_MAX_QUEUE requests for this model admitted already (Retry-After)",
     500: "llama-server missing or failed to start",
     501: "Relayed from llama-server (e.g. embeddings not enabled)",
     502: "llama-server unreachable or its connection broke",
-    503: "Shutting down, or the response was interrupted",
+    503: "Shutting down, the response was interrupted, or the model is larger than the"
+    " memory budget (insufficient_memory); Retry-After",
 }
 
 
@@ -72,6 +75,14 @@ def _completion_body(required: list[str], extra: _Json) -> _Json:
         "additionalProperties": True,
     }
 
+
+_KEEP_ALIVE: _Json = {
+    "type": ["integer", "null"],
+    "minimum": -1,
+    "maximum": KEEP_ALIVE_MAX,
+    "description": "Seconds loaded after the last response; -1 never unloads; null/absent:"
+    " BODHI_KEEP_ALIVE_SECS",
+}
 
 _REQUEST_PARAMS: _Json = {
     "type": ["object", "null"],
@@ -113,6 +124,7 @@ def _alias_input(*, alias_required: bool) -> _Json:
                     {"type": "array", "items": {"type": "string"}},
                 ]
             },
+            "keep_alive_secs": _KEEP_ALIVE,
             # Keys older alias files carry: accepted and ignored.
             "source": {},
             "chat_template": {},
@@ -165,6 +177,7 @@ _SCHEMAS: _Json = {
             "snapshot": _STRING,
             "request_params": {"type": "object"},
             "context_params": _STRINGS,
+            "keep_alive_secs": {"type": "integer", "minimum": -1, "maximum": KEEP_ALIVE_MAX},
         },
         "alias", "repo", "filename", "snapshot",
     ),
@@ -180,18 +193,34 @@ _SCHEMAS: _Json = {
         },
         "data", "problems",
     ),
-    "State": _object(
+    "ModelState": _object(
         {
-            "state": {"enum": ["stopped", "loading", "ready", "stopping", "crashed"]},
-            "alias": _NULLABLE_STRING,
-            "variant": _STRING,
+            "alias": _STRING,
+            "state": {"enum": ["stopped", "loading", "ready", "stopping", "crashed", "hung"]},
             "pid": {"type": ["integer", "null"]},
-            "port": {"type": ["integer", "null"]},
+            "port": {"type": "null"},
             "in_flight": {"type": "integer", "minimum": 0},
+            "queued": {"type": "integer", "minimum": 0},
             "since": {"type": "number"},
+            "last_used": {"type": ["number", "null"]},
+            "expires_at": {"type": ["number", "null"]},
+            "memory": {"type": ["integer", "null"], "minimum": 0},
             "error": _NULLABLE_STRING,
         },
-        "state", "alias", "variant", "pid", "port", "in_flight", "since", "error",
+        "alias", "state", "pid", "port", "in_flight", "queued", "since", "last_used",
+        "expires_at", "memory", "error",
+        closed=False,
+    ),
+    "State": _object(
+        {
+            "variant": _STRING,
+            "memory": _object(
+                {"budget": {"type": ["integer", "null"]}, "used": {"type": "integer"}},
+                "budget", "used",
+            ),
+            "models": {"type": "array", "items": _ref("ModelState")},
+        },
+        "variant", "memory", "models",
         closed=False,
     ),
     "Model": _object(
@@ -246,6 +275,7 @@ def _operation(
     errors: tuple[int, ...] = (),
     *,
     body: _Json | None = None,
+    body_required: bool = True,
     parameters: list[_Json] | None = None,
     relay: bool = False,
     public: bool = False,
@@ -256,7 +286,7 @@ def _operation(
         operation["parameters"] = parameters
     if body is not None:
         operation["requestBody"] = {
-            "required": True,
+            "required": body_required,
             "content": {"application/json": {"schema": body}},
         }
     statuses = sorted({*errors, 403, *(() if public else (401,))})
@@ -269,7 +299,7 @@ def _operation(
 def _completion(summary: str, schema: _Json, *, streams: bool) -> _Json:
     ok = {"application/json": {"schema": {"type": "object"}}, **(_SSE if streams else {})}
     responses = {"200": {"description": "llama-server's answer, relayed", "content": ok}}
-    errors = (400, 404, 413, 500, 501, 502, 503)
+    errors = (400, 404, 413, 429, 500, 501, 502, 503)
     return _operation(summary, responses, errors, body=schema, relay=True)
 
 
@@ -290,6 +320,7 @@ def _build() -> _Json:
     logs_params = [
         _query("lines", {"type": "integer"}, "How many recent lines (0..1000; default 100)"),
         _query("follow", _STRING, "'true', '1' or 'yes' streams as SSE; anything else does not"),
+        _query("alias", _STRING, "Only this alias's children's output (404 for no such alias)"),
     ]
     lines = _object({"lines": _STRINGS}, "lines")
     load_body = _object({"alias": {"type": "string", "minLength": 1}}, "alias", closed=False)
@@ -321,10 +352,13 @@ def _build() -> _Json:
                               {"200": {"description": "OK", "content": _SSE}}),
         },
         "/bodhi/v1/server/load": {
-            "post": _operation("Load an alias", state, (400, 404, 413, 500, 502, 503),
-                               body=load_body),
+            "post": _operation("Load an alias beside the others", state,
+                               (400, 404, 413, 429, 500, 502, 503), body=load_body),
         },
-        "/bodhi/v1/server/stop": {"post": _operation("Stop the loaded model", state, (503,))},
+        "/bodhi/v1/server/stop": {
+            "post": _operation("Stop one model ({alias}), or every model (no body)", state,
+                               (400, 404, 413, 503), body=load_body, body_required=False),
+        },
         "/bodhi/v1/server/variant": {
             "put": _operation("Switch the exec variant", state, (400, 413, 500, 503),
                               body=variant_body),
@@ -334,7 +368,7 @@ def _build() -> _Json:
                 "Recent llama-server output; follow=true streams it",
                 {"200": {"description": "OK",
                          "content": {**_json(lines)["content"], **_SSE}}},
-                (400,),
+                (400, 404),
                 parameters=logs_params,
             ),
         },

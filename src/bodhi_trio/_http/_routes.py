@@ -205,13 +205,12 @@ class Routes:
             created = int(self.ctx.aliases.path_for(alias.alias).stat().st_mtime)
         except OSError:
             created = 0
-        state = self.ctx.state
         return {
             "id": alias.alias,
             "object": "model",
             "created": created,
             "owned_by": "bodhi-trio",
-            "loaded": state.alias == alias.alias and state.status is SlotStatus.READY,
+            "loaded": self.ctx.state.status_of(alias.alias) is SlotStatus.READY,
         }
 
     # ------------------------------------------------------------------ health
@@ -239,8 +238,13 @@ class Routes:
         state = await self.ctx.load(required_string(parse_json_body(raw).get("alias"), "alias"))
         return Reply.json(state.to_json())
 
-    async def stop(self) -> Reply:
-        await self.ctx.stop()
+    async def stop(self, raw: bytes) -> Reply:
+        """``POST /bodhi/v1/server/stop``: ``{"alias"}`` stops that model; no body, all."""
+        alias = None
+        if raw.strip():
+            alias = required_string(parse_json_body(raw).get("alias"), "alias")
+            self.ctx.resolve_alias(alias)  # 404 alias_not_found for no such alias
+        await self.ctx.stop(alias)
         return Reply.json(self.ctx.state.to_json())
 
     async def variant(self, raw: bytes) -> Reply:
@@ -248,14 +252,21 @@ class Routes:
         state = await self.ctx.set_exec_variant(variant)
         return Reply.json(state.to_json())
 
-    async def logs(self, lines: str | None, follow: str | None) -> Reply:
-        """``GET /bodhi/v1/server/logs``: the last lines; ``follow=true`` streams new ones."""
+    async def logs(self, lines: str | None, follow: str | None, alias: str | None = None) -> Reply:
+        """``GET /bodhi/v1/server/logs``: the last lines (of every child, or of ``alias``'s);
+        ``follow=true`` streams new ones."""
         try:
             count = 100 if lines is None else int(lines)
         except ValueError as exc:
             raise InvalidRequestError("'lines' must be an integer", param="lines") from exc
         count = max(0, min(count, _MAX_LOG_LINES))
         log = self.ctx.log
+        if alias is not None:
+            self.ctx.resolve_alias(required_string(alias, "alias"))  # 404: no such alias
+            own = self.ctx.log_for(alias)
+            if own is None:
+                return Reply.json({"lines": []})
+            log = own
         recent = log.tail(count)
         if (follow or "").lower() not in ("1", "true", "yes"):
             return Reply.json({"lines": recent})

@@ -27,10 +27,15 @@ class LogTail:
     Args:
         maxlen: How many lines the ring keeps.
         path: Log file to append to (its directory is created); ``None`` for no file.
+        mirror: Another tail that receives every line too, after ``mirror_prefix``
+            (each child's own tail mirrors into the context's combined one).
+        mirror_prefix: What marks this tail's lines in the mirror.
     """
 
     maxlen: int = 1000
     path: Path | None = None
+    mirror: LogTail | None = None
+    mirror_prefix: str = ""
     _lines: collections.deque[str] = attrs.field(init=False)
     _total: int = attrs.field(default=0, init=False)
     _file: IO[str] | None = attrs.field(default=None, init=False)
@@ -58,6 +63,8 @@ class LogTail:
         if self._file is not None:
             self._file.write(line + "\n")
         self._changed.set()
+        if self.mirror is not None:
+            self.mirror.append(self.mirror_prefix + line)
         self._changed = trio.Event()
 
     def tail(self, n: int = 20) -> list[str]:
