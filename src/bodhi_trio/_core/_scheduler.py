@@ -30,7 +30,6 @@ its write hold into one read hold per waiting request (:meth:`WriteHold.downgrad
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -40,15 +39,10 @@ import trio
 import trio_util
 
 from bodhi_trio._core._admission import Admission, Limits
-from bodhi_trio._core._idle import run_idle_unloader
-from bodhi_trio._core._model import ModelSlot
+from bodhi_trio._core._children import start_load
 from bodhi_trio._core._slot import PendingLoad, Slot, Ticket
 from bodhi_trio._core._state import EventKind, ServerEvent, ServerState, SlotStatus
-from bodhi_trio._core._supervision import supervise_child
-from bodhi_trio._core._watch import watch_child
 from bodhi_trio._exceptions import (
-    BodhiError,
-    LlamaServerExitedError,
     ResponseInterruptedError,
     ServerBusyError,
     UnavailableError,
@@ -58,6 +52,7 @@ if TYPE_CHECKING:
     from bodhi_trio._config._aliases import Alias
     from bodhi_trio._core._address import Address
     from bodhi_trio._core._listeners import ListenerHub
+    from bodhi_trio._core._model import ModelSlot
     from bodhi_trio._core._rwlock import RWLockStatistics
     from bodhi_trio._core._slot import Launcher, SpecBuilder
     from bodhi_trio._llama._child import LaunchSpec
@@ -288,92 +283,7 @@ class Scheduler:
     # ------------------------------------------------------------------ loads
 
     def _start_load(self, alias: Alias) -> PendingLoad:
-        pending = PendingLoad(alias)
-        self._pending[alias.alias] = pending
-        self._nursery.start_soon(self._load_task, pending, name=f"load:{alias.alias}")
-        return pending
-
-    async def _load_task(self, pending: PendingLoad) -> None:
-        """Admit, start and hand read holds to the requests waiting for ``pending.alias``."""
-        alias = pending.alias
-        name = alias.alias
-        model: ModelSlot | None = None
-        try:
-            spec = self._build_spec(alias, self._variant)
-            estimate = await self._estimate(spec) if self._estimate is not None else None
-            self._admission.check_fits_alone(name, estimate)
-            model = ModelSlot(alias, self._log_for(name), self._keep_alive_for(alias))
-            model.memory = estimate
-            model.pending = pending
-            pending.model = model
-            async with model.lock.write() as hold:
-                async with self._admission.turn():
-                    self.check_open()
-                    self._models[name] = model  # replaces a crashed or failed entry
-                    self._publish()
-                    self.emit(EventKind.LOADING, name, memory=estimate)
-                    await self._admission.make_room(model)
-                await self._start_child(model, spec)
-                del self._pending[name]  # later requests take the normal path
-                model.pending = None
-                tickets = [t for t in pending.tickets if not t.abandoned]
-                await hold.downgrade(len(tickets))
-                for ticket in tickets:
-                    if ticket.abandoned:  # its request left while we downgraded
-                        await model.lock.release_read()
-                    else:
-                        ticket.granted = True
-        except BodhiError as exc:
-            pending.error = exc
-            self._load_failed(name, model, exc)
-        except Exception as exc:
-            logger.exception("loading %s failed unexpectedly", name)
-            pending.error = BodhiError(f"loading {name!r} failed: {exc!r}")
-            self._load_failed(name, model, pending.error)
-        finally:
-            if self._pending.get(name) is pending:
-                del self._pending[name]
-            if model is not None:
-                model.pending = None
-            pending.done.set()
-
-    def _load_failed(self, alias: str, model: ModelSlot | None, error: BodhiError) -> None:
-        if model is not None and self._models.get(alias) is model and not model.ready:
-            model.set_status(SlotStatus.STOPPED, error=error.message)  # listed with its error
-            self._publish()
-        self.emit(EventKind.STOP, alias, error=error.message, code=error.code)
-
-    async def _start_child(self, model: ModelSlot, spec: LaunchSpec) -> None:
-        """Start ``model``'s child (its write side held) and its watch and idle timer."""
-        on_crash = functools.partial(self._on_crash, model)
-        server, scope, finished = await self._nursery.start(
-            supervise_child,
-            self._launcher,
-            spec,
-            model.log,
-            on_crash,
-            name=f"llama-server:{model.name}",
-        )
-        model.child = Slot(model.alias, self._variant, spec, server, scope, finished)
-        model.interruption = None
-        model.set_status(SlotStatus.READY)
-        model.count_reader(0)  # the keep-alive counts from now
-        self._starts += 1
-        self._publish()
-        self.emit(EventKind.START, model.name, pid=server.pid)
-        timeout = self._limits.upstream_idle_timeout
-        if timeout > 0:
-            self._nursery.start_soon(
-                watch_child,
-                model.child,
-                self._sender,
-                timeout,
-                functools.partial(self._on_hung, model),
-                functools.partial(self._measure_memory, model),
-                name=f"watch:{model.name}",
-            )
-        if model.keep_alive >= 0:
-            self._nursery.start_soon(run_idle_unloader, self, model, name=f"idle:{model.name}")
+        return start_load(self, alias)
 
     # ------------------------------------------------------------------ the write side
 
@@ -415,53 +325,6 @@ class Scheduler:
         self._publish()
         self.emit(EventKind.STOP, model.name, pid=child.server.pid, reason=reason)
         logger.info("stopped %s (%s)", model.name, reason)
-
-    def _on_crash(self, model: ModelSlot, error: LlamaServerExitedError) -> None:
-        child = model.child
-        if child is None or not child.usable:
-            return
-        logger.error("%s: %s", model.name, error.message)
-        model.interrupt(
-            ResponseInterruptedError(f"llama-server crashed (exit code {error.returncode})")
-        )
-        child.usable = False
-        child.watch.cancel()
-        model.idle_scope.cancel()
-        model.set_status(SlotStatus.CRASHED, error=error.message)
-        self._publish()
-        self.emit(
-            EventKind.CRASHED,
-            model.name,
-            pid=child.server.pid,
-            returncode=error.returncode,
-            log_tail=list(error.log_tail),
-        )
-
-    def _on_hung(self, model: ModelSlot, child: Slot, message: str) -> None:
-        """The watch found the child unresponsive: end its responses, kill it.
-
-        The child task then reaps it; the next request for the alias loads a fresh one.
-        """
-        if model.child is not child or not child.usable:
-            return
-        logger.error("%s", message)
-        model.interrupt(ResponseInterruptedError(message))
-        child.usable = False
-        model.idle_scope.cancel()
-        child.server.kill()  # SIGKILL: a stopped or wedged process ignores SIGTERM
-        child.scope.cancel()
-        model.set_status(SlotStatus.HUNG, error=message)
-        self._publish()
-        self.emit(EventKind.HUNG, model.name, pid=child.server.pid, error=message)
-
-    def _measure_memory(self, model: ModelSlot) -> None:
-        """Count ``model`` for its child's measured RSS from now on (the watch calls it)."""
-        if self._measure is None or model.child is None or not model.ready:
-            return
-        measured = self._measure(model.child.server.pid)
-        if measured is not None and measured != model.memory:
-            model.memory = measured
-            self._publish()
 
     # ------------------------------------------------------------------ waiting
 
