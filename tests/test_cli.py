@@ -85,6 +85,28 @@ def test_refused_context_params_are_one_line_and_write_nothing(
     assert not (tmp_path / "aliases").exists()
 
 
+def test_alias_create_keep_alive_secs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    home = str(tmp_path)
+    code, _, _ = run(
+        capsys, "--home", home, "alias", "create", "x",
+        "--repo", "a/b", "--filename", "c.gguf", "--keep-alive-secs", "-1",
+    )  # fmt: skip
+    assert code == 0
+    assert yaml.safe_load((tmp_path / "aliases" / "x.yaml").read_text())["keep_alive_secs"] == -1
+    code, out, _ = run(capsys, "--home", home, "alias", "show", "x")
+    assert "keep_alive_secs: -1" in out
+    code, out, err = run(
+        capsys, "--home", home, "alias", "create", "y",
+        "--repo", "a/b", "--filename", "c.gguf", "--keep-alive-secs", "-2",
+    )  # fmt: skip
+    assert (code, out) == (1, "")
+    assert err == (
+        "bodhi-trio: error: command line: keep_alive_secs must be in [-1, 1000000000]"
+        " (-1 never unloads), got -2\n"
+    )
+    assert not (tmp_path / "aliases" / "y.yaml").exists()
+
+
 def test_llama_server_path_error_is_one_line(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "bodhi_trio", "--home", str(tmp_path), "llama-server", "path"],

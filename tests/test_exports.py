@@ -16,11 +16,12 @@ def test_all_names_exist_and_are_public() -> None:
 PUBLIC = {
     "AdminKeyRequiredError", "Alias", "AliasExistsError", "AliasFileProblem",
     "AliasNotFoundError", "AliasStore", "AuthenticationError", "BodhiError", "ConfigError",
-    "ConflictError", "ContextStatistics", "EventKind", "ForbiddenError", "InvalidAliasError",
+    "ConflictError", "ContextStatistics", "EventKind", "ForbiddenError",
+    "InsufficientMemoryError", "InvalidAliasError",
     "InvalidRequestError", "ListenerStatistics", "LlamaServerExitedError",
-    "LlamaServerInstallError", "LlamaServerNotFoundError", "ModelFileNotFoundError",
+    "LlamaServerInstallError", "LlamaServerNotFoundError", "ModelFileNotFoundError", "ModelState",
     "NotFoundError", "RequestParams", "RequestTooLargeError", "ResponseInterruptedError",
-    "ServerArgsError", "ServerEvent", "ServerState", "Settings", "SettingsError",
+    "ServerArgsError", "ServerBusyError", "ServerEvent", "ServerState", "Settings", "SettingsError",
     "SharedContext", "SlotStatus", "StartupError", "StateListener", "UnavailableError",
     "UpstreamError", "UpstreamResponse", "load_settings", "open_context", "serve",
 }  # fmt: skip

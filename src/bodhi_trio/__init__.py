@@ -36,6 +36,7 @@ from bodhi_trio._context._open import open_context as open_context
 from bodhi_trio._core._listeners import ListenerStatistics as ListenerStatistics
 from bodhi_trio._core._listeners import StateListener as StateListener
 from bodhi_trio._core._state import EventKind as EventKind
+from bodhi_trio._core._state import ModelState as ModelState
 from bodhi_trio._core._state import ServerEvent as ServerEvent
 from bodhi_trio._core._state import ServerState as ServerState
 from bodhi_trio._core._state import SlotStatus as SlotStatus
@@ -47,6 +48,7 @@ from bodhi_trio._exceptions import BodhiError as BodhiError
 from bodhi_trio._exceptions import ConfigError as ConfigError
 from bodhi_trio._exceptions import ConflictError as ConflictError
 from bodhi_trio._exceptions import ForbiddenError as ForbiddenError
+from bodhi_trio._exceptions import InsufficientMemoryError as InsufficientMemoryError
 from bodhi_trio._exceptions import InvalidAliasError as InvalidAliasError
 from bodhi_trio._exceptions import InvalidRequestError as InvalidRequestError
 from bodhi_trio._exceptions import LlamaServerExitedError as LlamaServerExitedError
@@ -57,6 +59,7 @@ from bodhi_trio._exceptions import NotFoundError as NotFoundError
 from bodhi_trio._exceptions import RequestTooLargeError as RequestTooLargeError
 from bodhi_trio._exceptions import ResponseInterruptedError as ResponseInterruptedError
 from bodhi_trio._exceptions import ServerArgsError as ServerArgsError
+from bodhi_trio._exceptions import ServerBusyError as ServerBusyError
 from bodhi_trio._exceptions import SettingsError as SettingsError
 from bodhi_trio._exceptions import StartupError as StartupError
 from bodhi_trio._exceptions import UnavailableError as UnavailableError
@@ -81,6 +84,7 @@ __all__ = [
     "ContextStatistics",
     "EventKind",
     "ForbiddenError",
+    "InsufficientMemoryError",
     "InvalidAliasError",
     "InvalidRequestError",
     "ListenerStatistics",
@@ -88,11 +92,13 @@ __all__ = [
     "LlamaServerInstallError",
     "LlamaServerNotFoundError",
     "ModelFileNotFoundError",
+    "ModelState",
     "NotFoundError",
     "RequestParams",
     "RequestTooLargeError",
     "ResponseInterruptedError",
     "ServerArgsError",
+    "ServerBusyError",
     "ServerEvent",
     "ServerState",
     "Settings",

@@ -111,6 +111,7 @@ def _alias_create(args: argparse.Namespace) -> int:
         "snapshot": args.snapshot,
         "request_params": request_params,
         "context_params": list(args.context_param or ()),
+        "keep_alive_secs": args.keep_alive_secs,
     }
     alias = Alias.from_dict(data, source="command line")
     settings = _settings(args)
@@ -219,6 +220,13 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         metavar="ARGS",
         help='llama-server args, e.g. "--ctx-size 4096" or --embeddings (repeatable)',
+    )
+    create.add_argument(
+        "--keep-alive-secs",
+        type=int,
+        metavar="N",
+        help="seconds the model stays loaded after its last response; -1 never"
+        " (default: BODHI_KEEP_ALIVE_SECS)",
     )
     create.add_argument("--force", action="store_true", help="replace an existing alias")
     create.set_defaults(run=_alias_create)

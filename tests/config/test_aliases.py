@@ -115,6 +115,8 @@ def test_context_params_as_one_string_and_legacy_keys() -> None:
         ({"repo": "no-slash"}, "src: repo 'no-slash' must be 'owner/name'"),
         ({"filename": "../x.gguf"}, "src: filename '../x.gguf' must not have"),
         ({"snapshot": 5007}, "src: snapshot must be a string"),
+        ({"snapshot": False}, "src: snapshot must be a string"),
+        ({"snapshot": 0}, "src: snapshot must be a string"),
         ({"alias": "a/b"}, "src: alias name 'a/b' has characters outside"),
         ({"extra": 1}, "src: unknown key(s) 'extra'"),
         ({"request_params": [1]}, "src: request_params must be a mapping, got list"),
@@ -137,12 +139,35 @@ def test_context_params_as_one_string_and_legacy_keys() -> None:
         ),
         ({"context_params": ["-m=x.gguf"]}, "flag '-m' is reserved"),
         ({"context_params": ["oops --jinja"]}, "value 'oops' comes before any flag"),
+        ({"keep_alive_secs": -2}, "src: keep_alive_secs must be in [-1, 1000000000]"),
+        ({"keep_alive_secs": 10**9 + 1}, "keep_alive_secs must be in [-1, 1000000000]"),
+        ({"keep_alive_secs": 10**400}, "(-1 never unloads), got 10000000000000000000000"),
+        ({"keep_alive_secs": "300"}, "src: keep_alive_secs must be an integer (seconds; -1"),
+        ({"keep_alive_secs": 1.5}, "keep_alive_secs must be an integer (seconds; -1 never"),
+        ({"keep_alive_secs": True}, "keep_alive_secs must be an integer (seconds; -1 never"),
     ],
 )
 def test_invalid_fields_name_source_and_field(changes: dict[str, Any], message: str) -> None:
     with pytest.raises(InvalidAliasError) as caught:
         Alias.from_dict({**LLAMA3, **changes}, source="src")
     assert message in caught.value.message
+
+
+@pytest.mark.parametrize("seconds", [-1, 0, 30, 10**9])
+def test_keep_alive_secs_round_trips_and_unset_is_omitted(seconds: int) -> None:
+    alias = Alias.from_dict({**LLAMA3, "keep_alive_secs": seconds}, source="t")
+    assert alias.keep_alive_secs == seconds
+    assert alias.to_dict() == {**LLAMA3, "keep_alive_secs": seconds}
+    assert Alias.from_dict(alias.to_dict(), source="t") == alias
+    unset = Alias.from_dict({**LLAMA3, "keep_alive_secs": None}, source="t")
+    assert unset.keep_alive_secs is None
+    assert "keep_alive_secs" not in unset.to_dict()
+
+
+def test_keep_alive_secs_errors_name_the_field() -> None:
+    with pytest.raises(InvalidAliasError) as caught:
+        Alias.from_dict({**LLAMA3, "keep_alive_secs": -5}, source="src")
+    assert caught.value.param == "keep_alive_secs"
 
 
 def test_not_a_mapping() -> None:
@@ -399,3 +424,13 @@ def test_get_sees_a_file_edited_in_place(tmp_path: Path) -> None:
     path.write_text(path.read_text().replace("a.gguf", "bb.gguf"))  # same inode, new size
     assert store.get("x:1").filename == "bb.gguf"
     assert store.get("x:1") is store.get("x:1")  # parsed once, then reused
+
+
+def test_keep_alive_secs_in_an_alias_file(store: AliasStore) -> None:
+    path = store.create(make_alias(keep_alive_secs=45))
+    assert yaml.safe_load(path.read_text())["keep_alive_secs"] == 45
+    assert store.get("llama3:instruct").keep_alive_secs == 45
+    path.write_text(path.read_text().replace("keep_alive_secs: 45", "keep_alive_secs: forever"))
+    aliases, problems = store.load()
+    assert aliases == []
+    assert "keep_alive_secs must be an integer" in problems[0].reason

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -26,7 +26,7 @@ ARGS = ("--ctx-size 512", "--threads 1")
 
 @asynccontextmanager
 async def models(
-    tmp_path: Path, hub_cache: Path, aliases: dict[str, tuple[str, ...]], **env: str
+    tmp_path: Path, hub_cache: Path, aliases: Mapping[str, Sequence[str]], **env: str
 ) -> AsyncIterator[SharedContext]:
     settings = load_settings(
         home=tmp_path,
@@ -34,7 +34,7 @@ async def models(
     )
     store = AliasStore(settings.aliases_dir)
     for name, params in aliases.items():
-        store.create(Alias(name, DEMO_REPO, DEMO_FILENAME, context_params=params))
+        store.create(Alias(name, DEMO_REPO, DEMO_FILENAME, context_params=tuple(params)))
     async with open_context(settings) as ctx:
         yield ctx
 

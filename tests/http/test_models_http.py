@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import AsyncIterator, Callable
-from contextlib import aclosing, asynccontextmanager
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,8 @@ import trio
 from api_errors import envelope_problem
 from bodhi_trio._config._aliases import Alias
 from bodhi_trio._config._demo import DEMO_FILENAME, DEMO_REPO
+from bodhi_trio._core._address import Address
+from bodhi_trio._transport._loopback import UpstreamPool, send_upstream
 from httpserver import one_model, running_server
 from paths import FAKE_LLAMA_SERVER
 from procs import is_alive, wait_gone
@@ -38,6 +40,10 @@ def chat(alias: str, max_tokens: int, *, stream: bool = False, **extra: object) 
     return json.dumps({**body, **extra}).encode()
 
 
+def address_of(url: str) -> Address:
+    return Address.tcp("127.0.0.1", int(url.rsplit(":", 1)[1]))
+
+
 @asynccontextmanager
 async def open_streams(url: str, body: bytes, count: int) -> AsyncIterator[list[bytearray]]:
     """``count`` streamed chats held open; yields their bytes so far once each has some,
@@ -46,23 +52,20 @@ async def open_streams(url: str, body: bytes, count: int) -> AsyncIterator[list[
     streaming = 0
     all_streaming = trio.Event()
 
-    async def one(client: httpx.AsyncClient, buffer: bytearray) -> None:
+    async def one(pool: UpstreamPool, buffer: bytearray) -> None:
         nonlocal streaming
-        async with client.stream("POST", CHAT, content=body) as response:
+        async with send_upstream(pool, address_of(url), CHAT, body) as response:
             assert response.status_code == 200
-            async for chunk in response.aiter_raw():
+            async for chunk in response:
                 if not buffer:
                     streaming += 1
                     if streaming == count:
                         all_streaming.set()
                 buffer += chunk
 
-    async with (
-        httpx.AsyncClient(base_url=url, timeout=30) as client,
-        trio.open_nursery() as nursery,
-    ):
+    async with UpstreamPool() as pool, trio.open_nursery() as nursery:
         for buffer in received:
-            nursery.start_soon(one, client, buffer)
+            nursery.start_soon(one, pool, buffer)
         await all_streaming.wait()
         yield received
         nursery.cancel_scope.cancel()
@@ -159,17 +162,24 @@ async def test_keep_alive_secs_of_an_alias_via_the_alias_api(
             bad = {**brief, "alias": "bad:1", "keep_alive_secs": -2}
             refused = await client.put("/bodhi/v1/aliases/bad:1", json=bad)
             async with (
-                client.stream("GET", "/bodhi/v1/events") as events,
-                aclosing(events.aiter_lines()) as lines,
-            ):
+                UpstreamPool() as pool,
+                send_upstream(pool, address_of(server.url), "/bodhi/v1/events", b"",
+                              method="GET") as events,
+            ):  # fmt: skip
                 for name in ("stay:1", "brief:1"):  # brief:1 last: its 1 s runs from here
                     assert (await client.post(CHAT, content=chat(name, 3))).status_code == 200
                 state = await get_state(client)
+                received = b""
                 with trio.fail_after(10):  # liveness bound: the keep-alive is 1 s
-                    async for line in lines:
-                        event = json.loads(line[6:]) if line.startswith("data: ") else {}
-                        if event.get("event") == "stop":
-                            stops.append(event)
+                    async for chunk in events:
+                        received += chunk
+                        stops = [
+                            event
+                            for line in received.decode().split("\n\n")
+                            if line.startswith("data: ")
+                            and (event := json.loads(line[6:]))["event"] == "stop"
+                        ]
+                        if stops:
                             break
             after = await get_state(client)
     assert created.status_code == 201
@@ -290,8 +300,9 @@ async def test_stop_one_alias_or_every_model(tmp_path: Path, hub_cache: Path) ->
 
 
 # Generations that outlast the test unless the crash ends them (context shift: the
-# context never fills).
-ENDLESS_PARAMS = ("--ctx-size 4096 --parallel 4 --context-shift",)
+# context never fills). One thread each: with llama-server's default (a thread per core)
+# two children on a shared 2-core machine sometimes took 30+ s for a 200-token stream.
+ENDLESS_PARAMS = ("--ctx-size 4096 --parallel 4 --context-shift --threads 1",)
 CRASHING = Alias("crash:a", DEMO_REPO, DEMO_FILENAME, context_params=ENDLESS_PARAMS)
 SURVIVING = Alias("survive:b", DEMO_REPO, DEMO_FILENAME, context_params=ENDLESS_PARAMS)
 
@@ -302,7 +313,8 @@ async def test_one_child_sigkilled_while_both_models_stream(
     tmp_path: Path, hub_cache: Path
 ) -> None:
     endless = chat(CRASHING.alias, 1_000_000, stream=True, ignore_eos=True)
-    finite = chat(SURVIVING.alias, 200, stream=True, ignore_eos=True)
+    # Long enough that all four are still streaming at the kill, short enough to end soon.
+    finite = chat(SURVIVING.alias, 2000, stream=True, ignore_eos=True)
     with trio.fail_after(90):  # liveness bound: what fails here is a hang
         async with (
             running_server(tmp_path, hub_cache, aliases=(CRASHING, SURVIVING)) as server,
@@ -322,6 +334,7 @@ async def test_one_child_sigkilled_while_both_models_stream(
                 after = await state_when(
                     client, lambda s: one_model(s, CRASHING.alias)["state"] == "crashed"
                 )
+            survivor_alive = is_alive(one_model(after, SURVIVING.alias)["pid"])
     survivor = one_model(before, SURVIVING.alias)
     assert survivor["in_flight"] == 4  # the other model was streaming when the kill came
     assert surviving_streams.outcomes == [DONE_LAST] * 4
@@ -331,7 +344,7 @@ async def test_one_child_sigkilled_while_both_models_stream(
     assert "-9" in crashed["error"]
     still = one_model(after, SURVIVING.alias)
     assert (still["state"], still["pid"], still["error"]) == ("ready", survivor["pid"], None)
-    assert is_alive(survivor["pid"])
+    assert survivor_alive
     assert not is_alive(victim)
 
 

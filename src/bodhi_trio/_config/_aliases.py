@@ -24,6 +24,7 @@ from bodhi_trio._llama._server_args import parse_server_args
 
 __all__ = [
     "ALIAS_NAME_RE",
+    "KEEP_ALIVE_MAX",
     "REQUEST_PARAM_KEYS",
     "Alias",
     "RequestParams",
@@ -46,7 +47,18 @@ REQUEST_PARAM_KEYS: tuple[str, ...] = (
     "user",
 )
 
-_ALIAS_KEYS = ("alias", "repo", "filename", "snapshot", "request_params", "context_params")
+_ALIAS_KEYS = (
+    "alias",
+    "repo",
+    "filename",
+    "snapshot",
+    "request_params",
+    "context_params",
+    "keep_alive_secs",
+)
+# Beyond this a deadline (a clock reading plus the keep-alive) no longer fits a float,
+# and 31 years is "never" in practice anyway: -1 says so.
+KEEP_ALIVE_MAX = 10**9
 # Keys BodhiApp wrote into alias files; tolerated so its files load unchanged.
 _LEGACY_KEYS = frozenset({"source", "chat_template"})
 _FLOAT_RANGES = {
@@ -157,6 +169,25 @@ def _check_stop(value: object, source: str) -> str | tuple[str, ...] | None:
     )
 
 
+def _check_keep_alive(value: object, source: str) -> int | None:
+    """``keep_alive_secs``: an integer in ``-1..KEEP_ALIVE_MAX``; ``None`` = the default."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidAliasError(
+            f"{source}: keep_alive_secs must be an integer (seconds; -1 never unloads),"
+            f" got {_short(value)}",
+            param="keep_alive_secs",
+        )
+    if not -1 <= value <= KEEP_ALIVE_MAX:
+        raise InvalidAliasError(
+            f"{source}: keep_alive_secs must be in [-1, {KEEP_ALIVE_MAX}] (-1 never unloads),"
+            f" got {_short(value)}",
+            param="keep_alive_secs",
+        )
+    return value
+
+
 @attrs.frozen
 class RequestParams:
     """Defaults an alias fills into requests that lack them; ``None`` = unset."""
@@ -249,6 +280,9 @@ class Alias:
 
     Build one from untrusted data with :meth:`from_dict`, which validates
     every field; the store validates the name again before touching disk.
+
+    ``keep_alive_secs`` is how long its model stays loaded after its last response
+    (-1 never unloads, 0 unloads at once); ``None`` leaves it to ``BODHI_KEEP_ALIVE_SECS``.
     """
 
     alias: str
@@ -257,6 +291,7 @@ class Alias:
     snapshot: str = "main"
     request_params: RequestParams = attrs.field(factory=RequestParams)
     context_params: tuple[str, ...] = ()
+    keep_alive_secs: int | None = None
 
     @classmethod
     def from_dict(cls, data: object, *, source: str) -> Alias:
@@ -283,10 +318,13 @@ class Alias:
             name = validate_alias_name(data["alias"])
             repo = validate_repo_id(data["repo"])
             filename = validate_filename(data["filename"])
-            snapshot = validate_snapshot(data.get("snapshot") or "main")
+            # Only absent, null or "" mean the default: `snapshot: false` is a mistake.
+            raw_snapshot = data.get("snapshot")
+            snapshot = validate_snapshot("main" if raw_snapshot in (None, "") else raw_snapshot)
         except InvalidAliasError as exc:
             raise InvalidAliasError(f"{source}: {exc.message}", param=exc.param) from exc
         request_params = RequestParams.from_dict(data.get("request_params"), source=source)
+        keep_alive_secs = _check_keep_alive(data.get("keep_alive_secs"), source)
         raw_context = data.get("context_params") or ()
         if isinstance(raw_context, str):
             raw_context = (raw_context,)
@@ -308,10 +346,12 @@ class Alias:
             snapshot=snapshot,
             request_params=request_params,
             context_params=tuple(raw_context),
+            keep_alive_secs=keep_alive_secs,
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """The YAML/JSON shape; empty ``request_params``/``context_params`` omitted."""
+        """The YAML/JSON shape; empty ``request_params``/``context_params`` and an unset
+        ``keep_alive_secs`` omitted."""
         result: dict[str, Any] = {
             "alias": self.alias,
             "repo": self.repo,
@@ -323,4 +363,6 @@ class Alias:
             result["request_params"] = request_params
         if self.context_params:
             result["context_params"] = list(self.context_params)
+        if self.keep_alive_secs is not None:
+            result["keep_alive_secs"] = self.keep_alive_secs
         return result
