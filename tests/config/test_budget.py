@@ -192,3 +192,10 @@ def test_machine_memory_of_this_machine(tmp_path: Path) -> None:
     assert 256 * MiB < total < 64 * TiB
     settings = load_settings(home=tmp_path, env={})
     assert settings.memory_budget_bytes() == total * 80 // 100
+
+
+def test_keep_alive_has_an_upper_bound(tmp_path: Path) -> None:
+    """A huge keep-alive would overflow the idle deadline (the clock plus it)."""
+    with pytest.raises(SettingsError, match="BODHI_KEEP_ALIVE_SECS"):
+        load_settings(home=tmp_path, env={"BODHI_KEEP_ALIVE_SECS": str(10**12)})
+    assert load_settings(home=tmp_path, env={"BODHI_KEEP_ALIVE_SECS": str(10**9)}).keep_alive_secs

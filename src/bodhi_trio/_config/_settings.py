@@ -365,7 +365,8 @@ def load_settings(
         llama_server=llama_server,
         llamacpp_args=get("BODHI_LLAMACPP_ARGS", as_args, _DEFAULTS.llamacpp_args),
         llamacpp_args_variants=variant_args,
-        keep_alive_secs=integer("BODHI_KEEP_ALIVE_SECS", _DEFAULTS.keep_alive_secs, -1),
+        # Capped like an alias's keep_alive_secs: the idle deadline adds it to the clock.
+        keep_alive_secs=integer("BODHI_KEEP_ALIVE_SECS", _DEFAULTS.keep_alive_secs, -1, 10**9),
         sse_keepalive_secs=seconds("BODHI_SSE_KEEPALIVE_SECS", _DEFAULTS.sse_keepalive_secs),
         startup_timeout_secs=seconds(
             "BODHI_STARTUP_TIMEOUT_SECS", _DEFAULTS.startup_timeout_secs, positive=True
