@@ -223,6 +223,15 @@ def child_starts(lines: list[str]) -> list[ChildStart]:
     return starts
 
 
+def newest_model(doc: dict[str, Any], alias: str | None = None) -> dict[str, Any]:
+    """From ``GET /bodhi/v1/state``: ``alias``'s entry (``None``: the newest one)."""
+    models = [m for m in doc.get("models", []) if alias is None or m.get("alias") == alias]
+    if not models:
+        return {"state": "stopped", "alias": None, "pid": None, "in_flight": 0}
+    newest: dict[str, Any] = max(models, key=lambda m: m.get("since") or 0)
+    return newest
+
+
 @attrs.define(eq=False)
 class Bodhi:
     """A running ``bodhi-trio serve`` and its control API."""
@@ -241,14 +250,17 @@ class Bodhi:
         return http_json(self.url + path, method, body, timeout=timeout)
 
     def load(self, alias: str) -> dict[str, Any]:
-        state: dict[str, Any] = self.api("/bodhi/v1/server/load", "POST", {"alias": alias}, 120)
+        """Load ``alias``; its entry of ``GET /bodhi/v1/state``'s ``models``."""
+        doc = self.api("/bodhi/v1/server/load", "POST", {"alias": alias}, 120)
+        state = newest_model(doc, alias)
         if state.get("state") != "ready":
-            raise RuntimeError(f"{self.name}: loading {alias} gave {state}")
+            raise RuntimeError(f"{self.name}: loading {alias} gave {doc}")
         return state
 
     def state(self) -> dict[str, Any]:
-        state: dict[str, Any] = self.api("/bodhi/v1/state", timeout=10)
-        return state
+        """The newest model's entry of ``GET /bodhi/v1/state`` (the suites run one at a time);
+        ``{"state": "stopped"}`` when there is none."""
+        return newest_model(self.api("/bodhi/v1/state", timeout=10))
 
     def logs(self, lines: int = 200) -> list[str]:
         doc: dict[str, list[str]] = self.api(f"/bodhi/v1/server/logs?lines={lines}", timeout=10)
@@ -294,6 +306,9 @@ def start_bodhi(
     home, log = root / "home", root / "serve.log"
     home.mkdir(parents=True, exist_ok=True)
     extra = {"BODHI_HOME": str(home), "HF_HOME": str(root / "hf"), "BODHI_KEEP_ALIVE_SECS": "-1"}
+    # One model at a time: the suites compare one child against its direct arm, and the swap
+    # suite measures swaps (several resident models would make them loads beside).
+    extra["BODHI_MAX_LOADED_MODELS"] = "1"
     if llama_server is not None:
         extra["BODHI_LLAMA_SERVER"] = str(llama_server)
     env = _clean_env(**extra)
