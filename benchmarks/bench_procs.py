@@ -309,6 +309,9 @@ def start_bodhi(
     # One model at a time: the suites compare one child against its direct arm, and the swap
     # suite measures swaps (several resident models would make them loads beside).
     extra["BODHI_MAX_LOADED_MODELS"] = "1"
+    # The memory suite holds 1000 streams on one model: above the default per-model queue
+    # bound (512), which would answer the rest 429. The harness measures relaying, not that.
+    extra["BODHI_MAX_QUEUE"] = "100000"
     if llama_server is not None:
         extra["BODHI_LLAMA_SERVER"] = str(llama_server)
     env = _clean_env(**extra)
