@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
+import time
 from pathlib import Path
 
-from bodhi_trio._llama._leftovers import forget_child, kill_leftovers, record_child
+from bodhi_trio._llama._leftovers import (
+    forget_child,
+    kill_leftovers,
+    record_child,
+    sweep_socket_dirs,
+)
 from procs import is_alive
 
 
@@ -63,3 +70,40 @@ def test_unreadable_record_is_dropped(tmp_path: Path) -> None:
     assert not bad.exists()
     assert kill_leftovers(tmp_path / "missing") == []
     assert os.listdir(tmp_path) == []
+
+
+def _aged(path: Path, seconds: float) -> Path:
+    then = time.time() - seconds
+    os.utime(path, (then, then))
+    return path
+
+
+def test_stale_socket_dirs_are_swept_and_live_ones_kept(tmp_path: Path) -> None:
+    """A child started without a run record leaves its socket directory when its parent is
+    killed; the next context removes it, but never a live child's or a starting one's."""
+    dead = tmp_path / "bodhi-trio-dead"
+    dead.mkdir()
+    (dead / "llama.sock").write_text("")  # a socket file nothing listens on
+    empty = tmp_path / "bodhi-trio-empty"
+    empty.mkdir()
+    live = tmp_path / "bodhi-trio-live"
+    live.mkdir()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(live / "llama.sock"))
+    listener.listen(1)
+    starting = tmp_path / "bodhi-trio-starting"  # young: its child has not bound yet
+    starting.mkdir()
+    other = tmp_path / "not-ours"
+    other.mkdir()
+    for path in (dead, empty, live, other):
+        _aged(path, 3600)
+    try:
+        removed = sweep_socket_dirs(tmp_path)
+    finally:
+        listener.close()
+    assert sorted(removed) == sorted([dead, empty])
+    assert not dead.exists()
+    assert not empty.exists()
+    assert live.exists()
+    assert starting.exists()
+    assert other.exists()

@@ -41,7 +41,7 @@ from bodhi_trio._core._state import (
 )
 from bodhi_trio._exceptions import InvalidRequestError, LlamaServerNotFoundError
 from bodhi_trio._llama._child import serve_llama_server
-from bodhi_trio._llama._leftovers import kill_leftovers
+from bodhi_trio._llama._leftovers import kill_leftovers, sweep_socket_dirs
 from bodhi_trio._llama._logtail import LogTail
 from bodhi_trio._llama._memory import estimate_model_memory, process_group_rss
 from bodhi_trio._llama._runtime import find_llama_server
@@ -356,6 +356,7 @@ async def open_context(
     before returning.
     """
     kill_leftovers(settings.run_dir)
+    sweep_socket_dirs()
     log = LogTail(path=settings.logs_dir / "llama-server.log")
     child_logs: list[LogTail] = []
     try:

@@ -40,7 +40,12 @@ from bodhi_trio._core._address import MAX_UNIX_PATH_BYTES, Address
 from bodhi_trio._core._http1 import FramingError, split_head
 from bodhi_trio._exceptions import LlamaServerExitedError, StartupError
 from bodhi_trio._llama._launch import LaunchSpec, child_environment
-from bodhi_trio._llama._leftovers import forget_child, record_child
+from bodhi_trio._llama._leftovers import (
+    SOCKET_DIR_PREFIX,
+    SOCKET_NAME,
+    forget_child,
+    record_child,
+)
 from bodhi_trio._llama._logtail import LogTail
 from bodhi_trio._llama._process import ChildProcess, spawn_child
 
@@ -54,7 +59,6 @@ _DRAIN_TIMEOUT = 2.0
 _MAX_LINE = 64 * 1024
 _BIND_FAILURE_MARKERS = ("couldn't bind HTTP server socket", "address already in use")
 _TAIL_LINES = 20
-_SOCKET_NAME = "llama.sock"  # llama-server listens on a Unix socket when --host ends in .sock
 
 
 @final
@@ -110,10 +114,10 @@ class _BindFailed(Exception):
 def _private_socket_dir(root: Path | None) -> Path:
     """A fresh directory only our user can enter (``mkdtemp`` makes it 0700)."""
     try:
-        directory = Path(tempfile.mkdtemp(prefix="bodhi-trio-", dir=root))
+        directory = Path(tempfile.mkdtemp(prefix=SOCKET_DIR_PREFIX, dir=root))
     except OSError as exc:
         raise StartupError(f"could not create a socket directory: {exc}") from exc
-    socket_path = directory / _SOCKET_NAME
+    socket_path = directory / SOCKET_NAME
     if len(os.fsencode(socket_path)) > MAX_UNIX_PATH_BYTES:
         shutil.rmtree(directory, ignore_errors=True)
         raise StartupError(
@@ -169,7 +173,7 @@ async def serve_llama_server(
 async def _run_once(
     spec: LaunchSpec, socket_dir: Path, tail: LogTail, task_status: trio.TaskStatus[LlamaServer]
 ) -> NoReturn:
-    address = Address.unix(str(socket_dir / _SOCKET_NAME))
+    address = Address.unix(str(socket_dir / SOCKET_NAME))
     argv = spec.argv(str(address.unix_socket))
     mark = tail.total  # errors quote this child's lines only, not an earlier child's
     tail.append(f"[bodhi-trio] starting: {' '.join(argv)}")

@@ -17,9 +17,20 @@ import logging
 import os
 import shutil
 import signal
+import socket
+import stat
+import tempfile
+import time
 from pathlib import Path
 
-__all__ = ["forget_child", "kill_leftovers", "record_child"]
+__all__ = [
+    "SOCKET_DIR_PREFIX",
+    "SOCKET_NAME",
+    "forget_child",
+    "kill_leftovers",
+    "record_child",
+    "sweep_socket_dirs",
+]
 
 logger = logging.getLogger("bodhi_trio.leftovers")
 
@@ -99,7 +110,62 @@ def kill_leftovers(run_dir: Path) -> list[int]:
                 os.killpg(pid, signal.SIGKILL)
             killed.append(pid)
         socket_dir = record.get("socket_dir")
-        if isinstance(socket_dir, str) and Path(socket_dir).name.startswith("bodhi-trio-"):
+        if isinstance(socket_dir, str) and Path(socket_dir).name.startswith(SOCKET_DIR_PREFIX):
             shutil.rmtree(socket_dir, ignore_errors=True)
         forget_child(path)
     return killed
+
+
+SOCKET_DIR_PREFIX = "bodhi-trio-"
+"""The prefix of a child's private socket directory (``mkdtemp``)."""
+SOCKET_NAME = "llama.sock"
+"""The child's socket in it: llama-server listens on a Unix socket when --host ends in .sock."""
+_STALE_AFTER_SECS = 60.0
+
+
+def _listening(socket_path: Path) -> bool:
+    """Whether something accepts connections on the Unix socket ``socket_path``."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(str(socket_path))
+        except OSError:
+            return False
+        return True
+
+
+def sweep_socket_dirs(
+    root: Path | None = None, *, min_age: float = _STALE_AFTER_SECS
+) -> list[Path]:
+    """Remove the private socket directories of children that are gone.
+
+    A run record covers a child whose parent died; a child started without one (library
+    use without ``run_dir``) leaves its directory behind when its parent is killed. A
+    directory is removed only if it is ours (our uid, our prefix), older than ``min_age``
+    (a child that is starting has not bound its socket yet) and nothing listens on its
+    socket: another bodhi-trio's live children are never touched.
+
+    Returns:
+        The directories removed.
+    """
+    folder = Path(tempfile.gettempdir()) if root is None else root
+    removed: list[Path] = []
+    now = time.time()
+    try:
+        candidates = list(folder.glob(SOCKET_DIR_PREFIX + "*"))
+    except OSError:
+        return removed
+    for directory in candidates:
+        try:
+            info = directory.lstat()
+        except OSError:
+            continue
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+            continue
+        if now - info.st_mtime < min_age or _listening(directory / SOCKET_NAME):
+            continue
+        shutil.rmtree(directory, ignore_errors=True)
+        removed.append(directory)
+    if removed:
+        logger.info("removed %d stale child socket directories", len(removed))
+    return removed
