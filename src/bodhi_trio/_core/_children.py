@@ -48,7 +48,6 @@ async def _load_task(scheduler: Scheduler, pending: PendingLoad) -> None:
         scheduler._admission.check_fits_alone(name, estimate)
         model = ModelSlot(alias, scheduler._log_for(name), scheduler._keep_alive_for(alias))
         model.memory = estimate
-        model.pending = pending
         pending.model = model
         async with model.lock.write() as hold:
             async with scheduler._admission.turn():
@@ -59,7 +58,6 @@ async def _load_task(scheduler: Scheduler, pending: PendingLoad) -> None:
                 await scheduler._admission.make_room(model)
             await _start_child(scheduler, model, spec)
             del scheduler._pending[name]  # later requests take the normal path
-            model.pending = None
             tickets = [t for t in pending.tickets if not t.abandoned]
             await hold.downgrade(len(tickets))
             for ticket in tickets:
@@ -77,8 +75,6 @@ async def _load_task(scheduler: Scheduler, pending: PendingLoad) -> None:
     finally:
         if scheduler._pending.get(name) is pending:
             del scheduler._pending[name]
-        if model is not None:
-            model.pending = None
         pending.done.set()
 
 
@@ -128,13 +124,12 @@ async def _start_child(scheduler: Scheduler, model: ModelSlot, spec: LaunchSpec)
 
 def _on_crash(scheduler: Scheduler, model: ModelSlot, error: LlamaServerExitedError) -> None:
     child = model.child
-    if child is None or not child.usable:
+    if child is None or not model.ready:  # stopping or stopped already: not a crash
         return
     logger.error("%s: %s", model.name, error.message)
     model.interrupt(
         ResponseInterruptedError(f"llama-server crashed (exit code {error.returncode})")
     )
-    child.usable = False
     child.watch.cancel()
     model.idle_scope.cancel()
     model.set_status(SlotStatus.CRASHED, error=error.message)
@@ -153,11 +148,10 @@ def _on_hung(scheduler: Scheduler, model: ModelSlot, child: Slot, message: str) 
 
     The child task then reaps it; the next request for the alias loads a fresh one.
     """
-    if model.child is not child or not child.usable:
+    if model.child is not child or not model.ready:
         return
     logger.error("%s", message)
     model.interrupt(ResponseInterruptedError(message))
-    child.usable = False
     model.idle_scope.cancel()
     child.server.kill()  # SIGKILL: a stopped or wedged process ignores SIGTERM
     child.scope.cancel()

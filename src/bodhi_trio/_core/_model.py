@@ -21,7 +21,7 @@ from bodhi_trio._core._state import ModelState, SlotStatus
 
 if TYPE_CHECKING:
     from bodhi_trio._config._aliases import Alias
-    from bodhi_trio._core._slot import PendingLoad, Slot
+    from bodhi_trio._core._slot import Slot
     from bodhi_trio._exceptions import BodhiError
     from bodhi_trio._llama._logtail import LogTail
 
@@ -43,7 +43,6 @@ class ModelSlot:
         lock: Writer-preferring: responses hold the read side, load/stop/evict the write.
         status: Where it is in its lifecycle.
         child: The running child, once started.
-        pending: Its load in progress, if any (single flight per alias).
         readers: The cancel scopes of the responses holding it.
         in_flight: How many responses hold it.
         memory: Bytes it is counted for: the estimate, then the child's measured RSS.
@@ -62,7 +61,6 @@ class ModelSlot:
     lock: RWLock = attrs.field(factory=RWLock)
     status: SlotStatus = SlotStatus.LOADING
     child: Slot | None = None
-    pending: PendingLoad | None = None
     readers: set[trio.CancelScope] = attrs.field(factory=set)
     in_flight: int = 0
     memory: int | None = None
@@ -85,7 +83,7 @@ class ModelSlot:
 
     @property
     def ready(self) -> bool:
-        return self.status is SlotStatus.READY and self.child is not None and self.child.usable
+        return self.status is SlotStatus.READY and self.child is not None
 
     def set_status(self, status: SlotStatus, *, error: str | None = None) -> None:
         if status is not self.status:

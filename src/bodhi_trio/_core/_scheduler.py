@@ -253,7 +253,7 @@ class Scheduler:
         while True:
             self.check_open()
             model = self._models.get(name)
-            if model is not None and model.ready and model.pending is None:
+            if model is not None and model.ready:
                 await model.lock.acquire_read()
                 if model.ready and self._models.get(name) is model:
                     return model
@@ -309,7 +309,6 @@ class Scheduler:
         if self._models.get(model.name) is not model or child is None or not model.resident:
             return
         model.set_status(SlotStatus.STOPPING)
-        child.usable = False
         child.watch.cancel()
         model.idle_scope.cancel()
         self._publish()

@@ -69,7 +69,6 @@ class Slot:
     scope: trio.CancelScope  # cancelling it stops the child
     finished: trio.Event  # set once the child task has ended (child reaped)
     watch: trio.CancelScope = attrs.field(factory=trio.CancelScope)  # its health watch
-    usable: bool = True
 
 
 @attrs.define(eq=False)
