@@ -37,9 +37,9 @@ import attrs
 from bodhi_trio._exceptions import ServerArgsError, SettingsError
 from bodhi_trio._llama._flags import LLAMA_SERVER_FLAGS, LlamaFlag
 from bodhi_trio._llama._server_args import (
-    RESERVED_FLAGS,
     ServerArg,
     canonical_flag,
+    is_reserved,
     parse_server_args,
     read_as,
 )
@@ -246,7 +246,7 @@ def allowed_flags_setting(key: str, flags: tuple[str, ...], source: str) -> tupl
     for flag in flags:
         if not flag.startswith("-") or len(flag) < 2:
             raise SettingsError(f"{key} from {source}: {flag!r} is not a flag", param=key)
-        if canonical_flag(flag) in RESERVED_FLAGS or flag in RESERVED_FLAGS:
+        if is_reserved(flag):
             raise SettingsError(
                 f"{key} from {source}: {flag!r} is reserved by bodhi-trio and cannot be allowed",
                 param=key,

@@ -20,6 +20,7 @@ from typing import TypeVar
 import attrs
 import yaml
 
+from bodhi_trio._config._aliases import KEEP_ALIVE_MAX
 from bodhi_trio._config._arg_policy import (
     allowed_flags_setting,
     allowed_paths_setting,
@@ -366,7 +367,9 @@ def load_settings(
         llamacpp_args=get("BODHI_LLAMACPP_ARGS", as_args, _DEFAULTS.llamacpp_args),
         llamacpp_args_variants=variant_args,
         # Capped like an alias's keep_alive_secs: the idle deadline adds it to the clock.
-        keep_alive_secs=integer("BODHI_KEEP_ALIVE_SECS", _DEFAULTS.keep_alive_secs, -1, 10**9),
+        keep_alive_secs=integer(
+            "BODHI_KEEP_ALIVE_SECS", _DEFAULTS.keep_alive_secs, -1, KEEP_ALIVE_MAX
+        ),
         sse_keepalive_secs=seconds("BODHI_SSE_KEEPALIVE_SECS", _DEFAULTS.sse_keepalive_secs),
         startup_timeout_secs=seconds(
             "BODHI_STARTUP_TIMEOUT_SECS", _DEFAULTS.startup_timeout_secs, positive=True

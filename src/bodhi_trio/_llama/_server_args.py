@@ -41,6 +41,7 @@ __all__ = [
     "RESERVED_FLAGS",
     "ServerArg",
     "canonical_flag",
+    "is_reserved",
     "is_flag",
     "merge_server_args",
     "parse_server_args",
@@ -48,28 +49,11 @@ __all__ = [
     "tokenize_server_args",
 ]
 
+# What bodhi-trio sets itself (the socket the child listens on, the model from the alias,
+# the alias name responses carry, no key on the child): the flag table's "reserved" rows,
+# every spelling of each.
 RESERVED_FLAGS: frozenset[str] = frozenset(
-    {
-        # bodhi-trio binds the child to 127.0.0.1 on a free port it picks itself.
-        "--host",
-        "--port",
-        # The model comes from the alias; a second model source would be ambiguous.
-        "--model",
-        "-m",
-        "--model-url",
-        "-mu",
-        "--hf-repo",
-        "-hf",
-        "-hfr",
-        "--hf-file",
-        "-hff",
-        # Responses must carry the alias name bodhi-trio routes by.
-        "--alias",
-        "-a",
-        # An API key on the child would lock bodhi-trio out of its own process.
-        "--api-key",
-        "--api-key-file",
-    }
+    spelling for spelling, flag in LLAMA_SERVER_FLAGS.items() if flag.category == "reserved"
 )
 
 # A negative number in the forms llama-server accepts: -1, -0.5, -.5, -1., -1e3.
@@ -123,8 +107,9 @@ def canonical_flag(flag: str) -> str:
     return spelling if known is None else known.canonical
 
 
-def _is_reserved(flag: str) -> bool:
-    return normalize_spelling(flag) in RESERVED_FLAGS or canonical_flag(flag) in RESERVED_FLAGS
+def is_reserved(flag: str) -> bool:
+    """Whether ``flag``, in any spelling llama-server reads, is one bodhi-trio sets itself."""
+    return canonical_flag(flag) in RESERVED_FLAGS
 
 
 def read_as(given: str) -> str:
@@ -205,7 +190,7 @@ def parse_server_args(items: str | Sequence[str], *, source: str) -> list[Server
                 )
             current_values.append(token)
             continue
-        if _is_reserved(token):
+        if is_reserved(token):
             raise ServerArgsError(
                 f"{source}: flag {token!r} is reserved{read_as(token)}: bodhi-trio sets the"
                 " host, port, model, alias and API key of llama-server itself"
