@@ -63,7 +63,15 @@ __all__ = [
     "ServerBusyError",
     "UnavailableError",
     "UpstreamError",
+    "error_envelope",
 ]
+
+
+def error_envelope(
+    message: str, error_type: str, code: str | int, param: str | None = None
+) -> dict[str, dict[str, str | int | None]]:
+    """``{"error": {"message", "type", "code", "param"}}``: every error body we send."""
+    return {"error": {"message": message, "type": error_type, "code": code, "param": param}}
 
 
 class BodhiError(Exception):
@@ -83,16 +91,9 @@ class BodhiError(Exception):
         self.message = message
         self.param = param
 
-    def to_envelope(self) -> dict[str, dict[str, str | None]]:
+    def to_envelope(self) -> dict[str, dict[str, str | int | None]]:
         """The OpenAI-style error body for this error."""
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.error_type,
-                "code": self.code,
-                "param": self.param,
-            }
-        }
+        return error_envelope(self.message, self.error_type, self.code, self.param)
 
 
 class ConfigError(BodhiError):

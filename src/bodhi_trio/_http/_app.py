@@ -31,10 +31,12 @@ from bodhi_trio._exceptions import (
     InvalidRequestError,
     RequestTooLargeError,
     UnavailableError,
+    error_envelope,
 )
 from bodhi_trio._http._openapi import openapi_document
-from bodhi_trio._http._routes import Reply, Routes, compact_json
+from bodhi_trio._http._routes import Reply, Routes
 from bodhi_trio._http._security import Access
+from bodhi_trio._http._sse import compact_json
 
 if TYPE_CHECKING:
     from bodhi_trio._http._security import AccessPolicy
@@ -66,8 +68,8 @@ def _to_response(reply: Reply) -> Response:
 def _envelope_response(
     status: int, message: str, error_type: str, code: str | int, param: str | None = None
 ) -> Response:
-    body = {"error": {"message": message, "type": error_type, "code": code, "param": param}}
-    return Response(compact_json(body), status=status, content_type="application/json")
+    body = compact_json(error_envelope(message, error_type, code, param))
+    return Response(body, status=status, content_type="application/json")
 
 
 def _error_response(error: BaseException) -> Response:

@@ -27,7 +27,6 @@ tests in ``tests/test_connections.py`` fail if an upgrade changes them.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any, final
 
@@ -38,6 +37,9 @@ from hypercorn.trio.task_group import TaskGroup
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import parse_socket_addr
+
+from bodhi_trio._exceptions import error_envelope
+from bodhi_trio._http._sse import compact_json
 
 __all__ = ["Connection", "error_body"]
 
@@ -54,8 +56,7 @@ _PARSER_ERRORS: dict[int, tuple[str, str]] = {
 
 def error_body(message: str, error_type: str, code: str) -> bytes:
     """The error envelope, serialised as the app serialises it."""
-    body = {"error": {"message": message, "type": error_type, "code": code, "param": None}}
-    return json.dumps(body, separators=(",", ":")).encode()
+    return compact_json(error_envelope(message, error_type, code)).encode()
 
 
 class _Refused(h11.RemoteProtocolError):

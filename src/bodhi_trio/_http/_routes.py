@@ -22,7 +22,7 @@ from bodhi_trio._core._state import ServerEvent, SlotStatus
 from bodhi_trio._exceptions import InvalidRequestError
 from bodhi_trio._http._relay import Relay, RelayBody, relay_upstream
 from bodhi_trio._http._request_scope import close_with_request
-from bodhi_trio._http._sse import SSE_HEADERS, DirectStream, keepalive_interval
+from bodhi_trio._http._sse import SSE_HEADERS, DirectStream, compact_json, keepalive_interval
 
 if TYPE_CHECKING:
     from bodhi_trio._llama._logtail import LogTail
@@ -32,7 +32,6 @@ __all__ = [
     "NUMBER_FIELDS",
     "Reply",
     "Routes",
-    "compact_json",
     "parse_json_body",
     "validate_completion_request",
 ]
@@ -57,11 +56,6 @@ class Reply:
     @classmethod
     def json(cls, value: object, status: int = 200) -> Reply:
         return cls(status, _JSON, compact_json(value).encode())
-
-
-def compact_json(value: object) -> str:
-    """``value`` as JSON without optional whitespace, as every body and event we send is."""
-    return json.dumps(value, separators=(",", ":"))
 
 
 def _no_constant(name: str) -> float:

@@ -50,10 +50,15 @@ def sse_event(payload: str | bytes) -> bytes:
     return "".join(f"data: {line}\n" for line in _LINE_BREAK.split(text)).encode() + b"\n"
 
 
+def compact_json(value: object) -> str:
+    """``value`` as JSON without optional whitespace, as every body and event we send is."""
+    return json.dumps(value, separators=(",", ":"))
+
+
 def error_event(error: BodhiError | Mapping[str, Any]) -> bytes:
     """The one ``data: {"error": ...}`` event that ends a failed stream."""
     body = error.to_envelope() if isinstance(error, BodhiError) else {"error": dict(error)}
-    return sse_event(json.dumps(body, separators=(",", ":")))
+    return sse_event(compact_json(body))
 
 
 def keepalive_interval(keepalive: float) -> float:
