@@ -296,19 +296,21 @@ def start_bodhi(
     aliases: dict[str, list[str]],
     llama_server: Path | None = None,
     timeout: float = 120.0,
+    max_loaded: int = 1,
 ) -> Bodhi:
     """``bodhi-trio serve --demo --port 0`` with its own BODHI_HOME and HF_HOME under
     ``workdir/name``, every alias in ``aliases`` (name → context params) on the demo model,
-    ``BODHI_KEEP_ALIVE_SECS=-1`` and, if given, ``BODHI_LLAMA_SERVER=llama_server``.
+    ``BODHI_KEEP_ALIVE_SECS=-1``, ``BODHI_MAX_LOADED_MODELS=max_loaded`` and, if given,
+    ``BODHI_LLAMA_SERVER=llama_server``.
     Its output goes to ``workdir/name/serve.log`` (a file: it can never block).
     """
     root = workdir / name
     home, log = root / "home", root / "serve.log"
     home.mkdir(parents=True, exist_ok=True)
     extra = {"BODHI_HOME": str(home), "HF_HOME": str(root / "hf"), "BODHI_KEEP_ALIVE_SECS": "-1"}
-    # One model at a time: the suites compare one child against its direct arm, and the swap
-    # suite measures swaps (several resident models would make them loads beside).
-    extra["BODHI_MAX_LOADED_MODELS"] = "1"
+    # One model at a time unless told: the suites compare one child against its direct arm,
+    # and the swap suite measures swaps (several resident models would make them loads beside).
+    extra["BODHI_MAX_LOADED_MODELS"] = str(max_loaded)
     # The memory suite holds 1000 streams on one model: above the default per-model queue
     # bound (512), which would answer the rest 429. The harness measures relaying, not that.
     extra["BODHI_MAX_QUEUE"] = "100000"
@@ -350,9 +352,10 @@ def running_bodhi(
     name: str,
     aliases: dict[str, list[str]],
     llama_server: Path | None = None,
+    max_loaded: int = 1,
 ) -> Iterator[Bodhi]:
-    """:func:`start_bodhi`, stopped (and its child with it) on leaving."""
-    bodhi = start_bodhi(workdir, name, aliases, llama_server)
+    """:func:`start_bodhi`, stopped (and its children with it) on leaving."""
+    bodhi = start_bodhi(workdir, name, aliases, llama_server, max_loaded=max_loaded)
     try:
         yield bodhi
     finally:

@@ -359,10 +359,14 @@ def _provenance(doc: dict[str, Any], source: str, command: str) -> list[str]:
     ]
 
 
-def render_results(doc: dict[str, Any], source: str, command: str) -> str:
+def render_results(
+    doc: dict[str, Any], source: str, command: str, more: list[str] | None = None
+) -> str:
     """RESULTS.md from the document ``run.py`` wrote to ``source`` (its path relative to
-    RESULTS.md); ``command`` re-renders it. Nothing here may depend on anything but these
-    three, so that re-rendering the committed JSON gives the committed RESULTS.md."""
+    RESULTS.md); ``command`` re-renders it; ``more``: other suites' sections (rendered by
+    their own modules from ``doc``), placed before the notes. Nothing here may depend on
+    anything but these, so that re-rendering the committed JSON gives the committed
+    RESULTS.md."""
     suites = doc["suites"]
     lines = [
         "# Benchmark results",
@@ -460,6 +464,7 @@ def render_results(doc: dict[str, Any], source: str, command: str) -> str:
             "",
             _memory_table(suites["memory"]),
         ]
+    lines += more or []
     notes = list(doc.get("notes") or [])
     loads = [
         f"{name}: {v['loadavg'][0]} → {v['loadavg'][1]} ({v.get('wall_s', 0):.0f} s)"

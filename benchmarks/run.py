@@ -15,6 +15,9 @@ BODHI_HOME and HF_HOME, and stops it, with its child, at the end):
   llama-server's default threads; ``llama-t1``: ``--threads 1``, which leaves a core to the
   proxy and the client); then the time to the first token across model swaps and cold
   starts, minus the child's own start-to-ready time.
+- ``rag`` (``--llama``): several models at once, the RAG pattern (embed/chat alternated)
+  on bodhi-trio with two slots, with one slot, and llama.cpp's router mode; the load-beside
+  overhead and the memory estimate vs. the measured RSS. See :mod:`bench_models`.
 
 Writes the whole run, with its provenance (git revision and whether ``src/`` or
 ``benchmarks/`` had uncommitted changes, the machine, Python and package versions, the
@@ -49,6 +52,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import bench_models as models
 import bench_report as report
 import bench_startup as startup
 import bench_suites as suites
@@ -57,7 +61,7 @@ __all__ = ["main"]
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-SUITES = ("fake", "llama", "llama-t1", "swap", "memory")
+SUITES = ("fake", "llama", "llama-t1", "swap", "rag", "memory")
 RESULTS_JSON = HERE / "results.json"  # committed, with RESULTS.md rendered from it
 QUICK_JSON = HERE / "results" / "quick.json"  # ignored: quick runs are not the record
 PACKAGES = ("bodhi-trio", "trio", "hypercorn", "quart", "quart-trio", "h11")
@@ -181,7 +185,8 @@ def render(source: Path, results_md: Path) -> None:
         command += ["--results-md", _shown(results_md)]
     link = Path(os.path.relpath(source.resolve(), results_md.resolve().parent)).as_posix()
     results_md.parent.mkdir(parents=True, exist_ok=True)
-    results_md.write_text(report.render_results(saved, link, shlex.join(command)))
+    more = models.render_rag(saved["suites"]["rag"]) if "rag" in saved["suites"] else []
+    results_md.write_text(report.render_results(saved, link, shlex.join(command), more))
 
 
 def _loadavg() -> str:
@@ -192,6 +197,8 @@ def _loadavg() -> str:
 
 
 def _errors(name: str, result: dict[str, Any]) -> int:
+    if name == "rag":
+        return int(result["errors"])
     if name != "memory":
         return sum(int(r["errors"]) for r in result["runs"])
     failed = int(result.get("failed") or 0) + int(result.get("first_request_errors") or 0)
@@ -206,6 +213,7 @@ def _run_suites(
         "llama": lambda: suites.llama_suite(workdir, args.quick, doc["rounds"], "llama"),
         "llama-t1": lambda: suites.llama_suite(workdir, args.quick, doc["rounds"], "llama-t1"),
         "swap": lambda: startup.swap_suite(workdir, args.quick),
+        "rag": lambda: models.rag_suite(workdir, args.quick),
         "memory": lambda: startup.memory_suite(workdir, args.streams),
     }
     for name in chosen:
@@ -220,7 +228,7 @@ def _run_suites(
             continue
         result["wall_s"] = time.monotonic() - started
         result["loadavg"] = [load_before, _loadavg()]  # other work on the machine shows here
-        if name != "memory" and name != "swap":
+        if name not in ("memory", "swap", "rag"):
             result["summary"] = report.summary(result["runs"])
         if name == "swap":
             result["stats"] = report.swap_stats(result["runs"])
@@ -238,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="2 short rounds, fewer swaps")
     parser.add_argument("--rounds", type=int, help="rounds (default 5, --quick 2)")
     parser.add_argument(
-        "--llama", action="store_true", help="also the llama, llama-t1 and swap suites"
+        "--llama", action="store_true", help="also the llama, llama-t1, swap and rag suites"
     )
     parser.add_argument("--litellm", action="store_true", help="also LiteLLM in the fake suite")
     parser.add_argument("--suites", help=f"exactly these, comma-separated: {','.join(SUITES)}")

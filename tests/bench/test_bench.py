@@ -498,3 +498,47 @@ def test_provenance_is_recorded_at_run_time(tmp_path: Path) -> None:
     assert prov["packages"]["trio"] == trio.__version__
     assert set(prov["packages"]) >= {"trio", "hypercorn", "quart", "quart-trio", "bodhi-trio"}
     assert set(prov["llama_server"]) == {"path", "version", "built_with"}
+
+
+def _rag_arm(starts: int, first: float, p50: float) -> dict[str, Any]:
+    kind = {"first_ms": first, "p50_ms": p50, "p99_ms": p50 * 3}
+    return {"starts": starts, "wall_s": 1.5, "requests": 200, "errors": 0} | {
+        "error_samples": [],
+        "embed": kind,
+        "chat": kind,
+    }
+
+
+def test_the_rag_suite_renders_its_three_arms_and_loads_beside(tmp_path: Path) -> None:
+    """The several-models section comes from the run's JSON like the rest (byte for byte)."""
+    run = _bench_module("run")
+    doc = committed_like_results()
+    stats = {"wall_ms": 25.0, "ready_ms": 21.0, "overhead_ms": 4.0}
+    memory = {"alias": "bench:chat", "file_bytes": 2**20, "kv_bytes": 2**20}
+    memory |= {"estimate_bytes": 66 * 2**20, "measured_bytes": 21 * 2**20, "group_rss_bytes": None}
+    doc["suites"]["rag"] = {
+        "requests": 200,
+        "errors": 0,
+        "arms": {
+            "bodhi-trio": _rag_arm(2, 30.0, 2.5),
+            "bodhi-trio one slot": _rag_arm(200, 30.0, 28.0),
+            "router": _rag_arm(2, 20.0, 4.5),
+        },
+        "load_beside": {
+            "runs": [{}] * 20,
+            "stats": {"alone": stats, "beside": stats},
+            "memory": [memory],
+        },
+    }
+    json_path, md = tmp_path / "results.json", tmp_path / "RESULTS.md"
+    run.write_results(doc, json_path, md)
+    text = md.read_text()
+    assert text.index("## Several models") < text.index("## Notes")
+    assert "| bodhi-trio one slot | 200 | 30.0, 28.0 / 84.0 | 30.0, 28.0 / 84.0 | 1.5 | 0 |" in text
+    assert "| router | 2 | 20.0, 4.5 / 13.5 |" in text
+    assert "medians of 10 rounds" in text
+    assert "| beside | 25.0 | 21.0 | 4.0 |" in text
+    assert "| `bench:chat` | 1.0 | 1.0 | 66.0 | 21.0 | - |" in text
+    md.unlink()
+    assert run.main(["--render", str(json_path)]) == 0
+    assert md.read_text() == text

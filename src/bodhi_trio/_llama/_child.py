@@ -244,12 +244,17 @@ async def _supervise(
     async def poll_health() -> None:
         nonlocal ready
         while True:
+            seen = tail.total
             status = await _probe_health(address)
             if status == 200:
                 ready = True
                 race.cancel()
                 return
-            await trio.sleep(_HEALTH_INTERVAL)
+            # Probe again after the interval, or at once when the child writes a line:
+            # "listening on ..." comes as it becomes ready, so a load is noticed within
+            # the probe's round trip instead of up to a whole interval later.
+            with trio.move_on_after(_HEALTH_INTERVAL):
+                await tail.wait_for_more(seen)
 
     activity.touch()
     with activity.scope:
