@@ -41,6 +41,7 @@ __all__ = [
     "cpu_seconds",
     "free_port",
     "http_json",
+    "newest_model",
     "rss_mib",
     "running_bodhi",
     "running_fake",

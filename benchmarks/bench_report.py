@@ -171,7 +171,8 @@ def _ms(v: float) -> str:
 
 
 def check_targets(doc: dict[str, Any]) -> list[dict[str, str]]:
-    """The issue-5 targets with the measured value and MET / MISSED (by how much)."""
+    """The issue-5 targets (and issue 13's) with the measured value and MET / MISSED (by how
+    much)."""
     suites = doc.get("suites", {})
 
     def m(suite: str, scenario: str, arm: str, key: str) -> float | None:
@@ -315,6 +316,27 @@ def check_targets(doc: dict[str, Any]) -> list[dict[str, str]]:
             _verdict(per, 64, False, lambda v: f"{v:.1f} KiB"),
         )
     )
+    # issue 13: Ollama's NDJSON, translated per event, against the byte relay of the same
+    # stream; paced (one event per read, as from a real model) and at full speed
+    ratios, shown = [], []
+    for scenario in ("1 stream, paced", "8 streams, paced", "1 stream"):
+        a = m("fake", scenario, "ollama", "cpu_us_per_event")
+        b = m("fake", scenario, "bodhi-trio", "cpu_us_per_event")
+        r = None if a is None or not b else a / b
+        ratios.append(r)
+        shown.append(
+            f"{scenario}: {_num(r, '{:.2f}x')} ({_num(a, '{:.1f}')} vs {_num(b, '{:.1f}')} µs)"
+        )
+    paced = ratios[:2]
+    worst_paced = None if None in paced else max(r for r in paced if r is not None)
+    out.append(
+        _target(
+            "13",
+            "Ollama stream CPU µs/event <= 2x the OpenAI relay's (paced streams)",
+            "; ".join(shown),
+            _verdict(worst_paced, 2.0, False, lambda v: f"{v:.2f}x"),
+        )
+    )
     return out
 
 
@@ -375,7 +397,7 @@ def render_results(
         " JSON (see Provenance); rerun the benchmarks to refresh both, do not edit by hand.",
         "",
         *_provenance(doc, source, command),
-        "## Targets (issue 5)",
+        "## Targets (issue 5; 13: the Ollama dialect)",
         "",
         "| # | target | measured | result |",
         "|---|---|---|---|",

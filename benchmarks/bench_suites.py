@@ -2,7 +2,10 @@
 
 - **fake**: one bodhi-trio whose llama-server is ``fake_upstream.py``; arms ``direct`` (the
   child's own Unix socket: the same upstream process bodhi-trio relays from, reached the
-  same way), ``bodhi-trio`` and, optionally, ``litellm`` (LiteLLM's proxy). Children have no
+  same way), ``bodhi-trio``, ``ollama`` (bodhi-trio's ``/api/chat``: the same stream
+  translated to Ollama's NDJSON; paced, its requests go to ``bench:paced``, a second fake
+  child paced by its arguments, since Ollama requests carry no pace field) and,
+  optionally, ``litellm`` (LiteLLM's proxy). Children have no
   TCP port and LiteLLM cannot reach a Unix socket, so LiteLLM's upstream is a twin of the
   child: a second ``fake_upstream.py`` with the child's arguments, on a free TCP port.
 - **llama**: one bodhi-trio serving the real llama-server on the demo model (alias
@@ -30,6 +33,7 @@ from bench_procs import (
     Bodhi,
     cpu_seconds,
     http_json,
+    newest_model,
     rss_mib,
     running_bodhi,
     running_fake,
@@ -61,6 +65,10 @@ class Arm:
     rss_group: bool = False  # RSS of the pid's whole process group
     unix_socket: str | None = None  # reach base_url over this socket (a child's)
     upstream_socket: str | None = None  # reach upstream_url over this socket (a child's)
+    endpoint: str = "chat"  # the harness's endpoint: "ollama" is /api/chat at base_url
+    # Paced scenarios ask the fake for its pace in the request body; a dialect that does
+    # not pass unknown fields on (Ollama's) uses an alias whose fake is paced from the start.
+    paced_model: str | None = None
 
 
 @attrs.frozen
@@ -82,7 +90,7 @@ PACE = 0.0002  # s between events: about 4k events/s per stream, as the demo mod
 
 def fake_scenarios(quick: bool) -> list[Scenario]:
     seconds = 1.5 if quick else 5.0
-    paced = ("direct", "bodhi-trio")
+    paced = ("direct", "bodhi-trio", "ollama")
     return [
         Scenario("1 stream", 1, 1000, duration=seconds),
         Scenario("64 streams", 64, 1000, duration=seconds),
@@ -97,6 +105,9 @@ def fake_scenarios(quick: bool) -> list[Scenario]:
             duration=5.0 if quick else 15.0,
             requests=40 if quick else 200,
             disconnect_after=10,
+            # the fake tells closed streams apart by the request's `user`, which Ollama's
+            # requests do not carry
+            arms=("direct", "bodhi-trio", "litellm"),
         ),
     ]
 
@@ -110,9 +121,11 @@ def llama_scenarios(quick: bool) -> list[Scenario]:
 
 
 def run_one(arm: Arm, scenario: Scenario, timeout: float = 30.0) -> BenchResult:
+    paced_by_alias = scenario.token_delay is not None and arm.paced_model is not None
     config = BenchConfig(
         base_url=arm.base_url,
-        model=arm.model,
+        model=arm.paced_model if paced_by_alias and arm.paced_model else arm.model,
+        endpoint=arm.endpoint,
         api_key=arm.api_key,
         concurrency=scenario.concurrency,
         duration=scenario.duration,
@@ -124,7 +137,7 @@ def run_one(arm: Arm, scenario: Scenario, timeout: float = 30.0) -> BenchResult:
         upstream_unix_socket=arm.upstream_socket,
         timeout=timeout,
         extra_body=None
-        if scenario.token_delay is None
+        if scenario.token_delay is None or paced_by_alias
         else {"bench_token_delay": scenario.token_delay},
     )
     return trio.run(lambda: run_bench(config))
@@ -203,14 +216,16 @@ def interleaved(
 
 
 def _same_child(bodhi: Bodhi, state: dict[str, Any]) -> bool:
-    now = bodhi.state()
+    now = newest_model(bodhi.api("/bodhi/v1/state", timeout=10), state["alias"])
     return bool(now.get("pid") == state["pid"] and now.get("state") == "ready")
 
 
 def fake_suite(workdir: Path, quick: bool, rounds: int, litellm: bool) -> dict[str, Any]:
-    """The proxy ceiling: fake upstream, arms direct / bodhi-trio / litellm."""
-    with running_bodhi(workdir, "fake", {"bench:fake": []}, FAKE) as bodhi:
+    """The proxy ceiling: fake upstream, arms direct / bodhi-trio / ollama / litellm."""
+    aliases = {"bench:fake": [], "bench:paced": [f"--token-delay {PACE}"]}
+    with running_bodhi(workdir, "fake", aliases, FAKE, max_loaded=2) as bodhi:
         state = bodhi.load("bench:fake")
+        bodhi.load("bench:paced")  # beside it (two slots), before any run is timed
         child = bodhi.child(state["pid"])  # its Unix socket, from bodhi-trio's log
         sock = child.socket
         arms = [
@@ -232,6 +247,18 @@ def fake_suite(workdir: Path, quick: bool, rounds: int, litellm: bool) -> dict[s
                 CHILD_URL,
                 bodhi.pid,
                 upstream_socket=sock,
+            ),
+            # the same relay through the Ollama dialect: SSE translated to NDJSON per event
+            Arm(
+                "ollama",
+                bodhi.url,
+                "bench:fake",
+                None,
+                CHILD_URL,
+                bodhi.pid,
+                upstream_socket=sock,
+                endpoint="ollama",
+                paced_model="bench:paced",
             ),
         ]
         with contextlib.ExitStack() as stack:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from bodhi_trio._exceptions import LlamaServerNotFoundError
+from fake_hub import TINY_FILE, TINY_REPO, FakeHub, FakeRepo, Fault, fake_hub
 
 TESTS = Path(__file__).parent
 FAKE_SERVER = TESTS / "fake_llama_server.py"
@@ -43,3 +46,33 @@ def demo_model_path(hub_cache: Path) -> Path:
     from bodhi_trio._config._demo import ensure_demo_model
 
     return ensure_demo_model(hub_cache).path
+
+
+@pytest.fixture(scope="session")
+def gguf(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """The tiny demo model's bytes (real llama-server loads it), for a fake Hub to serve."""
+    from bodhi_trio._config._demo import build_demo_gguf
+
+    path = tmp_path_factory.mktemp("gguf") / "tiny.gguf"
+    build_demo_gguf(path)
+    return path.read_bytes()
+
+
+# The pull tests over HTTP (bodhi's and Ollama's): a fake Hub whose download of the tiny
+# model waits at half its bytes until the test opens the gate.
+
+
+@pytest.fixture
+def gate() -> threading.Event:
+    return threading.Event()
+
+
+@pytest.fixture
+def gated_hub(
+    gguf: bytes, gate: threading.Event, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[FakeHub]:
+    """The Hub holds each download of TINY_FILE after half its bytes until ``gate`` is set."""
+    repos = {TINY_REPO: FakeRepo({TINY_FILE: gguf}, faults={TINY_FILE: Fault(gate=gate)})}
+    with fake_hub(repos) as running:
+        monkeypatch.setenv("HF_ENDPOINT", running.url)  # the server's pull workers inherit it
+        yield running

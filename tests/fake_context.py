@@ -135,10 +135,24 @@ class FakeSender:
         return self.launcher.alive.get(f"http://fake-{pid}")
 
     @asynccontextmanager
-    async def send(self, address: Address, path: str, body: bytes) -> AsyncIterator[FakeResponse]:
+    async def send(
+        self,
+        address: Address,
+        path: str,
+        body: bytes,
+        *,
+        method: str = "POST",
+        content_type: str | None = "application/json",
+    ) -> AsyncIterator[FakeResponse]:
         server = self._server(address)
         if server is None:
             raise UpstreamError(f"cannot connect to llama-server at {address}")
+        if method != "POST" or content_type != "application/json":  # a pass-through: echo it
+            echo = {"method": method, "path": path, "content_type": content_type,
+                    "body": body.decode("latin-1")}  # fmt: skip
+            reply = json.dumps(echo).encode()
+            yield FakeResponse(200, {"content-type": "application/json"}, body=reply)
+            return
         request = json.loads(body)
         if request.get("stream"):
             yield FakeResponse(

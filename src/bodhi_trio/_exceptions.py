@@ -13,15 +13,21 @@ single boundary, and the CLI prints ``message`` as one line.
     │   └── ServerArgsError                                        invalid_server_args
     ├── InvalidRequestError             400 invalid_request_error  invalid_request
     │   ├── InvalidAliasError                                      invalid_alias
+    │   ├── InvalidModelFileError                                  invalid_model_file
+    │   ├── QuantNotFoundError                                     quant_not_found
     │   └── RequestTooLargeError        413                        request_too_large
     ├── AuthenticationError             401 authentication_error   invalid_api_key
     ├── ForbiddenError                  403 permission_error       forbidden
     │   └── AdminKeyRequiredError                                  admin_key_required
     ├── NotFoundError                   404 not_found_error
     │   ├── AliasNotFoundError                                     alias_not_found
-    │   └── ModelFileNotFoundError                                 model_file_not_found
+    │   ├── ModelFileNotFoundError                                 model_file_not_found
+    │   ├── RepoNotFoundError                                      repo_not_found
+    │   ├── RemoteFileNotFoundError                                remote_file_not_found
+    │   └── PullNotFoundError                                      pull_not_found
     ├── ConflictError                   409 conflict_error
-    │   └── AliasExistsError                                       alias_exists
+    │   ├── AliasExistsError                                       alias_exists
+    │   └── PullCancelledError                                     pull_cancelled
     ├── LlamaServerNotFoundError        500 internal_server_error  llama_server_not_found
     ├── LlamaServerInstallError         500 internal_server_error  llama_server_install_failed
     ├── StartupError                    500 internal_server_error  server_startup_failed
@@ -30,7 +36,8 @@ single boundary, and the CLI prints ``message`` as one line.
     │   ├── InsufficientMemoryError                                insufficient_memory
     │   └── ResponseInterruptedError                               response_interrupted
     └── UpstreamError                   502 upstream_error         upstream_error
-        └── LlamaServerExitedError                                 llama_server_exited
+        ├── LlamaServerExitedError                                 llama_server_exited
+        └── PullFailedError                                        pull_failed
 """
 
 from __future__ import annotations
@@ -48,12 +55,19 @@ __all__ = [
     "ConflictError",
     "ForbiddenError",
     "InvalidAliasError",
+    "InvalidModelFileError",
     "InvalidRequestError",
     "LlamaServerExitedError",
     "LlamaServerInstallError",
     "LlamaServerNotFoundError",
     "ModelFileNotFoundError",
     "NotFoundError",
+    "PullCancelledError",
+    "PullFailedError",
+    "PullNotFoundError",
+    "QuantNotFoundError",
+    "RemoteFileNotFoundError",
+    "RepoNotFoundError",
     "RequestTooLargeError",
     "ServerArgsError",
     "SettingsError",
@@ -130,6 +144,20 @@ class InvalidAliasError(InvalidRequestError):
     code = "invalid_alias"
 
 
+class InvalidModelFileError(InvalidRequestError):
+    """A local model file that cannot be used: missing, not a regular file, not GGUF,
+    or outside the directories a request may name."""
+
+    code = "invalid_model_file"
+
+
+class QuantNotFoundError(InvalidRequestError):
+    """``hf.co/REPO:QUANT`` matches no GGUF file of the repo, or several; the message
+    lists the repo's GGUF files."""
+
+    code = "quant_not_found"
+
+
 class RequestTooLargeError(InvalidRequestError):
     """The request body is larger than ``BODHI_MAX_BODY_BYTES``."""
 
@@ -193,6 +221,29 @@ class ModelFileNotFoundError(NotFoundError):
         self.filename = filename
 
 
+class RepoNotFoundError(NotFoundError):
+    """The Hugging Face Hub has no such repo or revision (or it is private or gated and
+    no token with access was given)."""
+
+    code = "repo_not_found"
+
+
+class RemoteFileNotFoundError(NotFoundError):
+    """The repo exists on the Hub but has no such file at that revision."""
+
+    code = "remote_file_not_found"
+
+
+class PullNotFoundError(NotFoundError):
+    """No pull job with that id."""
+
+    code = "pull_not_found"
+
+    def __init__(self, pull_id: str) -> None:
+        super().__init__(f"pull {pull_id!r} not found", param="pull_id")
+        self.pull_id = pull_id
+
+
 class ConflictError(BodhiError):
     """The request conflicts with the current state."""
 
@@ -205,6 +256,12 @@ class AliasExistsError(ConflictError):
     """An alias of that name (or one stored in the same file) already exists."""
 
     code = "alias_exists"
+
+
+class PullCancelledError(ConflictError):
+    """The pull was cancelled (``DELETE /bodhi/v1/pulls/{id}`` or shutdown) before it finished."""
+
+    code = "pull_cancelled"
 
 
 class LlamaServerNotFoundError(BodhiError):
@@ -318,3 +375,10 @@ class LlamaServerExitedError(UpstreamError):
         super().__init__(_with_log_tail(message, log_tail))
         self.returncode = returncode
         self.log_tail = tuple(log_tail)
+
+
+class PullFailedError(UpstreamError):
+    """Downloading from the Hugging Face Hub failed: the network, the Hub, or a file
+    whose size or sha256 did not match what the Hub announced."""
+
+    code = "pull_failed"

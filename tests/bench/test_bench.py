@@ -19,7 +19,7 @@ import pytest
 import trio
 
 from bodhi_trio._bench._client import BenchConfig, run_bench
-from bodhi_trio._bench._scan import _Scan, _Totals
+from bodhi_trio._bench._scan import FRAMINGS, _Scan, _Totals
 from bodhi_trio._core._http1 import ChunkedDecoder
 from paths import REPO
 
@@ -255,17 +255,30 @@ async def test_harness_counts_errors() -> None:
             nursery.cancel_scope.cancel()
 
 
-def test_scanner_counts_the_same_for_any_split() -> None:
-    events = [b'data: {"choices":[{"delta":{"content":"%s"}}]}\n\n' % t for t in (b"", b"a", b"bc")]
-    events += [b'data: {"error": {"message": "x"}}\n\n', b"data: [DONE]\n\n"]
-    body = b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events) + b"0\r\n\r\n"
+def _chunked(events: list[bytes]) -> bytes:
+    return b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events) + b"0\r\n\r\n"
+
+
+SSE_STREAM = [b'data: {"choices":[{"delta":{"content":"%s"}}]}\n\n' % t for t in (b"", b"a", b"bc")]
+SSE_STREAM += [b'data: {"error": {"message": "x"}}\n\n', b"data: [DONE]\n\n"]
+NDJSON_STREAM = [
+    b'{"message":{"role":"assistant","content":"%s"},"done":false}\n' % t
+    for t in (b"", b"a", b"bc")
+]
+NDJSON_STREAM += [b'{"error":"x"}\n', b'{"message":{"content":""},"done":true,"eval_count":7}\n']
+
+
+@pytest.mark.parametrize(("endpoint", "events"), [("chat", SSE_STREAM), ("ollama", NDJSON_STREAM)])
+def test_scanner_counts_the_same_for_any_split(endpoint: str, events: list[bytes]) -> None:
+    body = _chunked(events)
     for step in (1, 2, 3, 7, 64, len(body)):
         dechunk, totals = ChunkedDecoder(), _Totals()
-        scan = _Scan(0.0, ((b'"content":"', b'"content":""'),))
+        scan = _Scan(0.0, FRAMINGS[endpoint])
         for i in range(0, len(body), step):
             scan.feed(dechunk.feed(body[i : i + step]), 1.0, totals)
         assert dechunk.done
         assert (scan.events, scan.content, scan.errors) == (5, 2, 1), step
+    assert scan.usage_tokens() == (7 if endpoint == "ollama" else None)
 
 
 def test_fake_stops_on_sigterm() -> None:

@@ -30,12 +30,30 @@ API_KEY = "api-key-3f9c"
 ADMIN_KEY = "admin-key-7d21"
 LOCAL = {"host": "127.0.0.1:1135"}
 
+UPSTREAM = "/upstream/<name>/<path:path>"
 # Every route the app serves and what it needs; a new route must be added here on purpose.
 EXPECTED_ACCESS = {
     ("GET", "/ping"): Access.PUBLIC,
+    ("GET", "/ui/<name>"): Access.PUBLIC,  # the page's files: no data in them
+    ("GET", "/metrics"): Access.API,
     ("POST", "/v1/chat/completions"): Access.API,
     ("POST", "/v1/completions"): Access.API,
     ("POST", "/v1/embeddings"): Access.API,
+    # llama-server's other routes: model routes like the OpenAI ones.
+    ("POST", "/v1/responses"): Access.API,
+    ("POST", "/v1/messages"): Access.API,
+    ("POST", "/v1/messages/count_tokens"): Access.API,
+    ("POST", "/v1/rerank"): Access.API,
+    ("POST", "/infill"): Access.API,
+    ("POST", "/tokenize"): Access.API,
+    ("POST", "/detokenize"): Access.API,
+    ("POST", "/apply-template"): Access.API,
+    # ...and the pass-through to a child, which reaches every route of it.
+    ("GET", UPSTREAM): Access.ADMIN,
+    ("POST", UPSTREAM): Access.ADMIN,
+    ("PUT", UPSTREAM): Access.ADMIN,
+    ("PATCH", UPSTREAM): Access.ADMIN,
+    ("DELETE", UPSTREAM): Access.ADMIN,
     ("GET", "/v1/models"): Access.API,
     ("GET", "/v1/models/<path:name>"): Access.API,
     ("GET", "/health"): Access.API,
@@ -51,6 +69,24 @@ EXPECTED_ACCESS = {
     ("POST", "/bodhi/v1/server/stop"): Access.ADMIN,
     ("PUT", "/bodhi/v1/server/variant"): Access.ADMIN,
     ("GET", "/bodhi/v1/server/logs"): Access.ADMIN,
+    # Ollama's API: liveness is public like /ping; changes need an admin key.
+    ("GET", "/"): Access.PUBLIC,
+    ("GET", "/api/version"): Access.API,
+    ("GET", "/api/tags"): Access.API,
+    ("GET", "/api/ps"): Access.API,
+    ("POST", "/api/show"): Access.API,
+    ("POST", "/api/chat"): Access.API,
+    ("POST", "/api/generate"): Access.API,
+    ("POST", "/api/embed"): Access.API,
+    ("POST", "/api/embeddings"): Access.API,
+    ("POST", "/api/pull"): Access.ADMIN,
+    ("POST", "/api/copy"): Access.ADMIN,
+    ("DELETE", "/api/delete"): Access.ADMIN,
+    # Getting models: pulls need an admin key, listing them too.
+    ("POST", "/bodhi/v1/pull"): Access.ADMIN,
+    ("GET", "/bodhi/v1/pulls"): Access.ADMIN,
+    ("GET", "/bodhi/v1/pulls/<pull_id>"): Access.ADMIN,
+    ("DELETE", "/bodhi/v1/pulls/<pull_id>"): Access.ADMIN,
 }
 
 

@@ -19,6 +19,7 @@ the server runs in the test's Trio loop.
 from __future__ import annotations
 
 import json
+import re
 import traceback
 from collections import Counter
 from pathlib import Path
@@ -40,11 +41,13 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from api_errors import documented_fields, envelope_problem
+from api_errors import ENVELOPE_KEYS, documented_fields, envelope_problem
 from bodhi_trio._config._alias_store import AliasStore
 from bodhi_trio._config._demo import DEMO_ALIAS
 from bodhi_trio._http._app import create_app
+from bodhi_trio._http._ollama._routes import is_ollama_path
 from bodhi_trio._http._openapi import openapi_document
+from bodhi_trio._http._openapi_llama import LLAMA_ROUTES
 from bodhi_trio._http._routes import Routes
 from bodhi_trio._http._security import AccessPolicy
 from httpserver import running_server
@@ -57,7 +60,14 @@ KEY = "fuzz-key-1"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 EXAMPLES = 50  # per operation and generation mode
 # Streams that never end are read for STREAM_READ seconds each, so fewer examples.
-STREAMING = {"GET /bodhi/v1/events": 2, "GET /bodhi/v1/server/logs": 10}
+STREAMING = {
+    "GET /bodhi/v1/events": 2,
+    "GET /bodhi/v1/server/logs": 10,
+    # Each valid body starts a pull job (a worker process) that fails once the Hub is
+    # found unreachable; a few are enough.
+    "POST /bodhi/v1/pull": 5,
+    "POST /api/pull": 5,
+}
 STREAM_READ = 0.5
 CHECKS = [
     status_code_conformance,
@@ -71,6 +81,7 @@ NO_NEGATIVE = {
     "GET /v1/models/{name}",
     "GET /bodhi/v1/aliases/{name}",
     "DELETE /bodhi/v1/aliases/{name}",
+    "GET /ui/{name}",  # the page's files: hostile names must not reach the package's files
 }
 # ...so these instead: names that try to escape, hide, inject or overflow, and the file
 # name (not the name) of the demo alias. None is an alias: each is a 4xx envelope.
@@ -86,21 +97,46 @@ def bad_answer(label: str, status: int, content_type: str, text: str) -> str | N
         return "a traceback in the body"
     if status < 400:
         return None
+    method, path = label.split(" ", 1)
+    if path.startswith("/upstream/") and not is_our_envelope(text):
+        return None  # the child's own answer, relayed as it gave it (any status or type)
     if not content_type.startswith("application/json"):
         return f"error status {status} with Content-Type {content_type!r}"
     try:
         body = json.loads(text)
     except ValueError:
         return f"error status {status} with a body that is not JSON"
-    method, path = label.split(" ", 1)
+    if is_ollama_path(path):
+        return ollama_problem(path, status, body)
     document = openapi_document()
     fields = documented_fields(document, method, path) if path in document["paths"] else None
     # llama-server's own errors are relayed unchanged on the inference routes.
-    relay_allowed = label.startswith("POST /v1/")
+    relay_allowed = label.startswith("POST /v1/") or path in LLAMA_ROUTES
     problem = envelope_problem(status, body, relay_allowed=relay_allowed, fields=fields)
     if problem is not None:
         return problem
     if status >= 500:
+        return f"server error {status}"
+    return None
+
+
+def is_our_envelope(text: str) -> bool:
+    """Whether ``text`` is our error envelope (not an answer a child gave)."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return False
+    error = body.get("error") if isinstance(body, dict) else None
+    return isinstance(error, dict) and set(error) == ENVELOPE_KEYS
+
+
+def ollama_problem(path: str, status: int, body: Any) -> str | None:
+    """Ollama's routes answer every error with ``{"error": "<text>"}`` (docs/api.md)."""
+    if not isinstance(body, dict) or set(body) != {"error"} or not isinstance(body["error"], str):
+        return f"error status {status} without Ollama's error shape"
+    if not body["error"]:
+        return f"error status {status} without a message"
+    if status >= 500 and (status, path) != (502, "/api/pull"):  # a download that failed
         return f"server error {status}"
     return None
 
@@ -115,6 +151,12 @@ KNOWN_NAMES = {
     "POST /bodhi/v1/server/load",
     "PUT /bodhi/v1/server/variant",
     "GET /bodhi/v1/aliases/{name}",
+    "POST /api/show",
+    *(f"POST {path}" for path in LLAMA_ROUTES),
+    *(
+        f"{method} /upstream/{{name}}/{{path}}"
+        for method in ("GET", "POST", "PUT", "PATCH", "DELETE")
+    ),
 }
 
 
@@ -175,6 +217,8 @@ def hostile_names(operation: Any, base_url: str, seen: Counter[str]) -> list[str
     label = f"{operation.method.upper()} {operation.path}"
     found: list[str] = []
     for name in HOSTILE_NAMES:
+        if name == ".." and operation.path == "/ui/{name}":
+            continue  # the client resolves /ui/.. to / (the page or "Ollama is running")
         case = operation.Case(path_parameters={"name": name})
         response = case.call(base_url=base_url, headers=AUTH, timeout=30)
         content_type = response.headers.get("content-type", [""])[0]
@@ -230,8 +274,13 @@ def files_under(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
-async def test_schemathesis_every_operation(tmp_path: Path, hub_cache: Path) -> None:
+async def test_schemathesis_every_operation(
+    tmp_path: Path, hub_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     home = tmp_path / "home"
+    # Fuzzed pulls (their worker processes inherit this) must never reach the real Hub:
+    # the discard port refuses at once.
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     with trio.fail_after(150):
         async with running_server(
             home,
@@ -280,7 +329,7 @@ def app_routes() -> set[str]:
     for rule in app.url_map.iter_rules():
         if rule.endpoint == "static":
             continue
-        path = rule.rule.replace("<path:name>", "{name}")
+        path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)  # <path:name> -> {name}
         routes |= {f"{m} {path}" for m in rule.methods if m not in ("HEAD", "OPTIONS")}
     return routes
 
@@ -327,6 +376,12 @@ CHAT = "POST /v1/chat/completions"
         ("POST /v1/embeddings", 501, JSON, UPSTREAM % 501, "server error 501"),
         ("POST /v1/embeddings", 404, JSON, UPSTREAM % 404, None),
         ("GET /x", 200, "text/plain", TRACEBACK, "a traceback in the body"),
+        # Ollama's routes: their own shape
+        ("POST /api/chat", 404, JSON, '{"error":"model \'x\' not found"}', None),
+        ("POST /api/chat", 400, JSON, ENV, "error status 400 without Ollama's error shape"),
+        ("POST /api/chat", 500, JSON, '{"error":"boom"}', "server error 500"),
+        ("POST /api/pull", 502, JSON, '{"error":"the Hub is unreachable"}', None),
+        ("POST /api/pull", 501, JSON, '{"error":"later"}', "server error 501"),
         # not in docs/api.md's table: an unknown code, a code under another status or type
         ("GET /x", 400, JSON, env("t", "c"), "undocumented error: 400 't' 'c'"),
         ("GET /x", 404, JSON, ENV, "undocumented error: 404 'invalid_request_error' 'invalid_request'"),  # noqa: E501

@@ -19,7 +19,9 @@ from openai.types.chat import ChatCompletionMessageParam
 
 from bodhi_trio._config._aliases import Alias
 from bodhi_trio._config._demo import DEMO_ALIAS, DEMO_FILENAME, DEMO_REPO
+from bodhi_trio._config._settings import load_settings
 from bodhi_trio._core._address import Address
+from bodhi_trio._http._serve import prepare_demo
 from bodhi_trio._transport._loopback import UpstreamPool, send_upstream
 from httpserver import child_address, one_model, running_server
 from paths import FAKE_LLAMA_SERVER, REPO
@@ -124,7 +126,7 @@ async def test_stream_is_relayed_byte_for_byte(tmp_path: Path, hub_cache: Path) 
             proxied = await client.post(server.url + "/v1/chat/completions", json=request)
             async with child_client(await child_address(server.url)) as child:
                 direct = await child.post("/v1/chat/completions", json=request)
-    assert proxied.headers["content-type"] == "text/event-stream"
+    assert proxied.headers["content-type"] == "text/event-stream; charset=utf-8"
     assert proxied.headers["cache-control"] == "no-cache"
     assert proxied.headers["x-accel-buffering"] == "no"
     assert normalized(proxied.content) == normalized(direct.content)
@@ -292,7 +294,7 @@ async def test_events_stream_shows_load_and_stop(tmp_path: Path, hub_cache: Path
             async with send_upstream(
                 pool, Address.tcp("127.0.0.1", port), "/bodhi/v1/events", b"", method="GET"
             ) as events:
-                assert events.headers["content-type"] == "text/event-stream"
+                assert events.headers["content-type"] == "text/event-stream; charset=utf-8"
                 load = await client.post("/bodhi/v1/server/load", json={"alias": DEMO_ALIAS})
                 assert one_model(load.json())["state"] == "ready"
                 await client.post("/bodhi/v1/server/stop")
@@ -308,18 +310,29 @@ async def test_events_stream_shows_load_and_stop(tmp_path: Path, hub_cache: Path
 
 
 @REAL
-async def test_readme_curl_works(tmp_path: Path, hub_cache: Path) -> None:
+async def test_readme_curl_works(tmp_path: Path) -> None:
+    """The README's first curl, as written, against ``serve --demo``'s models: the answer
+    it promises (the GGUF is fetched once per user, then cached)."""
     readme = README.read_text()
     match = re.search(r"curl (http://127\.0\.0\.1:1135\S+).*?-d '(\{.*?\})'", readme, re.S)
     assert match, "the README must show a curl chat completion against 127.0.0.1:1135"
     path = match.group(1).removeprefix("http://127.0.0.1:1135")
     payload = json.loads(match.group(2))
-    with trio.fail_after(60):
-        async with running_server(tmp_path, hub_cache) as server, httpx.AsyncClient() as client:
+    home, hub_cache = tmp_path / "home", tmp_path / "hub"
+    settings = load_settings(home=home, env={"HF_HUB_CACHE": str(hub_cache)})
+    with trio.fail_after(600):  # a 93 MB download the first time on a machine
+        await trio.to_thread.run_sync(prepare_demo, settings)
+    with trio.fail_after(120):
+        async with (
+            running_server(home, hub_cache) as server,
+            httpx.AsyncClient(timeout=100) as client,
+        ):
             response = await client.post(server.url + path, json=payload)
-    assert response.status_code == 200
-    assert response.json()["model"] == DEMO_ALIAS
-    assert response.json()["choices"][0]["message"]["role"] == "assistant"
+    assert response.status_code == 200, response.text
+    assert response.json()["model"] == payload["model"]
+    promised = re.search(r'→ `"content":"([^"]+)"`', readme)
+    assert promised, "the README must show the answer it promises"
+    assert response.json()["choices"][0]["message"]["content"] == promised.group(1)
 
 
 @REAL
@@ -340,7 +353,7 @@ async def test_logs_tail_and_follow(tmp_path: Path, hub_cache: Path) -> None:
             async with send_upstream(
                 pool, Address.tcp("127.0.0.1", port), path, b"", method="GET"
             ) as follow:
-                assert follow.headers["content-type"] == "text/event-stream"
+                assert follow.headers["content-type"] == "text/event-stream; charset=utf-8"
                 await client.post("/bodhi/v1/server/stop")  # the child logs its shutdown
                 received = b""
                 async for chunk in follow:

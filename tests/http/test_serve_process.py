@@ -39,9 +39,20 @@ def bodhi(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     )
 
 
-def start_serve(env: dict[str, str], home: Path) -> subprocess.Popen[str]:
+def start_serve(env: dict[str, str], home: Path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "bodhi_trio", "serve", "--demo", "--home", str(home), "--port", "0"],
+        [
+            sys.executable,
+            "-m",
+            "bodhi_trio",
+            "serve",
+            "--demo",
+            "--home",
+            str(home),
+            "--port",
+            "0",
+            *args,
+        ],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -52,7 +63,7 @@ def start_serve(env: dict[str, str], home: Path) -> subprocess.Popen[str]:
 def wait_for_url(process: subprocess.Popen[str]) -> str:
     assert process.stderr is not None
     for line in process.stderr:
-        match = re.search(r"listening on (http://\S+)", line)
+        match = re.search(r"listening on (http://[^\s\"]+)", line)
         if match:
             return match.group(1)
     raise AssertionError(f"serve exited with {process.wait()} before listening")
@@ -123,3 +134,27 @@ async def test_sigterm_with_sixteen_streams_open(tmp_path: Path) -> None:
         finally:
             if process.poll() is None:
                 process.kill()
+
+
+async def test_json_log_lines_for_log_shippers(tmp_path: Path) -> None:
+    """``--log-format json``: every console line is one JSON object; a request's has its
+    method, path, status and timings as fields."""
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "BODHI_HOME": str(tmp_path / "home")}
+    with start_serve(env, tmp_path / "home", "--log-format", "json") as process:
+        try:
+            with trio.fail_after(60):
+                url = await trio.to_thread.run_sync(wait_for_url, process)
+                async with httpx.AsyncClient() as client:
+                    assert (await client.get(url + "/ping")).status_code == 200
+                process.send_signal(signal.SIGTERM)
+                _, err = await trio.to_thread.run_sync(process.communicate)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    lines = [json.loads(line) for line in err.splitlines() if line.strip()]  # all JSON
+    pings = [line for line in lines if line.get("path") == "/ping"]
+    assert len(pings) == 1, lines
+    assert pings[0]["logger"] == "bodhi_trio.access"
+    assert (pings[0]["method"], pings[0]["status"]) == ("GET", 200)
+    assert pings[0]["duration_ms"] >= 0
+    assert pings[0]["level"] == "info"

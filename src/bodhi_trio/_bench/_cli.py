@@ -34,7 +34,12 @@ def add_bench_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     eos.add_argument("--ignore-eos", dest="ignore_eos", action="store_true", default=True)
     eos.add_argument("--no-ignore-eos", dest="ignore_eos", action="store_false")
     p.add_argument("--no-usage", action="store_true", help="don't ask for the usage chunk")
-    p.add_argument("--endpoint", choices=["chat", "completions"], default="chat")
+    p.add_argument(
+        "--endpoint",
+        choices=["chat", "completions", "ollama"],
+        default="chat",
+        help="chat (default), completions, or ollama: /api/chat, --base-url the server root",
+    )
     p.add_argument("--prompt", default="Write a long story.", help="the prompt text")
     p.add_argument("--disconnect-after", type=int, metavar="K", help="close after K events")
     p.add_argument("--upstream-url", help="fake upstream root, for disconnect latency")

@@ -8,8 +8,9 @@ parsing. Only the last few KiB of each stream are parsed, for the usage chunk.
 
 Definitions (all per stream, then aggregated):
 
-- *event*: an SSE ``data:`` line (``[DONE]`` included); *content event*: one whose
-  ``content``/``text`` is a non-empty string.
+- *event*: an SSE ``data:`` line (``[DONE]`` included), or with ``endpoint="ollama"``
+  (Ollama's ``/api/chat`` under a server root ``base_url``) an NDJSON line; *content event*:
+  one whose ``content``/``text`` is a non-empty string.
 - *tokens*: the usage chunk's ``completion_tokens`` when the stream has one, else its
   content events.
 - *TTFT*: from sending the request to the read that brought the first content event.
@@ -62,7 +63,7 @@ class BenchConfig:
     max_tokens: int = 100
     ignore_eos: bool = True
     include_usage: bool = True
-    endpoint: str = "chat"  # "chat" or "completions"
+    endpoint: str = "chat"  # "chat", "completions" or "ollama" (/api/chat at the root)
     prompt: str = "Write a long story."
     disconnect_after: int | None = None
     timeout: float = 60.0
@@ -235,10 +236,12 @@ def _address(url: str, unix_socket: str | None, what: str) -> tuple[Address, str
     return Address.tcp(parts.hostname, parts.port or 80), parts.path
 
 
+_ROUTES = {"chat": "/chat/completions", "completions": "/completions", "ollama": "/api/chat"}
+
+
 def _target(config: BenchConfig) -> tuple[Address, str]:
     address, path = _address(config.base_url, config.unix_socket, "--base-url")
-    route = "/chat/completions" if config.endpoint == "chat" else "/completions"
-    return address, path.rstrip("/") + route
+    return address, path.rstrip("/") + _ROUTES[config.endpoint]
 
 
 async def run_bench(config: BenchConfig, *, progress: bool = False) -> BenchResult:
@@ -259,8 +262,8 @@ async def run_bench(config: BenchConfig, *, progress: bool = False) -> BenchResu
     """
     if config.concurrency < 1 or (config.duration is None and config.requests is None):
         raise ConfigError("need concurrency >= 1 and a duration or a request count")
-    if config.endpoint not in ("chat", "completions"):
-        raise ConfigError(f"endpoint must be chat or completions, got {config.endpoint!r}")
+    if config.endpoint not in _ROUTES:
+        raise ConfigError(f"endpoint must be one of {', '.join(_ROUTES)}, got {config.endpoint!r}")
     address, path = _target(config)
     load = BenchLoad(config, address, path)
     started = time.perf_counter()

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import attrs
 import trio
 
-from bodhi_trio._bench._scan import _Scan, _Totals, _usage_tokens
+from bodhi_trio._bench._scan import FRAMINGS, _Scan, _Totals
 from bodhi_trio._core._http1 import ChunkedDecoder, FramingError, ResponseHead, split_head
 
 if TYPE_CHECKING:
@@ -29,10 +29,6 @@ if TYPE_CHECKING:
 __all__ = ["BenchLoad"]
 
 _RECV = 262144
-_STYLES = {  # (a content event, one whose content is empty), compact and spaced JSON
-    "chat": ((b'"content":"', b'"content":""'), (b'"content": "', b'"content": ""')),
-    "completions": ((b'"text":"', b'"text":""'), (b'"text": "', b'"text": ""')),
-}
 
 
 @attrs.define(eq=False)
@@ -42,7 +38,8 @@ class BenchLoad:
     Attributes:
         config: What to run.
         address: Where to connect.
-        path: The request path (``/v1/chat/completions`` or ``/v1/completions`` under the base).
+        path: The request path (``/v1/chat/completions``, ``/v1/completions`` under the
+            base, or ``/api/chat``).
         totals: What every worker counted so far.
         run_id: Random, so that each request's ``user`` is unique across runs.
     """
@@ -58,14 +55,18 @@ class BenchLoad:
 
     def __attrs_post_init__(self) -> None:
         cfg = self.config
-        body: dict[str, object] = {"model": cfg.model, "stream": True, "max_tokens": cfg.max_tokens}
-        if cfg.endpoint == "chat":
-            body["messages"] = [{"role": "user", "content": cfg.prompt}]
+        body: dict[str, object] = {"model": cfg.model, "stream": True}
+        if cfg.endpoint == "ollama":  # Ollama's /api/chat: its own names, no usage option
+            body["options"] = {"num_predict": cfg.max_tokens}
         else:
+            body["max_tokens"] = cfg.max_tokens
+        if cfg.endpoint == "completions":
             body["prompt"] = cfg.prompt
-        if cfg.ignore_eos:
+        else:
+            body["messages"] = [{"role": "user", "content": cfg.prompt}]
+        if cfg.ignore_eos and cfg.endpoint != "ollama":
             body["ignore_eos"] = True
-        if cfg.include_usage:
+        if cfg.include_usage and cfg.endpoint != "ollama":
             body["stream_options"] = {"include_usage": True}
         body.update(cfg.extra_body or {})
         body["user"] = "@@USER@@"
@@ -147,7 +148,7 @@ class BenchLoad:
             totals.error("broken", f"no response head: {data[:80]!r}")
             return False
         head, body = found
-        scan = _Scan(start, _STYLES[self.config.endpoint])
+        scan = _Scan(start, FRAMINGS[self.config.endpoint])
         try:
             return await self._body_loop(sock, body, head, scan, user)
         except trio.Cancelled:
@@ -205,7 +206,7 @@ class BenchLoad:
             totals.error("error event", scan.end().decode("utf-8", "replace")[-300:])
         else:
             totals.done += 1
-            usage = _usage_tokens(scan.end())
+            usage = scan.usage_tokens()
             if usage is not None:
                 totals.token_fix += usage - scan.content
         return keep

@@ -9,16 +9,73 @@ import array
 import collections
 import json
 import math
+from collections.abc import Callable
 
 import attrs
 
-__all__ = ["_Scan", "_Totals", "_ms", "_percentile", "_usage_tokens"]
+__all__ = ["FRAMINGS", "Framing", "_Scan", "_Totals", "_ms", "_percentile"]
 
 _KEEP_LAST = 8192  # bytes of each stream kept for the usage chunk
 _MAX_GAPS = 2_000_000
-_EVENT = b"\ndata:"
-_ERROR = b'\ndata: {"error"'
-_OVERLAP = len(_ERROR) - 1  # the longest pattern
+
+
+def _sse_usage_tokens(last: bytes) -> int | None:
+    """``completion_tokens`` of the last usage chunk in the end of an SSE stream."""
+    for line in reversed(last.split(b"\n")):
+        if line.startswith(b"data:") and b'"usage"' in line:
+            try:
+                usage = json.loads(line[5:]).get("usage")
+            except (ValueError, AttributeError):
+                continue
+            if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
+                tokens: int = usage["completion_tokens"]
+                return tokens
+    return None
+
+
+def _ndjson_usage_tokens(last: bytes) -> int | None:
+    """``eval_count`` of the final line in the end of an Ollama NDJSON stream."""
+    for line in reversed(last.split(b"\n")):
+        if b'"eval_count"' in line:
+            try:
+                count = json.loads(line).get("eval_count")
+            except (ValueError, AttributeError):
+                continue
+            if isinstance(count, int):
+                return count
+    return None
+
+
+@attrs.frozen
+class Framing:
+    """How a dialect's stream marks its events, so they can be counted without parsing.
+
+    Attributes:
+        event: What follows the newline before each event.
+        error: What follows the newline before an error event.
+        styles: (a content event, one whose content is empty), compact and spaced JSON.
+        usage_tokens: The completion tokens, from the end of a finished stream.
+    """
+
+    event: bytes
+    error: bytes
+    styles: tuple[tuple[bytes, bytes], ...]
+    usage_tokens: Callable[[bytes], int | None]
+
+
+_CHAT_STYLES = ((b'"content":"', b'"content":""'), (b'"content": "', b'"content": ""'))
+FRAMINGS = {
+    "chat": Framing(b"\ndata:", b'\ndata: {"error"', _CHAT_STYLES, _sse_usage_tokens),
+    "completions": Framing(
+        b"\ndata:",
+        b'\ndata: {"error"',
+        ((b'"text":"', b'"text":""'), (b'"text": "', b'"text": ""')),
+        _sse_usage_tokens,
+    ),
+    # Ollama's /api/chat: one JSON object per line; the message content as in chat
+    "ollama": Framing(b"\n{", b'\n{"error"', _CHAT_STYLES, _ndjson_usage_tokens),
+}
+"""Each endpoint of the harness: its stream's framing."""
 
 
 def _percentile(values: list[float] | array.array[float], q: float) -> float | None:
@@ -53,11 +110,18 @@ class _Totals:
 class _Scan:
     """Counts the events of one stream's body as it arrives."""
 
-    __slots__ = ("content", "errors", "events", "last", "last_at", "start", "styles", "tail")
+    __slots__ = (
+        *("content", "errors", "events", "last", "last_at", "start", "styles", "tail"),
+        *("event", "error", "overlap", "framing"),
+    )
 
-    def __init__(self, start: float, styles: tuple[tuple[bytes, bytes], ...]) -> None:
+    def __init__(self, start: float, framing: Framing) -> None:
         self.start = start
-        self.styles = styles  # narrowed to the one the server uses at the first match
+        self.framing = framing
+        self.event, self.error = framing.event, framing.error
+        patterns = [framing.event, framing.error, *(p for s in framing.styles for p in s)]
+        self.overlap = max(map(len, patterns)) - 1  # a match may straddle two reads
+        self.styles = framing.styles  # narrowed to the one the server uses at the first match
         self.tail = b"\n"  # the body starts at a line start
         self.last: collections.deque[bytes] = collections.deque(maxlen=16)
         self.events = self.content = self.errors = 0
@@ -66,8 +130,9 @@ class _Scan:
     def feed(self, payload: bytes, now: float, totals: _Totals) -> None:
         scan = self.tail + payload
         base = len(self.tail) + 1  # count only matches that end in the new bytes
-        events = scan.count(_EVENT, max(0, base - len(_EVENT)))
-        self.errors += scan.count(_ERROR, max(0, base - len(_ERROR)))
+        event, error = self.event, self.error
+        events = scan.count(event, max(0, base - len(event)))
+        self.errors += scan.count(error, max(0, base - len(error)))
         content = 0
         for some, empty in self.styles:
             n = scan.count(some, max(0, base - len(some)))
@@ -87,26 +152,16 @@ class _Scan:
         if self.last_at is None and self.content > 0:
             totals.ttfts.append(now - self.start)
             self.last_at = now
-        self.tail = scan[-_OVERLAP:]
+        self.tail = scan[-self.overlap :]
         self.last.append(payload)
 
     def end(self) -> bytes:
         """The last bytes of the stream (where the usage chunk is)."""
         return b"".join(self.last)[-_KEEP_LAST:]
 
-
-def _usage_tokens(last: bytes) -> int | None:
-    """``completion_tokens`` of the last usage chunk in the end of a stream."""
-    for line in reversed(last.split(b"\n")):
-        if line.startswith(b"data:") and b'"usage"' in line:
-            try:
-                usage = json.loads(line[5:]).get("usage")
-            except (ValueError, AttributeError):
-                continue
-            if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
-                tokens: int = usage["completion_tokens"]
-                return tokens
-    return None
+    def usage_tokens(self) -> int | None:
+        """The completion tokens the finished stream reports, if it does."""
+        return self.framing.usage_tokens(self.end())
 
 
 def _ms(seconds: float | None) -> float | None:

@@ -325,7 +325,10 @@ class Alias:
             raise InvalidAliasError(f"{source}: {exc.message}", param=exc.param) from exc
         request_params = RequestParams.from_dict(data.get("request_params"), source=source)
         keep_alive_secs = _check_keep_alive(data.get("keep_alive_secs"), source)
-        raw_context = data.get("context_params") or ()
+        # Only absent or null mean none: `context_params: 0` or `false` is a mistake.
+        raw_context = data.get("context_params")
+        if raw_context is None:
+            raw_context = ()
         if isinstance(raw_context, str):
             raw_context = (raw_context,)
         if not isinstance(raw_context, list | tuple) or not all(

@@ -190,19 +190,30 @@ class ArgPolicy:
             self._check_path(path, given, source)
 
     def _check_path(self, path: str, given: str, source: str) -> None:
-        where = f"{source}: flag {given!r} path {path!r}"
+        problem = self.path_problem(path)
+        if problem is not None:
+            raise ServerArgsError(f"{source}: flag {given!r} path {path!r} {problem}")
+
+    def path_problem(self, path: str) -> str | None:
+        """Why ``path`` may not be used (``"is not absolute"``, ...), or ``None``.
+
+        The same rule as for flag values: absolute, and resolving (symlinks and
+        ``..`` followed) inside one of :attr:`path_roots` and none of
+        :attr:`denied_paths`. Whether the file exists is not looked at.
+        """
         if not os.path.isabs(path):
             # llama-server would resolve it against its working directory, which is
             # not a place anyone chose.
-            raise ServerArgsError(f"{where} is not absolute")
+            return "is not absolute"
         real = _real(path)
         if any(real.is_relative_to(_real(denied)) for denied in self.denied_paths):
-            raise ServerArgsError(f"{where} is bodhi-trio's own settings or run state")
+            return "is bodhi-trio's own settings or run state"
         if not any(real.is_relative_to(_real(root)) for root in self.path_roots):
-            raise ServerArgsError(
-                f"{where} resolves to {str(real)!r}, outside the HF hub cache, BODHI_HOME and"
+            return (
+                f"resolves to {str(real)!r}, outside the HF hub cache, BODHI_HOME and"
                 " BODHI_ALLOWED_PATHS"
             )
+        return None
 
 
 def _is_utf8_encodable(text: str) -> bool:

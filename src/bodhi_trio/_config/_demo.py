@@ -33,6 +33,7 @@ __all__ = [
     "DemoModel",
     "build_demo_gguf",
     "ensure_demo_model",
+    "temp_path",
     "write_corrupt_gguf",
 ]
 
@@ -189,7 +190,7 @@ def write_corrupt_gguf(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def _temp_path(directory: Path, suffix: str) -> Iterator[Path]:
+def temp_path(directory: Path, suffix: str) -> Iterator[Path]:
     """Yield a fresh, unused path in ``directory``; remove it afterwards if still there."""
     fd, name = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=suffix)
     os.close(fd)
@@ -251,7 +252,7 @@ def ensure_demo_model(hub_cache: Path) -> DemoModel:
     blobs.mkdir(parents=True, exist_ok=True)
     refs.mkdir(parents=True, exist_ok=True)
 
-    with _temp_path(blobs, ".incomplete") as tmp:
+    with temp_path(blobs, ".incomplete") as tmp:
         build_demo_gguf(tmp)
         data = tmp.read_bytes()
         blob = hashlib.sha256(data).hexdigest()
@@ -261,11 +262,11 @@ def ensure_demo_model(hub_cache: Path) -> DemoModel:
     snapshot_dir = repo_dir / "snapshots" / commit
     snapshot_dir.mkdir(parents=True, exist_ok=True)
     link = snapshot_dir / DEMO_FILENAME
-    with _temp_path(snapshot_dir, ".lnk") as tmp:
+    with temp_path(snapshot_dir, ".lnk") as tmp:
         tmp.symlink_to(f"../../blobs/{blob}")
         os.replace(tmp, link)
 
-    with _temp_path(refs, ".ref") as tmp:
+    with temp_path(refs, ".ref") as tmp:
         tmp.write_text(commit, encoding="ascii")
         os.replace(tmp, refs / "main")
 

@@ -6,7 +6,7 @@ aliases, request forwarding and state listeners to the :class:`Scheduler`
 crashes, idle unload)::
 
     open_context ── root nursery ── child tasks, watches, idle unloaders, load tasks,
-                                    listener tasks
+                                    listener tasks, pull jobs (``_pulls``)
     request task ── forward() ── read hold on its model ── upstream response
                                  (a drain timeout, a crash, a hang or shutdown ends it
                                  with an error)
@@ -24,12 +24,23 @@ import attrs
 import trio
 
 from bodhi_trio._config._alias_store import AliasStore
-from bodhi_trio._config._aliases import Alias, alias_filename, apply_request_params
-from bodhi_trio._config._settings import VARIANT_NAME
-from bodhi_trio._context._spec import default_spec_builder
+from bodhi_trio._config._aliases import Alias, alias_filename
+from bodhi_trio._context._endpoints import (
+    ENDPOINTS,
+    fill_request_params,
+    required_string,
+    upstream_target,
+)
+from bodhi_trio._context._pulls import PullRegistry
+from bodhi_trio._context._spec import (
+    default_spec_builder,
+    estimate_from_gguf,
+    limits_from,
+    runnable_variant,
+)
 from bodhi_trio._core._groups import reraise_unwrapped
 from bodhi_trio._core._listeners import ListenerHub, ListenerStatistics, StateListener
-from bodhi_trio._core._scheduler import Limits, Scheduler
+from bodhi_trio._core._scheduler import Scheduler
 from bodhi_trio._core._slot import (
     Launcher,
     RunningServer,
@@ -39,12 +50,11 @@ from bodhi_trio._core._state import (
     EventKind,
     ServerState,
 )
-from bodhi_trio._exceptions import InvalidRequestError, LlamaServerNotFoundError
+from bodhi_trio._exceptions import BodhiError, InvalidRequestError
 from bodhi_trio._llama._child import serve_llama_server
 from bodhi_trio._llama._leftovers import kill_leftovers, sweep_socket_dirs
 from bodhi_trio._llama._logtail import LogTail
-from bodhi_trio._llama._memory import estimate_model_memory, process_group_rss
-from bodhi_trio._llama._runtime import find_llama_server
+from bodhi_trio._llama._memory import process_group_rss
 from bodhi_trio._transport._loopback import PooledSender, Sender, UpstreamPool, UpstreamResponse
 
 if TYPE_CHECKING:
@@ -61,21 +71,6 @@ __all__ = [
     "open_context",
     "required_string",
 ]
-
-ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
-"""The llama-server routes :meth:`SharedContext.forward` accepts (and the HTTP app serves)."""
-
-
-def required_string(value: object, field: str) -> str:
-    """``value`` if it is a non-empty string: a request's ``model`` (or another field
-    that names something).
-
-    Raises:
-        InvalidRequestError: It is missing, empty or not a string; ``param`` is ``field``.
-    """
-    if not isinstance(value, str) or not value:
-        raise InvalidRequestError(f"'{field}' is required and must be a string", param=field)
-    return value
 
 
 @attrs.frozen
@@ -102,6 +97,7 @@ class SharedContext:
         *,
         aliases: AliasStore,
         log: LogTail,
+        pulls: PullRegistry,
     ) -> None:
         self._settings = settings
         self._scheduler = scheduler
@@ -109,6 +105,7 @@ class SharedContext:
         self._hub = hub
         self._aliases = aliases
         self._log = log
+        self._pulls = pulls
 
     # ------------------------------------------------------------------ observing
 
@@ -138,6 +135,12 @@ class SharedContext:
     @property
     def settings(self) -> Settings:
         return self._settings
+
+    @property
+    def pulls(self) -> PullRegistry:
+        """The model downloads this context owns (``_context._pulls``: start or join,
+        watch, cancel)."""
+        return self._pulls
 
     async def wait_state(self, predicate: Callable[[ServerState], bool]) -> ServerState:
         """Wait until ``predicate(state)`` holds and return that state.
@@ -179,6 +182,14 @@ class SharedContext:
 
     # ------------------------------------------------------------------ requests
 
+    def is_alias(self, name: str) -> bool:
+        """Whether ``name`` is an alias with a valid file (one ``stat``, cached parse)."""
+        try:
+            self._aliases.get(name)
+        except BodhiError:
+            return False
+        return True
+
     def resolve_alias(self, name: object) -> Alias:
         """The alias a request's ``model`` names.
 
@@ -191,7 +202,7 @@ class SharedContext:
 
     @asynccontextmanager
     async def forward(
-        self, endpoint: str, request: Mapping[str, Any]
+        self, endpoint: str, request: Mapping[str, Any], *, keep_alive: float | None = None
     ) -> AsyncIterator[UpstreamResponse]:
         """Send ``request`` to the llama-server serving its ``model`` alias.
 
@@ -202,6 +213,10 @@ class SharedContext:
         Args:
             endpoint: One of :data:`ENDPOINTS`.
             request: The request JSON; the alias's ``request_params`` fill its gaps.
+            keep_alive: Seconds the model stays loaded once idle after this request
+                (negative: never; 0: unloaded right after it), in force until a later
+                request sets another; ``None``: the alias's ``keep_alive_secs`` or
+                ``BODHI_KEEP_ALIVE_SECS`` (Ollama's per-request ``keep_alive``).
 
         Raises:
             BodhiError: Unknown alias (404), missing model file (404), too many
@@ -218,15 +233,14 @@ class SharedContext:
         if endpoint not in ENDPOINTS:
             raise InvalidRequestError(f"unsupported endpoint {endpoint!r}")
         alias = self.resolve_alias(request.get("model"))
-        # Sampling defaults belong to generation; an embeddings body gets none of them.
-        if endpoint != "/v1/embeddings":
-            request = apply_request_params(request, alias.request_params)
+        # Generation defaults, as far as this route understands them (_endpoints).
+        request = fill_request_params(endpoint, request, alias.request_params)
         try:
             body = json.dumps(request).encode()
         except RecursionError as exc:  # parsed fine, but too deep to encode from down here
             raise InvalidRequestError("the request body is nested too deeply") from exc
         async with (
-            self._scheduler.serving(alias) as slot,
+            self._scheduler.serving(alias, keep_alive=keep_alive) as slot,
             self._sender.send(slot.server.address, endpoint, body) as response,
         ):
             self._scheduler.emit(
@@ -237,8 +251,12 @@ class SharedContext:
             )
             yield response
 
-    async def load(self, alias_name: str) -> ServerState:
+    async def load(self, alias_name: str, *, keep_alive: float | None = None) -> ServerState:
         """Load ``alias_name`` beside the others (as a request for it would).
+
+        Args:
+            alias_name: The alias.
+            keep_alive: As for :meth:`forward` (0: unloaded right after it loaded).
 
         Returns:
             The state once it is loaded.
@@ -246,9 +264,58 @@ class SharedContext:
         Cancellation: the load itself still completes.
         """
         alias = self.resolve_alias(alias_name)
-        async with self._scheduler.serving(alias):
+        async with self._scheduler.serving(alias, keep_alive=keep_alive):
             pass
         return self.state
+
+    @asynccontextmanager
+    async def upstream(
+        self,
+        alias_name: str,
+        method: str,
+        path: str,
+        *,
+        query: str = "",
+        body: bytes = b"",
+        content_type: str | None = None,
+    ) -> AsyncIterator[UpstreamResponse]:
+        """Pass a request through to ``alias_name``'s llama-server as it is.
+
+        Loads the model first if needed, like :meth:`forward`, and holds it (read side)
+        until the block exits. Only the method, the target, the body and its content
+        type are sent (never the client's other headers, so no key of ours).
+
+        Args:
+            alias_name: The alias.
+            method: One of ``UPSTREAM_METHODS`` (:mod:`._endpoints`).
+            path: The path under the child, percent-decoded, without its leading ``/``.
+            query: The raw query string, kept as it is.
+            body: Sent unchanged.
+            content_type: Sent with a non-empty body; ``None``: no such header.
+
+        Raises:
+            InvalidRequestError: A method, path, query or content type that could
+                leave the child's paths or inject into the request (checked before
+                anything loads; see :func:`upstream_target`).
+            BodhiError: As for :meth:`forward`.
+
+        Cancellation: as for :meth:`forward`.
+        """
+        target = upstream_target(method, path, query, content_type)
+        alias = self.resolve_alias(alias_name)
+        async with (
+            self._scheduler.serving(alias) as slot,
+            self._sender.send(
+                slot.server.address, target, body, method=method, content_type=content_type
+            ) as response,
+        ):
+            self._scheduler.emit(
+                EventKind.RESPONSE,
+                alias.alias,
+                endpoint="/upstream",  # not the path: listeners need no admin key
+                status=response.status_code,
+            )
+            yield response
 
     async def stop(self, alias: str | None = None) -> None:
         """Stop ``alias`` (``None``: every model), draining in-flight responses first."""
@@ -263,19 +330,7 @@ class SharedContext:
             BodhiError: The restart failed (the variant stays switched; state stopped).
         """
         self._scheduler.check_open()
-        variant = variant.strip().lower()
-        if not VARIANT_NAME.fullmatch(variant):
-            shown = repr(variant)
-            if len(variant) > 64:  # the message is the client's own input: keep it short
-                shown = f"{variant[:20]!r}... ({len(variant)} characters)"
-            raise InvalidRequestError(
-                f"invalid variant {shown}: a variant name is 1 to 64 letters, digits and '_'",
-                param="variant",
-            )
-        try:
-            find_llama_server(variant, self._settings.binary_for(variant))
-        except LlamaServerNotFoundError as exc:  # the request names a variant we cannot run
-            raise InvalidRequestError(exc.message, param="variant") from exc
+        variant = runnable_variant(self._settings, variant)
         await self._scheduler.switch_variant(variant)
         return self.state
 
@@ -286,6 +341,7 @@ class SharedContext:
 
         Cancellation: the stop is shielded and bounded by the child's stop grace.
         """
+        self._pulls.close()
         await self._scheduler.close()
         self._hub.close()
 
@@ -296,32 +352,6 @@ def _child_log(settings: Settings, made: list[LogTail], combined: LogTail, alias
     log = LogTail(path=path, mirror=combined, mirror_prefix=f"[{alias}] ")
     made.append(log)
     return log
-
-
-async def estimate_from_gguf(spec: LaunchSpec) -> int | None:
-    """A model's memory before it loads, from its GGUF header (in a worker thread: the
-    header read takes milliseconds); ``None`` if the file cannot be read as GGUF (the
-    start will then say why)."""
-
-    def estimate() -> int | None:
-        try:
-            return estimate_model_memory(spec.model, spec.server_args).total
-        except (OSError, ValueError):
-            return None
-
-    return await trio.to_thread.run_sync(estimate)
-
-
-def limits_from(settings: Settings) -> Limits:
-    """The scheduler's numbers from the settings."""
-    return Limits(
-        max_loaded=settings.max_loaded_models,
-        max_queue=settings.max_queue,
-        memory_budget=settings.memory_budget_bytes(),
-        drain_timeout=settings.drain_timeout_secs,
-        keep_alive=settings.keep_alive_secs,
-        upstream_idle_timeout=settings.upstream_idle_timeout_secs,
-    )
 
 
 @asynccontextmanager
@@ -375,13 +405,15 @@ async def open_context(
                 estimate=estimate or estimate_from_gguf,
                 measure=measure or process_group_rss,
             )
+            aliases = AliasStore.for_settings(settings)
             ctx = SharedContext(
                 settings,
                 scheduler,
                 real_sender,
                 hub,
-                aliases=AliasStore.for_settings(settings),
+                aliases=aliases,
                 log=log,
+                pulls=PullRegistry(nursery, settings.hub_cache, aliases),
             )
             try:
                 yield ctx

@@ -116,10 +116,8 @@ async def _start_child(scheduler: Scheduler, model: ModelSlot, spec: LaunchSpec)
             functools.partial(_measure_memory, scheduler, model),
             name=f"watch:{model.name}",
         )
-    if model.keep_alive >= 0:
-        scheduler._nursery.start_soon(
-            run_idle_unloader, scheduler, model, name=f"idle:{model.name}"
-        )
+    # Even with a keep-alive of "never": a request may set another (Scheduler.serving).
+    scheduler._nursery.start_soon(run_idle_unloader, scheduler, model, name=f"idle:{model.name}")
 
 
 def _on_crash(scheduler: Scheduler, model: ModelSlot, error: LlamaServerExitedError) -> None:

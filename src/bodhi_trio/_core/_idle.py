@@ -1,11 +1,13 @@
 """Idle unload: a model stops its keep-alive after its last response ended.
 
 One task per resident model, in the root nursery, cancelled (``idle_scope``) when
-the model stops for any other reason.
+the model stops for any other reason. The keep-alive is read each time the model
+becomes idle: a request may have changed it (a negative one never unloads).
 """
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import trio
@@ -40,7 +42,10 @@ async def run_idle_unloader(scheduler: Scheduler, model: ModelSlot) -> None:
             def active_since(seen: int = activity) -> bool:
                 return model.activity != seen
 
-            with trio.move_on_at(model.idle_since + model.keep_alive):
+            # Never (negative): wait for activity all the same; the request that comes
+            # may set a keep-alive that does expire.
+            keep_alive = model.keep_alive if model.keep_alive >= 0 else math.inf
+            with trio.move_on_at(model.idle_since + keep_alive):
                 await scheduler.wait_until(active_since)
                 continue
             if model.activity != activity or not model.ready:
@@ -52,7 +57,7 @@ async def run_idle_unloader(scheduler: Scheduler, model: ModelSlot) -> None:
                     await scheduler.changed.wait()
                 continue
             try:
-                await scheduler.stop_model(model, f"idle for {model.keep_alive} s")
+                await scheduler.stop_model(model, f"idle for {model.keep_alive:g} s")
             finally:
                 await model.lock.release_write()
             return

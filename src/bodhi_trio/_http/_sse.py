@@ -27,6 +27,7 @@ __all__ = [
     "KEEPALIVE",
     "SSE_HEADERS",
     "DirectStream",
+    "anthropic_error_event",
     "error_event",
     "keepalive_interval",
     "sse_event",
@@ -34,7 +35,8 @@ __all__ = [
 
 KEEPALIVE = b": keep-alive\n\n"
 SSE_HEADERS: Mapping[str, str] = {
-    "Content-Type": "text/event-stream",
+    # The charset matters: without it Python's requests decodes the stream as Latin-1.
+    "Content-Type": "text/event-stream; charset=utf-8",
     "Cache-Control": "no-cache",
     "X-Accel-Buffering": "no",
 }
@@ -59,6 +61,13 @@ def error_event(error: BodhiError | Mapping[str, Any]) -> bytes:
     """The one ``data: {"error": ...}`` event that ends a failed stream."""
     body = error.to_envelope() if isinstance(error, BodhiError) else {"error": dict(error)}
     return sse_event(compact_json(body))
+
+
+def anthropic_error_event(error: BodhiError | Mapping[str, Any]) -> bytes:
+    """:func:`error_event` as Anthropic's streams end: ``event: error`` and a body of
+    ``"type": "error"`` (the Anthropic SDK ignores events without a name)."""
+    body = error.to_envelope() if isinstance(error, BodhiError) else {"error": dict(error)}
+    return b"event: error\n" + sse_event(compact_json({"type": "error", **body}))
 
 
 def keepalive_interval(keepalive: float) -> float:

@@ -3,10 +3,11 @@
 Why not httpx here: its body iterators are async generators nested three deep;
 when a client leaves mid-stream (our everyday case), the inner ones are left to
 the garbage collector, and its per-chunk overhead is far above what relaying
-thousands of events a second allows. This client does one thing: POST a JSON
-body to a loopback llama-server and hand back the response body as it arrives
-(chunked framing removed by :mod:`bodhi_trio._core._http1`), keeping idle connections for
-reuse in an :class:`UpstreamPool` (:mod:`._pool`).
+thousands of events a second allows. This client does one thing: send a request
+(a JSON POST, or for a pass-through any method, target and content type) to a loopback
+llama-server and hand back the response body as it arrives (chunked framing removed by
+:mod:`bodhi_trio._core._http1`), keeping idle connections for reuse in an
+:class:`UpstreamPool` (:mod:`._pool`).
 
 Closing a response before its end closes the connection, which is how
 llama-server learns that the client left and stops generating.
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from bodhi_trio._core._address import Address
 
 __all__ = [
+    "JSON",
     "HTTPResponse",
     "PooledSender",
     "Probe",
@@ -38,6 +40,10 @@ __all__ = [
     "probe",
     "send_upstream",
 ]
+
+
+JSON = "application/json"
+"""The content type of the bodies the context sends (every route but a pass-through)."""
 
 
 class UpstreamResponse(Protocol):
@@ -55,9 +61,15 @@ class Sender(Protocol):
     """How the context talks to a server: :class:`PooledSender` for real, fakes in tests."""
 
     def send(
-        self, address: Address, path: str, body: bytes
+        self,
+        address: Address,
+        path: str,
+        body: bytes,
+        *,
+        method: str = "POST",
+        content_type: str | None = JSON,
     ) -> AbstractAsyncContextManager[UpstreamResponse]:
-        """POST ``body`` and yield the response (see :func:`send_upstream`)."""
+        """Send ``body`` and yield the response (see :func:`send_upstream`)."""
         ...
 
     async def close_idle(self, address: Address) -> None:
@@ -189,14 +201,19 @@ class _StaleConnection(Exception):
     generation twice."""
 
 
-def _request_bytes(method: str, address: Address, path: str, body: bytes) -> bytes:
+def _request_bytes(
+    method: str, address: Address, path: str, body: bytes, content_type: str | None
+) -> bytes:
+    """The request head and body. ``method``, ``path`` and ``content_type`` are the
+    caller's to check (the context's pass-through does: no CR, LF or other control
+    character reaches the request line or a header)."""
     lines = [
         f"{method} {path} HTTP/1.1",
         f"Host: {address.host_header}",
         f"Content-Length: {len(body)}",
     ]
-    if body:
-        lines.append("Content-Type: application/json")
+    if body and content_type:
+        lines.append(f"Content-Type: {content_type}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
@@ -222,14 +239,18 @@ async def _exchange(
     *,
     fresh: bool,
     method: str,
+    content_type: str | None,
 ) -> HTTPResponse:
     connection = await pool.check_out(address, fresh=fresh)
     try:
         try:
-            await connection.stream.send_all(_request_bytes(method, address, path, body))
+            request = _request_bytes(method, address, path, body, content_type)
+            await connection.stream.send_all(request)
         except (OSError, trio.BrokenResourceError) as exc:
             raise UpstreamError(f"llama-server connection broke: {exc!r}") from exc
         head, rest = await _read_head(connection)
+        if method == "HEAD":  # its Content-Length describes a body that never comes
+            head = attrs.evolve(head, length=0, chunked=False)
     except UpstreamError as exc:
         await pool.discard(connection)
         if connection.reused and not connection.answered and connection.abort_reason is None:
@@ -249,9 +270,14 @@ async def send_upstream(
     body: bytes,
     *,
     method: str = "POST",
+    content_type: str | None = JSON,
 ) -> AsyncIterator[HTTPResponse]:
-    """Send ``body`` (JSON; empty for none) to ``path`` at ``address`` and yield once
-    the response head arrives.
+    """Send ``body`` (empty for none) to ``path`` at ``address`` and yield once the
+    response head arrives.
+
+    ``path`` is the request target (``/v1/models?x=1``); ``content_type`` is sent with
+    a non-empty body (``None``: no such header). All three go into the request as
+    they are: callers pass only checked values.
 
     A reused keep-alive connection that fails before any response (llama-server
     closed it while idle) is replaced once by a fresh one.
@@ -264,9 +290,13 @@ async def send_upstream(
     stops generating. A body read to its end returns the connection to the pool.
     """
     try:
-        response = await _exchange(pool, address, path, body, fresh=False, method=method)
+        response = await _exchange(
+            pool, address, path, body, fresh=False, method=method, content_type=content_type
+        )
     except _StaleConnection:
-        response = await _exchange(pool, address, path, body, fresh=True, method=method)
+        response = await _exchange(
+            pool, address, path, body, fresh=True, method=method, content_type=content_type
+        )
     try:
         yield response
     finally:
@@ -302,9 +332,17 @@ class PooledSender:
     pool: UpstreamPool
 
     def send(
-        self, address: Address, path: str, body: bytes
+        self,
+        address: Address,
+        path: str,
+        body: bytes,
+        *,
+        method: str = "POST",
+        content_type: str | None = JSON,
     ) -> AbstractAsyncContextManager[HTTPResponse]:
-        return send_upstream(self.pool, address, path, body)
+        return send_upstream(
+            self.pool, address, path, body, method=method, content_type=content_type
+        )
 
     async def close_idle(self, address: Address) -> None:
         await self.pool.close_idle(address)

@@ -1,0 +1,307 @@
+"""Seeing it work: Prometheus metrics and one console line per request and per model change.
+
+Counted off the hot path. A request is measured by the ASGI middleware around the app
+(:class:`Observer.middleware`): the time to its first body byte and to its end, its
+status and bytes; its route and alias are noted by the route (see
+``_request_scope.note_request``). Tokens come from the one usage/timings chunk at the
+end of a stream (noted by whoever read it), never from parsing every event. Model loads,
+unloads and crashes come from the context's state events (:meth:`Observer.on_event`, a
+state listener). What is current (in flight, queued, memory, state) is read from the
+context's state when ``/metrics`` is scraped, so nothing has to keep it in step.
+
+Labels are bounded: a route label is the route's rule (never the raw path), and an alias
+label is used only for an alias that exists (a request naming a random model would
+otherwise grow the metrics without bound).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, final
+
+import attrs
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from bodhi_trio._core._state import EventKind, ServerEvent, ServerState
+from bodhi_trio._http._request_scope import RequestNote, request_scope
+
+if TYPE_CHECKING:
+    from bodhi_trio._http._request_scope import ASGIApp
+
+__all__ = ["PROMETHEUS_CONTENT_TYPE", "JsonLogFormatter", "Observer", "unload_cause"]
+
+PROMETHEUS_CONTENT_TYPE = CONTENT_TYPE_LATEST
+"""The Content-Type of ``/metrics``: Prometheus text format 0.0.4."""
+
+access_log = logging.getLogger("bodhi_trio.access")
+models_log = logging.getLogger("bodhi_trio.models")
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_LOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_STATES = ("loading", "ready", "stopping", "crashed", "hung")
+
+
+def unload_cause(reason: str) -> str:
+    """A stop event's reason as a bounded label: eviction, idle, variant or stop."""
+    if reason.startswith("evicted"):
+        return "eviction"
+    if reason.startswith("idle"):
+        return "idle"
+    if reason.startswith("variant"):
+        return "variant"
+    return "stop"
+
+
+@final
+class _StateCollector(Collector):
+    """What is current, read from the context's state at scrape time."""
+
+    def __init__(self, state: Callable[[], ServerState]) -> None:
+        self._state = state
+
+    def describe(self) -> list[Metric]:
+        """Nothing up front: registering must not read the state (the context may not
+        serve yet); the names are checked at scrape time."""
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        state = self._state()
+        in_flight = GaugeMetricFamily(
+            "bodhi_in_flight", "Responses in flight at the model's child", labels=["alias"]
+        )
+        queued = GaugeMetricFamily(
+            "bodhi_queued", "Requests waiting for the model (loading, draining)", labels=["alias"]
+        )
+        memory = GaugeMetricFamily(
+            "bodhi_model_memory_bytes",
+            "Memory the model is counted for: its estimate until loaded, then the child's RSS",
+            labels=["alias"],
+        )
+        status = GaugeMetricFamily(
+            "bodhi_model_state", "1 for the model's current state", labels=["alias", "state"]
+        )
+        for model in state.models:
+            in_flight.add_metric([model.alias], model.in_flight)
+            queued.add_metric([model.alias], model.queued)
+            if model.memory is not None:
+                memory.add_metric([model.alias], model.memory)
+            for name in _STATES:
+                status.add_metric([model.alias, name], float(model.status.value == name))
+        budget = GaugeMetricFamily(
+            "bodhi_memory_budget_bytes", "BODHI_MEMORY_BUDGET (absent: no limit)"
+        )
+        if state.memory_budget is not None:
+            budget.add_metric([], state.memory_budget)
+        used = GaugeMetricFamily("bodhi_memory_used_bytes", "Memory all resident models use")
+        used.add_metric([], state.memory_used)
+        yield from (in_flight, queued, memory, status, budget, used)
+
+
+@attrs.define(eq=False)
+class _Measured:
+    """One request, as the middleware saw it."""
+
+    started: float
+    status: int = 0
+    first_byte: float | None = None
+    bytes: int = 0
+
+
+@final
+class Observer:
+    """The server's metrics and its request and model log lines.
+
+    Args:
+        state: The context's current state (read at scrape time).
+        known_alias: Whether an alias exists (only those become labels).
+    """
+
+    def __init__(self, state: Callable[[], ServerState], known_alias: Callable[[str], bool]):
+        self._known_alias = known_alias
+        self._loading_since: dict[str, float] = {}
+        self.registry = registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "bodhi_requests",
+            "HTTP requests by alias, route and status",
+            ["alias", "route", "status"],
+            registry=registry,
+        )
+        self.ttfb = Histogram(
+            "bodhi_request_ttfb_seconds",
+            "Time from a request's start to its first response body byte",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "bodhi_request_duration_seconds",
+            "Time from a request's start to its end (a stream's last byte)",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.tokens = Counter(
+            "bodhi_tokens",
+            "Tokens by alias: prompt and completion, from each response's usage",
+            ["alias", "kind"],
+            registry=registry,
+        )
+        self.loads = Counter("bodhi_model_loads", "Model loads", ["alias"], registry=registry)
+        self.load_time = Histogram(
+            "bodhi_model_load_seconds",
+            "Time from a model's load starting to its child being ready",
+            ["alias"],
+            buckets=_LOAD_BUCKETS,
+            registry=registry,
+        )
+        self.unloads = Counter(
+            "bodhi_model_unloads",
+            "Model unloads by cause: eviction, idle, variant, stop",
+            ["alias", "cause"],
+            registry=registry,
+        )
+        self.crashes = Counter(
+            "bodhi_model_crashes",
+            "Children that exited unexpectedly or stopped answering (hung)",
+            ["alias", "kind"],
+            registry=registry,
+        )
+        registry.register(_StateCollector(state))
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of everything above."""
+        return generate_latest(self.registry)
+
+    def _alias_label(self, alias: str | None) -> str:
+        return alias if alias is not None and self._known_alias(alias) else ""
+
+    # ------------------------------------------------------------------ model events
+
+    async def on_event(self, event: ServerEvent) -> None:
+        """A state listener: counts loads, unloads and crashes and logs one line each."""
+        alias, detail = event.alias or "", event.detail
+        if event.kind is EventKind.LOADING:
+            self._loading_since[alias] = event.time
+        elif event.kind is EventKind.START:
+            self.loads.labels(alias).inc()
+            since = self._loading_since.pop(alias, None)
+            took = None if since is None else max(0.0, event.time - since)
+            if took is not None:
+                self.load_time.labels(alias).observe(took)
+            shown = "" if took is None else f" in {took:.2f} s"
+            models_log.info("loaded %s (pid %s)%s", alias, detail.get("pid"), shown)
+        elif event.kind is EventKind.STOP:
+            self._loading_since.pop(alias, None)
+            reason = str(detail.get("reason") or detail.get("error") or "stopped")
+            if "reason" in detail:
+                self.unloads.labels(alias, unload_cause(reason)).inc()
+            models_log.info("unloaded %s (%s)", alias, reason)
+        elif event.kind in (EventKind.CRASHED, EventKind.HUNG):
+            self.crashes.labels(alias, event.kind.value).inc()
+            models_log.warning("%s %s (pid %s)", alias, event.kind.value, detail.get("pid"))
+
+    # ------------------------------------------------------------------ requests
+
+    def middleware(self, app: ASGIApp) -> ASGIApp:
+        """``app`` inside a request scope, with each HTTP request measured and logged."""
+
+        async def observed(scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] != "http":
+                await app(scope, receive, send)
+                return
+            measured = _Measured(time.perf_counter())
+
+            async def measuring_send(message: Any) -> None:
+                kind = message["type"]
+                if kind == "http.response.body":
+                    body = message.get("body", b"")
+                    if body and measured.first_byte is None:
+                        measured.first_byte = time.perf_counter()
+                    measured.bytes += len(body)
+                elif kind == "http.response.start":
+                    measured.status = message["status"]
+                await send(message)
+
+            async with request_scope() as note:
+                try:
+                    await app(scope, receive, measuring_send)
+                finally:
+                    self._record(scope, note, measured)
+
+        return observed
+
+    def _record(self, scope: Any, note: RequestNote, measured: _Measured) -> None:
+        ended = time.perf_counter()
+        route = note.route or "unmatched"
+        alias = self._alias_label(note.alias)
+        status = measured.status or 499  # the client left before any answer
+        self.requests.labels(alias, route, str(status)).inc()
+        if measured.first_byte is not None:
+            self.ttfb.labels(route).observe(measured.first_byte - measured.started)
+        self.duration.labels(route).observe(ended - measured.started)
+        if alias:
+            if note.prompt_tokens:
+                self.tokens.labels(alias, "prompt").inc(note.prompt_tokens)
+            if note.completion_tokens:
+                self.tokens.labels(alias, "completion").inc(note.completion_tokens)
+        if access_log.isEnabledFor(logging.INFO):
+            ttfb = (
+                "-"
+                if measured.first_byte is None
+                else f"{(measured.first_byte - measured.started) * 1e3:.1f}ms"
+            )
+            access_log.info(
+                "%s %s %s %d ttfb=%s %.1fms %dB",
+                scope.get("method", "-"),
+                scope.get("path", "-"),
+                alias or "-",
+                status,
+                ttfb,
+                (ended - measured.started) * 1e3,
+                measured.bytes,
+                extra={
+                    "method": scope.get("method"),
+                    "path": scope.get("path"),
+                    "alias": alias or None,
+                    "status": status,
+                    "ttfb_ms": None
+                    if measured.first_byte is None
+                    else round((measured.first_byte - measured.started) * 1e3, 3),
+                    "duration_ms": round((ended - measured.started) * 1e3, 3),
+                    "bytes": measured.bytes,
+                },
+            )
+
+
+_JSON_FIELDS = ("method", "path", "alias", "status", "ttfb_ms", "duration_ms", "bytes")
+
+
+@final
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per log line (``--log-format json``): time, level, logger, message,
+    and a request line's fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, object] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for field in _JSON_FIELDS:
+            if hasattr(record, field):
+                doc[field] = getattr(record, field)
+        if record.exc_info:
+            doc["error"] = self.formatException(record.exc_info)
+        return json.dumps(doc, ensure_ascii=False)

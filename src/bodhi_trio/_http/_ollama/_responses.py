@@ -1,0 +1,293 @@
+"""llama-server's OpenAI answers to Ollama objects: pure functions, no I/O.
+
+Shapes the official ``ollama`` client relies on: ``created_at`` an RFC 3339 string
+(UTC, ``Z``); counts and durations integers, durations in nanoseconds;
+``tool_calls[].function.arguments`` a JSON object; ``done_reason`` ``stop`` or
+``length``.
+
+Metrics of the last object: ``prompt_eval_count`` and ``eval_count`` from llama-server's
+``usage`` (else its ``timings``); ``prompt_eval_duration`` and ``eval_duration`` from its
+``timings`` (``prompt_ms``, ``predicted_ms``); ``total_duration`` from our own clock
+(the request arriving to the answer ending); ``load_duration`` the rest of it: the time
+spent waiting for the model (loading, queueing) and relaying.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, final
+
+import attrs
+
+__all__ = [
+    "Metrics",
+    "StreamTranslator",
+    "chat_answer",
+    "created_at",
+    "empty_answer",
+    "generate_answer",
+    "normalized",
+    "ollama_tool_calls",
+    "rfc3339",
+]
+
+Kind = Literal["chat", "generate"]
+"""``/api/chat`` answers with ``message``; ``/api/generate`` with ``response``."""
+
+
+def rfc3339(timestamp: float) -> str:
+    """A Unix time as RFC 3339 in UTC with a ``Z``, e.g. ``2026-12-01T20:25:39.123456Z``."""
+    moment = datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
+    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def created_at() -> str:
+    """Now, as :func:`rfc3339`."""
+    return rfc3339(datetime.datetime.now(datetime.UTC).timestamp())
+
+
+def _ns(milliseconds: object) -> int:
+    if isinstance(milliseconds, bool) or not isinstance(milliseconds, int | float):
+        return 0
+    return max(0, round(milliseconds * 1_000_000))
+
+
+def _count(value: object) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return int(value)
+
+
+@attrs.define
+class Metrics:
+    """What the last object reports; fed from llama-server's ``usage`` and ``timings``.
+
+    Args:
+        started_ns: ``time.perf_counter_ns()`` when the request arrived.
+    """
+
+    started_ns: int
+    usage: Mapping[str, Any] = attrs.field(factory=dict)
+    timings: Mapping[str, Any] = attrs.field(factory=dict)
+
+    def take(self, answer: Mapping[str, Any]) -> None:
+        """Keep the ``usage`` and ``timings`` of an answer or a stream chunk, if it has them."""
+        if isinstance(answer.get("usage"), Mapping):
+            self.usage = answer["usage"]
+        if isinstance(answer.get("timings"), Mapping):
+            self.timings = answer["timings"]
+
+    def fields(self, now_ns: int) -> dict[str, int]:
+        """The metrics, integers (durations in nanoseconds), as of ``now_ns``."""
+        timings = self.timings
+        prompt = _count(self.usage.get("prompt_tokens"))
+        if prompt is None:
+            prompt = (_count(timings.get("prompt_n")) or 0) + (_count(timings.get("cache_n")) or 0)
+        generated = _count(self.usage.get("completion_tokens"))
+        if generated is None:
+            generated = _count(timings.get("predicted_n")) or 0
+        prompt_ns = _ns(timings.get("prompt_ms"))
+        eval_ns = _ns(timings.get("predicted_ms"))
+        total = max(0, now_ns - self.started_ns)
+        return {
+            "total_duration": total,
+            "load_duration": max(0, total - prompt_ns - eval_ns),
+            "prompt_eval_count": prompt,
+            "prompt_eval_duration": prompt_ns,
+            "eval_count": generated,
+            "eval_duration": eval_ns,
+        }
+
+
+def _arguments(text: object) -> dict[str, Any]:
+    """OpenAI's ``arguments`` (a JSON string) as the object Ollama sends."""
+    if isinstance(text, Mapping):
+        return dict(text)
+    try:
+        value = json.loads(text) if isinstance(text, str) and text.strip() else {}
+    except ValueError:
+        return {"arguments": text}  # not JSON: still an object, the text kept
+    return value if isinstance(value, dict) else {"value": value}
+
+
+def ollama_tool_calls(calls: object) -> list[dict[str, Any]]:
+    """OpenAI tool calls (``id``, string ``arguments``) as Ollama's (object ``arguments``)."""
+    if not isinstance(calls, list):
+        return []
+    result = []
+    for call in calls:
+        function = call.get("function") if isinstance(call, Mapping) else None
+        if not isinstance(function, Mapping):
+            continue
+        converted: dict[str, Any] = {
+            "function": {
+                "name": function.get("name") or "",
+                "arguments": _arguments(function.get("arguments")),
+            }
+        }
+        if isinstance(call.get("id"), str):
+            converted["id"] = call["id"]
+        result.append(converted)
+    return result
+
+
+def _done_reason(finish_reason: object) -> str:
+    return "length" if finish_reason == "length" else "stop"
+
+
+def _first_choice(answer: Mapping[str, Any]) -> Mapping[str, Any]:
+    choices = answer.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], Mapping):
+        return choices[0]
+    return {}
+
+
+def _head(model: str) -> dict[str, Any]:
+    return {"model": model, "created_at": created_at()}
+
+
+def chat_answer(
+    model: str, answer: Mapping[str, Any], metrics: Metrics, now_ns: int
+) -> dict[str, Any]:
+    """A non-streamed ``/v1/chat/completions`` answer as ``/api/chat``'s."""
+    metrics.take(answer)
+    choice = _first_choice(answer)
+    message = choice.get("message")
+    message = message if isinstance(message, Mapping) else {}
+    out: dict[str, Any] = {"role": "assistant", "content": message.get("content") or ""}
+    if message.get("reasoning_content"):
+        out["thinking"] = message["reasoning_content"]
+    if calls := ollama_tool_calls(message.get("tool_calls")):
+        out["tool_calls"] = calls
+    return {
+        **_head(model),
+        "message": out,
+        "done": True,
+        "done_reason": _done_reason(choice.get("finish_reason")),
+        **metrics.fields(now_ns),
+    }
+
+
+def generate_answer(
+    model: str, answer: Mapping[str, Any], metrics: Metrics, now_ns: int
+) -> dict[str, Any]:
+    """A non-streamed chat or text completion as ``/api/generate``'s."""
+    metrics.take(answer)
+    choice = _first_choice(answer)
+    message = choice.get("message")
+    out: dict[str, Any] = {**_head(model)}
+    if isinstance(message, Mapping):  # a chat completion
+        out["response"] = message.get("content") or ""
+        if message.get("reasoning_content"):
+            out["thinking"] = message["reasoning_content"]
+    else:
+        out["response"] = choice.get("text") or ""
+    out.update(done=True, done_reason=_done_reason(choice.get("finish_reason")))
+    return {**out, **metrics.fields(now_ns)}
+
+
+def empty_answer(model: str, kind: Kind, reason: Literal["load", "unload"]) -> dict[str, Any]:
+    """The answer to an empty request: the model was loaded (or unloaded)."""
+    body: dict[str, Any] = {"response": ""}
+    if kind == "chat":
+        body = {"message": {"role": "assistant", "content": ""}}
+    return {**_head(model), **body, "done": True, "done_reason": reason}
+
+
+def normalized(vector: Sequence[float]) -> list[float]:
+    """``vector`` scaled to unit length (L2); all zeros stay zeros."""
+    norm = math.sqrt(math.fsum(x * x for x in vector))
+    return [x / norm for x in vector] if norm > 0 else list(vector)
+
+
+@final
+@attrs.define
+class StreamTranslator:
+    """llama-server's stream chunks (parsed ``data:`` payloads) as Ollama objects.
+
+    Each content or thinking delta becomes one ``done: false`` object as it arrives;
+    tool calls, which OpenAI streams in fragments, become one object once the choice
+    finishes; the last object (``done: true``, ``done_reason``, metrics) comes at the
+    end, after llama-server's usage chunk.
+
+    Args:
+        model: The name the client asked for (echoed in every object).
+        kind: ``chat`` or ``generate``.
+        metrics: Collects usage and timings; knows when the request arrived.
+    """
+
+    model: str
+    kind: Kind
+    metrics: Metrics
+    done_reason: str = "stop"
+    _calls: dict[int, dict[str, Any]] = attrs.field(factory=dict)
+
+    def _object(self, content: str, thinking: str | None = None, **extra: Any) -> dict[str, Any]:
+        if self.kind == "chat":
+            message: dict[str, Any] = {"role": "assistant", "content": content}
+            if thinking:
+                message["thinking"] = thinking
+            message.update(extra)
+            return {**_head(self.model), "message": message, "done": False}
+        out: dict[str, Any] = {**_head(self.model), "response": content}
+        if thinking:
+            out["thinking"] = thinking
+        return {**out, "done": False}
+
+    def chunk(self, payload: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The objects one llama-server chunk gives (often one, sometimes none)."""
+        self.metrics.take(payload)
+        choice = _first_choice(payload)
+        if not choice:
+            return []
+        out: list[dict[str, Any]] = []
+        delta = choice.get("delta")
+        if isinstance(delta, Mapping):
+            content, thinking = delta.get("content"), delta.get("reasoning_content")
+            self._gather_calls(delta.get("tool_calls"))
+        else:  # a text completion
+            content, thinking = choice.get("text"), None
+        content = content if isinstance(content, str) else ""
+        thinking = thinking if isinstance(thinking, str) else None
+        if content or thinking:
+            out.append(self._object(content, thinking))
+        if choice.get("finish_reason") is not None:
+            self.done_reason = _done_reason(choice["finish_reason"])
+            if self._calls and self.kind == "chat":
+                calls = [self._calls[i] for i in sorted(self._calls)]
+                self._calls = {}
+                out.append(self._object("", tool_calls=ollama_tool_calls(calls)))
+        return out
+
+    def _gather_calls(self, fragments: object) -> None:
+        if not isinstance(fragments, list):
+            return
+        for fragment in fragments:
+            if not isinstance(fragment, Mapping):
+                continue
+            index = fragment.get("index", len(self._calls))
+            call = self._calls.setdefault(
+                index if isinstance(index, int) else len(self._calls),
+                {"id": None, "function": {"name": "", "arguments": ""}},
+            )
+            if isinstance(fragment.get("id"), str):
+                call["id"] = fragment["id"]
+            function = fragment.get("function")
+            if isinstance(function, Mapping):
+                if isinstance(function.get("name"), str):
+                    call["function"]["name"] += function["name"]
+                if isinstance(function.get("arguments"), str):
+                    call["function"]["arguments"] += function["arguments"]
+
+    def last(self, now_ns: int) -> dict[str, Any]:
+        """The ``done: true`` object that ends the stream."""
+        body = self._object("")
+        return {
+            **body,
+            "done": True,
+            "done_reason": self.done_reason,
+            **self.metrics.fields(now_ns),
+        }

@@ -1,0 +1,128 @@
+"""The NDJSON body of a streamed ``/api/chat`` or ``/api/generate``.
+
+It iterates the relay's body (:class:`RelayBody`: the upstream read, the slot's
+release before the end, the error owed after a failure) and turns each complete SSE
+event of llama-server into Ollama objects, one JSON line each, returned as soon as the
+event is whole: nothing is held back but the tail of an event still arriving. So the
+guarantees are the relay's: closing this body closes the relay's, which cancels its
+producer and with it the upstream request (llama-server stops generating).
+
+An error, whether llama-server's own ``data: {"error": ...}`` event or the one the relay
+owes after a failure (a crash, a drain timeout, shutdown), becomes one
+``{"error": "..."}`` line, the last. Otherwise the last line is the ``done: true``
+object, written once the relay has let go of the model.
+
+Keep-alive: NDJSON has no comment line, and a JSON line a client does not expect
+would be read as an answer. So the relay's keep-alive is off, and the route holds the
+response headers until llama-server answered (through a load, as Ollama does); the
+official client has no read timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any, final
+
+import attrs
+
+from bodhi_trio._http._sse import compact_json
+
+if TYPE_CHECKING:
+    from bodhi_trio._http._ollama._responses import StreamTranslator
+    from bodhi_trio._http._relay import RelayBody
+
+__all__ = ["NDJSON_HEADERS", "NdjsonBody", "error_line", "event_data"]
+
+logger = logging.getLogger("bodhi_trio.ollama")
+
+NDJSON_HEADERS: Mapping[str, str] = {
+    "Content-Type": "application/x-ndjson",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
+
+
+def error_line(error: object) -> bytes:
+    """``{"error": "<text>"}`` and a newline, from an error event's ``error`` (an OpenAI
+    error object or a string)."""
+    message = error.get("message") if isinstance(error, Mapping) else error
+    return (compact_json({"error": str(message or "upstream error")}) + "\n").encode()
+
+
+def event_data(block: bytes) -> str | None:
+    """The data of one SSE event (its ``data:`` lines joined); ``None`` for a block
+    without any (a comment)."""
+    data = [
+        line[5:].removeprefix(" ")
+        for line in block.decode(errors="replace").split("\n")
+        if line.startswith("data:")
+    ]
+    return "\n".join(data) if data else None
+
+
+@final
+@attrs.define(eq=False)
+class NdjsonBody:
+    """Ollama's NDJSON lines from a relayed llama-server stream (see the module docstring).
+
+    Args:
+        inner: The relay's body (llama-server's SSE bytes as they arrive).
+        translator: Turns each chunk into Ollama objects.
+    """
+
+    inner: RelayBody
+    translator: StreamTranslator
+    _buffer: bytes = b""
+    _ended: bool = False
+
+    def __aiter__(self) -> NdjsonBody:
+        return self
+
+    def _events(self, piece: bytes) -> Iterator[str]:
+        """Every whole event's data so far; the tail of an unfinished one is kept."""
+        self._buffer = (self._buffer + piece).replace(b"\r\n", b"\n")
+        *blocks, self._buffer = self._buffer.split(b"\n\n")
+        for block in blocks:
+            payload = event_data(block)
+            if payload is not None and payload != "[DONE]":
+                yield payload
+
+    async def __anext__(self) -> bytes:
+        """The lines of the next upstream piece that gives any, or the last line.
+
+        Cancellation (the client left): Quart then calls :meth:`aclose`.
+        """
+        while not self._ended:
+            try:
+                piece = await self.inner.__anext__()
+            except StopAsyncIteration:
+                self._ended = True  # the relay let go of the model: the last object
+                last = self.translator.last(time.perf_counter_ns())
+                return (compact_json(last) + "\n").encode()
+            lines: list[bytes] = []
+            for payload in self._events(piece):
+                try:
+                    chunk: Any = json.loads(payload)
+                except ValueError:  # an event cut short by a failure: its error follows
+                    logger.debug("skipped a stream event that is not JSON: %.80r", payload)
+                    continue
+                if not isinstance(chunk, Mapping):
+                    continue
+                if "error" in chunk:
+                    self._ended = True
+                    lines.append(error_line(chunk["error"]))
+                    break
+                lines.extend(
+                    (compact_json(obj) + "\n").encode() for obj in self.translator.chunk(chunk)
+                )
+            if lines:
+                return b"".join(lines)
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        """Close the relay's body (its producer closes the upstream request). Never blocks."""
+        self._ended = True
+        await self.inner.aclose()

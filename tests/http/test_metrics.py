@@ -1,0 +1,159 @@
+"""``/metrics`` (Prometheus text) and the console's request and model lines (issue 15),
+against the real llama-server on the demo model."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+from prometheus_client.parser import text_string_to_metric_families
+
+from bodhi_trio._config._demo import DEMO_ALIAS
+from bodhi_trio._http._observe import JsonLogFormatter, unload_cause
+from bodhi_trio._http._usage import tokens_in_tail
+from httpserver import running_server
+
+pytestmark = pytest.mark.llama
+
+CHAT = "/v1/chat/completions"
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a Prometheus exposition, by name and sorted labels."""
+    out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def value(
+    found: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
+) -> float:
+    return found.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+async def metrics(
+    client: httpx.AsyncClient,
+) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    response = await client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    return samples(response.text)
+
+
+async def test_one_chat_is_counted_with_its_tokens_and_its_load(
+    tmp_path: Path, hub_cache: Path
+) -> None:
+    with trio.fail_after(60):
+        async with (
+            running_server(tmp_path / "home", hub_cache) as server,
+            httpx.AsyncClient(base_url=server.url, timeout=30) as client,
+        ):
+            before = await metrics(client)
+            assert (
+                value(before, "bodhi_requests_total", alias=DEMO_ALIAS, route=CHAT, status="200")
+                == 0
+            )
+            body = {"model": DEMO_ALIAS, "messages": [{"role": "user", "content": "hi"}]}
+            response = await client.post(CHAT, json={**body, "max_tokens": 9})
+            assert response.status_code == 200
+            usage = response.json()["usage"]
+            found = await metrics(client)
+            labels = {"alias": DEMO_ALIAS, "route": CHAT, "status": "200"}
+            assert value(found, "bodhi_requests_total", **labels) == 1
+            completion = value(found, "bodhi_tokens_total", alias=DEMO_ALIAS, kind="completion")
+            assert completion == usage["completion_tokens"]
+            prompt = value(found, "bodhi_tokens_total", alias=DEMO_ALIAS, kind="prompt")
+            assert prompt == usage["prompt_tokens"]
+            assert value(found, "bodhi_model_loads_total", alias=DEMO_ALIAS) == 1
+            assert value(found, "bodhi_model_load_seconds_count", alias=DEMO_ALIAS) == 1
+            assert value(found, "bodhi_request_duration_seconds_count", route=CHAT) == 1
+            assert value(found, "bodhi_model_state", alias=DEMO_ALIAS, state="ready") == 1
+            assert value(found, "bodhi_in_flight", alias=DEMO_ALIAS) == 0
+            assert value(found, "bodhi_model_memory_bytes", alias=DEMO_ALIAS) > 0
+
+            # a stream: its tokens come from the usage chunk at its end
+            stream = {**body, "max_tokens": 7, "stream": True}
+            stream["stream_options"] = {"include_usage": True}
+            async with client.stream("POST", CHAT, json=stream) as streamed:
+                raw = b"".join([chunk async for chunk in streamed.aiter_bytes()])
+            usage_line = [line for line in raw.split(b"\n") if b'"usage"' in line][-1]
+            streamed_tokens = json.loads(usage_line[5:])["usage"]["completion_tokens"]
+            found = await metrics(client)
+            assert value(found, "bodhi_requests_total", **labels) == 2
+            assert (
+                value(found, "bodhi_tokens_total", alias=DEMO_ALIAS, kind="completion")
+                == completion + streamed_tokens
+            )
+            assert value(found, "bodhi_request_ttfb_seconds_count", route=CHAT) == 2
+
+
+async def test_labels_stay_bounded_and_unloads_have_causes(tmp_path: Path, hub_cache: Path) -> None:
+    """A request naming a random model does not become a label; a stop is counted."""
+    with trio.fail_after(60):
+        async with (
+            running_server(tmp_path / "home", hub_cache) as server,
+            httpx.AsyncClient(base_url=server.url, timeout=30) as client,
+        ):
+            body = {"model": "no-such-model-4711", "messages": [{"role": "user", "content": "x"}]}
+            assert (await client.post(CHAT, json=body)).status_code == 404
+            await client.post("/bodhi/v1/server/load", json={"alias": DEMO_ALIAS})
+            await client.post("/bodhi/v1/server/stop", json={"alias": DEMO_ALIAS})
+            response = await client.get("/metrics")
+            assert "no-such-model-4711" not in response.text
+            found = samples(response.text)
+            assert value(found, "bodhi_requests_total", alias="", route=CHAT, status="404") == 1
+            assert value(found, "bodhi_model_unloads_total", alias=DEMO_ALIAS, cause="stop") == 1
+            assert (
+                value(found, "bodhi_requests_total", alias="", route="unmatched", status="404") == 0
+            )
+
+
+async def test_each_request_and_model_change_logs_one_line(
+    tmp_path: Path, hub_cache: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="bodhi_trio")
+    with trio.fail_after(60):
+        async with (
+            running_server(tmp_path / "home", hub_cache) as server,
+            httpx.AsyncClient(base_url=server.url, timeout=30) as client,
+        ):
+            body = {"model": DEMO_ALIAS, "messages": [{"role": "user", "content": "x"}]}
+            assert (await client.post(CHAT, json={**body, "max_tokens": 3})).status_code == 200
+    access = [r for r in caplog.records if r.name == "bodhi_trio.access"]
+    chats = [r for r in access if getattr(r, "path", None) == CHAT]
+    assert len(chats) == 1
+    line = chats[0].getMessage()
+    assert line.startswith(f"POST {CHAT} {DEMO_ALIAS} 200 ttfb="), line
+    assert line.endswith("B"), line
+    doc = json.loads(JsonLogFormatter().format(chats[0]))
+    assert (doc["method"], doc["status"], doc["alias"]) == ("POST", 200, DEMO_ALIAS)
+    assert isinstance(doc["duration_ms"], float)
+    assert doc["bytes"] > 0
+    models = [r.getMessage() for r in caplog.records if r.name == "bodhi_trio.models"]
+    assert any(m.startswith(f"loaded {DEMO_ALIAS} (pid ") for m in models), models
+
+
+def test_token_counts_come_from_the_end_of_a_response() -> None:
+    usage = b'data: {"choices":[],"usage":{"completion_tokens":12,"prompt_tokens":5}}\n\n'
+    assert tokens_in_tail(b"data: [x]\n\n" + usage + b"data: [DONE]\n\n") == (5, 12)
+    assert tokens_in_tail(b'{"timings":{"prompt_n":3,"predicted_n":7}}') == (3, 7)
+    assert tokens_in_tail(b"data: [DONE]\n\n") == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("reason", "cause"),
+    [
+        ("evicted to make room for 'b'", "eviction"),
+        ("idle for 300 s", "idle"),
+        ("variant change to cuda", "variant"),
+        ("stop requested", "stop"),
+    ],
+)
+def test_unload_causes_are_a_bounded_set(reason: str, cause: str) -> None:
+    assert unload_cause(reason) == cause

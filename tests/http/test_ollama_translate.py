@@ -1,0 +1,420 @@
+"""The Ollama translation functions alone: requests to OpenAI bodies, answers and stream
+chunks back, keep_alive and options parsing, NDJSON framing of a relayed stream."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+from typing import Any
+
+import pytest
+import trio
+from test_relay import FakeResponse, fake_forward
+
+from bodhi_trio._exceptions import AliasNotFoundError, InvalidRequestError, ServerBusyError
+from bodhi_trio._http._ollama._keep_alive import parse_keep_alive
+from bodhi_trio._http._ollama._requests import (
+    chat_request,
+    embed_input,
+    embed_request,
+    generate_request,
+    options_fields,
+)
+from bodhi_trio._http._ollama._responses import (
+    Metrics,
+    StreamTranslator,
+    chat_answer,
+    generate_answer,
+    normalized,
+    rfc3339,
+)
+from bodhi_trio._http._ollama._routes import is_ollama_path, ollama_error
+from bodhi_trio._http._ollama._stream import NdjsonBody
+from bodhi_trio._http._relay import Relay, RelayBody, relay_upstream
+
+USER = [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        (None, None),
+        (0, 0.0),
+        (0.0, 0.0),
+        (300, 300.0),
+        (2.5, 2.5),
+        ("0", 0.0),
+        ("5m", 300.0),
+        ("1h30m", 5400.0),
+        ("300ms", 0.3),
+        ("1.5s", 1.5),
+        ("2h45m30.5s", 9930.5),
+        (-1, -1.0),
+        ("-5m", -1.0),
+        (10**12, -1.0),  # beyond 31 years: never
+    ],
+)
+def test_keep_alive_values(value: object, seconds: float | None) -> None:
+    result = parse_keep_alive(value)
+    assert result == (pytest.approx(seconds) if seconds is not None else None)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("300", 'time: missing unit in duration "300"'),
+        ("5x", 'time: unknown unit "x" in duration "5x"'),
+        ("", 'time: invalid duration ""'),
+        ("m", 'time: invalid duration "m"'),
+        (True, "keep_alive must be a number"),
+        ([5], "keep_alive must be a number"),
+    ],
+)
+def test_bad_keep_alive_is_400(value: object, message: str) -> None:
+    with pytest.raises(InvalidRequestError, match="^" + message.replace("(", r"\(")):
+        parse_keep_alive(value)
+
+
+def test_options_map_to_request_fields() -> None:
+    fields = options_fields(
+        {
+            "num_predict": 12,
+            "temperature": 0.5,
+            "top_k": 40.0,  # floats pass for integers
+            "top_p": 1,
+            "min_p": 0.05,
+            "typical_p": 0.9,
+            "repeat_penalty": 1.1,
+            "repeat_last_n": 64,
+            "presence_penalty": 0.2,
+            "frequency_penalty": 0.3,
+            "seed": 7,
+            "stop": "END",
+            "num_keep": 4,
+            "num_ctx": 4096,  # load-time: ignored
+            "use_mmap": True,
+            "mirostat": 2,  # unknown: ignored
+            "temperature_unused": None,
+        }
+    )
+    assert fields == {
+        "max_tokens": 12,
+        "temperature": 0.5,
+        "top_k": 40,
+        "top_p": 1.0,
+        "min_p": 0.05,
+        "typical_p": 0.9,
+        "repeat_penalty": 1.1,
+        "repeat_last_n": 64,
+        "presence_penalty": 0.2,
+        "frequency_penalty": 0.3,
+        "seed": 7,
+        "stop": ["END"],
+        "n_keep": 4,
+    }
+    assert isinstance(fields["top_k"], int)
+    assert options_fields({"num_predict": -1, "stop": ["a", "b"]}) == {"stop": ["a", "b"]}
+    assert options_fields(None) == {}
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"top_k": "40"}, 'option "top_k" must be of type integer'),
+        ({"temperature": True}, 'option "temperature" must be of type float'),
+        ({"stop": [1]}, 'option "stop" must be of type array of strings'),
+        ({"num_ctx": "big"}, 'option "num_ctx" must be of type integer'),
+        ({"use_mmap": 1}, 'option "use_mmap" must be of type boolean'),
+        ([1], "options must be an object"),
+    ],
+)
+def test_wrong_option_types_are_400(options: object, message: str) -> None:
+    with pytest.raises(InvalidRequestError, match=message):
+        options_fields(options)
+
+
+def test_chat_request_streams_by_default_and_asks_for_usage() -> None:
+    request = chat_request({"model": "m", "messages": USER, "keep_alive": "1m"}, "m")
+    assert request.endpoint == "/v1/chat/completions"
+    assert request.stream
+    assert request.keep_alive == 60
+    assert request.body == {
+        "model": "m",
+        "messages": USER,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    quiet = chat_request({"model": "m", "messages": USER, "stream": False, "tools": []}, "m")
+    assert not quiet.stream
+    assert "stream" not in quiet.body
+    assert "tools" not in quiet.body  # the client always sends an empty list
+    assert chat_request({"model": "m", "messages": []}, "m").empty
+
+
+def test_format_think_and_tools() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}}
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    body = chat_request(
+        {"model": "m", "messages": USER, "format": schema, "think": False, "tools": [tool]},
+        "m",
+    ).body
+    assert body["response_format"] == {"type": "json_schema", "json_schema": {"schema": schema}}
+    assert body["chat_template_kwargs"] == {"enable_thinking": False}
+    assert body["tools"] == [tool]
+    json_mode = chat_request({"model": "m", "messages": USER, "format": "json"}, "m").body
+    assert json_mode["response_format"] == {"type": "json_object"}
+    with pytest.raises(InvalidRequestError, match="invalid format"):
+        chat_request({"model": "m", "messages": USER, "format": "yaml"}, "m")
+    with pytest.raises(InvalidRequestError, match="think value"):
+        chat_request({"model": "m", "messages": USER, "think": "lots"}, "m")
+
+
+def test_tool_calls_and_tool_results_get_matching_ids() -> None:
+    messages = [
+        *USER,
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {"function": {"name": "weather", "arguments": {"city": "Paris"}}},
+                {"function": {"name": "time", "arguments": {}}},
+            ],
+        },
+        {"role": "tool", "content": "12:00", "tool_name": "time"},
+        {"role": "tool", "content": "sunny", "tool_name": "weather"},
+    ]
+    body = chat_request({"model": "m", "messages": messages}, "m").body
+    assistant, first, second = body["messages"][1:]
+    calls = assistant["tool_calls"]
+    assert [c["function"]["arguments"] for c in calls] == ['{"city": "Paris"}', "{}"]
+    assert all(c["type"] == "function" and c["id"] for c in calls)
+    assert first == {
+        "role": "tool",
+        "content": "12:00",
+        "tool_call_id": calls[1]["id"],
+        "name": "time",
+    }
+    assert second["tool_call_id"] == calls[0]["id"]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"messages": [{"role": "user", "content": "x", "images": ["aGk="]}]}, "images are not supported"),  # noqa: E501
+        ({"messages": "hi"}, "messages must be an array"),
+        ({"messages": [{"content": "x"}]}, "needs a role"),
+        ({"messages": [{"role": "user", "content": 5}]}, "content must be a string"),
+        ({"messages": USER, "stream": "yes"}, "stream must be a boolean"),
+        ({"messages": USER, "options": {"seed": "x"}}, 'option "seed"'),
+    ],
+)  # fmt: skip
+def test_bad_chat_bodies_are_400(body: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidRequestError, match=message):
+        chat_request({"model": "m", **body}, "m")
+
+
+def test_generate_raw_goes_to_completions_else_a_chat_with_the_system() -> None:
+    raw = generate_request({"model": "m", "prompt": "[INST] x", "raw": True, "stream": False}, "m")
+    assert (raw.endpoint, raw.body) == ("/v1/completions", {"model": "m", "prompt": "[INST] x"})
+    chat = generate_request({"model": "m", "prompt": "x", "system": "be brief"}, "m")
+    assert chat.endpoint == "/v1/chat/completions"
+    assert chat.body["messages"] == [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "x"},
+    ]
+    assert generate_request({"model": "m"}, "m").empty
+    assert generate_request({"model": "m", "prompt": ""}, "m").empty
+    for field, value in (("suffix", "end"), ("template", "{{ .Prompt }}"), ("images", ["x"])):
+        with pytest.raises(InvalidRequestError, match="not supported"):
+            generate_request({"model": "m", "prompt": "x", field: value}, "m")
+
+
+def test_embed_inputs() -> None:
+    assert embed_input("a") == ["a"]
+    assert embed_input(["a", "b"]) == ["a", "b"]
+    assert embed_input(None) == embed_input("") == embed_input([]) == []
+    with pytest.raises(InvalidRequestError, match="invalid input type"):
+        embed_input(["a", 1])
+    request = embed_request({"model": "m"}, "m", ["a"], normalize=False)
+    assert request.body == {"model": "m", "input": ["a"], "embd_normalize": -1}
+    assert embed_request({"model": "m"}, "m", ["a"], normalize=True).body["embd_normalize"] == 2
+    assert normalized([3.0, 4.0]) == [0.6, 0.8]
+    assert normalized([0.0, 0.0]) == [0.0, 0.0]
+
+
+def parse_time(value: str) -> datetime.datetime:
+    assert value.endswith("Z")
+    return datetime.datetime.fromisoformat(value)
+
+
+TIMINGS = {"prompt_n": 20, "cache_n": 3, "prompt_ms": 10.5, "predicted_n": 4, "predicted_ms": 2.25}
+USAGE = {"prompt_tokens": 23, "completion_tokens": 4, "total_tokens": 27}
+
+
+def test_non_streamed_chat_answer() -> None:
+    answer = {
+        "choices": [
+            {
+                "finish_reason": "tool_calls",
+                "message": {
+                    "role": "assistant",
+                    "content": None,
+                    "reasoning_content": "hmm",
+                    "tool_calls": [
+                        {"id": "c1", "type": "function",
+                         "function": {"name": "f", "arguments": '{"x": 1}'}},
+                    ],
+                },
+            }
+        ],
+        "usage": USAGE,
+        "timings": TIMINGS,
+    }  # fmt: skip
+    out = chat_answer("m:latest", answer, Metrics(0), 50_000_000)
+    assert out["message"] == {
+        "role": "assistant",
+        "content": "",
+        "thinking": "hmm",
+        "tool_calls": [{"function": {"name": "f", "arguments": {"x": 1}}, "id": "c1"}],
+    }
+    assert out["done"] is True
+    assert out["done_reason"] == "stop"
+    parse_time(out["created_at"])
+    assert out["prompt_eval_count"] == 23
+    assert out["eval_count"] == 4
+    assert out["prompt_eval_duration"] == 10_500_000
+    assert out["eval_duration"] == 2_250_000
+    assert out["total_duration"] == 50_000_000
+    assert out["load_duration"] == 50_000_000 - 10_500_000 - 2_250_000
+
+
+def test_non_streamed_generate_answer_from_a_text_completion() -> None:
+    answer = {"choices": [{"text": "abc", "finish_reason": "length"}], "timings": TIMINGS}
+    out = generate_answer("m", answer, Metrics(0), 1)
+    assert (out["response"], out["done_reason"]) == ("abc", "length")
+    assert out["prompt_eval_count"] == 23  # prompt_n + cache_n without usage
+    assert all(isinstance(out[k], int) for k in ("total_duration", "eval_duration"))
+
+
+def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+    return {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+
+def test_stream_translator_chat() -> None:
+    translator = StreamTranslator("m", "chat", Metrics(0))
+    assert translator.chunk(chunk({"role": "assistant", "content": None})) == []
+    [one] = translator.chunk(chunk({"content": "Hel"}))
+    assert one["message"] == {"role": "assistant", "content": "Hel"}
+    assert one["done"] is False
+    [thought] = translator.chunk(chunk({"reasoning_content": "think"}))
+    assert thought["message"] == {"role": "assistant", "content": "", "thinking": "think"}
+    fragments = [
+        {"index": 0, "id": "c1", "function": {"name": "f", "arguments": '{"a"'}},
+        {"index": 0, "function": {"arguments": ": 2}"}},
+    ]
+    assert translator.chunk(chunk({"tool_calls": fragments[:1]})) == []
+    [calls] = translator.chunk(chunk({"tool_calls": fragments[1:]}, "tool_calls"))
+    assert calls["message"]["tool_calls"] == [
+        {"function": {"name": "f", "arguments": {"a": 2}}, "id": "c1"}
+    ]
+    assert translator.chunk({"choices": [], "usage": USAGE, "timings": TIMINGS}) == []
+    last = translator.last(20_000_000)
+    assert last["done"] is True
+    assert last["done_reason"] == "stop"
+    assert last["message"] == {"role": "assistant", "content": ""}
+    assert (last["prompt_eval_count"], last["eval_count"]) == (23, 4)
+
+
+def test_stream_translator_generate_text_completion() -> None:
+    translator = StreamTranslator("m", "generate", Metrics(0))
+    [piece] = translator.chunk({"choices": [{"text": "ab", "finish_reason": None}]})
+    assert piece["response"] == "ab"
+    translator.chunk({"choices": [{"text": "", "finish_reason": "length"}], "timings": TIMINGS})
+    last = translator.last(1)
+    assert (last["response"], last["done_reason"]) == ("", "length")
+
+
+def test_rfc3339() -> None:
+    assert rfc3339(0) == "1970-01-01T00:00:00.000000Z"
+
+
+def test_errors_in_ollamas_shape() -> None:
+    envelope = ServerBusyError("busy").to_envelope()
+    assert ollama_error(ServerBusyError("busy"), 429, envelope) == (503, {"error": "busy"})
+    missing = AliasNotFoundError("x")
+    assert ollama_error(missing, 404, missing.to_envelope()) == (
+        404,
+        {"error": "model 'x' not found"},
+    )
+    assert is_ollama_path("/")
+    assert is_ollama_path("/api/chat")
+    assert not is_ollama_path("/v1/chat/completions")
+    assert not is_ollama_path("/apiary")
+
+
+async def ndjson_lines(pieces: list[bytes], *, fail: bool = False) -> list[dict[str, Any]]:
+    """What :class:`NdjsonBody` makes of llama-server's SSE ``pieces`` (cut anywhere)."""
+    send, receive = trio.open_memory_channel[bytes](100)
+    hold, loaded = trio.CancelScope(), trio.Event()
+    loaded.set()
+    relay = Relay(0)
+    lines: list[dict[str, Any]] = []
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                relay_upstream, fake_forward(FakeResponse(receive), hold, loaded), relay
+            )
+            await relay.answered.wait()
+            body = NdjsonBody(RelayBody(relay), StreamTranslator("m", "chat", Metrics(0)))
+            for piece in pieces:
+                await send.send(piece)
+            if fail:
+                hold.cancel()  # interrupted (a crash, a drain timeout) mid-stream
+            else:
+                await send.aclose()
+            async for out in body:
+                assert out.endswith(b"\n")
+                assert b"\n\n" not in out
+                assert not out.startswith(b"data")
+                lines.extend(json.loads(line) for line in out.splitlines())
+            await body.aclose()
+    return lines
+
+
+def sse(payload: object) -> bytes:
+    return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+
+async def test_ndjson_body_translates_events_cut_anywhere() -> None:
+    stream = b"".join(
+        [
+            sse(chunk({"role": "assistant", "content": None})),
+            sse(chunk({"content": "a"})),
+            sse(chunk({"content": "b"})),
+            sse(chunk({}, "length")),
+            sse({"choices": [], "usage": USAGE, "timings": TIMINGS}),
+            b"data: [DONE]\n\n",
+        ]
+    )
+    pieces = [stream[i : i + 7] for i in range(0, len(stream), 7)]
+    lines = await ndjson_lines(pieces)
+    assert [line["message"]["content"] for line in lines] == ["a", "b", ""]
+    assert [line["done"] for line in lines] == [False, False, True]
+    assert lines[-1]["done_reason"] == "length"
+    assert lines[-1]["eval_count"] == 4
+
+
+async def test_ndjson_body_ends_with_one_error_line() -> None:
+    lines = await ndjson_lines([sse(chunk({"content": "a"})), b'data: {"choi'], fail=True)
+    assert lines[0]["message"]["content"] == "a"
+    assert set(lines[-1]) == {"error"}
+    assert "drain timeout" in lines[-1]["error"]
+    assert len(lines) == 2
+    upstream_error = sse({"error": {"code": 500, "message": "boom", "type": "server_error"}})
+    assert await ndjson_lines([upstream_error]) == [{"error": "boom"}]
+
+
+def test_metrics_are_integers_even_from_float_timings() -> None:
+    fields = Metrics(0, timings={"prompt_ms": 0.3333, "predicted_ms": math.pi}).fields(10**9)
+    assert all(isinstance(value, int) for value in fields.values())
