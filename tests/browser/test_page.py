@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -56,12 +58,19 @@ def driver() -> Iterator[Any]:
         options.add_argument(flag)
     options.add_argument("--window-size=1280,800")
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    chrome = webdriver.Chrome(options=options, service=Service(chromedriver))
+    service = Service(chromedriver, popen_kw={"start_new_session": True})  # its own group
+    chrome = webdriver.Chrome(options=options, service=service)
     chrome.set_page_load_timeout(30)
     try:
         yield chrome
     finally:
-        chrome.quit()
+        # quit() asks the browser; one that hangs would hang the suite: bounded, then
+        # chromedriver's process group is killed (the browser is its child).
+        quitter = threading.Thread(target=chrome.quit, daemon=True)
+        quitter.start()
+        quitter.join(15)
+        if quitter.is_alive() and service.process is not None:
+            os.killpg(service.process.pid, signal.SIGKILL)
 
 
 @asynccontextmanager
@@ -73,8 +82,10 @@ async def page_server(tmp_path: Path, hub_cache: Path) -> AsyncIterator[str]:
 
 
 async def in_thread(fn: Callable[[], T]) -> T:
-    """A blocking selenium call, off the event loop (the server runs on it)."""
-    return await trio.to_thread.run_sync(fn)
+    """A blocking selenium call, off the event loop (the server runs on it). Abandoned on
+    cancellation, so a browser that stopped answering fails the test at its deadline
+    instead of holding it (the fixture then ends that browser)."""
+    return await trio.to_thread.run_sync(fn, abandon_on_cancel=True)
 
 
 def wait_for(chrome: Any, condition: Callable[[Any], Any], timeout: float = 20) -> Any:

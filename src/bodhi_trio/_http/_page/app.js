@@ -286,6 +286,23 @@ async function sendChat(event) {
   $("#chat-status").textContent = "waiting for the model…";
   const started = performance.now();
   let tokens = 0;
+  // Tokens arrive faster than a screen refreshes (thousands a second from a small model):
+  // the page is updated once per frame with what came meanwhile, not once per token.
+  let pending = "";
+  let frame = 0;
+  const flush = () => {
+    cancelAnimationFrame(frame);
+    frame = 0;
+    if (pending) {
+      reply.textContent += pending;
+      pending = "";
+      reply.scrollIntoView({ block: "end" });
+    }
+    $("#chat-status").textContent = `${tokens} tokens`;
+  };
+  const show = () => {
+    if (!frame) frame = requestAnimationFrame(flush);
+  };
   try {
     const response = await api("/v1/chat/completions", {
       method: "POST",
@@ -306,12 +323,12 @@ async function sendChat(event) {
       if (chunk.error) throw new Error(chunk.error.message || JSON.stringify(chunk.error));
       const delta = chunk.choices && chunk.choices[0] && chunk.choices[0].delta;
       if (delta && delta.content) {
-        reply.textContent += delta.content;
+        pending += delta.content;
         tokens += 1;
-        $("#chat-status").textContent = `${tokens} tokens`;
-        reply.scrollIntoView({ block: "end" });
+        show();
       }
     }
+    flush();
     const seconds = (performance.now() - started) / 1000;
     $("#chat-status").textContent = `done: ${tokens} tokens in ${seconds.toFixed(1)} s`;
   } catch (error) {
@@ -322,6 +339,8 @@ async function sendChat(event) {
       $("#chat-status").textContent = "failed";
     }
   } finally {
+    if (pending) reply.textContent += pending;
+    cancelAnimationFrame(frame);
     page.chat.push({ role: "assistant", content: reply.textContent });
     page.chatAbort = null;
     chatBusy(false);
