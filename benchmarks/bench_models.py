@@ -35,7 +35,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench_procs import Bodhi, child_starts, free_port, rss_mib, running_bodhi, stop
+from bench_procs import (
+    DEMO_FILENAME,
+    DEMO_REPO,
+    Bodhi,
+    child_starts,
+    free_port,
+    rss_mib,
+    running_bodhi,
+    stop,
+)
 from bench_report import _pct
 
 __all__ = ["rag_suite", "render_rag"]
@@ -243,7 +252,11 @@ def rag_suite(workdir: Path, quick: bool) -> dict[str, Any]:
     print(f"[rag] bodhi-trio: {arms['bodhi-trio']}", flush=True)
     arms["bodhi-trio one slot"] = _bodhi_arm(workdir, "rag-one", 1, pairs)
     print(f"[rag] one slot: {arms['bodhi-trio one slot']}", flush=True)
-    model = next((workdir / "rag-two").glob("hf/hub/models--*/snapshots/*/*.gguf"))
+    # the demo model the bodhi-trio arms served (serve --demo also places demo:smol there)
+    repo_dir = "models--" + DEMO_REPO.replace("/", "--")
+    model = next(
+        (workdir / "rag-two" / "hf" / "hub" / repo_dir).glob(f"snapshots/*/{DEMO_FILENAME}")
+    )
     arms["router"] = _router_arm(workdir, model, pairs)
     print(f"[rag] router: {arms['router']}", flush=True)
     beside = _load_beside(workdir, 3 if quick else 10)
