@@ -45,7 +45,8 @@ from bench_procs import (
     running_bodhi,
     stop,
 )
-from bench_report import _pct
+
+from bodhi_trio._bench._scan import _percentile
 
 __all__ = ["rag_suite", "render_rag"]
 
@@ -110,7 +111,11 @@ def _summary(rows: list[dict[str, Any]], starts: int | None, wall_s: float) -> d
     for kind in ("embed", "chat"):
         first = next((r.get("ms") for r in rows if r["kind"] == kind and r["i"] == 0), None)
         ms = [r["ms"] for r in rows if "ms" in r and r["kind"] == kind and r["i"] > 0]
-        out[kind] = {"first_ms": first, "p50_ms": _pct(ms, 50), "p99_ms": _pct(ms, 99)}
+        out[kind] = {
+            "first_ms": first,
+            "p50_ms": _percentile(ms, 50),
+            "p99_ms": _percentile(ms, 99),
+        }
     return out
 
 
@@ -209,7 +214,7 @@ def _load_beside(workdir: Path, rounds: int) -> dict[str, Any]:
     for kind in ("alone", "beside"):
         mine = [r for r in rows if r["kind"] == kind]
         stats[kind] = {
-            key: _pct([r[key] for r in mine if r[key] is not None], 50)
+            key: _percentile([r[key] for r in mine if r[key] is not None], 50)
             for key in ("wall_ms", "ready_ms", "overhead_ms")
         }
     return {"runs": rows, "stats": stats, "memory": memory}

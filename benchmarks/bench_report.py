@@ -3,11 +3,12 @@ document ``run.py`` writes: no number in RESULTS.md is typed by hand."""
 
 from __future__ import annotations
 
-import math
 import shlex
 import statistics
 from collections.abc import Callable
 from typing import Any
+
+from bodhi_trio._bench._scan import _percentile
 
 __all__ = ["check_targets", "render_results", "summary", "throughput_table"]
 
@@ -21,13 +22,6 @@ Summary = dict[str, dict[str, dict[str, float | None]]]
 def _median(values: list[Any]) -> float | None:
     present = [float(v) for v in values if isinstance(v, (int, float))]
     return statistics.median(present) if present else None
-
-
-def _pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
 
 
 def summary(rows: list[dict[str, Any]]) -> Summary:
@@ -103,8 +97,8 @@ def swap_stats(rows: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]
         stats: dict[str, float | None] = {"n": len(mine), "errors": sum(r["errors"] for r in mine)}
         for key in ("ttft_ms", "ready_ms", "overhead_ms"):
             values = [float(r[key]) for r in mine if isinstance(r.get(key), (int, float))]
-            stats[f"{key}_p50"] = _pct(values, 50)
-            stats[f"{key}_p99"] = _pct(values, 99)
+            stats[f"{key}_p50"] = _percentile(values, 50)
+            stats[f"{key}_p99"] = _percentile(values, 99)
         out[kind] = stats
     return out
 
