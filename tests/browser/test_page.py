@@ -180,7 +180,7 @@ async def test_stop_ends_the_generation(driver: Any, tmp_path: Path, hub_cache: 
 
             await in_thread(lambda: wait_for(driver, lambda d: row_state(d, SECOND)))
 
-            def send_long() -> None:
+            def prepare_long() -> None:
                 Select(driver.find_element(By.ID, "chat-model")).select_by_value(SECOND)
                 driver.find_element(By.CSS_SELECTOR, "details summary").click()
                 extra = driver.find_element(By.ID, "chat-extra")
@@ -188,14 +188,27 @@ async def test_stop_ends_the_generation(driver: Any, tmp_path: Path, hub_cache: 
                 driver.find_element(By.ID, "chat-max-tokens").clear()
                 driver.find_element(By.ID, "chat-max-tokens").send_keys("1000000")
                 driver.find_element(By.ID, "chat-input").send_keys("Tell me everything")
-                driver.find_element(By.ID, "chat-send").click()
 
-            await in_thread(send_long)
+            await in_thread(prepare_long)
+            stop_at = await in_thread(lambda: driver.find_element(By.ID, "chat-stop").rect)
+            await in_thread(lambda: driver.find_element(By.ID, "chat-send").click())
             await in_thread(
                 lambda: wait_for(
                     driver, lambda d: d.find_element(By.ID, "chat-status").text.endswith("tokens")
                 )
             )
+            # The answer outgrows the log; the Stop button must stay where it was (a button
+            # that moves while text streams in catches the click on the text instead).
+            await in_thread(
+                lambda: wait_for(
+                    driver,
+                    lambda d: d.execute_script(
+                        "const log = document.getElementById('chat-log');"
+                        "return log.scrollHeight > log.clientHeight;"
+                    ),
+                )
+            )
+            assert await in_thread(lambda: driver.find_element(By.ID, "chat-stop").rect) == stop_at
             assert (await state_of(url, SECOND))["in_flight"] == 1
             await in_thread(lambda: driver.find_element(By.ID, "chat-stop").click())
             status = await in_thread(

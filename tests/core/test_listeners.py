@@ -146,3 +146,21 @@ async def test_a_failing_listener_is_logged_once_with_its_traceback_then_counted
     assert "failed 100 times" in counted[0]
     assert "failed 200 times" in counted[1]
     assert "listener bug on event 199" in counted[1]
+
+
+async def test_notify_after_a_listeners_task_was_cancelled_neither_raises_nor_keeps_it() -> None:
+    # CI found this at shutdown: the root nursery's cancellation ended the delivery tasks,
+    # then stopping a model emitted STOP into a channel whose receive side had closed,
+    # and BrokenResourceError escaped from the scheduler's close.
+    with trio.fail_after(10):
+        async with trio.open_nursery() as outer:
+            hub = ListenerHub(outer)
+            async with trio.open_nursery() as delivery:
+                hub._nursery = delivery  # the listener's task runs where we can cancel it
+                hub.add(_ignore, name="cancelled")
+                await trio.testing.wait_all_tasks_blocked()
+                delivery.cancel_scope.cancel()
+            hub._nursery = outer
+            hub.notify(event(1))  # raised BrokenResourceError before the fix
+            assert hub.statistics() == []
+            outer.cancel_scope.cancel()

@@ -105,8 +105,8 @@ class ListenerHub:
         return functools.partial(self._discard, subscription)
 
     def notify(self, event: ServerEvent) -> None:
-        """Queue ``event`` for every listener. Never blocks."""
-        for subscription in self._subscriptions:
+        """Queue ``event`` for every listener. Never blocks, never raises."""
+        for subscription in tuple(self._subscriptions):
             try:
                 subscription.send.send_nowait(event)
             except trio.WouldBlock:
@@ -117,6 +117,9 @@ class ListenerHub:
                         subscription.name,
                         subscription.dropped,
                     )
+            except trio.BrokenResourceError:
+                # Its delivery task has ended (cancelled at shutdown): nobody will read.
+                self._discard(subscription)
             except trio.ClosedResourceError:
                 pass
 
@@ -147,6 +150,16 @@ class ListenerHub:
     async def _deliver(
         self, subscription: _Subscription, receive: trio.MemoryReceiveChannel[ServerEvent]
     ) -> None:
+        try:
+            await self._deliver_until_closed(subscription, receive)
+        finally:
+            # However this task ends (cancelled with the root nursery, too), stop queueing
+            # for it: an event sent now would meet a closed receive side.
+            self._discard(subscription)
+
+    async def _deliver_until_closed(
+        self, subscription: _Subscription, receive: trio.MemoryReceiveChannel[ServerEvent]
+    ) -> None:
         async with receive:
             async for event in receive:
                 try:
@@ -156,7 +169,6 @@ class ListenerHub:
                     logger.debug(
                         "state listener %s removed: its consumer has left", subscription.name
                     )
-                    self._discard(subscription)
                     return
                 except Exception as exc:
                     subscription.failed += 1
