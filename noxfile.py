@@ -10,9 +10,10 @@ nox.options.reuse_existing_virtualenvs = True
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Provision llama-server if the per-user cache lacks it, then run the whole suite."""
+    """Provision llama-server (with rpc-server) if the per-user cache lacks it, then run the
+    whole suite."""
     session.install("-e", ".[test]")
-    session.run("bodhi-trio", "llama-server", "install")
+    session.run("bodhi-trio", "llama-server", "install", "--rpc")
     session.run("pytest", *session.posargs)
 
 
@@ -37,5 +38,5 @@ def serve(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """The benchmark harness (see docs/benchmarks.md)."""
     session.install("-e", ".[test]")
-    session.run("bodhi-trio", "llama-server", "install")
+    session.run("bodhi-trio", "llama-server", "install", "--rpc")
     session.run("python", "benchmarks/run.py", *session.posargs)

@@ -267,6 +267,12 @@ class Bodhi:
         doc: dict[str, list[str]] = self.api(f"/bodhi/v1/server/logs?lines={lines}", timeout=10)
         return doc["lines"]
 
+    def create_alias(self, alias: dict[str, Any]) -> dict[str, Any]:
+        """``POST /bodhi/v1/aliases`` (the harness's servers have no admin key): the
+        alias as the server stored it."""
+        created: dict[str, Any] = self.api("/bodhi/v1/aliases", "POST", alias, timeout=10)
+        return created
+
     def child(self, pid: int) -> ChildStart:
         """The start of the child ``pid`` (``GET /bodhi/v1/state``'s ``pid``), once ready:
         its argv, Unix socket and spawn-to-ready time."""

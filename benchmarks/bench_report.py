@@ -10,7 +10,7 @@ from typing import Any
 
 from bodhi_trio._bench._scan import _percentile
 
-__all__ = ["check_targets", "render_results", "summary", "throughput_table"]
+__all__ = ["check_targets", "remote_table", "render_results", "summary", "throughput_table"]
 
 _METRICS = ["events_per_s", "tokens_per_s", "ttft_p50_ms", "ttft_p99_ms", "gap_p99_ms"]
 _METRICS += ["disconnect_p50_ms", "disconnect_p99_ms", "rss_mib", "cpu_us_per_event", "drain_s"]
@@ -81,6 +81,51 @@ def throughput_table(summ: Summary, rate: str) -> str:
                 close,
                 _num(m["cpu_us_per_event"], "{:.1f}"),
                 _num(m["rss_mib"], "{:.0f}"),
+                _num(m["errors"]),
+            ]
+            lines.append(f"| {scenario} | {arm} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
+# The proxies of the fake suite, each against the direct arm of its own upstream: the
+# loopback relay reads the child over its Unix socket, the remote aliases the twin over TCP.
+_PROXIES = (
+    ("bodhi-trio", "direct", "loopback client, Unix socket"),
+    ("remote", "direct-tcp", "own HTTP/1.1 client, TCP"),
+    ("remote-httpx", "direct-tcp", "httpx, TCP"),
+)
+
+
+def remote_table(summ: Summary) -> str:
+    """The remote aliases against the local relay, each against its own upstream's direct
+    arm (``direct`` for ``bodhi-trio``, ``direct-tcp`` for ``remote`` and ``remote-httpx``):
+    rate, added TTFT, CPU per event and its ratio to ``bodhi-trio``'s, close→upstream."""
+    ms = "{:.3f}"
+    lines = [
+        "| scenario | arm | transport | events/s | x its direct | +TTFT p50 ms | +TTFT p99 ms"
+        " | CPU µs/event | CPU x bodhi-trio | close→upstream p50 / p99 ms | errors |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for scenario, arms in summ.items():
+        if "remote" not in arms:
+            continue
+        local = arms.get("bodhi-trio", {})
+        for arm, direct, transport in _PROXIES:
+            if arm not in arms:
+                continue
+            m, base = arms[arm], arms.get(direct, {})
+            close = "-"
+            if m["disconnect_p99_ms"] is not None:
+                close = f"{_num(m['disconnect_p50_ms'], ms)} / {_num(m['disconnect_p99_ms'], ms)}"
+            cells = [
+                transport,
+                _num(m["events_per_s"]),
+                _num(_ratio(m, base, "events_per_s"), "{:.3f}x") + f" `{direct}`",
+                _num(_delta(m, base, "ttft_p50_ms"), "{:+.3f}"),
+                _num(_delta(m, base, "ttft_p99_ms"), "{:+.3f}"),
+                _num(m["cpu_us_per_event"], "{:.1f}"),
+                _num(_ratio(m, local, "cpu_us_per_event"), "{:.2f}x"),
+                close,
                 _num(m["errors"]),
             ]
             lines.append(f"| {scenario} | {arm} | {' | '.join(cells)} |")
@@ -375,6 +420,30 @@ def _provenance(doc: dict[str, Any], source: str, command: str) -> list[str]:
     ]
 
 
+def _remote_section(fake: dict[str, Any]) -> list[str]:
+    alias = fake.get("remote_alias", "bench:remote")
+    httpx_alias = fake.get("httpx_alias", "bench:remote-httpx")
+    return [
+        "",
+        "## Remote aliases: the relay to another server",
+        "",
+        f"`remote` is the same bodhi-trio serving `{alias}`, an alias with a `remote:` block"
+        " whose `base_url` is the twin of the fake child (the same fake with the same arguments"
+        " on a TCP port of its own, plain `http://`): client → bodhi-trio → its own HTTP/1.1"
+        f" client → fake over TCP. `remote-httpx` serves `{httpx_alias}`, the same block with a"
+        " `ca_bundle`, which keeps a remote on httpx as every HTTPS remote is (httpx's cost"
+        " without TLS's). `bodhi-trio` is client → bodhi-trio → its loopback client → fake over"
+        " its Unix socket. `direct-tcp` is the client straight to the twin, so each proxy is set"
+        " against its own upstream: `x its direct` and the added TTFT are to `direct` for"
+        " `bodhi-trio` and to `direct-tcp` for the remote arms. CPU µs/event: bodhi-trio's own"
+        " pid in every row; `CPU x bodhi-trio` is the row's figure over the local relay's in the"
+        " same scenario. Every arm of a round runs one after the other, the order rotated each"
+        " round.",
+        "",
+        remote_table(fake["summary"]),
+    ]
+
+
 def render_results(
     doc: dict[str, Any], source: str, command: str, more: list[str] | None = None
 ) -> str:
@@ -432,6 +501,8 @@ def render_results(
             "",
             throughput_table(suites["fake"]["summary"], "events_per_s"),
         ]
+        if any("remote" in arms for arms in fake["summary"].values()):
+            lines += _remote_section(fake)
     for name in ("llama", "llama-t1"):
         if name not in suites:
             continue

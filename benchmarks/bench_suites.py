@@ -4,10 +4,16 @@
   child's own Unix socket: the same upstream process bodhi-trio relays from, reached the
   same way), ``bodhi-trio``, ``ollama`` (bodhi-trio's ``/api/chat``: the same stream
   translated to Ollama's NDJSON; paced, its requests go to ``bench:paced``, a second fake
-  child paced by its arguments, since Ollama requests carry no pace field) and,
-  optionally, ``litellm`` (LiteLLM's proxy). Children have no
-  TCP port and LiteLLM cannot reach a Unix socket, so LiteLLM's upstream is a twin of the
-  child: a second ``fake_upstream.py`` with the child's arguments, on a free TCP port.
+  child paced by its arguments, since Ollama requests carry no pace field), ``direct-tcp``,
+  ``remote`` and ``remote-httpx`` (see below) and, optionally, ``litellm`` (LiteLLM's
+  proxy). Children have no TCP port, so the arms that need one share a twin of the child:
+  a second ``fake_upstream.py`` with the child's arguments, on a free TCP port.
+  ``direct-tcp`` is the client straight to the twin; ``remote`` is bodhi-trio serving
+  ``bench:remote``, a remote alias whose ``remote.base_url`` is the twin (plain
+  ``http://``: :mod:`bodhi_trio._transport._remote`'s own HTTP/1.1 client);
+  ``remote-httpx`` the same with a ``ca_bundle`` (certifi's), which keeps a remote on httpx,
+  as every HTTPS remote is: httpx's cost without TLS's. ``litellm``'s upstream is the twin
+  too (LiteLLM cannot reach a Unix socket).
 - **llama**: one bodhi-trio serving the real llama-server on the demo model (alias
   ``bench:llama``: 8 slots, context shift); arms ``direct`` (the child's Unix socket) and
   ``bodhi-trio``.
@@ -39,6 +45,7 @@ from bench_procs import (
     running_fake,
     running_litellm,
 )
+from certifi import where
 
 from bodhi_trio._bench._client import BenchConfig, BenchResult, run_bench
 
@@ -90,7 +97,7 @@ PACE = 0.0002  # s between events: about 4k events/s per stream, as the demo mod
 
 def fake_scenarios(quick: bool) -> list[Scenario]:
     seconds = 1.5 if quick else 5.0
-    paced = ("direct", "bodhi-trio", "ollama")
+    paced = ("direct", "direct-tcp", "bodhi-trio", "remote", "remote-httpx", "ollama")
     return [
         Scenario("1 stream", 1, 1000, duration=seconds),
         Scenario("64 streams", 64, 1000, duration=seconds),
@@ -107,7 +114,7 @@ def fake_scenarios(quick: bool) -> list[Scenario]:
             disconnect_after=10,
             # the fake tells closed streams apart by the request's `user`, which Ollama's
             # requests do not carry
-            arms=("direct", "bodhi-trio", "litellm"),
+            arms=("direct", "direct-tcp", "bodhi-trio", "remote", "remote-httpx", "litellm"),
         ),
     ]
 
@@ -220,8 +227,13 @@ def _same_child(bodhi: Bodhi, state: dict[str, Any]) -> bool:
     return bool(now.get("pid") == state["pid"] and now.get("state") == "ready")
 
 
+REMOTE_ALIAS = "bench:remote"
+HTTPX_ALIAS = "bench:remote-httpx"  # with a ca_bundle: on httpx, as HTTPS remotes are
+
+
 def fake_suite(workdir: Path, quick: bool, rounds: int, litellm: bool) -> dict[str, Any]:
-    """The proxy ceiling: fake upstream, arms direct / bodhi-trio / ollama / litellm."""
+    """The proxy ceiling: fake upstream, arms direct / direct-tcp / bodhi-trio / remote /
+    remote-httpx / ollama / litellm."""
     aliases = {"bench:fake": [], "bench:paced": [f"--token-delay {PACE}"]}
     with running_bodhi(workdir, "fake", aliases, FAKE, max_loaded=2) as bodhi:
         state = bodhi.load("bench:fake")
@@ -262,11 +274,22 @@ def fake_suite(workdir: Path, quick: bool, rounds: int, litellm: bool) -> dict[s
             ),
         ]
         with contextlib.ExitStack() as stack:
+            # Children have no TCP port: the arms that need one (a remote alias's upstream,
+            # LiteLLM's) reach a twin of the child, the same fake with the same arguments on
+            # a free TCP port. Its own process, never shared with the Unix-socket arms.
+            twin, twin_pid = stack.enter_context(running_fake(child.argv, workdir / "twin"))
+            # the twin straight, so the remote arm's cost shows against its own upstream
+            arms.insert(1, Arm("direct-tcp", f"{twin}/v1", "bench:fake", None, twin, twin_pid))
+            # bodhi-trio relaying the twin through a remote alias: over plain http, its own
+            # HTTP/1.1 client; with a CA bundle (unused by http://, but read), over httpx
+            remote = {"base_url": f"{twin}/v1", "model": "bench:fake"}
+            bodhi.create_alias({"alias": REMOTE_ALIAS, "remote": remote})
+            arms.insert(3, Arm("remote", f"{bodhi.url}/v1", REMOTE_ALIAS, None, twin, bodhi.pid))
+            bodhi.create_alias({"alias": HTTPX_ALIAS, "remote": remote | {"ca_bundle": where()}})
+            arms.insert(
+                4, Arm("remote-httpx", f"{bodhi.url}/v1", HTTPX_ALIAS, None, twin, bodhi.pid)
+            )
             if litellm:
-                # LiteLLM cannot reach the child's Unix socket (and children have no TCP port):
-                # its upstream is a twin of the child, the same fake with the same arguments
-                # on a free TCP port. Its own process, so it is never shared with the others.
-                twin, _ = stack.enter_context(running_fake(child.argv, workdir / "twin"))
                 port = int(twin.rsplit(":", 1)[1])
                 url, pid = stack.enter_context(running_litellm(port, workdir / "litellm"))
                 arms.append(Arm("litellm", url, "fake", LITELLM_KEY, twin, pid, rss_group=True))
@@ -279,6 +302,8 @@ def fake_suite(workdir: Path, quick: bool, rounds: int, litellm: bool) -> dict[s
         return {
             "runs": rows,
             "pace_s": PACE,
+            "remote_alias": REMOTE_ALIAS,
+            "httpx_alias": HTTPX_ALIAS,
             "same_child_throughout": _same_child(bodhi, state),
             "bodhi_rss_end_mib": bodhi.rss_mib(),
         }

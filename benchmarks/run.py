@@ -4,10 +4,12 @@ Suites (each starts its own ``bodhi-trio serve --demo --port 0`` with a temporar
 BODHI_HOME and HF_HOME, and stops it, with its child, at the end):
 
 - ``fake`` (default): bodhi-trio whose llama-server is ``fake_upstream.py``; arms ``direct``
-  (the child's Unix socket, found in bodhi-trio's log), ``bodhi-trio`` and with ``--litellm``
-  LiteLLM's proxy (own venv, ``benchmarks/.venv-litellm``) against a twin of the child on a
-  TCP port (children have none; LiteLLM cannot reach a Unix socket). Scenarios: 1 stream,
-  64 streams, disconnect. See :mod:`bench_suites`.
+  (the child's Unix socket, found in bodhi-trio's log), ``bodhi-trio``, ``ollama``, the remote
+  aliases ``remote`` and ``remote-httpx`` (bodhi-trio relaying a twin of the child on a TCP
+  port: children have none), ``direct-tcp`` (that twin straight) and with ``--litellm``
+  LiteLLM's proxy (own venv, ``benchmarks/.venv-litellm``) against the twin (LiteLLM cannot
+  reach a Unix socket). Scenarios: 1 stream, 64 streams, paced, disconnect. See
+  :mod:`bench_suites`.
 - ``memory`` (default): bodhi-trio's RSS idle and with 1,000 open idle streams. See
   :mod:`bench_startup`.
 - ``llama``, ``llama-t1`` and ``swap`` (``--llama``): the real llama-server on the demo

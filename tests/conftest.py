@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import ssl
 import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trustme
 
 from bodhi_trio._exceptions import LlamaServerNotFoundError
 from fake_hub import TINY_FILE, TINY_REPO, FakeHub, FakeRepo, Fault, fake_hub
+from remote_stub import Transport
 
 TESTS = Path(__file__).parent
 FAKE_SERVER = TESTS / "fake_llama_server.py"
@@ -76,3 +79,38 @@ def gated_hub(
     with fake_hub(repos) as running:
         monkeypatch.setenv("HF_ENDPOINT", running.url)  # the server's pull workers inherit it
         yield running
+
+
+# Remote aliases (tests/remote): a private CA, a stub's certificate for localhost, and the
+# two ways our server reaches a remote.
+
+
+@pytest.fixture(scope="session")
+def private_ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="session")
+def server_tls(private_ca: trustme.CA) -> ssl.SSLContext:
+    """A stub's HTTPS (``remote_stub(ssl_context=...)``): a certificate for ``localhost``."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    private_ca.issue_cert("localhost").configure_cert(context)
+    return context
+
+
+@pytest.fixture(scope="session")
+def ca_bundle(private_ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """:func:`private_ca`'s certificate as a PEM file, for an alias's ``ca_bundle``."""
+    path = tmp_path_factory.mktemp("tls") / "private-ca.pem"
+    private_ca.cert_pem.write_to_path(str(path))
+    return str(path)
+
+
+@pytest.fixture(params=["plain", "https"])
+def transport(
+    request: pytest.FixtureRequest, server_tls: ssl.SSLContext, ca_bundle: str
+) -> Transport:
+    """``plain``: http:// (our own HTTP/1.1 client); ``https``: with a CA bundle (httpx)."""
+    if request.param == "plain":
+        return Transport(None, {})
+    return Transport(server_tls, {"ca_bundle": ca_bundle})

@@ -20,7 +20,8 @@ import trio.testing
 from bodhi_trio._config._alias_store import AliasStore
 from bodhi_trio._config._aliases import Alias
 from bodhi_trio._config._settings import load_settings
-from bodhi_trio._context._open import SharedContext, open_context
+from bodhi_trio._context._open import SharedContext
+from bodhi_trio._context._root import open_context
 from bodhi_trio._core._address import Address
 from bodhi_trio._core._state import (
     ModelState,

@@ -20,10 +20,12 @@ PUBLIC = {
     "InsufficientMemoryError", "InvalidAliasError",
     "InvalidRequestError", "ListenerStatistics", "LlamaServerExitedError",
     "LlamaServerInstallError", "LlamaServerNotFoundError", "ModelFileNotFoundError", "ModelState",
-    "NotFoundError", "RequestParams", "RequestTooLargeError", "ResponseInterruptedError",
+    "NotFoundError", "RemoteConnectError", "RemoteKeyMissingError", "RemoteKeyRefusedError",
+    "RemoteStalledError", "RequestParams", "RequestTooLargeError", "ResponseInterruptedError",
     "ServerArgsError", "ServerBusyError", "ServerEvent", "ServerState", "Settings", "SettingsError",
     "SharedContext", "SlotStatus", "StartupError", "StateListener", "UnavailableError",
-    "UpstreamError", "UpstreamResponse", "load_settings", "open_context", "serve",
+    "UpstreamError", "UpstreamResponse", "UpstreamUnavailableError", "load_settings",
+    "open_context", "serve",
 }  # fmt: skip
 LOWLEVEL = {
     "DEMO_ALIAS", "Address", "DemoModel", "LaunchSpec", "LlamaServer", "LogTail",

@@ -32,7 +32,7 @@ from bodhi_trio._config._settings import Settings as Settings
 from bodhi_trio._config._settings import load_settings as load_settings
 from bodhi_trio._context._open import ContextStatistics as ContextStatistics
 from bodhi_trio._context._open import SharedContext as SharedContext
-from bodhi_trio._context._open import open_context as open_context
+from bodhi_trio._context._root import open_context as open_context
 from bodhi_trio._core._listeners import ListenerStatistics as ListenerStatistics
 from bodhi_trio._core._listeners import StateListener as StateListener
 from bodhi_trio._core._state import EventKind as EventKind
@@ -56,6 +56,10 @@ from bodhi_trio._exceptions import LlamaServerInstallError as LlamaServerInstall
 from bodhi_trio._exceptions import LlamaServerNotFoundError as LlamaServerNotFoundError
 from bodhi_trio._exceptions import ModelFileNotFoundError as ModelFileNotFoundError
 from bodhi_trio._exceptions import NotFoundError as NotFoundError
+from bodhi_trio._exceptions import RemoteConnectError as RemoteConnectError
+from bodhi_trio._exceptions import RemoteKeyMissingError as RemoteKeyMissingError
+from bodhi_trio._exceptions import RemoteKeyRefusedError as RemoteKeyRefusedError
+from bodhi_trio._exceptions import RemoteStalledError as RemoteStalledError
 from bodhi_trio._exceptions import RequestTooLargeError as RequestTooLargeError
 from bodhi_trio._exceptions import ResponseInterruptedError as ResponseInterruptedError
 from bodhi_trio._exceptions import ServerArgsError as ServerArgsError
@@ -64,6 +68,7 @@ from bodhi_trio._exceptions import SettingsError as SettingsError
 from bodhi_trio._exceptions import StartupError as StartupError
 from bodhi_trio._exceptions import UnavailableError as UnavailableError
 from bodhi_trio._exceptions import UpstreamError as UpstreamError
+from bodhi_trio._exceptions import UpstreamUnavailableError as UpstreamUnavailableError
 from bodhi_trio._exports import fix_module_names
 from bodhi_trio._http._serve import serve as serve
 from bodhi_trio._transport._loopback import UpstreamResponse as UpstreamResponse
@@ -95,6 +100,10 @@ __all__ = [
     "ModelState",
     "NotFoundError",
     "RequestParams",
+    "RemoteConnectError",
+    "RemoteKeyMissingError",
+    "RemoteKeyRefusedError",
+    "RemoteStalledError",
     "RequestTooLargeError",
     "ResponseInterruptedError",
     "ServerArgsError",
@@ -109,6 +118,7 @@ __all__ = [
     "StateListener",
     "UnavailableError",
     "UpstreamError",
+    "UpstreamUnavailableError",
     "UpstreamResponse",
     "load_settings",
     "open_context",

@@ -19,13 +19,14 @@ import yaml
 from bodhi_trio import __version__
 from bodhi_trio._bench._cli import add_bench_parser
 from bodhi_trio._cli_models import add_pull_parser, create_alias_from_file
+from bodhi_trio._cli_rpc import add_rpc_worker_parser
 from bodhi_trio._config._alias_store import AliasStore
 from bodhi_trio._config._aliases import Alias
 from bodhi_trio._config._hf_cache import resolve_model_file
 from bodhi_trio._config._settings import Settings, load_settings
 from bodhi_trio._exceptions import BodhiError, ModelFileNotFoundError
 from bodhi_trio._http._observe import JsonLogFormatter
-from bodhi_trio._llama._runtime import find_llama_server, install_llama_server
+from bodhi_trio._llama._runtime import find_llama_server, find_rpc_server, install_llama_server
 
 __all__ = ["main"]
 
@@ -50,6 +51,7 @@ def _serve(args: argparse.Namespace) -> int:
         "BODHI_HOST": args.host,
         "BODHI_PORT": args.port,
         "BODHI_INSECURE": args.insecure or None,
+        "BODHI_RPC_WORKERS": args.rpc_worker,
     }
     home = getattr(args, "home", None)
     settings = load_settings(home=None if home is None else Path(home), overrides=overrides)
@@ -68,7 +70,11 @@ def _serve(args: argparse.Namespace) -> int:
 def _llama_server_install(args: argparse.Namespace) -> int:
     variant = args.variant or _settings(args).exec_variant
     install_llama_server(
-        variant, jobs=args.jobs, force=args.force, extra_cmake_args=args.cmake_arg or ()
+        variant,
+        jobs=args.jobs,
+        force=args.force,
+        extra_cmake_args=args.cmake_arg or (),
+        rpc=args.rpc,
     )
     return 0
 
@@ -76,7 +82,10 @@ def _llama_server_install(args: argparse.Namespace) -> int:
 def _llama_server_path(args: argparse.Namespace) -> int:
     settings = _settings(args)
     variant = args.variant or settings.exec_variant
-    print(find_llama_server(variant, settings.binary_for(variant)))
+    if args.rpc:
+        print(find_rpc_server(variant))
+    else:
+        print(find_llama_server(variant, settings.binary_for(variant)))
     return 0
 
 
@@ -87,7 +96,11 @@ def _alias_list(args: argparse.Namespace) -> int:
         print(json.dumps([a.to_dict() for a in aliases], indent=2))
     else:
         for alias in aliases:
-            print(f"{alias.alias}\t{alias.repo}\t{alias.filename}\t{alias.snapshot}")
+            if alias.remote is not None:  # where it goes and the model it asks for
+                model = alias.remote.model or alias.alias
+                print(f"{alias.alias}\tremote\t{alias.remote.base_url}\t{model}")
+            else:
+                print(f"{alias.alias}\t{alias.repo}\t{alias.filename}\t{alias.snapshot}")
     for problem in problems:
         print(f"skipped {problem.path}: {problem.reason}", file=sys.stderr)
     return 0
@@ -186,6 +199,13 @@ def _parser() -> argparse.ArgumentParser:
         help="allow a non-loopback bind without API keys",
     )
     serve.add_argument(
+        "--rpc-worker",
+        action="append",
+        metavar="HOST:PORT",
+        help="start and supervise an RPC worker (rpc-server) there; repeatable, replaces"
+        " BODHI_RPC_WORKERS; an alias uses it with --rpc HOST:PORT",
+    )
+    serve.add_argument(
         "--log-level",
         choices=["debug", "info", "warning", "error"],
         default="info",
@@ -212,14 +232,22 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         help="extra CMake argument, e.g. -DGGML_NATIVE=OFF (repeatable)",
     )
+    install.add_argument(
+        "--rpc",
+        action="store_true",
+        help="also build llama.cpp's RPC backend and rpc-server (for rpc-worker and an"
+        " alias's --rpc); kept by later installs",
+    )
     install.set_defaults(run=_llama_server_install)
     path = runtime_commands.add_parser(
         "path", parents=[home], help="print the llama-server binary that will be used"
     )
     path.add_argument("--variant", help="exec variant (default: BODHI_EXEC_VARIANT, cpu)")
+    path.add_argument("--rpc", action="store_true", help="print the rpc-server binary instead")
     path.set_defaults(run=_llama_server_path)
 
     add_bench_parser(commands)
+    add_rpc_worker_parser(commands, home)
     add_pull_parser(commands, home)
 
     alias = commands.add_parser("alias", help="manage model aliases")

@@ -30,6 +30,8 @@ single boundary, and the CLI prints ``message`` as one line.
     │   └── PullCancelledError                                     pull_cancelled
     ├── LlamaServerNotFoundError        500 internal_server_error  llama_server_not_found
     ├── LlamaServerInstallError         500 internal_server_error  llama_server_install_failed
+    ├── RpcServerNotFoundError          500 internal_server_error  rpc_server_not_found
+    ├── RpcWorkerError                  500 internal_server_error  rpc_worker_failed
     ├── StartupError                    500 internal_server_error  server_startup_failed
     ├── UnavailableError                503 service_unavailable    service_unavailable
     │   ├── ServerBusyError             429 rate_limit_error       server_busy
@@ -37,7 +39,12 @@ single boundary, and the CLI prints ``message`` as one line.
     │   └── ResponseInterruptedError                               response_interrupted
     └── UpstreamError                   502 upstream_error         upstream_error
         ├── LlamaServerExitedError                                 llama_server_exited
-        └── PullFailedError                                        pull_failed
+        ├── PullFailedError                                        pull_failed
+        ├── RemoteConnectError                                     upstream_connect_failed
+        ├── RemoteStalledError                                     upstream_stalled
+        ├── RemoteKeyMissingError                                  remote_key_missing
+        ├── RemoteKeyRefusedError                                  remote_key_not_allowed
+        └── UpstreamUnavailableError                               upstream_unavailable
 """
 
 from __future__ import annotations
@@ -66,9 +73,15 @@ __all__ = [
     "PullFailedError",
     "PullNotFoundError",
     "QuantNotFoundError",
+    "RemoteConnectError",
+    "RemoteKeyMissingError",
+    "RemoteKeyRefusedError",
+    "RemoteStalledError",
     "RemoteFileNotFoundError",
     "RepoNotFoundError",
     "RequestTooLargeError",
+    "RpcServerNotFoundError",
+    "RpcWorkerError",
     "ServerArgsError",
     "SettingsError",
     "StartupError",
@@ -77,6 +90,7 @@ __all__ = [
     "ServerBusyError",
     "UnavailableError",
     "UpstreamError",
+    "UpstreamUnavailableError",
     "error_envelope",
 ]
 
@@ -289,11 +303,36 @@ class LlamaServerInstallError(BodhiError):
     code = "llama_server_install_failed"
 
 
-def _with_log_tail(message: str, log_tail: Sequence[str]) -> str:
+class RpcServerNotFoundError(BodhiError):
+    """No runnable ``rpc-server`` (llama.cpp's RPC worker); the message lists where it was
+    looked for and says how to build it."""
+
+    code = "rpc_server_not_found"
+
+
+def _with_log_tail(message: str, log_tail: Sequence[str], program: str = "llama-server") -> str:
     """``message``, then the child's last output lines under a header, if there are any."""
     if not log_tail:
         return message
-    return f"{message}\n--- llama-server output (last lines) ---\n" + "\n".join(log_tail)
+    return f"{message}\n--- {program} output (last lines) ---\n" + "\n".join(log_tail)
+
+
+class RpcWorkerError(BodhiError):
+    """An ``rpc-server`` worker did not start, or exited while it was expected to run.
+
+    Attributes:
+        log_tail: The worker's last output lines, also part of ``message``.
+        returncode: Its exit code if it exited, else ``None``.
+    """
+
+    code = "rpc_worker_failed"
+
+    def __init__(
+        self, reason: str, *, log_tail: Sequence[str] = (), returncode: int | None = None
+    ) -> None:
+        super().__init__(_with_log_tail(reason, log_tail, "rpc-server"))
+        self.log_tail = tuple(log_tail)
+        self.returncode = returncode
 
 
 class StartupError(BodhiError):
@@ -382,3 +421,43 @@ class PullFailedError(UpstreamError):
     whose size or sha256 did not match what the Hub announced."""
 
     code = "pull_failed"
+
+
+class RemoteConnectError(UpstreamError):
+    """A remote alias's server was never reached: refused, unresolvable, TLS, handshake
+    timeout (nothing was sent: another replica may take the request)."""
+
+    code = "upstream_connect_failed"
+
+
+class RemoteStalledError(UpstreamError):
+    """A remote sent nothing for longer than its alias's ``idle_timeout_secs``."""
+
+    code = "upstream_stalled"
+
+
+class RemoteKeyMissingError(UpstreamError):
+    """A remote alias's ``api_key_env`` variable is not set, or cannot be a header."""
+
+    code = "remote_key_missing"
+
+
+class RemoteKeyRefusedError(UpstreamError):
+    """A remote alias's ``api_key_env`` is not one of ``BODHI_REMOTE_KEY_ENVS``."""
+
+    code = "remote_key_not_allowed"
+
+
+class UpstreamUnavailableError(UpstreamError):
+    """No target of a fallback chain answered.
+
+    Attributes:
+        retry_after: Seconds until the first cooling target recovers, when all cool
+            (the ``Retry-After`` header); ``None`` otherwise.
+    """
+
+    code = "upstream_unavailable"
+
+    def __init__(self, message: str, *, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -18,7 +18,7 @@ import trio.testing
 from bodhi_trio._config._alias_store import AliasStore
 from bodhi_trio._config._aliases import Alias
 from bodhi_trio._config._settings import load_settings
-from bodhi_trio._context._open import open_context
+from bodhi_trio._context._root import open_context
 from bodhi_trio._core._state import (
     EventKind,
     ServerEvent,

@@ -14,7 +14,8 @@ from bodhi_trio._config._alias_store import AliasStore
 from bodhi_trio._config._aliases import Alias
 from bodhi_trio._config._demo import DEMO_FILENAME, DEMO_REPO
 from bodhi_trio._config._settings import load_settings
-from bodhi_trio._context._open import SharedContext, open_context
+from bodhi_trio._context._open import SharedContext
+from bodhi_trio._context._root import open_context
 from bodhi_trio._core._state import EventKind, ServerEvent, SlotStatus
 from bodhi_trio._exceptions import ResponseInterruptedError
 from procs import child_client, is_alive

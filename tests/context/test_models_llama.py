@@ -13,7 +13,8 @@ from bodhi_trio._config._alias_store import AliasStore
 from bodhi_trio._config._aliases import Alias
 from bodhi_trio._config._demo import DEMO_FILENAME, DEMO_REPO
 from bodhi_trio._config._settings import load_settings
-from bodhi_trio._context._open import SharedContext, open_context
+from bodhi_trio._context._open import SharedContext
+from bodhi_trio._context._root import open_context
 from bodhi_trio._core._state import SlotStatus
 from bodhi_trio._exceptions import InsufficientMemoryError
 from bodhi_trio._llama._memory import estimate_model_memory

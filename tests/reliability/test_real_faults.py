@@ -16,7 +16,7 @@ from bodhi_trio._config._alias_store import AliasStore
 from bodhi_trio._config._aliases import Alias
 from bodhi_trio._config._demo import DEMO_FILENAME, DEMO_REPO
 from bodhi_trio._config._settings import load_settings
-from bodhi_trio._context._open import open_context
+from bodhi_trio._context._root import open_context
 from bodhi_trio._core._state import SlotStatus
 from httpserver import one_model, running_server
 from procs import is_alive

@@ -8,7 +8,6 @@ change nothing without a word.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -16,6 +15,13 @@ from typing import Any
 import attrs
 
 from bodhi_trio._config._hf_cache import validate_filename, validate_repo_id, validate_snapshot
+from bodhi_trio._config._remote import RemoteSpec
+from bodhi_trio._config._request_params import (
+    REQUEST_PARAM_KEYS,
+    RequestParams,
+    apply_request_params,
+    short_repr,
+)
 from bodhi_trio._exceptions import (
     InvalidAliasError,
     ServerArgsError,
@@ -36,17 +42,6 @@ __all__ = [
 ALIAS_NAME_RE = r"[A-Za-z0-9._:-]{1,64}"
 _ALIAS_NAME = re.compile(ALIAS_NAME_RE)
 
-REQUEST_PARAM_KEYS: tuple[str, ...] = (
-    "frequency_penalty",
-    "max_tokens",
-    "presence_penalty",
-    "seed",
-    "stop",
-    "temperature",
-    "top_p",
-    "user",
-)
-
 _ALIAS_KEYS = (
     "alias",
     "repo",
@@ -55,18 +50,16 @@ _ALIAS_KEYS = (
     "request_params",
     "context_params",
     "keep_alive_secs",
+    "remote",
+    "fallback",
 )
+_LOCAL_ONLY_KEYS = ("repo", "filename", "snapshot", "context_params", "keep_alive_secs")
+_MAX_FALLBACKS = 8
 # Beyond this a deadline (a clock reading plus the keep-alive) no longer fits a float,
 # and 31 years is "never" in practice anyway: -1 says so.
 KEEP_ALIVE_MAX = 10**9
 # Keys BodhiApp wrote into alias files; tolerated so its files load unchanged.
 _LEGACY_KEYS = frozenset({"source", "chat_template"})
-_FLOAT_RANGES = {
-    "frequency_penalty": (-2.0, 2.0),
-    "presence_penalty": (-2.0, 2.0),
-    "temperature": (0.0, 2.0),
-    "top_p": (0.0, 1.0),
-}
 
 
 def validate_alias_name(name: object) -> str:
@@ -108,67 +101,6 @@ def alias_filename(name: str) -> str:
     return validate_alias_name(name).replace(":", "--") + ".yaml"
 
 
-def _short(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _check_float(key: str, value: object, source: str) -> float:
-    low, high = _FLOAT_RANGES[key]
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidAliasError(
-            f"{source}: request_params.{key} must be a number, got {value!r}", param=key
-        )
-    # Compare before any float conversion: an int beyond float range would overflow.
-    if (isinstance(value, float) and math.isnan(value)) or not low <= value <= high:
-        raise InvalidAliasError(
-            f"{source}: request_params.{key} must be in [{low:g}, {high:g}], got {_short(value)}",
-            param=key,
-        )
-    return float(value)
-
-
-def _check_int(key: str, value: object, source: str, *, minimum: int | None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidAliasError(
-            f"{source}: request_params.{key} must be an integer, got {value!r}", param=key
-        )
-    if minimum is not None and value < minimum:
-        raise InvalidAliasError(
-            f"{source}: request_params.{key} must be at least {minimum}, got {value!r}", param=key
-        )
-    return value
-
-
-def _check_text(key: str, value: str, source: str) -> str:
-    """``value`` if it can be sent on as UTF-8 JSON.
-
-    ``json.loads`` turns ``"\\ud800"`` into a lone surrogate, which no UTF-8
-    encoder takes: saved, it would make every request of the alias fail.
-    """
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidAliasError(
-            f"{source}: request_params.{key} holds a lone surrogate ({_short(value)}),"
-            " which is not text",
-            param=key,
-        ) from None
-    return value
-
-
-def _check_stop(value: object, source: str) -> str | tuple[str, ...] | None:
-    if isinstance(value, str):
-        return _check_text("stop", value, source)
-    if isinstance(value, list | tuple) and all(isinstance(item, str) for item in value):
-        # An empty list means "no stop strings": nothing to fill in.
-        return tuple(_check_text("stop", item, source) for item in value) or None
-    raise InvalidAliasError(
-        f"{source}: request_params.stop must be a string or a list of strings, got {value!r}",
-        param="stop",
-    )
-
-
 def _check_keep_alive(value: object, source: str) -> int | None:
     """``keep_alive_secs``: an integer in ``-1..KEEP_ALIVE_MAX``; ``None`` = the default."""
     if value is None:
@@ -176,113 +108,66 @@ def _check_keep_alive(value: object, source: str) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidAliasError(
             f"{source}: keep_alive_secs must be an integer (seconds; -1 never unloads),"
-            f" got {_short(value)}",
+            f" got {short_repr(value)}",
             param="keep_alive_secs",
         )
     if not -1 <= value <= KEEP_ALIVE_MAX:
         raise InvalidAliasError(
             f"{source}: keep_alive_secs must be in [-1, {KEEP_ALIVE_MAX}] (-1 never unloads),"
-            f" got {_short(value)}",
+            f" got {short_repr(value)}",
             param="keep_alive_secs",
         )
     return value
 
 
-@attrs.frozen
-class RequestParams:
-    """Defaults an alias fills into requests that lack them; ``None`` = unset."""
-
-    frequency_penalty: float | None = None
-    max_tokens: int | None = None
-    presence_penalty: float | None = None
-    seed: int | None = None
-    stop: str | tuple[str, ...] | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    user: str | None = None
-
-    @classmethod
-    def from_dict(cls, data: object, *, source: str) -> RequestParams:
-        """Validate ``request_params`` from an alias file or request body.
-
-        Raises:
-            InvalidAliasError: Not a mapping, an unknown key, or a value of the
-                wrong type or out of range; the message names ``source`` and key.
-        """
-        if data is None:
-            return cls()
-        if not isinstance(data, Mapping):
+def _check_fallback(data: Mapping[str, Any], name: str, source: str) -> tuple[str, ...]:
+    """``fallback``: other alias names, top level or in the ``remote:`` block (one place)."""
+    remote = data.get("remote")
+    nested = remote.get("fallback") if isinstance(remote, Mapping) else None
+    top = data.get("fallback")
+    if top is not None and nested is not None:
+        raise InvalidAliasError(
+            f"{source}: fallback is given twice (top level and in remote)", param="fallback"
+        )
+    raw = top if top is not None else nested
+    if raw is None:
+        return ()
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list | tuple) or len(raw) > _MAX_FALLBACKS:
+        raise InvalidAliasError(
+            f"{source}: fallback must be a list of at most {_MAX_FALLBACKS} alias names,"
+            f" got {short_repr(raw)}",
+            param="fallback",
+        )
+    names: list[str] = []
+    for item in raw:
+        try:
+            other = validate_alias_name(item)
+        except InvalidAliasError as exc:
+            raise InvalidAliasError(f"{source}: fallback: {exc.message}", param="fallback") from exc
+        if other == name or other in names:
             raise InvalidAliasError(
-                f"{source}: request_params must be a mapping, got {type(data).__name__}",
-                param="request_params",
+                f"{source}: fallback names {other!r} twice or the alias itself", param="fallback"
             )
-        unknown = sorted(str(key) for key in data if key not in REQUEST_PARAM_KEYS)
-        if unknown:
-            raise InvalidAliasError(
-                f"{source}: unknown request_params key(s) {', '.join(map(repr, unknown))};"
-                f" allowed: {', '.join(REQUEST_PARAM_KEYS)}",
-                param="request_params",
-            )
-        values: dict[str, Any] = {}
-        for key, value in data.items():
-            if value is None:
-                continue
-            if key in _FLOAT_RANGES:
-                values[key] = _check_float(key, value, source)
-            elif key == "max_tokens":
-                values[key] = _check_int(key, value, source, minimum=1)
-            elif key == "seed":
-                values[key] = _check_int(key, value, source, minimum=None)
-            elif key == "stop":
-                values[key] = _check_stop(value, source)
-            elif not isinstance(value, str):  # "user", the only key left
-                raise InvalidAliasError(
-                    f"{source}: request_params.user must be a string, got {value!r}", param=key
-                )
-            else:
-                values[key] = _check_text(key, value, source)
-        return cls(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The set fields, in :data:`REQUEST_PARAM_KEYS` order; ``stop`` as given."""
-        result: dict[str, Any] = {}
-        for key in REQUEST_PARAM_KEYS:
-            value = getattr(self, key)
-            if value is not None:
-                result[key] = list(value) if isinstance(value, tuple) else value
-        return result
-
-
-def apply_request_params(request: Mapping[str, Any], params: RequestParams) -> dict[str, Any]:
-    """Fill an alias's request defaults into a request body.
-
-    Only keys absent from ``request`` are filled; a key present with ``null``
-    counts as present. ``max_tokens`` is filled only when neither
-    ``max_tokens`` nor ``max_completion_tokens`` is present. Other fields and
-    their order are untouched; filled keys are appended.
-
-    Returns:
-        A new dict; ``request`` is not modified.
-    """
-    result = dict(request)
-    for key, value in params.to_dict().items():
-        if key in result:
-            continue
-        if key == "max_tokens" and "max_completion_tokens" in result:
-            continue
-        result[key] = value
-    return result
+        names.append(other)
+    return tuple(names)
 
 
 @attrs.frozen
 class Alias:
-    """A user alias: which model file to serve and how.
+    """A user alias: which model file to serve and how, or which remote server.
 
     Build one from untrusted data with :meth:`from_dict`, which validates
     every field; the store validates the name again before touching disk.
 
     ``keep_alive_secs`` is how long its model stays loaded after its last response
     (-1 never unloads, 0 unloads at once); ``None`` leaves it to ``BODHI_KEEP_ALIVE_SECS``.
+
+    A remote alias (``remote`` set, see :mod:`._remote`) has no ``repo``, ``filename``,
+    ``context_params`` or keep-alive. ``fallback`` names other aliases, local or remote,
+    tried in order when this one cannot answer (one level: their own fallbacks are not
+    followed).
     """
 
     alias: str
@@ -292,6 +177,20 @@ class Alias:
     request_params: RequestParams = attrs.field(factory=RequestParams)
     context_params: tuple[str, ...] = ()
     keep_alive_secs: int | None = None
+    remote: RemoteSpec | None = None
+    fallback: tuple[str, ...] = ()
+
+    @property
+    def is_remote(self) -> bool:
+        return self.remote is not None
+
+    @property
+    def model_identity(self) -> str:
+        """What model answers: the remote's model name or the repo and file (embeddings
+        fall back only to an alias of the same identity)."""
+        if self.remote is not None:
+            return f"remote:{self.remote.model or self.alias}"
+        return f"{self.repo}/{self.filename}"
 
     @classmethod
     def from_dict(cls, data: object, *, source: str) -> Alias:
@@ -311,6 +210,8 @@ class Alias:
         unknown = sorted(str(k) for k in data if k not in _ALIAS_KEYS and k not in _LEGACY_KEYS)
         if unknown:
             raise InvalidAliasError(f"{source}: unknown key(s) {', '.join(map(repr, unknown))}")
+        if data.get("remote") is not None:
+            return cls._remote_from_dict(data, source=source)
         for required in ("alias", "repo", "filename"):
             if data.get(required) is None:
                 raise InvalidAliasError(f"{source}: missing {required!r}", param=required)
@@ -350,11 +251,42 @@ class Alias:
             request_params=request_params,
             context_params=tuple(raw_context),
             keep_alive_secs=keep_alive_secs,
+            fallback=_check_fallback(data, name, source),
+        )
+
+    @classmethod
+    def _remote_from_dict(cls, data: Mapping[str, Any], *, source: str) -> Alias:
+        local = [key for key in _LOCAL_ONLY_KEYS if data.get(key) not in (None, "", [], ())]
+        if local:
+            raise InvalidAliasError(
+                f"{source}: a remote alias has no {', '.join(map(repr, local))}",
+                param=local[0],
+            )
+        if data.get("alias") is None:
+            raise InvalidAliasError(f"{source}: missing 'alias'", param="alias")
+        try:
+            name = validate_alias_name(data["alias"])
+        except InvalidAliasError as exc:
+            raise InvalidAliasError(f"{source}: {exc.message}", param=exc.param) from exc
+        return cls(
+            alias=name,
+            repo="",
+            filename="",
+            request_params=RequestParams.from_dict(data.get("request_params"), source=source),
+            remote=RemoteSpec.from_dict(data["remote"], source=source),
+            fallback=_check_fallback(data, name, source),
         )
 
     def to_dict(self) -> dict[str, Any]:
         """The YAML/JSON shape; empty ``request_params``/``context_params`` and an unset
-        ``keep_alive_secs`` omitted."""
+        ``keep_alive_secs`` omitted; a remote alias's key as its variable's name only."""
+        if self.remote is not None:
+            remote: dict[str, Any] = {"alias": self.alias, "remote": self.remote.to_dict()}
+            if self.fallback:
+                remote["remote"]["fallback"] = list(self.fallback)
+            if params := self.request_params.to_dict():
+                remote["request_params"] = params
+            return remote
         result: dict[str, Any] = {
             "alias": self.alias,
             "repo": self.repo,
@@ -368,4 +300,6 @@ class Alias:
             result["context_params"] = list(self.context_params)
         if self.keep_alive_secs is not None:
             result["keep_alive_secs"] = self.keep_alive_secs
+        if self.fallback:
+            result["fallback"] = list(self.fallback)
         return result

@@ -18,7 +18,14 @@ flag as llama.cpp does (:func:`._server_args.canonical_flag`):
   or ``run/``) or a directory of ``BODHI_ALLOWED_PATHS``;
 * a flag the pinned build does not define is passed on (that build refuses it
   at start; the test double and other builds may know it) unless its name looks
-  like one of the refused kinds.
+  like one of the refused kinds;
+* ``--rpc`` (layers on llama.cpp RPC workers, which have no authentication) is a
+  network flag let through when every ``host:port`` in its value is on this
+  machine (127.0.0.0/8, ``localhost``), one of ``BODHI_RPC_WORKERS`` or listed
+  in ``BODHI_ALLOWED_RPC_SERVERS``; each is read strictly
+  (:func:`._rpc_endpoints.parse_rpc_endpoint`), so an endpoint is checked as
+  llama-server will connect to it. Listing ``--rpc`` in
+  ``BODHI_ALLOWED_CONTEXT_FLAGS`` allows any value.
 
 The policy is a plain value built from :class:`._settings.Settings`; this module
 knows nothing of HTTP, the CLI or the alias store.
@@ -36,6 +43,7 @@ import attrs
 
 from bodhi_trio._exceptions import ServerArgsError, SettingsError
 from bodhi_trio._llama._flags import LLAMA_SERVER_FLAGS, LlamaFlag
+from bodhi_trio._llama._rpc_endpoints import RpcEndpoint, parse_rpc_endpoint, split_rpc_servers
 from bodhi_trio._llama._server_args import (
     ServerArg,
     canonical_flag,
@@ -73,12 +81,19 @@ _RISKY_PREFIXES = (
     "--hf-", "--mcp", "--ssl", "--api-key", "--docker", "--tools", "--webui", "--ui-",
     "--log-", "--slot-save", "--model-url", "--models-", "--cors", "--agent",
 )  # fmt: skip
-_RISKY_PARTS = ("url", "file", "path", "dir", "verbose", "exec", "shell", "proxy")
+_RISKY_PARTS = ("url", "file", "path", "dir", "verbose", "exec", "shell", "proxy", "rpc")
 _UNKNOWN_REASON = (
     "it is not a flag of the pinned llama-server build and its name suggests it reads or"
     " writes files, runs programs or uses the network"
 )
 _OPT_IN = "; an operator can allow it with BODHI_ALLOWED_CONTEXT_FLAGS"
+# The flag whose network endpoints are checked one by one instead of refused outright.
+_RPC_FLAG = "--rpc"
+_RPC_REFUSED = (
+    "is neither on this machine (127.0.0.0/8, localhost) nor one of BODHI_RPC_WORKERS or"
+    " BODHI_ALLOWED_RPC_SERVERS; llama.cpp's RPC has no authentication, so an operator lists"
+    " only workers on a network they trust"
+)
 
 
 def _real(path: Path | str) -> Path:
@@ -111,6 +126,10 @@ def _csv_fields(value: str) -> Iterator[str]:
     yield "".join(field)
 
 
+def _endpoint_set(endpoints: Iterable[RpcEndpoint]) -> frozenset[RpcEndpoint]:
+    return frozenset(endpoints)
+
+
 def _canonical_flags(flags: Iterable[str]) -> frozenset[str]:
     """So that ``-v``, ``--verbose`` and ``--log_verbose`` allow the same flag."""
     return frozenset(map(canonical_flag, flags))
@@ -125,11 +144,15 @@ class ArgPolicy:
         denied_paths: Files or directories inside those roots that stay out of
             reach (bodhi-trio's own settings and run state).
         allowed_flags: Refused flags the operator allowed, in canonical spelling.
+        allowed_rpc_servers: RPC workers ``--rpc`` may name besides loopback ones.
     """
 
     path_roots: tuple[Path, ...] = ()
     denied_paths: tuple[Path, ...] = ()
     allowed_flags: frozenset[str] = attrs.field(default=frozenset(), converter=_canonical_flags)
+    allowed_rpc_servers: frozenset[RpcEndpoint] = attrs.field(
+        default=frozenset(), converter=_endpoint_set
+    )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ArgPolicy:
@@ -138,6 +161,7 @@ class ArgPolicy:
             path_roots=(settings.hub_cache, settings.home, *settings.allowed_paths),
             denied_paths=(settings.settings_file, settings.run_dir),
             allowed_flags=settings.allowed_context_flags,
+            allowed_rpc_servers=(*settings.allowed_rpc_servers, *settings.rpc_workers),
         )
 
     def check(self, items: str | Sequence[str], *, source: str) -> list[ServerArg]:
@@ -176,7 +200,8 @@ class ArgPolicy:
             return
         if known.category == "reserved":  # parse_server_args has caught these already
             raise ServerArgsError(f"{source}: flag {given!r} is reserved{read_as(given)}")
-        if known.category != "ok" and arg.flag not in self.allowed_flags:
+        allowed = known.category == "ok" or arg.flag in self.allowed_flags
+        if not allowed and arg.flag != _RPC_FLAG:
             raise ServerArgsError(
                 f"{source}: flag {given!r} is refused{read_as(given)}:"
                 f" {REFUSAL_REASONS[known.category]}" + _OPT_IN
@@ -188,6 +213,21 @@ class ArgPolicy:
             )
         for path in _paths_in(known, arg.values, source):
             self._check_path(path, given, source)
+        if not allowed:  # --rpc, the one refused flag that is checked value by value
+            for item in split_rpc_servers(arg.values[0]):
+                self._check_rpc_server(item, given, source)
+
+    def _check_rpc_server(self, item: str, given: str, source: str) -> None:
+        try:
+            endpoint = parse_rpc_endpoint(item)
+        except ValueError as exc:
+            raise ServerArgsError(
+                f"{source}: flag {given!r}{read_as(given)} endpoint {item!r} {exc}"
+            ) from None
+        if not endpoint.is_loopback and endpoint not in self.allowed_rpc_servers:
+            raise ServerArgsError(
+                f"{source}: flag {given!r}{read_as(given)} endpoint {item!r} {_RPC_REFUSED}"
+            )
 
     def _check_path(self, path: str, given: str, source: str) -> None:
         problem = self.path_problem(path)

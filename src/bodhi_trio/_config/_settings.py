@@ -10,15 +10,13 @@ and the bad value (never an API key). Each default is written once, in
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import attrs
-import yaml
 
 from bodhi_trio._config._aliases import KEEP_ALIVE_MAX
 from bodhi_trio._config._arg_policy import (
@@ -28,6 +26,13 @@ from bodhi_trio._config._arg_policy import (
 )
 from bodhi_trio._config._budget import as_memory_budget, machine_memory_bytes, resolve_memory_budget
 from bodhi_trio._config._hf_cache import hub_cache_dir
+from bodhi_trio._config._remote import remote_key_envs_setting
+from bodhi_trio._config._rpc_settings import (
+    check_rpc_workers_bind,
+    rpc_servers_setting,
+    rpc_workers_setting,
+)
+from bodhi_trio._config._setting_sources import SettingSources, read_settings_file
 from bodhi_trio._config._setting_values import (
     VARIANT_NAME,
     as_args,
@@ -39,7 +44,6 @@ from bodhi_trio._config._setting_values import (
     as_str,
     as_variant,
 )
-from bodhi_trio._config._yaml_errors import yaml_error_summary
 from bodhi_trio._exceptions import SettingsError
 from bodhi_trio._llama._launch import (
     DEFAULT_STARTUP_TIMEOUT_SECS,
@@ -47,9 +51,10 @@ from bodhi_trio._llama._launch import (
     DEFAULT_VARIANT,
 )
 
-__all__ = ["DEFAULT_PORT", "KNOWN_KEYS", "VARIANT_NAME", "Settings", "load_settings"]
+if TYPE_CHECKING:
+    from bodhi_trio._llama._rpc_endpoints import RpcEndpoint
 
-logger = logging.getLogger("bodhi_trio.settings")
+__all__ = ["DEFAULT_PORT", "KNOWN_KEYS", "VARIANT_NAME", "Settings", "load_settings"]
 
 DEFAULT_PORT = 1135
 _LLAMA_SERVER_PREFIX = "BODHI_LLAMA_SERVER_"
@@ -83,6 +88,9 @@ KNOWN_KEYS: frozenset[str] = frozenset(
         "BODHI_MAX_LOADED_MODELS",
         "BODHI_MEMORY_BUDGET",
         "BODHI_MAX_QUEUE",
+        "BODHI_RPC_WORKERS",
+        "BODHI_RPC_WORKERS_INSECURE",
+        "BODHI_ALLOWED_RPC_SERVERS",
     }
 )
 _NO_ARGS: tuple[str, ...] = ()
@@ -136,6 +144,11 @@ class Settings:
         memory_budget: ``BODHI_MEMORY_BUDGET`` as written (``8GiB``, ``75%``,
             ``unlimited``...), ``None`` if unset; :meth:`memory_budget_bytes` resolves it.
         max_queue: Most requests per model in flight at its child or waiting for it.
+        rpc_workers: The ``rpc-server`` workers to start and supervise (``_rpc_settings``).
+        rpc_workers_insecure: Let those workers bind beyond loopback.
+        allowed_rpc_servers: Workers elsewhere that an alias's ``--rpc`` may name.
+        remote_key_envs: Environment variables a remote alias's ``api_key_env`` may name
+            (whoever may write aliases must not choose which of our secrets to send).
     """
 
     home: Path
@@ -166,6 +179,10 @@ class Settings:
     max_loaded_models: int = 3
     memory_budget: str | None = None
     max_queue: int = 512
+    rpc_workers: tuple[RpcEndpoint, ...] = ()
+    rpc_workers_insecure: bool = False
+    allowed_rpc_servers: tuple[RpcEndpoint, ...] = ()
+    remote_key_envs: tuple[str, ...] = ()
 
     @property
     def aliases_dir(self) -> Path:
@@ -218,53 +235,6 @@ class Settings:
 _DEFAULTS = Settings(home=Path(), hf_home=Path(), hub_cache=Path())
 
 
-@attrs.frozen
-class _Sources:
-    """The three sources, highest precedence first, with labels for messages."""
-
-    layers: tuple[tuple[str, Mapping[str, object]], ...]
-
-    def lookup(self, key: str) -> tuple[object, str] | None:
-        for label, values in self.layers:
-            if key in values:
-                return values[key], label
-        return None
-
-    def keys_with_prefix(self, prefix: str) -> set[str]:
-        return {key for _, values in self.layers for key in values if key.startswith(prefix)}
-
-
-def _read_settings_file(path: Path) -> dict[str, object]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return {}
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SettingsError(f"cannot read settings file {path}: {exc}") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise SettingsError(
-            f"settings file {path} is not valid YAML: {yaml_error_summary(exc)}"
-        ) from exc
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise SettingsError(
-            f"settings file {path} must be a mapping of setting names (e.g. BODHI_PORT: 8080),"
-            f" got {type(data).__name__}"
-        )
-    result: dict[str, object] = {}
-    for key, value in data.items():
-        if not isinstance(key, str) or not _is_known(key):
-            logger.warning("settings file %s: unknown setting %r is ignored", path, key)
-        elif key == "BODHI_HOME":
-            logger.warning("settings file %s: BODHI_HOME cannot be set from inside it", path)
-        else:
-            result[key] = value
-    return result
-
-
 def _is_known(key: str) -> bool:
     if key in KNOWN_KEYS:
         return True
@@ -279,7 +249,7 @@ def _variant_suffix(key: str) -> str:
     return ""
 
 
-def _resolve_home(home: Path | None, sources: _Sources) -> Path:
+def _resolve_home(home: Path | None, sources: SettingSources) -> Path:
     if home is not None:
         return home.expanduser()
     found = sources.lookup("BODHI_HOME")
@@ -318,14 +288,14 @@ def load_settings(
     for key in cli:
         if not _is_known(key):
             raise SettingsError(f"unknown setting {key!r} from the command line", param=key)
-    early = _Sources((("the command line", cli), ("the environment", environ)))
+    early = SettingSources((("the command line", cli), ("the environment", environ)))
     resolved_home = _resolve_home(home, early)
     settings_path = resolved_home / "settings.yaml"
-    sources = _Sources(
+    sources = SettingSources(
         (
             ("the command line", cli),
             ("the environment", environ),
-            (f"settings file {settings_path}", _read_settings_file(settings_path)),
+            (f"settings file {settings_path}", read_settings_file(settings_path, _is_known)),
         )
     )
 
@@ -398,7 +368,20 @@ def load_settings(
         max_loaded_models=integer("BODHI_MAX_LOADED_MODELS", _DEFAULTS.max_loaded_models, 1),
         memory_budget=get("BODHI_MEMORY_BUDGET", as_memory_budget, _DEFAULTS.memory_budget),
         max_queue=integer("BODHI_MAX_QUEUE", _DEFAULTS.max_queue, 1),
+        rpc_workers=get("BODHI_RPC_WORKERS", rpc_workers_setting, _DEFAULTS.rpc_workers),
+        rpc_workers_insecure=get(
+            "BODHI_RPC_WORKERS_INSECURE", as_bool, _DEFAULTS.rpc_workers_insecure
+        ),
+        allowed_rpc_servers=get(
+            "BODHI_ALLOWED_RPC_SERVERS", rpc_servers_setting, _DEFAULTS.allowed_rpc_servers
+        ),
+        remote_key_envs=get(
+            "BODHI_REMOTE_KEY_ENVS",
+            lambda k, v, s: remote_key_envs_setting(k, as_list(k, v, s), s),
+            _DEFAULTS.remote_key_envs,
+        ),
     )
+    check_rpc_workers_bind(settings.rpc_workers, insecure=settings.rpc_workers_insecure)
     # Needs the hub cache, home and allowed paths, so it runs once they are all known.
     check_settings_args(settings)
     return settings

@@ -1,74 +1,65 @@
-"""The context's public face: ``SharedContext`` and ``open_context``.
+"""The context's public face: ``SharedContext`` (``open_context`` in ``_root`` makes one).
 
 Several models as a library object, with structured concurrency. It adds
 aliases, request forwarding and state listeners to the :class:`Scheduler`
 (``_core._scheduler``: per-model locks, admission, loads, eviction, drain,
-crashes, idle unload)::
+crashes, idle unload), and remote aliases and fallback chains (``_routing``)::
 
-    open_context ── root nursery ── child tasks, watches, idle unloaders, load tasks,
-                                    listener tasks, pull jobs (``_pulls``)
-    request task ── forward() ── read hold on its model ── upstream response
-                                 (a drain timeout, a crash, a hang or shutdown ends it
-                                 with an error)
+    request task ── forward() ── local alias: read hold on its model ── upstream response
+                    │            (a drain timeout, a crash, a hang or shutdown ends it
+                    │            with an error)
+                    └─────────── remote or fallback alias: the chain (``_routing``) ──
+                                 replica pool (``_replicas``) ── remote response
 """
 
 from __future__ import annotations
 
-import functools
-import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, final
 
 import attrs
-import trio
 
-from bodhi_trio._config._alias_store import AliasStore
-from bodhi_trio._config._aliases import Alias, alias_filename
 from bodhi_trio._context._endpoints import (
     ENDPOINTS,
     fill_request_params,
     required_string,
     upstream_target,
 )
-from bodhi_trio._context._pulls import PullRegistry
+from bodhi_trio._context._replicas import ReplicaPool, ReplicaStatistics
+from bodhi_trio._context._routing import FallbackRouter, encode_request
 from bodhi_trio._context._spec import (
-    default_spec_builder,
-    estimate_from_gguf,
-    limits_from,
     runnable_variant,
 )
-from bodhi_trio._core._groups import reraise_unwrapped
-from bodhi_trio._core._listeners import ListenerHub, ListenerStatistics, StateListener
-from bodhi_trio._core._scheduler import Scheduler
 from bodhi_trio._core._slot import (
-    Launcher,
     RunningServer,
-    SpecBuilder,
 )
 from bodhi_trio._core._state import (
     EventKind,
     ServerState,
 )
 from bodhi_trio._exceptions import BodhiError, InvalidRequestError
-from bodhi_trio._llama._child import serve_llama_server
-from bodhi_trio._llama._leftovers import kill_leftovers, sweep_socket_dirs
-from bodhi_trio._llama._logtail import LogTail
-from bodhi_trio._llama._memory import process_group_rss
-from bodhi_trio._transport._loopback import PooledSender, Sender, UpstreamPool, UpstreamResponse
 
 if TYPE_CHECKING:
+    import trio
+
+    from bodhi_trio._config._alias_store import AliasStore
+    from bodhi_trio._config._aliases import Alias
     from bodhi_trio._config._settings import Settings
+    from bodhi_trio._context._pulls import PullRegistry
     from bodhi_trio._core._address import Address
+    from bodhi_trio._core._listeners import ListenerHub, ListenerStatistics, StateListener
     from bodhi_trio._core._rwlock import RWLockStatistics
-    from bodhi_trio._llama._child import LaunchSpec
+    from bodhi_trio._core._scheduler import Scheduler
+    from bodhi_trio._llama._logtail import LogTail
+    from bodhi_trio._transport._loopback import Sender, UpstreamResponse
+    from bodhi_trio._transport._remote import RemoteClients
 
 __all__ = [
     "ENDPOINTS",
     "ContextStatistics",
     "RunningServer",
     "SharedContext",
-    "open_context",
     "required_string",
 ]
 
@@ -98,6 +89,8 @@ class SharedContext:
         aliases: AliasStore,
         log: LogTail,
         pulls: PullRegistry,
+        remotes: RemoteClients,
+        nursery: trio.Nursery,
     ) -> None:
         self._settings = settings
         self._scheduler = scheduler
@@ -106,6 +99,15 @@ class SharedContext:
         self._aliases = aliases
         self._log = log
         self._pulls = pulls
+        self._remotes = remotes
+        self._nursery = nursery
+        self._pools: dict[str, ReplicaPool] = {}
+        self._router = FallbackRouter(
+            resolve=self._aliases.get,
+            local=self._send_local,
+            pool_for=self.replica_pool,
+            on_response=self._note_response,
+        )
 
     # ------------------------------------------------------------------ observing
 
@@ -180,6 +182,28 @@ class SharedContext:
             starts=self._scheduler.starts,
         )
 
+    def replica_pool(self, alias: Alias) -> ReplicaPool:
+        """The replica pool of remote ``alias`` (made on first use, its health probes then
+        started in the root nursery; remade when the alias's ``remote:`` block changed)."""
+        assert alias.remote is not None
+        pool = self._pools.get(alias.alias)
+        if pool is None or pool.spec != alias.remote:
+            if pool is not None:
+                pool.probes.cancel()
+            pool = ReplicaPool(
+                alias.alias,
+                alias.remote,
+                self._remotes,
+                key_envs=frozenset(self._settings.remote_key_envs),
+            )
+            self._pools[alias.alias] = pool
+            self._nursery.start_soon(pool.serve_probes, name=f"probes:{alias.alias}")
+        return pool
+
+    def remote_statistics(self) -> dict[str, list[ReplicaStatistics]]:
+        """Each remote alias in use: its replicas' load and health."""
+        return {name: pool.statistics() for name, pool in self._pools.items()}
+
     # ------------------------------------------------------------------ requests
 
     def is_alias(self, name: str) -> bool:
@@ -233,23 +257,31 @@ class SharedContext:
         if endpoint not in ENDPOINTS:
             raise InvalidRequestError(f"unsupported endpoint {endpoint!r}")
         alias = self.resolve_alias(request.get("model"))
+        if alias.remote is not None or alias.fallback:
+            # A remote alias or a fallback chain (_routing): tried target by target.
+            async with self._router.forward(
+                alias, endpoint, request, keep_alive=keep_alive
+            ) as response:
+                yield response
+            return
         # Generation defaults, as far as this route understands them (_endpoints).
-        request = fill_request_params(endpoint, request, alias.request_params)
-        try:
-            body = json.dumps(request).encode()
-        except RecursionError as exc:  # parsed fine, but too deep to encode from down here
-            raise InvalidRequestError("the request body is nested too deeply") from exc
+        body = encode_request(fill_request_params(endpoint, request, alias.request_params))
+        async with self._send_local(alias, endpoint, body, keep_alive) as response:
+            self._note_response(alias.alias, endpoint, response.status_code)
+            yield response
+
+    @asynccontextmanager
+    async def _send_local(
+        self, alias: Alias, endpoint: str, body: bytes, keep_alive: float | None
+    ) -> AsyncIterator[UpstreamResponse]:
         async with (
             self._scheduler.serving(alias, keep_alive=keep_alive) as slot,
             self._sender.send(slot.server.address, endpoint, body) as response,
         ):
-            self._scheduler.emit(
-                EventKind.RESPONSE,
-                alias.alias,
-                endpoint=endpoint,
-                status=response.status_code,
-            )
             yield response
+
+    def _note_response(self, alias: str, endpoint: str, status: int) -> None:
+        self._scheduler.emit(EventKind.RESPONSE, alias, endpoint=endpoint, status=status)
 
     async def load(self, alias_name: str, *, keep_alive: float | None = None) -> ServerState:
         """Load ``alias_name`` beside the others (as a request for it would).
@@ -264,6 +296,8 @@ class SharedContext:
         Cancellation: the load itself still completes.
         """
         alias = self.resolve_alias(alias_name)
+        if alias.remote is not None:
+            return self.state  # nothing of ours to load: its server holds the model
         async with self._scheduler.serving(alias, keep_alive=keep_alive):
             pass
         return self.state
@@ -303,6 +337,11 @@ class SharedContext:
         """
         target = upstream_target(method, path, query, content_type)
         alias = self.resolve_alias(alias_name)
+        if alias.remote is not None:
+            raise InvalidRequestError(
+                f"{alias.alias} is a remote alias: /upstream reaches local children only",
+                param="alias",
+            )
         async with (
             self._scheduler.serving(alias) as slot,
             self._sender.send(
@@ -344,89 +383,3 @@ class SharedContext:
         self._pulls.close()
         await self._scheduler.close()
         self._hub.close()
-
-
-def _child_log(settings: Settings, made: list[LogTail], combined: LogTail, alias: str) -> LogTail:
-    """``alias``'s children's own output: its ring and file, mirrored into ``combined``."""
-    path = settings.logs_dir / f"llama-server-{alias_filename(alias).removesuffix('.yaml')}.log"
-    log = LogTail(path=path, mirror=combined, mirror_prefix=f"[{alias}] ")
-    made.append(log)
-    return log
-
-
-@asynccontextmanager
-async def open_context(
-    settings: Settings,
-    *,
-    launcher: Launcher | None = None,
-    spec_builder: SpecBuilder | None = None,
-    sender: Sender | None = None,
-    estimate: Callable[[LaunchSpec], Awaitable[int | None]] | None = None,
-    measure: Callable[[int], int | None] | None = None,
-) -> AsyncIterator[SharedContext]:
-    """Open a context; everything it starts is stopped when the block exits.
-
-    Example::
-
-        async with bodhi_trio.open_context(bodhi_trio.load_settings()) as ctx:
-            async with ctx.forward("/v1/chat/completions", {"model": "demo:tiny", ...}) as r:
-                async for chunk in r:
-                    ...
-
-    Args:
-        settings: See :func:`load_settings`.
-        launcher: Starts a server (default: the real llama-server supervisor).
-        spec_builder: Builds launch specs (default: binary lookup, HF cache, args merge).
-        sender: Sends requests to a server (default: keep-alive HTTP/1.1 over loopback).
-        estimate: A model's memory before it loads (default: from its GGUF header).
-        measure: A running child's memory by pid (default: its process group's RSS).
-
-    Cancellation: leaving the block, by cancellation or otherwise, interrupts
-    in-flight responses and stops the child (SIGTERM, grace, SIGKILL of its group)
-    before returning.
-    """
-    kill_leftovers(settings.run_dir)
-    sweep_socket_dirs()
-    log = LogTail(path=settings.logs_dir / "llama-server.log")
-    child_logs: list[LogTail] = []
-    try:
-        async with UpstreamPool() as pool, trio.open_nursery() as nursery:
-            real_sender = sender or PooledSender(pool)
-            hub = ListenerHub(nursery)
-            scheduler = Scheduler(
-                limits_from(settings),
-                settings.exec_variant,
-                nursery,
-                real_sender,
-                hub,
-                launcher=launcher or serve_llama_server,
-                spec_builder=spec_builder or default_spec_builder(settings),
-                log_for=functools.partial(_child_log, settings, child_logs, log),
-                estimate=estimate or estimate_from_gguf,
-                measure=measure or process_group_rss,
-            )
-            aliases = AliasStore.for_settings(settings)
-            ctx = SharedContext(
-                settings,
-                scheduler,
-                real_sender,
-                hub,
-                aliases=aliases,
-                log=log,
-                pulls=PullRegistry(nursery, settings.hub_cache, aliases),
-            )
-            try:
-                yield ctx
-            finally:
-                await ctx.aclose()
-                nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        # The root nursery's tasks never raise, so a group here wraps what the
-        # caller's block raised: hand that back as it was, not wrapped.
-        if len(group.exceptions) != 1:
-            raise
-        reraise_unwrapped(group.exceptions[0])
-    finally:
-        for child_log in child_logs:
-            child_log.close()
-        log.close()

@@ -34,7 +34,6 @@ from bodhi_trio._exceptions import (
     InvalidRequestError,
     NotFoundError,
     RequestTooLargeError,
-    UnavailableError,
     error_envelope,
 )
 from bodhi_trio._http._observe import PROMETHEUS_CONTENT_TYPE, Observer
@@ -98,8 +97,9 @@ def _error_response(error: BaseException, *, ollama: bool = False) -> Response:
     if ollama:
         status, body = ollama_error(error, status, envelope)
     response = Response(compact_json(body), status=status, content_type="application/json")
-    if isinstance(error, UnavailableError):
-        response.headers["Retry-After"] = str(error.retry_after)
+    retry_after = getattr(error, "retry_after", None)  # UnavailableError, a cooling chain
+    if isinstance(error, BodhiError) and isinstance(retry_after, int):
+        response.headers["Retry-After"] = str(retry_after)
     return response
 
 

@@ -19,6 +19,7 @@ import trio
 from bodhi_trio._config._aliases import Alias
 from bodhi_trio._context._endpoints import STREAMING_ENDPOINTS
 from bodhi_trio._context._open import ENDPOINTS, SharedContext, required_string
+from bodhi_trio._context._routing import ROUTED_ATTEMPTS, ROUTING_HEADERS
 from bodhi_trio._core._state import ServerEvent, SlotStatus
 from bodhi_trio._exceptions import InvalidRequestError
 from bodhi_trio._http._passthrough import passthrough
@@ -67,6 +68,16 @@ class Reply:
     @classmethod
     def json(cls, value: object, status: int = 200) -> Reply:
         return cls(status, _JSON, compact_json(value).encode())
+
+
+def routed_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The ``x-bodhi-routed-*`` headers of a remote or fallback answer (``_routing``), and
+    its ``Retry-After`` (an answer passed on verbatim keeps it: the client's retry then
+    lands when the target recovers)."""
+    if ROUTED_ATTEMPTS not in headers:
+        return {}
+    names = (*ROUTING_HEADERS, "retry-after", "retry-after-ms")
+    return {name: headers[name] for name in names if name in headers}
 
 
 def _no_constant(name: str) -> float:
@@ -176,7 +187,8 @@ class Routes:
             content = await response.aread()
         note_usage(content)
         content_type = response.headers.get("content-type", "application/json")
-        return Reply(response.status_code, {"Content-Type": content_type}, content)
+        headers = {"Content-Type": content_type, **routed_headers(response.headers)}
+        return Reply(response.status_code, headers, content)
 
     async def _streamed(self, endpoint: str, body: dict[str, Any]) -> Reply:
         """Start the relay (:mod:`._relay`) and answer once llama-server did, or early.
@@ -193,16 +205,17 @@ class Routes:
         if relay.failure is not None:
             raise relay.failure  # nothing sent yet: a proper status
         head = relay.head
+        routed = routed_headers(head.headers) if head is not None else {}
         if head is not None and head.status != 200:  # llama-server refused: byte for byte
             content_type = head.headers.get("content-type", "application/json")
-            return Reply(head.status, {"Content-Type": content_type}, head.body)
+            return Reply(head.status, {"Content-Type": content_type, **routed}, head.body)
         # Answered (200), or still loading after the keep-alive interval: then the
         # client gets its 200 now, comments while it waits, and a later failure
         # inside the stream.
         relay.early = head is None
         stream = RelayBody(relay, prime=relay.early)
         close_with_request(stream)
-        return Reply(200, SSE_HEADERS, stream)
+        return Reply(200, {**SSE_HEADERS, **routed} if routed else SSE_HEADERS, stream)
 
     async def upstream(
         self, alias: str, method: str, path: str, query: str, raw: bytes, content_type: str | None
@@ -237,7 +250,7 @@ class Routes:
             "id": alias.alias,
             "object": "model",
             "created": created,
-            "owned_by": "bodhi-trio",
+            "owned_by": "remote" if alias.remote is not None else "bodhi-trio",
             "loaded": self.ctx.state.status_of(alias.alias) is SlotStatus.READY,
         }
 
@@ -250,7 +263,14 @@ class Routes:
     # ------------------------------------------------------------------ app API
 
     async def state(self) -> Reply:
-        return Reply.json(self.ctx.state.to_json())
+        state = self.ctx.state.to_json()
+        remotes = self.ctx.remote_statistics()
+        if remotes:  # the remote aliases in use: each replica's load and health
+            state["remotes"] = [
+                {"alias": alias, "replicas": [attrs.asdict(r) for r in replicas]}
+                for alias, replicas in remotes.items()
+            ]
+        return Reply.json(state)
 
     async def events(self) -> Reply:
         """``GET /bodhi/v1/events``: one SSE event per state change."""

