@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import resource
+import socket
 import sys
 import textwrap
 from pathlib import Path
@@ -17,8 +18,12 @@ from typing import Any
 import httpx
 import pytest
 import trio
+import trio.lowlevel
 
+from bodhi_trio._config._aliases import Alias
+from bodhi_trio._config._demo import DEMO_FILENAME, DEMO_REPO
 from httpserver import running_server
+from paths import FAKE_LLAMA_SERVER
 
 HOST = b"Host: 127.0.0.1\r\n"
 # Reading stops at EOF; this is only how long a test waits before it calls an open
@@ -240,3 +245,47 @@ async def test_http2_is_not_spoken(tmp_path: Path, hub_cache: Path) -> None:
     assert envelope(body)["code"] == "http_version_not_supported"
     assert upgraded.startswith(b"HTTP/1.1 200 "), upgraded[:200]
     assert b"upgrade" not in upgraded.lower()
+
+
+async def test_a_stream_to_a_slow_reader_arrives_whole(tmp_path: Path, hub_cache: Path) -> None:
+    """The streaming write path writes synchronously what the socket takes and the rest
+    the usual way (``_connection.Connection.protocol_send``): with a tiny receive buffer
+    and a client that reads in small sips, most writes are partial. Every byte must
+    still arrive once, in order, framed."""
+    tokens = 3000
+    fast = Alias("fast:1", DEMO_REPO, DEMO_FILENAME, context_params=(f"--fake-tokens {tokens}",))
+    body = json.dumps({"model": "fast:1", "messages": [{"role": "user", "content": "x"}],
+                       "stream": True, "max_tokens": tokens}).encode()  # fmt: skip
+    with trio.fail_after(60):
+        async with running_server(
+            tmp_path, hub_cache, aliases=(fast,), BODHI_LLAMA_SERVER=str(FAKE_LLAMA_SERVER)
+        ) as server:
+            host, port = server.url.removeprefix("http://").split(":")
+            sock = trio.socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+            await sock.connect((host, int(port)))
+            received = b""
+            async with trio.SocketStream(sock) as slow:
+                head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+                await slow.send_all((head + "Connection: close\r\n\r\n").encode() + body)
+                while chunk := await slow.receive_some(512):
+                    received += chunk
+                    if len(received) % 8 == 0:
+                        await trio.lowlevel.checkpoint()  # let the server run into a full buffer
+    head_bytes, _, framed = received.partition(b"\r\n\r\n")
+    assert b"transfer-encoding: chunked" in head_bytes.lower()
+    decoded = b""
+    while framed:
+        size_line, _, rest = framed.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            break
+        decoded += rest[:size]
+        assert rest[size : size + 2] == b"\r\n"
+        framed = rest[size + 2 :]
+    events = [e for e in decoded.split(b"\n\n") if e.startswith(b"data: ")]
+    assert events[-1] == b"data: [DONE]"
+    chunks = [json.loads(e.removeprefix(b"data: ")) for e in events[:-1]]
+    content = [c["choices"][0]["delta"].get("content") for c in chunks if c.get("choices")]
+    assert len([c for c in content if c]) == tokens

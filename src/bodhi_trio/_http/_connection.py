@@ -21,17 +21,35 @@ and ``hypercorn.protocol.h11.H11Protocol``) is used as is, except:
   is out: the close was cut at its first checkpoint and the socket stayed open until
   the keep-alive timeout. The close is shielded here.
 
+And two shortcuts on the streaming hot path, where each token is one write
+(issue 17: a GPU's hundreds of paced streams are hundreds of writes per second,
+each a wake-up of its own):
+
+- **A body chunk skips h11.** With chunked framing in force (an SSE stream: no
+  ``Content-Length``) a body piece is framed here (``%x CRLF data CRLF``, what h11's
+  chunked writer writes) instead of through h11's event machinery.
+- **A write that fits goes out at once.** When no other write is in progress, the
+  bytes are written to the socket synchronously (one ``send``: no lock, no shielded
+  cancel scope, no checkpoint); only what the kernel did not take goes the usual,
+  shielded, locked way. Nothing can interleave with a synchronous write, and nothing
+  can cancel it half-way, which is what the lock and the shield are there for.
+
 These hook methods are Hypercorn internals (pinned to 0.18.0 in pyproject.toml); the
 tests in ``tests/test_connections.py`` fail if an upgrade changes them.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any, final
 
 import h11
+import h11._writers
 import trio
+from hypercorn.events import Closed, Event, RawData
+from hypercorn.protocol.events import Body
+from hypercorn.protocol.events import Event as StreamEvent
 from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.trio.task_group import TaskGroup
 from hypercorn.trio.tcp_server import TCPServer
@@ -112,6 +130,19 @@ class _H11Protocol(H11Protocol):
     async def _check_protocol(self, event: h11.Request) -> None:
         """No switch to HTTP/2 (see the module docstring): nothing to check."""
 
+    async def stream_send(self, event: StreamEvent) -> None:
+        """A body piece of a chunked response framed here, not by h11 (module docstring)."""
+        if (
+            type(event) is Body
+            and type(getattr(self.connection, "_writer", None)) is h11._writers.ChunkedWriter
+            and self.connection.our_state is h11.SEND_BODY
+        ):
+            data = event.data
+            if data:  # an empty chunk would read as the end of the body
+                await self.send(RawData(data=b"%x\r\n%s\r\n" % (len(data), data)))
+            return
+        await super().stream_send(event)
+
     async def _send_error_response(self, status_code: int) -> None:
         refusal = getattr(self.connection, "refusal", None)
         if isinstance(refusal, _Refused):
@@ -182,6 +213,24 @@ class Connection(TCPServer):
             pass
         finally:
             await self._close()
+
+    async def protocol_send(self, event: Event) -> None:
+        """Hypercorn's, with the synchronous write first (see the module docstring)."""
+        if type(event) is not RawData or self.send_lock.locked():
+            await super().protocol_send(event)
+            return
+        data = event.data
+        try:
+            # fileno() is -1 once the socket is closed: never another connection's.
+            sent = os.write(self.stream.socket.fileno(), data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:  # reset, broken pipe, closed: as Hypercorn's send_all failure
+            await self.protocol.handle(Closed())
+            return
+        if sent < len(data):  # the rest as Hypercorn writes it, never cut half-way
+            with trio.CancelScope(shield=True):
+                await super().protocol_send(RawData(data=data[sent:]))
 
     async def _close(self) -> None:
         self._on_close()

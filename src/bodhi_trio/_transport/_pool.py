@@ -9,6 +9,7 @@ for bytes, so the stall watchdog can end reads that wait too long.
 from __future__ import annotations
 
 import collections
+import os
 from typing import TYPE_CHECKING, final
 
 import attrs
@@ -57,7 +58,7 @@ class UpstreamConnection:
         """
         self.waiting_since = trio.current_time()
         try:
-            data = await self.stream.receive_some(_RECEIVE_BYTES)
+            data = await _read_socket(self.stream.socket)
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             if self.abort_reason is not None:
                 raise UpstreamError(self.abort_reason) from exc
@@ -76,6 +77,33 @@ class UpstreamConnection:
         """Close the socket (shielded, and bounded in time)."""
         with trio.move_on_after(_CLOSE_TIMEOUT, shield=True):
             await self.stream.aclose()
+
+
+async def _read_socket(sock: trio.socket.SocketType) -> bytes:
+    """``SocketStream.receive_some`` without its layers: a token of a paced stream is one
+    read, and the stream's conflict detector and the socket's generic retry helper cost
+    more than the read itself. The same rules: a checkpoint first (cancellable), a wait
+    only when nothing is there, and a yield (not cancellable) when something was.
+
+    Raises:
+        OSError: The connection broke, or the socket was closed (``EBADF``).
+        trio.ClosedResourceError: It was closed while this waited.
+    """
+    await trio.lowlevel.checkpoint_if_cancelled()
+    fd = sock.fileno()  # -1 once closed: a read then fails, never reads another socket
+    try:
+        data = os.read(fd, _RECEIVE_BYTES)
+    except BlockingIOError:
+        pass
+    else:
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return data
+    while True:
+        await trio.lowlevel.wait_readable(sock)
+        try:
+            return os.read(sock.fileno(), _RECEIVE_BYTES)
+        except BlockingIOError:  # a spurious wake-up
+            continue
 
 
 @final
