@@ -27,9 +27,6 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
-import re
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,10 +37,9 @@ from bench_procs import (
     DEMO_REPO,
     Bodhi,
     child_starts,
-    free_port,
     rss_mib,
     running_bodhi,
-    stop,
+    running_router,
 )
 
 from bodhi_trio._bench._scan import _percentile
@@ -53,7 +49,6 @@ __all__ = ["rag_suite", "render_rag"]
 EMBED, CHAT = "bench:embed", "bench:chat"
 _EMBED_PARAMS = ["--embeddings", "--pooling mean"]
 _ROUTER_NAMES = {EMBED: "bench-embed", CHAT: "bench-chat"}  # router sections: no ":"
-_ROUTER_LISTENING = re.compile(rb"listening on http://127\.0\.0\.1:(\d+)")
 _ROUTER_SPAWN = b"spawning server instance with name="
 
 
@@ -141,37 +136,13 @@ def _bodhi_arm(workdir: Path, name: str, max_loaded: int, pairs: int) -> dict[st
 @contextlib.contextmanager
 def _running_router(workdir: Path, model: Path, max_models: int) -> Iterator[tuple[int, Path]]:
     """``llama-server --models-preset INI --models-max N`` on a free port; its port and log."""
-    root = workdir / "router"
-    root.mkdir(parents=True, exist_ok=True)
-    preset = root / "models.ini"
-    preset.write_text(
+    preset = (
         "version = 1\n\n"
         f"[{_ROUTER_NAMES[EMBED]}]\nmodel = {model}\nembeddings = true\npooling = mean\n\n"
         f"[{_ROUTER_NAMES[CHAT]}]\nmodel = {model}\n"
     )
-    binary = subprocess.run(
-        [sys.executable, "-m", "bodhi_trio", "llama-server", "path"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    log = root / "router.log"
-    argv = [binary, "--models-preset", str(preset), "--models-max", str(max_models)]
-    argv += ["--host", "127.0.0.1", "--port", str(free_port()), "--no-webui"]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        while not (m := _ROUTER_LISTENING.search(log.read_bytes())):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"llama-server's router did not start; see {log}")
-            time.sleep(0.05)
-        yield int(m.group(1)), log
-    finally:
-        stop(proc, grace=15.0)  # its session: the router and the children it spawned
+    with running_router(workdir / "router", preset, max_models) as (port, _pid, log):
+        yield port, log
 
 
 def _router_arm(workdir: Path, model: Path, pairs: int) -> dict[str, Any]:

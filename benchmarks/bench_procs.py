@@ -7,6 +7,10 @@ its whole process group; callers stop what they start in a ``finally``.
 bodhi-trio's children listen on a Unix socket in a private directory, never on a TCP port:
 the harness finds a child's socket in bodhi-trio's log (:meth:`Bodhi.child`) and talks to it
 over that socket (:func:`http_json` with ``unix_socket``; the bench client's ``unix_socket``).
+
+:func:`running_router` starts llama.cpp's own router mode (``llama-server --models-preset
+INI --models-max N``, the binary bodhi-trio runs) on a TCP port; :func:`pin` binds every
+thread of a process to some cores (``sched_setaffinity`` per thread, as ``taskset -a`` does).
 """
 
 from __future__ import annotations
@@ -38,14 +42,21 @@ __all__ = [
     "Bodhi",
     "ChildStart",
     "child_starts",
+    "cpu_between",
+    "cpu_reading",
     "cpu_seconds",
     "free_port",
     "http_json",
+    "hub_file",
+    "llama_server_path",
     "newest_model",
+    "pin",
     "rss_mib",
+    "threads",
     "running_bodhi",
     "running_fake",
     "running_litellm",
+    "running_router",
     "start_bodhi",
     "start_litellm",
     "stop",
@@ -101,6 +112,56 @@ def cpu_seconds(pid: int) -> float | None:
     except (OSError, ValueError):
         return None
     return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def threads(pid: int) -> int:
+    """How many threads ``pid`` has now (0 if it is gone)."""
+    try:
+        return sum(1 for _ in Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return 0
+
+
+def cpu_reading(pid: int, precise: bool = True) -> dict[int, float] | None:
+    """What :func:`cpu_between` compares: ``precise``, thread id → CPU seconds of each live
+    thread of ``pid``, to the nanosecond (``/proc/PID/task/TID/schedstat``; ``cpu_seconds``
+    counts 10 ms ticks, too coarse for a few seconds of a slow stream, but reading a file per
+    thread takes a while for a process of hundreds); else, or without schedstat,
+    ``{0: cpu_seconds(pid)}``. None if the process is gone."""
+    if precise:
+        times: dict[int, float] = {}
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    times[int(task.name)] = int((task / "schedstat").read_text().split()[0]) / 1e9
+        if times:
+            return times
+    total = cpu_seconds(pid)
+    return None if total is None else {0: total}
+
+
+def cpu_between(before: dict[int, float] | None, after: dict[int, float] | None) -> float | None:
+    """CPU seconds between two :func:`cpu_reading`s of one process taken the same way: per
+    thread, after - before; a thread started in between counts whole, one that ended counts
+    nothing (its time since ``before`` is lost: a few short-lived helper threads at most)."""
+    if before is None or after is None or (0 in before) != (0 in after):
+        return None
+    return sum(t - before.get(tid, 0.0) for tid, t in after.items())
+
+
+def pin(pid: int, cpus: set[int]) -> bool:
+    """Bind every thread of ``pid`` to ``cpus`` (threads it starts later inherit it from the
+    thread that starts them); False if the process is gone or the system refuses."""
+    try:
+        tids = [int(t.name) for t in Path(f"/proc/{pid}/task").iterdir()]
+    except OSError:
+        return False
+    done = False
+    for tid in tids:
+        with contextlib.suppress(OSError):  # a thread may end meanwhile
+            os.sched_setaffinity(tid, cpus)
+            done = True
+    return done
 
 
 def _vm_rss_kib(pid: int) -> int | None:
@@ -304,11 +365,13 @@ def start_bodhi(
     llama_server: Path | None = None,
     timeout: float = 120.0,
     max_loaded: int = 1,
+    files: dict[str, tuple[str, str]] | None = None,
 ) -> Bodhi:
     """``bodhi-trio serve --demo --port 0`` with its own BODHI_HOME and HF_HOME under
-    ``workdir/name``, every alias in ``aliases`` (name → context params) on the demo model,
-    ``BODHI_KEEP_ALIVE_SECS=-1``, ``BODHI_MAX_LOADED_MODELS=max_loaded`` and, if given,
-    ``BODHI_LLAMA_SERVER=llama_server``.
+    ``workdir/name``, every alias in ``aliases`` (name → context params) on the demo model
+    (or on the ``(repo, filename)`` that ``files`` gives for it: ``serve --demo`` also places
+    ``demo:smol``'s), ``BODHI_KEEP_ALIVE_SECS=-1``, ``BODHI_MAX_LOADED_MODELS=max_loaded``
+    and, if given, ``BODHI_LLAMA_SERVER=llama_server``.
     Its output goes to ``workdir/name/serve.log`` (a file: it can never block).
     """
     root = workdir / name
@@ -326,7 +389,8 @@ def start_bodhi(
     env = _clean_env(**extra)
     for alias, params in aliases.items():
         argv = [*_bodhi_argv(), "--home", str(home), "alias", "create", alias]
-        argv += ["--repo", DEMO_REPO, "--filename", DEMO_FILENAME]
+        repo, filename = (files or {}).get(alias, (DEMO_REPO, DEMO_FILENAME))
+        argv += ["--repo", repo, "--filename", filename]
         argv += [f"--context-param={p}" for p in params]
         subprocess.run(argv, env=env, check=True, capture_output=True, timeout=60)
     with log.open("wb") as out:
@@ -360,9 +424,10 @@ def running_bodhi(
     aliases: dict[str, list[str]],
     llama_server: Path | None = None,
     max_loaded: int = 1,
+    files: dict[str, tuple[str, str]] | None = None,
 ) -> Iterator[Bodhi]:
     """:func:`start_bodhi`, stopped (and its children with it) on leaving."""
-    bodhi = start_bodhi(workdir, name, aliases, llama_server, max_loaded=max_loaded)
+    bodhi = start_bodhi(workdir, name, aliases, llama_server, max_loaded=max_loaded, files=files)
     try:
         yield bodhi
     finally:
@@ -402,6 +467,52 @@ def running_fake(
         yield m.group(1).decode(), proc.pid
     finally:
         stop(proc)
+
+
+def hub_file(bodhi: Bodhi, repo: str, filename: str) -> Path | None:
+    """Where ``bodhi``'s HF cache holds ``repo``'s ``filename`` (``serve --demo`` put it
+    there), or None."""
+    repo_dir = bodhi.home.parent / "hf" / "hub" / ("models--" + repo.replace("/", "--"))
+    return next(iter(sorted(repo_dir.glob(f"snapshots/*/{filename}"))), None)
+
+
+def llama_server_path() -> str:
+    """The llama-server binary bodhi-trio runs (``bodhi-trio llama-server path``)."""
+    return subprocess.run(
+        [*_bodhi_argv(), "llama-server", "path"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+_ROUTER_LISTENING = re.compile(rb"listening on http://127\.0\.0\.1:(\d+)")
+
+
+@contextlib.contextmanager
+def running_router(
+    root: Path, preset: str, max_models: int, timeout: float = 60.0
+) -> Iterator[tuple[int, int, Path]]:
+    """llama.cpp's router mode: ``llama-server --models-preset INI --models-max N`` (INI:
+    ``preset``, one section per model, keys as the long options without ``--``) on a free
+    TCP port of 127.0.0.1. Yields its port, pid and log; stops it and the children it
+    started (its session) on leaving."""
+    root.mkdir(parents=True, exist_ok=True)
+    ini, log = root / "models.ini", root / "router.log"
+    ini.write_text(preset)
+    argv = [llama_server_path(), "--models-preset", str(ini), "--models-max", str(max_models)]
+    argv += ["--host", "127.0.0.1", "--port", str(free_port()), "--no-webui"]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + timeout
+        while not (m := _ROUTER_LISTENING.search(log.read_bytes())):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"llama-server's router did not start; see {log}")
+            time.sleep(0.05)
+        yield int(m.group(1)), proc.pid, log
+    finally:
+        stop(proc, grace=15.0)
 
 
 @contextlib.contextmanager

@@ -10,11 +10,29 @@ from typing import Any
 
 from bodhi_trio._bench._scan import _percentile
 
-__all__ = ["check_targets", "remote_table", "render_results", "summary", "throughput_table"]
+__all__ = [
+    "SCALE_METRICS",
+    "check_targets",
+    "check_targets_17",
+    "remote_table",
+    "render_results",
+    "scale_table",
+    "side_by_side_table",
+    "summary",
+    "throughput_table",
+]
 
 _METRICS = ["events_per_s", "tokens_per_s", "ttft_p50_ms", "ttft_p99_ms", "gap_p99_ms"]
 _METRICS += ["disconnect_p50_ms", "disconnect_p99_ms", "rss_mib", "cpu_us_per_event", "drain_s"]
-_METRICS += ["disconnects", "disconnects_seen"]
+_METRICS += ["disconnects", "disconnects_seen", "cpu_us_per_token", "cpu_pct"]
+
+# the scale suite's (bench_scale): rates over the window after the ramp, CPU of the arm's
+# process, the fake and the client, gaps
+SCALE_METRICS = ["offered_events_per_s", "events_per_s", "delivered_ratio", "cpu_pct"]
+SCALE_METRICS += ["cpu_us_per_event", "upstream_cpu_pct", "client_cpu_pct", "client_us_per_event"]
+SCALE_METRICS += ["gap_p50_ms", "gap_p99_ms", "lag_p50_ms", "lag_p99_ms"]
+SCALE_METRICS += ["ttft_p50_ms", "ttft_p99_ms", "rss_mib"]
+SCALE_METRICS += ["idle_open_s", "drain_s", "requests_done"]
 
 Summary = dict[str, dict[str, dict[str, float | None]]]
 
@@ -24,15 +42,16 @@ def _median(values: list[Any]) -> float | None:
     return statistics.median(present) if present else None
 
 
-def summary(rows: list[dict[str, Any]]) -> Summary:
-    """scenario → arm → metric → median over the rounds (``errors``: the sum)."""
+def summary(rows: list[dict[str, Any]], metrics: list[str] | None = None) -> Summary:
+    """scenario → arm → metric → median over the rounds (``errors``: the sum); ``metrics``:
+    which (the throughput suites' by default)."""
     out: Summary = {}
     for row in rows:
         out.setdefault(str(row["scenario"]), {}).setdefault(str(row["arm"]), {})
     for scenario, arms in out.items():
         for arm, medians in arms.items():
             mine = [r for r in rows if r["scenario"] == scenario and r["arm"] == arm]
-            for metric in _METRICS:
+            for metric in metrics or _METRICS:
                 medians[metric] = _median([r.get(metric) for r in mine])
             medians["errors"] = float(sum(int(r["errors"]) for r in mine))
             medians["rounds"] = float(len(mine))
@@ -379,6 +398,341 @@ def check_targets(doc: dict[str, Any]) -> list[dict[str, str]]:
     return out
 
 
+# Each proxy of the scale suite against the direct arm of its own upstream (as in the fake
+# suite): bodhi-trio relays the child over its Unix socket, the remote alias the twin over TCP.
+_SCALE_DIRECT = {"bodhi-trio": "direct", "remote": "direct-tcp"}
+
+
+def scale_table(summ: Summary) -> str:
+    """The scale suite: per scenario and arm, offered vs delivered events/s, the CPU of the
+    arm's process, the client's gaps and TTFT, and what each proxy adds over its direct arm."""
+    ms = "{:.2f}"
+    lines = [
+        "| scenario | arm | offered events/s | delivered events/s | x offered | CPU % of a core"
+        " | CPU µs/event | gap p50 / p99 ms | lag p50 / p99 ms | added gap p99 / lag p99 ms"
+        " | TTFT p50 / p99 ms | added TTFT p50 / p99 ms | client CPU % (µs/event) | fake CPU %"
+        " | RSS MiB"
+        " | errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for scenario, arms in summ.items():
+        for arm, m in arms.items():
+            base = arms.get(_SCALE_DIRECT.get(arm, ""), {})
+            added = "-"
+            if base:
+                added = (
+                    f"{_num(_delta(m, base, 'gap_p99_ms'), '{:+.2f}')}"
+                    f" / {_num(_delta(m, base, 'lag_p99_ms'), '{:+.2f}')}"
+                )
+            cells = [
+                _num(m["offered_events_per_s"]),
+                _num(m["events_per_s"]),
+                _num(m["delivered_ratio"], "{:.3f}x"),
+                _num(m["cpu_pct"], "{:.0f}%"),
+                _num(m["cpu_us_per_event"], "{:.1f}"),
+                f"{_num(m['gap_p50_ms'], ms)} / {_num(m['gap_p99_ms'], ms)}",
+                f"{_num(m.get('lag_p50_ms'), ms)} / {_num(m.get('lag_p99_ms'), ms)}",
+                added,
+                f"{_num(m['ttft_p50_ms'], ms)} / {_num(m['ttft_p99_ms'], ms)}",
+                (
+                    f"{_num(_delta(m, base, 'ttft_p50_ms'), '{:+.2f}')}"
+                    f" / {_num(_delta(m, base, 'ttft_p99_ms'), '{:+.2f}')}"
+                )
+                if base
+                else "-",
+                f"{_num(m['client_cpu_pct'], '{:.0f}%')}"
+                f" ({_num(m['client_us_per_event'], '{:.1f}')})",
+                _num(m["upstream_cpu_pct"], "{:.0f}%"),
+                _num(m["rss_mib"], "{:.0f}"),
+                _num(m["errors"]),
+            ]
+            lines.append(f"| {scenario} | {arm} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
+ROUTER_ARMS = ("direct", "bodhi-trio", "router")
+
+
+def side_by_side_table(summ: Summary) -> str:
+    """The llama suite's three arms (direct, bodhi-trio, llama.cpp's router mode) on every
+    scenario: tokens/s and ratio to direct, TTFT, the arm's CPU per token and % of a core."""
+    ms = "{:.2f}"
+    lines = [
+        "| scenario | arm | tokens/s | x direct | TTFT p50 ms | added TTFT p50 ms | TTFT p99 ms"
+        " | CPU µs/token | CPU % of a core | RSS MiB | errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for scenario, arms in summ.items():
+        base = arms.get("direct", {})
+        for arm in ROUTER_ARMS:
+            if arm not in arms:
+                continue
+            m = arms[arm]
+            cells = [
+                _num(m["tokens_per_s"]),
+                _num(_ratio(m, base, "tokens_per_s"), "{:.3f}x"),
+                _num(m["ttft_p50_ms"], ms),
+                _num(_delta(m, base, "ttft_p50_ms"), "{:+.2f}"),
+                _num(m["ttft_p99_ms"], ms),
+                _num(m.get("cpu_us_per_token"), "{:.1f}"),
+                _num(m.get("cpu_pct"), "{:.1f}%"),
+                _num(m["rss_mib"], "{:.0f}"),
+                _num(m["errors"]),
+            ]
+            lines.append(f"| {scenario} | {arm} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
+def _has_router(doc: dict[str, Any]) -> bool:
+    summ = doc.get("suites", {}).get("llama", {}).get("summary", {})
+    return any("router" in arms for arms in summ.values())
+
+
+SMOL_SCENARIOS = ("demo:smol, 1 stream", "demo:smol, 8 streams")
+GPU_SCENARIO = "256 x 50/s"
+
+
+def check_targets_17(doc: dict[str, Any]) -> list[dict[str, str]]:
+    """Issue 17's targets (GPU scale), scored from the scale, fake, llama and memory suites;
+    [] when the run has neither the scale suite nor the llama suite's router arm (runs from
+    before issue 17 render as they did)."""
+    suites = doc.get("suites", {})
+    if "scale" not in suites and not _has_router(doc):
+        return []
+
+    def m(suite: str, scenario: str, arm: str, key: str) -> float | None:
+        value = suites.get(suite, {}).get("summary", {}).get(scenario, {}).get(arm, {}).get(key)
+        return value if isinstance(value, (int, float)) else None
+
+    out = []
+    gpu = GPU_SCENARIO
+    ratio = m("scale", gpu, "bodhi-trio", "delivered_ratio")
+    rate, offered = (
+        m("scale", gpu, "bodhi-trio", "events_per_s"),
+        m("scale", gpu, "bodhi-trio", "offered_events_per_s"),
+    )
+    out.append(
+        _target(
+            "17.1a",
+            f"{gpu} (256 paced streams, spread): delivered >= 0.99x offered through bodhi-trio",
+            f"{_num(ratio, '{:.3f}x')} ({_num(rate)} of {_num(offered)} events/s; direct"
+            f" {_num(m('scale', gpu, 'direct', 'delivered_ratio'), '{:.3f}x')}; in step"
+            f" {_num(m('scale', gpu + ', in step', 'bodhi-trio', 'delivered_ratio'), '{:.3f}x')})",
+            _verdict(ratio, 0.99, True, _x),
+        )
+    )
+    cpu = m("scale", gpu, "bodhi-trio", "cpu_us_per_event")
+    step_cpu = m("scale", gpu + ", in step", "bodhi-trio", "cpu_us_per_event")
+    out.append(
+        _target(
+            "17.1b",
+            f"{gpu}: proxy CPU <= 40 µs/event (<= 51% of a core)",
+            f"{_num(cpu, '{:.1f}')} µs, {_num(m('scale', gpu, 'bodhi-trio', 'cpu_pct'), '{:.0f}')}%"
+            f" of a core (in step: {_num(step_cpu, '{:.1f}')} µs)",
+            _verdict(cpu, 40, False, lambda v: f"{v:.1f} µs"),
+        )
+    )
+    a, b = m("scale", gpu, "bodhi-trio", "gap_p99_ms"), m("scale", gpu, "direct", "gap_p99_ms")
+    added = None if a is None or b is None else a - b
+    la, lb = m("scale", gpu, "bodhi-trio", "lag_p99_ms"), m("scale", gpu, "direct", "lag_p99_ms")
+    lag = None if la is None or lb is None else la - lb
+    out.append(
+        _target(
+            "17.1c",
+            f"{gpu}: added inter-event gap p99 <= 5 ms over direct",
+            f"{_num(added, '{:+.2f}')} ms ({_num(a, '{:.2f}')} vs {_num(b, '{:.2f}')} ms);"
+            f" added lag p99 {_num(lag, '{:+.2f}')} ms",
+            _verdict(added, 5, False, _ms),
+        )
+    )
+    errors = m("scale", gpu, "bodhi-trio", "errors")
+    out.append(
+        _target(
+            "17.1d",
+            f"{gpu}: 0 errors",
+            f"{_num(errors)} errors",
+            "NOT MEASURED" if errors is None else "MET" if errors == 0 else "MISSED",
+        )
+    )
+    paced = m("fake", "1 stream, paced", "bodhi-trio", "cpu_us_per_event")
+    slow = m("scale", "1 x 50/s", "bodhi-trio", "cpu_us_per_event")
+    out.append(
+        _target(
+            "17.2",
+            "1 paced stream (fake suite, 200 µs apart): proxy CPU <= 60 µs/event",
+            f"{_num(paced, '{:.1f}')} µs",
+            _verdict(paced, 60, False, lambda v: f"{v:.1f} µs"),
+        )
+    )
+    out.append(
+        _target(
+            "17.2 at 50/s",
+            "1 paced stream at 50 events/s (scale suite): proxy CPU <= 60 µs/event",
+            f"{_num(slow, '{:.1f}')} µs",
+            _verdict(slow, 60, False, lambda v: f"{v:.1f} µs"),
+        )
+    )
+    for q, limit in (("p50", 1.0), ("p99", 3.0)):
+        a = m("fake", "1 stream", "bodhi-trio", f"ttft_{q}_ms")
+        b = m("fake", "1 stream", "direct", f"ttft_{q}_ms")
+        d = None if a is None or b is None else a - b
+        out.append(
+            _target(
+                f"17.3 {q}",
+                f"added TTFT over direct, fake upstream, 1 stream: {q} <= {limit:g} ms",
+                f"{_num(d, '{:+.3f}')} ms ({_num(a, '{:.3f}')} vs {_num(b, '{:.3f}')} ms)",
+                _verdict(d, limit, False, _ms),
+            )
+        )
+    parts, worse = [], []
+    for scenario, arms in suites.get("llama", {}).get("summary", {}).items():
+        if "router" not in arms:
+            continue
+        ours = _ratio(arms.get("bodhi-trio", {}), arms.get("direct", {}), "tokens_per_s")
+        theirs = _ratio(arms["router"], arms.get("direct", {}), "tokens_per_s")
+        parts.append(f"{scenario}: {_num(ours, '{:.3f}x')} vs {_num(theirs, '{:.3f}x')}")
+        if ours is None or theirs is None or ours < theirs:
+            worse.append(scenario)
+    verdict = (
+        "NOT MEASURED" if not parts else "MET" if not worse else f"MISSED on {', '.join(worse)}"
+    )
+    out.append(
+        _target(
+            "17.4",
+            "relay overhead below llama-server router mode's (real llama-server, tokens/s x"
+            " direct: bodhi-trio vs router, one run)",
+            "; ".join(parts) or "-",
+            verdict,
+        )
+    )
+    ratios, shown = [], []
+    for scenario in SMOL_SCENARIOS:
+        a = m("llama", scenario, "bodhi-trio", "tokens_per_s")
+        b = m("llama", scenario, "direct", "tokens_per_s")
+        r = None if a is None or not b else a / b
+        ratios.append(r)
+        shown.append(f"{scenario}: {_num(r, '{:.3f}x')} ({_num(a)} vs {_num(b)} tok/s)")
+    worst = None if None in ratios else min(r for r in ratios if r is not None)
+    out.append(
+        _target(
+            "17.5",
+            "real model (`demo:smol`), 1 and 8 streams: tokens/s through bodhi-trio"
+            " >= 0.98x direct",
+            "; ".join(shown),
+            _verdict(worst, 0.98, True, _x),
+        )
+    )
+    ceiling = m("fake", "1 stream", "bodhi-trio", "events_per_s")
+    idle = suites.get("memory", {}).get("rss_idle_mib")
+    cancel = m("fake", "disconnect", "bodhi-trio", "disconnect_p99_ms")
+    for n, what, value, limit, higher, fmt in (
+        (
+            "17.6a",
+            "no regression: ceiling (fake, 1 stream) >= 150k events/s",
+            ceiling,
+            150_000,
+            True,
+            lambda v: f"{v:,.0f} events/s",
+        ),
+        ("17.6b", "no regression: idle RSS <= 80 MiB", idle, 80, False, lambda v: f"{v:.1f} MiB"),
+        (
+            "17.6c",
+            "no regression: cancel (client disconnect -> upstream closed) p99 <= 20 ms",
+            cancel,
+            20,
+            False,
+            _ms,
+        ),
+    ):
+        out.append(
+            _target(
+                n, what, "-" if value is None else fmt(value), _verdict(value, limit, higher, fmt)
+            )
+        )
+    return out
+
+
+def _scale_section(scale: dict[str, Any]) -> list[str]:
+    pinning = scale.get("pinning")
+    if pinning:
+        pinned = "; ".join(
+            f"{who} on core {', '.join(map(str, cores))}" for who, cores in pinning.items()
+        )
+        pinned = (
+            f"Pinned (`sched_setaffinity` on every thread, as `taskset -a`): {pinned}; other"
+            " work on the machine was not."
+        )
+    else:
+        pinned = "Nothing pinned (fewer than 2 cores)."
+    idle = [
+        f"{arm} {v['idle_open_s']:.1f} s"
+        for arms in scale["summary"].values()
+        for arm, v in arms.items()
+        if isinstance(v.get("idle_open_s"), (int, float))
+    ]
+    pace = scale["pace_s"]
+    return [
+        "",
+        "## Paced streams at scale (issue 17)",
+        "",
+        f"A GPU server sends each of its users ~{1 / pace:.0f} tokens/s, every token a small event"
+        " of its own. The fake child paces every stream on a fixed schedule: one event every"
+        f" {pace * 1e3:.0f} ms (`bench_token_delay`), {scale['tokens']}-token streams"
+        f" ({scale['events_per_stream']} events with the role, finish and usage chunks and"
+        " `[DONE]`; the next request follows at once). The N streams' phases are spread (worker"
+        f" i of N starts i/N x {scale['ramp_s']:g} s in, so each event is a wake-up of its own);"
+        " `in step`: the fake sends every stream's next event at the same clock ticks, as a"
+        " batch step of a GPU server gives every sequence its token at once; `1024 idle`: 1,024"
+        f" streams at one event every {scale['idle_pace_s']:g} s, opened before the run and held"
+        " through it (opened in " + (", ".join(idle) or "-") + "). Everything counts only the"
+        f" {scale['window_s']:g} s after the {scale['ramp_s']:g} s ramp: offered = N x the"
+        " fake's schedule; delivered = events the client received; CPU = the arm's process"
+        " (`direct`, `direct-tcp`: the fake itself; `bodhi-trio`, `remote`: bodhi-trio's own"
+        " pid, not the child) over the same window, as % of a core and per delivered event;"
+        " gap = time between reads of a stream that brought events, at the client; lag = how"
+        " much later than the fake's schedule a read's first event came (the schedule taken from"
+        " the stream's first content event): a relay that falls behind shows in the lag where"
+        " the gaps may stay even; added ="
+        " the arm minus its own direct arm (`bodhi-trio` - `direct`, the child's Unix socket;"
+        " `remote`, a remote alias of bodhi-trio's, at 256 streams - `direct-tcp`, the child's"
+        " TCP twin); client CPU = the harness's own."
+        " Medians over the rounds, arms interleaved. " + pinned,
+        "",
+        scale_table(scale["summary"]),
+    ]
+
+
+def _demo_only(summ: Summary) -> Summary:
+    """The demo model's scenarios through direct and bodhi-trio (issue 5's table)."""
+    return {
+        scenario: {arm: m for arm, m in arms.items() if arm in ("direct", "bodhi-trio")}
+        for scenario, arms in summ.items()
+        if scenario not in SMOL_SCENARIOS
+    }
+
+
+def _router_section(llama: dict[str, Any]) -> list[str]:
+    router = llama.get("router") or {}
+    smol = llama.get("smol") or {}
+    return [
+        "",
+        "### Side by side with llama.cpp's router mode",
+        "",
+        "`router` is llama-server's own router mode, the same binary: `llama-server"
+        f" --models-preset INI --models-max {router.get('models_max', 1)}` with one section per"
+        " model and the same llama args, reached over its TCP port; it proxies to a child of its"
+        " own (over TCP). `demo:smol` is SmolLM2-135M-Instruct (the real small model `serve"
+        f" --demo` places in the HF cache), alias `{smol.get('alias', '-')}` with the same args"
+        " and `--chat-template chatml`, `max_tokens`"
+        f" {smol.get('max_tokens', '-')} with `ignore_eos`; one slot each (bodhi-trio and the"
+        " router swap to it after the demo model's rounds, so `direct` is the new child's Unix"
+        " socket). CPU: the arm's own pid (`direct`: llama-server's; `router`: the router's,"
+        " not its child's) per token received and as % of a core.",
+        "",
+        side_by_side_table(llama["summary"]),
+    ]
+
+
 def _provenance(doc: dict[str, Any], source: str, command: str) -> list[str]:
     prov = doc["provenance"]
     git, machine, llama = prov["git"], prov["machine"], prov["llama_server"]
@@ -474,6 +828,17 @@ def render_results(
         " and the client compete for the CPU), the profile of the hot path and what each change"
         " bought: [docs/benchmarks.md](../docs/benchmarks.md).",
     ]
+    if targets_17 := check_targets_17(doc):
+        lines += [
+            "",
+            "## Targets (issue 17: GPU scale)",
+            "",
+            "| # | target | measured | result |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {t['n']} | {t['target']} | {t['measured']} | {t['result']} |" for t in targets_17
+        ]
     if "fake" in suites:
         fake = suites["fake"]
         litellm = (
@@ -503,6 +868,8 @@ def render_results(
         ]
         if any("remote" in arms for arms in fake["summary"].values()):
             lines += _remote_section(fake)
+    if "scale" in suites:
+        lines += _scale_section(suites["scale"])
     for name in ("llama", "llama-t1"):
         if name not in suites:
             continue
@@ -523,8 +890,10 @@ def render_results(
                 else "One llama-server thread leaves a core to the proxy and the client."
             ),
             "",
-            throughput_table(llama["summary"], "tokens_per_s"),
+            throughput_table(_demo_only(llama["summary"]), "tokens_per_s"),
         ]
+        if name == "llama" and _has_router(doc):
+            lines += _router_section(llama)
     if "swap" in suites:
         lines += [
             "",

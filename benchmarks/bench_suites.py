@@ -15,12 +15,19 @@
   as every HTTPS remote is: httpx's cost without TLS's. ``litellm``'s upstream is the twin
   too (LiteLLM cannot reach a Unix socket).
 - **llama**: one bodhi-trio serving the real llama-server on the demo model (alias
-  ``bench:llama``: 8 slots, context shift); arms ``direct`` (the child's Unix socket) and
-  ``bodhi-trio``.
+  ``bench:llama``: 8 slots, context shift); arms ``direct`` (the child's Unix socket),
+  ``bodhi-trio`` and ``router``: llama.cpp's own router mode (``llama-server --models-preset
+  INI --models-max 1``, the same binary, one section per model with the same llama args,
+  reached over its TCP port). Then the same three arms on ``demo:smol`` (SmolLM2-135M, the
+  real small model ``serve --demo`` places in the HF cache; alias ``bench:smol``, the same
+  args and ``--chat-template chatml``): bodhi-trio and the router swap to it (one slot each),
+  ``direct`` is the new child's socket. ``llama-t1`` (``--threads 1``) has ``direct`` and
+  ``bodhi-trio`` only.
 
 Each round rotates the order of the arms, so drift and warm-up hit all of them alike. For
 each run the arm's process RSS and CPU time (``/proc/<pid>/stat`` utime+stime, before and
-after) are recorded: for ``bodhi-trio`` its own pid only, never the child.
+after) are recorded: for ``bodhi-trio`` its own pid only, never the child (for ``router``
+the router's own pid, not its child's).
 """
 
 from __future__ import annotations
@@ -34,20 +41,26 @@ import attrs
 import trio
 from bench_procs import (
     CHILD_URL,
+    DEMO_FILENAME,
+    DEMO_REPO,
     FAKE,
     LITELLM_KEY,
     Bodhi,
-    cpu_seconds,
+    cpu_between,
+    cpu_reading,
     http_json,
+    hub_file,
     newest_model,
     rss_mib,
     running_bodhi,
     running_fake,
     running_litellm,
+    running_router,
 )
 from certifi import where
 
 from bodhi_trio._bench._client import BenchConfig, BenchResult, run_bench
+from bodhi_trio._config._demo_smol import SMOL_CONTEXT_PARAMS, SMOL_FILENAME, SMOL_REPO
 
 __all__ = ["LLAMA_VARIANTS", "Arm", "Scenario", "fake_suite", "llama_suite", "run_one"]
 
@@ -57,6 +70,10 @@ LLAMA_PARAMS = "--parallel 8 --ctx-size 16384 --context-shift"
 # busy process slow each other down.
 LLAMA_VARIANTS = {"llama": [LLAMA_PARAMS], "llama-t1": [f"{LLAMA_PARAMS} --threads 1"]}
 LLAMA_TOKENS = 500
+SMOL_ALIAS = "bench:smol"
+SMOL_TOKENS = 100  # ~1 s at SmolLM2-135M's pace here: a few TTFTs per run
+SMOL_PREFIX = "demo:smol, "  # its scenarios' names: "demo:smol, 1 stream", ...
+ROUTER_NAMES = {"llama": "bench-llama", SMOL_ALIAS: "bench-smol"}  # INI sections: no ":"
 
 
 @attrs.frozen
@@ -119,11 +136,11 @@ def fake_scenarios(quick: bool) -> list[Scenario]:
     ]
 
 
-def llama_scenarios(quick: bool) -> list[Scenario]:
+def llama_scenarios(quick: bool, prefix: str = "", tokens: int = LLAMA_TOKENS) -> list[Scenario]:
     seconds = 2.0 if quick else 5.0
     return [
-        Scenario("1 stream", 1, LLAMA_TOKENS, duration=seconds),
-        Scenario("8 streams", 8, LLAMA_TOKENS, duration=seconds),
+        Scenario(f"{prefix}1 stream", 1, tokens, duration=seconds),
+        Scenario(f"{prefix}8 streams", 8, tokens, duration=seconds),
     ]
 
 
@@ -177,18 +194,29 @@ def drain(arm: Arm, limit: float = 120.0) -> float | None:
     return None
 
 
+def _cpu(pid: int | None, precise: bool) -> dict[int, float] | None:
+    return None if pid is None else cpu_reading(pid, precise)
+
+
 def _recorded(suite: str, arm: Arm, scenario: Scenario, r: int, rounds: int) -> dict[str, Any]:
-    cpu_before = cpu_seconds(arm.pid) if arm.pid else None
+    # The llama suites' streams are slow (a real model's pace, down to ~100 tokens/s): their
+    # CPU is read per thread to the nanosecond; the fake suite's, as before, in ticks.
+    precise = suite.startswith("llama")
+    cpu_before = _cpu(arm.pid, precise)
     result = run_one(arm, scenario)
-    cpu_after = cpu_seconds(arm.pid) if arm.pid else None
+    cpu_after = _cpu(arm.pid, precise)
     row: dict[str, Any] = {"suite": suite, "round": r, "scenario": scenario.name, "arm": arm.name}
     row.update(result.to_dict())
     row["rss_mib"] = rss_mib(arm.pid, arm.rss_group) if arm.pid else None
-    cpu = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
+    cpu = cpu_between(cpu_before, cpu_after)
     row["cpu_s"] = cpu
     row["cpu_us_per_event"] = (
         cpu * 1e6 / result.events if cpu is not None and result.events else None
     )
+    row["cpu_us_per_token"] = (
+        cpu * 1e6 / result.tokens if cpu is not None and result.tokens else None
+    )
+    row["cpu_pct"] = cpu * 100 / result.elapsed_s if cpu is not None and result.elapsed_s else None
     row["drain_s"] = waited = drain(arm)  # so that runs don't overlap
     llama = suite.startswith("llama")
     rate = result.tokens_per_s if llama else result.events_per_s
@@ -309,29 +337,82 @@ def fake_suite(workdir: Path, quick: bool, rounds: int, litellm: bool) -> dict[s
         }
 
 
+def _ini(params: list[str]) -> str:
+    """llama-server args (``--flag value`` or ``--flag``, as alias context params give them)
+    as the lines of a router preset section (``flag = value``, ``flag = true``)."""
+    words = " ".join(params).split()
+    lines = []
+    for i, word in enumerate(words):
+        if not word.startswith("--"):
+            continue
+        value = words[i + 1] if i + 1 < len(words) and not words[i + 1].startswith("--") else None
+        lines.append(f"{word[2:]} = {'true' if value is None else value}")
+    return "\n".join(lines)
+
+
+def _router_preset(models: dict[str, tuple[Path, list[str]]]) -> str:
+    """A ``--models-preset`` INI: one section per model (name → GGUF path, llama args)."""
+    sections = [
+        f"[{name}]\nmodel = {path}\n{_ini(params)}\n" for name, (path, params) in models.items()
+    ]
+    return "version = 1\n\n" + "\n".join(sections)
+
+
+def _direct(bodhi: Bodhi, alias: str, state: dict[str, Any]) -> Arm:
+    child = bodhi.child(state["pid"])  # its Unix socket, from bodhi-trio's log
+    return Arm(
+        "direct", f"{CHILD_URL}/v1", alias, None, None, state["pid"], unix_socket=child.socket
+    )
+
+
 def llama_suite(workdir: Path, quick: bool, rounds: int, variant: str) -> dict[str, Any]:
-    """Real llama-server on the demo model: arms direct / bodhi-trio."""
+    """Real llama-server on the demo model: arms direct / bodhi-trio (``llama``: / router, and
+    the same on demo:smol)."""
     alias, params = f"bench:{variant}", LLAMA_VARIANTS[variant]
-    with running_bodhi(workdir, variant, {alias: params}) as bodhi:
+    side = variant == "llama"  # llama.cpp's router beside us, and demo:smol
+    aliases, files = {alias: params}, {}
+    smol_params = [*params, *SMOL_CONTEXT_PARAMS]
+    if side:
+        aliases[SMOL_ALIAS], files[SMOL_ALIAS] = smol_params, (SMOL_REPO, SMOL_FILENAME)
+    out: dict[str, Any] = {"alias": alias, "alias_params": params, "max_tokens": LLAMA_TOKENS}
+    with running_bodhi(workdir, variant, aliases, files=files) as bodhi:
         state = bodhi.load(alias)
-        child = bodhi.child(state["pid"])  # its Unix socket, from bodhi-trio's log
         arms = [
-            Arm(
-                "direct",
-                f"{CHILD_URL}/v1",
-                alias,
-                None,
-                None,
-                state["pid"],
-                unix_socket=child.socket,
-            ),
+            _direct(bodhi, alias, state),
             Arm("bodhi-trio", f"{bodhi.url}/v1", alias, None, None, bodhi.pid),
         ]
-        rows = interleaved(variant, arms, [llama_scenarios(quick)], rounds)
-        return {
-            "runs": rows,
-            "alias": alias,
-            "alias_params": params,
-            "max_tokens": LLAMA_TOKENS,
-            "same_child_throughout": _same_child(bodhi, state),
-        }
+        if not side:
+            out["runs"] = interleaved(variant, arms, [llama_scenarios(quick)], rounds)
+            out["same_child_throughout"] = _same_child(bodhi, state)
+            return out
+        demo = hub_file(bodhi, DEMO_REPO, DEMO_FILENAME)
+        smol = hub_file(bodhi, SMOL_REPO, SMOL_FILENAME)  # None: serve --demo could not fetch it
+        assert demo is not None, "serve --demo did not place the demo model"
+        models = {ROUTER_NAMES["llama"]: (demo, params)}
+        if smol is not None:
+            models[ROUTER_NAMES[SMOL_ALIAS]] = (smol, smol_params)
+        with running_router(workdir / "llama-router", _router_preset(models), 1) as (
+            port,
+            pid,
+            _log,
+        ):
+            url = f"http://127.0.0.1:{port}/v1"
+            router = Arm("router", url, ROUTER_NAMES["llama"], None, None, pid)
+            out["runs"] = interleaved(variant, [*arms, router], [llama_scenarios(quick)], rounds)
+            out["same_child_throughout"] = _same_child(bodhi, state)
+            out["router"] = {"models_max": 1, "preset": sorted(models)}
+            if smol is None:
+                out["smol"] = {"skipped": "serve --demo did not place demo:smol (offline?)"}
+                return out
+            # one slot each: bodhi-trio swaps to demo:smol here, the router at the warm-up
+            state = bodhi.load(SMOL_ALIAS)
+            arms = [
+                _direct(bodhi, SMOL_ALIAS, state),
+                Arm("bodhi-trio", f"{bodhi.url}/v1", SMOL_ALIAS, None, None, bodhi.pid),
+                Arm("router", url, ROUTER_NAMES[SMOL_ALIAS], None, None, pid),
+            ]
+            scenarios = llama_scenarios(quick, SMOL_PREFIX, SMOL_TOKENS)
+            out["runs"] += interleaved(variant, arms, [scenarios], rounds)
+            out["same_child_throughout"] &= _same_child(bodhi, state)
+            out["smol"] = {"alias": SMOL_ALIAS, "params": smol_params, "max_tokens": SMOL_TOKENS}
+    return out

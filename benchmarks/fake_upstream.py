@@ -17,7 +17,12 @@ what batching would buy (never for the "one write per event" numbers).
 
 Pacing: ``--token-delay S`` (or a request's ``"bench_token_delay": S``, which wins) waits S
 seconds between events: below 10 ms with ``time.sleep`` (a client that left is seen at the
-next send), from 10 ms on with ``poll`` on the socket (seen at once).
+next send), from 10 ms on with ``poll`` on the socket (seen at once) on a fixed schedule: event
+k is due S·k after the first, whatever the sends before it cost (a late one goes out at once,
+never shifting the rest), so a stream delivers exactly 1/S events per second. With
+``"bench_token_align": true`` the schedule is the process's clock ticks (multiples of S on
+``time.monotonic()``): every such stream sends in the same instants, as a GPU server's batch
+step gives every sequence its next token at once.
 
 Tokens per streamed request: the request's ``max_tokens`` (or ``max_completion_tokens``,
 ``n_predict``), default ``--default-tokens`` (100). With ``--eos-after N`` a request without
@@ -287,9 +292,10 @@ class _Connection:
         delay = body.get("bench_token_delay")
         if not isinstance(delay, (int, float)) or isinstance(delay, bool) or delay < 0:
             delay = args.token_delay
-        return self._stream(stream, str(body.get("user") or ""), float(delay))
+        align = body.get("bench_token_align") is True
+        return self._stream(stream, str(body.get("user") or ""), float(delay), align)
 
-    def _stream(self, stream: _Stream, user: str, delay: float) -> bool:
+    def _stream(self, stream: _Stream, user: str, delay: float, align: bool = False) -> bool:
         sock, args = self.sock, self.args
         with self.stats.lock:
             self.stats.streams += 1
@@ -308,7 +314,7 @@ class _Connection:
             if args.batch > 1:
                 sent = _send_batched(sock, events, args.batch)
             elif delay >= 0.01:
-                sent = _send_paced(sock, events, delay)
+                sent = _send_paced(sock, events, delay, align)
             elif delay > 0:
                 sent = _send_slept(sock, events, delay)
             else:
@@ -375,17 +381,35 @@ def _send_slept(sock: socket.socket, events: Iterator[bytes], delay: float) -> i
     return sent
 
 
-def _send_paced(sock: socket.socket, events: Iterator[bytes], delay: float) -> int:
-    """One event, then wait ``delay`` while watching for the client leaving."""
+def _send_paced(sock: socket.socket, events: Iterator[bytes], delay: float, align: bool) -> int:
+    """One event, then wait until the next is due while watching for the client leaving.
+
+    Event k is due ``delay * k`` after the first (``align``: after the clock tick before the
+    first), so the waits absorb what each send and wake-up cost instead of adding it up.
+    ``poll`` waits in whole milliseconds (rounded up): it waits until about a millisecond
+    before the due time, ``time.sleep`` the rest.
+    """
     sent = 0
     poller = select.poll()
     poller.register(sock, select.POLLIN | select.POLLRDHUP)
+    watch = True  # False once the client sent bytes: poll would return at once from then on
+    origin = 0.0
     try:
         for event in events:
             if sent:
-                ready = poller.poll(delay * 1000.0)
-                if ready and not sock.recv(1, socket.MSG_PEEK):
-                    raise ConnectionResetError("client left")
+                due = origin + delay * sent
+                while (left := due - time.monotonic()) > 0:
+                    if watch and left > 0.002:
+                        if poller.poll(int((left - 0.001) * 1000.0)):
+                            if not sock.recv(1, socket.MSG_PEEK):
+                                raise ConnectionResetError("client left")
+                            watch = False
+                    else:
+                        time.sleep(left)
+            else:
+                origin = time.monotonic()
+                if align:
+                    origin -= origin % delay
             sock.sendall(event)
             sent += 1
     except OSError:

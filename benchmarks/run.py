@@ -10,13 +10,18 @@ BODHI_HOME and HF_HOME, and stops it, with its child, at the end):
   LiteLLM's proxy (own venv, ``benchmarks/.venv-litellm``) against the twin (LiteLLM cannot
   reach a Unix socket). Scenarios: 1 stream, 64 streams, paced, disconnect. See
   :mod:`bench_suites`.
+- ``scale`` (default): hundreds of streams paced at 50 events/s each, as a GPU server sends
+  them (1, 64, 256 spread, 256 in step, 1,024 idle + 64), direct vs bodhi-trio (and the
+  remote alias at 256), bodhi-trio pinned to core 0 and the load to core 1: offered vs
+  delivered, proxy CPU per event, gaps, lag, TTFT (issue 17). See :mod:`bench_scale`.
 - ``memory`` (default): bodhi-trio's RSS idle and with 1,000 open idle streams. See
   :mod:`bench_startup`.
 - ``llama``, ``llama-t1`` and ``swap`` (``--llama``): the real llama-server on the demo
   model, direct (its Unix socket) vs bodhi-trio at 1 and 8 streams (``llama``:
-  llama-server's default threads; ``llama-t1``: ``--threads 1``, which leaves a core to the
-  proxy and the client); then the time to the first token across model swaps and cold
-  starts, minus the child's own start-to-ready time.
+  llama-server's default threads, and llama.cpp's router mode beside them, then the same
+  three arms on ``demo:smol``, the real SmolLM2-135M; ``llama-t1``: ``--threads 1``, which
+  leaves a core to the proxy and the client); then the time to the first token across model
+  swaps and cold starts, minus the child's own start-to-ready time.
 - ``rag`` (``--llama``): several models at once, the RAG pattern (embed/chat alternated)
   on bodhi-trio with two slots, with one slot, and llama.cpp's router mode; the load-beside
   overhead and the memory estimate vs. the measured RSS. See :mod:`bench_models`.
@@ -30,7 +35,7 @@ writes RESULTS.md again, byte for byte. A ``--quick`` run goes to the ignored
 ``benchmarks/results/`` instead, so it never replaces the committed pair by accident.
 Loopback and Unix sockets only.
 
-    python benchmarks/run.py [--quick] [--llama] [--litellm] [--suites fake,memory,...]
+    python benchmarks/run.py [--quick] [--llama] [--litellm] [--suites fake,scale,...]
     python benchmarks/run.py --render benchmarks/results.json
 """
 
@@ -56,6 +61,7 @@ from typing import Any
 
 import bench_models as models
 import bench_report as report
+import bench_scale as scale
 import bench_startup as startup
 import bench_suites as suites
 
@@ -63,7 +69,8 @@ __all__ = ["main"]
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-SUITES = ("fake", "llama", "llama-t1", "swap", "rag", "memory")
+SUITES = ("fake", "scale", "llama", "llama-t1", "swap", "rag", "memory")
+DEFAULT_SUITES = ("fake", "scale", "memory")  # the rest need the real llama-server (--llama)
 RESULTS_JSON = HERE / "results.json"  # committed, with RESULTS.md rendered from it
 QUICK_JSON = HERE / "results" / "quick.json"  # ignored: quick runs are not the record
 PACKAGES = ("bodhi-trio", "trio", "hypercorn", "quart", "quart-trio", "h11")
@@ -212,6 +219,9 @@ def _run_suites(
 ) -> None:
     runners: dict[str, Callable[[], dict[str, Any]]] = {
         "fake": lambda: suites.fake_suite(workdir, args.quick, doc["rounds"], args.litellm),
+        "scale": lambda: scale.scale_suite(
+            workdir, args.quick, doc["rounds"], not args.no_pin, args.scale_scenarios
+        ),
         "llama": lambda: suites.llama_suite(workdir, args.quick, doc["rounds"], "llama"),
         "llama-t1": lambda: suites.llama_suite(workdir, args.quick, doc["rounds"], "llama-t1"),
         "swap": lambda: startup.swap_suite(workdir, args.quick),
@@ -231,7 +241,8 @@ def _run_suites(
         result["wall_s"] = time.monotonic() - started
         result["loadavg"] = [load_before, _loadavg()]  # other work on the machine shows here
         if name not in ("memory", "swap", "rag"):
-            result["summary"] = report.summary(result["runs"])
+            metrics = report.SCALE_METRICS if name == "scale" else None
+            result["summary"] = report.summary(result["runs"], metrics)
         if name == "swap":
             result["stats"] = report.swap_stats(result["runs"])
         for key in ("same_child_throughout",):
@@ -253,6 +264,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--litellm", action="store_true", help="also LiteLLM in the fake suite")
     parser.add_argument("--suites", help=f"exactly these, comma-separated: {','.join(SUITES)}")
     parser.add_argument("--streams", type=int, default=1000, help="idle streams (1000)")
+    parser.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="scale suite: pin nothing (default: bodhi-trio on core 0, the fakes and the client"
+        " on core 1)",
+    )
+    parser.add_argument(
+        "--scale-scenarios",
+        type=lambda v: [s.strip() for s in v.split(",") if s.strip()],
+        metavar="NAMES",
+        help="scale suite: only these scenarios, comma-separated: "
+        + ", ".join(f"{s.key} ({s.name})" for s in scale.SCENARIOS),
+    )
     parser.add_argument(
         "--out",
         type=Path,
@@ -277,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         if unknown := set(chosen) - set(SUITES):
             parser.error(f"unknown suites: {', '.join(sorted(unknown))}")
     else:
-        chosen = list(SUITES) if args.llama else ["fake", "memory"]
+        chosen = list(SUITES) if args.llama else list(DEFAULT_SUITES)
     out: Path = args.out or (QUICK_JSON if args.quick else RESULTS_JSON)
     results_md = None if args.no_results_md else args.results_md or out.with_name("RESULTS.md")
     doc: dict[str, Any] = {
@@ -300,14 +324,17 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     doc["targets"] = report.check_targets(doc)
+    doc["targets_17"] = report.check_targets_17(doc)  # [] without the scale suite or router
     write_results(doc, out, results_md)
     print()
     for name in ("fake", "llama", "llama-t1"):
         rate = "events_per_s" if name == "fake" else "tokens_per_s"
         if name in doc["suites"]:
             print(f"{name}:\n{report.throughput_table(doc['suites'][name]['summary'], rate)}\n")
-    for t in doc["targets"]:
-        print(f"target {t['n']:>10}: {t['measured']}  →  {t['result']}")
+    if "scale" in doc["suites"]:
+        print(f"scale:\n{report.scale_table(doc['suites']['scale']['summary'])}\n")
+    for t in doc["targets"] + doc["targets_17"]:
+        print(f"target {t['n']:>12}: {t['measured']}  →  {t['result']}")
     print(f"\nwritten to {out}" + (f" and {results_md}" if results_md else ""))
     return 1 if doc["errors"] else 0
 

@@ -14,8 +14,20 @@ Definitions (all per stream, then aggregated):
 - *tokens*: the usage chunk's ``completion_tokens`` when the stream has one, else its
   content events.
 - *TTFT*: from sending the request to the read that brought the first content event.
-- *gap*: time between successive reads that brought new events (events that arrive in
-  one read count as one arrival).
+- *gap*: time between successive reads of one stream that brought new events, from its
+  first content event on (events that arrive in one read count as one arrival); p50 and p99
+  over every stream's gaps.
+- *ramp* and *warmup* (paced load): worker ``i`` of ``N`` sends its first request
+  ``i * ramp / N`` seconds after the start, so that paced streams do not tick in step; the
+  rates (``events_per_s``, ``tokens_per_s``: content events) and ``client_cpu_s`` then count
+  only what came after ``warmup`` seconds (``window_s`` long), once every stream is under way.
+- *lag* (``pace``: the upstream sends a stream's events ``pace`` s apart on a fixed schedule,
+  as ``benchmarks/fake_upstream.py`` does when paced): per read of a stream, how much later
+  than that schedule its first event came, the schedule starting at the stream's first content
+  event; p50 and p99 over every read after it. A relay that falls behind shows here, where
+  the gaps between reads may stay even.
+- *client CPU*: this process's CPU time (``time.process_time``) while the load ran: whether
+  the client itself kept up.
 - *disconnect latency* (``disconnect_after``, with ``upstream_url`` pointing at
   ``benchmarks/fake_upstream.py``): from our close to the fake upstream seeing the
   stream's socket closed, both on ``time.monotonic()``.
@@ -71,6 +83,9 @@ class BenchConfig:
     extra_body: dict[str, object] | None = None  # more request fields (e.g. for a fake)
     unix_socket: str | None = None  # connect here; base_url gives only the path and Host
     upstream_unix_socket: str | None = None  # the same for upstream_url
+    ramp: float = 0.0  # seconds over which the workers' first requests are spread
+    warmup: float = 0.0  # seconds from the start not counted in the rates
+    pace: float | None = None  # the upstream's fixed schedule (s between events), for the lag
 
 
 @attrs.frozen
@@ -100,6 +115,12 @@ class BenchResult:
     disconnect_p99_ms: float | None = None
     disconnects_seen: int | None = None
     unix_socket: str | None = None
+    gap_p50_ms: float | None = None
+    window_s: float | None = None  # with a warmup: the part of the run the rates count
+    window_events: int | None = None
+    client_cpu_s: float | None = None  # over the window, if there is one
+    lag_p50_ms: float | None = None
+    lag_p99_ms: float | None = None
 
     def to_dict(self) -> dict[str, object]:
         """A JSON-ready dict."""
@@ -120,9 +141,19 @@ class BenchResult:
             ("events/s", f"{self.events_per_s:,.0f}  ({self.events:,} events)"),
             ("tokens/s", f"{self.tokens_per_s:,.0f}  ({self.tokens:,} tokens)"),
             ("TTFT p50 / p99", f"{ms(self.ttft_p50_ms)} / {ms(self.ttft_p99_ms)}"),
-            ("gap p99", ms(self.gap_p99_ms)),
+            ("gap p50 / p99", f"{ms(self.gap_p50_ms)} / {ms(self.gap_p99_ms)}"),
+            *(
+                [("lag p50 / p99", f"{ms(self.lag_p50_ms)} / {ms(self.lag_p99_ms)}")]
+                if self.lag_p99_ms is not None
+                else []
+            ),
             ("errors", f"{self.errors} {self.error_kinds or ''}".strip()),
         ]
+        if self.client_cpu_s is not None and self.window_s:
+            load = f"{self.client_cpu_s / self.window_s:.0%} of a core"
+            if self.window_events:
+                load += f", {self.client_cpu_s * 1e6 / self.window_events:.1f} µs/event"
+            rows.append(("client CPU", load))
         if self.disconnects:
             seen = "?" if self.disconnects_seen is None else str(self.disconnects_seen)
             rows.append(("disconnects", f"{self.disconnects} (seen upstream: {seen})"))
@@ -132,10 +163,40 @@ class BenchResult:
         return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
 
 
-def _result(load: BenchLoad, elapsed: float, seen: dict[str, float] | None) -> BenchResult:
-    """The run's numbers; ``seen``: when the fake upstream saw each closed stream go."""
+@attrs.define
+class _Mark:
+    """Where a run stood at one instant: the start of its window, or its end."""
+
+    at: float  # time.perf_counter()
+    events: int
+    content: int
+    cpu: float  # time.process_time()
+
+    @classmethod
+    def now(cls, load: BenchLoad) -> _Mark:
+        t = load.totals
+        return cls(time.perf_counter(), t.events, t.content, time.process_time())
+
+
+async def _mark_window(load: BenchLoad, marks: list[_Mark]) -> None:
+    await trio.sleep(load.config.warmup)
+    marks.append(_Mark.now(load))
+
+
+def _result(load: BenchLoad, marks: list[_Mark], seen: dict[str, float] | None) -> BenchResult:
+    """The run's numbers; ``marks``: its start, the start of its window if it has one, and its
+    end; ``seen``: when the fake upstream saw each closed stream go."""
     config, t = load.config, load.totals
+    first, end = marks[0], marks[-1]
+    elapsed = end.at - first.at
     tokens = t.content + t.token_fix
+    events_per_s = t.events / elapsed if elapsed > 0 else 0.0
+    tokens_per_s = tokens / elapsed if elapsed > 0 else 0.0
+    window_s = window_events = None
+    if len(marks) == 3:  # the rates count only the window
+        window_s, window_events = end.at - marks[1].at, end.events - marks[1].events
+        events_per_s = window_events / window_s if window_s > 0 else 0.0
+        tokens_per_s = (end.content - marks[1].content) / window_s if window_s > 0 else 0.0
     lat: list[float] = []
     if seen is not None:
         lat = [(seen[u] - c) * 1e3 for u, c in t.closed.items() if u in seen]
@@ -150,8 +211,8 @@ def _result(load: BenchLoad, elapsed: float, seen: dict[str, float] | None) -> B
         content_events=t.content,
         tokens=tokens,
         bytes=t.bytes,
-        events_per_s=t.events / elapsed if elapsed > 0 else 0.0,
-        tokens_per_s=tokens / elapsed if elapsed > 0 else 0.0,
+        events_per_s=events_per_s,
+        tokens_per_s=tokens_per_s,
         ttft_p50_ms=_ms(_percentile(t.ttfts, 50)),
         ttft_p99_ms=_ms(_percentile(t.ttfts, 99)),
         gap_p99_ms=_ms(_percentile(t.gaps, 99)),
@@ -163,6 +224,12 @@ def _result(load: BenchLoad, elapsed: float, seen: dict[str, float] | None) -> B
         disconnect_p99_ms=_percentile(lat, 99),
         disconnects_seen=None if seen is None else len(lat),
         unix_socket=config.unix_socket,
+        gap_p50_ms=_ms(_percentile(t.gaps, 50)),
+        window_s=window_s,
+        window_events=window_events,
+        client_cpu_s=end.cpu - marks[-2].cpu,
+        lag_p50_ms=_ms(_percentile(t.lags, 50)),
+        lag_p99_ms=_ms(_percentile(t.lags, 99)),
     )
 
 
@@ -262,22 +329,29 @@ async def run_bench(config: BenchConfig, *, progress: bool = False) -> BenchResu
     """
     if config.concurrency < 1 or (config.duration is None and config.requests is None):
         raise ConfigError("need concurrency >= 1 and a duration or a request count")
+    if config.ramp < 0 or config.warmup < 0:
+        raise ConfigError("ramp and warmup must not be negative")
     if config.endpoint not in _ROUTES:
         raise ConfigError(f"endpoint must be one of {', '.join(_ROUTES)}, got {config.endpoint!r}")
     address, path = _target(config)
     load = BenchLoad(config, address, path)
-    started = time.perf_counter()
-    deadline = trio.current_time() + (math.inf if config.duration is None else config.duration)
+    marks = [_Mark.now(load)]
+    duration = math.inf if config.duration is None else config.duration
+    deadline = trio.current_time() + duration
     with trio.move_on_at(deadline):
         async with trio.open_nursery() as nursery:
             if progress:
-                nursery.start_soon(_progress, load, started)
+                nursery.start_soon(_progress, load, marks[0].at)
+            if config.warmup > 0:
+                nursery.start_soon(_mark_window, load, marks)
             async with trio.open_nursery() as workers:
-                for _ in range(config.concurrency):
-                    workers.start_soon(load.worker)
+                for i in range(config.concurrency):
+                    workers.start_soon(load.worker, i * config.ramp / config.concurrency)
             nursery.cancel_scope.cancel()
-    elapsed = time.perf_counter() - started
+    marks.append(_Mark.now(load))
+    # counting stopped at the deadline: the time to cancel the workers is not the run's
+    marks[-1].at = min(marks[-1].at, marks[0].at + duration)
     if progress:
         print(file=sys.stderr, flush=True)
     seen = await _upstream_seen(config, load.totals.closed)
-    return _result(load, elapsed, seen)
+    return _result(load, marks, seen)

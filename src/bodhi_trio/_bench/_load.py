@@ -5,6 +5,12 @@ soon as the last response ended. The hot path reads raw socket bytes: the respon
 head is parsed once (:func:`bodhi_trio._core._http1.split_head`), chunked framing is
 removed by :class:`ChunkedDecoder`, and events are counted by :class:`._scan._Scan`
 with ``bytes.count`` on what arrived.
+
+Reads go into one buffer of the load's (``readv``), copied out at once: a ``recv(256 KiB)``
+allocates 256 KiB per call and costs ~9 µs where the copy of a small event costs ~1 µs (a
+paced stream brings one event per read). After a short read, the socket was drained: the next
+read waits for it to be readable first, instead of failing once with EAGAIN (Trio's
+``recv`` tries first, then waits).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ if TYPE_CHECKING:
 __all__ = ["BenchLoad"]
 
 _RECV = 262144
+_SHORT = 4096  # a read below this drained the socket: the next one waits first
 
 
 @attrs.define(eq=False)
@@ -52,6 +59,7 @@ class BenchLoad:
     _ids: itertools.count[int] = attrs.field(factory=itertools.count)
     _body: tuple[bytes, bytes] = attrs.field(init=False)
     _head: bytes = attrs.field(init=False)
+    _buffer: memoryview = attrs.field(init=False, factory=lambda: memoryview(bytearray(_RECV)))
 
     def __attrs_post_init__(self) -> None:
         cfg = self.config
@@ -78,6 +86,31 @@ class BenchLoad:
             f"Content-Type: application/json\r\nAccept: text/event-stream\r\n{auth}"
         ).encode()
 
+    async def _read(self, sock: trio.socket.SocketType, wait: bool) -> bytes:
+        """The next bytes from ``sock`` (b"" at its end); ``wait``: wait until it is readable
+        before the first try. A checkpoint either way.
+
+        Raises:
+            OSError: The read failed.
+        """
+        fd, buffer = sock.fileno(), self._buffer
+        if not wait:
+            try:
+                n = os.readv(fd, [buffer])
+            except BlockingIOError:
+                pass
+            else:
+                data = bytes(buffer[:n])  # before the checkpoint: the buffer is shared
+                await trio.lowlevel.checkpoint()
+                return data
+        while True:
+            await trio.lowlevel.wait_readable(fd)
+            try:
+                n = os.readv(fd, [buffer])
+            except BlockingIOError:
+                continue
+            return bytes(buffer[:n])
+
     def _request(self, user: str) -> bytes:
         body = self._body[0] + user.encode() + self._body[1]
         return self._head + b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
@@ -100,9 +133,12 @@ class BenchLoad:
             stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return stream
 
-    async def worker(self) -> None:
-        """Send requests one after another until the run's request count is reached."""
+    async def worker(self, start_after: float = 0.0) -> None:
+        """Send requests one after another until the run's request count is reached, the
+        first ``start_after`` seconds from now."""
         stream: trio.SocketStream | None = None
+        if start_after > 0:
+            await trio.sleep(start_after)
         try:
             while self._ticket():
                 reused = stream is not None
@@ -131,7 +167,7 @@ class BenchLoad:
         try:
             await stream.send_all(self._request(user))
             while (found := split_head(data)) is None:
-                if not (more := await sock.recv(_RECV)):
+                if not (more := await self._read(sock, True)):
                     break
                 data += more
         except (OSError, trio.BrokenResourceError) as exc:
@@ -148,7 +184,7 @@ class BenchLoad:
             totals.error("broken", f"no response head: {data[:80]!r}")
             return False
         head, body = found
-        scan = _Scan(start, FRAMINGS[self.config.endpoint])
+        scan = _Scan(start, FRAMINGS[self.config.endpoint], self.config.pace)
         try:
             return await self._body_loop(sock, body, head, scan, user)
         except trio.Cancelled:
@@ -194,7 +230,7 @@ class BenchLoad:
             # Checked before reading again: a body of length 0 has no bytes to wait for.
             if (dechunk is not None and dechunk.done) or left == 0:
                 break
-            data = await sock.recv(_RECV)
+            data = await self._read(sock, len(data) < _SHORT)
             if not data:
                 if dechunk is None and left < 0:
                     keep = False

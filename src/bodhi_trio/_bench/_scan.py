@@ -99,6 +99,7 @@ class _Totals:
     samples: list[str] = attrs.field(factory=list)
     ttfts: list[float] = attrs.field(factory=list)
     gaps: array.array[float] = attrs.field(factory=lambda: array.array("d"))
+    lags: array.array[float] = attrs.field(factory=lambda: array.array("d"))
     closed: dict[str, float] = attrs.field(factory=dict)
 
     def error(self, kind: str, detail: str) -> None:
@@ -108,14 +109,21 @@ class _Totals:
 
 
 class _Scan:
-    """Counts the events of one stream's body as it arrives."""
+    """Counts the events of one stream's body as it arrives.
+
+    With ``pace`` (the upstream sends one event every ``pace`` s on a fixed schedule, as the
+    fake upstream does when asked), each read that brings events also records its *lag*: how
+    much later than the schedule its first event came, the schedule starting at the stream's
+    first content event (event k of the stream is due ``(k - k0) * pace`` after event k0
+    arrived). Gaps show jitter; a relay that falls behind shows in the lag.
+    """
 
     __slots__ = (
         *("content", "errors", "events", "last", "last_at", "start", "styles", "tail"),
-        *("event", "error", "overlap", "framing"),
+        *("event", "error", "overlap", "framing", "pace", "ref_at", "ref_events"),
     )
 
-    def __init__(self, start: float, framing: Framing) -> None:
+    def __init__(self, start: float, framing: Framing, pace: float | None = None) -> None:
         self.start = start
         self.framing = framing
         self.event, self.error = framing.event, framing.error
@@ -126,6 +134,9 @@ class _Scan:
         self.last: collections.deque[bytes] = collections.deque(maxlen=16)
         self.events = self.content = self.errors = 0
         self.last_at: float | None = None
+        self.pace = pace
+        self.ref_at = 0.0
+        self.ref_events = 0
 
     def feed(self, payload: bytes, now: float, totals: _Totals) -> None:
         scan = self.tail + payload
@@ -143,15 +154,19 @@ class _Scan:
             self.content += content
             totals.content += content
         if events:
-            self.events += events
-            totals.events += events
             if self.last_at is not None:
                 if len(totals.gaps) < _MAX_GAPS:
                     totals.gaps.append(now - self.last_at)
+                    if self.pace is not None:  # this read's first event: the latest of them
+                        due = (self.events + 1 - self.ref_events) * self.pace
+                        totals.lags.append(now - self.ref_at - due)
                 self.last_at = now
+            self.events += events
+            totals.events += events
         if self.last_at is None and self.content > 0:
             totals.ttfts.append(now - self.start)
-            self.last_at = now
+            self.last_at = self.ref_at = now
+            self.ref_events = self.events
         self.tail = scan[-self.overlap :]
         self.last.append(payload)
 

@@ -1,0 +1,323 @@
+"""Paced streams at scale (issue 17): the fake's fixed schedule, the client's ramp and window,
+the scale suite's and the router comparison's report, and the helpers behind them."""
+
+from __future__ import annotations
+
+import importlib
+import select
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from test_bench import committed_like_results
+
+from bodhi_trio._bench._client import BenchConfig, run_bench
+from bodhi_trio._bench._scan import FRAMINGS, _Scan, _Totals
+from bodhi_trio._exceptions import ConfigError
+from paths import REPO
+
+BENCH_DIR = REPO / "benchmarks"
+
+
+def bench_module(name: str) -> Any:
+    """A module of benchmarks/ (they import each other by bare name, as run.py does)."""
+    if str(BENCH_DIR) not in sys.path:
+        sys.path.insert(0, str(BENCH_DIR))
+    return importlib.import_module(name)
+
+
+# The fake's pacing, on a clock of our own: each send costs 3 ms, and the schedule absorbs it.
+
+
+class FakeClock:
+    def __init__(self, start: float) -> None:
+        self.now = start
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class FakePoller:
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+
+    def register(self, sock: object, mask: int) -> None:
+        pass
+
+    def poll(self, timeout_ms: float) -> list[tuple[int, int]]:
+        self.clock.now += timeout_ms / 1000  # nothing happens on the socket
+        return []
+
+
+class FakeSocket:
+    def __init__(self, clock: FakeClock, cost: float) -> None:
+        self.clock, self.cost = clock, cost
+        self.sent_at: list[float] = []
+
+    def sendall(self, data: bytes) -> None:
+        self.sent_at.append(self.clock.now)
+        self.clock.now += self.cost
+
+
+@pytest.mark.parametrize("align", [False, True])
+def test_the_fake_paces_on_a_fixed_schedule(monkeypatch: pytest.MonkeyPatch, align: bool) -> None:
+    fake = bench_module("fake_upstream")
+    clock = FakeClock(1000.007)
+    fake_select = type("S", (), {"POLLIN": select.POLLIN, "POLLRDHUP": select.POLLRDHUP})
+    fake_select.poll = staticmethod(lambda: FakePoller(clock))  # type: ignore[attr-defined]
+    monkeypatch.setattr(fake, "time", clock)
+    monkeypatch.setattr(fake, "select", fake_select)
+    sock = FakeSocket(clock, cost=0.003)
+    assert fake._send_paced(sock, iter([b"x"] * 11), 0.02, align) == 11
+    first = sock.sent_at[0]
+    origin = first - first % 0.02 if align else first
+    expected = [origin + 0.02 * k for k in range(1, 11)]
+    assert sock.sent_at[1:] == pytest.approx(expected, abs=1e-9)  # no drift: 3 ms absorbed
+
+
+def test_a_stream_gets_one_event_per_pace_and_the_window_counts_after_the_ramp(
+    tmp_path: Path,
+) -> None:
+    """Real processes: 4 streams at 50 events/s, started over 0.4 s; the rates count the
+    second after the first 0.5 s (loose bounds: the machine may be busy)."""
+    sock = str(tmp_path / "f.sock")
+    proc = subprocess.Popen(
+        [sys.executable, str(BENCH_DIR / "fake_upstream.py"), "--host", sock],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith(b"listening on unix://")
+        config = BenchConfig(
+            base_url="http://localhost/v1",
+            unix_socket=sock,
+            concurrency=4,
+            duration=1.5,
+            max_tokens=20,
+            extra_body={"bench_token_delay": 0.02},
+            ramp=0.4,
+            warmup=0.5,
+        )
+        result = trio.run(run_bench, config)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    assert result.errors == 0, result.error_samples
+    assert result.elapsed_s == pytest.approx(1.5, abs=0.05)  # not the workers' cancellation
+    assert result.window_s is not None
+    assert result.window_s == pytest.approx(1.0, abs=0.1)
+    assert result.window_events is not None
+    offered = 4 * 24 / (23 * 0.02)  # 24 events per stream, 20 ms apart
+    assert 0.8 * offered < result.events_per_s < 1.2 * offered
+    assert result.gap_p50_ms == pytest.approx(20, abs=3)
+    assert result.lag_p50_ms is None  # no pace given: no schedule to lag behind
+    assert result.client_cpu_s is not None
+    assert 0 < result.client_cpu_s < result.window_s
+    with pytest.raises(ConfigError):
+        trio.run(run_bench, BenchConfig(base_url="http://localhost/v1", duration=1, ramp=-1))
+
+
+def test_the_lag_is_measured_against_the_schedule_from_the_first_content_event() -> None:
+    totals = _Totals()
+    scan = _Scan(0.0, FRAMINGS["chat"], pace=0.02)
+    role = b'data: {"choices":[{"delta":{"role":"assistant","content":null}}]}\n\n'
+    token = b'data: {"choices":[{"delta":{"content":"x"}}]}\n\n'
+    scan.feed(role, 0.001, totals)
+    scan.feed(token, 0.021, totals)  # the first content event: the schedule starts here
+    scan.feed(token, 0.041, totals)  # on time
+    scan.feed(token + token, 0.085, totals)  # due at 0.061 and 0.081: the first 24 ms late
+    scan.feed(token, 0.101, totals)  # on time again
+    assert list(totals.lags) == pytest.approx([0.0, 0.024, 0.0])
+    assert list(totals.gaps) == pytest.approx([0.020, 0.044, 0.016])
+    assert totals.ttfts == pytest.approx([0.021])
+    unpaced = _Totals()
+    scan = _Scan(0.0, FRAMINGS["chat"])
+    for at in (0.01, 0.02, 0.05):
+        scan.feed(token, at, unpaced)
+    assert not unpaced.lags
+    assert len(unpaced.gaps) == 2
+
+
+# Helpers of the harness.
+
+
+def test_cpu_between_counts_new_threads_whole_and_ended_ones_not() -> None:
+    procs = bench_module("bench_procs")
+    assert procs.cpu_between({1: 1.0, 2: 5.0}, {1: 1.5, 3: 0.25}) == pytest.approx(0.75)
+    assert procs.cpu_between({0: 2.0}, {0: 2.5}) == pytest.approx(0.5)  # ticks, whole process
+    assert procs.cpu_between({0: 2.0}, {1: 2.5}) is None  # taken in different ways
+    assert procs.cpu_between(None, {1: 2.5}) is None
+    mine = procs.cpu_reading(procs.os.getpid())
+    assert mine
+    assert all(t >= 0 for t in mine.values())
+    assert list(procs.cpu_reading(procs.os.getpid(), precise=False)) == [0]
+
+
+def test_the_router_preset_carries_the_alias_args() -> None:
+    suites = bench_module("bench_suites")
+    params = [*suites.LLAMA_VARIANTS["llama"], "--chat-template chatml"]
+    assert suites._ini(params) == (
+        "parallel = 8\nctx-size = 16384\ncontext-shift = true\nchat-template = chatml"
+    )
+    preset = suites._router_preset({"bench-smol": (Path("/m/s.gguf"), ["--threads 1"])})
+    assert preset == "version = 1\n\n[bench-smol]\nmodel = /m/s.gguf\nthreads = 1\n"
+
+
+def test_offered_is_the_fakes_schedule() -> None:
+    scale = bench_module("bench_scale")
+    gpu = next(s for s in scale.SCENARIOS if s.key == "256")
+    assert gpu.offered == pytest.approx(256 * 204 / (203 * 0.02))
+    assert {s.key for s in scale.SCENARIOS} == {"1", "64", "256", "256-step", "idle"}
+
+
+# The report: the scale table, the side-by-side table and issue 17's targets.
+
+
+def _scale_arm(offered: float, delivered: float, cpu_pct: float, gap99: float) -> dict[str, Any]:
+    return {
+        "offered_events_per_s": offered,
+        "events_per_s": delivered,
+        "delivered_ratio": delivered / offered,
+        "cpu_pct": cpu_pct,
+        "cpu_us_per_event": cpu_pct / 100 / delivered * 1e6,
+        "upstream_cpu_pct": 30.0,
+        "client_cpu_pct": 40.0,
+        "client_us_per_event": 31.0,
+        "gap_p50_ms": 20.0,
+        "gap_p99_ms": gap99,
+        "lag_p50_ms": 0.1,
+        "lag_p99_ms": gap99 - 20,
+        "ttft_p50_ms": 20.5,
+        "ttft_p99_ms": 22.0,
+        "rss_mib": 90.0,
+        "idle_open_s": None,
+        "drain_s": 0.1,
+        "requests_done": 700.0,
+        "errors": 0.0,
+        "rounds": 3.0,
+    }
+
+
+def _llama_arm(tokens: float, ttft: float, cpu_token: float | None) -> dict[str, Any]:
+    return {
+        "events_per_s": tokens,
+        "tokens_per_s": tokens,
+        "ttft_p50_ms": ttft,
+        "ttft_p99_ms": ttft * 2,
+        "gap_p99_ms": 20.0,
+        "disconnect_p50_ms": None,
+        "disconnect_p99_ms": None,
+        "disconnects": 0.0,
+        "disconnects_seen": None,
+        "cpu_us_per_event": cpu_token,
+        "cpu_us_per_token": cpu_token,
+        "cpu_pct": 2.0,
+        "rss_mib": 80.0,
+        "drain_s": 0.0,
+        "errors": 0.0,
+        "rounds": 5.0,
+    }
+
+
+@pytest.fixture
+def scale_doc() -> dict[str, Any]:
+    doc: dict[str, Any] = committed_like_results()
+    offered = 256 * 204 / (203 * 0.02)
+    doc["suites"]["scale"] = {
+        "pace_s": 0.02,
+        "idle_pace_s": 10.0,
+        "tokens": 200,
+        "events_per_stream": 204,
+        "ramp_s": 2.0,
+        "window_s": 10.0,
+        "pinning": {"bodhi-trio": [0], "fake child": [1], "client (the harness)": [1]},
+        "summary": {
+            "1 x 50/s": {
+                "direct": _scale_arm(50.25, 50.2, 0.5, 20.4),
+                "bodhi-trio": _scale_arm(50.25, 50.2, 2.5, 20.5),
+            },
+            "256 x 50/s": {
+                "direct": _scale_arm(offered, 12_840, 30, 21.0),
+                "bodhi-trio": _scale_arm(offered, 12_800, 80, 24.5),
+            },
+        },
+        "loadavg": ["0.1 0.2 0.3"] * 2,
+    }
+    summary = {}
+    for scenario, direct in (("1 stream", 5000.0), ("demo:smol, 1 stream", 88.0)):
+        summary[scenario] = {
+            "direct": _llama_arm(direct, 3.0, 300.0),
+            "bodhi-trio": _llama_arm(direct * 0.99, 4.0, 90.0),
+            "router": _llama_arm(direct * 0.97, 5.0, 60.0),
+        }
+    doc["suites"]["llama"] = {
+        "alias": "bench:llama",
+        "alias_params": ["--parallel 8"],
+        "max_tokens": 500,
+        "summary": summary,
+        "router": {"models_max": 1, "preset": ["bench-llama", "bench-smol"]},
+        "smol": {"alias": "bench:smol", "params": [], "max_tokens": 100},
+        "loadavg": ["0.1 0.2 0.3"] * 2,
+    }
+    return doc
+
+
+def test_the_scale_and_router_sections_render_from_the_json(
+    tmp_path: Path, scale_doc: dict[str, Any]
+) -> None:
+    run = bench_module("run")
+    json_path, md = tmp_path / "results.json", tmp_path / "RESULTS.md"
+    run.write_results(scale_doc, json_path, md)
+    text = md.read_text()
+    rows = {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith("| 17.")}
+    assert rows["| 17.1a"].endswith(
+        "| 0.995x (12,800 of 12,863 events/s; direct 0.998x; in step -) | MET |"
+    )
+    assert (
+        "| 62.5 µs, 80% of a core (in step: - µs) | MISSED by 22.5 µs (56% over) |"
+        in rows["| 17.1b"]
+    )
+    assert rows["| 17.1c"].endswith(
+        "| +3.50 ms (24.50 vs 21.00 ms); added lag p99 +3.50 ms | MET |"
+    )
+    assert rows["| 17.1d"].endswith("| 0 errors | MET |")
+    assert rows["| 17.2 at 50/s"].endswith("| 498.0 µs | MISSED by 438.0 µs (730% over) |")
+    assert rows["| 17.4"].endswith(
+        "| 1 stream: 0.990x vs 0.970x; demo:smol, 1 stream: 0.990x vs 0.970x | MET |"
+    )
+    assert "demo:smol, 1 stream: 0.990x (87 vs 88 tok/s)" in rows["| 17.5"]
+    assert rows["| 17.5"].endswith("| NOT MEASURED |")  # 8 streams missing
+    assert "bodhi-trio on core 0; fake child on core 1; client (the harness) on core 1" in text
+    assert (
+        "| 256 x 50/s | bodhi-trio | 12,863 | 12,800 | 0.995x | 80% | 62.5 | 20.00 / 24.50"
+        " | 0.10 / 4.50 | +3.50 / +3.50 | 20.50 / 22.00 | +0.00 / +0.00 | 40% (31.0) | 30% | 90"
+        " | 0 |" in text
+    )
+    assert "| demo:smol, 1 stream | router | 85 | 0.970x | 5.00 | +2.00 | 10.00 | 60.0 |" in text
+    # the demo model's table keeps its two arms; the router and demo:smol have their own
+    demo_table = text[text.index("## Real llama-server") : text.index("### Side by side")]
+    assert "router" not in demo_table.split("\n\n")[2]
+    assert "demo:smol" not in demo_table.split("\n\n")[2]
+    md.unlink()
+    assert run.main(["--render", str(json_path)]) == 0
+    assert md.read_text() == text
+
+
+def test_a_run_without_the_scale_suite_or_the_router_renders_as_before(
+    tmp_path: Path, scale_doc: dict[str, Any]
+) -> None:
+    run = bench_module("run")
+    for name in ("scale", "llama"):
+        del scale_doc["suites"][name]
+    run.write_results(scale_doc, tmp_path / "results.json", tmp_path / "RESULTS.md")
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "issue 17" not in text
+    assert "| 17." not in text
