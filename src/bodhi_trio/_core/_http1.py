@@ -25,6 +25,7 @@ import attrs
 
 __all__ = [
     "MAX_HEAD_BYTES",
+    "BodyDecoder",
     "ChunkedDecoder",
     "FramingError",
     "ResponseHead",
@@ -205,3 +206,59 @@ class ChunkedDecoder:
         if not out:
             return b""
         return out[0] if len(out) == 1 else b"".join(out)
+
+
+@final
+class BodyDecoder:
+    """A response body by the framing its head announced: chunked, ``Content-Length``, or
+    until the connection closes. Feed it what each read brought; ``complete`` turns true at
+    the body's end, and ``reusable`` says whether the connection may carry another request
+    then (keep-alive, and nothing after the body).
+    """
+
+    __slots__ = ("_chunked", "_keep_alive", "_left", "_until_close", "complete", "reusable")
+
+    def __init__(self, head: ResponseHead, pending: bytes) -> None:
+        """``pending``: body bytes that arrived with the head (fed later, by the caller)."""
+        self._keep_alive = head.keep_alive
+        self._until_close = not head.delimited
+        self._chunked = ChunkedDecoder() if head.chunked else None
+        self._left = -1  # Content-Length bytes still to come; -1: until the connection closes
+        self.complete = False
+        self.reusable = False
+        if self._chunked is None and head.length is not None:
+            self._left = head.length
+            self.complete = head.length == 0 and not pending
+            self.reusable = self.complete and head.keep_alive
+
+    def feed(self, data: bytes) -> bytes:
+        """The payload in ``data`` (framing removed; possibly empty).
+
+        Raises:
+            FramingError: The chunked framing is malformed.
+        """
+        decoder = self._chunked
+        if decoder is not None:
+            payload = decoder.feed(data)
+            if decoder.done:
+                self.complete = True
+                self.reusable = self._keep_alive and not decoder.leftover
+            return payload
+        if self._left < 0:
+            return data
+        payload = data[: self._left]
+        self._left -= len(payload)
+        if self._left == 0:
+            self.complete = True
+            self.reusable = self._keep_alive and len(payload) == len(data)
+        return payload
+
+    def at_eof(self) -> None:
+        """The connection closed: the end of a body that runs until then.
+
+        Raises:
+            FramingError: The body's framing promised more.
+        """
+        if not self._until_close:
+            raise FramingError("connection closed mid-body")
+        self.complete = True

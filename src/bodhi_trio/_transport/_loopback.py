@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Protocol, final
 import attrs
 import trio
 
-from bodhi_trio._core._http1 import ChunkedDecoder, FramingError, ResponseHead, split_head
+from bodhi_trio._core._http1 import BodyDecoder, FramingError, ResponseHead, split_head
 from bodhi_trio._exceptions import UpstreamError
 from bodhi_trio._transport._pool import UpstreamConnection, UpstreamPool
 
@@ -115,19 +115,10 @@ class HTTPResponse:
     _head: ResponseHead
     _connection: UpstreamConnection
     _pending: bytes  # body bytes that arrived with the head
-    _chunked: ChunkedDecoder | None = None
-    _left: int = -1  # Content-Length bytes still to come; -1: until the connection closes
-    _complete: bool = False
-    _reusable: bool = False
+    _body: BodyDecoder = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        head = self._head
-        if head.chunked:
-            self._chunked = ChunkedDecoder()
-        elif head.length is not None:
-            self._left = head.length
-            self._complete = head.length == 0 and not self._pending
-            self._reusable = self._complete and head.keep_alive
+        self._body = BodyDecoder(self._head, self._pending)
 
     @property
     def status_code(self) -> int:
@@ -149,41 +140,20 @@ class HTTPResponse:
 
         Cancellation: safe; no received byte is lost, so iterating again goes on.
         """
-        while not self._complete:
-            data, self._pending = self._pending, b""
-            if not data:
-                data = await self._connection.receive()
+        body = self._body
+        try:
+            while not body.complete:
+                data, self._pending = self._pending, b""
                 if not data:
-                    return self._at_eof()
-            payload = self._decode(data)
-            if payload:
-                return payload
-        raise StopAsyncIteration
-
-    def _decode(self, data: bytes) -> bytes:
-        decoder = self._chunked
-        if decoder is not None:
-            try:
-                payload = decoder.feed(data)
-            except FramingError as exc:
-                raise UpstreamError(f"llama-server response broke off: {exc}") from exc
-            if decoder.done:
-                self._complete = True
-                self._reusable = self._head.keep_alive and not decoder.leftover
-            return payload
-        if self._left < 0:
-            return data
-        payload = data[: self._left]
-        self._left -= len(payload)
-        if self._left == 0:
-            self._complete = True
-            self._reusable = self._head.keep_alive and len(payload) == len(data)
-        return payload
-
-    def _at_eof(self) -> bytes:
-        if self._head.delimited:
-            raise UpstreamError("llama-server response broke off: connection closed mid-body")
-        self._complete = True  # the body ran until the connection closed
+                    data = await self._connection.receive()
+                    if not data:
+                        body.at_eof()  # the body ran until the connection closed
+                        break
+                payload = body.feed(data)
+                if payload:
+                    return payload
+        except FramingError as exc:
+            raise UpstreamError(f"llama-server response broke off: {exc}") from exc
         raise StopAsyncIteration
 
     async def aread(self) -> bytes:
@@ -300,7 +270,7 @@ async def send_upstream(
     try:
         yield response
     finally:
-        if not (response._reusable and pool.give_back(response._connection)):
+        if not (response._body.reusable and pool.give_back(response._connection)):
             await pool.discard(response._connection)
 
 

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import attrs
 import trio
 
-from bodhi_trio._core._http1 import ChunkedDecoder, FramingError, ResponseHead, split_head
+from bodhi_trio._core._http1 import BodyDecoder, FramingError, ResponseHead, split_head
 from bodhi_trio._exceptions import RemoteConnectError, UpstreamError
 from bodhi_trio._transport._remote_base import USER_AGENT, RemoteTimeouts, stalled
 
@@ -103,23 +103,14 @@ class _PlainResponse:
     _timeouts: RemoteTimeouts
     _client: PlainClient
     _key: tuple[str, int]
-    _chunked: ChunkedDecoder | None = None
-    _left: int = -1  # Content-Length bytes still to come; -1: until the connection closes
-    _complete: bool = False
-    _reusable: bool = False
+    _body: BodyDecoder = attrs.field(init=False)
     _closed: bool = False
     silent_since: float | None = None  # the remote has sent nothing since (Trio clock)
     reading: bool = False  # a read waits for bytes right now
     stalled: bool = False  # the watchdog closed the connection under that read
 
     def __attrs_post_init__(self) -> None:
-        head = self._head
-        if head.chunked:
-            self._chunked = ChunkedDecoder()
-        elif head.length is not None:
-            self._left = head.length
-            self._complete = head.length == 0 and not self._pending
-            self._reusable = self._complete and head.keep_alive
+        self._body = BodyDecoder(self._head, self._pending)
 
     @property
     def status_code(self) -> int:
@@ -145,16 +136,22 @@ class _PlainResponse:
 
         Cancellation: safe; no received byte is lost, iterating again goes on.
         """
-        while not self._complete:
+        body = self._body
+        while not body.complete:
             data, self._pending = self._pending, b""
             if not data:
                 data = await self._receive()
                 if not data:
-                    if self._head.delimited:
-                        raise UpstreamError(f"the connection to {self._url} broke mid-body")
-                    self._complete = True  # the body ran until the connection closed
+                    try:
+                        body.at_eof()  # the body ran until the connection closed
+                    except FramingError:
+                        broke = f"the connection to {self._url} broke mid-body"
+                        raise UpstreamError(broke) from None
                     break
-            payload = self._decode(data)
+            try:
+                payload = body.feed(data)
+            except FramingError as exc:
+                raise UpstreamError(f"{self._url} sent a malformed body: {exc}") from None
             if payload:
                 return payload
         raise StopAsyncIteration
@@ -176,26 +173,6 @@ class _PlainResponse:
         self.silent_since = None
         return data
 
-    def _decode(self, data: bytes) -> bytes:
-        decoder = self._chunked
-        if decoder is not None:
-            try:
-                payload = decoder.feed(data)
-            except FramingError as exc:
-                raise UpstreamError(f"{self._url} sent a malformed body: {exc}") from None
-            if decoder.done:
-                self._complete = True
-                self._reusable = self._head.keep_alive and not decoder.leftover
-            return payload
-        if self._left < 0:
-            return data
-        payload = data[: self._left]
-        self._left -= len(payload)
-        if self._left == 0:
-            self._complete = True
-            self._reusable = self._head.keep_alive and len(payload) == len(data)
-        return payload
-
     async def aread(self) -> bytes:
         return b"".join([piece async for piece in self])
 
@@ -213,7 +190,8 @@ class _PlainResponse:
             return
         self._closed = True
         self._client.unwatch(self)
-        if self._complete and self._reusable and self._client.give_back(self._key, self._stream):
+        # (reusable only once complete: read to its end)
+        if self._body.reusable and self._client.give_back(self._key, self._stream):
             return
         await _close(self._stream)
 
