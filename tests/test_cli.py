@@ -221,3 +221,20 @@ def test_alias_create_warns_when_the_model_file_is_not_in_the_cache(
 def test_join_dashed_values_leaves_everything_after_a_double_dash() -> None:
     argv = ["--context-param", "-v", "--", "--context-param", "--embeddings"]
     assert _join_dashed_values(argv) == ["--context-param=-v", "--", *argv[-2:]]
+
+
+def test_serving_settles_the_garbage_collector() -> None:
+    """What `serve` loaded is frozen (a full pass skips it) and full passes are rarer."""
+    import gc
+
+    from bodhi_trio import _cli
+
+    before = gc.get_threshold()
+    try:
+        _cli._settle_garbage_collector()
+        assert gc.get_freeze_count() > 1000
+        assert gc.get_threshold() == _cli._GC_THRESHOLDS
+        assert _cli._GC_THRESHOLDS[2] > before[2]
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)

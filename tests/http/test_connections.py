@@ -289,3 +289,40 @@ async def test_a_stream_to_a_slow_reader_arrives_whole(tmp_path: Path, hub_cache
     chunks = [json.loads(e.removeprefix(b"data: ")) for e in events[:-1]]
     content = [c["choices"][0]["delta"].get("content") for c in chunks if c.get("choices")]
     assert len([c for c in content if c]) == tokens
+
+
+async def test_a_relayed_stream_writes_its_pieces_past_the_asgi_send(
+    tmp_path: Path, hub_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A streamed completion's pieces go out through ``_connection.body_writer`` (framed
+    and written by the relay itself), not one ASGI message each through Hypercorn's
+    stream: only the head and the body's end take that way. The stream still arrives
+    whole (the openai client reads it)."""
+    from hypercorn.protocol.http_stream import HTTPStream
+
+    tokens = 50
+    fast = Alias("fast:1", DEMO_REPO, DEMO_FILENAME, context_params=(f"--fake-tokens {tokens}",))
+    through_asgi: list[str] = []
+    app_send = HTTPStream.app_send
+
+    async def counting(self: HTTPStream, message: Any) -> None:
+        if message is not None:
+            through_asgi.append(message["type"])
+        await app_send(self, message)
+
+    monkeypatch.setattr(HTTPStream, "app_send", counting)
+    body = {"model": "fast:1", "messages": [{"role": "user", "content": "x"}],
+            "stream": True, "max_tokens": tokens}  # fmt: skip
+    fake = str(FAKE_LLAMA_SERVER)
+    with trio.fail_after(60):
+        async with (
+            running_server(tmp_path, hub_cache, aliases=(fast,), BODHI_LLAMA_SERVER=fake) as server,
+            httpx.AsyncClient(base_url=server.url, timeout=30) as client,
+            client.stream("POST", "/v1/chat/completions", json=body) as answer,
+        ):
+            text = b"".join([piece async for piece in answer.aiter_bytes()])
+    events = [e for e in text.split(b"\n\n") if e.startswith(b"data: ")]
+    assert events[-1] == b"data: [DONE]"
+    assert len(events) >= tokens
+    # the head, then the empty end of the body: no piece of the stream
+    assert through_asgi == ["http.response.start", "http.response.body"]

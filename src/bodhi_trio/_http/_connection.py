@@ -33,6 +33,12 @@ each a wake-up of its own):
   cancel scope, no checkpoint); only what the kernel did not take goes the usual,
   shielded, locked way. Nothing can interleave with a synchronous write, and nothing
   can cancel it half-way, which is what the lock and the shield are there for.
+- **A relay writes its pieces itself.** :func:`body_writer` gives the app, for the
+  ``send`` Hypercorn handed it, a writer of body pieces that frames each one and writes
+  it as above, without the ASGI message, Hypercorn's stream state machine or the
+  framework's body iteration in between (the relay of a streamed completion uses it).
+  It never yields to a cancellation: a piece is written whole, or the connection
+  is closed.
 
 These hook methods are Hypercorn internals (pinned to 0.18.0 in pyproject.toml); the
 tests in ``tests/test_connections.py`` fail if an upgrade changes them.
@@ -41,7 +47,7 @@ tests in ``tests/test_connections.py`` fail if an upgrade changes them.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, final
 
 import h11
@@ -51,6 +57,7 @@ from hypercorn.events import Closed, Event, RawData
 from hypercorn.protocol.events import Body
 from hypercorn.protocol.events import Event as StreamEvent
 from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.protocol.http_stream import ASGIHTTPState, HTTPStream
 from hypercorn.trio.task_group import TaskGroup
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.typing import ConnectionState
@@ -59,7 +66,10 @@ from hypercorn.utils import parse_socket_addr
 from bodhi_trio._exceptions import error_envelope
 from bodhi_trio._http._sse import compact_json
 
-__all__ = ["Connection", "error_body"]
+__all__ = ["BodyWriter", "Connection", "body_writer", "error_body"]
+
+BodyWriter = Callable[[bytes], Awaitable[None]]
+"""Writes one piece of a response body whose head was sent; never cut by a cancellation."""
 
 _HTTP_VERSIONS = frozenset({b"1.0", b"1.1"})
 
@@ -130,18 +140,45 @@ class _H11Protocol(H11Protocol):
     async def _check_protocol(self, event: h11.Request) -> None:
         """No switch to HTTP/2 (see the module docstring): nothing to check."""
 
+    # Set by Connection.run: its uncancellable write (Connection.write_whole).
+    write_whole: BodyWriter | None = None
+
+    def _frames_chunks(self) -> bool:
+        """The response's head is out and its body is chunked (no Content-Length)."""
+        return (
+            type(getattr(self.connection, "_writer", None)) is h11._writers.ChunkedWriter
+            and self.connection.our_state is h11.SEND_BODY
+        )
+
     async def stream_send(self, event: StreamEvent) -> None:
         """A body piece of a chunked response framed here, not by h11 (module docstring)."""
-        if (
-            type(event) is Body
-            and type(getattr(self.connection, "_writer", None)) is h11._writers.ChunkedWriter
-            and self.connection.our_state is h11.SEND_BODY
-        ):
+        if type(event) is Body and self._frames_chunks():
             data = event.data
             if data:  # an empty chunk would read as the end of the body
                 await self.send(RawData(data=b"%x\r\n%s\r\n" % (len(data), data)))
             return
         await super().stream_send(event)
+
+    def body_writer(self, stream: HTTPStream) -> BodyWriter:
+        """The writer :func:`body_writer` gives for ``stream``, one of this protocol's."""
+        write_whole = self.write_whole
+        assert write_whole is not None  # set before the first request is read
+
+        async def write(data: bytes) -> None:
+            if (
+                data  # an empty chunk would read as the end of the body
+                and stream.state is ASGIHTTPState.RESPONSE
+                and not stream.closed
+                and self._frames_chunks()
+            ):
+                await write_whole(b"%x\r\n%s\r\n" % (len(data), data))
+                return
+            with trio.CancelScope(shield=True):  # Hypercorn's own way, as uncancellable
+                await stream.app_send(
+                    {"type": "http.response.body", "body": data, "more_body": True}
+                )
+
+        return write
 
     async def _send_error_response(self, status_code: int) -> None:
         refusal = getattr(self.connection, "refusal", None)
@@ -194,8 +231,7 @@ class Connection(TCPServer):
             server = parse_socket_addr(socket.family, socket.getsockname())
             async with TaskGroup() as task_group:
                 self._task_group = task_group
-                # Typed as ProtocolWrapper; TCPServer only calls initiate() and handle().
-                self.protocol = _H11Protocol(  # type: ignore[assignment]
+                protocol = _H11Protocol(
                     self.app,
                     self.config,
                     self.context,
@@ -206,6 +242,9 @@ class Connection(TCPServer):
                     server,
                     self.protocol_send,
                 )
+                protocol.write_whole = self.write_whole
+                # Typed as ProtocolWrapper; TCPServer only calls initiate() and handle().
+                self.protocol = protocol  # type: ignore[assignment]
                 await self.protocol.initiate()
                 await self.idle_task.restart(self._task_group, self._idle_timeout)
                 await self._read_data()
@@ -219,17 +258,29 @@ class Connection(TCPServer):
         if type(event) is not RawData or self.send_lock.locked():
             await super().protocol_send(event)
             return
-        data = event.data
-        try:
-            # fileno() is -1 once the socket is closed: never another connection's.
-            sent = os.write(self.stream.socket.fileno(), data)
-        except BlockingIOError:
-            sent = 0
-        except OSError:  # reset, broken pipe, closed: as Hypercorn's send_all failure
-            await self.protocol.handle(Closed())
-            return
-        if sent < len(data):  # the rest as Hypercorn writes it, never cut half-way
-            with trio.CancelScope(shield=True):
+        await self.write_whole(event.data)
+
+    async def write_whole(self, data: bytes) -> None:
+        """Write ``data`` to the client whole, or close the connection if it broke.
+
+        Cancellation: none; it is shielded wherever it waits (for the kernel to take
+        the rest, for another write, or to close), so a piece is never cut half-way.
+        """
+        sent = 0
+        if not self.send_lock.locked():
+            try:
+                # fileno() is -1 once the socket is closed: never another connection's.
+                sent = os.write(self.stream.socket.fileno(), data)
+            except BlockingIOError:
+                pass
+            except OSError:  # reset, broken pipe, closed: as Hypercorn's send_all failure
+                sent = -1
+            if sent == len(data):
+                return
+        with trio.CancelScope(shield=True):
+            if sent < 0:
+                await self.protocol.handle(Closed())
+            else:  # the rest as Hypercorn writes it (locked), never cut half-way
                 await super().protocol_send(RawData(data=data[sent:]))
 
     async def _close(self) -> None:
@@ -240,3 +291,26 @@ class Connection(TCPServer):
     async def _initiate_server_close(self) -> None:
         self._on_close()
         await super()._initiate_server_close()
+
+
+def body_writer(send: Any) -> BodyWriter:
+    """A writer of body pieces for a response whose head the app sent with ``send``.
+
+    For the ``send`` Hypercorn gives an app on one of our connections, the writer frames
+    a piece and writes it to the socket itself (module docstring); for any other ``send``
+    (another server, a test harness), it sends the ASGI message. Either way, shielded:
+    the writer is never cut by a cancellation.
+
+    Args:
+        send: The ASGI ``send`` callable of the request.
+    """
+    stream = getattr(send, "__self__", None)
+    protocol = getattr(getattr(stream, "send", None), "__self__", None)
+    if type(stream) is HTTPStream and type(protocol) is _H11Protocol:
+        return protocol.body_writer(stream)
+
+    async def write(data: bytes) -> None:
+        with trio.CancelScope(shield=True):
+            await send({"type": "http.response.body", "body": data, "more_body": True})
+
+    return write

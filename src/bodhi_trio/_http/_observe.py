@@ -34,6 +34,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from bodhi_trio._core._state import EventKind, ServerEvent, ServerState
+from bodhi_trio._http._connection import body_writer
 from bodhi_trio._http._request_scope import RequestNote, request_scope
 
 if TYPE_CHECKING:
@@ -233,7 +234,16 @@ class Observer:
                     measured.status = message["status"]
                 await send(message)
 
+            write_directly = body_writer(send)
+
+            async def write_body(data: bytes) -> None:
+                if measured.first_byte is None:
+                    measured.first_byte = time.perf_counter()
+                measured.bytes += len(data)
+                await write_directly(data)
+
             async with request_scope() as note:
+                note.body_writer = write_body
                 try:
                     await app(scope, receive, measuring_send)
                 finally:

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING
 
 from bodhi_trio._http._relay import RelayBody, start_relay
-from bodhi_trio._http._request_scope import close_with_request
+from bodhi_trio._http._request_scope import close_with_request, request_body_writer
 
 if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
@@ -81,6 +81,6 @@ async def passthrough(
         return head.status, headers, head.body
     headers.setdefault("cache-control", "no-cache")
     headers.setdefault("x-accel-buffering", "no")
-    stream = RelayBody(relay)
+    stream = RelayBody(relay, writer=request_body_writer())
     close_with_request(stream)
     return head.status, headers, stream

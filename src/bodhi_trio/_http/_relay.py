@@ -15,13 +15,17 @@ Three parties share one :class:`Relay`:
   headers, sends keep-alive comments while the model still loads, then reads
   the upstream response itself and returns each piece as it arrives: one task
   from the upstream read to the client write, nothing queued in between (the
-  relay's fast path). At the end it lets the producer release the slot, and
-  returns the one error event a failure owes. Its ``aclose`` (Quart's, or the
-  request scope's when Quart never got that far) cancels the producer, which
-  closes the upstream connection, so llama-server stops generating.
+  relay's fast path). Given the request's body writer (``writer``), it writes
+  the pieces itself in one loop instead (:meth:`RelayBody._pump`), with one
+  keep-alive deadline moved forward per read instead of a timeout scope per
+  read, and without Quart's iteration and the ASGI message per piece in
+  between. At the end it lets the producer release the slot, and returns the
+  one error event a failure owes. Its ``aclose`` (Quart's, or the request
+  scope's when Quart never got that far) cancels the producer, which closes the
+  upstream connection, so llama-server stops generating.
 
-The producer never raises (its errors are recorded for the body), and only
-Quart writes to the client.
+The producer never raises (its errors are recorded for the body), and only the
+request's task writes to the client.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, final
 
@@ -194,10 +198,14 @@ class RelayBody:
     Args:
         relay: The shared state.
         prime: Start with a ``: keep-alive`` (the early answer while the model loads).
+        writer: The request's body writer (``request_body_writer``): the pieces are then
+            written with it, not returned (only the owed error event is). It must not be
+            cut by a cancellation. Only for a body that goes to the client unchanged.
     """
 
     relay: Relay
     prime: bool = False
+    writer: Callable[[bytes], Awaitable[None]] | None = None
     _pieces: AsyncIterator[bytes] | None = None
     # the last pieces, where the usage and timings are (read once, at the end)
     _recent: collections.deque[bytes] = attrs.field(factory=lambda: collections.deque(maxlen=3))
@@ -223,6 +231,9 @@ class RelayBody:
             if relay.response is not None:
                 if self._pieces is None:
                     self._pieces = relay.response.__aiter__()
+                    if self.writer is not None:
+                        await self._pump(self._pieces, self.writer)
+                        return await self._end()
                 ended = False
                 with trio.move_on_after(interval):  # only the wait for bytes
                     try:
@@ -251,6 +262,42 @@ class RelayBody:
                 continue
             return KEEPALIVE
         raise StopAsyncIteration
+
+    async def _pump(
+        self, pieces: AsyncIterator[bytes], write: Callable[[bytes], Awaitable[None]]
+    ) -> None:
+        """Write every piece of llama-server's body to the client as it arrives, and a
+        keep-alive after each interval without bytes, until the body ends or breaks (a
+        read error is kept for :meth:`_end`).
+
+        One cancel scope serves many reads: its deadline moves forward before each
+        read; only when it expired does a new one begin. It can only fire in a read,
+        since ``write`` never yields to a cancellation.
+
+        Cancellation (the client left): raised from the read; Quart then closes the body.
+        """
+        interval = keepalive_interval(self.relay.keepalive)
+        recent = self._recent
+        while True:
+            with trio.CancelScope() as waiting:
+                while True:
+                    waiting.deadline = trio.current_time() + interval
+                    try:
+                        piece = await pieces.__anext__()
+                    except StopAsyncIteration:
+                        return
+                    except BodhiError as exc:  # broke, or the producer was interrupted
+                        self._read_error = exc
+                        return
+                    except Exception as exc:
+                        logger.exception("reading a relayed completion failed")
+                        self._read_error = BodhiError(f"internal error: {exc!r}")
+                        return
+                    self._mid_event = not piece.endswith(b"\n\n")
+                    recent.append(piece)
+                    await write(piece)
+            if not self._mid_event:  # a comment inside an event would corrupt it
+                await write(KEEPALIVE)
 
     async def _end(self) -> bytes:
         """Let the producer release the slot (so ``in_flight`` has dropped when the

@@ -12,7 +12,9 @@ request ends, however it ends.
 The registry is a context variable: tasks the request spawns inherit it
 (context variables are copied into child tasks, and the list object is shared).
 The same goes for the :class:`RequestNote` (:func:`note_request`): a route notes its
-rule and alias, and whoever reads a response's usage notes its tokens.
+rule and alias, and whoever reads a response's usage notes its tokens; the middleware
+leaves in it the writer a relay uses to write body pieces itself
+(:func:`request_body_writer`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,14 @@ from typing import Any, Protocol
 import attrs
 import trio
 
-__all__ = ["ASGIApp", "RequestNote", "close_with_request", "note_request", "request_scope"]
+__all__ = [
+    "ASGIApp",
+    "RequestNote",
+    "close_with_request",
+    "note_request",
+    "request_body_writer",
+    "request_scope",
+]
 
 ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 """An ASGI application: ``await app(scope, receive, send)``."""
@@ -40,12 +49,16 @@ class RequestNote:
         alias: The model the request named.
         prompt_tokens: From the response's usage, if it had one.
         completion_tokens: The same.
+        body_writer: Writes one piece of the response body, once its head was sent,
+            without the framework in between (see ``_connection.body_writer``); set by
+            the middleware.
     """
 
     route: str | None = None
     alias: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    body_writer: Callable[[bytes], Awaitable[None]] | None = None
 
 
 _request_note: contextvars.ContextVar[RequestNote | None] = contextvars.ContextVar(
@@ -73,6 +86,12 @@ def note_request(
         note.prompt_tokens = prompt_tokens
     if completion_tokens is not None:
         note.completion_tokens = completion_tokens
+
+
+def request_body_writer() -> Callable[[bytes], Awaitable[None]] | None:
+    """The current request's :attr:`RequestNote.body_writer`, if there is one."""
+    note = _request_note.get()
+    return None if note is None else note.body_writer
 
 
 class _Closeable(Protocol):

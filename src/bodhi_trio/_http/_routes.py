@@ -24,7 +24,7 @@ from bodhi_trio._core._state import ServerEvent, SlotStatus
 from bodhi_trio._exceptions import InvalidRequestError
 from bodhi_trio._http._passthrough import passthrough
 from bodhi_trio._http._relay import RelayBody, start_relay
-from bodhi_trio._http._request_scope import close_with_request, note_request
+from bodhi_trio._http._request_scope import close_with_request, note_request, request_body_writer
 from bodhi_trio._http._sse import (
     SSE_HEADERS,
     DirectStream,
@@ -213,7 +213,7 @@ class Routes:
         # client gets its 200 now, comments while it waits, and a later failure
         # inside the stream.
         relay.early = head is None
-        stream = RelayBody(relay, prime=relay.early)
+        stream = RelayBody(relay, prime=relay.early, writer=request_body_writer())
         close_with_request(stream)
         return Reply(200, {**SSE_HEADERS, **routed} if routed else SSE_HEADERS, stream)
 
