@@ -291,13 +291,15 @@ async def test_a_stream_to_a_slow_reader_arrives_whole(tmp_path: Path, hub_cache
     assert len([c for c in content if c]) == tokens
 
 
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/api/chat"])
 async def test_a_relayed_stream_writes_its_pieces_past_the_asgi_send(
-    tmp_path: Path, hub_cache: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, hub_cache: Path, monkeypatch: pytest.MonkeyPatch, path: str
 ) -> None:
-    """A streamed completion's pieces go out through ``_connection.body_writer`` (framed
-    and written by the relay itself), not one ASGI message each through Hypercorn's
-    stream: only the head and the body's end take that way. The stream still arrives
-    whole (the openai client reads it)."""
+    """A streamed completion's pieces (OpenAI's SSE as it is, Ollama's NDJSON as
+    translated) go out through ``_connection.body_writer`` (framed and written by the
+    relay itself), not one ASGI message each through Hypercorn's stream: only the head
+    and the body's end (for Ollama, its last line before that) take that way. The
+    stream still arrives whole."""
     from hypercorn.protocol.http_stream import HTTPStream
 
     tokens = 50
@@ -318,11 +320,18 @@ async def test_a_relayed_stream_writes_its_pieces_past_the_asgi_send(
         async with (
             running_server(tmp_path, hub_cache, aliases=(fast,), BODHI_LLAMA_SERVER=fake) as server,
             httpx.AsyncClient(base_url=server.url, timeout=30) as client,
-            client.stream("POST", "/v1/chat/completions", json=body) as answer,
+            client.stream("POST", path, json=body) as answer,
         ):
             text = b"".join([piece async for piece in answer.aiter_bytes()])
-    events = [e for e in text.split(b"\n\n") if e.startswith(b"data: ")]
-    assert events[-1] == b"data: [DONE]"
-    assert len(events) >= tokens
-    # the head, then the empty end of the body: no piece of the stream
-    assert through_asgi == ["http.response.start", "http.response.body"]
+    if path == "/api/chat":
+        lines = [json.loads(line) for line in text.splitlines()]
+        assert lines[-1]["done"] is True
+        assert len([line for line in lines if line["message"]["content"]]) == tokens
+        last = ["http.response.body"]  # the done line, returned to Quart
+    else:
+        events = [e for e in text.split(b"\n\n") if e.startswith(b"data: ")]
+        assert events[-1] == b"data: [DONE]"
+        assert len(events) >= tokens
+        last = []
+    # the head, then the end of the body: no piece of the stream
+    assert through_asgi == ["http.response.start", *last, "http.response.body"]

@@ -63,7 +63,7 @@ from bodhi_trio._http._ollama._responses import (
 )
 from bodhi_trio._http._ollama._stream import NDJSON_HEADERS, NdjsonBody
 from bodhi_trio._http._relay import RelayBody, start_relay
-from bodhi_trio._http._request_scope import close_with_request
+from bodhi_trio._http._request_scope import close_with_request, request_body_writer
 from bodhi_trio._http._routes import Reply, parse_json_body
 from bodhi_trio._http._security import Access
 from bodhi_trio._http._usage import note_usage
@@ -313,7 +313,7 @@ class OllamaRoutes:
             raise UnavailableError("bodhi-trio is shutting down", retry_after=5)
         if head.status != 200:
             return _upstream_error(head.status, head.body)
-        stream = NdjsonBody(RelayBody(relay), translator)
+        stream = NdjsonBody(RelayBody(relay), translator, writer=request_body_writer())
         close_with_request(stream)
         return Reply(200, NDJSON_HEADERS, stream)
 

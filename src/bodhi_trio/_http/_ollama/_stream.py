@@ -12,6 +12,10 @@ owes after a failure (a crash, a drain timeout, shutdown), becomes one
 ``{"error": "..."}`` line, the last. Otherwise the last line is the ``done: true``
 object, written once the relay has let go of the model.
 
+Given the request's body writer, the lines are written as each piece is translated,
+from the relay's own loop (``RelayBody``'s ``writer``: no Quart iteration per piece);
+only the last line (or the error line the relay owes) is returned.
+
 Keep-alive: NDJSON has no comment line, and a JSON line a client does not expect
 would be read as an answer. So the relay's keep-alive is off, and the route holds the
 response headers until llama-server answered (through a load, as Ollama does); the
@@ -23,7 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, final
 
 import attrs
@@ -71,12 +75,26 @@ class NdjsonBody:
     Args:
         inner: The relay's body (llama-server's SSE bytes as they arrive).
         translator: Turns each chunk into Ollama objects.
+        writer: The request's body writer (``request_body_writer``): the lines are then
+            written as they are made, by the relay's loop.
     """
 
     inner: RelayBody
     translator: StreamTranslator
+    writer: Callable[[bytes], Awaitable[None]] | None = None
     _buffer: bytes = b""
     _ended: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        write = self.writer
+        if write is None:
+            return
+
+        async def write_lines(piece: bytes) -> None:
+            if not self._ended and (lines := self._lines(piece)):
+                await write(lines)
+
+        self.inner.writer = write_lines
 
     def __aiter__(self) -> NdjsonBody:
         return self
@@ -102,25 +120,31 @@ class NdjsonBody:
                 self._ended = True  # the relay let go of the model: the last object
                 last = self.translator.last(time.perf_counter_ns())
                 return (compact_json(last) + "\n").encode()
-            lines: list[bytes] = []
-            for payload in self._events(piece):
-                try:
-                    chunk: Any = json.loads(payload)
-                except ValueError:  # an event cut short by a failure: its error follows
-                    logger.debug("skipped a stream event that is not JSON: %.80r", payload)
-                    continue
-                if not isinstance(chunk, Mapping):
-                    continue
-                if "error" in chunk:
-                    self._ended = True
-                    lines.append(error_line(chunk["error"]))
-                    break
-                lines.extend(
-                    (compact_json(obj) + "\n").encode() for obj in self.translator.chunk(chunk)
-                )
+            lines = self._lines(piece)
             if lines:
-                return b"".join(lines)
+                return lines
         raise StopAsyncIteration
+
+    def _lines(self, piece: bytes) -> bytes:
+        """The lines for the events ``piece`` completes (``b""``: none); after an error
+        event, its line is the last."""
+        lines: list[bytes] = []
+        for payload in self._events(piece):
+            try:
+                chunk: Any = json.loads(payload)
+            except ValueError:  # an event cut short by a failure: its error follows
+                logger.debug("skipped a stream event that is not JSON: %.80r", payload)
+                continue
+            if not isinstance(chunk, Mapping):
+                continue
+            if "error" in chunk:
+                self._ended = True
+                lines.append(error_line(chunk["error"]))
+                break
+            lines.extend(
+                (compact_json(obj) + "\n").encode() for obj in self.translator.chunk(chunk)
+            )
+        return b"".join(lines)
 
     async def aclose(self) -> None:
         """Close the relay's body (its producer closes the upstream request). Never blocks."""
