@@ -168,3 +168,28 @@ async def test_try_acquire_write_only_when_free() -> None:
         await lock.release_write()
     with pytest.raises(RuntimeError):
         await lock.release_read()
+
+
+async def test_an_uncontended_read_hold_is_taken_and_given_back_without_a_yield() -> None:
+    """On a busy event loop every yield on a request's way costs it a round of every
+    other task: an uncontended read hold takes none (another task started before it has
+    not run after it), and a cancelled one is refused with nothing held."""
+    lock = RWLock()
+    ran: list[str] = []
+
+    async def other() -> None:
+        ran.append("other")
+
+    with trio.fail_after(1):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(other)
+            await lock.acquire_read()
+            assert lock.statistics() == RWLockStatistics(1, False, 0, 0)
+            await lock.release_read()
+            assert ran == []
+        assert ran == ["other"]
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await lock.acquire_read()
+        assert scope.cancelled_caught
+    assert lock.statistics() == RWLockStatistics(0, False, 0, 0)

@@ -7,6 +7,7 @@ from functools import partial
 
 import pytest
 import trio
+import trio.lowlevel
 
 from bodhi_trio._core._address import Address
 from bodhi_trio._exceptions import UpstreamError
@@ -281,3 +282,36 @@ async def test_a_reused_connection_that_answered_garbage_is_not_retried() -> Non
                     pass
             assert (connections, requests) == (1, 2)  # no retry on a fresh connection
             nursery.cancel_scope.cancel()
+
+
+async def test_a_request_larger_than_the_socket_takes_arrives_whole() -> None:
+    """A request goes out in one write when it fits (``UpstreamConnection.send``); a
+    large one, to a server that reads slowly, is written partly at once and the rest the
+    usual way: every byte arrives once, in order."""
+    body = bytes(range(256)) * 16384  # 4 MiB: more than any socket buffer here
+    received: list[bytes] = []
+
+    async def slow_reader(stream: trio.SocketStream) -> None:
+        data = b""
+        while len(data.partition(b"\r\n\r\n")[2]) < len(body):
+            chunk = await stream.receive_some(4096)
+            if not chunk:
+                break
+            data += chunk
+            if len(data) % 65536 < 4096:
+                await trio.lowlevel.checkpoint()  # let the sender find the buffer full
+        received.append(data)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            port = await serve(nursery, slow_reader)
+            async with (
+                UpstreamPool() as pool,
+                send_upstream(pool, local(port), "/x", body) as response,
+            ):
+                assert (response.status_code, await response.aread()) == (200, b"ok")
+            nursery.cancel_scope.cancel()
+    head, _, sent = received[0].partition(b"\r\n\r\n")
+    assert head.startswith(b"POST /x HTTP/1.1\r\n")
+    assert sent == body

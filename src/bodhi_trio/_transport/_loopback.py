@@ -215,7 +215,7 @@ async def _exchange(
     try:
         try:
             request = _request_bytes(method, address, path, body, content_type)
-            await connection.stream.send_all(request)
+            await connection.send(request)
         except (OSError, trio.BrokenResourceError) as exc:
             raise UpstreamError(f"llama-server connection broke: {exc!r}") from exc
         head, rest = await _read_head(connection)

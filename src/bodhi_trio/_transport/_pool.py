@@ -68,6 +68,30 @@ class UpstreamConnection:
         self.answered = self.answered or bool(data)
         return data
 
+    async def send(self, data: bytes) -> None:
+        """Write a request to llama-server: at once when the socket takes it whole (a
+        request is small), else the rest as ``SocketStream.send_all`` writes it.
+
+        A checkpoint first (cancellable), but no yield after a write that went out at
+        once: the next step, the wait for the answer, yields anyway, and on a busy
+        event loop every yield on a request's way costs it a whole round of the others.
+
+        Raises:
+            OSError: The connection broke, or the socket was closed (``EBADF``).
+            trio.BrokenResourceError: The same, seen by ``send_all``.
+
+        Cancellation: before the first byte, nothing was sent; during ``send_all``, part
+        of the request may have been (the caller must not reuse the connection then).
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            # fileno() is -1 once the socket is closed: a write then fails (EBADF)
+            sent = os.write(self.stream.socket.fileno(), data)
+        except BlockingIOError:
+            sent = 0
+        if sent < len(data):
+            await self.stream.send_all(data[sent:])
+
     async def abort(self, reason: str) -> None:
         """Close it under a reader's feet: the reader's :meth:`receive` raises ``reason``."""
         self.abort_reason = reason
