@@ -153,14 +153,14 @@ class _H11Protocol(H11Protocol):
     async def stream_send(self, event: StreamEvent) -> None:
         """A body piece of a chunked response framed here, not by h11 (module docstring)."""
         if type(event) is Body and self._frames_chunks():
-            data = event.data
-            if data:  # an empty chunk would read as the end of the body
-                await self.send(RawData(data=b"%x\r\n%s\r\n" % (len(data), data)))
+            if event.data:  # an empty chunk would read as the end of the body
+                await self.send(RawData(data=_chunk(event.data)))
             return
         await super().stream_send(event)
 
-    def body_writer(self, stream: HTTPStream) -> BodyWriter:
-        """The writer :func:`body_writer` gives for ``stream``, one of this protocol's."""
+    def body_writer(self, stream: HTTPStream, send_message: BodyWriter) -> BodyWriter:
+        """The writer :func:`body_writer` gives for ``stream``, one of this protocol's;
+        ``send_message`` writes what cannot be framed here the ASGI way."""
         write_whole = self.write_whole
         assert write_whole is not None  # set before the first request is read
 
@@ -171,12 +171,9 @@ class _H11Protocol(H11Protocol):
                 and not stream.closed
                 and self._frames_chunks()
             ):
-                await write_whole(b"%x\r\n%s\r\n" % (len(data), data))
-                return
-            with trio.CancelScope(shield=True):  # Hypercorn's own way, as uncancellable
-                await stream.app_send(
-                    {"type": "http.response.body", "body": data, "more_body": True}
-                )
+                await write_whole(_chunk(data))
+            else:
+                await send_message(data)
 
         return write
 
@@ -304,13 +301,18 @@ def body_writer(send: Any) -> BodyWriter:
     Args:
         send: The ASGI ``send`` callable of the request.
     """
-    stream = getattr(send, "__self__", None)
-    protocol = getattr(getattr(stream, "send", None), "__self__", None)
-    if type(stream) is HTTPStream and type(protocol) is _H11Protocol:
-        return protocol.body_writer(stream)
 
-    async def write(data: bytes) -> None:
+    async def send_message(data: bytes) -> None:
         with trio.CancelScope(shield=True):
             await send({"type": "http.response.body", "body": data, "more_body": True})
 
-    return write
+    stream = getattr(send, "__self__", None)
+    protocol = getattr(getattr(stream, "send", None), "__self__", None)
+    if type(stream) is HTTPStream and type(protocol) is _H11Protocol:
+        return protocol.body_writer(stream, send_message)
+    return send_message
+
+
+def _chunk(data: bytes) -> bytes:
+    """``data`` as one chunk of a chunked body (what h11's chunked writer writes)."""
+    return b"%x\r\n%s\r\n" % (len(data), data)

@@ -116,7 +116,13 @@ class _Measured:
     started: float
     status: int = 0
     first_byte: float | None = None
-    bytes: int = 0
+    body_bytes: int = 0
+
+    def sent(self, body: bytes) -> None:
+        """A piece of the response body went out."""
+        if body and self.first_byte is None:
+            self.first_byte = time.perf_counter()
+        self.body_bytes += len(body)
 
 
 @final
@@ -226,10 +232,7 @@ class Observer:
             async def measuring_send(message: Any) -> None:
                 kind = message["type"]
                 if kind == "http.response.body":
-                    body = message.get("body", b"")
-                    if body and measured.first_byte is None:
-                        measured.first_byte = time.perf_counter()
-                    measured.bytes += len(body)
+                    measured.sent(message.get("body", b""))
                 elif kind == "http.response.start":
                     measured.status = message["status"]
                 await send(message)
@@ -237,9 +240,7 @@ class Observer:
             write_directly = body_writer(send)
 
             async def write_body(data: bytes) -> None:
-                if measured.first_byte is None:
-                    measured.first_byte = time.perf_counter()
-                measured.bytes += len(data)
+                measured.sent(data)
                 await write_directly(data)
 
             async with request_scope() as note:
@@ -279,7 +280,7 @@ class Observer:
                 status,
                 ttfb,
                 (ended - measured.started) * 1e3,
-                measured.bytes,
+                measured.body_bytes,
                 extra={
                     "method": scope.get("method"),
                     "path": scope.get("path"),
@@ -289,7 +290,7 @@ class Observer:
                     if measured.first_byte is None
                     else round((measured.first_byte - measured.started) * 1e3, 3),
                     "duration_ms": round((ended - measured.started) * 1e3, 3),
-                    "bytes": measured.bytes,
+                    "bytes": measured.body_bytes,
                 },
             )
 

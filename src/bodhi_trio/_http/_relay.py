@@ -234,24 +234,11 @@ class RelayBody:
                     if self.writer is not None:
                         await self._pump(self._pieces, self.writer)
                         return await self._end()
-                ended = False
-                with trio.move_on_after(interval):  # only the wait for bytes
-                    try:
-                        piece = await self._pieces.__anext__()
-                    except StopAsyncIteration:
-                        ended = True
-                    except BodhiError as exc:  # broke, or the producer was interrupted
-                        self._read_error, ended = exc, True
-                    except Exception as exc:
-                        logger.exception("reading a relayed completion failed")
-                        self._read_error = BodhiError(f"internal error: {exc!r}")
-                        ended = True
-                    else:
-                        self._mid_event = not piece.endswith(b"\n\n")
-                        self._recent.append(piece)
-                        return piece
-                if ended:
-                    return await self._end()
+                piece: bytes | None = None
+                with trio.move_on_after(interval) as waiting:  # only the wait for bytes
+                    piece = await self._next_piece(self._pieces)
+                if not waiting.cancelled_caught:
+                    return await self._end() if piece is None else piece
                 if not self._mid_event:  # a comment inside an event would corrupt it
                     return KEEPALIVE
                 continue
@@ -277,27 +264,37 @@ class RelayBody:
         Cancellation (the client left): raised from the read; Quart then closes the body.
         """
         interval = keepalive_interval(self.relay.keepalive)
-        recent = self._recent
         while True:
             with trio.CancelScope() as waiting:
                 while True:
                     waiting.deadline = trio.current_time() + interval
-                    try:
-                        piece = await pieces.__anext__()
-                    except StopAsyncIteration:
+                    piece = await self._next_piece(pieces)
+                    if piece is None:
                         return
-                    except BodhiError as exc:  # broke, or the producer was interrupted
-                        self._read_error = exc
-                        return
-                    except Exception as exc:
-                        logger.exception("reading a relayed completion failed")
-                        self._read_error = BodhiError(f"internal error: {exc!r}")
-                        return
-                    self._mid_event = not piece.endswith(b"\n\n")
-                    recent.append(piece)
                     await write(piece)
             if not self._mid_event:  # a comment inside an event would corrupt it
                 await write(KEEPALIVE)
+
+    async def _next_piece(self, pieces: AsyncIterator[bytes]) -> bytes | None:
+        """The next piece of llama-server's body, noted for the keep-alive rule and the
+        usage; ``None`` once the body ended or broke (a read error is kept for :meth:`_end`).
+
+        Cancellation: raised; no byte is lost (the next call goes on).
+        """
+        try:
+            piece = await pieces.__anext__()
+        except StopAsyncIteration:
+            return None
+        except BodhiError as exc:  # broke, or the producer was interrupted
+            self._read_error = exc
+            return None
+        except Exception as exc:
+            logger.exception("reading a relayed completion failed")
+            self._read_error = BodhiError(f"internal error: {exc!r}")
+            return None
+        self._mid_event = not piece.endswith(b"\n\n")
+        self._recent.append(piece)
+        return piece
 
     async def _end(self) -> bytes:
         """Let the producer release the slot (so ``in_flight`` has dropped when the
