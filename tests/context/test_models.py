@@ -193,6 +193,36 @@ async def test_each_model_has_its_own_idle_timer(
         assert h.launcher.alive == {}
 
 
+async def test_requests_that_keep_the_keep_alive_do_not_wake_the_idle_unloader(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """It sleeps until the unload is due: a request costs it no task step (it used to
+    take two: at the request's start and end); the unload still comes on time."""
+    steps: list[str] = []
+
+    class _Steps(trio.abc.Instrument):
+        def before_task_step(self, task: trio.lowlevel.Task) -> None:
+            steps.append(task.name)
+
+    instrument = _Steps()
+    async with harness(tmp_path, BODHI_KEEP_ALIVE_SECS="300") as h:
+        await h.chat("a")
+        await trio.testing.wait_all_tasks_blocked()  # the unloader started and sleeps
+        trio.lowlevel.add_instrument(instrument)
+        try:
+            for _ in range(20):
+                await h.chat("a")
+                await trio.sleep(10)
+        finally:
+            trio.lowlevel.remove_instrument(instrument)
+        assert steps.count("idle:a") == 0
+        assert h.ctx.state.status_of("a") is SlotStatus.READY
+        await trio.sleep(300 - 10 - 1)  # 299 s after the last request ended
+        assert h.ctx.state.status_of("a") is SlotStatus.READY
+        await trio.sleep(2)
+        assert h.ctx.state.model("a") is None
+
+
 async def test_a_cancelled_waiter_leaves_no_hold_on_either_model(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:

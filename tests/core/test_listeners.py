@@ -164,3 +164,38 @@ async def test_notify_after_a_listeners_task_was_cancelled_neither_raises_nor_ke
             hub.notify(event(1))  # raised BrokenResourceError before the fix
             assert hub.statistics() == []
             outer.cancel_scope.cancel()
+
+
+async def test_a_listener_of_some_kinds_is_not_woken_by_the_others() -> None:
+    """The metrics listener reads lifecycle events only; the per-request RESPONSE events
+    must neither reach it nor wake its task (a task step per request)."""
+    received: list[EventKind] = []
+
+    async def listener(event: ServerEvent) -> None:
+        received.append(event.kind)
+
+    steps: list[str] = []
+
+    class _Steps(trio.abc.Instrument):
+        def before_task_step(self, task: trio.lowlevel.Task) -> None:
+            steps.append(task.name)
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            hub = ListenerHub(nursery)
+            hub.add(listener, name="lifecycle", kinds={EventKind.START, EventKind.STOP})
+            await trio.testing.wait_all_tasks_blocked()
+            trio.lowlevel.add_instrument(_Steps())
+            for seq in range(50):
+                hub.notify(event(seq))  # RESPONSE
+            await trio.testing.wait_all_tasks_blocked()
+            woken = steps.count("listener:lifecycle")
+            hub.notify(ServerEvent(EventKind.START, "a", "cpu", seq=50))
+            hub.notify(ServerEvent(EventKind.CRASHED, "a", "cpu", seq=51))
+            hub.notify(ServerEvent(EventKind.STOP, "a", "cpu", seq=52))
+            await trio.testing.wait_all_tasks_blocked()
+            (stats,) = hub.statistics()
+            nursery.cancel_scope.cancel()
+    assert woken == 0
+    assert received == [EventKind.START, EventKind.STOP]
+    assert (stats.delivered, stats.dropped) == (2, 0)

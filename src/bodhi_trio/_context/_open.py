@@ -14,7 +14,7 @@ crashes, idle unload), and remote aliases and fallback chains (``_routing``)::
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, final
 
@@ -161,9 +161,15 @@ class SharedContext:
         return self._scheduler.child_address(alias)
 
     def add_state_listener(
-        self, listener: StateListener, *, buffer: int = 256, name: str | None = None
+        self,
+        listener: StateListener,
+        *,
+        buffer: int = 256,
+        name: str | None = None,
+        kinds: Collection[EventKind] | None = None,
     ) -> Callable[[], None]:
-        """Deliver every :class:`ServerEvent` to ``listener``, in order.
+        """Deliver every :class:`ServerEvent` (of ``kinds``, if given) to ``listener``,
+        in order.
 
         The listener runs in its own task with its own bounded queue: a slow one
         loses events (counted), one that raises is logged; neither affects requests.
@@ -171,7 +177,7 @@ class SharedContext:
         Returns:
             A function that removes the listener.
         """
-        return self._hub.add(listener, buffer=buffer, name=name)
+        return self._hub.add(listener, buffer=buffer, name=name, kinds=kinds)
 
     def statistics(self) -> ContextStatistics:
         return ContextStatistics(

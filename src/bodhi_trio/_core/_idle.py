@@ -1,8 +1,11 @@
 """Idle unload: a model stops its keep-alive after its last response ended.
 
 One task per resident model, in the root nursery, cancelled (``idle_scope``) when
-the model stops for any other reason. The keep-alive is read each time the model
-becomes idle: a request may have changed it (a negative one never unloads).
+the model stops for any other reason. It sleeps until the unload is due (its keep-alive
+after in_flight last dropped to 0) and looks again then: a request that came and went
+meanwhile moved the due time, one still in flight makes it wait for the model to be
+unused. So a busy model's requests never wake it; only a request that changes the
+keep-alive does (a negative one never unloads; 0 unloads right after the request).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ async def run_idle_unloader(scheduler: Scheduler, model: ModelSlot) -> None:
 
     Never while it loads or has a response in flight or waiting, and never racing a
     start: it takes the write side only if it is free at that very moment, and only
-    if nothing happened since the idle period began.
+    if no response ended since the unload became due.
 
     Cancellation: the way it ends when the model stops otherwise.
     """
@@ -37,18 +40,14 @@ async def run_idle_unloader(scheduler: Scheduler, model: ModelSlot) -> None:
     with model.idle_scope:
         while True:
             await scheduler.wait_until(unused)
-            activity = model.activity
-
-            def active_since(seen: int = activity) -> bool:
-                return model.activity != seen
-
-            # Never (negative): wait for activity all the same; the request that comes
-            # may set a keep-alive that does expire.
             keep_alive = model.keep_alive if model.keep_alive >= 0 else math.inf
-            with trio.move_on_at(model.idle_since + keep_alive):
-                await scheduler.wait_until(active_since)
+            due = model.idle_since + keep_alive
+            if trio.current_time() < due:
+                with trio.move_on_at(due):
+                    await model.keep_alive_changed.wait()
                 continue
-            if model.activity != activity or not model.ready:
+            if not model.ready:
+                await scheduler.changed.wait()
                 continue
             if not model.lock.try_acquire_write():
                 # A load, stop or handover holds it. Their ends publish a change; a bare

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import final
 
 import attrs
 import trio
 
-from bodhi_trio._core._state import ServerEvent
+from bodhi_trio._core._state import EventKind, ServerEvent
 
 __all__ = ["ListenerHub", "ListenerStatistics", "StateListener"]
 
@@ -65,6 +65,7 @@ class _Subscription:
     name: str
     listener: StateListener
     send: trio.MemorySendChannel[ServerEvent]
+    kinds: frozenset[EventKind] | None = None  # None: every kind
     delivered: int = 0
     dropped: int = 0
     failed: int = 0
@@ -83,7 +84,12 @@ class ListenerHub:
     _subscriptions: list[_Subscription] = attrs.field(factory=list, init=False)
 
     def add(
-        self, listener: StateListener, *, buffer: int = 256, name: str | None = None
+        self,
+        listener: StateListener,
+        *,
+        buffer: int = 256,
+        name: str | None = None,
+        kinds: Collection[EventKind] | None = None,
     ) -> Callable[[], None]:
         """Start delivering events to ``listener``.
 
@@ -91,6 +97,9 @@ class ListenerHub:
             listener: Receives each event, one at a time, in order.
             buffer: Events held for a slow listener before new ones are dropped.
             name: For logs and statistics (default: the listener's qualified name).
+            kinds: Only events of these kinds (default: every kind). A listener that
+                ignores :attr:`EventKind.RESPONSE` should leave it out: it comes with
+                every forwarded request, and each delivery wakes the listener's task.
 
         Returns:
             A function that removes the listener (idempotent); its task ends after
@@ -99,7 +108,8 @@ class ListenerHub:
         """
         send, receive = trio.open_memory_channel[ServerEvent](buffer)
         label = name or str(getattr(listener, "__qualname__", repr(listener)))
-        subscription = _Subscription(label, listener, send)
+        wanted = None if kinds is None else frozenset(kinds)
+        subscription = _Subscription(label, listener, send, wanted)
         self._subscriptions.append(subscription)
         self._nursery.start_soon(self._deliver, subscription, receive, name=f"listener:{label}")
         return functools.partial(self._discard, subscription)
@@ -107,6 +117,8 @@ class ListenerHub:
     def notify(self, event: ServerEvent) -> None:
         """Queue ``event`` for every listener. Never blocks, never raises."""
         for subscription in tuple(self._subscriptions):
+            if subscription.kinds is not None and event.kind not in subscription.kinds:
+                continue
             try:
                 subscription.send.send_nowait(event)
             except trio.WouldBlock:

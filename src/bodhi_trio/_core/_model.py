@@ -40,7 +40,7 @@ class ModelSlot:
         alias: The alias it serves.
         log: Its child's output (its own ring and file, mirrored into the combined one).
         keep_alive: Seconds of idleness before it is unloaded (negative: never). The alias's
-            own (or the default) until a request overrides it (:meth:`Scheduler.serving`).
+            own (or the default) until a request overrides it (:meth:`set_keep_alive`).
         lock: Writer-preferring: responses hold the read side, load/stop/evict the write.
         status: Where it is in its lifecycle.
         child: The running child, once started.
@@ -48,9 +48,9 @@ class ModelSlot:
         in_flight: How many responses hold it.
         memory: Bytes it is counted for: the estimate, then the child's measured RSS.
         error: Why its last run ended badly, if it did.
-        activity: Bumped whenever a read hold is taken or given back (the idle unloader
-            checks that nothing happened since it began to count).
         idle_since: Trio time in_flight last dropped to 0.
+        keep_alive_changed: Set when a request changes the keep-alive (a fresh event
+            after each): the idle unloader's due time moved.
         idle_scope: Its idle unloader's scope (cancelled when it stops).
         since: Wall-clock time of the last status change.
         last_used: Wall-clock time a response last began or ended (the LRU order).
@@ -67,8 +67,8 @@ class ModelSlot:
     memory: int | None = None
     error: str | None = None
     interruption: BodhiError | None = None
-    activity: int = 0
     idle_since: float = attrs.field(factory=trio.current_time)
+    keep_alive_changed: trio.Event = attrs.field(factory=trio.Event)
     idle_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     since: float = attrs.field(factory=time.time)
     last_used: float = attrs.field(factory=time.time)
@@ -99,9 +99,16 @@ class ModelSlot:
         for reader in self.readers:
             reader.cancel()
 
+    def set_keep_alive(self, seconds: float) -> None:
+        """A request's keep-alive (negative: never unload); wakes the idle unloader if it
+        changed."""
+        if seconds != self.keep_alive:
+            self.keep_alive = seconds
+            self.keep_alive_changed.set()
+            self.keep_alive_changed = trio.Event()
+
     def count_reader(self, delta: int) -> None:
         self.in_flight += delta
-        self.activity += 1
         self.last_used = time.time()
         if self.in_flight == 0:
             self.idle_since = trio.current_time()

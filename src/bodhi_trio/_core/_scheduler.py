@@ -227,7 +227,7 @@ class Scheduler:
         try:
             model = await self._hold_read_for(alias)
             # Set while holding it: the idle unloader reads it once in_flight drops to 0.
-            model.keep_alive = self._keep_alive_for(alias) if keep_alive is None else keep_alive
+            model.set_keep_alive(self._keep_alive_for(alias) if keep_alive is None else keep_alive)
             reader = trio.CancelScope()
             model.readers.add(reader)
             model.count_reader(+1)

@@ -4,9 +4,13 @@ Each route parses its path and query, passes the raw body on, and turns the
 :class:`Reply` into a response. Every :class:`BodhiError`, every HTTP error from
 the framework (unknown route, wrong method, body too large) and anything
 unexpected becomes ``{"error": {"message", "type", "code", "param"}}`` with its
-status here, in :func:`_error_response`, and nowhere else; under Ollama's paths
-(``/``, ``/api/...``, registered from :mod:`._ollama`) it becomes Ollama's
-``{"error": "<text>"}`` there too.
+status through :func:`._errors.error_reply`, here in the error handler; under Ollama's
+paths (``/``, ``/api/...``, registered from :mod:`._ollama`) Ollama's
+``{"error": "<text>"}``.
+
+The completion routes (``POST`` on :data:`ENDPOINTS`) are registered here too (their
+access, and a request under an ASGI ``root_path``), but the middleware answers them
+without Quart (:mod:`._completion_route`), with the same checks, limits and errors.
 
 Who may call what is declared where each route is registered (``access=``, an
 :class:`Access`), so a new route cannot be added without deciding it; the
@@ -18,29 +22,26 @@ streams, so it is off; ``BODY_TIMEOUT`` bounds a slow upload instead.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, final
 
 from quart import Response, g, request
 from quart_trio import QuartTrio
-from werkzeug.exceptions import HTTPException
 
 from bodhi_trio._context._endpoints import UPSTREAM_METHODS
 from bodhi_trio._context._open import ENDPOINTS
 from bodhi_trio._exceptions import (
-    BodhiError,
     ForbiddenError,
     InvalidRequestError,
     NotFoundError,
     RequestTooLargeError,
-    error_envelope,
 )
+from bodhi_trio._http._completion_route import CompletionRoute
+from bodhi_trio._http._errors import error_reply
 from bodhi_trio._http._observe import PROMETHEUS_CONTENT_TYPE, Observer
 from bodhi_trio._http._ollama._routes import (
     OllamaRoutes,
     is_ollama_path,
-    ollama_error,
     register_ollama_routes,
 )
 from bodhi_trio._http._openapi import openapi_document
@@ -48,7 +49,6 @@ from bodhi_trio._http._page import page_asset, wants_page
 from bodhi_trio._http._pull_routes import PullRoutes, register_pull_routes
 from bodhi_trio._http._routes import Reply, Routes
 from bodhi_trio._http._security import Access
-from bodhi_trio._http._sse import compact_json
 
 if TYPE_CHECKING:
     from bodhi_trio._http._security import AccessPolicy
@@ -56,19 +56,7 @@ from bodhi_trio._http._request_scope import note_request
 
 __all__ = ["create_app"]
 
-logger = logging.getLogger("bodhi_trio.http")
-
 _BODY_TIMEOUT = 60.0
-_STATUS_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    405: "invalid_request_error",
-    409: "conflict_error",
-    413: "invalid_request_error",
-    415: "invalid_request_error",
-}
 
 
 def _to_response(reply: Reply) -> Response:
@@ -78,36 +66,15 @@ def _to_response(reply: Reply) -> Response:
 
 
 def _error_response(error: BaseException, *, ollama: bool = False) -> Response:
-    """The one place where errors become HTTP responses: our envelope, or under
-    Ollama's paths (``ollama``) Ollama's ``{"error": "<text>"}`` and status."""
-    if isinstance(error, HTTPException) and error.code == 413:
-        error = RequestTooLargeError("the request body is too large")
-    if isinstance(error, BodhiError):
-        status, envelope = error.status, error.to_envelope()
-    elif isinstance(error, HTTPException):
-        status = error.code or 500
-        code = (error.name or "error").lower().replace(" ", "_")
-        error_type = _STATUS_TYPES.get(status, "internal_server_error")
-        envelope = error_envelope(error.description or error.name, error_type, code)
-    else:
-        logger.error("unexpected error", exc_info=error)
-        status, message = 500, "internal server error"
-        envelope = error_envelope(message, "internal_server_error", "internal_error")
-    body: object = envelope
-    if ollama:
-        status, body = ollama_error(error, status, envelope)
-    response = Response(compact_json(body), status=status, content_type="application/json")
-    retry_after = getattr(error, "retry_after", None)  # UnavailableError, a cooling chain
-    if isinstance(error, BodhiError) and isinstance(retry_after, int):
-        response.headers["Retry-After"] = str(retry_after)
-    return response
+    return _to_response(error_reply(error, ollama=ollama))
 
 
 @final
 class _RequestScoped:
     """ASGI middleware: each request runs in its request scope (whatever it registered with
     ``close_with_request`` is closed when it ends, even if the framework never touched its
-    body), measured and logged by the :class:`Observer`.
+    body), measured and logged by the :class:`Observer`; the completion routes are answered
+    by a :class:`CompletionRoute`, everything else by the app.
 
     Attributes:
         app: The Quart-Trio app.
@@ -116,12 +83,24 @@ class _RequestScoped:
     """
 
     def __init__(
-        self, app: QuartTrio, route_access: Mapping[tuple[str, str], Access], observer: Observer
+        self,
+        app: QuartTrio,
+        route_access: Mapping[tuple[str, str], Access],
+        observer: Observer,
+        completion: CompletionRoute,
     ) -> None:
         self.app = app
         self.route_access = route_access
         self.observer = observer
-        self._observed = observer.middleware(app)
+        self._completion = completion
+        self._observed = observer.middleware(self._dispatch)
+
+    async def _dispatch(self, scope: Any, receive: Any, send: Any) -> None:
+        # The completion routes skip Quart (see _completion_route); the rest is the app's.
+        if scope["type"] == "http" and self._completion.serves(scope):
+            await self._completion(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         await self._observed(scope, receive, send)
@@ -180,10 +159,7 @@ def create_app(
 
     @app.after_request
     async def add_cors(response: Response) -> Response:
-        origin = request.headers.get("origin")
-        if origin is not None and policy.origin_allowed(origin):
-            response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Vary"] = "Origin"
+        response.headers.update(policy.cors_headers(request.headers.get("origin")))
         return response
 
     @app.after_request
@@ -320,7 +296,8 @@ def create_app(
     route("/bodhi/v1/aliases/<path:name>", ["GET"], routes.alias_get, access=Access.API)
     route("/bodhi/v1/aliases/<path:name>", ["PUT"], alias_put, access=Access.ADMIN)
     route("/bodhi/v1/aliases/<path:name>", ["DELETE"], routes.alias_delete, access=Access.ADMIN)
-    return _RequestScoped(app, route_access, observer)
+    completion = CompletionRoute(routes, policy, max_body_bytes, _BODY_TIMEOUT)
+    return _RequestScoped(app, route_access, observer, completion)
 
 
 def _preflight(origin: str) -> Response:

@@ -20,6 +20,13 @@ and ``hypercorn.protocol.h11.H11Protocol``) is used as is, except:
   wrote the last response, and Quart-Trio cancels that task as soon as the response
   is out: the close was cut at its first checkpoint and the socket stayed open until
   the keep-alive timeout. The close is shielded here.
+- **One keep-alive timer per connection, ended with it.** Hypercorn starts a timer
+  task each time the connection turns idle and cancels it when a request comes (a
+  lock and a task spawn per request), and never stops it when the connection closes:
+  a closed connection's task lived on until the keep-alive timeout (75 s). Here one
+  task per connection watches a deadline that requests move (no task step), and ends
+  when the connection closes. At shutdown an idle connection closes at once and a
+  busy one once its response is out, as with Hypercorn's.
 
 And two shortcuts on the streaming hot path, where each token is one write
 (issue 17: a GPU's hundreds of paced streams are hundreds of writes per second,
@@ -46,6 +53,7 @@ tests in ``tests/test_connections.py`` fail if an upgrade changes them.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Awaitable, Callable
 from typing import Any, final
@@ -53,7 +61,7 @@ from typing import Any, final
 import h11
 import h11._writers
 import trio
-from hypercorn.events import Closed, Event, RawData
+from hypercorn.events import Closed, Event, RawData, Updated
 from hypercorn.protocol.events import Body
 from hypercorn.protocol.events import Event as StreamEvent
 from hypercorn.protocol.h11 import H11Protocol
@@ -218,6 +226,9 @@ class Connection(TCPServer):
         # Annotated as an SSLStream, but TCPServer serves plain sockets too (its non-TLS branch).
         super().__init__(app, config, context, state, stream)  # type: ignore[arg-type]
         self._on_close = on_close
+        self._idle_deadline = math.inf  # when an idle connection times out; inf while busy
+        self._idle_scope = trio.CancelScope()  # the keep-alive watch's current wait
+        self._closed = False
 
     async def run(self) -> None:
         # TCPServer.run without its TLS branch and with our protocol instead of
@@ -243,19 +254,63 @@ class Connection(TCPServer):
                 # Typed as ProtocolWrapper; TCPServer only calls initiate() and handle().
                 self.protocol = protocol  # type: ignore[assignment]
                 await self.protocol.initiate()
-                await self.idle_task.restart(self._task_group, self._idle_timeout)
-                await self._read_data()
+                self._set_idle(True)
+                task_group.spawn(self._watch_idle)
+                try:
+                    await self._read_data()
+                finally:
+                    self._stop_watching_idle()
         except OSError:
             pass
         finally:
             await self._close()
 
     async def protocol_send(self, event: Event) -> None:
-        """Hypercorn's, with the synchronous write first (see the module docstring)."""
-        if type(event) is not RawData or self.send_lock.locked():
+        """Hypercorn's, with the synchronous write first and our keep-alive timer (see
+        the module docstring)."""
+        kind = type(event)
+        if kind is RawData and not self.send_lock.locked():
+            await self.write_whole(event.data)  # type: ignore[attr-defined]
+        elif kind is Updated:
+            self._set_idle(event.idle)  # type: ignore[attr-defined]
+        else:
             await super().protocol_send(event)
+
+    def _set_idle(self, idle: bool) -> None:
+        """The connection turned idle (its timeout starts; at once at shutdown) or busy."""
+        deadline = math.inf
+        if idle:
+            timeout = 0.0 if self.context.terminated.is_set() else self.config.keep_alive_timeout
+            deadline = trio.current_time() + timeout
+        self._idle_deadline = deadline
+        self._idle_scope.deadline = deadline
+
+    async def _watch_idle(self) -> None:
+        """Close the connection once it was idle for the keep-alive timeout, or at
+        shutdown once it is idle; return when it closed otherwise.
+
+        Cancellation: only with the connection's task group (the connection's end).
+        """
+        terminated = self.context.terminated
+        while not self._closed:
+            if terminated.is_set() and self._idle_deadline < math.inf:
+                break  # shutting down, and idle
+            with trio.CancelScope(deadline=self._idle_deadline) as scope:
+                self._idle_scope = scope
+                if terminated.is_set():
+                    await trio.sleep_forever()  # until idle (_set_idle: now) or closed
+                else:
+                    await terminated.wait()
+            if scope.cancelled_caught and trio.current_time() >= self._idle_deadline:
+                break  # idle for the keep-alive timeout
+        else:
             return
-        await self.write_whole(event.data)
+        with trio.CancelScope(shield=True):
+            await self._initiate_server_close()
+
+    def _stop_watching_idle(self) -> None:
+        self._closed = True
+        self._idle_scope.cancel()
 
     async def write_whole(self, data: bytes) -> None:
         """Write ``data`` to the client whole, or close the connection if it broke.
@@ -282,6 +337,7 @@ class Connection(TCPServer):
 
     async def _close(self) -> None:
         self._on_close()
+        self._stop_watching_idle()
         with trio.CancelScope(shield=True):  # see "Connection: close closes" above
             await super()._close()
 

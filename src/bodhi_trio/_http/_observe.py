@@ -195,6 +195,11 @@ class Observer:
 
     # ------------------------------------------------------------------ model events
 
+    EVENT_KINDS = frozenset(
+        (EventKind.LOADING, EventKind.START, EventKind.STOP, EventKind.CRASHED, EventKind.HUNG)
+    )
+    """The kinds :meth:`on_event` reads (subscribe it to these only)."""
+
     async def on_event(self, event: ServerEvent) -> None:
         """A state listener: counts loads, unloads and crashes and logs one line each."""
         alias, detail = event.alias or "", event.detail

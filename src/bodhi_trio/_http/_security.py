@@ -129,6 +129,13 @@ class AccessPolicy:
         parts = urlsplit(origin)
         return parts.scheme in ("http", "https") and is_loopback_host(parts.hostname or "")
 
+    def cors_headers(self, origin: str | None) -> dict[str, str]:
+        """The CORS headers of an answer to a request from ``origin`` (none unless the
+        origin is allowed)."""
+        if origin is None or not self.origin_allowed(origin):
+            return {}
+        return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+
     def _granted(self, headers: Mapping[str, str]) -> Access:
         """What the request's key allows: :attr:`Access.API` or :attr:`Access.ADMIN`."""
         presented = ""

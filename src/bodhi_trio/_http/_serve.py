@@ -146,7 +146,8 @@ async def serve(
 
     async with open_context(settings) as ctx, trio.open_nursery() as relays:
         observer = Observer(lambda: ctx.state, ctx.is_alias)
-        ctx.add_state_listener(observer.on_event, name="metrics")  # as long as ctx lives
+        # As long as ctx lives; not the per-request RESPONSE events, which it ignores.
+        ctx.add_state_listener(observer.on_event, name="metrics", kinds=Observer.EVENT_KINDS)
         app = create_app(
             Routes(ctx, relays),
             policy,

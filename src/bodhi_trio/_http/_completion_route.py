@@ -1,0 +1,190 @@
+"""The completion routes answered straight from ASGI, without Quart's request machinery.
+
+``POST`` on a route of :data:`ENDPOINTS` is the path every token takes. Through Quart a
+request gets a request object, routing, before- and after-request hooks and a response
+object, and Quart-Trio runs the handler in a task of its own beside one that hands it
+the ASGI messages: CPU and scheduler rounds before the first byte. Here the same
+steps run once, in order, in the task Hypercorn gave the request:
+
+1. Host, Origin and key: :meth:`AccessPolicy.check` with :attr:`Access.API`, as the
+   app's ``check_access`` does for every route.
+2. The body: a declared length over the limit is refused unread; otherwise it is read
+   from ``receive`` up to the limit, within ``body_timeout`` (408 after it).
+3. :meth:`Routes.completion`, and its :class:`Reply` sent as ASGI messages (a stream's
+   pieces mostly written by the relay itself, :mod:`._relay`).
+
+Errors become answers through :func:`error_reply`, as in the app; the app's after-request
+rules apply too: the CORS headers for an allowed ``Origin``, and ``Connection: close``
+when the body was left unread (Hypercorn would otherwise never read the next request
+on that connection). The routes stay registered in the app as well, which answers them
+when this path declines a request (an ASGI ``root_path``).
+
+Cancellation: once the body is read, a second task waits for ``http.disconnect`` and
+cancels the answer when the client leaves (the relay's producer with it, through the
+request scope). A client that leaves while sending its body gets nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import TYPE_CHECKING, Any, final
+
+import attrs
+import trio
+from werkzeug.exceptions import RequestTimeout
+
+from bodhi_trio._context._open import ENDPOINTS
+from bodhi_trio._exceptions import RequestTooLargeError
+from bodhi_trio._http._errors import error_reply
+from bodhi_trio._http._request_scope import note_request
+from bodhi_trio._http._security import Access
+
+if TYPE_CHECKING:
+    from bodhi_trio._http._routes import Reply, Routes
+    from bodhi_trio._http._security import AccessPolicy
+
+__all__ = ["CompletionRoute"]
+
+_PATHS = frozenset(ENDPOINTS)
+_CLOSE = (b"connection", b"close")
+
+
+@final
+@attrs.frozen
+class CompletionRoute:
+    """``POST`` on the routes of :data:`ENDPOINTS`, as an ASGI application.
+
+    Attributes:
+        routes: What the route does (:meth:`Routes.completion`).
+        policy: Who may call it.
+        max_body_bytes: Larger request bodies get 413.
+        body_timeout: Seconds a client may take to send its body (408 after).
+    """
+
+    routes: Routes
+    policy: AccessPolicy
+    max_body_bytes: int
+    body_timeout: float
+
+    def serves(self, scope: Mapping[str, Any]) -> bool:
+        """Whether this route answers the HTTP request ``scope``."""
+        return scope["method"] == "POST" and scope["path"] in _PATHS and not scope.get("root_path")
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        endpoint: str = scope["path"]
+        headers = {
+            name.decode("latin-1").lower(): value.decode("latin-1")
+            for name, value in scope["headers"]
+        }
+        extra = self.policy.cors_headers(headers.get("origin"))
+        try:
+            self.policy.check(headers, Access.API)
+            note_request(route=endpoint)  # the metrics' route label, as the app's routes do
+            raw = await self._body(headers.get("content-length"), receive)
+        except Exception as error:
+            # Answered with the body unread: tell a keep-alive client to reconnect.
+            await _send_reply(send, error_reply(error), extra, close=_declares_body(headers))
+            return
+        if raw is None:
+            return  # the client left while sending its body: nobody to answer
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)
+            try:
+                reply = await self.routes.completion(endpoint, raw)
+            except Exception as error:
+                reply = error_reply(error)
+            await _send_reply(send, reply, extra, close=False)
+            nursery.cancel_scope.cancel()
+
+    async def _body(self, declared: str | None, receive: Any) -> bytes | None:
+        """The request body, or None if the client left before it was whole.
+
+        Raises:
+            RequestTooLargeError: Declared or found larger than ``max_body_bytes``.
+            RequestTimeout: Not whole within ``body_timeout`` (408).
+        """
+        limit = self.max_body_bytes
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise RequestTooLargeError(
+                f"the request body is larger than {limit} bytes (BODHI_MAX_BODY_BYTES)"
+            )
+        parts: list[bytes] = []
+        size = 0
+        queued = _queued_messages(receive)
+        with trio.move_on_after(self.body_timeout):
+            while True:
+                message = queued() or await receive()
+                if message["type"] != "http.request":
+                    return None  # http.disconnect
+                data: bytes = message.get("body", b"")
+                size += len(data)
+                if size > limit:
+                    raise RequestTooLargeError("the request body is too large")
+                parts.append(data)
+                if not message.get("more_body", False):
+                    return parts[0] if len(parts) == 1 else b"".join(parts)
+        raise RequestTimeout()
+
+
+def _queued_messages(receive: Any) -> Callable[[], Any]:
+    """A function giving the next message already queued for ``receive``, or None.
+
+    Hypercorn hands the app its channel's ``receive``; a small body is queued whole by
+    the time the app runs (the request, its data and its end came in one read), and
+    taking it with ``receive_nowait`` spares a scheduler round per message. For any
+    other ``receive``: always None (the caller awaits ``receive`` then).
+    """
+    channel = getattr(receive, "__self__", None)
+    if not isinstance(channel, trio.MemoryReceiveChannel):
+        return lambda: None
+
+    def queued() -> Any:
+        try:
+            return channel.receive_nowait()
+        except trio.WouldBlock:
+            return None
+
+    return queued
+
+
+def _declares_body(headers: Mapping[str, str]) -> bool:
+    length = headers.get("content-length", "")
+    return (length.isdigit() and int(length) > 0) or "transfer-encoding" in headers
+
+
+async def _cancel_on_disconnect(receive: Any, scope: trio.CancelScope) -> None:
+    """Cancel ``scope`` when the client leaves (Hypercorn's ``http.disconnect``)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    scope.cancel()
+
+
+async def _send_reply(send: Any, reply: Reply, extra: Mapping[str, str], *, close: bool) -> None:
+    """Send ``reply`` with the ``extra`` headers (and ``Connection: close`` if ``close``).
+
+    A streamed body is closed when it ends or this is cancelled (shielded: ``aclose``
+    never blocks)."""
+    headers = [(name.lower().encode(), value.encode()) for name, value in reply.headers.items()]
+    body = reply.body
+    if isinstance(body, bytes):
+        headers.append((b"content-length", str(len(body)).encode()))
+    headers.extend((name.lower().encode(), value.encode()) for name, value in extra.items())
+    if close:
+        headers.append(_CLOSE)
+    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+    if isinstance(body, bytes):
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+        return
+    await _send_stream(send, body)
+
+
+async def _send_stream(send: Any, body: AsyncIterator[bytes]) -> None:
+    try:
+        async for piece in body:
+            await send({"type": "http.response.body", "body": piece, "more_body": True})
+    finally:
+        aclose = getattr(body, "aclose", None)
+        if aclose is not None:
+            with trio.CancelScope(shield=True):
+                await aclose()
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
