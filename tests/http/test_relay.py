@@ -122,6 +122,47 @@ async def test_keepalives_while_loading_and_while_generation_pauses(
     assert items == [KEEPALIVE] * 3 + [b"data: 1\n\n", KEEPALIVE, b"data: 2\n\n"]
 
 
+async def test_the_pump_sends_a_keepalive_only_after_a_whole_silent_interval(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """With a writer (the OpenAI routes) the body writes its pieces itself; its
+    keep-alive timer counts from the last write: pieces 0.6 s apart in a 1 s interval
+    get none, a 1 s pause one, a pause inside an event none (it would corrupt it)."""
+    written: list[tuple[float, bytes]] = []
+
+    async def write(data: bytes) -> None:
+        written.append((round(trio.current_time(), 6), data))
+
+    async def drain(body: RelayBody) -> None:
+        assert [item async for item in body] == []  # every piece went to the writer
+
+    async with rig() as r:
+        r.body.writer = write
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(drain, r.body)
+            for piece in (b"data: 1\n\n", b"data: 2\n\n", b"data: 3\n\n"):
+                await trio.testing.wait_all_tasks_blocked()
+                mock_clock.jump(0.6)
+                await r.upstream.send(piece)
+            await trio.testing.wait_all_tasks_blocked()
+            mock_clock.jump(1.0)  # a whole interval silent: one keep-alive
+            await trio.testing.wait_all_tasks_blocked()
+            await r.upstream.send(b"data: 4")  # half an event
+            await trio.testing.wait_all_tasks_blocked()
+            mock_clock.jump(1.5)  # silent mid-event: nothing may be written
+            await trio.testing.wait_all_tasks_blocked()
+            await r.upstream.send(b"\n\n")
+            await r.upstream.aclose()
+    assert written == [
+        (0.6, b"data: 1\n\n"),
+        (1.2, b"data: 2\n\n"),
+        (1.8, b"data: 3\n\n"),
+        (2.8, KEEPALIVE),
+        (2.8, b"data: 4"),
+        (4.3, b"\n\n"),
+    ]
+
+
 async def test_an_interruption_mid_read_ends_with_its_own_error() -> None:
     with trio.fail_after(5):
         async with rig() as r:

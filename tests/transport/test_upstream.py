@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable
 from functools import partial
 
 import pytest
 import trio
 import trio.lowlevel
+import trio.testing
 
 from bodhi_trio._core._address import Address
 from bodhi_trio._exceptions import UpstreamError
 from bodhi_trio._transport._loopback import UpstreamPool, send_upstream
+from bodhi_trio._transport._pool import UpstreamConnection
 
 Handler = Callable[[trio.SocketStream], Awaitable[None]]
 
@@ -315,3 +318,46 @@ async def test_a_request_larger_than_the_socket_takes_arrives_whole() -> None:
     head, _, sent = received[0].partition(b"\r\n\r\n")
     assert head.startswith(b"POST /x HTTP/1.1\r\n")
     assert sent == body
+
+
+async def test_a_paced_stream_is_read_without_reads_that_find_nothing(
+    monkeypatch: pytest.MonkeyPatch, mock_clock: trio.testing.MockClock
+) -> None:
+    """A read first tries the socket and waits only if nothing is there; once a read had
+    to wait over 0.1 ms (a token's pace) the next waits first, so a paced stream
+    costs no failed read per token. Bytes that were there at once switch it back."""
+    ours, theirs = trio.socket.socketpair()
+    empty_reads: list[int] = []
+    real_read = os.read
+
+    def read(fd: int, size: int) -> bytes:
+        try:
+            return real_read(fd, size)
+        except BlockingIOError:
+            if fd == ours.fileno():
+                empty_reads.append(fd)
+            raise
+
+    monkeypatch.setattr(os, "read", read)
+    connection = UpstreamConnection(local(1), trio.SocketStream(ours))
+    with trio.fail_after(10), theirs:
+        async with trio.open_nursery() as nursery:
+
+            async def paced() -> None:
+                for index in range(5):
+                    await trio.testing.wait_all_tasks_blocked()  # the reader waits
+                    mock_clock.jump(0.02)
+                    await theirs.send(b"token %d" % index)
+
+            nursery.start_soon(paced)
+            pieces = [await connection.receive() for _ in range(5)]
+        assert pieces == [b"token %d" % index for index in range(5)]
+        assert len(empty_reads) == 1  # only the first read found nothing
+        await theirs.send(b"at once")
+        await trio.testing.wait_all_tasks_blocked()
+        assert await connection.receive() == b"at once"  # waited first: there at once
+        assert not connection.paced
+        await theirs.send(b"again")
+        assert await connection.receive() == b"again"  # read first
+        assert len(empty_reads) == 1
+    await connection.stream.aclose()

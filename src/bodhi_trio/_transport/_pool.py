@@ -26,6 +26,8 @@ _RECEIVE_BYTES = 65536
 _CLOSE_TIMEOUT = 2.0
 _CONNECT_TIMEOUT = 10.0
 _MAX_IDLE_PER_SERVER = 64
+_PACED_WAIT = 0.0001
+"""A read that waited longer than this (0.1 ms) for its bytes marks the stream as paced."""
 
 
 @attrs.define(eq=False)
@@ -41,6 +43,9 @@ class UpstreamConnection:
             clock); a watchdog reads it instead of a timer per read, which the relay's
             hot path cannot afford.
         abort_reason: Why it was closed under its reader, if it was.
+        paced: Its last read waited for bytes (over 0.1 ms): the next one waits
+            for them first, without a read that would find nothing (a paced stream's
+            every read).
     """
 
     address: Address
@@ -49,6 +54,7 @@ class UpstreamConnection:
     answered: bool = False
     waiting_since: float | None = None
     abort_reason: str | None = None
+    paced: bool = False
 
     async def receive(self) -> bytes:
         """The next bytes from llama-server; ``b""`` when it closed the connection.
@@ -58,7 +64,7 @@ class UpstreamConnection:
         """
         self.waiting_since = trio.current_time()
         try:
-            data = await _read_socket(self.stream.socket)
+            data = await self._read()
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             if self.abort_reason is not None:
                 raise UpstreamError(self.abort_reason) from exc
@@ -67,6 +73,41 @@ class UpstreamConnection:
             self.waiting_since = None
         self.answered = self.answered or bool(data)
         return data
+
+    async def _read(self) -> bytes:
+        """``SocketStream.receive_some`` without its layers: a token of a paced stream is
+        one read, and the stream's conflict detector and the socket's generic retry helper
+        cost more than the read itself. The same rules: a checkpoint first (cancellable),
+        a wait only when nothing is there, and a yield (not cancellable) when something
+        was. After a read that had to wait (:attr:`paced`), the next one waits first: its
+        read-first would only find nothing, one failed syscall per token.
+
+        Raises:
+            OSError: The connection broke, or the socket was closed (``EBADF``).
+            trio.ClosedResourceError: It was closed while this waited.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        sock = self.stream.socket
+        if not self.paced:
+            try:
+                # fileno() is -1 once closed: a read then fails, never reads another socket
+                data = os.read(sock.fileno(), _RECEIVE_BYTES)
+            except BlockingIOError:
+                self.paced = True
+            else:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return data
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            try:
+                data = os.read(sock.fileno(), _RECEIVE_BYTES)
+            except BlockingIOError:  # a spurious wake-up
+                continue
+            # Paced if the bytes kept it waiting (a token's pace); ones that were there
+            # at once (a fast stream on a busy loop) are read first next time.
+            since = self.waiting_since
+            self.paced = since is None or trio.current_time() - since > _PACED_WAIT
+            return data
 
     async def send(self, data: bytes) -> None:
         """Write a request to llama-server: at once when the socket takes it whole (a
@@ -101,33 +142,6 @@ class UpstreamConnection:
         """Close the socket (shielded, and bounded in time)."""
         with trio.move_on_after(_CLOSE_TIMEOUT, shield=True):
             await self.stream.aclose()
-
-
-async def _read_socket(sock: trio.socket.SocketType) -> bytes:
-    """``SocketStream.receive_some`` without its layers: a token of a paced stream is one
-    read, and the stream's conflict detector and the socket's generic retry helper cost
-    more than the read itself. The same rules: a checkpoint first (cancellable), a wait
-    only when nothing is there, and a yield (not cancellable) when something was.
-
-    Raises:
-        OSError: The connection broke, or the socket was closed (``EBADF``).
-        trio.ClosedResourceError: It was closed while this waited.
-    """
-    await trio.lowlevel.checkpoint_if_cancelled()
-    fd = sock.fileno()  # -1 once closed: a read then fails, never reads another socket
-    try:
-        data = os.read(fd, _RECEIVE_BYTES)
-    except BlockingIOError:
-        pass
-    else:
-        await trio.lowlevel.cancel_shielded_checkpoint()
-        return data
-    while True:
-        await trio.lowlevel.wait_readable(sock)
-        try:
-            return os.read(sock.fileno(), _RECEIVE_BYTES)
-        except BlockingIOError:  # a spurious wake-up
-            continue
 
 
 @final
