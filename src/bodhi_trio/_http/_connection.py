@@ -171,14 +171,19 @@ class _H11Protocol(H11Protocol):
         ``send_message`` writes what cannot be framed here the ASGI way."""
         write_whole = self.write_whole
         assert write_whole is not None  # set before the first request is read
+        # h11's side of a response whose chunked body began stays so until the response
+        # ends, which goes through the stream (its state, closed): looked at once.
+        chunked = False
 
         async def write(data: bytes) -> None:
+            nonlocal chunked
             if (
                 data  # an empty chunk would read as the end of the body
                 and stream.state is ASGIHTTPState.RESPONSE
                 and not stream.closed
-                and self._frames_chunks()
+                and (chunked or self._frames_chunks())
             ):
+                chunked = True
                 await write_whole(_chunk(data))
             else:
                 await send_message(data)
