@@ -361,3 +361,16 @@ async def test_a_paced_stream_is_read_without_reads_that_find_nothing(
         assert await connection.receive() == b"again"  # read first
         assert len(empty_reads) == 1
     await connection.stream.aclose()
+
+
+@pytest.mark.parametrize("paced", [False, True], ids=["read-first", "paced"])
+async def test_a_read_on_a_connection_closed_under_it_is_an_upstream_error(paced: bool) -> None:
+    """The producer leaving closes the connection; a read that comes after (the body's
+    next) fails as a broken connection, on either path (a paced one waits first, and
+    Trio's wait refuses a closed socket's -1 with a ValueError)."""
+    ours, theirs = trio.socket.socketpair()
+    connection = UpstreamConnection(local(1), trio.SocketStream(ours), paced=paced)
+    with theirs:
+        await connection.stream.aclose()
+        with trio.fail_after(5), pytest.raises(UpstreamError, match="broke"):
+            await connection.receive()

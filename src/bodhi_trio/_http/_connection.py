@@ -166,9 +166,11 @@ class _H11Protocol(H11Protocol):
             return
         await super().stream_send(event)
 
-    def body_writer(self, stream: HTTPStream, send_message: BodyWriter) -> BodyWriter:
+    def body_writer(
+        self, stream: HTTPStream, send_message: BodyWriter, counted: Callable[[bytes], None]
+    ) -> BodyWriter:
         """The writer :func:`body_writer` gives for ``stream``, one of this protocol's;
-        ``send_message`` writes what cannot be framed here the ASGI way."""
+        ``send_message`` writes what cannot be framed here the ASGI way (and counts it)."""
         write_whole = self.write_whole
         assert write_whole is not None  # set before the first request is read
         # h11's side of a response whose chunked body began stays so until the response
@@ -184,6 +186,7 @@ class _H11Protocol(H11Protocol):
                 and (chunked or self._frames_chunks())
             ):
                 chunked = True
+                counted(data)
                 await write_whole(_chunk(data))
             else:
                 await send_message(data)
@@ -351,7 +354,7 @@ class Connection(TCPServer):
         await super()._initiate_server_close()
 
 
-def body_writer(send: Any) -> BodyWriter:
+def body_writer(send: Any, counted: Callable[[bytes], None] = lambda data: None) -> BodyWriter:
     """A writer of body pieces for a response whose head the app sent with ``send``.
 
     For the ``send`` Hypercorn gives an app on one of our connections, the writer frames
@@ -361,16 +364,19 @@ def body_writer(send: Any) -> BodyWriter:
 
     Args:
         send: The ASGI ``send`` callable of the request.
+        counted: Called with each piece as it is written (the request's byte count),
+            without a coroutine of its own per piece.
     """
 
     async def send_message(data: bytes) -> None:
+        counted(data)
         with trio.CancelScope(shield=True):
             await send({"type": "http.response.body", "body": data, "more_body": True})
 
     stream = getattr(send, "__self__", None)
     protocol = getattr(getattr(stream, "send", None), "__self__", None)
     if type(stream) is HTTPStream and type(protocol) is _H11Protocol:
-        return protocol.body_writer(stream, send_message)
+        return protocol.body_writer(stream, send_message, counted)
     return send_message
 
 

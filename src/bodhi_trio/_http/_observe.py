@@ -242,14 +242,9 @@ class Observer:
                     measured.status = message["status"]
                 await send(message)
 
-            write_directly = body_writer(send)
-
-            async def write_body(data: bytes) -> None:
-                measured.sent(data)
-                await write_directly(data)
-
             async with request_scope() as note:
-                note.body_writer = write_body
+                # A relay's pieces, written past the ASGI send, are counted as they go.
+                note.body_writer = body_writer(send, measured.sent)
                 try:
                     await app(scope, receive, measuring_send)
                 finally:

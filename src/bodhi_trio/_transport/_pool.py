@@ -79,16 +79,17 @@ class UpstreamConnection:
         one read, and the stream's conflict detector and the socket's generic retry helper
         cost more than the read itself. The same rules: a checkpoint first (cancellable),
         a wait only when nothing is there, and a yield (not cancellable) when something
-        was. After a read that had to wait (:attr:`paced`), the next one waits first: its
-        read-first would only find nothing, one failed syscall per token.
+        was. After a read that had to wait (:attr:`paced`), the next one waits first (the
+        wait is the checkpoint): its read-first would only find nothing, one failed
+        syscall per token.
 
         Raises:
             OSError: The connection broke, or the socket was closed (``EBADF``).
             trio.ClosedResourceError: It was closed while this waited.
         """
-        await trio.lowlevel.checkpoint_if_cancelled()
         sock = self.stream.socket
         if not self.paced:
+            await trio.lowlevel.checkpoint_if_cancelled()
             try:
                 # fileno() is -1 once closed: a read then fails, never reads another socket
                 data = os.read(sock.fileno(), _RECEIVE_BYTES)
@@ -98,7 +99,9 @@ class UpstreamConnection:
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return data
         while True:
-            await trio.lowlevel.wait_readable(sock)
+            if sock.fileno() < 0:  # closed (the producer left): Trio's wait would refuse -1
+                raise trio.ClosedResourceError("the connection to llama-server was closed")
+            await trio.lowlevel.wait_readable(sock)  # a checkpoint: cancellable
             try:
                 data = os.read(sock.fileno(), _RECEIVE_BYTES)
             except BlockingIOError:  # a spurious wake-up
