@@ -20,7 +20,7 @@ from quart_trio import QuartTrio
 from bodhi_trio._http._completion_route import CompletionRoute
 from bodhi_trio._http._request_scope import request_scope
 from bodhi_trio._http._routes import Reply, Routes
-from bodhi_trio._http._security import AccessPolicy
+from bodhi_trio._http._security import Access, AccessPolicy
 from httpserver import running_server
 from paths import FAKE_LLAMA_SERVER
 
@@ -65,7 +65,8 @@ class _Unused:
 
 def _route(max_body_bytes: int = 1000) -> CompletionRoute:
     routes = cast(Routes, _Unused())
-    return CompletionRoute(routes, AccessPolicy("127.0.0.1"), max_body_bytes, BODY_TIMEOUT)
+    access = {"/v1/chat/completions": Access.API}
+    return CompletionRoute(routes, AccessPolicy("127.0.0.1"), access, max_body_bytes, BODY_TIMEOUT)
 
 
 def _scope(*headers: tuple[bytes, bytes]) -> dict[str, Any]:
@@ -148,3 +149,24 @@ async def test_a_body_over_the_limit_gets_413_unread(
     assert (status, head[b"connection"]) == (413, b"close")
     assert message.encode() in sent[1]["body"]
     assert len(sent) == 2
+
+
+async def test_an_early_answer_reads_what_the_client_still_sends() -> None:
+    """Hypercorn puts ``http.disconnect`` into the app's bounded queue from inside the
+    last ``send``; with a body left unread filling that queue, only a reader of it lets
+    the send return (a refused upload otherwise held its connection open)."""
+    incoming, receive = trio.open_memory_channel[dict[str, Any]](2)
+    for _ in range(2):
+        incoming.send_nowait({"type": "http.request", "body": b"x" * 100, "more_body": True})
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+        if message["type"] == "http.response.body" and not message.get("more_body"):
+            await incoming.send({"type": "http.disconnect"})  # waits for room, as Hypercorn's
+
+    with trio.fail_after(5):
+        async with request_scope():
+            await _route()(_scope((b"content-length", b"5000")), receive.receive, send)
+    status, headers = _head(sent)
+    assert (status, headers[b"connection"]) == (413, b"close")

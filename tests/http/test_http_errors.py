@@ -122,44 +122,57 @@ async def test_unknown_route_and_wrong_method(tmp_path: Path, hub_cache: Path) -
     assert envelope(wrong)["type"] == "invalid_request_error"
 
 
-async def test_api_keys(tmp_path: Path, hub_cache: Path) -> None:
+# A read route through the app, and a completion route, which is answered without Quart
+# (_completion_route): the same checks must hold on both. A request that passes them gets
+# its route's own answer (the completion's `{}` is a 400: it never reaches a model).
+CHECKED_ROUTES = pytest.mark.parametrize(
+    ("method", "path", "body", "passed"),
+    [("GET", "/v1/models", None, 200), ("POST", "/v1/chat/completions", b"{}", 400)],
+    ids=["app-route", "completion-route"],
+)
+
+
+@CHECKED_ROUTES
+async def test_api_keys(
+    tmp_path: Path, hub_cache: Path, method: str, path: str, body: bytes | None, passed: int
+) -> None:
     with trio.fail_after(30):
         async with running_server(tmp_path, hub_cache, BODHI_API_KEYS="k1,k2") as server:
-            missing = await request(server.url, "GET", "/v1/models")
-            wrong = await request(
-                server.url, "GET", "/v1/models", headers={"Authorization": "Bearer k3"}
-            )
-            right = await request(
-                server.url, "GET", "/v1/models", headers={"Authorization": "Bearer k2"}
-            )
-            x_api_key = await request(server.url, "GET", "/v1/models", headers={"x-api-key": "k1"})
+
+            async def call(**headers: str) -> httpx.Response:
+                return await request(server.url, method, path, content=body, headers=headers)
+
+            missing = await call()
+            wrong = await call(Authorization="Bearer k3")
+            right = await call(Authorization="Bearer k2")
+            x_api_key = await call(**{"x-api-key": "k1"})
             ping = await request(server.url, "GET", "/ping")
     assert missing.status_code == 401
     assert envelope(missing)["type"] == "authentication_error"
     assert wrong.status_code == 401
-    assert right.status_code == 200
-    assert x_api_key.status_code == 200
+    assert envelope(wrong)["code"] == "invalid_api_key"
+    assert right.status_code == passed
+    assert x_api_key.status_code == passed
     assert ping.json() == {"message": "pong"}
 
 
-async def test_foreign_host_and_origin_are_refused(tmp_path: Path, hub_cache: Path) -> None:
+@CHECKED_ROUTES
+async def test_foreign_host_and_origin_are_refused(
+    tmp_path: Path, hub_cache: Path, method: str, path: str, body: bytes | None, passed: int
+) -> None:
     with trio.fail_after(30):
         async with running_server(
             tmp_path, hub_cache, BODHI_ALLOWED_ORIGINS="https://app.example"
         ) as server:
-            rebinding = await request(
-                server.url, "GET", "/v1/models", headers={"Host": "evil.example:1135"}
-            )
-            foreign = await request(
-                server.url, "GET", "/v1/models", headers={"Origin": "https://evil.example"}
-            )
-            null_origin = await request(server.url, "GET", "/v1/models", headers={"Origin": "null"})
-            local_page = await request(
-                server.url, "GET", "/v1/models", headers={"Origin": "http://localhost:3000"}
-            )
-            allowed = await request(
-                server.url, "GET", "/v1/models", headers={"Origin": "https://app.example"}
-            )
+
+            async def call(**headers: str) -> httpx.Response:
+                return await request(server.url, method, path, content=body, headers=headers)
+
+            rebinding = await call(Host="evil.example:1135")
+            foreign = await call(Origin="https://evil.example")
+            null_origin = await call(Origin="null")
+            local_page = await call(Origin="http://localhost:3000")
+            allowed = await call(Origin="https://app.example")
             preflight = await request(
                 server.url,
                 "OPTIONS",
@@ -181,9 +194,12 @@ async def test_foreign_host_and_origin_are_refused(tmp_path: Path, hub_cache: Pa
     for refused in (rebinding, foreign, null_origin, foreign_preflight, post_from_page):
         assert refused.status_code == 403
         assert envelope(refused)["type"] == "permission_error"
-    assert local_page.status_code == 200
+    for refused in (rebinding, foreign, null_origin):
+        assert "access-control-allow-origin" not in refused.headers
+    assert local_page.status_code == passed
     assert local_page.headers["access-control-allow-origin"] == "http://localhost:3000"
-    assert allowed.status_code == 200
+    assert allowed.status_code == passed
+    assert allowed.headers["access-control-allow-origin"] == "https://app.example"
     assert preflight.status_code == 204
     assert preflight.headers["access-control-allow-origin"] == "https://app.example"
 

@@ -108,9 +108,14 @@ async def test_an_idle_connection_closes_its_keep_alive_timeout_after_its_last_r
         async with serving(_App(), timeout, trio.Event()) as port:
             stream = await trio.open_tcp_stream("127.0.0.1", port)
             async with stream:
-                for _ in range(3):  # each request moves the deadline
+                for _ in range(3):
                     await stream.send_all(REQUEST)
                     await answer(stream)
+                    # Time passing is the scenario: 0.9 s in all, the deadline each request
+                    # moved not reached (a fixed one would have closed at 0.5 s).
+                    await trio.sleep(timeout * 0.6)
+                await stream.send_all(REQUEST)
+                await answer(stream)
                 answered = trio.current_time()
                 rest = await until_closed(stream)
                 closed = trio.current_time()

@@ -296,7 +296,8 @@ def create_app(
     route("/bodhi/v1/aliases/<path:name>", ["GET"], routes.alias_get, access=Access.API)
     route("/bodhi/v1/aliases/<path:name>", ["PUT"], alias_put, access=Access.ADMIN)
     route("/bodhi/v1/aliases/<path:name>", ["DELETE"], routes.alias_delete, access=Access.ADMIN)
-    completion = CompletionRoute(routes, policy, max_body_bytes, _BODY_TIMEOUT)
+    completion_access = {rule: route_access[("POST", rule)] for rule in ENDPOINTS}
+    completion = CompletionRoute(routes, policy, completion_access, max_body_bytes, _BODY_TIMEOUT)
     return _RequestScoped(app, route_access, observer, completion)
 
 

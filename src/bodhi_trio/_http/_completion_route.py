@@ -6,8 +6,8 @@ object, and Quart-Trio runs the handler in a task of its own beside one that han
 the ASGI messages: CPU and scheduler rounds before the first byte. Here the same
 steps run once, in order, in the task Hypercorn gave the request:
 
-1. Host, Origin and key: :meth:`AccessPolicy.check` with :attr:`Access.API`, as the
-   app's ``check_access`` does for every route.
+1. Host, Origin and key: :meth:`AccessPolicy.check` with the access the app registered
+   for the route (:attr:`Access.API`), as the app's ``check_access`` does for every route.
 2. The body: a declared length over the limit is refused unread; otherwise it is read
    from ``receive`` up to the limit, within ``body_timeout`` (408 after it).
 3. :meth:`Routes.completion`, and its :class:`Reply` sent as ASGI messages (a stream's
@@ -19,9 +19,10 @@ when the body was left unread (Hypercorn would otherwise never read the next req
 on that connection). The routes stay registered in the app as well, which answers them
 when this path declines a request (an ASGI ``root_path``).
 
-Cancellation: once the body is read, a second task waits for ``http.disconnect`` and
-cancels the answer when the client leaves (the relay's producer with it, through the
-request scope). A client that leaves while sending its body gets nothing.
+Cancellation: once the body is read (or left unread for an early error), a second task
+waits for ``http.disconnect`` and cancels the answer when the client leaves (the relay's
+producer with it, through the request scope). A client that leaves while sending its body
+gets nothing.
 """
 
 from __future__ import annotations
@@ -33,19 +34,16 @@ import attrs
 import trio
 from werkzeug.exceptions import RequestTimeout
 
-from bodhi_trio._context._open import ENDPOINTS
 from bodhi_trio._exceptions import RequestTooLargeError
 from bodhi_trio._http._errors import error_reply
 from bodhi_trio._http._request_scope import note_request
-from bodhi_trio._http._security import Access
 
 if TYPE_CHECKING:
     from bodhi_trio._http._routes import Reply, Routes
-    from bodhi_trio._http._security import AccessPolicy
+    from bodhi_trio._http._security import Access, AccessPolicy
 
 __all__ = ["CompletionRoute"]
 
-_PATHS = frozenset(ENDPOINTS)
 _CLOSE = (b"connection", b"close")
 
 
@@ -57,18 +55,25 @@ class CompletionRoute:
     Attributes:
         routes: What the route does (:meth:`Routes.completion`).
         policy: Who may call it.
+        access: What each path needs, as the app registered it (``POST`` on each route of
+            :data:`ENDPOINTS`): the one table of who may call what.
         max_body_bytes: Larger request bodies get 413.
         body_timeout: Seconds a client may take to send its body (408 after).
     """
 
     routes: Routes
     policy: AccessPolicy
+    access: Mapping[str, Access]
     max_body_bytes: int
     body_timeout: float
 
     def serves(self, scope: Mapping[str, Any]) -> bool:
         """Whether this route answers the HTTP request ``scope``."""
-        return scope["method"] == "POST" and scope["path"] in _PATHS and not scope.get("root_path")
+        return (
+            scope["method"] == "POST"
+            and scope["path"] in self.access
+            and not scope.get("root_path")
+        )
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         endpoint: str = scope["path"]
@@ -77,23 +82,29 @@ class CompletionRoute:
             for name, value in scope["headers"]
         }
         extra = self.policy.cors_headers(headers.get("origin"))
+        reply: Reply | None = None
         try:
-            self.policy.check(headers, Access.API)
+            self.policy.check(headers, self.access[endpoint])
             note_request(route=endpoint)  # the metrics' route label, as the app's routes do
             raw = await self._body(headers.get("content-length"), receive)
         except Exception as error:
-            # Answered with the body unread: tell a keep-alive client to reconnect.
-            await _send_reply(send, error_reply(error), extra, close=_declares_body(headers))
-            return
-        if raw is None:
-            return  # the client left while sending its body: nobody to answer
+            reply, raw = error_reply(error), b""
+        else:
+            if raw is None:
+                return  # the client left while sending its body: nobody to answer
         async with trio.open_nursery() as nursery:
+            # It also reads what the client still sends (a body left unread): Hypercorn's
+            # queue to the app is bounded, and its last send waits for room in it.
             nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)
-            try:
-                reply = await self.routes.completion(endpoint, raw)
-            except Exception as error:
-                reply = error_reply(error)
-            await _send_reply(send, reply, extra, close=False)
+            # An early error is answered with the body unread: a keep-alive client must
+            # reconnect (Hypercorn would never read its next request on this connection).
+            close = reply is not None and _declares_body(headers)
+            if reply is None:
+                try:
+                    reply = await self.routes.completion(endpoint, raw)
+                except Exception as error:
+                    reply = error_reply(error)
+            await _send_reply(send, reply, extra, close=close)
             nursery.cancel_scope.cancel()
 
     async def _body(self, declared: str | None, receive: Any) -> bytes | None:

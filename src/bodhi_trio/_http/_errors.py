@@ -57,8 +57,8 @@ def error_reply(error: BaseException, *, ollama: bool = False) -> Reply:
     body: object = envelope
     if ollama:
         status, body = ollama_error(error, status, envelope)
-    headers = _JSON
+    headers = dict(_JSON)
     retry_after = getattr(error, "retry_after", None)  # UnavailableError, a cooling chain
     if isinstance(error, BodhiError) and isinstance(retry_after, int):
-        headers = {**_JSON, "Retry-After": str(retry_after)}
+        headers["Retry-After"] = str(retry_after)
     return Reply(status, headers, compact_json(body).encode())

@@ -11,18 +11,18 @@ Three parties share one :class:`Relay`:
   stuck (a client that stopped reading blocks the write, never the slot).
 - The **route** waits, up to the keep-alive interval, for that head: a failure
   becomes a proper status; a slow load gets an early 200 instead.
-- The **body** (:class:`RelayBody`), iterated by Quart once it sent the
-  headers, sends keep-alive comments while the model still loads, then reads
-  the upstream response itself and returns each piece as it arrives: one task
-  from the upstream read to the client write, nothing queued in between (the
-  relay's fast path). Given the request's body writer (``writer``), it writes
-  the pieces itself in one loop instead (:meth:`RelayBody._pump`), with one
-  keep-alive deadline moved forward per read instead of a timeout scope per
-  read, and without Quart's iteration and the ASGI message per piece in
-  between. At the end it lets the producer release the slot, and returns the
-  one error event a failure owes. Its ``aclose`` (Quart's, or the request
-  scope's when Quart never got that far) cancels the producer, which closes the
-  upstream connection, so llama-server stops generating.
+- The **body** (:class:`RelayBody`), iterated once the headers are sent (by the
+  completion route, :mod:`._completion_route`, or by Quart for the pass-through and
+  the Ollama routes), sends keep-alive comments while the model still loads, then
+  reads the upstream response itself and returns each piece as it arrives: one task
+  from the upstream read to the client write, nothing queued in between (the relay's
+  fast path). Given the request's body writer (``writer``), it writes the pieces
+  itself in one loop instead (:meth:`RelayBody._pump`), with one keep-alive scope per
+  interval instead of a timeout scope per read, and without the body's iteration and
+  the ASGI message per piece in between. At the end it lets the producer release the
+  slot, and returns the one error event a failure owes. Its ``aclose`` (the
+  iterator's, or the request scope's when nobody got that far) cancels the producer,
+  which closes the upstream connection, so llama-server stops generating.
 
 The producer never raises (its errors are recorded for the body), and only the
 request's task writes to the client.
@@ -193,7 +193,7 @@ async def start_relay(
 @final
 @attrs.define(eq=False)
 class RelayBody:
-    """The body Quart iterates for a streamed completion (see the module docstring).
+    """The body of a streamed completion (see the module docstring).
 
     Args:
         relay: The shared state.
@@ -220,7 +220,7 @@ class RelayBody:
         """The next piece of llama-server's body as it arrived, a keep-alive, or the
         one error event owed at the end.
 
-        Cancellation (the client left): Quart then calls :meth:`aclose`.
+        Cancellation (the client left): whoever iterates it then calls :meth:`aclose`.
         """
         if self.prime:
             self.prime = False
