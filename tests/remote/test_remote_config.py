@@ -111,12 +111,50 @@ def test_api_key_env_is_a_foreign_variable_name(name: object) -> None:
         "Upgrade",
         "TE",
         "Expect",
+        # credentials under other names (Azure OpenAI's api-key, Anthropic's x-api-key...):
+        # a static value would be stored in the alias file and listed to every API key
+        "api-key",
+        "X-Api-Key",
+        "x-goog-api-key",
+        "X-Auth-Token",
+        "X-Access-Token",
+        "X-Client-Secret",
+        "X-Session",
+        "Set-Cookie",
+        "X-Amz-Signature",
     ],
 )
 def test_headers_cannot_carry_credentials_or_reframe(name: str) -> None:
     error = refused_spec(remote(headers={name: "x"}))
     assert error.param == "remote.headers"
     assert name in error.message
+
+
+def test_the_key_goes_in_the_header_the_alias_names() -> None:
+    spec = RemoteSpec.from_dict(
+        remote(api_key_env="AZURE_KEY", api_key_header="api-key"), source="test"
+    )
+    assert spec.api_key_header == "api-key"
+    assert spec.to_dict()["api_key_header"] == "api-key"
+    assert "api_key_header" not in RemoteSpec.from_dict(remote(), source="test").to_dict()
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"api_key_header": "api-key"}, "needs api_key_env"),
+        ({"api_key_env": "K", "api_key_header": "Authorization"}, "Bearer"),
+        ({"api_key_env": "K", "api_key_header": "Cookie"}, "must not be"),
+        ({"api_key_env": "K", "api_key_header": "a\r\nb"}, "header name"),
+        ({"api_key_env": "K", "api_key_header": 5}, "header name"),
+    ],
+)
+def test_a_key_header_must_be_a_plain_name_with_a_key(
+    fields: dict[str, object], message: str
+) -> None:
+    error = refused_spec(remote(**fields))
+    assert error.param == "remote.api_key_header"
+    assert message in error.message
 
 
 @pytest.mark.parametrize(

@@ -235,3 +235,37 @@ async def test_a_key_read_from_a_file_may_end_in_a_line_break(
                 response = await http.post(server.url + "/v1/chat/completions", json=chat("keyed"))
     assert response.status_code == 200
     assert stub.requests[0].headers["authorization"] == "Bearer sk-from-a-file"
+
+
+async def test_a_key_goes_in_the_header_the_alias_names(
+    tmp_path: Path, hub_cache: Path, transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Azure OpenAI reads its key from ``api-key``, Anthropic's API from ``x-api-key``:
+    ``api_key_header`` sends it there, as it is, and nowhere else (no ``Authorization``),
+    and the alias as listed names the header and the variable, never the key."""
+    key = f"sk-azure-{uuid.uuid4().hex}"
+    monkeypatch.setenv(KEY_VAR, key)
+    with trio.fail_after(30):
+        async with remote_stub(ssl_context=transport.ssl_context) as stub:
+            azure = remote_alias(
+                "azure",
+                stub.base_url,
+                api_key_env=KEY_VAR,
+                api_key_header="api-key",
+                **transport.fields,
+            )
+            async with (
+                running_server(
+                    tmp_path, hub_cache, aliases=(azure,), BODHI_REMOTE_KEY_ENVS=KEY_VAR
+                ) as server,
+                httpx.AsyncClient(base_url=server.url, timeout=30) as http,
+            ):
+                response = await http.post("/v1/chat/completions", json=chat("azure"))
+                listed = await http.get("/bodhi/v1/aliases/azure")
+    assert response.status_code == 200
+    (request,) = stub.requests
+    assert request.headers["api-key"] == key
+    assert "authorization" not in request.headers
+    assert listed.json()["remote"]["api_key_header"] == "api-key"
+    assert key not in listed.text
+    assert all(key not in text for text in files_under(tmp_path))

@@ -10,6 +10,7 @@ of a llama-server child of ours::
       replicas: [https://gpu-box-2:8000/v1]    # more base URLs serving the same model
       model: meta-llama/Llama-3.1-70B-Instruct # written into the forwarded body
       api_key_env: GPU_BOX_KEY                 # read per request; never stored
+      api_key_header: api-key                  # optional: else Authorization: Bearer
       headers: {Host: big.ns.example.com}
       ca_bundle: /etc/ssl/private-ca.pem
       connect_timeout_secs: 5
@@ -20,7 +21,9 @@ Every field is checked as an attacker would write it (whoever holds an admin key
 may write aliases): a URL with credentials in it is refused (they would be stored
 and listed), the key is only ever the *name* of an environment variable, and not
 one of bodhi-trio's own (an alias must not be able to send our keys elsewhere),
-static headers cannot carry credentials or reframe the request.
+static headers cannot carry credentials (no header whose name says key, token, secret,
+auth, session, cookie, password, credential or signature: its value would be stored and
+listed) or reframe the request.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ REMOTE_KEYS = (
     "replicas",
     "model",
     "api_key_env",
+    "api_key_header",
     "headers",
     "ca_bundle",
     "connect_timeout_secs",
@@ -65,6 +69,12 @@ _FORBIDDEN_HEADERS = frozenset(
 # Secrets bodhi-trio itself reads (pulls from the Hub) or keeps from its children
 # (_llama._launch): an alias must not send them to a server of its choosing.
 _OUR_SECRETS = frozenset({"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "LLAMA_API_KEY"})
+# Header names that carry a credential (Azure's ``api-key``, ``x-api-key``, a token): a
+# static value would be stored in the alias file and listed to every API key; the key
+# goes in ``api_key_env`` (and its header name in ``api_key_header``) instead.
+_CREDENTIAL_NAME = re.compile(
+    r"key|token|secret|auth|passw|session|cookie|credential|signature", re.IGNORECASE
+)
 _MAX_REPLICAS = 32
 _MAX_SECONDS = 86_400.0
 
@@ -147,6 +157,14 @@ def _headers(value: object, source: str) -> tuple[tuple[str, str], ...]:
             raise _fail(source, "headers", f"has an invalid header name {name!r}")
         if name.lower() in _FORBIDDEN_HEADERS:
             raise _fail(source, "headers", f"must not set {name!r} (api_key_env sends the key)")
+        if _CREDENTIAL_NAME.search(name):
+            raise _fail(
+                source,
+                "headers",
+                f"must not set {name!r}: a credential's value would be stored and listed;"
+                " name its environment variable in api_key_env (and the header in"
+                " api_key_header)",
+            )
         # Printable ASCII (and tab) only: no CR/LF to smuggle a header, and httpx sends
         # values as ASCII (anything else would fail every request of the alias).
         if not isinstance(text, str) or any(not (32 <= ord(c) < 127 or c == "\t") for c in text):
@@ -155,6 +173,22 @@ def _headers(value: object, source: str) -> tuple[tuple[str, str], ...]:
             raise _fail(source, "headers", f"{name}: the value is longer than 4096 characters")
         result.append((name, text))
     return tuple(result)
+
+
+def _key_header(value: object, key_env: str | None, source: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or _HEADER_NAME.fullmatch(value) is None:
+        raise _fail(source, "api_key_header", f"must be a header name, got {value!r}")
+    if value.lower() in _FORBIDDEN_HEADERS:  # Authorization: the default, with Bearer
+        raise _fail(
+            source,
+            "api_key_header",
+            f"must not be {value!r} (leave it out for Authorization: Bearer)",
+        )
+    if key_env is None:
+        raise _fail(source, "api_key_header", "needs api_key_env (the key it carries)")
+    return value
 
 
 def _ca_bundle(value: object, source: str) -> str | None:
@@ -174,7 +208,9 @@ class RemoteSpec:
         replicas: More base URLs serving the same model.
         model: Written into each forwarded body's ``model`` (``None``: the alias name).
         api_key_env: The environment variable holding the key, read per request.
-        headers: Static extra headers (``Host`` for an ingress, say).
+        api_key_header: The header the key goes in, as it is (``api-key`` for Azure
+            OpenAI, ``x-api-key``); ``None``: ``Authorization: Bearer <key>``.
+        headers: Static extra headers (``Host`` for an ingress, say); never a credential.
         ca_bundle: A PEM file of CA certificates to trust instead of the system's.
         connect_timeout_secs: For the TCP and TLS handshake.
         idle_timeout_secs: Longest wait for the next bytes (never a total timeout).
@@ -187,6 +223,7 @@ class RemoteSpec:
     replicas: tuple[str, ...] = ()
     model: str | None = None
     api_key_env: str | None = None
+    api_key_header: str | None = None
     headers: tuple[tuple[str, str], ...] = ()
     ca_bundle: str | None = None
     connect_timeout_secs: float = 5.0
@@ -238,6 +275,7 @@ class RemoteSpec:
             or not (model.isascii() and model.isprintable())
         ):
             raise _fail(source, "model", f"must be a model name, got {model!r}")
+        key_env = _env_name(data.get("api_key_env"), source)
         honor = data.get("honor_retry_after", True)
         if not isinstance(honor, bool):
             raise _fail(source, "honor_retry_after", f"must be true or false, got {honor!r}")
@@ -245,7 +283,8 @@ class RemoteSpec:
             base_url=base_url,
             replicas=replicas,
             model=model,
-            api_key_env=_env_name(data.get("api_key_env"), source),
+            api_key_env=key_env,
+            api_key_header=_key_header(data.get("api_key_header"), key_env, source),
             headers=_headers(data.get("headers"), source),
             ca_bundle=_ca_bundle(data.get("ca_bundle"), source),
             connect_timeout_secs=_seconds(data, "connect_timeout_secs", 5.0, source),

@@ -248,7 +248,8 @@ class ReplicaPool:
                     " (its api_key_env) holds a line break, a control character or"
                     " non-ASCII text, which a header cannot carry"
                 )
-            headers.append(("Authorization", f"Bearer {key}"))
+            header = self.spec.api_key_header
+            headers.append(("Authorization", f"Bearer {key}") if header is None else (header, key))
         return headers
 
     def _warn_plain_http(self, url: str) -> None:
