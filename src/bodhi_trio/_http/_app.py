@@ -34,9 +34,12 @@ from bodhi_trio._exceptions import (
     ForbiddenError,
     InvalidRequestError,
     NotFoundError,
-    RequestTooLargeError,
 )
-from bodhi_trio._http._completion_route import CompletionRoute
+from bodhi_trio._http._completion_route import (
+    CompletionRoute,
+    declares_body,
+    refuse_declared_body,
+)
 from bodhi_trio._http._errors import error_reply
 from bodhi_trio._http._observe import PROMETHEUS_CONTENT_TYPE, Observer
 from bodhi_trio._http._ollama._routes import (
@@ -63,10 +66,6 @@ def _to_response(reply: Reply) -> Response:
     response = Response(reply.body, status=reply.status, headers=dict(reply.headers))
     response.timeout = None  # never cut a stream (the default is 60 s)
     return response
-
-
-def _error_response(error: BaseException, *, ollama: bool = False) -> Response:
-    return _to_response(error_reply(error, ollama=ollama))
 
 
 @final
@@ -167,21 +166,17 @@ def create_app(
         # Answered before the body was read (unknown route, wrong method, key, Host,
         # too large): Hypercorn keeps the connection open but never answers another
         # request on it, so a keep-alive client would hang. Tell it to reconnect.
-        declared = (request.content_length or 0) > 0 or "transfer-encoding" in request.headers
+        declared = declares_body(request.content_length, request.headers.get("transfer-encoding"))
         if declared and not g.get("bodhi_body_read", False):
             response.headers["Connection"] = "close"
         return response
 
     @app.errorhandler(Exception)
     async def on_error(error: Exception) -> Response:
-        return _error_response(error, ollama=is_ollama_path(request.path))
+        return _to_response(error_reply(error, ollama=is_ollama_path(request.path)))
 
     async def body() -> bytes:
-        length = request.content_length
-        if length is not None and length > max_body_bytes:
-            raise RequestTooLargeError(
-                f"the request body is larger than {max_body_bytes} bytes (BODHI_MAX_BODY_BYTES)"
-            )
+        refuse_declared_body(request.content_length, max_body_bytes)
         data: bytes = await request.get_data(cache=False, as_text=False, parse_form_data=False)
         g.bodhi_body_read = True
         return data

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, final
 
 import attrs
 import trio
-from werkzeug.exceptions import RequestTimeout
+from werkzeug.exceptions import RequestEntityTooLarge, RequestTimeout
 
 from bodhi_trio._exceptions import RequestTooLargeError
 from bodhi_trio._http._errors import error_reply
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from bodhi_trio._http._routes import Reply, Routes
     from bodhi_trio._http._security import Access, AccessPolicy
 
-__all__ = ["CompletionRoute"]
+__all__ = ["CompletionRoute", "declares_body", "refuse_declared_body"]
 
 _CLOSE = (b"connection", b"close")
 
@@ -82,11 +82,13 @@ class CompletionRoute:
             for name, value in scope["headers"]
         }
         extra = self.policy.cors_headers(headers.get("origin"))
+        length = headers.get("content-length", "")
+        declared = int(length) if length.isdigit() else None
         reply: Reply | None = None
         try:
             self.policy.check(headers, self.access[endpoint])
             note_request(route=endpoint)  # the metrics' route label, as the app's routes do
-            raw = await self._body(headers.get("content-length"), receive)
+            raw = await self._body(declared, receive)
         except Exception as error:
             reply, raw = error_reply(error), b""
         else:
@@ -98,7 +100,7 @@ class CompletionRoute:
             nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)
             # An early error is answered with the body unread: a keep-alive client must
             # reconnect (Hypercorn would never read its next request on this connection).
-            close = reply is not None and _declares_body(headers)
+            close = reply is not None and declares_body(declared, headers.get("transfer-encoding"))
             if reply is None:
                 try:
                     reply = await self.routes.completion(endpoint, raw)
@@ -107,18 +109,16 @@ class CompletionRoute:
             await _send_reply(send, reply, extra, close=close)
             nursery.cancel_scope.cancel()
 
-    async def _body(self, declared: str | None, receive: Any) -> bytes | None:
+    async def _body(self, declared: int | None, receive: Any) -> bytes | None:
         """The request body, or None if the client left before it was whole.
 
         Raises:
-            RequestTooLargeError: Declared or found larger than ``max_body_bytes``.
+            RequestTooLargeError: Declared larger than ``max_body_bytes``.
+            RequestEntityTooLarge: Found larger (413, as Quart's own).
             RequestTimeout: Not whole within ``body_timeout`` (408).
         """
         limit = self.max_body_bytes
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise RequestTooLargeError(
-                f"the request body is larger than {limit} bytes (BODHI_MAX_BODY_BYTES)"
-            )
+        refuse_declared_body(declared, limit)
         parts: list[bytes] = []
         size = 0
         queued = _queued_messages(receive)
@@ -130,7 +130,7 @@ class CompletionRoute:
                 data: bytes = message.get("body", b"")
                 size += len(data)
                 if size > limit:
-                    raise RequestTooLargeError("the request body is too large")
+                    raise RequestEntityTooLarge()
                 parts.append(data)
                 if not message.get("more_body", False):
                     return parts[0] if len(parts) == 1 else b"".join(parts)
@@ -158,9 +158,22 @@ def _queued_messages(receive: Any) -> Callable[[], Any]:
     return queued
 
 
-def _declares_body(headers: Mapping[str, str]) -> bool:
-    length = headers.get("content-length", "")
-    return (length.isdigit() and int(length) > 0) or "transfer-encoding" in headers
+def refuse_declared_body(declared: int | None, limit: int) -> None:
+    """Refuse, unread, a body whose ``Content-Length`` is over ``limit`` (413).
+
+    Raises:
+        RequestTooLargeError: It is.
+    """
+    if declared is not None and declared > limit:
+        raise RequestTooLargeError(
+            f"the request body is larger than {limit} bytes (BODHI_MAX_BODY_BYTES)"
+        )
+
+
+def declares_body(declared: int | None, transfer_encoding: str | None) -> bool:
+    """Whether a request with these ``Content-Length`` and ``Transfer-Encoding`` has a
+    body (answered with it unread, its connection must close)."""
+    return (declared or 0) > 0 or transfer_encoding is not None
 
 
 async def _cancel_on_disconnect(receive: Any, scope: trio.CancelScope) -> None:

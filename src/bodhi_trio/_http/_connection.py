@@ -276,11 +276,10 @@ class Connection(TCPServer):
     async def protocol_send(self, event: Event) -> None:
         """Hypercorn's, with the synchronous write first and our keep-alive timer (see
         the module docstring)."""
-        kind = type(event)
-        if kind is RawData and not self.send_lock.locked():
-            await self.write_whole(event.data)  # type: ignore[attr-defined]
-        elif kind is Updated:
-            self._set_idle(event.idle)  # type: ignore[attr-defined]
+        if isinstance(event, RawData) and not self.send_lock.locked():
+            await self.write_whole(event.data)
+        elif isinstance(event, Updated):
+            self._set_idle(event.idle)
         else:
             await super().protocol_send(event)
 
