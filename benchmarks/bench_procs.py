@@ -55,6 +55,7 @@ __all__ = [
     "threads",
     "running_bodhi",
     "running_fake",
+    "running_floor",
     "running_litellm",
     "running_router",
     "start_bodhi",
@@ -463,6 +464,32 @@ def running_fake(
         while not (m := _LISTENING.search(log.read_bytes())):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the twin fake upstream did not start; see {log}")
+            time.sleep(0.05)
+        yield m.group(1).decode(), proc.pid
+    finally:
+        stop(proc)
+
+
+@contextlib.contextmanager
+def running_floor(upstream: str, workdir: Path, timeout: float = 30.0) -> Iterator[tuple[str, int]]:
+    """``floor_relay.py`` (a bare Trio relay) in front of ``upstream`` (a child's Unix socket):
+    the ``trio-floor`` arm. Yields its root URL and pid, stops it on leaving."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = workdir / "floor.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, str(HERE / "floor_relay.py"), "--upstream", upstream],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=_clean_env(),
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + timeout
+        while not (m := _LISTENING.search(log.read_bytes())):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the floor relay did not start; see {log}")
             time.sleep(0.05)
         yield m.group(1).decode(), proc.pid
     finally:

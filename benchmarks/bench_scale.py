@@ -9,6 +9,9 @@ send costs) and streams of ``TOKENS`` tokens. Arms:
 - ``direct``: the client straight to the fake child's Unix socket, the same process and socket
   bodhi-trio relays from: every "added" figure of ``bodhi-trio`` is over this arm;
 - ``bodhi-trio``: through bodhi-trio;
+- ``trio-floor`` (``1 x 50/s`` and ``256 x 50/s``): ``floor_relay.py``, a bare Trio relay of
+  the same socket (per event a wait, a read and a write, nothing else), pinned as bodhi-trio
+  is: the floor of any relay on Trio, so that what bodhi-trio costs above it is its own;
 - ``direct-tcp`` and ``remote`` (``256 x 50/s`` only): a twin of the child on a TCP port,
   straight and through a remote alias of bodhi-trio's (its own HTTP/1.1 client); ``remote``'s
   added figures are over ``direct-tcp``.
@@ -28,11 +31,11 @@ process) over the same window, as % of a core and µs per delivered event; the i
 p50/p99 at the client (between reads of a stream that brought events) and the lag behind the
 fake's schedule (see :mod:`bodhi_trio._bench._client`), TTFT, errors, RSS.
 
-On 2 cores or more, bodhi-trio is pinned to core 0 and the fake child, its twin and this
-process (the client) to core 1 (``sched_setaffinity`` on every thread, as ``taskset -a``), so
-that neither the load nor its source take the proxy's core; recorded in the suite's
-``pinning``. Other work on the machine is not pinned: the load average is recorded around
-the suite.
+On 2 cores or more, bodhi-trio and the floor relay are pinned to core 0 and the fake child,
+its twin and this process (the client) to core 1 (``sched_setaffinity`` on every thread, as
+``taskset -a``), so that neither the load nor its source take the proxy's core; recorded in
+the suite's ``pinning``. Other work on the machine is not pinned: the load average is
+recorded around the suite.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ from bench_procs import (
     rss_mib,
     running_bodhi,
     running_fake,
+    running_floor,
     threads,
 )
 from bench_suites import Arm, drain
@@ -97,10 +101,14 @@ class ScaleScenario:
 
 
 SCENARIOS = (
-    ScaleScenario("1 x 50/s", "1", 1, 3),
+    ScaleScenario("1 x 50/s", "1", 1, 3, arms=("direct", "trio-floor", "bodhi-trio")),
     ScaleScenario("64 x 50/s", "64", 64, 2),
     ScaleScenario(
-        "256 x 50/s", "256", 256, 3, arms=("direct", "bodhi-trio", "direct-tcp", "remote")
+        "256 x 50/s",
+        "256",
+        256,
+        3,
+        arms=("direct", "trio-floor", "bodhi-trio", "direct-tcp", "remote"),
     ),
     ScaleScenario("256 x 50/s, in step", "256-step", 256, 2, in_step=True),
     ScaleScenario("1024 idle + 64 x 50/s", "idle", 64, 2, idle=1024),
@@ -251,17 +259,19 @@ def _fmt(v: float | None, fmt: str) -> str:
 
 @contextlib.contextmanager
 def _pinned(
-    proxy: int, load: dict[str, int], wanted: bool = True
+    proxies: dict[str, int], load: dict[str, int], wanted: bool = True
 ) -> Iterator[dict[str, list[int]] | None]:
-    """bodhi-trio on PROXY_CORE; ``load`` (name → pid: the fakes) and this process (the
-    client) on LOAD_CORE; this process back where it was on leaving. Yields what was pinned
-    where (None: nothing, below 2 cores or unless ``wanted``)."""
+    """``proxies`` (name → pid: bodhi-trio, the floor relay) on PROXY_CORE; ``load`` (the
+    fakes) and this process (the client) on LOAD_CORE; this process back where it was on
+    leaving. Yields what was pinned where (None: nothing, below 2 cores or unless
+    ``wanted``)."""
     if not wanted or (os.cpu_count() or 1) < 2:
         yield None
         return
     mine = os.sched_getaffinity(0)
     try:
-        where = {"bodhi-trio": (proxy, PROXY_CORE), **{k: (p, LOAD_CORE) for k, p in load.items()}}
+        where = {k: (p, PROXY_CORE) for k, p in proxies.items()}
+        where |= {k: (p, LOAD_CORE) for k, p in load.items()}
         where["client (the harness)"] = (os.getpid(), LOAD_CORE)
         yield {name: [core] for name, (pid, core) in where.items() if pin(pid, {core})}
     finally:
@@ -275,7 +285,7 @@ def scale_suite(
     pinning: bool = True,
     only: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Paced streams at scale: arms direct / bodhi-trio (/ direct-tcp / remote).
+    """Paced streams at scale: arms direct / trio-floor / bodhi-trio (/ direct-tcp / remote).
 
     ``pinning``: as the module says (else the scheduler places everything); ``only``: these
     scenarios (by key)."""
@@ -288,7 +298,8 @@ def scale_suite(
         direct = attrs.evolve(direct, unix_socket=sock, upstream_socket=sock)
         relay = Arm("bodhi-trio", f"{bodhi.url}/v1", "bench:fake", None, CHILD_URL, bodhi.pid)
         relay = attrs.evolve(relay, upstream_socket=sock)
-        with running_fake(child.argv, workdir / "scale-twin") as (twin, twin_pid):
+        with contextlib.ExitStack() as stack:
+            twin, twin_pid = stack.enter_context(running_fake(child.argv, workdir / "scale-twin"))
             remote = {"base_url": f"{twin}/v1", "model": "bench:fake"}
             bodhi.create_alias({"alias": REMOTE_ALIAS, "remote": remote})
             arms = [
@@ -297,8 +308,16 @@ def scale_suite(
                 (Arm("direct-tcp", f"{twin}/v1", "bench:fake", None, twin, twin_pid), twin_pid),
                 (Arm("remote", f"{bodhi.url}/v1", REMOTE_ALIAS, None, twin, bodhi.pid), twin_pid),
             ]
+            proxies = {"bodhi-trio": bodhi.pid}
+            if sock is not None:  # a bare Trio relay of the child's socket (floor_relay.py)
+                floor, proxies["trio-floor"] = stack.enter_context(
+                    running_floor(sock, workdir / "scale-floor")
+                )
+                floor_arm = Arm("trio-floor", f"{floor}/v1", "bench:fake", None, CHILD_URL)
+                floor_arm = attrs.evolve(floor_arm, pid=proxies["trio-floor"], upstream_socket=sock)
+                arms.insert(1, (floor_arm, state["pid"]))
             fakes = {"fake child": state["pid"], "its TCP twin": twin_pid}
-            with _pinned(bodhi.pid, fakes, pinning) as pinned:
+            with _pinned(proxies, fakes, pinning) as pinned:
                 for arm, _pid in arms:  # warm-up, not recorded: threads, connections, caches
                     trio.run(_measure, arm, ScaleScenario("warm-up", "", 64, 1), 1.0, _pid)
                     drain(arm)

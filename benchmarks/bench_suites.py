@@ -54,6 +54,7 @@ from bench_procs import (
     rss_mib,
     running_bodhi,
     running_fake,
+    running_floor,
     running_litellm,
     running_router,
 )
@@ -93,6 +94,7 @@ class Arm:
     # Paced scenarios ask the fake for its pace in the request body; a dialect that does
     # not pass unknown fields on (Ollama's) uses an alias whose fake is paced from the start.
     paced_model: str | None = None
+    only_where_named: bool = False  # runs in the scenarios that name it, not in all
 
 
 @attrs.frozen
@@ -114,7 +116,7 @@ PACE = 0.0002  # s between events: about 4k events/s per stream, as the demo mod
 
 def fake_scenarios(quick: bool) -> list[Scenario]:
     seconds = 1.5 if quick else 5.0
-    paced = ("direct", "direct-tcp", "bodhi-trio", "remote", "remote-httpx", "ollama")
+    paced = ("direct", "direct-tcp", "trio-floor", "bodhi-trio", "remote", "remote-httpx", "ollama")
     return [
         Scenario("1 stream", 1, 1000, duration=seconds),
         Scenario("64 streams", 64, 1000, duration=seconds),
@@ -245,9 +247,15 @@ def interleaved(
             for scenario in phase:
                 order = arms[r % len(arms) :] + arms[: r % len(arms)]
                 for arm in order:
-                    if scenario.arms is None or arm.name in scenario.arms:
+                    if _runs_in(arm, scenario):
                         rows.append(_recorded(suite, arm, scenario, r, rounds))
     return rows
+
+
+def _runs_in(arm: Arm, scenario: Scenario) -> bool:
+    if scenario.arms is None:
+        return not arm.only_where_named
+    return arm.name in scenario.arms
 
 
 def _same_child(bodhi: Bodhi, state: dict[str, Any]) -> bool:
@@ -317,6 +325,11 @@ def fake_suite(workdir: Path, quick: bool, rounds: int, litellm: bool) -> dict[s
             arms.insert(
                 4, Arm("remote-httpx", f"{bodhi.url}/v1", HTTPX_ALIAS, None, twin, bodhi.pid)
             )
+            if sock is not None:  # a bare Trio relay of the child's socket (floor_relay.py)
+                floor, floor_pid = stack.enter_context(running_floor(sock, workdir / "floor"))
+                floor_arm = Arm("trio-floor", f"{floor}/v1", "bench:fake", None, CHILD_URL)
+                floor_arm = attrs.evolve(floor_arm, pid=floor_pid, upstream_socket=sock)
+                arms.insert(2, attrs.evolve(floor_arm, only_where_named=True))
             if litellm:
                 port = int(twin.rsplit(":", 1)[1])
                 url, pid = stack.enter_context(running_litellm(port, workdir / "litellm"))
