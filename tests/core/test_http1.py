@@ -29,6 +29,19 @@ def test_all_complete_chunks_of_one_read_come_out_at_once() -> None:
     assert decoder.done
 
 
+def test_one_whole_chunk_per_read_as_llama_server_writes_them() -> None:
+    # the usual read (one event, one chunk) takes a shorter way: it must agree with the rest
+    decoder = ChunkedDecoder()
+    framed = [b"%x\r\n%s\r\n" % (len(e), e) for e in EVENTS]
+    assert [decoder.feed(chunk) for chunk in framed[:3]] == EVENTS[:3]
+    assert decoder.feed(b"4\r\na\r\nb\r\n") == b"a\r\nb"  # a CRLF inside the payload
+    assert decoder.feed(framed[3][:7]) + decoder.feed(framed[3][7:]) == EVENTS[3]
+    assert decoder.feed(framed[4] + framed[5]) == EVENTS[4] + EVENTS[5]
+    assert decoder.feed(b"0005\r\nhello\r\n") == b"hello"
+    assert decoder.feed(b"0\r\n\r\n") == b""
+    assert decoder.done
+
+
 def test_extensions_trailers_and_what_follows() -> None:
     decoder = ChunkedDecoder()
     body = b"5;name=value\r\nhello\r\n0\r\nX-Trailer: 1\r\n\r\nHTTP/1.1 200"

@@ -147,12 +147,31 @@ class ChunkedDecoder:
         self.done = False
         self.leftover = b""
 
+    def whole_chunk(self, data: bytes) -> int:
+        """Where the payload of ``data`` begins if ``data`` is exactly one whole chunk with a
+        payload (a size line without extensions, the payload, CRLF) and the decoder is
+        between chunks; else 0. Such a read needs no feeding: the decoder stays between
+        chunks, and the chunk can be handed on framed as it came (the relay's way for a
+        model's tokens, one per read).
+        """
+        if self._buf or self._need or self._crlf or self._trailer:
+            return 0
+        eol = data.find(b"\r\n")
+        if eol > 0 and _HEX.fullmatch(data, 0, eol) is not None:
+            size = int(data[:eol], 16)
+            if size and len(data) == eol + size + 4 and data.endswith(b"\r\n"):
+                return eol + 2
+        return 0
+
     def feed(self, data: bytes) -> bytes:
         """Decode ``data`` (the next bytes received); return the payload in it.
 
         Raises:
             FramingError: The framing is malformed.
         """
+        start = self.whole_chunk(data)
+        if start:  # the usual read: one event, as llama-server writes it
+            return data[start:-2]
         buf = self._buf + data if self._buf else data
         out: list[bytes] = []
         pos, end = 0, len(buf)
@@ -230,6 +249,11 @@ class BodyDecoder:
             self._left = head.length
             self.complete = head.length == 0 and not pending
             self.reusable = self.complete and head.keep_alive
+
+    @property
+    def chunked(self) -> ChunkedDecoder | None:
+        """The chunked decoder, for a chunked body."""
+        return self._chunked
 
     def feed(self, data: bytes) -> bytes:
         """The payload in ``data`` (framing removed; possibly empty).

@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, final
 
 import h11
@@ -65,18 +65,17 @@ from hypercorn.events import Closed, Event, RawData, Updated
 from hypercorn.protocol.events import Body
 from hypercorn.protocol.events import Event as StreamEvent
 from hypercorn.protocol.h11 import H11Protocol
-from hypercorn.protocol.http_stream import ASGIHTTPState, HTTPStream
+from hypercorn.protocol.http_stream import HTTPStream
 from hypercorn.trio.task_group import TaskGroup
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import parse_socket_addr
 
 from bodhi_trio._exceptions import error_envelope
+from bodhi_trio._http._chunk_writer import BodyWriter, BytesCounter, ChunkWriter
 from bodhi_trio._http._sse import compact_json
 
 __all__ = ["BodyWriter", "Connection", "body_writer", "error_body"]
-
-BodyWriter = Callable[[bytes], Awaitable[None]]
 """Writes one piece of a response body whose head was sent; never cut by a cancellation."""
 
 _HTTP_VERSIONS = frozenset({b"1.0", b"1.1"})
@@ -148,10 +147,10 @@ class _H11Protocol(H11Protocol):
     async def _check_protocol(self, event: h11.Request) -> None:
         """No switch to HTTP/2 (see the module docstring): nothing to check."""
 
-    # Set by Connection.run: its uncancellable write (Connection.write_whole).
-    write_whole: BodyWriter | None = None
+    # Set by Connection.run: the connection it speaks for.
+    owner: Connection | None = None
 
-    def _frames_chunks(self) -> bool:
+    def frames_chunks(self) -> bool:
         """The response's head is out and its body is chunked (no Content-Length)."""
         return (
             type(getattr(self.connection, "_writer", None)) is h11._writers.ChunkedWriter
@@ -160,38 +159,11 @@ class _H11Protocol(H11Protocol):
 
     async def stream_send(self, event: StreamEvent) -> None:
         """A body piece of a chunked response framed here, not by h11 (module docstring)."""
-        if type(event) is Body and self._frames_chunks():
+        if type(event) is Body and self.frames_chunks():
             if event.data:  # an empty chunk would read as the end of the body
                 await self.send(RawData(data=_chunk(event.data)))
             return
         await super().stream_send(event)
-
-    def body_writer(
-        self, stream: HTTPStream, send_message: BodyWriter, counted: Callable[[bytes], None]
-    ) -> BodyWriter:
-        """The writer :func:`body_writer` gives for ``stream``, one of this protocol's;
-        ``send_message`` writes what cannot be framed here the ASGI way (and counts it)."""
-        write_whole = self.write_whole
-        assert write_whole is not None  # set before the first request is read
-        # h11's side of a response whose chunked body began stays so until the response
-        # ends, which goes through the stream (its state, closed): looked at once.
-        chunked = False
-
-        async def write(data: bytes) -> None:
-            nonlocal chunked
-            if (
-                data  # an empty chunk would read as the end of the body
-                and stream.state is ASGIHTTPState.RESPONSE
-                and not stream.closed
-                and (chunked or self._frames_chunks())
-            ):
-                chunked = True
-                counted(data)
-                await write_whole(_chunk(data))
-            else:
-                await send_message(data)
-
-        return write
 
     async def _send_error_response(self, status_code: int) -> None:
         refusal = getattr(self.connection, "refusal", None)
@@ -236,7 +208,8 @@ class Connection(TCPServer):
         self._on_close = on_close
         self._idle_deadline = math.inf  # when an idle connection times out; inf while busy
         self._idle_scope = trio.CancelScope()  # the keep-alive watch's current wait
-        self._closed = False
+        self.closed = False  # set before the socket is closed (a writer's fd is then stale)
+        self.writing = 0  # Hypercorn's locked writes under way (nothing may pass them)
 
     async def run(self) -> None:
         # TCPServer.run without its TLS branch and with our protocol instead of
@@ -258,7 +231,7 @@ class Connection(TCPServer):
                     server,
                     self.protocol_send,
                 )
-                protocol.write_whole = self.write_whole
+                protocol.owner = self
                 # Typed as ProtocolWrapper; TCPServer only calls initiate() and handle().
                 self.protocol = protocol  # type: ignore[assignment]
                 await self.protocol.initiate()
@@ -276,8 +249,11 @@ class Connection(TCPServer):
     async def protocol_send(self, event: Event) -> None:
         """Hypercorn's, with the synchronous write first and our keep-alive timer (see
         the module docstring)."""
-        if isinstance(event, RawData) and not self.send_lock.locked():
-            await self.write_whole(event.data)
+        if isinstance(event, RawData):
+            if self.writing:
+                await self._write_locked(event.data)
+            else:
+                await self.write_whole(event.data)
         elif isinstance(event, Updated):
             self._set_idle(event.idle)
         else:
@@ -299,7 +275,7 @@ class Connection(TCPServer):
         Cancellation: only with the connection's task group (the connection's end).
         """
         terminated = self.context.terminated
-        while not self._closed:
+        while not self.closed:
             if terminated.is_set() and self._idle_deadline < math.inf:
                 break  # shutting down, and idle
             with trio.CancelScope(deadline=self._idle_deadline) as scope:
@@ -316,7 +292,7 @@ class Connection(TCPServer):
             await self._initiate_server_close()
 
     def _stop_watching_idle(self) -> None:
-        self._closed = True
+        self.closed = True
         self._idle_scope.cancel()
 
     async def write_whole(self, data: bytes) -> None:
@@ -326,7 +302,7 @@ class Connection(TCPServer):
         the rest, for another write, or to close), so a piece is never cut half-way.
         """
         sent = 0
-        if not self.send_lock.locked():
+        if not self.writing:
             try:
                 # fileno() is -1 once the socket is closed: never another connection's.
                 sent = os.write(self.stream.socket.fileno(), data)
@@ -340,7 +316,15 @@ class Connection(TCPServer):
             if sent < 0:
                 await self.protocol.handle(Closed())
             else:  # the rest as Hypercorn writes it (locked), never cut half-way
-                await super().protocol_send(RawData(data=data[sent:]))
+                await self._write_locked(data[sent:])
+
+    async def _write_locked(self, data: bytes) -> None:
+        """Hypercorn's write (under its send lock), counted in :attr:`writing`."""
+        self.writing += 1
+        try:
+            await super().protocol_send(RawData(data=data))
+        finally:
+            self.writing -= 1
 
     async def _close(self) -> None:
         self._on_close()
@@ -353,29 +337,32 @@ class Connection(TCPServer):
         await super()._initiate_server_close()
 
 
-def body_writer(send: Any, counted: Callable[[bytes], None] = lambda data: None) -> BodyWriter:
+def body_writer(send: Any, counter: BytesCounter) -> BodyWriter:
     """A writer of body pieces for a response whose head the app sent with ``send``.
 
-    For the ``send`` Hypercorn gives an app on one of our connections, the writer frames
-    a piece and writes it to the socket itself (module docstring); for any other ``send``
-    (another server, a test harness), it sends the ASGI message. Either way, shielded:
-    the writer is never cut by a cancellation.
+    For the ``send`` Hypercorn gives an app on one of our connections, a
+    :class:`~bodhi_trio._http._chunk_writer.ChunkWriter`: it frames a piece and writes it
+    to the socket itself (module docstring); for any other ``send`` (another server, a test
+    harness), it sends the ASGI message. Either way, shielded: the writer is never cut by
+    a cancellation.
 
     Args:
         send: The ASGI ``send`` callable of the request.
-        counted: Called with each piece as it is written (the request's byte count),
-            without a coroutine of its own per piece.
+        counter: Counts the payload bytes of each piece as it is written (the request's
+            record), without a coroutine of its own per piece.
     """
 
     async def send_message(data: bytes) -> None:
-        counted(data)
+        counter.sent(len(data))
         with trio.CancelScope(shield=True):
             await send({"type": "http.response.body", "body": data, "more_body": True})
 
     stream = getattr(send, "__self__", None)
     protocol = getattr(getattr(stream, "send", None), "__self__", None)
     if type(stream) is HTTPStream and type(protocol) is _H11Protocol:
-        return protocol.body_writer(stream, send_message, counted)
+        owner = protocol.owner
+        assert owner is not None  # set before the first request is read
+        return ChunkWriter(owner, stream, protocol.frames_chunks, send_message, counter)
     return send_message
 
 

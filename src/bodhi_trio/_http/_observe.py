@@ -118,11 +118,11 @@ class _Measured:
     first_byte: float | None = None
     body_bytes: int = 0
 
-    def sent(self, body: bytes) -> None:
-        """A piece of the response body went out."""
-        if body and self.first_byte is None:
+    def sent(self, size: int) -> None:
+        """``size`` bytes of the response body went out."""
+        if size and self.first_byte is None:
             self.first_byte = time.perf_counter()
-        self.body_bytes += len(body)
+        self.body_bytes += size
 
 
 @final
@@ -237,14 +237,14 @@ class Observer:
             async def measuring_send(message: Any) -> None:
                 kind = message["type"]
                 if kind == "http.response.body":
-                    measured.sent(message.get("body", b""))
+                    measured.sent(len(message.get("body", b"")))
                 elif kind == "http.response.start":
                     measured.status = message["status"]
                 await send(message)
 
             async with request_scope() as note:
                 # A relay's pieces, written past the ASGI send, are counted as they go.
-                note.body_writer = body_writer(send, measured.sent)
+                note.body_writer = body_writer(send, measured)
                 try:
                     await app(scope, receive, measuring_send)
                 finally:

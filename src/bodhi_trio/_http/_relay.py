@@ -33,6 +33,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, final
@@ -41,8 +42,10 @@ import attrs
 import trio
 
 from bodhi_trio._exceptions import BodhiError
+from bodhi_trio._http._chunk_writer import ChunkWriter
 from bodhi_trio._http._sse import KEEPALIVE, error_event, keepalive_interval
 from bodhi_trio._http._usage import note_usage
+from bodhi_trio._transport._loopback import HTTPResponse
 
 if TYPE_CHECKING:
     from bodhi_trio._transport._loopback import UpstreamResponse
@@ -267,22 +270,67 @@ class RelayBody:
         Cancellation (the client left): raised from the read; the route then closes the
         body.
         """
+        if isinstance(pieces, HTTPResponse) and isinstance(write, ChunkWriter):
+            await self._splice(pieces, write)
+            return
         interval = keepalive_interval(self.relay.keepalive)
-        written = trio.current_time()
+        now = trio.lowlevel.current_clock().current_time  # one call, not trio.current_time's three
+        next_piece = pieces.__anext__
+        recent = self._recent
+        written = now()
         while True:
             with trio.CancelScope(deadline=written + interval):
                 while True:
-                    piece = await self._next_piece(pieces)
-                    if piece is None:
+                    try:
+                        piece = await next_piece()
+                    except StopAsyncIteration:
                         return
+                    except Exception as exc:
+                        self._broke(exc)
+                        return
+                    self._mid_event = not piece.endswith(b"\n\n")
+                    recent.append(piece)
                     await write(piece)
-                    written = trio.current_time()
-            now = trio.current_time()
-            if now - written < interval:
+                    written = now()
+            if now() - written < interval:
                 continue  # not silent for a whole interval: wait on
             if not self._mid_event:  # a comment inside an event would corrupt it
                 await write(KEEPALIVE)
-            written = now
+            written = now()
+
+    async def _splice(self, response: HTTPResponse, writer: ChunkWriter) -> None:
+        """:meth:`_pump` for a llama-server response written to one of our connections:
+        the response writes itself (:meth:`HTTPResponse.relay_to`, a read and a write per
+        token), in a cancel scope that fires after an interval without a piece for the
+        keep-alive.
+
+        Cancellation (the client left): raised from the read; the route then closes the
+        body.
+        """
+        interval = keepalive_interval(self.relay.keepalive)
+        now = trio.lowlevel.current_clock().current_time
+        kept_alive = -math.inf
+        try:
+            while True:
+                silent_since = max(response.handed_at, kept_alive)
+                with trio.CancelScope(deadline=silent_since + interval):
+                    await response.relay_to(writer)
+                    return
+                if now() - max(response.handed_at, kept_alive) < interval:
+                    continue  # a piece came meanwhile: wait on
+                if not self._ends_mid_event(response.tail):
+                    await writer(KEEPALIVE)
+                kept_alive = now()
+        except BodhiError as exc:  # the read broke (a write error is not one)
+            self._broke(exc)
+        finally:
+            self._recent.extend(response.tail)
+            self._mid_event = self._ends_mid_event(response.tail)
+
+    @staticmethod
+    def _ends_mid_event(tail: collections.deque[bytes]) -> bool:
+        """Whether the last piece written ended inside an event (no blank line after it)."""
+        return bool(tail) and not tail[-1].endswith(b"\n\n")
 
     async def _next_piece(self, pieces: AsyncIterator[bytes]) -> bytes | None:
         """The next piece of llama-server's body, noted for the keep-alive rule and the
@@ -294,16 +342,20 @@ class RelayBody:
             piece = await pieces.__anext__()
         except StopAsyncIteration:
             return None
-        except BodhiError as exc:  # broke, or the producer was interrupted
-            self._read_error = exc
-            return None
         except Exception as exc:
-            logger.exception("reading a relayed completion failed")
-            self._read_error = BodhiError(f"internal error: {exc!r}")
+            self._broke(exc)
             return None
         self._mid_event = not piece.endswith(b"\n\n")
         self._recent.append(piece)
         return piece
+
+    def _broke(self, exc: Exception) -> None:
+        """Keep a read error for :meth:`_end` (an unexpected one logged)."""
+        if isinstance(exc, BodhiError):  # broke, or the producer was interrupted
+            self._read_error = exc
+            return
+        logger.exception("reading a relayed completion failed", exc_info=exc)
+        self._read_error = BodhiError(f"internal error: {exc!r}")
 
     async def _end(self) -> bytes:
         """Let the producer release the slot (so ``in_flight`` has dropped when the

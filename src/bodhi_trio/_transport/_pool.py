@@ -20,13 +20,13 @@ from bodhi_trio._exceptions import UpstreamError
 if TYPE_CHECKING:
     from bodhi_trio._core._address import Address
 
-__all__ = ["UpstreamConnection", "UpstreamPool"]
+__all__ = ["PACED_WAIT", "RECEIVE_BYTES", "UpstreamConnection", "UpstreamPool"]
 
-_RECEIVE_BYTES = 65536
+RECEIVE_BYTES = 65536
 _CLOSE_TIMEOUT = 2.0
 _CONNECT_TIMEOUT = 10.0
 _MAX_IDLE_PER_SERVER = 64
-_PACED_WAIT = 0.0001
+PACED_WAIT = 0.0001
 """A read that waited longer than this (0.1 ms) for its bytes marks the stream as paced."""
 
 
@@ -55,62 +55,65 @@ class UpstreamConnection:
     waiting_since: float | None = None
     abort_reason: str | None = None
     paced: bool = False
+    closed: bool = False
+    """Set before its socket is closed (only :meth:`aclose` closes it): a number read from
+    ``fileno()`` before is then stale."""
+    clock: trio.abc.Clock = attrs.field(factory=trio.lowlevel.current_clock, init=False)
+    """The run's clock (a test's ``MockClock`` too): ``clock.current_time()`` is one call
+    where ``trio.current_time()`` makes three, on a path taken per token."""
 
     async def receive(self) -> bytes:
         """The next bytes from llama-server; ``b""`` when it closed the connection.
 
+        ``SocketStream.receive_some`` without its layers: a token of a paced stream is one
+        read, and the stream's conflict detector and the socket's generic retry helper cost
+        more than the read itself. The same rules: a checkpoint first (cancellable), a wait
+        only when nothing is there, and a yield (not cancellable) when something was. After
+        a read that had to wait (:attr:`paced`), the next one waits first (the wait is the
+        checkpoint): its read-first would only find nothing, one failed syscall per token.
+
         Raises:
             UpstreamError: The connection broke, or was aborted (with ``abort_reason``).
         """
-        self.waiting_since = trio.current_time()
+        now = self.clock.current_time
+        self.waiting_since = started = now()
+        sock = self.stream.socket
         try:
-            data = await self._read()
+            if not self.paced:
+                await trio.lowlevel.checkpoint_if_cancelled()
+                try:
+                    # fileno() is -1 once closed: a read then fails, never reads another socket
+                    data = os.read(sock.fileno(), RECEIVE_BYTES)
+                except BlockingIOError:
+                    self.paced = True
+                else:
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                    self.answered = self.answered or bool(data)
+                    return data
+            while True:
+                fd = sock.fileno()
+                if fd < 0:  # closed (the producer left): Trio's wait would refuse -1
+                    raise trio.ClosedResourceError("the connection to llama-server was closed")
+                await trio.lowlevel.wait_readable(fd)  # a checkpoint: cancellable
+                try:
+                    data = os.read(sock.fileno(), RECEIVE_BYTES)
+                except BlockingIOError:  # a spurious wake-up
+                    continue
+                # Paced if the bytes kept it waiting (a token's pace); ones that were there
+                # at once (a fast stream on a busy loop) are read first next time.
+                self.paced = now() - started > PACED_WAIT
+                self.answered = self.answered or bool(data)
+                return data
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            if self.abort_reason is not None:
-                raise UpstreamError(self.abort_reason) from exc
-            raise UpstreamError(f"llama-server connection broke: {exc!r}") from exc
+            raise self.broken(exc) from exc
         finally:
             self.waiting_since = None
-        self.answered = self.answered or bool(data)
-        return data
 
-    async def _read(self) -> bytes:
-        """``SocketStream.receive_some`` without its layers: a token of a paced stream is
-        one read, and the stream's conflict detector and the socket's generic retry helper
-        cost more than the read itself. The same rules: a checkpoint first (cancellable),
-        a wait only when nothing is there, and a yield (not cancellable) when something
-        was. After a read that had to wait (:attr:`paced`), the next one waits first (the
-        wait is the checkpoint): its read-first would only find nothing, one failed
-        syscall per token.
-
-        Raises:
-            OSError: The connection broke, or the socket was closed (``EBADF``).
-            trio.ClosedResourceError: It was closed while this waited.
-        """
-        sock = self.stream.socket
-        if not self.paced:
-            await trio.lowlevel.checkpoint_if_cancelled()
-            try:
-                # fileno() is -1 once closed: a read then fails, never reads another socket
-                data = os.read(sock.fileno(), _RECEIVE_BYTES)
-            except BlockingIOError:
-                self.paced = True
-            else:
-                await trio.lowlevel.cancel_shielded_checkpoint()
-                return data
-        while True:
-            if sock.fileno() < 0:  # closed (the producer left): Trio's wait would refuse -1
-                raise trio.ClosedResourceError("the connection to llama-server was closed")
-            await trio.lowlevel.wait_readable(sock)  # a checkpoint: cancellable
-            try:
-                data = os.read(sock.fileno(), _RECEIVE_BYTES)
-            except BlockingIOError:  # a spurious wake-up
-                continue
-            # Paced if the bytes kept it waiting (a token's pace); ones that were there
-            # at once (a fast stream on a busy loop) are read first next time.
-            since = self.waiting_since
-            self.paced = since is None or trio.current_time() - since > _PACED_WAIT
-            return data
+    def broken(self, exc: BaseException) -> UpstreamError:
+        """What a read that failed with ``exc`` raises: the abort's reason, if it was aborted."""
+        if self.abort_reason is not None:
+            return UpstreamError(self.abort_reason)
+        return UpstreamError(f"llama-server connection broke: {exc!r}")
 
     async def send(self, data: bytes) -> None:
         """Write a request to llama-server: at once when the socket takes it whole (a
@@ -143,6 +146,7 @@ class UpstreamConnection:
 
     async def aclose(self) -> None:
         """Close the socket (shielded, and bounded in time)."""
+        self.closed = True
         with trio.move_on_after(_CLOSE_TIMEOUT, shield=True):
             await self.stream.aclose()
 

@@ -1,0 +1,117 @@
+"""The body writer of a relayed response on one of our connections.
+
+:func:`~bodhi_trio._http._connection.body_writer` gives it for the ``send`` Hypercorn
+handed the app: it frames each piece of the body as a chunk and writes it to the client's
+socket itself, past the ASGI message and Hypercorn's stream state machine (the module
+docstring of :mod:`~bodhi_trio._http._connection` says why, and when it may), and takes a
+whole chunk framed as llama-server sent it (:meth:`ChunkWriter.write_chunk_now`, the
+transport's ``ChunkSink``), so that a token of a paced stream is one read and one write.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Protocol, final
+
+from hypercorn.protocol.http_stream import ASGIHTTPState, HTTPStream
+
+if TYPE_CHECKING:
+    from bodhi_trio._http._connection import Connection
+
+__all__ = ["BodyWriter", "BytesCounter", "ChunkWriter"]
+
+_RESPONSE = ASGIHTTPState.RESPONSE
+
+BodyWriter = Callable[[bytes], Awaitable[None]]
+
+
+class BytesCounter(Protocol):
+    """Counts a response's body bytes (the request's record)."""
+
+    first_byte: float | None
+    body_bytes: int
+
+    def sent(self, size: int) -> None:
+        """``size`` bytes went out (the first ones set ``first_byte``)."""
+
+
+@final
+class ChunkWriter:
+    """Writes the body pieces of the response on ``stream`` to ``connection``'s socket as
+    chunks, once the response's chunked body has begun (``frames_chunks``) and while the
+    stream is open; otherwise with ``send_message``, the ASGI way (which counts what it
+    sends). ``counter`` counts the payload bytes of each piece written here.
+
+    Never cut by a cancellation: a piece is written whole, or the connection is closed.
+    """
+
+    __slots__ = (
+        "_chunked",
+        "_connection",
+        "_counter",
+        "_fd",
+        "_frames_chunks",
+        "_send",
+        "_stream",
+    )
+
+    def __init__(
+        self,
+        connection: Connection,
+        stream: HTTPStream,
+        frames_chunks: Callable[[], bool],
+        send_message: BodyWriter,
+        counter: BytesCounter,
+    ) -> None:
+        self._connection = connection
+        self._stream = stream
+        self._frames_chunks = frames_chunks
+        self._send = send_message
+        self._counter = counter
+        # h11's side of a response whose chunked body began stays so until the response
+        # ends, which goes through the stream (its state, closed): asked once.
+        self._chunked = False
+        # valid while the connection is not closed (it says so before it closes)
+        self._fd = connection.stream.socket.fileno()
+
+    def _framed_here(self) -> bool:
+        stream = self._stream
+        if stream.closed or stream.state is not _RESPONSE:
+            return False
+        if not self._chunked:
+            self._chunked = self._frames_chunks()
+        return self._chunked
+
+    async def __call__(self, data: bytes) -> None:
+        """Write ``data``, one piece of the body."""
+        if data and self._framed_here():  # an empty chunk would read as the body's end
+            self._counter.sent(len(data))
+            await self._connection.write_whole(b"%x\r\n%s\r\n" % (len(data), data))
+        else:
+            await self._send(data)
+
+    def write_chunk_now(self, chunk: bytes, size: int) -> int:
+        """Write ``chunk`` (a whole chunk carrying ``size`` payload bytes) as it is, as far
+        as the socket takes it at once. Returns the bytes written (:meth:`write_rest`
+        writes the rest), or -1 when chunks are not written here (``__call__`` then)."""
+        stream = self._stream  # _framed_here() inlined: this runs per token
+        framed = self._chunked and not stream.closed and stream.state is _RESPONSE
+        if not framed and not self._framed_here():
+            return -1
+        counter = self._counter
+        if counter.first_byte is None:
+            counter.sent(size)
+        else:  # sent(), inlined
+            counter.body_bytes += size
+        connection = self._connection
+        if connection.writing or connection.closed:  # after the write under way; or closed
+            return 0
+        try:
+            return os.write(self._fd, chunk)
+        except OSError:  # full, or broken: write_rest finds out which (and closes)
+            return 0
+
+    async def write_rest(self, rest: bytes) -> None:
+        """Write the ``rest`` of a chunk :meth:`write_chunk_now` began."""
+        await self._connection.write_whole(rest)

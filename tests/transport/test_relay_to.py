@@ -1,0 +1,155 @@
+"""``HTTPResponse.relay_to``: a llama-server body written to a sink in one loop, a paced
+token's whole chunk handed on framed as it came."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import attrs
+import pytest
+import trio
+import trio.testing
+from test_upstream import read_request, serve
+
+from bodhi_trio._core._address import Address
+from bodhi_trio._exceptions import UpstreamError
+from bodhi_trio._transport._loopback import HTTPResponse, UpstreamPool, send_upstream
+
+HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+EVENTS = [b'data: {"n": %d}\n\n' % n for n in range(6)]
+DONE = b"data: [DONE]\n\n"
+END = b"0\r\n\r\n"
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+@attrs.define
+class Sink:
+    """Records what reached it, and which way; ``take``: how much of a whole chunk
+    ``write_chunk_now`` writes (None: all of it; -1: none, the sink frames its own)."""
+
+    take: int | None = None
+    calls: list[tuple[str, bytes]] = attrs.field(factory=list)
+
+    async def __call__(self, payload: bytes) -> None:
+        self.calls.append(("payload", payload))
+
+    def write_chunk_now(self, chunk: bytes, size: int) -> int:
+        assert size == len(chunk) - chunk.index(b"\r\n") - 4
+        if self.take is not None and self.take < 0:
+            return -1
+        taken = chunk if self.take is None else chunk[: self.take]
+        self.calls.append(("chunk", taken))
+        return len(taken)
+
+    async def write_rest(self, rest: bytes) -> None:
+        self.calls.append(("rest", rest))
+
+
+def written(calls: list[tuple[str, bytes]]) -> bytes:
+    """The payload that reached the sink, whichever way."""
+    out = b""
+    for way, data in calls:
+        out += data if way == "payload" else data[data.index(b"\r\n") + 2 : -2]
+    return out
+
+
+@asynccontextmanager
+async def paced_response(
+    clock: trio.testing.MockClock, events: list[bytes], last: list[bytes]
+) -> AsyncIterator[HTTPResponse]:
+    """A response whose head comes with the first event, then each event in a write of
+    its own once the reader waits (20 ms later, by the mock clock: a model's pace), then
+    the ``last`` writes, each once the reader waits."""
+
+    async def handler(stream: trio.SocketStream) -> None:
+        await read_request(stream)
+        await stream.send_all(HEAD + chunk(events[0]))
+        for data in [chunk(event) for event in events[1:]] + last:
+            await trio.testing.wait_all_tasks_blocked()
+            clock.jump(0.02)
+            await stream.send_all(data)
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery, UpstreamPool() as pool:
+        port = await serve(nursery, handler)
+        async with send_upstream(pool, Address.tcp("127.0.0.1", port), "/x", b"{}") as response:
+            assert isinstance(response, HTTPResponse)
+            yield response
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_paced_token_goes_on_as_the_chunk_it_came_in(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    sink = Sink()
+    with trio.fail_after(10):
+        async with paced_response(mock_clock, EVENTS, [chunk(DONE) + END]) as response:
+            await response.relay_to(sink)
+            assert list(response.tail) == [*EVENTS[-2:], DONE]
+    assert written(sink.calls) == b"".join(EVENTS) + DONE
+    # the first event came with the head, and the first paced one was read before the
+    # read learnt that the stream is paced: decoded; then each token's chunk as it came;
+    # the last read held a chunk and the end: decoded
+    assert sink.calls[:2] == [("payload", EVENTS[0]), ("payload", EVENTS[1])]
+    assert sink.calls[2:-1] == [("chunk", chunk(event)) for event in EVENTS[2:]]
+    assert sink.calls[-1] == ("payload", DONE)
+
+
+@pytest.mark.parametrize("take", [-1, 5], ids=["sink frames its own", "socket took part"])
+async def test_a_chunk_the_sink_cannot_write_whole_at_once_is_not_lost(
+    mock_clock: trio.testing.MockClock, take: int
+) -> None:
+    sink = Sink(take=take)
+    with trio.fail_after(10):
+        async with paced_response(mock_clock, EVENTS, [END]) as response:
+            await response.relay_to(sink)
+    if take < 0:
+        assert sink.calls == [("payload", event) for event in EVENTS]
+    else:
+        raw = b"".join(chunk(d) if way == "payload" else d for way, d in sink.calls)
+        assert raw == b"".join(chunk(event) for event in EVENTS)
+        assert ("rest", chunk(EVENTS[-1])[5:]) in sink.calls
+
+
+async def test_a_chunk_split_across_reads_goes_the_decoders_way(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    whole = chunk(EVENTS[3])
+    sink = Sink()
+    with trio.fail_after(10):
+        async with paced_response(
+            mock_clock, EVENTS[:3], [whole[:7], whole[7:], chunk(EVENTS[4]), END]
+        ) as response:
+            await response.relay_to(sink)
+    assert written(sink.calls) == b"".join(EVENTS[:5])
+    # each part as it came, decoded (a piece is what a read brought), then whole chunks again
+    assert sink.calls[-3:] == [
+        ("payload", EVENTS[3][:3]),
+        ("payload", EVENTS[3][3:]),
+        ("chunk", chunk(EVENTS[4])),
+    ]
+
+
+async def test_a_connection_closed_under_the_wait_is_an_upstream_error(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    sink = Sink()
+    with trio.fail_after(10):
+        async with (
+            paced_response(mock_clock, EVENTS[:3], []) as response,
+            trio.open_nursery() as nursery,
+        ):
+
+            async def close_once_it_waits() -> None:
+                while len(sink.calls) < 3:  # the server paces on the same signal
+                    await trio.testing.wait_all_tasks_blocked()
+                assert sink.calls[-1] == ("chunk", chunk(EVENTS[2]))  # paced, waiting
+                await response._connection.aclose()  # as the producer leaving does
+
+            nursery.start_soon(close_once_it_waits)
+            with pytest.raises(UpstreamError, match="closed"):
+                await response.relay_to(sink)
