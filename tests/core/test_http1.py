@@ -42,6 +42,31 @@ def test_one_whole_chunk_per_read_as_llama_server_writes_them() -> None:
     assert decoder.done
 
 
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"5\r\nhelloXY",  # no CRLF after the payload
+        b"5;x=y\r\nhello\r\n",  # an extension: the decoder's way
+        b"0000000000000005\r\nhello\r\n",  # 16 digits
+        b" 5\r\nhello\r\n",
+        b"0\r\n\r\n",  # the end is never handed on as it came
+        b"5\r\nhello\r\n5\r\nworld\r\n",  # two chunks
+    ],
+)
+def test_only_one_whole_chunk_with_a_payload_is_whole(data: bytes) -> None:
+    assert ChunkedDecoder().whole_chunk(data) == 0
+
+
+def test_a_read_that_looks_whole_mid_chunk_is_not() -> None:
+    decoder = ChunkedDecoder()
+    assert decoder.feed(b"a\r\nab") == b"ab"  # 8 of the chunk's 10 bytes still to come
+    looks_whole = b"3\r\nxyz\r\n"  # ... and they happen to read like a chunk
+    assert decoder.whole_chunk(looks_whole) == 0
+    assert decoder.feed(looks_whole) == looks_whole[:8]
+    assert decoder.feed(b"\r\n0\r\n\r\n") == b""
+    assert decoder.done
+
+
 def test_extensions_trailers_and_what_follows() -> None:
     decoder = ChunkedDecoder()
     body = b"5;name=value\r\nhello\r\n0\r\nX-Trailer: 1\r\n\r\nHTTP/1.1 200"

@@ -72,7 +72,7 @@ async def test_a_stopped_child_ends_every_stream_and_is_replaced(
 
 
 async def _stream_from_stalling_fake(
-    tmp_path: Path, hub_cache: Path, *extra: str
+    tmp_path: Path, hub_cache: Path, *extra: str, keepalive: str = "15"
 ) -> tuple[list[str], list[str]]:
     """Stream from a fake that stalls after 5 tokens; return the events and the child log."""
     params = f"--fake-tokens 50 --fake-stall-after 5 {' '.join(extra)}"
@@ -81,7 +81,8 @@ async def _stream_from_stalling_fake(
                        "stream": True}).encode()  # fmt: skip
     async with (
         running_server(tmp_path, hub_cache, aliases=(stall,), BODHI_LLAMA_SERVER=FAKE,
-                       BODHI_UPSTREAM_IDLE_TIMEOUT_SECS="1") as server,
+                       BODHI_UPSTREAM_IDLE_TIMEOUT_SECS="1",
+                       BODHI_SSE_KEEPALIVE_SECS=keepalive) as server,
         UpstreamPool() as pool,
         httpx.AsyncClient(base_url=server.url, timeout=30) as client,
     ):  # fmt: skip
@@ -104,11 +105,14 @@ async def _stream_from_stalling_fake(
     return _events(received), logs["lines"]
 
 
+@pytest.mark.parametrize("keepalive", ["15", "0.3"], ids=["keep-alive 15 s", "keep-alive 0.3 s"])
 async def test_a_stream_stalled_on_an_idle_child_ends_with_an_error(
-    tmp_path: Path, hub_cache: Path
+    tmp_path: Path, hub_cache: Path, keepalive: str
 ) -> None:
+    # A keep-alive cuts the relay's wait for bytes short; the stall is counted across it
+    # (from the last bytes), so keep-alives shorter than the timeout do not hide it.
     with trio.fail_after(30):
-        events, lines = await _stream_from_stalling_fake(tmp_path, hub_cache)
+        events, lines = await _stream_from_stalling_fake(tmp_path, hub_cache, keepalive=keepalive)
     assert any("stalling the stream" in line for line in lines)
     assert any("slots asked" in line for line in lines)
     assert events[-1].startswith('data: {"error"')

@@ -3,6 +3,7 @@ token's whole chunk handed on framed as it came."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -76,10 +77,13 @@ async def paced_response(
 
     async with trio.open_nursery() as nursery, UpstreamPool() as pool:
         port = await serve(nursery, handler)
-        async with send_upstream(pool, Address.tcp("127.0.0.1", port), "/x", b"{}") as response:
-            assert isinstance(response, HTTPResponse)
-            yield response
-        nursery.cancel_scope.cancel()
+        try:
+            address = Address.tcp("127.0.0.1", port)
+            async with send_upstream(pool, address, "/x", b"{}") as response:
+                assert isinstance(response, HTTPResponse)
+                yield response
+        finally:  # the server too, whatever the test raised (the mock clock never times out)
+            nursery.cancel_scope.cancel()
 
 
 async def test_a_paced_token_goes_on_as_the_chunk_it_came_in(
@@ -134,8 +138,9 @@ async def test_a_chunk_split_across_reads_goes_the_decoders_way(
     ]
 
 
+@pytest.mark.parametrize("how", ["closed", "aborted"])
 async def test_a_connection_closed_under_the_wait_is_an_upstream_error(
-    mock_clock: trio.testing.MockClock,
+    mock_clock: trio.testing.MockClock, how: str
 ) -> None:
     sink = Sink()
     with trio.fail_after(10):
@@ -148,8 +153,41 @@ async def test_a_connection_closed_under_the_wait_is_an_upstream_error(
                 while len(sink.calls) < 3:  # the server paces on the same signal
                     await trio.testing.wait_all_tasks_blocked()
                 assert sink.calls[-1] == ("chunk", chunk(EVENTS[2]))  # paced, waiting
-                await response._connection.aclose()  # as the producer leaving does
+                if how == "closed":
+                    await response._connection.aclose()  # as the producer leaving does
+                else:
+                    await response._connection.abort("stalled, as the watchdog says")
 
             nursery.start_soon(close_once_it_waits)
-            with pytest.raises(UpstreamError, match="closed"):
+            with pytest.raises(UpstreamError, match="closed" if how == "closed" else "stalled"):
                 await response.relay_to(sink)
+
+
+async def test_a_close_after_the_wake_up_reads_nothing_from_the_number_reused(
+    mock_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The producer closes the connection after the reader's wake-up was scheduled, and a
+    new socket takes the number: the reader must not read it."""
+    sink = Sink()
+    newcomer: list[socket.socket] = []
+    real_wait = trio.lowlevel.wait_readable
+
+    with trio.fail_after(10):
+        async with paced_response(mock_clock, EVENTS[:3], [chunk(EVENTS[3])]) as response:
+            connection = response._connection
+
+            async def woken_then_closed(fd: int) -> None:
+                await real_wait(fd)
+                if sink.calls[-1:] == [("chunk", chunk(EVENTS[2]))]:  # woken for EVENTS[3]
+                    await connection.aclose()
+                    ours, theirs = socket.socketpair()  # likely the number just freed
+                    theirs.send(b"not llama-server's")
+                    newcomer.extend((ours, theirs))
+
+            monkeypatch.setattr(trio.lowlevel, "wait_readable", woken_then_closed)
+            with pytest.raises(UpstreamError, match="was closed"):
+                await response.relay_to(sink)
+    ours, theirs = newcomer
+    with ours, theirs:
+        assert ours.recv(100, socket.MSG_DONTWAIT) == b"not llama-server's"  # still there
+    assert sink.calls[-1] == ("chunk", chunk(EVENTS[2]))

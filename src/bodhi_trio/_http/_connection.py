@@ -334,6 +334,7 @@ class Connection(TCPServer):
 
     async def _initiate_server_close(self) -> None:
         self._on_close()
+        self.closed = True  # before the socket closes: a writer's fd is stale from here
         await super()._initiate_server_close()
 
 

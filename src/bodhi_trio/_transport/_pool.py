@@ -39,9 +39,10 @@ class UpstreamConnection:
         stream: The socket.
         reused: It carried a request before this one.
         answered: llama-server sent bytes on it since the last request.
-        waiting_since: While a read waits for llama-server, when the wait began (Trio
-            clock); a watchdog reads it instead of a timer per read, which the relay's
-            hot path cannot afford.
+        waiting_since: While a read waits for llama-server, since when it has had no
+            bytes (Trio clock): the wait's start, or an earlier wait's that was cut short
+            (a keep-alive); a watchdog reads it instead of a timer per read, which the
+            relay's hot path cannot afford.
         abort_reason: Why it was closed under its reader, if it was.
         paced: Its last read waited for bytes (over 0.1 ms): the next one waits
             for them first, without a read that would find nothing (a paced stream's
@@ -76,7 +77,9 @@ class UpstreamConnection:
             UpstreamError: The connection broke, or was aborted (with ``abort_reason``).
         """
         now = self.clock.current_time
-        self.waiting_since = started = now()
+        started = now()
+        if self.waiting_since is None:  # a wait cut short (a keep-alive) goes on counting
+            self.waiting_since = started
         sock = self.stream.socket
         try:
             if not self.paced:
@@ -87,6 +90,7 @@ class UpstreamConnection:
                 except BlockingIOError:
                     self.paced = True
                 else:
+                    self.waiting_since = None
                     await trio.lowlevel.cancel_shielded_checkpoint()
                     self.answered = self.answered or bool(data)
                     return data
@@ -101,13 +105,13 @@ class UpstreamConnection:
                     continue
                 # Paced if the bytes kept it waiting (a token's pace); ones that were there
                 # at once (a fast stream on a busy loop) are read first next time.
+                self.waiting_since = None
                 self.paced = now() - started > PACED_WAIT
                 self.answered = self.answered or bool(data)
                 return data
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise self.broken(exc) from exc
-        finally:
             self.waiting_since = None
+            raise self.broken(exc) from exc
 
     def broken(self, exc: BaseException) -> UpstreamError:
         """What a read that failed with ``exc`` raises: the abort's reason, if it was aborted."""
