@@ -483,8 +483,8 @@ def side_by_side_table(summ: Summary) -> str:
     return "\n".join(lines)
 
 
-def _has_router(doc: dict[str, Any]) -> bool:
-    summ = doc.get("suites", {}).get("llama", {}).get("summary", {})
+def _has_router(doc: dict[str, Any], suite: str = "llama") -> bool:
+    summ = doc.get("suites", {}).get(suite, {}).get("summary", {})
     return any("router" in arms for arms in summ.values())
 
 
@@ -604,14 +604,16 @@ def check_targets_17(doc: dict[str, Any]) -> list[dict[str, str]]:
             )
         )
     parts, worse = [], []
-    for scenario, arms in suites.get("llama", {}).get("summary", {}).items():
-        if "router" not in arms:
-            continue
-        ours = _ratio(arms.get("bodhi-trio", {}), arms.get("direct", {}), "tokens_per_s")
-        theirs = _ratio(arms["router"], arms.get("direct", {}), "tokens_per_s")
-        parts.append(f"{scenario}: {_num(ours, '{:.3f}x')} vs {_num(theirs, '{:.3f}x')}")
-        if ours is None or theirs is None or ours < theirs:
-            worse.append(scenario)
+    for suite, prefix in (("llama", ""), ("llama-t1", "one llama-server thread, ")):
+        for scenario, arms in suites.get(suite, {}).get("summary", {}).items():
+            if "router" not in arms:
+                continue
+            ours = _ratio(arms.get("bodhi-trio", {}), arms.get("direct", {}), "tokens_per_s")
+            theirs = _ratio(arms["router"], arms.get("direct", {}), "tokens_per_s")
+            named = prefix + scenario
+            parts.append(f"{named}: {_num(ours, '{:.3f}x')} vs {_num(theirs, '{:.3f}x')}")
+            if ours is None or theirs is None or ours < theirs:
+                worse.append(named)
     verdict = (
         "NOT MEASURED" if not parts else "MET" if not worse else f"MISSED on {', '.join(worse)}"
     )
@@ -917,7 +919,7 @@ def render_results(
             "",
             throughput_table(_demo_only(llama["summary"]), "tokens_per_s"),
         ]
-        if name == "llama" and _has_router(doc):
+        if _has_router(doc, name):
             lines += _router_section(llama)
     if "swap" in suites:
         lines += [

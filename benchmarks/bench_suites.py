@@ -379,10 +379,10 @@ def _direct(bodhi: Bodhi, alias: str, state: dict[str, Any]) -> Arm:
 
 
 def llama_suite(workdir: Path, quick: bool, rounds: int, variant: str) -> dict[str, Any]:
-    """Real llama-server on the demo model: arms direct / bodhi-trio (``llama``: / router, and
+    """Real llama-server on the demo model: arms direct / bodhi-trio / router (``llama``: and
     the same on demo:smol)."""
     alias, params = f"bench:{variant}", LLAMA_VARIANTS[variant]
-    side = variant == "llama"  # llama.cpp's router beside us, and demo:smol
+    side = variant == "llama"  # demo:smol too
     aliases, files = {alias: params}, {}
     smol_params = [*params, *SMOL_CONTEXT_PARAMS]
     if side:
@@ -394,12 +394,8 @@ def llama_suite(workdir: Path, quick: bool, rounds: int, variant: str) -> dict[s
             _direct(bodhi, alias, state),
             Arm("bodhi-trio", f"{bodhi.url}/v1", alias, None, None, bodhi.pid),
         ]
-        if not side:
-            out["runs"] = interleaved(variant, arms, [llama_scenarios(quick)], rounds)
-            out["same_child_throughout"] = _same_child(bodhi, state)
-            return out
         demo = hub_file(bodhi, DEMO_REPO, DEMO_FILENAME)
-        smol = hub_file(bodhi, SMOL_REPO, SMOL_FILENAME)  # None: serve --demo could not fetch it
+        smol = hub_file(bodhi, SMOL_REPO, SMOL_FILENAME) if side else None
         assert demo is not None, "serve --demo did not place the demo model"
         models = {ROUTER_NAMES["llama"]: (demo, params)}
         if smol is not None:
@@ -414,6 +410,8 @@ def llama_suite(workdir: Path, quick: bool, rounds: int, variant: str) -> dict[s
             out["runs"] = interleaved(variant, [*arms, router], [llama_scenarios(quick)], rounds)
             out["same_child_throughout"] = _same_child(bodhi, state)
             out["router"] = {"models_max": 1, "preset": sorted(models)}
+            if not side:
+                return out
             if smol is None:
                 out["smol"] = {"skipped": "serve --demo did not place demo:smol (offline?)"}
                 return out
