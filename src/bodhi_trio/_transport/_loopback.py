@@ -15,8 +15,6 @@ llama-server learns that the client left and stops generating.
 
 from __future__ import annotations
 
-import collections
-import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Protocol, final
@@ -24,14 +22,10 @@ from typing import TYPE_CHECKING, Protocol, final
 import attrs
 import trio
 
-from bodhi_trio._core._http1 import BodyDecoder, FramingError, ResponseHead, split_head
+from bodhi_trio._core._http1 import FramingError, ResponseHead, split_head
 from bodhi_trio._exceptions import UpstreamError
-from bodhi_trio._transport._pool import (
-    PACED_WAIT,
-    RECEIVE_BYTES,
-    UpstreamConnection,
-    UpstreamPool,
-)
+from bodhi_trio._transport._pool import UpstreamConnection, UpstreamPool
+from bodhi_trio._transport._response import ChunkSink, HTTPResponse
 
 if TYPE_CHECKING:
     from bodhi_trio._core._address import Address
@@ -98,170 +92,12 @@ class Sender(Protocol):
         ...
 
 
-class ChunkSink(Protocol):
-    """Where :meth:`HTTPResponse.relay_to` writes a body: the client's side of a relay, a
-    response whose own body is chunked (the server's body writer)."""
-
-    async def __call__(self, payload: bytes, /) -> None:
-        """Write ``payload`` (framed by the sink), whole; never cut by a cancellation."""
-        ...
-
-    def write_chunk_now(self, chunk: bytes, size: int, /) -> int:
-        """Write ``chunk``, one whole chunk of chunked framing carrying ``size`` payload
-        bytes, as it is, if the sink can at once. Returns the bytes written: all of them;
-        fewer (:meth:`write_rest` writes the rest); or -1, nothing (the sink cannot take
-        framed chunks now: the payload goes to ``__call__``)."""
-        ...
-
-    async def write_rest(self, rest: bytes, /) -> None:
-        """Write the ``rest`` of a chunk :meth:`write_chunk_now` began; never cut."""
-        ...
-
-
 @attrs.frozen
 class Probe:
     """The answer to :func:`probe`: status and whole body."""
 
     status: int
     body: bytes
-
-
-@final
-@attrs.define(eq=False)
-class HTTPResponse:
-    """A llama-server response whose head has arrived; the body is still to read.
-
-    Iterate it (``async for chunk in response``) for the body bytes as they
-    arrive, framing removed, each chunk everything that one read brought; or
-    :meth:`aread` it whole.
-
-    Attributes:
-        status_code: The HTTP status llama-server answered with.
-        headers: Its response headers, lower-case names.
-    """
-
-    _head: ResponseHead
-    _connection: UpstreamConnection
-    _pending: bytes  # body bytes that arrived with the head
-    _body: BodyDecoder = attrs.field(init=False)
-    tail: collections.deque[bytes] = attrs.field(
-        factory=lambda: collections.deque(maxlen=3), init=False
-    )
-    """The last pieces :meth:`relay_to` wrote (where a stream's usage is)."""
-    handed_at: float = attrs.field(init=False)
-    """When :meth:`relay_to` last wrote a piece (Trio clock; at first, when the head came)."""
-
-    def __attrs_post_init__(self) -> None:
-        self._body = BodyDecoder(self._head, self._pending)
-        self.handed_at = self._connection.clock.current_time()
-
-    @property
-    def status_code(self) -> int:
-        return self._head.status
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return self._head.headers
-
-    def __aiter__(self) -> HTTPResponse:
-        return self
-
-    async def __anext__(self) -> bytes:
-        """The next piece of the body: what the last read brought, framing removed.
-
-        Raises:
-            UpstreamError: The connection broke, or the framing was malformed,
-                before the body was complete.
-
-        Cancellation: safe; no received byte is lost, so iterating again goes on.
-        """
-        body = self._body
-        try:
-            while not body.complete:
-                data, self._pending = self._pending, b""
-                if not data:
-                    data = await self._connection.receive()
-                    if not data:
-                        body.at_eof()  # the body ran until the connection closed
-                        break
-                payload = body.feed(data)
-                if payload:
-                    return payload
-        except FramingError as exc:
-            raise UpstreamError(f"llama-server response broke off: {exc}") from exc
-        raise StopAsyncIteration
-
-    async def relay_to(self, sink: ChunkSink) -> None:
-        """Write the body to ``sink`` as it arrives, until it ends (noting the last pieces
-        in :attr:`tail` and the time in :attr:`handed_at`).
-
-        One loop for the whole body, not an iterator per piece: on a paced stream every
-        token is a read of its own, and each layer between the socket and the client
-        costs per token (measured: the iterator, the connection's read and the decoder
-        each cost more than the read itself at 256 streams). A paced read that holds
-        exactly one whole chunk, as llama-server writes an event, goes to the sink framed
-        as it came; anything else (the bytes that came with the head, a fast stream read
-        first, a chunk split across reads, the end) goes the iterator's way.
-
-        Raises:
-            UpstreamError: The connection broke or was aborted, or the framing was
-                malformed, before the body was complete.
-
-        Cancellation: safe; it can land only in a wait for bytes (every write is
-        shielded), so nothing read is lost and calling it again goes on.
-        """
-        body, connection, tail = self._body, self._connection, self.tail
-        decoder = body.chunked
-        now = connection.clock.current_time
-        fd = connection.stream.socket.fileno()  # valid until connection.closed
-        while not body.complete:
-            if self._pending or decoder is None or not connection.paced:
-                try:
-                    piece = await self.__anext__()
-                except StopAsyncIteration:
-                    return
-                tail.append(piece)
-                await sink(piece)
-                self.handed_at = now()
-                continue
-            waited_from = connection.waiting_since = self.handed_at
-            try:
-                if connection.closed or fd < 0:  # the producer left: the number may be reused
-                    raise trio.ClosedResourceError("the connection to llama-server was closed")
-                await trio.lowlevel.wait_readable(fd)  # a checkpoint: cancellable
-                if connection.closed:  # closed meanwhile (Trio wakes a waiter it closes)
-                    raise trio.ClosedResourceError("the connection to llama-server was closed")
-                data = os.read(fd, RECEIVE_BYTES)
-            except BlockingIOError:  # a spurious wake-up
-                continue
-            except (OSError, trio.ClosedResourceError) as exc:
-                raise connection.broken(exc) from exc
-            finally:
-                connection.waiting_since = None
-            self.handed_at = arrived = now()
-            connection.paced = arrived - waited_from > PACED_WAIT
-            start = decoder.whole_chunk(data)
-            if not start:  # several chunks, a split one, the end: the iterator's way
-                self._pending = data
-                if not data:  # closed: the iterator's read finds it again, and says why
-                    connection.paced = False
-                continue
-            tail.append(data[start:-2])
-            sent = sink.write_chunk_now(data, len(data) - start - 2)
-            if sent != len(data):
-                if sent < 0:
-                    await sink(data[start:-2])
-                else:
-                    await sink.write_rest(data[sent:])
-                self.handed_at = now()
-
-    async def aread(self) -> bytes:
-        """The whole body.
-
-        Raises:
-            UpstreamError: The connection broke before the body was complete.
-        """
-        return b"".join([chunk async for chunk in self])
 
 
 class _StaleConnection(Exception):
