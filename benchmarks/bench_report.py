@@ -737,6 +737,16 @@ def _demo_only(summ: Summary) -> Summary:
 def _router_section(llama: dict[str, Any]) -> list[str]:
     router = llama.get("router") or {}
     smol = llama.get("smol") or {}
+    about_smol = (
+        " `demo:smol` is SmolLM2-135M-Instruct (the real small model `serve"
+        f" --demo` places in the HF cache), alias `{smol.get('alias', '-')}` with the same args"
+        " and `--chat-template chatml`, `max_tokens`"
+        f" {smol.get('max_tokens', '-')} with `ignore_eos`; one slot each (bodhi-trio and the"
+        " router swap to it after the demo model's rounds, so `direct` is the new child's Unix"
+        " socket)."
+        if "alias" in smol
+        else ""
+    )
     return [
         "",
         "### Side by side with llama.cpp's router mode",
@@ -744,13 +754,8 @@ def _router_section(llama: dict[str, Any]) -> list[str]:
         "`router` is llama-server's own router mode, the same binary: `llama-server"
         f" --models-preset INI --models-max {router.get('models_max', 1)}` with one section per"
         " model and the same llama args, reached over its TCP port; it proxies to a child of its"
-        " own (over TCP). `demo:smol` is SmolLM2-135M-Instruct (the real small model `serve"
-        f" --demo` places in the HF cache), alias `{smol.get('alias', '-')}` with the same args"
-        " and `--chat-template chatml`, `max_tokens`"
-        f" {smol.get('max_tokens', '-')} with `ignore_eos`; one slot each (bodhi-trio and the"
-        " router swap to it after the demo model's rounds, so `direct` is the new child's Unix"
-        " socket). CPU: the arm's own pid (`direct`: llama-server's; `router`: the router's,"
-        " not its child's) per token received and as % of a core.",
+        " own (over TCP)." + about_smol + " CPU: the arm's own pid (`direct`: llama-server's;"
+        " `router`: the router's, not its child's) per token received and as % of a core.",
         "",
         side_by_side_table(llama["summary"]),
     ]
