@@ -448,37 +448,28 @@ def running_fake(
         while flag in args[:-1]:
             at = args.index(flag)
             del args[at : at + 2]
-    workdir.mkdir(parents=True, exist_ok=True)
-    log = workdir / "twin.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [argv[0], *args, "--host", "127.0.0.1", "--port", "0"],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=_clean_env(),
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + timeout
-        while not (m := _LISTENING.search(log.read_bytes())):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the twin fake upstream did not start; see {log}")
-            time.sleep(0.05)
-        yield m.group(1).decode(), proc.pid
-    finally:
-        stop(proc)
+    argv = [argv[0], *args, "--host", "127.0.0.1", "--port", "0"]
+    with _listening(argv, workdir / "twin.log", "the twin fake upstream", timeout) as started:
+        yield started
 
 
 @contextlib.contextmanager
 def running_floor(upstream: str, workdir: Path, timeout: float = 30.0) -> Iterator[tuple[str, int]]:
     """``floor_relay.py`` (a bare Trio relay) in front of ``upstream`` (a child's Unix socket):
     the ``trio-floor`` arm. Yields its root URL and pid, stops it on leaving."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    log = workdir / "floor.log"
+    argv = [sys.executable, str(HERE / "floor_relay.py"), "--upstream", upstream]
+    with _listening(argv, workdir / "floor.log", "the floor relay", timeout) as started:
+        yield started
+
+
+@contextlib.contextmanager
+def _listening(argv: list[str], log: Path, what: str, timeout: float) -> Iterator[tuple[str, int]]:
+    """``argv`` started with its output in ``log``, once it printed ``listening on URL``:
+    yields that URL and its pid, stops it on leaving."""
+    log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, str(HERE / "floor_relay.py"), "--upstream", upstream],
+            argv,
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -489,7 +480,7 @@ def running_floor(upstream: str, workdir: Path, timeout: float = 30.0) -> Iterat
         deadline = time.monotonic() + timeout
         while not (m := _LISTENING.search(log.read_bytes())):
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the floor relay did not start; see {log}")
+                raise RuntimeError(f"{what} did not start; see {log}")
             time.sleep(0.05)
         yield m.group(1).decode(), proc.pid
     finally:

@@ -275,21 +275,13 @@ class RelayBody:
             return
         interval = keepalive_interval(self.relay.keepalive)
         now = trio.lowlevel.current_clock().current_time  # one call, not trio.current_time's three
-        next_piece = pieces.__anext__
-        recent = self._recent
         written = now()
         while True:
             with trio.CancelScope(deadline=written + interval):
                 while True:
-                    try:
-                        piece = await next_piece()
-                    except StopAsyncIteration:
+                    piece = await self._next_piece(pieces)
+                    if piece is None:
                         return
-                    except Exception as exc:
-                        self._broke(exc)
-                        return
-                    self._mid_event = not piece.endswith(b"\n\n")
-                    recent.append(piece)
                     await write(piece)
                     written = now()
             if now() - written < interval:
