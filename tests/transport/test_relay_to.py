@@ -191,3 +191,22 @@ async def test_a_close_after_the_wake_up_reads_nothing_from_the_number_reused(
     with ours, theirs:
         assert ours.recv(100, socket.MSG_DONTWAIT) == b"not llama-server's"  # still there
     assert sink.calls[-1] == ("chunk", chunk(EVENTS[2]))
+
+
+async def test_relay_arrived_writes_what_came_with_the_head_without_waiting(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """The first event came with the head: it goes out at once, and nothing waits for the
+    next (which the server sends only once the reader waits: never, here)."""
+    sink = Sink()
+    with trio.fail_after(10):
+        async with paced_response(mock_clock, EVENTS[:2], [END]) as response:
+            await response.relay_arrived(sink)
+            assert sink.calls == [("payload", EVENTS[0])]
+            assert list(response.tail) == [EVENTS[0]]
+            assert not response.complete
+            await response.relay_arrived(sink)  # nothing more has arrived: nothing written
+            assert sink.calls == [("payload", EVENTS[0])]
+            await response.relay_to(sink)  # the rest, as before
+            assert response.complete
+    assert written(sink.calls) == EVENTS[0] + EVENTS[1]

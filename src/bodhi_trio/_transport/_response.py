@@ -104,8 +104,32 @@ class HTTPResponse:
                 if payload:
                     return payload
         except FramingError as exc:
-            raise UpstreamError(f"llama-server response broke off: {exc}") from exc
+            raise _broke_off(exc) from exc
         raise StopAsyncIteration
+
+    @property
+    def complete(self) -> bool:
+        """Whether the whole body has been read."""
+        return self._body.complete
+
+    async def relay_arrived(self, sink: ChunkSink) -> None:
+        """Write to ``sink`` what of the body has arrived (the bytes that came with the
+        head: on a stream, its first event, as a rule), without waiting for more.
+
+        Raises:
+            UpstreamError: The framing was malformed.
+
+        Cancellation: the write is the sink's, never cut.
+        """
+        data, self._pending = self._pending, b""
+        try:
+            payload = self._body.feed(data) if data else b""
+        except FramingError as exc:
+            raise _broke_off(exc) from exc
+        if payload:
+            self.tail.append(payload)
+            await sink(payload)
+            self.handed_at = self._connection.clock.current_time()
 
     async def relay_to(self, sink: ChunkSink) -> None:
         """Write the body to ``sink`` as it arrives, until it ends (noting the last pieces
@@ -178,3 +202,8 @@ class HTTPResponse:
             UpstreamError: The connection broke before the body was complete.
         """
         return b"".join([chunk async for chunk in self])
+
+
+def _broke_off(exc: FramingError) -> UpstreamError:
+    """The transport's error for a body whose framing was malformed."""
+    return UpstreamError(f"llama-server response broke off: {exc}")
