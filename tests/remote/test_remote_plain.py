@@ -16,6 +16,7 @@ from bodhi_trio._exceptions import UpstreamError
 from bodhi_trio._transport._remote import RemoteTimeouts, open_remote_clients
 from bodhi_trio._transport._remote_httpx import HttpxResponse
 from bodhi_trio._transport._remote_plain import PlainTarget
+from bodhi_trio._transport._response import HTTPResponse
 from httpserver import running_server
 from remote_stub import Script, remote_stub
 
@@ -41,6 +42,23 @@ async def test_a_kept_connection_carries_the_next_request() -> None:
                 ) as response:
                     assert await response.aread() == Script().body
             assert (len(stub.requests), stub.connections) == (3, 1)
+
+
+async def test_a_plain_http_response_is_relayed_as_a_childs_is() -> None:
+    """The loopback client's response (so the relay writes it in one loop, a paced token
+    a read and a write), and its errors name the remote's URL."""
+    script = Script(events=['{"n":0}'], stall_after=1, stall_for=30)
+    with trio.fail_after(10):
+        async with (
+            remote_stub(script) as stub,
+            open_remote_clients() as clients,
+            clients.send(stub.base_url + CHAT, b"{}", headers=[], timeouts=TIMEOUTS) as response,
+        ):
+            assert isinstance(response, HTTPResponse)
+            assert await response.__anext__() == b'data: {"n":0}\n\n'
+            await response.connection.aclose()  # as a stalled read's watchdog does
+            with pytest.raises(UpstreamError, match=f"{stub.base_url}{CHAT} .*closed"):
+                await response.__anext__()
 
 
 async def test_a_connection_the_remote_closed_while_idle_is_replaced_unseen() -> None:

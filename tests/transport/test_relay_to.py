@@ -154,9 +154,9 @@ async def test_a_connection_closed_under_the_wait_is_an_upstream_error(
                     await trio.testing.wait_all_tasks_blocked()
                 assert sink.calls[-1] == ("chunk", chunk(EVENTS[2]))  # paced, waiting
                 if how == "closed":
-                    await response._connection.aclose()  # as the producer leaving does
+                    await response.connection.aclose()  # as the producer leaving does
                 else:
-                    await response._connection.abort("stalled, as the watchdog says")
+                    await response.connection.abort(UpstreamError("stalled, as the watchdog says"))
 
             nursery.start_soon(close_once_it_waits)
             with pytest.raises(UpstreamError, match="closed" if how == "closed" else "stalled"):
@@ -174,7 +174,7 @@ async def test_a_close_after_the_wake_up_reads_nothing_from_the_number_reused(
 
     with trio.fail_after(10):
         async with paced_response(mock_clock, EVENTS[:3], [chunk(EVENTS[3])]) as response:
-            connection = response._connection
+            connection = response.connection
 
             async def woken_then_closed(fd: int) -> None:
                 await real_wait(fd)
@@ -204,9 +204,10 @@ async def test_relay_arrived_writes_what_came_with_the_head_without_waiting(
             await response.relay_arrived(sink)
             assert sink.calls == [("payload", EVENTS[0])]
             assert list(response.tail) == [EVENTS[0]]
-            assert not response.complete
+            complete = [response.complete]
             await response.relay_arrived(sink)  # nothing more has arrived: nothing written
             assert sink.calls == [("payload", EVENTS[0])]
             await response.relay_to(sink)  # the rest, as before
-            assert response.complete
+            complete.append(response.complete)
+    assert complete == [False, True]
     assert written(sink.calls) == EVENTS[0] + EVENTS[1]

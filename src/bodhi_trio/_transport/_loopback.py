@@ -22,10 +22,9 @@ from typing import TYPE_CHECKING, Protocol, final
 import attrs
 import trio
 
-from bodhi_trio._core._http1 import FramingError, ResponseHead, split_head
 from bodhi_trio._exceptions import UpstreamError
-from bodhi_trio._transport._pool import UpstreamConnection, UpstreamPool
-from bodhi_trio._transport._response import ChunkSink, HTTPResponse
+from bodhi_trio._transport._pool import UpstreamPool
+from bodhi_trio._transport._response import ChunkSink, HTTPResponse, StaleConnection, exchange
 
 if TYPE_CHECKING:
     from bodhi_trio._core._address import Address
@@ -100,12 +99,6 @@ class Probe:
     body: bytes
 
 
-class _StaleConnection(Exception):
-    """A reused keep-alive connection failed before any byte of a response: safe to retry
-    (llama-server closed it while idle). Once it answered anything, a retry could run the
-    generation twice."""
-
-
 def _request_bytes(
     method: str, address: Address, path: str, body: bytes, content_type: str | None
 ) -> bytes:
@@ -122,20 +115,6 @@ def _request_bytes(
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
-async def _read_head(connection: UpstreamConnection) -> tuple[ResponseHead, bytes]:
-    """The first final (non-1xx) response head, and the body bytes that came with it."""
-    data = b""
-    try:
-        while (found := split_head(data)) is None:
-            more = await connection.receive()
-            if not more:
-                raise UpstreamError("llama-server closed the connection before answering")
-            data += more
-    except FramingError as exc:
-        raise UpstreamError(f"llama-server sent a malformed response: {exc}") from exc
-    return found
-
-
 async def _exchange(
     pool: UpstreamPool,
     address: Address,
@@ -148,23 +127,12 @@ async def _exchange(
 ) -> HTTPResponse:
     connection = await pool.check_out(address, fresh=fresh)
     try:
-        try:
-            request = _request_bytes(method, address, path, body, content_type)
-            await connection.send(request)
-        except (OSError, trio.BrokenResourceError) as exc:
-            raise UpstreamError(f"llama-server connection broke: {exc!r}") from exc
-        head, rest = await _read_head(connection)
-        if method == "HEAD":  # its Content-Length describes a body that never comes
-            head = attrs.evolve(head, length=0, chunked=False)
-    except UpstreamError as exc:
-        await pool.discard(connection)
-        if connection.reused and not connection.answered and connection.abort_reason is None:
-            raise _StaleConnection from exc
-        raise
+        return await exchange(
+            connection, _request_bytes(method, address, path, body, content_type), method
+        )
     except BaseException:
         await pool.discard(connection)
         raise
-    return HTTPResponse(head, connection, rest)
 
 
 @asynccontextmanager
@@ -198,15 +166,15 @@ async def send_upstream(
         response = await _exchange(
             pool, address, path, body, fresh=False, method=method, content_type=content_type
         )
-    except _StaleConnection:
+    except StaleConnection:
         response = await _exchange(
             pool, address, path, body, fresh=True, method=method, content_type=content_type
         )
     try:
         yield response
     finally:
-        if not (response._body.reusable and pool.give_back(response._connection)):
-            await pool.discard(response._connection)
+        if not (response.reusable and pool.give_back(response.connection)):
+            await pool.discard(response.connection)
 
 
 async def probe(address: Address, path: str, *, within: float) -> Probe | None:

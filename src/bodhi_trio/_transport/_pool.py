@@ -37,13 +37,15 @@ class UpstreamConnection:
     Attributes:
         address: Where it goes.
         stream: The socket.
+        peer: Who is at the other end, as an error names it: llama-server, or a remote
+            request's URL.
         reused: It carried a request before this one.
         answered: llama-server sent bytes on it since the last request.
         waiting_since: While a read waits for llama-server, since when it has had no
             bytes (Trio clock): the wait's start, or an earlier wait's that was cut short
             (a keep-alive); a watchdog reads it instead of a timer per read, which the
             relay's hot path cannot afford.
-        abort_reason: Why it was closed under its reader, if it was.
+        abort_error: What its reader raises, if it was closed under that reader.
         paced: Its last read waited for bytes (over 0.1 ms): the next one waits
             for them first, without a read that would find nothing (a paced stream's
             every read).
@@ -51,10 +53,11 @@ class UpstreamConnection:
 
     address: Address
     stream: trio.SocketStream
+    peer: str = "llama-server"
     reused: bool = False
     answered: bool = False
     waiting_since: float | None = None
-    abort_reason: str | None = None
+    abort_error: UpstreamError | None = None
     paced: bool = False
     closed: bool = False
     """Set before its socket is closed (only :meth:`aclose` closes it): a number read from
@@ -74,7 +77,7 @@ class UpstreamConnection:
         checkpoint): its read-first would only find nothing, one failed syscall per token.
 
         Raises:
-            UpstreamError: The connection broke, or was aborted (with ``abort_reason``).
+            UpstreamError: The connection broke, or was aborted (``abort_error``).
         """
         now = self.clock.current_time
         started = now()
@@ -82,6 +85,8 @@ class UpstreamConnection:
             self.waiting_since = started
         sock = self.stream.socket
         try:
+            if self.closed:
+                raise self.closed_error()
             if not self.paced:
                 await trio.lowlevel.checkpoint_if_cancelled()
                 try:
@@ -97,7 +102,7 @@ class UpstreamConnection:
             while True:
                 fd = sock.fileno()
                 if fd < 0:  # closed (the producer left): Trio's wait would refuse -1
-                    raise trio.ClosedResourceError("the connection to llama-server was closed")
+                    raise self.closed_error()
                 await trio.lowlevel.wait_readable(fd)  # a checkpoint: cancellable
                 try:
                     data = os.read(sock.fileno(), RECEIVE_BYTES)
@@ -114,10 +119,22 @@ class UpstreamConnection:
             raise self.broken(exc) from exc
 
     def broken(self, exc: BaseException) -> UpstreamError:
-        """What a read that failed with ``exc`` raises: the abort's reason, if it was aborted."""
-        if self.abort_reason is not None:
-            return UpstreamError(self.abort_reason)
-        return UpstreamError(f"llama-server connection broke: {exc!r}")
+        """What a read or write that failed with ``exc`` raises: the abort's error, if it
+        was aborted."""
+        if self.abort_error is not None:
+            return self.abort_error
+        return UpstreamError(f"the connection to {self.peer} broke: {exc!r}")
+
+    def closed_error(self) -> trio.ClosedResourceError:
+        """What a read on it once it is closed meets (:meth:`broken` then says why)."""
+        return trio.ClosedResourceError(f"the connection to {self.peer} was closed")
+
+    @property
+    def stale(self) -> bool:
+        """It failed as a kept connection the server closed while idle: reused, and no
+        byte of an answer came and nobody aborted it (a retry on a fresh one is safe;
+        once the server answered anything, a retry could run the request twice)."""
+        return self.reused and not self.answered and self.abort_error is None
 
     async def send(self, data: bytes) -> None:
         """Write a request to llama-server: at once when the socket takes it whole (a
@@ -143,9 +160,9 @@ class UpstreamConnection:
         if sent < len(data):
             await self.stream.send_all(data[sent:])
 
-    async def abort(self, reason: str) -> None:
-        """Close it under a reader's feet: the reader's :meth:`receive` raises ``reason``."""
-        self.abort_reason = reason
+    async def abort(self, error: UpstreamError) -> None:
+        """Close it under a reader's feet: the reader's :meth:`receive` raises ``error``."""
+        self.abort_error = error
         await self.aclose()
 
     async def aclose(self) -> None:
@@ -244,7 +261,7 @@ class UpstreamPool:
             if c.waiting_since is not None and c.waiting_since < since_before
         ]
         for connection in stalled:
-            await connection.abort(reason)
+            await connection.abort(UpstreamError(reason))
         return len(stalled)
 
     async def aclose(self) -> None:

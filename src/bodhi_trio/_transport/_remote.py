@@ -79,7 +79,7 @@ class RemoteClients:
             try:
                 yield answer
             finally:
-                await answer.aclose()
+                await ours.release(answer)
             return
         async with self._httpx.send(
             url, body, headers=headers, timeouts=timeouts, ca_bundle=ca_bundle, method=method

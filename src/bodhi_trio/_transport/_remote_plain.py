@@ -11,20 +11,21 @@ from __future__ import annotations
 
 import collections
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import final
 from urllib.parse import urlsplit
 
 import attrs
 import trio
 
-from bodhi_trio._core._http1 import BodyDecoder, FramingError, ResponseHead, split_head
+from bodhi_trio._core._address import Address
 from bodhi_trio._exceptions import RemoteConnectError, UpstreamError
+from bodhi_trio._transport._pool import UpstreamConnection
 from bodhi_trio._transport._remote_base import USER_AGENT, RemoteTimeouts, stalled
+from bodhi_trio._transport._response import HTTPResponse, StaleConnection, exchange
 
 __all__ = ["PlainClient", "PlainTarget", "proxied"]
 
-_RECEIVE_BYTES = 65536
 _MAX_IDLE_PER_ORIGIN = 64
 
 
@@ -50,8 +51,9 @@ class PlainTarget:
         return cls(parts.hostname, parts.port or 80, parts.netloc, target)
 
     @property
-    def key(self) -> tuple[str, int]:
-        return (self.host, self.port)
+    def address(self) -> Address:
+        """Its host and port (where its connections are kept)."""
+        return Address.tcp(self.host, self.port)
 
     def request(self, method: str, body: bytes, headers: Sequence[tuple[str, str]]) -> bytes:
         """The request head and body; a header that could reframe it is refused.
@@ -77,133 +79,23 @@ class PlainTarget:
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
-class _StaleConnection(Exception):
-    """A reused keep-alive connection closed before any byte of an answer: retry on a
-    fresh one (the remote closed it while idle); once it answered, never."""
-
-
-@final
-@attrs.define(eq=False)
-class _PlainResponse:
-    """A response over our own HTTP/1.1 client whose head has arrived.
-
-    Reads happen in the iterating task; a read cancelled (the relay's keep-alive
-    deadline) loses no byte, so no reader task is needed. The idle timeout is kept by
-    the client's watchdog, not by a deadline per read (a cancel scope costs more than
-    the rest of a read here: ~15 µs per event of a paced stream), from the first wait
-    after the last bytes: a wait cancelled and taken up again (the keep-alive) goes on
-    counting. Closing it before the end closes the connection; a body read to its end
-    gives the connection back for reuse.
-    """
-
-    _head: ResponseHead
-    _stream: trio.SocketStream
-    _pending: bytes  # body bytes that came with the head
-    _url: str
-    _timeouts: RemoteTimeouts
-    _client: PlainClient
-    _key: tuple[str, int]
-    _body: BodyDecoder = attrs.field(init=False)
-    _closed: bool = False
-    silent_since: float | None = None  # the remote has sent nothing since (Trio clock)
-    reading: bool = False  # a read waits for bytes right now
-    stalled: bool = False  # the watchdog closed the connection under that read
-
-    def __attrs_post_init__(self) -> None:
-        self._body = BodyDecoder(self._head, self._pending)
-
-    @property
-    def status_code(self) -> int:
-        return self._head.status
-
-    @property
-    def headers(self) -> Mapping[str, str]:
-        return self._head.headers
-
-    @property
-    def idle_timeout(self) -> float:
-        return self._timeouts.idle
-
-    def __aiter__(self) -> _PlainResponse:
-        return self
-
-    async def __anext__(self) -> bytes:
-        """The next piece: what the last read brought, framing removed.
-
-        Raises:
-            RemoteStalledError: Nothing came for the idle timeout.
-            UpstreamError: The connection broke, or the framing was malformed.
-
-        Cancellation: safe; no received byte is lost, iterating again goes on.
-        """
-        body = self._body
-        while not body.complete:
-            data, self._pending = self._pending, b""
-            if not data:
-                data = await self._receive()
-                if not data:
-                    try:
-                        body.at_eof()  # the body ran until the connection closed
-                    except FramingError:
-                        broke = f"the connection to {self._url} broke mid-body"
-                        raise UpstreamError(broke) from None
-                    break
-            try:
-                payload = body.feed(data)
-            except FramingError as exc:
-                raise UpstreamError(f"{self._url} sent a malformed body: {exc}") from None
-            if payload:
-                return payload
-        raise StopAsyncIteration
-
-    async def _receive(self) -> bytes:
-        if self._closed:
-            raise UpstreamError(f"the response from {self._url} was closed")
-        if self.silent_since is None:
-            self.silent_since = trio.current_time()
-        self.reading = True
-        try:
-            data = await self._stream.receive_some(_RECEIVE_BYTES)
-        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            if self.stalled:
-                raise stalled(self._url, self._timeouts) from None
-            raise UpstreamError(f"the connection to {self._url} broke: {exc!r}") from None
-        finally:
-            self.reading = False
-        self.silent_since = None
-        return data
-
-    async def aread(self) -> bytes:
-        return b"".join([piece async for piece in self])
-
-    async def abort_stalled(self) -> None:
-        """Close the connection under a read that waited too long (the watchdog's)."""
-        self.stalled = True
-        await trio.aclose_forcefully(self._stream)
-
-    async def aclose(self) -> None:
-        """Give the connection back (body read to its end) or close it. Idempotent.
-
-        Cancellation: shielded (closing a socket does not wait).
-        """
-        if self._closed:
-            return
-        self._closed = True
-        self._client.unwatch(self)
-        # (reusable only once complete: read to its end)
-        if self._body.reusable and self._client.give_back(self._key, self._stream):
-            return
-        await _close(self._stream)
-
-
 @final
 class PlainClient:
-    """Our own HTTP/1.1 client for plain ``http://`` remotes: idle keep-alive sockets per
-    host and port, and the watchdog that ends reads past their idle timeout."""
+    """Our own HTTP/1.1 client for plain ``http://`` remotes: idle keep-alive connections per
+    host and port, and the watchdog that ends reads past their idle timeout.
+
+    A connection and its response are the loopback client's (:class:`UpstreamConnection`,
+    :class:`HTTPResponse`), so a remote stream is relayed as a child's is: a paced token
+    is one read and one write (:meth:`HTTPResponse.relay_to`). The idle timeout is kept by
+    the watchdog, not by a deadline per read (a cancel scope costs more than the rest of a
+    read here), from the connection's ``waiting_since``: the first wait after the last
+    bytes, so a wait cut short by the relay's keep-alive goes on counting.
+    """
 
     def __init__(self) -> None:
-        self._idle: dict[tuple[str, int], collections.deque[trio.SocketStream]] = {}
-        self._open: set[_PlainResponse] = set()  # watched while open
+        self._idle: dict[Address, collections.deque[UpstreamConnection]] = {}
+        # open responses' connections, watched: their URL and timeouts
+        self._open: dict[UpstreamConnection, tuple[str, RemoteTimeouts]] = {}
         self._opened = trio.Event()  # wakes the watchdog when nothing was open
         self._closed = False
 
@@ -215,9 +107,10 @@ class PlainClient:
         headers: Sequence[tuple[str, str]],
         timeouts: RemoteTimeouts,
         method: str,
-    ) -> _PlainResponse:
+    ) -> HTTPResponse:
         """Send on a kept connection, or a new one; a kept one that the remote closed
-        while idle is replaced once (see :class:`_StaleConnection`).
+        while idle is replaced once (:class:`StaleConnection`). Give the response to
+        :meth:`release` when done with it.
 
         Raises:
             RemoteConnectError: Never reached it (nothing was sent).
@@ -229,70 +122,57 @@ class PlainClient:
         if self._closed:
             raise UpstreamError("the server is shutting down")
         request = plain.request(method, body, headers)
-        idle = self._idle.get(plain.key)
+        address = plain.address
+        idle = self._idle.get(address)
         if idle:
+            connection = idle.pop()
+            connection.peer, connection.reused, connection.answered = url, True, False
             try:
-                return await self._exchange(idle.pop(), True, request, plain, url, timeouts, method)
-            except _StaleConnection:
+                return await self._exchange(connection, request, url, timeouts, method)
+            except StaleConnection:
                 # the remote closed its idle connections: the others are likely closed too
-                for stale in self._idle.pop(plain.key, ()):
-                    await _close(stale)
+                for stale in self._idle.pop(address, ()):
+                    await stale.aclose()
         stream = await _connect(plain, url, timeouts)
-        return await self._exchange(stream, False, request, plain, url, timeouts, method)
+        connection = UpstreamConnection(address, stream, peer=url)
+        return await self._exchange(connection, request, url, timeouts, method)
 
     async def _exchange(
         self,
-        stream: trio.SocketStream,
-        reused: bool,
+        connection: UpstreamConnection,
         request: bytes,
-        plain: PlainTarget,
         url: str,
         timeouts: RemoteTimeouts,
         method: str,
-    ) -> _PlainResponse:
-        data = b""
+    ) -> HTTPResponse:
         try:
             with trio.fail_after(timeouts.idle):  # once per request: the head
-                await stream.send_all(request)
-                while (found := split_head(data)) is None:
-                    more = await stream.receive_some(_RECEIVE_BYTES)
-                    if not more:
-                        if reused and not data:
-                            raise _StaleConnection
-                        raise UpstreamError(f"{url} closed the connection before answering")
-                    data += more
+                response = await exchange(connection, request, method)
         except trio.TooSlowError:
-            await _close(stream)
+            await connection.aclose()
             raise stalled(url, timeouts) from None
-        except (OSError, trio.BrokenResourceError) as exc:
-            await _close(stream)
-            if reused and not data:
-                raise _StaleConnection from exc
-            raise UpstreamError(f"the connection to {url} broke: {exc!r}") from None
-        except FramingError as exc:
-            await _close(stream)
-            raise UpstreamError(f"{url} sent a malformed response: {exc}") from None
         except BaseException:
-            await _close(stream)
+            await connection.aclose()
             raise
-        head, rest = found
-        if method == "HEAD":  # its Content-Length describes a body that never comes
-            head = attrs.evolve(head, length=0, chunked=False)
-        response = _PlainResponse(head, stream, rest, url, timeouts, self, plain.key)
-        self._open.add(response)
+        self._open[connection] = (url, timeouts)
         self._opened.set()
         return response
 
-    def give_back(self, key: tuple[str, int], stream: trio.SocketStream) -> bool:
-        """Keep a connection whose response ended; ``False`` if it must be closed."""
-        idle = self._idle.setdefault(key, collections.deque())
-        if self._closed or len(idle) >= _MAX_IDLE_PER_ORIGIN:
-            return False
-        idle.append(stream)
-        return True
+    async def release(self, response: HTTPResponse) -> None:
+        """Keep the connection of a response read to its end for the next request, or close
+        it. Idempotent.
 
-    def unwatch(self, response: _PlainResponse) -> None:
-        self._open.discard(response)
+        Cancellation: shielded (closing a socket does not wait).
+        """
+        connection = response.connection
+        if self._open.pop(connection, None) is None:
+            return  # released before
+        if response.reusable and not self._closed:
+            idle = self._idle.setdefault(connection.address, collections.deque())
+            if len(idle) < _MAX_IDLE_PER_ORIGIN:
+                idle.append(connection)
+                return
+        await connection.aclose()
 
     async def serve_watchdog(self) -> None:
         """Close the connection under each read whose remote has sent nothing for its
@@ -306,20 +186,20 @@ class PlainClient:
                 self._opened = trio.Event()
                 await self._opened.wait()
                 continue
-            await trio.sleep(min(1.0, min(r.idle_timeout for r in self._open) / 4))
+            await trio.sleep(min(1.0, min(t.idle for _, t in self._open.values()) / 4))
             now = trio.current_time()
-            for response in list(self._open):
-                since = response.silent_since
-                if response.reading and since is not None and now - since >= response.idle_timeout:
-                    await response.abort_stalled()
+            for connection, (url, timeouts) in list(self._open.items()):
+                since = connection.waiting_since
+                if since is not None and now - since >= timeouts.idle:
+                    await connection.abort(stalled(url, timeouts))
 
     async def aclose(self) -> None:
         """Close the idle connections (open responses belong to their requests)."""
         self._closed = True
         idle, self._idle = self._idle, {}
-        for streams in idle.values():
-            for stream in streams:
-                await _close(stream)
+        for connections in idle.values():
+            for connection in connections:
+                await connection.aclose()
 
 
 async def _connect(plain: PlainTarget, url: str, timeouts: RemoteTimeouts) -> trio.SocketStream:
@@ -337,11 +217,6 @@ async def _connect(plain: PlainTarget, url: str, timeouts: RemoteTimeouts) -> tr
         ) from None
     except OSError as exc:
         raise RemoteConnectError(f"could not connect to {url}: {exc}") from None
-
-
-async def _close(stream: trio.SocketStream) -> None:
-    with trio.CancelScope(shield=True):
-        await trio.aclose_forcefully(stream)
 
 
 def proxied() -> bool:

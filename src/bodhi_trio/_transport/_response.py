@@ -1,7 +1,11 @@
-"""A llama-server response whose head has arrived, and how its body is read or relayed.
+"""A response over our own HTTP/1.1 client whose head has arrived, and how its body is read
+or relayed.
 
-:class:`HTTPResponse` is what :func:`~bodhi_trio._transport._loopback.send_upstream` yields:
-iterate it for the body as it arrives (chunked framing removed by
+:func:`exchange` sends a request on an :class:`~._pool.UpstreamConnection` and hands back
+an :class:`HTTPResponse` once its head is in: what
+:func:`~bodhi_trio._transport._loopback.send_upstream` yields for a llama-server child and
+:class:`~bodhi_trio._transport._remote_plain.PlainClient` for a plain ``http://`` remote.
+Iterate it for the body as it arrives (chunked framing removed by
 :mod:`bodhi_trio._core._http1`), or let it write itself to a :class:`ChunkSink`
 (:meth:`HTTPResponse.relay_to`, the relay's way: a paced token is one read and one write).
 """
@@ -15,11 +19,11 @@ from typing import Protocol, final
 import attrs
 import trio
 
-from bodhi_trio._core._http1 import BodyDecoder, FramingError, ResponseHead
+from bodhi_trio._core._http1 import BodyDecoder, FramingError, ResponseHead, split_head
 from bodhi_trio._exceptions import UpstreamError
 from bodhi_trio._transport._pool import PACED_WAIT, RECEIVE_BYTES, UpstreamConnection
 
-__all__ = ["ChunkSink", "HTTPResponse"]
+__all__ = ["ChunkSink", "HTTPResponse", "StaleConnection", "exchange"]
 
 
 class ChunkSink(Protocol):
@@ -45,7 +49,7 @@ class ChunkSink(Protocol):
 @final
 @attrs.define(eq=False)
 class HTTPResponse:
-    """A llama-server response whose head has arrived; the body is still to read.
+    """A response whose head has arrived; the body is still to read.
 
     Iterate it (``async for chunk in response``) for the body bytes as they
     arrive, framing removed, each chunk everything that one read brought; or
@@ -79,6 +83,16 @@ class HTTPResponse:
     def headers(self) -> dict[str, str]:
         return self._head.headers
 
+    @property
+    def connection(self) -> UpstreamConnection:
+        """The connection it came on (its owner gives it back or closes it after)."""
+        return self._connection
+
+    @property
+    def reusable(self) -> bool:
+        """The body was read to its end and the connection may carry another request."""
+        return self._body.reusable
+
     def __aiter__(self) -> HTTPResponse:
         return self
 
@@ -104,7 +118,7 @@ class HTTPResponse:
                 if payload:
                     return payload
         except FramingError as exc:
-            raise _broke_off(exc) from exc
+            raise self._broke_off(exc) from exc
         raise StopAsyncIteration
 
     @property
@@ -125,7 +139,7 @@ class HTTPResponse:
         try:
             payload = self._body.feed(data) if data else b""
         except FramingError as exc:
-            raise _broke_off(exc) from exc
+            raise self._broke_off(exc) from exc
         if payload:
             self.tail.append(payload)
             await sink(payload)
@@ -167,10 +181,10 @@ class HTTPResponse:
             waited_from = connection.waiting_since = self.handed_at
             try:
                 if connection.closed or fd < 0:  # the producer left: the number may be reused
-                    raise trio.ClosedResourceError("the connection to llama-server was closed")
+                    raise connection.closed_error()
                 await trio.lowlevel.wait_readable(fd)  # a checkpoint: cancellable
                 if connection.closed:  # closed meanwhile (Trio wakes a waiter it closes)
-                    raise trio.ClosedResourceError("the connection to llama-server was closed")
+                    raise connection.closed_error()
                 data = os.read(fd, RECEIVE_BYTES)
             except BlockingIOError:  # a spurious wake-up
                 continue
@@ -203,7 +217,46 @@ class HTTPResponse:
         """
         return b"".join([chunk async for chunk in self])
 
+    def _broke_off(self, exc: FramingError) -> UpstreamError:
+        """The error for a body whose framing was malformed or cut."""
+        return UpstreamError(f"the response from {self._connection.peer} broke off: {exc}")
 
-def _broke_off(exc: FramingError) -> UpstreamError:
-    """The transport's error for a body whose framing was malformed."""
-    return UpstreamError(f"llama-server response broke off: {exc}")
+
+class StaleConnection(Exception):
+    """A kept connection failed before any byte of an answer (it is ``stale``): the server
+    closed it while idle, and a fresh one may carry the request."""
+
+
+async def exchange(connection: UpstreamConnection, request: bytes, method: str) -> HTTPResponse:
+    """Send ``request`` (head and body, as :func:`~._loopback.send_upstream` or a remote's
+    target makes it) on ``connection``; return once the first final response head is in.
+
+    Raises:
+        StaleConnection: The connection is :attr:`~._pool.UpstreamConnection.stale`.
+        UpstreamError: The connection broke, or the server closed it or answered
+            malformed, before a head.
+
+    Cancellation: part of the request may have gone out; the caller closes the connection
+    (on any exception it must).
+    """
+    try:
+        try:
+            await connection.send(request)
+        except (OSError, trio.BrokenResourceError) as exc:
+            raise connection.broken(exc) from exc
+        data = b""
+        while (found := split_head(data)) is None:
+            more = await connection.receive()
+            if not more:
+                raise UpstreamError(f"{connection.peer} closed the connection before answering")
+            data += more
+    except FramingError as exc:
+        raise UpstreamError(f"{connection.peer} sent a malformed response: {exc}") from exc
+    except UpstreamError as exc:
+        if connection.stale:
+            raise StaleConnection from exc
+        raise
+    head, rest = found
+    if method == "HEAD":  # its Content-Length describes a body that never comes
+        head = attrs.evolve(head, length=0, chunked=False)
+    return HTTPResponse(head, connection, rest)
