@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import cast
 
 import attrs
 import pytest
@@ -15,6 +16,9 @@ from test_upstream import read_request, serve
 
 from bodhi_trio._core._address import Address
 from bodhi_trio._exceptions import UpstreamError
+from bodhi_trio._http._chunk_writer import ChunkWriter
+from bodhi_trio._http._relay import Relay, RelayBody
+from bodhi_trio._http._sse import KEEPALIVE
 from bodhi_trio._transport._loopback import HTTPResponse, UpstreamPool, send_upstream
 
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -211,3 +215,64 @@ async def test_relay_arrived_writes_what_came_with_the_head_without_waiting(
             complete.append(response.complete)
     assert complete == [False, True]
     assert written(sink.calls) == EVENTS[0] + EVENTS[1]
+
+
+@attrs.define
+class TimedSink(Sink):
+    """A :class:`Sink` that notes when each write came (the mock clock)."""
+
+    times: list[float] = attrs.field(factory=list)
+
+    async def __call__(self, payload: bytes) -> None:
+        self.times.append(round(trio.current_time(), 6))
+        await super().__call__(payload)
+
+    def write_chunk_now(self, chunk: bytes, size: int) -> int:
+        self.times.append(round(trio.current_time(), 6))
+        return super().write_chunk_now(chunk, size)
+
+
+async def test_the_spliced_relay_keeps_alive_only_after_a_whole_silent_interval(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """``RelayBody._splice`` (a response written to one of our connections): its keep-alive
+    counts from the last piece; pieces 0.6 s apart in a 1 s interval get none, a 1 s pause
+    one, a pause inside an event none (it would corrupt the event)."""
+    steps = [  # (seconds of silence, then what the server writes)
+        (0.6, chunk(b"data: 2\n\n")),
+        (0.6, chunk(b"data: 3\n\n")),
+        (1.0, b""),  # a whole interval silent: one keep-alive
+        (0.5, chunk(b"data: 4")),  # half an event
+        (1.5, b""),  # silent mid-event: nothing may be written
+        (0.5, chunk(b"\n\n") + END),  # its end
+    ]
+
+    async def handler(stream: trio.SocketStream) -> None:
+        await read_request(stream)
+        await stream.send_all(HEAD + chunk(b"data: 1\n\n"))
+        for silence, data in steps:
+            await trio.testing.wait_all_tasks_blocked()
+            mock_clock.jump(silence)
+            if data:
+                await stream.send_all(data)
+        await trio.sleep_forever()
+
+    sink = TimedSink()
+    body = RelayBody(Relay(keepalive=1.0))
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery, UpstreamPool() as pool:
+            port = await serve(nursery, handler)
+            address = Address.tcp("127.0.0.1", port)
+            async with send_upstream(pool, address, "/x", b"{}") as response:
+                assert isinstance(response, HTTPResponse)
+                await body._splice(response, cast(ChunkWriter, sink))
+            nursery.cancel_scope.cancel()
+    assert list(zip(sink.times, [data for _, data in sink.calls], strict=True)) == [
+        (0.0, b"data: 1\n\n"),
+        (0.6, b"data: 2\n\n"),  # the first paced read: decoded
+        (1.2, chunk(b"data: 3\n\n")),
+        (2.2, KEEPALIVE),
+        (2.7, chunk(b"data: 4")),
+        (4.7, b"\n\n"),
+    ]
+    assert body._mid_event is False
