@@ -31,7 +31,8 @@ from bodhi_trio._http._ollama._responses import (
 )
 from bodhi_trio._http._ollama._routes import is_ollama_path, ollama_error
 from bodhi_trio._http._ollama._stream import NdjsonBody
-from bodhi_trio._http._relay import Relay, RelayBody, relay_upstream
+from bodhi_trio._http._relay import Relay, relay_upstream
+from bodhi_trio._http._relay_body import RelayBody
 
 USER = [{"role": "user", "content": "hi"}]
 

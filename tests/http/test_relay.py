@@ -17,7 +17,8 @@ import trio
 import trio.testing
 
 from bodhi_trio._exceptions import ResponseInterruptedError, UpstreamError
-from bodhi_trio._http._relay import Relay, RelayBody, relay_upstream
+from bodhi_trio._http._relay import Relay, relay_upstream
+from bodhi_trio._http._relay_body import RelayBody
 from bodhi_trio._http._sse import KEEPALIVE
 
 
@@ -238,3 +239,26 @@ async def test_no_comment_inside_an_event_and_an_error_after_one_is_its_own(
     assert KEEPALIVE not in items
     assert items[1].startswith(b'\n\ndata: {"error"')
     assert len(items) == 2
+
+
+@pytest.mark.parametrize("failing_piece", [0, 2], ids=["the first", "a later one"])
+async def test_a_writer_that_fails_fails_the_body_with_its_own_error(failing_piece: int) -> None:
+    """The pump writes the pieces after the first from a task of its own; a writer's
+    failure (a translating writer's bug) still comes out of the body as itself, not
+    wrapped in a nursery's exception group, whichever piece it failed on."""
+    written: list[bytes] = []
+
+    async def write(data: bytes) -> None:
+        if len(written) == failing_piece:
+            raise ValueError("the writer broke")
+        written.append(data)
+
+    with trio.fail_after(5):
+        async with rig() as r:
+            r.body.writer = write
+            await r.relay.answered.wait()
+            for n in range(4):
+                await r.upstream.send(b"data: %d\n\n" % n)
+            with pytest.raises(ValueError, match="the writer broke"):
+                await r.body.__anext__()
+    assert written == [b"data: %d\n\n" % n for n in range(failing_piece)]

@@ -17,7 +17,8 @@ from test_upstream import read_request, serve
 from bodhi_trio._core._address import Address
 from bodhi_trio._exceptions import UpstreamError
 from bodhi_trio._http._chunk_writer import ChunkWriter
-from bodhi_trio._http._relay import Relay, RelayBody
+from bodhi_trio._http._relay import Relay
+from bodhi_trio._http._relay_body import RelayBody
 from bodhi_trio._http._sse import KEEPALIVE
 from bodhi_trio._transport._loopback import HTTPResponse, UpstreamPool, send_upstream
 

@@ -19,7 +19,8 @@ import math
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING
 
-from bodhi_trio._http._relay import RelayBody, start_relay
+from bodhi_trio._http._relay import start_relay
+from bodhi_trio._http._relay_body import RelayBody
 from bodhi_trio._http._request_scope import close_with_request, request_body_writer
 
 if TYPE_CHECKING:

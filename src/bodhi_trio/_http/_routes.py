@@ -23,7 +23,8 @@ from bodhi_trio._context._routing import ROUTED_ATTEMPTS, ROUTING_HEADERS
 from bodhi_trio._core._state import ServerEvent, SlotStatus
 from bodhi_trio._exceptions import InvalidRequestError
 from bodhi_trio._http._passthrough import passthrough
-from bodhi_trio._http._relay import RelayBody, start_relay
+from bodhi_trio._http._relay import start_relay
+from bodhi_trio._http._relay_body import RelayBody
 from bodhi_trio._http._request_scope import close_with_request, note_request, request_body_writer
 from bodhi_trio._http._sse import (
     SSE_HEADERS,

@@ -62,7 +62,8 @@ from bodhi_trio._http._ollama._responses import (
     normalized,
 )
 from bodhi_trio._http._ollama._stream import NDJSON_HEADERS, NdjsonBody
-from bodhi_trio._http._relay import RelayBody, start_relay
+from bodhi_trio._http._relay import start_relay
+from bodhi_trio._http._relay_body import RelayBody
 from bodhi_trio._http._request_scope import close_with_request, request_body_writer
 from bodhi_trio._http._routes import Reply, parse_json_body
 from bodhi_trio._http._security import Access

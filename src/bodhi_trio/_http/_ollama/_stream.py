@@ -36,7 +36,7 @@ from bodhi_trio._http._sse import compact_json
 
 if TYPE_CHECKING:
     from bodhi_trio._http._ollama._responses import StreamTranslator
-    from bodhi_trio._http._relay import RelayBody
+    from bodhi_trio._http._relay_body import RelayBody
 
 __all__ = ["NDJSON_HEADERS", "NdjsonBody", "error_line", "event_data"]
 
