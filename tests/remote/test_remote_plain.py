@@ -12,10 +12,10 @@ import pytest
 import trio
 from remote_helpers import chat, data_events, error_of, remote_alias, stream_body
 
-from bodhi_trio._exceptions import UpstreamError
+from bodhi_trio._exceptions import RemoteStalledError, UpstreamError
 from bodhi_trio._transport._remote import RemoteTimeouts, open_remote_clients
 from bodhi_trio._transport._remote_httpx import HttpxResponse
-from bodhi_trio._transport._remote_plain import PlainTarget
+from bodhi_trio._transport._remote_plain import PlainClient, PlainTarget
 from bodhi_trio._transport._response import HTTPResponse
 from httpserver import running_server
 from remote_stub import Script, remote_stub
@@ -46,19 +46,20 @@ async def test_a_kept_connection_carries_the_next_request() -> None:
 
 async def test_a_plain_http_response_is_relayed_as_a_childs_is() -> None:
     """The loopback client's response (so the relay writes it in one loop, a paced token
-    a read and a write), and its errors name the remote's URL."""
+    a read and a write); the idle watchdog ends its stalled read with the remote's own
+    error, naming its URL."""
     script = Script(events=['{"n":0}'], stall_after=1, stall_for=30)
+    quick = RemoteTimeouts(connect=2.0, idle=0.3)
     with trio.fail_after(10):
         async with (
             remote_stub(script) as stub,
             open_remote_clients() as clients,
-            clients.send(stub.base_url + CHAT, b"{}", headers=[], timeouts=TIMEOUTS) as response,
+            clients.send(stub.base_url + CHAT, b"{}", headers=[], timeouts=quick) as response,
         ):
             assert isinstance(response, HTTPResponse)
             assert await response.__anext__() == b'data: {"n":0}\n\n'
-            await response.connection.aclose()  # as a stalled read's watchdog does
-            with pytest.raises(UpstreamError, match=f"{stub.base_url}{CHAT} .*closed"):
-                await response.__anext__()
+            with pytest.raises(RemoteStalledError, match=f"{stub.base_url}{CHAT} sent nothing"):
+                await response.__anext__()  # the stub stalls: the watchdog closes under it
 
 
 async def test_a_connection_the_remote_closed_while_idle_is_replaced_unseen() -> None:
@@ -128,3 +129,29 @@ async def test_a_stall_ends_the_stream_even_while_keep_alives_interrupt_the_wait
     assert len(received) == 3
     assert error_of(received[2])["code"] == "upstream_stalled"
     assert 1.0 <= took < 10
+
+
+async def test_a_late_second_release_leaves_the_next_response_on_that_connection_alone() -> None:
+    """Releasing is idempotent per response: once its connection carries the next
+    response, releasing the first again must not hand that busy connection out."""
+    with trio.fail_after(10):
+        async with remote_stub() as stub:
+            stub.keep_alive = True
+            url = stub.base_url + CHAT
+            target = PlainTarget.of(url)
+            assert target is not None
+            client = PlainClient()
+            try:
+                first = await client.send(target, url, b"{}", [], TIMEOUTS, "POST")
+                await first.aread()
+                await client.release(first)
+                second = await client.send(target, url, b"{}", [], TIMEOUTS, "POST")
+                assert second.connection is first.connection  # kept, and reused
+                await client.release(first)  # again, late
+                third = await client.send(target, url, b"{}", [], TIMEOUTS, "POST")
+                assert third.connection is not second.connection
+                assert await second.aread() == await third.aread() == Script().body
+                for response in (second, third):
+                    await client.release(response)
+            finally:
+                await client.aclose()

@@ -108,8 +108,9 @@ class RelayBody:
         :meth:`_splice`). A response of our own client written to one of our connections
         goes :meth:`_splice`'s way.
 
-        Cancellation (the client left): raised from the read; the route then closes the
-        body.
+        Cancellation (the client left): raised from the read (out of the nursery, inside a
+        ``BaseExceptionGroup``: catch it only as the cancel scope does); the route then
+        closes the body.
 
         Raises:
             Exception: What ``write`` raised (the translating writers' own failures).
@@ -180,8 +181,8 @@ class RelayBody:
         256 streams). The bytes that came with the head (a stream's first event, as a
         rule) are written before it starts, so its first scheduling never delays them.
 
-        Cancellation (the client left): raised from the read, in both tasks; the route
-        then closes the body.
+        Cancellation (the client left): raised from the read, in both tasks (out of the
+        nursery, inside a ``BaseExceptionGroup``); the route then closes the body.
         """
         try:
             await response.relay_arrived(writer)

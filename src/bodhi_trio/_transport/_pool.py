@@ -32,7 +32,8 @@ PACED_WAIT = 0.0001
 
 @attrs.define(eq=False)
 class UpstreamConnection:
-    """One connection to llama-server, and what the pool and the watchdog need to know of it.
+    """One connection of our own HTTP/1.1 client (to a llama-server child, or to a plain
+    ``http://`` remote), and what its pool and watchdog need to know of it.
 
     Attributes:
         address: Where it goes.
@@ -40,8 +41,8 @@ class UpstreamConnection:
         peer: Who is at the other end, as an error names it: llama-server, or a remote
             request's URL.
         reused: It carried a request before this one.
-        answered: llama-server sent bytes on it since the last request.
-        waiting_since: While a read waits for llama-server, since when it has had no
+        answered: The server sent bytes on it since the last request.
+        waiting_since: While a read waits for the server, since when it has had no
             bytes (Trio clock): the wait's start, or an earlier wait's that was cut short
             (a keep-alive); a watchdog reads it instead of a timer per read, which the
             relay's hot path cannot afford.
@@ -67,7 +68,7 @@ class UpstreamConnection:
     where ``trio.current_time()`` makes three, on a path taken per token."""
 
     async def receive(self) -> bytes:
-        """The next bytes from llama-server; ``b""`` when it closed the connection.
+        """The next bytes from the server; ``b""`` when it closed the connection.
 
         ``SocketStream.receive_some`` without its layers: a token of a paced stream is one
         read, and the stream's conflict detector and the socket's generic retry helper cost
@@ -123,6 +124,8 @@ class UpstreamConnection:
         was aborted."""
         if self.abort_error is not None:
             return self.abort_error
+        if isinstance(exc, trio.ClosedResourceError):  # closed on our side: says so itself
+            return UpstreamError(str(exc))
         return UpstreamError(f"the connection to {self.peer} broke: {exc!r}")
 
     def closed_error(self) -> trio.ClosedResourceError:
@@ -137,7 +140,7 @@ class UpstreamConnection:
         return self.reused and not self.answered and self.abort_error is None
 
     async def send(self, data: bytes) -> None:
-        """Write a request to llama-server: at once when the socket takes it whole (a
+        """Write a request to the server: at once when the socket takes it whole (a
         request is small), else the rest as ``SocketStream.send_all`` writes it.
 
         A checkpoint first (cancellable), but no yield after a write that went out at

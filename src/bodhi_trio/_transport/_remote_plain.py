@@ -94,8 +94,8 @@ class PlainClient:
 
     def __init__(self) -> None:
         self._idle: dict[Address, collections.deque[UpstreamConnection]] = {}
-        # open responses' connections, watched: their URL and timeouts
-        self._open: dict[UpstreamConnection, tuple[str, RemoteTimeouts]] = {}
+        # open responses' connections, watched: the response, its URL and timeouts
+        self._open: dict[UpstreamConnection, tuple[HTTPResponse, str, RemoteTimeouts]] = {}
         self._opened = trio.Event()  # wakes the watchdog when nothing was open
         self._closed = False
 
@@ -154,7 +154,7 @@ class PlainClient:
         except BaseException:
             await connection.aclose()
             raise
-        self._open[connection] = (url, timeouts)
+        self._open[connection] = (response, url, timeouts)
         self._opened.set()
         return response
 
@@ -165,8 +165,10 @@ class PlainClient:
         Cancellation: shielded (closing a socket does not wait).
         """
         connection = response.connection
-        if self._open.pop(connection, None) is None:
-            return  # released before
+        watched = self._open.get(connection)
+        if watched is None or watched[0] is not response:
+            return  # released before (its connection may carry another response now)
+        del self._open[connection]
         if response.reusable and not self._closed:
             idle = self._idle.setdefault(connection.address, collections.deque())
             if len(idle) < _MAX_IDLE_PER_ORIGIN:
@@ -186,9 +188,9 @@ class PlainClient:
                 self._opened = trio.Event()
                 await self._opened.wait()
                 continue
-            await trio.sleep(min(1.0, min(t.idle for _, t in self._open.values()) / 4))
+            await trio.sleep(min(1.0, min(t.idle for _, _, t in self._open.values()) / 4))
             now = trio.current_time()
-            for connection, (url, timeouts) in list(self._open.items()):
+            for connection, (_, url, timeouts) in list(self._open.items()):
                 since = connection.waiting_since
                 if since is not None and now - since >= timeouts.idle:
                     await connection.abort(stalled(url, timeouts))
