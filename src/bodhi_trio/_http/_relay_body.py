@@ -56,6 +56,7 @@ class RelayBody:
     # the last pieces, where the usage and timings are (read once, at the end)
     _recent: collections.deque[bytes] = attrs.field(factory=lambda: collections.deque(maxlen=3))
     _read_error: BodhiError | None = None
+    _write_error: Exception | None = None  # a failure of the writer _pump was given
     _mid_event: bool = False  # the last piece did not end with a blank line
     _ended: bool = False
 
@@ -113,25 +114,17 @@ class RelayBody:
         closes the body.
 
         Raises:
-            Exception: What ``write`` raised (the translating writers' own failures).
+            Exception: What ``write`` raised (the translating writers' own failures), as
+                it is: kept by :meth:`_write_pieces`, not left to the nursery's group.
         """
         if isinstance(pieces, HTTPResponse) and isinstance(write, ChunkWriter):
             await self._splice(pieces, write)
             return
-        if not await self._write_pieces(pieces, write, first_only=True):
-            return
-        failed: list[Exception] = []
-
-        async def write_the_rest() -> None:
-            try:
-                await self._write_pieces(pieces, write)
-            except Exception as exc:  # raised as it is, not in a nursery's exception group
-                failed.append(exc)
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(write_the_rest)
-        if failed:
-            raise failed[0]
+        if await self._write_pieces(pieces, write, first_only=True):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._write_pieces, pieces, write)
+        if self._write_error is not None:
+            raise self._write_error
 
     async def _write_pieces(
         self,
@@ -140,8 +133,9 @@ class RelayBody:
         *,
         first_only: bool = False,
     ) -> bool:
-        """:meth:`_pump`'s loop: returns ``False`` once the body ended or broke, ``True``
-        after the first piece if ``first_only``.
+        """:meth:`_pump`'s loop: returns ``False`` once the body ended or broke (a failure
+        of ``write`` kept in ``_write_error``), ``True`` after the first piece if
+        ``first_only``.
 
         One cancel scope serves the reads of a whole interval: its deadline is the last
         write's time plus the interval, and only when it fires is the time looked at
@@ -153,21 +147,25 @@ class RelayBody:
         interval = keepalive_interval(self.relay.keepalive)
         now = trio.lowlevel.current_clock().current_time  # one call, not trio.current_time's three
         written = now()
-        while True:
-            with trio.CancelScope(deadline=written + interval):
-                while True:
-                    piece = await self._next_piece(pieces)
-                    if piece is None:
-                        return False
-                    await write(piece)
-                    if first_only:
-                        return True
-                    written = now()
-            if now() - written < interval:
-                continue  # not silent for a whole interval: wait on
-            if not self._mid_event:  # a comment inside an event would corrupt it
-                await write(KEEPALIVE)
-            written = now()
+        try:
+            while True:
+                with trio.CancelScope(deadline=written + interval):
+                    while True:
+                        piece = await self._next_piece(pieces)
+                        if piece is None:
+                            return False
+                        await write(piece)
+                        if first_only:
+                            return True
+                        written = now()
+                if now() - written < interval:
+                    continue  # not silent for a whole interval: wait on
+                if not self._mid_event:  # a comment inside an event would corrupt it
+                    await write(KEEPALIVE)
+                written = now()
+        except Exception as exc:  # the writer's (a read error is kept by _next_piece)
+            self._write_error = exc
+            return False
 
     async def _splice(self, response: HTTPResponse, writer: ChunkWriter) -> None:
         """:meth:`_pump` for a llama-server response written to one of our connections:
