@@ -1,4 +1,6 @@
-"""Keep-alive connections to llama-server children, per address.
+"""Keep-alive connections to llama-server children, per address (and, with only
+:meth:`UpstreamPool.take_idle` and :meth:`UpstreamPool.give_back`, the plain remote
+client's kept connections per host and port).
 
 A connection is checked out for one request and then either given back for reuse
 (its response was read to the end) or discarded (anything else). The pool also
@@ -201,11 +203,8 @@ class UpstreamPool:
         Raises:
             UpstreamError: A new connection could not be made.
         """
-        idle = None if fresh else self._idle.get(address)
-        if idle:
-            connection = idle.pop()
-            connection.reused, connection.answered = True, False
-        else:
+        connection = None if fresh else self.take_idle(address)
+        if connection is None:
             try:
                 with trio.fail_after(_CONNECT_TIMEOUT):
                     stream = await address.connect()
@@ -213,6 +212,15 @@ class UpstreamPool:
                 raise UpstreamError(f"cannot connect to llama-server at {address}: {exc}") from exc
             connection = UpstreamConnection(address, stream)
         self._busy.setdefault(address, set()).add(connection)
+        return connection
+
+    def take_idle(self, address: Address) -> UpstreamConnection | None:
+        """A kept connection to ``address``, now marked reused; ``None`` if none is kept."""
+        idle = self._idle.get(address)
+        if not idle:
+            return None
+        connection = idle.pop()
+        connection.reused, connection.answered = True, False
         return connection
 
     def _release(self, connection: UpstreamConnection) -> None:

@@ -9,7 +9,6 @@ request (docs/benchmarks.md, "Remote aliases").
 
 from __future__ import annotations
 
-import collections
 import urllib.request
 from collections.abc import Sequence
 from typing import final
@@ -20,13 +19,11 @@ import trio
 
 from bodhi_trio._core._address import Address
 from bodhi_trio._exceptions import RemoteConnectError, UpstreamError
-from bodhi_trio._transport._pool import UpstreamConnection
+from bodhi_trio._transport._pool import UpstreamConnection, UpstreamPool
 from bodhi_trio._transport._remote_base import USER_AGENT, RemoteTimeouts, stalled
 from bodhi_trio._transport._response import HTTPResponse, StaleConnection, exchange
 
 __all__ = ["PlainClient", "PlainTarget", "proxied"]
-
-_MAX_IDLE_PER_ORIGIN = 64
 
 
 @final
@@ -93,7 +90,7 @@ class PlainClient:
     """
 
     def __init__(self) -> None:
-        self._idle: dict[Address, collections.deque[UpstreamConnection]] = {}
+        self._kept = UpstreamPool()  # idle connections per host and port (only those)
         # open responses' connections, watched: the response, its URL and timeouts
         self._open: dict[UpstreamConnection, tuple[HTTPResponse, str, RemoteTimeouts]] = {}
         self._opened = trio.Event()  # wakes the watchdog when nothing was open
@@ -123,16 +120,14 @@ class PlainClient:
             raise UpstreamError("the server is shutting down")
         request = plain.request(method, body, headers)
         address = plain.address
-        idle = self._idle.get(address)
-        if idle:
-            connection = idle.pop()
-            connection.peer, connection.reused, connection.answered = url, True, False
+        connection = self._kept.take_idle(address)
+        if connection is not None:
+            connection.peer = url
             try:
                 return await self._exchange(connection, request, url, timeouts, method)
             except StaleConnection:
                 # the remote closed its idle connections: the others are likely closed too
-                for stale in self._idle.pop(address, ()):
-                    await stale.aclose()
+                await self._kept.close_idle(address)
         stream = await _connect(plain, url, timeouts)
         connection = UpstreamConnection(address, stream, peer=url)
         return await self._exchange(connection, request, url, timeouts, method)
@@ -169,11 +164,8 @@ class PlainClient:
         if watched is None or watched[0] is not response:
             return  # released before (its connection may carry another response now)
         del self._open[connection]
-        if response.reusable and not self._closed:
-            idle = self._idle.setdefault(connection.address, collections.deque())
-            if len(idle) < _MAX_IDLE_PER_ORIGIN:
-                idle.append(connection)
-                return
+        if response.reusable and not self._closed and self._kept.give_back(connection):
+            return
         await connection.aclose()
 
     async def serve_watchdog(self) -> None:
@@ -198,10 +190,7 @@ class PlainClient:
     async def aclose(self) -> None:
         """Close the idle connections (open responses belong to their requests)."""
         self._closed = True
-        idle, self._idle = self._idle, {}
-        for connections in idle.values():
-            for connection in connections:
-                await connection.aclose()
+        await self._kept.aclose()
 
 
 async def _connect(plain: PlainTarget, url: str, timeouts: RemoteTimeouts) -> trio.SocketStream:
