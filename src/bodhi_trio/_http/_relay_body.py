@@ -26,6 +26,7 @@ from bodhi_trio._transport._loopback import HTTPResponse
 
 if TYPE_CHECKING:
     from bodhi_trio._http._relay import Relay
+    from bodhi_trio._transport._relay_hub import RelayHub
 
 __all__ = ["RelayBody"]
 
@@ -47,11 +48,14 @@ class RelayBody:
         writer: The request's body writer (``request_body_writer``): the pieces are then
             written with it, not returned (only the owed error event is). It must not be
             cut by a cancellation. Only for a body that goes to the client unchanged.
+        hub: Where a spliced response's paced tokens are relayed (:meth:`_splice`), if
+            the server runs one.
     """
 
     relay: Relay
     prime: bool = False
     writer: Callable[[bytes], Awaitable[None]] | None = None
+    hub: RelayHub | None = None
     _pieces: AsyncIterator[bytes] | None = None
     # the last pieces, where the usage and timings are (read once, at the end)
     _recent: collections.deque[bytes] = attrs.field(factory=lambda: collections.deque(maxlen=3))
@@ -206,7 +210,7 @@ class RelayBody:
             while True:
                 silent_since = max(response.handed_at, kept_alive)
                 with trio.CancelScope(deadline=silent_since + interval):
-                    await response.relay_to(writer)
+                    await response.relay_to(writer, self.hub)
                     return
                 if now() - max(response.handed_at, kept_alive) < interval:
                     continue  # a piece came meanwhile: wait on

@@ -38,6 +38,7 @@ from bodhi_trio._http._usage import note_usage
 
 if TYPE_CHECKING:
     from bodhi_trio._llama._logtail import LogTail
+    from bodhi_trio._transport._relay_hub import RelayHub
 
 __all__ = [
     "INTEGER_FIELDS",
@@ -164,10 +165,13 @@ class Routes:
     Args:
         ctx: The server slot.
         nursery: Where relay producers run (one per streamed completion).
+        hub: Where streamed completions' paced tokens are relayed (one task for all), if
+            the server runs one.
     """
 
     ctx: SharedContext
     nursery: trio.Nursery
+    hub: RelayHub | None = None
 
     @property
     def _keepalive(self) -> float:
@@ -214,7 +218,7 @@ class Routes:
         # client gets its 200 now, comments while it waits, and a later failure
         # inside the stream.
         relay.early = head is None
-        stream = RelayBody(relay, prime=relay.early, writer=request_body_writer())
+        stream = RelayBody(relay, prime=relay.early, writer=request_body_writer(), hub=self.hub)
         close_with_request(stream)
         return Reply(200, {**SSE_HEADERS, **routed} if routed else SSE_HEADERS, stream)
 

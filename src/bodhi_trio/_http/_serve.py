@@ -4,7 +4,8 @@ Who owns what::
 
     serve()
     └── open_context ── root nursery (llama-server child, loads, idle unloader, listeners)
-        └── relay nursery ── one producer per streamed completion, log followers
+        └── relay nursery ── one producer per streamed completion, log followers, the
+            │                relay hub (one task for the paced tokens of every stream)
             └── serve_http ── connections (at most BODHI_MAX_CONNECTIONS), requests
                               (Hypercorn's HTTP/1.1, Quart-Trio app)
 
@@ -43,6 +44,7 @@ from bodhi_trio._http._observe import Observer
 from bodhi_trio._http._routes import Routes
 from bodhi_trio._http._security import AccessPolicy, is_loopback_host
 from bodhi_trio._http._server import serve_http
+from bodhi_trio._transport._relay_hub import RelayHub
 
 if TYPE_CHECKING:
     from bodhi_trio._config._settings import Settings
@@ -145,11 +147,13 @@ async def serve(
     )
 
     async with open_context(settings) as ctx, trio.open_nursery() as relays:
+        hub = RelayHub()
+        await relays.start(hub.serve)
         observer = Observer(lambda: ctx.state, ctx.is_alias)
         # As long as ctx lives; not the per-request RESPONSE events, which it ignores.
         ctx.add_state_listener(observer.on_event, name="metrics", kinds=Observer.EVENT_KINDS)
         app = create_app(
-            Routes(ctx, relays),
+            Routes(ctx, relays, hub),
             policy,
             max_body_bytes=settings.max_body_bytes,
             observer=observer,

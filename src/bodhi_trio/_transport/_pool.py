@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, final
 
 import attrs
@@ -65,6 +66,9 @@ class UpstreamConnection:
     closed: bool = False
     """Set before its socket is closed (only :meth:`aclose` closes it): a number read from
     ``fileno()`` before is then stale."""
+    on_close: Callable[[], None] | None = None
+    """Called as :meth:`aclose` begins: a reader that waits where Trio cannot see it (parked
+    in the :class:`~bodhi_trio._transport._relay_hub.RelayHub`) is woken to find it closed."""
     clock: trio.abc.Clock = attrs.field(factory=trio.lowlevel.current_clock, init=False)
     """The run's clock (a test's ``MockClock`` too): ``clock.current_time()`` is one call
     where ``trio.current_time()`` makes three, on a path taken per token."""
@@ -173,6 +177,8 @@ class UpstreamConnection:
     async def aclose(self) -> None:
         """Close the socket (shielded, and bounded in time)."""
         self.closed = True
+        if self.on_close is not None:
+            self.on_close()
         with trio.move_on_after(_CLOSE_TIMEOUT, shield=True):
             await self.stream.aclose()
 

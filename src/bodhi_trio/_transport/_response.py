@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import collections
 import os
-from typing import Protocol, final
+from typing import TYPE_CHECKING, Protocol, final
 
 import attrs
 import trio
@@ -22,6 +22,9 @@ import trio
 from bodhi_trio._core._http1 import BodyDecoder, FramingError, ResponseHead, split_head
 from bodhi_trio._exceptions import UpstreamError
 from bodhi_trio._transport._pool import PACED_WAIT, RECEIVE_BYTES, UpstreamConnection
+
+if TYPE_CHECKING:
+    from bodhi_trio._transport._relay_hub import RelayHub
 
 __all__ = ["ChunkSink", "HTTPResponse", "StaleConnection", "exchange"]
 
@@ -145,7 +148,7 @@ class HTTPResponse:
             await sink(payload)
             self.handed_at = self._connection.clock.current_time()
 
-    async def relay_to(self, sink: ChunkSink) -> None:
+    async def relay_to(self, sink: ChunkSink, hub: RelayHub | None = None) -> None:
         """Write the body to ``sink`` as it arrives, until it ends (noting the last pieces
         in :attr:`tail` and the time in :attr:`handed_at`).
 
@@ -154,8 +157,11 @@ class HTTPResponse:
         costs per token (measured: the iterator, the connection's read and the decoder
         each cost more than the read itself at 256 streams). A paced read that holds
         exactly one whole chunk, as llama-server writes an event, goes to the sink framed
-        as it came; anything else (the bytes that came with the head, a fast stream read
-        first, a chunk split across reads, the end) goes the iterator's way.
+        as it came (:meth:`relay_read`); anything else (the bytes that came with the head,
+        a fast stream read first, a chunk split across reads, the end) goes the iterator's
+        way. With a serving ``hub``, paced reads are the hub's (:mod:`._relay_hub`: one
+        task for the tokens of every stream that are ready at once), and this loop wakes
+        only for the rest.
 
         Raises:
             UpstreamError: The connection broke or was aborted, or the framing was
@@ -178,36 +184,53 @@ class HTTPResponse:
                 await sink(piece)
                 self.handed_at = now()
                 continue
-            waited_from = connection.waiting_since = self.handed_at
             try:
                 if connection.closed or fd < 0:  # the producer left: the number may be reused
                     raise connection.closed_error()
-                await trio.lowlevel.wait_readable(fd)  # a checkpoint: cancellable
-                if connection.closed:  # closed meanwhile (Trio wakes a waiter it closes)
-                    raise connection.closed_error()
-                data = os.read(fd, RECEIVE_BYTES)
+                if hub is not None and hub.serving:
+                    rest = await hub.relay(self, sink, fd)
+                else:
+                    connection.waiting_since = self.handed_at
+                    await trio.lowlevel.wait_readable(fd)  # a checkpoint: cancellable
+                    if connection.closed:  # closed meanwhile (Trio wakes a waiter it closes)
+                        raise connection.closed_error()
+                    rest = self.relay_read(os.read(fd, RECEIVE_BYTES), sink)
             except BlockingIOError:  # a spurious wake-up
                 continue
             except (OSError, trio.ClosedResourceError) as exc:
                 raise connection.broken(exc) from exc
             finally:
                 connection.waiting_since = None
-            self.handed_at = arrived = now()
-            connection.paced = arrived - waited_from > PACED_WAIT
-            start = decoder.whole_chunk(data)
-            if not start:  # several chunks, a split one, the end: the iterator's way
-                self._pending = data
-                if not data:  # closed: the iterator's read finds it again, and says why
-                    connection.paced = False
-                continue
-            tail.append(data[start:-2])
-            sent = sink.write_chunk_now(data, len(data) - start - 2)
-            if sent != len(data):
-                if sent < 0:
-                    await sink(data[start:-2])
-                else:
-                    await sink.write_rest(data[sent:])
+            if rest:
+                await sink.write_rest(rest)
                 self.handed_at = now()
+
+    def relay_read(self, data: bytes, sink: ChunkSink) -> bytes | None:
+        """One paced read's ``data``: written to ``sink`` framed as it came if it is one
+        whole chunk the sink takes framed; else kept for the iterator's way (a split or
+        batched read, the end, a sink that frames it itself). Notes the time, whether the
+        read was paced (it came over ``PACED_WAIT`` after the last piece), and the piece.
+
+        Returns:
+            ``b""``: written whole. The rest of the chunk, to write with
+            ``sink.write_rest``: written in part. None: not written (the next turn of the
+            loop goes the iterator's way).
+        """
+        waited_from = self.handed_at
+        connection = self._connection
+        self.handed_at = arrived = connection.clock.current_time()
+        connection.paced = arrived - waited_from > PACED_WAIT
+        decoder = self._body.chunked
+        start = decoder.whole_chunk(data) if decoder is not None else 0
+        if start:
+            sent = sink.write_chunk_now(data, len(data) - start - 2)
+            if sent >= 0:
+                self.tail.append(data[start:-2])
+                return data[sent:]
+        self._pending = data
+        if not data:  # closed: the iterator's read finds it again, and says why
+            connection.paced = False
+        return None
 
     async def aread(self) -> bytes:
         """The whole body.

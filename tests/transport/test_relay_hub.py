@@ -1,0 +1,219 @@
+"""``RelayHub``: one task relays the paced tokens of every parked stream; a stream's task
+wakes only for what the hub cannot do alone, and a cancelled, closed or orphaned stream
+loses nothing."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+import trio.testing
+from test_relay_to import DONE, END, EVENTS, HEAD, Sink, chunk, paced_response, written
+from test_upstream import read_request, serve
+
+from bodhi_trio._core._address import Address
+from bodhi_trio._exceptions import UpstreamError
+from bodhi_trio._transport._loopback import HTTPResponse, UpstreamPool, send_upstream
+from bodhi_trio._transport._relay_hub import RelayHub
+
+
+@asynccontextmanager
+async def serving_hub() -> AsyncIterator[RelayHub]:
+    hub = RelayHub()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(hub.serve)
+        yield hub
+        nursery.cancel_scope.cancel()
+    assert not hub.serving
+
+
+async def test_the_hub_writes_each_paced_token_as_its_chunk(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    sink = Sink()
+    with trio.fail_after(10):
+        async with (
+            serving_hub() as hub,
+            paced_response(mock_clock, EVENTS, [chunk(DONE) + END]) as response,
+        ):
+            await response.relay_to(sink, hub)
+            assert list(response.tail) == [*EVENTS[-2:], DONE]
+            # the first paced read is the stream's own (it learns the pace from it);
+            # every later token the hub's, without waking the stream's task
+            assert hub.statistics() == {"parked": 0, "relayed": len(EVENTS) - 2}
+    assert sink.calls[:2] == [("payload", EVENTS[0]), ("payload", EVENTS[1])]
+    assert sink.calls[2:-1] == [("chunk", chunk(event)) for event in EVENTS[2:]]
+    assert sink.calls[-1] == ("payload", DONE)
+
+
+@pytest.mark.parametrize("take", [-1, 5], ids=["sink frames its own", "socket took part"])
+async def test_a_chunk_the_sink_cannot_take_whole_wakes_the_stream(
+    mock_clock: trio.testing.MockClock, take: int
+) -> None:
+    sink = Sink(take=take)
+    with trio.fail_after(10):
+        async with serving_hub() as hub, paced_response(mock_clock, EVENTS, [END]) as response:
+            await response.relay_to(sink, hub)
+            assert hub.statistics()["relayed"] == 0
+    if take < 0:
+        assert sink.calls == [("payload", event) for event in EVENTS]
+    else:
+        raw = b"".join(chunk(d) if way == "payload" else d for way, d in sink.calls)
+        assert raw == b"".join(chunk(event) for event in EVENTS)
+        assert ("rest", chunk(EVENTS[-1])[5:]) in sink.calls
+
+
+async def test_a_split_chunk_wakes_the_stream_and_the_hub_takes_the_next(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    whole = chunk(EVENTS[3])
+    sink = Sink()
+    with trio.fail_after(10):
+        async with (
+            serving_hub() as hub,
+            paced_response(
+                mock_clock, EVENTS[:3], [whole[:7], whole[7:], chunk(EVENTS[4]), END]
+            ) as response,
+        ):
+            await response.relay_to(sink, hub)
+            assert hub.statistics()["relayed"] == 2  # EVENTS[2] and EVENTS[4]
+    assert written(sink.calls) == b"".join(EVENTS[:5])
+    assert sink.calls[-3:] == [
+        ("payload", EVENTS[3][:3]),
+        ("payload", EVENTS[3][3:]),
+        ("chunk", chunk(EVENTS[4])),
+    ]
+
+
+@asynccontextmanager
+async def held_response(
+    clock: trio.testing.MockClock, go_on: trio.Event
+) -> AsyncIterator[HTTPResponse]:
+    """A response: the head with EVENTS[0], EVENTS[1] once the reader waits (20 ms later by
+    ``clock``: paced), EVENTS[2] and the end only once ``go_on`` is set."""
+
+    async def handler(stream: trio.SocketStream) -> None:
+        await read_request(stream)
+        await stream.send_all(HEAD + chunk(EVENTS[0]))
+        await trio.testing.wait_all_tasks_blocked()
+        clock.jump(0.02)
+        await stream.send_all(chunk(EVENTS[1]))
+        await go_on.wait()
+        await stream.send_all(chunk(EVENTS[2]) + END)
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery, UpstreamPool() as pool:
+        port = await serve(nursery, handler)
+        try:
+            address = Address.tcp("127.0.0.1", port)
+            async with send_upstream(pool, address, "/x", b"{}") as response:
+                assert isinstance(response, HTTPResponse)
+                yield response
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+async def parked(hub: RelayHub) -> None:
+    while hub.statistics()["parked"] == 0:
+        await trio.testing.wait_all_tasks_blocked()
+
+
+async def test_a_stream_cancelled_while_parked_leaves_the_hub_and_loses_nothing(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """The keep-alive's deadline (or the client leaving) cancels a parked stream: it leaves
+    the hub, and the next call relays on from where it stood."""
+    sink, go_on = Sink(), trio.Event()
+    with trio.fail_after(10):
+        async with serving_hub() as hub, held_response(mock_clock, go_on) as response:
+            with trio.CancelScope() as scope:
+                async with trio.open_nursery() as nursery:
+
+                    async def cancel_once_parked() -> None:
+                        await parked(hub)
+                        scope.cancel()
+
+                    nursery.start_soon(cancel_once_parked)
+                    await response.relay_to(sink, hub)
+            assert scope.cancelled_caught
+            assert hub.statistics()["parked"] == 0
+            assert response.connection.waiting_since is None
+            go_on.set()
+            await response.relay_to(sink, hub)
+    assert written(sink.calls) == b"".join(EVENTS[:3])
+
+
+async def relay_until_all_blocked(
+    response: HTTPResponse, sink: Sink, hub: RelayHub, act: Callable[[], Awaitable[None]]
+) -> BaseException | None:
+    """``response.relay_to(sink, hub)`` in a task, and ``act`` once it is parked; then what
+    the relay raised (None: it returned). A relay still waiting once every task waits (its
+    stream forgotten) fails the test instead of hanging it (the mock clock never times
+    out)."""
+    ended: list[BaseException | None] = []
+
+    async def relay() -> None:
+        try:
+            await response.relay_to(sink, hub)
+        except UpstreamError as exc:
+            ended.append(exc)
+        else:
+            ended.append(None)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(relay)
+        await parked(hub)
+        await act()
+        while not ended:
+            await trio.testing.wait_all_tasks_blocked()
+            if not ended:
+                nursery.cancel_scope.cancel()
+                pytest.fail("the relay still waits: nobody woke its parked stream")
+    return ended[0]
+
+
+@pytest.mark.parametrize("how", ["closed", "aborted"])
+async def test_a_connection_closed_while_parked_is_an_upstream_error(
+    mock_clock: trio.testing.MockClock, how: str
+) -> None:
+    """Trio cannot wake a reader it does not know of: the connection's close wakes it."""
+    sink, go_on = Sink(), trio.Event()
+    with trio.fail_after(10):
+        async with serving_hub() as hub, held_response(mock_clock, go_on) as response:
+
+            async def close() -> None:
+                if how == "closed":
+                    await response.connection.aclose()  # as the producer leaving does
+                else:
+                    await response.connection.abort(UpstreamError("stalled, as the watchdog says"))
+
+            error = await relay_until_all_blocked(response, sink, hub, close)
+            assert hub.statistics()["parked"] == 0
+    assert isinstance(error, UpstreamError)
+    assert ("closed" if how == "closed" else "stalled") in str(error)
+    assert written(sink.calls) == b"".join(EVENTS[:2])
+
+
+async def test_a_stream_parked_when_the_hub_stops_goes_on_by_itself(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    sink, go_on = Sink(), trio.Event()
+    hub, hub_scope = RelayHub(), trio.CancelScope()
+
+    async def run_hub(task_status: trio.TaskStatus[None]) -> None:
+        with hub_scope:
+            await hub.serve(task_status=task_status)
+
+    async def stop_the_hub() -> None:
+        hub_scope.cancel()
+        go_on.set()
+
+    with trio.fail_after(10):
+        async with held_response(mock_clock, go_on) as response, trio.open_nursery() as nursery:
+            await nursery.start(run_hub)
+            assert await relay_until_all_blocked(response, sink, hub, stop_the_hub) is None
+    assert not hub.serving
+    assert hub.statistics() == {"parked": 0, "relayed": 0}
+    assert written(sink.calls) == b"".join(EVENTS[:3])
