@@ -16,7 +16,7 @@ from test_upstream import read_request, serve
 from bodhi_trio._core._address import Address
 from bodhi_trio._exceptions import UpstreamError
 from bodhi_trio._transport._loopback import HTTPResponse, UpstreamPool, send_upstream
-from bodhi_trio._transport._relay_hub import RelayHub
+from bodhi_trio._transport._relay_hub import RelayHub, RelayHubStatistics
 
 
 @asynccontextmanager
@@ -42,7 +42,7 @@ async def test_the_hub_writes_each_paced_token_as_its_chunk(
             assert list(response.tail) == [*EVENTS[-2:], DONE]
             # the first paced read is the stream's own (it learns the pace from it);
             # every later token the hub's, without waking the stream's task
-            assert hub.statistics() == {"parked": 0, "relayed": len(EVENTS) - 2}
+            assert hub.statistics() == RelayHubStatistics(parked=0, relayed=len(EVENTS) - 2)
     assert sink.calls[:2] == [("payload", EVENTS[0]), ("payload", EVENTS[1])]
     assert sink.calls[2:-1] == [("chunk", chunk(event)) for event in EVENTS[2:]]
     assert sink.calls[-1] == ("payload", DONE)
@@ -56,7 +56,7 @@ async def test_a_chunk_the_sink_cannot_take_whole_wakes_the_stream(
     with trio.fail_after(10):
         async with serving_hub() as hub, paced_response(mock_clock, EVENTS, [END]) as response:
             await response.relay_to(sink, hub)
-            assert hub.statistics()["relayed"] == 0
+            assert hub.statistics().relayed == 0
     if take < 0:
         assert sink.calls == [("payload", event) for event in EVENTS]
     else:
@@ -78,7 +78,7 @@ async def test_a_split_chunk_wakes_the_stream_and_the_hub_takes_the_next(
             ) as response,
         ):
             await response.relay_to(sink, hub)
-            assert hub.statistics()["relayed"] == 2  # EVENTS[2] and EVENTS[4]
+            assert hub.statistics().relayed == 2  # EVENTS[2] and EVENTS[4]
     assert written(sink.calls) == b"".join(EVENTS[:5])
     assert sink.calls[-3:] == [
         ("payload", EVENTS[3][:3]),
@@ -116,7 +116,7 @@ async def held_response(
 
 
 async def parked(hub: RelayHub) -> None:
-    while hub.statistics()["parked"] == 0:
+    while hub.statistics().parked == 0:
         await trio.testing.wait_all_tasks_blocked()
 
 
@@ -138,7 +138,7 @@ async def test_a_stream_cancelled_while_parked_leaves_the_hub_and_loses_nothing(
                     nursery.start_soon(cancel_once_parked)
                     await response.relay_to(sink, hub)
             assert scope.cancelled_caught
-            assert hub.statistics()["parked"] == 0
+            assert hub.statistics().parked == 0
             assert response.connection.waiting_since is None
             go_on.set()
             await response.relay_to(sink, hub)
@@ -190,7 +190,7 @@ async def test_a_connection_closed_while_parked_is_an_upstream_error(
                     await response.connection.abort(UpstreamError("stalled, as the watchdog says"))
 
             error = await relay_until_all_blocked(response, sink, hub, close)
-            assert hub.statistics()["parked"] == 0
+            assert hub.statistics().parked == 0
     assert isinstance(error, UpstreamError)
     assert ("closed" if how == "closed" else "stalled") in str(error)
     assert written(sink.calls) == b"".join(EVENTS[:2])
@@ -215,5 +215,31 @@ async def test_a_stream_parked_when_the_hub_stops_goes_on_by_itself(
             await nursery.start(run_hub)
             assert await relay_until_all_blocked(response, sink, hub, stop_the_hub) is None
     assert not hub.serving
-    assert hub.statistics() == {"parked": 0, "relayed": 0}
+    assert hub.statistics() == RelayHubStatistics(parked=0, relayed=0)
     assert written(sink.calls) == b"".join(EVENTS[:3])
+
+
+async def test_a_hub_that_fails_stops_and_its_streams_go_on_by_themselves(
+    mock_clock: trio.testing.MockClock,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A failure of the hub's own (a bug) must not take the relay nursery, and with it the
+    server, down: it is logged, the hub stops, and a parked stream relays itself."""
+    sink, go_on = Sink(), trio.Event()
+    hub = RelayHub()
+
+    def broken() -> None:
+        raise RuntimeError("a bug in the hub")
+
+    async def break_the_hub() -> None:
+        monkeypatch.setattr(hub, "_relay_ready", broken)
+        go_on.set()  # EVENTS[2] wakes the hub, which fails
+
+    with trio.fail_after(10):
+        async with held_response(mock_clock, go_on) as response, trio.open_nursery() as nursery:
+            await nursery.start(hub.serve)
+            assert await relay_until_all_blocked(response, sink, hub, break_the_hub) is None
+            assert not hub.serving
+    assert written(sink.calls) == b"".join(EVENTS[:3])
+    assert "the relay hub failed" in caplog.text

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     import trio
 
     from bodhi_trio._transport._loopback import UpstreamResponse
+    from bodhi_trio._transport._relay_hub import RelayHub
 
 __all__ = ["passthrough", "relayed_headers"]
 
@@ -60,9 +61,11 @@ async def passthrough(
     nursery: trio.Nursery,
     forward: AbstractAsyncContextManager[UpstreamResponse],
     keepalive: float,
+    hub: RelayHub | None = None,
 ) -> tuple[int, dict[str, str], bytes | AsyncIterator[bytes]]:
     """Run ``forward`` (a :meth:`SharedContext.upstream` request) and answer with what
-    the child answered: status, headers, and the body whole or streamed.
+    the child answered: status, headers, and the body whole or streamed (an event
+    stream's paced tokens by ``hub``, if given).
 
     Raises:
         BodhiError: The request was refused (400), the alias is unknown (404), the
@@ -82,6 +85,6 @@ async def passthrough(
         return head.status, headers, head.body
     headers.setdefault("cache-control", "no-cache")
     headers.setdefault("x-accel-buffering", "no")
-    stream = RelayBody(relay, writer=request_body_writer())
+    stream = RelayBody(relay, writer=request_body_writer(), hub=hub)
     close_with_request(stream)
     return head.status, headers, stream

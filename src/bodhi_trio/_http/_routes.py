@@ -234,7 +234,7 @@ class Routes:
         forward = self.ctx.upstream(
             alias, method, path, query=query, body=raw, content_type=content_type
         )
-        status, headers, body = await passthrough(self.nursery, forward, self._keepalive)
+        status, headers, body = await passthrough(self.nursery, forward, self._keepalive, self.hub)
         return Reply(status, headers, body)
 
     async def models(self) -> Reply:

@@ -22,6 +22,7 @@ wait. When the hub stops (shutdown), every parked stream goes on with its own lo
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import select
 from typing import TYPE_CHECKING, final
@@ -34,11 +35,26 @@ from bodhi_trio._transport._pool import RECEIVE_BYTES
 if TYPE_CHECKING:
     from bodhi_trio._transport._response import ChunkSink, HTTPResponse
 
-__all__ = ["RelayHub"]
+__all__ = ["RelayHub", "RelayHubStatistics"]
+
+logger = logging.getLogger("bodhi_trio.relay")
 
 _BATCH = 256
 """Ready sockets taken per wake-up at most; the rest wait for the next round (the hub
 yields between rounds like any task)."""
+
+
+@attrs.frozen
+class RelayHubStatistics:
+    """What :meth:`RelayHub.statistics` reports.
+
+    Attributes:
+        parked: Streams waiting in the hub now.
+        relayed: Tokens it wrote whole, ever (each without waking its stream's task).
+    """
+
+    parked: int
+    relayed: int
 
 
 @attrs.define(eq=False)
@@ -71,16 +87,18 @@ class RelayHub:
         """Whether streams can park here now."""
         return self._serving
 
-    def statistics(self) -> dict[str, int]:
-        """``parked``: streams waiting in the hub now; ``relayed``: tokens it wrote whole,
-        ever (each without waking its stream's task)."""
-        return {"parked": len(self._parked), "relayed": self._relayed}
+    def statistics(self) -> RelayHubStatistics:
+        """How many streams are parked now, and how many tokens the hub relayed."""
+        return RelayHubStatistics(parked=len(self._parked), relayed=self._relayed)
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Relay ready tokens until cancelled.
+        """Relay ready tokens until cancelled. Never raises: it runs beside every stream's
+        producer, and a failure of its own (a bug) would take them all down; it is logged,
+        and the hub stops.
 
-        Cancellation: every parked stream is woken to go on by itself, and the epoll is
-        closed; nothing read is lost (a read is handed on before the hub waits again).
+        Cancellation (and a stop): every parked stream is woken to go on by itself, and the
+        epoll is closed; nothing read is lost (a read is handed on before the hub waits
+        again).
         """
         epoll_fd = self._epoll.fileno()
         self._serving = True
@@ -89,6 +107,8 @@ class RelayHub:
             while True:
                 await trio.lowlevel.wait_readable(epoll_fd)
                 self._relay_ready()
+        except Exception:
+            logger.exception("the relay hub failed; each stream relays itself from now on")
         finally:
             self._serving = False
             for fd in list(self._parked):
@@ -99,8 +119,9 @@ class RelayHub:
     async def relay(self, response: HTTPResponse, sink: ChunkSink, fd: int) -> bytes | None:
         """Park ``response`` (its connection's socket is ``fd``) until the hub cannot relay
         its next read alone. Returns what :meth:`HTTPResponse.relay_read` returned for that
-        read (None: nothing written, the read is the response's to go on with; bytes: the
-        rest of a chunk to write), or None if the hub stopped or the stream went unpaced.
+        read (None: nothing written, the read is the response's to go on with; the rest of
+        a chunk to write; ``b""``: written whole, but the stream is no longer paced), or
+        None if the hub stopped.
 
         Raises:
             OSError: The read failed.
