@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -13,7 +14,9 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from bodhi_trio._config._demo import DEMO_ALIAS
-from bodhi_trio._http._observe import JsonLogFormatter, unload_cause
+from bodhi_trio._core._state import ServerState
+from bodhi_trio._http._observe import JsonLogFormatter, Observer, unload_cause
+from bodhi_trio._http._request_scope import note_request
 from bodhi_trio._http._usage import tokens_in_tail
 from httpserver import running_server
 
@@ -157,3 +160,35 @@ def test_token_counts_come_from_the_end_of_a_response() -> None:
 )
 def test_unload_causes_are_a_bounded_set(reason: str, cause: str) -> None:
     assert unload_cause(reason) == cause
+
+
+async def test_an_alias_is_looked_up_once_for_its_label() -> None:
+    """A request's alias becomes a label only if it is an alias; found once, it is not
+    looked up again (a lookup reads the alias file's stat, per request)."""
+    looked_up: list[str] = []
+
+    def known_alias(name: str) -> bool:
+        looked_up.append(name)
+        return name == "real:alias"
+
+    observer = Observer(lambda: ServerState("cpu"), known_alias)
+
+    async def app(
+        scope: object, receive: object, send: Callable[[object], Awaitable[None]]
+    ) -> None:
+        note_request(route=CHAT, alias=scope["alias"])  # type: ignore[index]
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}", "more_body": False})
+
+    async def send(message: object) -> None:
+        pass
+
+    observed = observer.middleware(app)
+    with trio.fail_after(5):
+        for alias in ("real:alias", "real:alias", "made:up", "made:up", "real:alias"):
+            scope = {"type": "http", "method": "POST", "path": CHAT, "alias": alias}
+            await observed(scope, None, send)
+    assert looked_up == ["real:alias", "made:up", "made:up"]
+    found = samples(observer.render().decode())
+    assert value(found, "bodhi_requests_total", alias="real:alias", route=CHAT, status="200") == 3
+    assert value(found, "bodhi_requests_total", alias="", route=CHAT, status="200") == 2

@@ -136,6 +136,9 @@ class Observer:
 
     def __init__(self, state: Callable[[], ServerState], known_alias: Callable[[str], bool]):
         self._known_alias = known_alias
+        # Names found to be aliases once: a label from then on, without a lookup per request
+        # (an alias file's stat). Bounded as the labels are: by the aliases that existed.
+        self._labelled: set[str] = set()
         self._loading_since: dict[str, float] = {}
         self.registry = registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
@@ -191,7 +194,15 @@ class Observer:
         return generate_latest(self.registry)
 
     def _alias_label(self, alias: str | None) -> str:
-        return alias if alias is not None and self._known_alias(alias) else ""
+        """``alias`` if it is (or was, since this started) an alias; else ``""``."""
+        if alias is None:
+            return ""
+        if alias in self._labelled:
+            return alias
+        if not self._known_alias(alias):
+            return ""
+        self._labelled.add(alias)
+        return alias
 
     # ------------------------------------------------------------------ model events
 
