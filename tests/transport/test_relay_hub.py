@@ -1,6 +1,6 @@
 """``RelayHub``: one task relays the paced tokens of every parked stream; a stream's task
 wakes only for what the hub cannot do alone, and a cancelled, closed or orphaned stream
-loses nothing."""
+loses nothing. (The relay's other cases run on both loops in ``test_relay_to.py``.)"""
 
 from __future__ import annotations
 
@@ -10,23 +10,30 @@ from contextlib import asynccontextmanager
 import pytest
 import trio
 import trio.testing
-from test_relay_to import DONE, END, EVENTS, HEAD, Sink, chunk, paced_response, written
-from test_upstream import read_request, serve
+from test_relay_to import (
+    DONE,
+    END,
+    EVENTS,
+    HEAD,
+    Sink,
+    chunk,
+    paced_response,
+    relay_hub,
+    response_from,
+    written,
+)
+from test_upstream import read_request
 
-from bodhi_trio._core._address import Address
 from bodhi_trio._exceptions import UpstreamError
-from bodhi_trio._transport._loopback import HTTPResponse, UpstreamPool, send_upstream
+from bodhi_trio._transport._loopback import HTTPResponse
 from bodhi_trio._transport._relay_hub import RelayHub, RelayHubStatistics
 
 
 @asynccontextmanager
 async def serving_hub() -> AsyncIterator[RelayHub]:
-    hub = RelayHub()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(hub.serve)
+    async with relay_hub(serving=True) as hub:
+        assert hub is not None
         yield hub
-        nursery.cancel_scope.cancel()
-    assert not hub.serving
 
 
 async def test_the_hub_writes_each_paced_token_as_its_chunk(
@@ -48,45 +55,6 @@ async def test_the_hub_writes_each_paced_token_as_its_chunk(
     assert sink.calls[-1] == ("payload", DONE)
 
 
-@pytest.mark.parametrize("take", [-1, 5], ids=["sink frames its own", "socket took part"])
-async def test_a_chunk_the_sink_cannot_take_whole_wakes_the_stream(
-    mock_clock: trio.testing.MockClock, take: int
-) -> None:
-    sink = Sink(take=take)
-    with trio.fail_after(10):
-        async with serving_hub() as hub, paced_response(mock_clock, EVENTS, [END]) as response:
-            await response.relay_to(sink, hub)
-            assert hub.statistics().relayed == 0
-    if take < 0:
-        assert sink.calls == [("payload", event) for event in EVENTS]
-    else:
-        raw = b"".join(chunk(d) if way == "payload" else d for way, d in sink.calls)
-        assert raw == b"".join(chunk(event) for event in EVENTS)
-        assert ("rest", chunk(EVENTS[-1])[5:]) in sink.calls
-
-
-async def test_a_split_chunk_wakes_the_stream_and_the_hub_takes_the_next(
-    mock_clock: trio.testing.MockClock,
-) -> None:
-    whole = chunk(EVENTS[3])
-    sink = Sink()
-    with trio.fail_after(10):
-        async with (
-            serving_hub() as hub,
-            paced_response(
-                mock_clock, EVENTS[:3], [whole[:7], whole[7:], chunk(EVENTS[4]), END]
-            ) as response,
-        ):
-            await response.relay_to(sink, hub)
-            assert hub.statistics().relayed == 2  # EVENTS[2] and EVENTS[4]
-    assert written(sink.calls) == b"".join(EVENTS[:5])
-    assert sink.calls[-3:] == [
-        ("payload", EVENTS[3][:3]),
-        ("payload", EVENTS[3][3:]),
-        ("chunk", chunk(EVENTS[4])),
-    ]
-
-
 @asynccontextmanager
 async def held_response(
     clock: trio.testing.MockClock, go_on: trio.Event
@@ -104,15 +72,8 @@ async def held_response(
         await stream.send_all(chunk(EVENTS[2]) + END)
         await trio.sleep_forever()
 
-    async with trio.open_nursery() as nursery, UpstreamPool() as pool:
-        port = await serve(nursery, handler)
-        try:
-            address = Address.tcp("127.0.0.1", port)
-            async with send_upstream(pool, address, "/x", b"{}") as response:
-                assert isinstance(response, HTTPResponse)
-                yield response
-        finally:
-            nursery.cancel_scope.cancel()
+    async with response_from(handler) as response:
+        yield response
 
 
 async def parked(hub: RelayHub) -> None:

@@ -4,7 +4,7 @@ token's whole chunk handed on framed as it came."""
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import cast
 
@@ -21,6 +21,7 @@ from bodhi_trio._http._relay import Relay
 from bodhi_trio._http._relay_body import RelayBody
 from bodhi_trio._http._sse import KEEPALIVE
 from bodhi_trio._transport._loopback import HTTPResponse, UpstreamPool, send_upstream
+from bodhi_trio._transport._relay_hub import RelayHub
 
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
 EVENTS = [b'data: {"n": %d}\n\n' % n for n in range(6)]
@@ -80,6 +81,15 @@ async def paced_response(
             await stream.send_all(data)
         await trio.sleep_forever()
 
+    async with response_from(handler) as response:
+        yield response
+
+
+@asynccontextmanager
+async def response_from(
+    handler: Callable[[trio.SocketStream], Awaitable[None]],
+) -> AsyncIterator[HTTPResponse]:
+    """The response of a server that answers with ``handler``, to one request."""
     async with trio.open_nursery() as nursery, UpstreamPool() as pool:
         port = await serve(nursery, handler)
         try:
@@ -108,14 +118,37 @@ async def test_a_paced_token_goes_on_as_the_chunk_it_came_in(
     assert sink.calls[-1] == ("payload", DONE)
 
 
+@asynccontextmanager
+async def relay_hub(serving: bool) -> AsyncIterator[RelayHub | None]:
+    """A serving :class:`RelayHub` (stopped on leaving), or None: the relay's own loop."""
+    if not serving:
+        yield None
+        return
+    hub = RelayHub()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(hub.serve)
+        yield hub
+        nursery.cancel_scope.cancel()
+    assert not hub.serving
+
+
+BOTH_LOOPS = pytest.mark.parametrize("hubbed", [False, True], ids=["own loop", "relay hub"])
+
+
+@BOTH_LOOPS
 @pytest.mark.parametrize("take", [-1, 5], ids=["sink frames its own", "socket took part"])
 async def test_a_chunk_the_sink_cannot_write_whole_at_once_is_not_lost(
-    mock_clock: trio.testing.MockClock, take: int
+    mock_clock: trio.testing.MockClock, take: int, hubbed: bool
 ) -> None:
     sink = Sink(take=take)
     with trio.fail_after(10):
-        async with paced_response(mock_clock, EVENTS, [END]) as response:
-            await response.relay_to(sink)
+        async with (
+            relay_hub(hubbed) as hub,
+            paced_response(mock_clock, EVENTS, [END]) as response,
+        ):
+            await response.relay_to(sink, hub)
+            if hub is not None:  # it woke the stream for each: nothing written by itself
+                assert hub.statistics().relayed == 0
     if take < 0:
         assert sink.calls == [("payload", event) for event in EVENTS]
     else:
@@ -124,16 +157,22 @@ async def test_a_chunk_the_sink_cannot_write_whole_at_once_is_not_lost(
         assert ("rest", chunk(EVENTS[-1])[5:]) in sink.calls
 
 
+@BOTH_LOOPS
 async def test_a_chunk_split_across_reads_goes_the_decoders_way(
-    mock_clock: trio.testing.MockClock,
+    mock_clock: trio.testing.MockClock, hubbed: bool
 ) -> None:
     whole = chunk(EVENTS[3])
     sink = Sink()
     with trio.fail_after(10):
-        async with paced_response(
-            mock_clock, EVENTS[:3], [whole[:7], whole[7:], chunk(EVENTS[4]), END]
-        ) as response:
-            await response.relay_to(sink)
+        async with (
+            relay_hub(hubbed) as hub,
+            paced_response(
+                mock_clock, EVENTS[:3], [whole[:7], whole[7:], chunk(EVENTS[4]), END]
+            ) as response,
+        ):
+            await response.relay_to(sink, hub)
+            if hub is not None:  # the split chunk woke the stream; the hub took the next
+                assert hub.statistics().relayed == 2  # EVENTS[2] and EVENTS[4]
     assert written(sink.calls) == b"".join(EVENTS[:5])
     # each part as it came, decoded (a piece is what a read brought), then whole chunks again
     assert sink.calls[-3:] == [
