@@ -25,8 +25,10 @@ Three parties share one :class:`Relay`:
   scope's when nobody got that far) cancels the producer, which closes the upstream
   connection, so llama-server stops generating.
 
-The producer never raises (its errors are recorded for the body). Only the request's
-task, or the body's own task under it, writes to the client, never both at once.
+The producer never raises (its errors are recorded for the body). Only one of the
+request's task, the body's own task under it, and the server's relay hub (only while that
+task is parked in it, :mod:`bodhi_trio._transport._relay_hub`) writes to the client at a
+time.
 """
 
 from __future__ import annotations

@@ -174,7 +174,8 @@ class RelayBody:
     async def _splice(self, response: HTTPResponse, writer: ChunkWriter) -> None:
         """:meth:`_pump` for a llama-server response written to one of our connections:
         what came with its head is written at once, then the response writes itself
-        (:meth:`HTTPResponse.relay_to`, a read and a write per token) in a task of its own.
+        (:meth:`HTTPResponse.relay_to`, a read and a write per token; its paced tokens by
+        the ``hub``, if given) in a task of its own.
 
         That task is this relay's alone and ends with the body: it exists because every
         wake-up of a task resumes each coroutine frame between the task's root and the
