@@ -378,6 +378,16 @@ def _direct(bodhi: Bodhi, alias: str, state: dict[str, Any]) -> Arm:
     )
 
 
+def _floor(
+    stack: contextlib.ExitStack, bodhi: Bodhi, alias: str, state: dict[str, Any], workdir: Path
+) -> Arm:
+    """The ``trio-floor`` arm in front of the loaded child (``floor_relay.py``: a wait, a
+    read and a write per token, nothing else): what any relay on Trio costs per token."""
+    child = bodhi.child(state["pid"])
+    url, pid = stack.enter_context(running_floor(child.socket, workdir))
+    return Arm("trio-floor", f"{url}/v1", alias, None, None, pid)
+
+
 def llama_suite(workdir: Path, quick: bool, rounds: int, variant: str) -> dict[str, Any]:
     """Real llama-server on the demo model: arms direct / bodhi-trio / router (``llama``: and
     the same on demo:smol)."""
@@ -388,10 +398,11 @@ def llama_suite(workdir: Path, quick: bool, rounds: int, variant: str) -> dict[s
     if side:
         aliases[SMOL_ALIAS], files[SMOL_ALIAS] = smol_params, (SMOL_REPO, SMOL_FILENAME)
     out: dict[str, Any] = {"alias": alias, "alias_params": params, "max_tokens": LLAMA_TOKENS}
-    with running_bodhi(workdir, variant, aliases, files=files) as bodhi:
+    with running_bodhi(workdir, variant, aliases, files=files) as bodhi, contextlib.ExitStack() as stack:
         state = bodhi.load(alias)
         arms = [
             _direct(bodhi, alias, state),
+            _floor(stack, bodhi, alias, state, workdir / f"floor-{variant}"),
             Arm("bodhi-trio", f"{bodhi.url}/v1", alias, None, None, bodhi.pid),
         ]
         demo = hub_file(bodhi, DEMO_REPO, DEMO_FILENAME)
@@ -419,6 +430,7 @@ def llama_suite(workdir: Path, quick: bool, rounds: int, variant: str) -> dict[s
             state = bodhi.load(SMOL_ALIAS)
             arms = [
                 _direct(bodhi, SMOL_ALIAS, state),
+                _floor(stack, bodhi, SMOL_ALIAS, state, workdir / "floor-smol"),
                 Arm("bodhi-trio", f"{bodhi.url}/v1", SMOL_ALIAS, None, None, bodhi.pid),
                 Arm("router", url, ROUTER_NAMES[SMOL_ALIAS], None, None, pid),
             ]
