@@ -383,8 +383,9 @@ def _floor(
 ) -> Arm:
     """The ``trio-floor`` arm in front of the loaded child (``floor_relay.py``: a wait, a
     read and a write per token, nothing else): what any relay on Trio costs per token."""
-    child = bodhi.child(state["pid"])
-    url, pid = stack.enter_context(running_floor(child.socket, workdir))
+    socket = bodhi.child(state["pid"]).socket
+    assert socket is not None, "bodhi.child() gives a child with its socket"
+    url, pid = stack.enter_context(running_floor(socket, workdir))
     return Arm("trio-floor", f"{url}/v1", alias, None, None, pid)
 
 
@@ -398,7 +399,10 @@ def llama_suite(workdir: Path, quick: bool, rounds: int, variant: str) -> dict[s
     if side:
         aliases[SMOL_ALIAS], files[SMOL_ALIAS] = smol_params, (SMOL_REPO, SMOL_FILENAME)
     out: dict[str, Any] = {"alias": alias, "alias_params": params, "max_tokens": LLAMA_TOKENS}
-    with running_bodhi(workdir, variant, aliases, files=files) as bodhi, contextlib.ExitStack() as stack:
+    with (
+        running_bodhi(workdir, variant, aliases, files=files) as bodhi,
+        contextlib.ExitStack() as stack,
+    ):
         state = bodhi.load(alias)
         arms = [
             _direct(bodhi, alias, state),
