@@ -20,6 +20,7 @@ from remote_helpers import EVENTS, chat, remote_alias, stream_body
 from bodhi_trio._config._alias_store import AliasStore
 from bodhi_trio._config._aliases import Alias
 from bodhi_trio._config._demo import DEMO_ALIAS
+from bodhi_trio._context._routing import FallbackRouter
 from bodhi_trio._exceptions import UpstreamError
 from fake_context import FakeLauncher, harness
 from httpserver import running_server
@@ -248,6 +249,34 @@ async def test_embeddings_fall_back_only_to_the_same_model(tmp_path: Path, hub_c
 
             response = await c.post()  # a chat may switch models
             assert routed(response)[0] == "f1"
+
+
+def test_embeddings_fall_back_only_to_an_alias_with_the_same_vectors() -> None:
+    """Two local aliases of one file whose pooling differs give different vectors."""
+
+    def embedder(name: str, *params: str, fallback: tuple[str, ...] = ()) -> Alias:
+        data = {"alias": name, "repo": "org/e", "filename": "e.gguf", "fallback": list(fallback)}
+        return Alias.from_dict(data | {"context_params": list(params)}, source="t")
+
+    aliases = {
+        a.alias: a
+        for a in (
+            embedder("p", fallback=("cls", "faster")),
+            embedder("cls", "--pooling cls"),
+            embedder("faster", "--threads 8"),
+        )
+    }
+
+    def unused(*_: object) -> Any:
+        raise AssertionError("nothing is sent")
+
+    router = FallbackRouter(aliases.__getitem__, unused, unused, unused)
+
+    def chain(endpoint: str) -> list[str]:
+        return [target.alias for target in router.targets(aliases["p"], endpoint)]
+
+    assert chain("/v1/embeddings") == ["p", "faster"]
+    assert chain(CHAT) == ["p", "cls", "faster"]
 
 
 @pytest.mark.llama

@@ -33,6 +33,7 @@ __all__ = [
     "KEEP_ALIVE_MAX",
     "REQUEST_PARAM_KEYS",
     "Alias",
+    "VECTOR_FLAGS",
     "RequestParams",
     "alias_filename",
     "apply_request_params",
@@ -154,6 +155,30 @@ def _check_fallback(data: Mapping[str, Any], name: str, source: str) -> tuple[st
     return tuple(names)
 
 
+VECTOR_FLAGS: frozenset[str] = frozenset(
+    {
+        "--pooling",
+        "--embd-normalize",
+        "--lora",
+        "--lora-scaled",
+        "--control-vector",
+        "--control-vector-scaled",
+        "--control-vector-layer-range",
+        "--override-kv",
+        "--rope-scaling",
+        "--rope-scale",
+        "--rope-freq-base",
+        "--rope-freq-scale",
+        "--yarn-orig-ctx",
+        "--yarn-ext-factor",
+        "--yarn-attn-factor",
+        "--yarn-beta-slow",
+        "--yarn-beta-fast",
+    }
+)
+"""llama-server flags (canonical spellings) that change the vectors one model file gives."""
+
+
 @attrs.frozen
 class Alias:
     """A user alias: which model file to serve and how, or which remote server.
@@ -186,11 +211,31 @@ class Alias:
 
     @property
     def model_identity(self) -> str:
-        """What model answers: the remote's model name or the repo and file (embeddings
-        fall back only to an alias of the same identity)."""
+        """What model answers: the remote's model name or the repo and file."""
         if self.remote is not None:
             return f"remote:{self.remote.model or self.alias}"
         return f"{self.repo}/{self.filename}"
+
+    @property
+    def embedding_identity(self) -> str:
+        """What vectors ``/v1/embeddings`` gives (embeddings fall back only to an alias of
+        the same): the model, and for a local alias its snapshot and the ``context_params``
+        that change the vectors of one file (:data:`VECTOR_FLAGS`: pooling, normalisation,
+        adapters, RoPE). Args that change only speed or room (threads, context size, GPU
+        layers) leave it alone. A remote's own args are its server's: its model name it is.
+        """
+        if self.remote is not None:
+            return self.model_identity
+        shaping = sorted(
+            (
+                arg
+                for arg in parse_server_args(self.context_params, source=self.alias)
+                if arg.flag in VECTOR_FLAGS
+            ),
+            key=lambda arg: arg.flag,  # stable: repeats of one flag keep their order
+        )
+        words = [word for arg in shaping for word in arg.to_argv()]
+        return " ".join([f"{self.repo}@{self.snapshot}/{self.filename}", *words])
 
     @classmethod
     def from_dict(cls, data: object, *, source: str) -> Alias:

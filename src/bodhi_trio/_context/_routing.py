@@ -15,8 +15,10 @@ back is classified on its status alone, before its body is read:
 When no target answered at all, the client gets a 502 ``upstream_unavailable``
 naming each failure, with ``Retry-After`` when every remote target cools (an alias
 without fallbacks: its own error, as a local alias's would be). An
-embedding request falls back only to an alias of the same model: vectors of
-different models are not comparable, and a silent switch would corrupt an index.
+embedding request falls back only to an alias that gives the same vectors (the same
+model, and for a local one the same pooling, normalisation, adapters and RoPE:
+``Alias.embedding_identity``): vectors of different models or poolings are not
+comparable, and a silent switch would corrupt an index.
 After the first byte of a committed body there is no failover: a failure then is
 one error event at the end of the stream, as for local models.
 
@@ -141,13 +143,14 @@ class FallbackRouter:
     def targets(self, alias: Alias, endpoint: str) -> list[Alias]:
         """``alias`` and its usable fallbacks, healthy first (see the module docstring)."""
         chain = [alias]
+        vectors = alias.embedding_identity if endpoint == "/v1/embeddings" else None
         for name in alias.fallback:
             try:
                 other = self.resolve(name)
             except BodhiError as exc:
                 logger.warning("alias %s: fallback %s skipped: %s", alias.alias, name, exc.message)
                 continue
-            if endpoint == "/v1/embeddings" and other.model_identity != alias.model_identity:
+            if vectors is not None and other.embedding_identity != vectors:
                 continue  # different vectors: never a silent switch
             chain.append(other)
         recovery = {target.alias: self._recovery(target) for target in chain}
