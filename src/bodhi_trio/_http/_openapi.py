@@ -12,30 +12,21 @@ from __future__ import annotations
 
 import copy
 import functools
-from typing import Any
 
-from bodhi_trio._config._aliases import KEEP_ALIVE_MAX, REQUEST_PARAM_KEYS
 from bodhi_trio._http._ollama._openapi import ollama_paths
 from bodhi_trio._http._openapi_llama import llama_paths
 from bodhi_trio._http._openapi_pulls import pull_paths
-from bodhi_trio._http._routes import INTEGER_FIELDS, NUMBER_FIELDS
+from bodhi_trio._http._openapi_schemas import (
+    SCHEMAS,
+    STRING,
+    STRINGS,
+    Json,
+    completion_body,
+    object_schema,
+    ref,
+)
 
 __all__ = ["openapi_document"]
-
-_Json = dict[str, Any]
-
-# Path-safe parts: [A-Za-z0-9_.-]+ but not "." or ".." (see _hf_cache._is_safe_part).
-_PART = r"(?:[A-Za-z0-9_.-]*[A-Za-z0-9_-][A-Za-z0-9_.-]*|\.{3,})"
-# A file name part: no "/", "\" or NUL, and not "", "." or "..".
-_FILE_PART = r"(?:[^/\\\x00]*[^/\\\x00.][^/\\\x00]*|\.{3,})"
-# [A-Za-z0-9._:-]{1,64}, no "..", not starting with "." (length via maxLength).
-ALIAS_NAME_PATTERN = r"^[A-Za-z0-9_:-]+(?:\.[A-Za-z0-9_:-]+)*\.?$"
-
-_ERROR_TYPES = [
-    "invalid_request_error", "authentication_error", "permission_error", "not_found_error",
-    "conflict_error", "rate_limit_error", "internal_server_error", "service_unavailable",
-    "upstream_error",
-]  # fmt: skip
 
 _STATUS_TEXT = {
     400: "Bad request: invalid JSON, field, alias or query parameter",
@@ -53,223 +44,27 @@ _STATUS_TEXT = {
 }
 
 
-_STRING_OR_ARRAY: _Json = {"type": ["string", "array", "null"]}
-_INTEGER: _Json = {"type": ["integer", "null"]}
-_NUMBER: _Json = {"type": ["number", "null"]}
-
-
-def _completion_body(required: list[str], extra: _Json) -> _Json:
-    """The fields ``_routes.validate_completion_request`` checks; others pass through."""
-    properties: _Json = {
-        "model": {"type": "string", "minLength": 1, "examples": ["demo:tiny"]},
-        **extra,
-        "stream": {"type": ["boolean", "null"]},
-        "stream_options": {"type": ["object", "null"]},
-        "stop": _STRING_OR_ARRAY,
-    }
-    for field in INTEGER_FIELDS:
-        properties[field] = _INTEGER
-    for field in NUMBER_FIELDS:
-        properties[field] = _NUMBER
-    return {
-        "type": "object",
-        "required": required,
-        "properties": properties,
-        "additionalProperties": True,
-    }
-
-
-_KEEP_ALIVE: _Json = {
-    "type": ["integer", "null"],
-    "minimum": -1,
-    "maximum": KEEP_ALIVE_MAX,
-    "description": "Seconds loaded after the last response; -1 never unloads; null/absent:"
-    " BODHI_KEEP_ALIVE_SECS",
-}
-
-_REQUEST_PARAMS: _Json = {
-    "type": ["object", "null"],
-    "additionalProperties": False,
-    "properties": {
-        "frequency_penalty": {**_NUMBER, "minimum": -2, "maximum": 2},
-        "presence_penalty": {**_NUMBER, "minimum": -2, "maximum": 2},
-        "temperature": {**_NUMBER, "minimum": 0, "maximum": 2},
-        "top_p": {**_NUMBER, "minimum": 0, "maximum": 1},
-        "max_tokens": {**_INTEGER, "minimum": 1},
-        "seed": _INTEGER,
-        "stop": {
-            "anyOf": [
-                {"type": ["string", "null"]},
-                {"type": "array", "items": {"type": "string"}},
-            ]
-        },
-        "user": {"type": ["string", "null"]},
-    },
-}
-assert sorted(_REQUEST_PARAMS["properties"]) == sorted(REQUEST_PARAM_KEYS)
-
-
-def _alias_input(*, alias_required: bool) -> _Json:
-    """An alias object in a request body (``Alias.from_dict``); a create (``alias``
-    required) may name a local GGUF ``file`` instead of ``repo``/``filename``."""
-    schema: _Json = {
-        "type": "object",
-        "required": ["alias", "repo", "filename"] if alias_required else ["repo", "filename"],
-        "additionalProperties": False,
-        "properties": {
-            "alias": {"$ref": "#/components/schemas/AliasName"},
-            "repo": {"type": "string", "pattern": f"^{_PART}/{_PART}$"},
-            "filename": {"type": "string", "pattern": f"^{_FILE_PART}(?:/{_FILE_PART})*$"},
-            "snapshot": {"type": ["string", "null"], "pattern": f"^(?:{_PART}(?:/{_PART})*)?$"},
-            "request_params": _REQUEST_PARAMS,
-            "context_params": {
-                "anyOf": [
-                    {"type": ["string", "null"]},
-                    {"type": "array", "items": {"type": "string"}},
-                ]
-            },
-            "keep_alive_secs": _KEEP_ALIVE,
-            # Keys older alias files carry: accepted and ignored.
-            "source": {},
-            "chat_template": {},
-        },
-    }
-    if alias_required:  # _pull_routes.PullRoutes.alias_create
-        schema["required"] = ["alias"]
-        schema["properties"]["file"] = {"type": "string", "minLength": 1}
-        schema["anyOf"] = [{"required": ["repo", "filename"]}, {"required": ["file"]}]
-    return schema
-
-
-def _object(properties: _Json, *required: str, closed: bool = True) -> _Json:
-    schema: _Json = {"type": "object", "properties": properties}
-    if required:
-        schema["required"] = list(required)
-    if closed:
-        schema["additionalProperties"] = False
-    return schema
-
-
-def _ref(name: str) -> _Json:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-_STRING: _Json = {"type": "string"}
-_NULLABLE_STRING: _Json = {"type": ["string", "null"]}
-_STRINGS: _Json = {"type": "array", "items": _STRING}
-
-_SCHEMAS: _Json = {
-    "ErrorEnvelope": _object(
-        {
-            "error": _object(
-                {
-                    "message": _STRING,
-                    "type": {"type": "string", "enum": _ERROR_TYPES},
-                    "code": _STRING,
-                    "param": _NULLABLE_STRING,
-                },
-                "message", "type", "code", "param",
-            )
-        },
-        "error",
-    ),
-    "UpstreamError": {
-        **_object({"error": {"type": "object"}}, "error", closed=False),
-        "description": "An error body of llama-server, relayed unchanged",
-    },
-    "AliasName": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": ALIAS_NAME_PATTERN},
-    "Alias": _object(
-        {
-            "alias": _STRING,
-            "repo": _STRING,
-            "filename": _STRING,
-            "snapshot": _STRING,
-            "request_params": {"type": "object"},
-            "context_params": _STRINGS,
-            "keep_alive_secs": {"type": "integer", "minimum": -1, "maximum": KEEP_ALIVE_MAX},
-        },
-        "alias", "repo", "filename", "snapshot",
-    ),
-    "AliasInput": _alias_input(alias_required=True),
-    "AliasPutInput": _alias_input(alias_required=False),
-    "AliasList": _object(
-        {
-            "data": {"type": "array", "items": _ref("Alias")},
-            "problems": {
-                "type": "array",
-                "items": _object({"file": _STRING, "reason": _STRING}, "file", "reason"),
-            },
-        },
-        "data", "problems",
-    ),
-    "ModelState": _object(
-        {
-            "alias": _STRING,
-            "state": {"enum": ["stopped", "loading", "ready", "stopping", "crashed", "hung"]},
-            "pid": {"type": ["integer", "null"]},
-            "port": {"type": "null"},
-            "in_flight": {"type": "integer", "minimum": 0},
-            "queued": {"type": "integer", "minimum": 0},
-            "since": {"type": "number"},
-            "last_used": {"type": ["number", "null"]},
-            "expires_at": {"type": ["number", "null"]},
-            "memory": {"type": ["integer", "null"], "minimum": 0},
-            "error": _NULLABLE_STRING,
-        },
-        "alias", "state", "pid", "port", "in_flight", "queued", "since", "last_used",
-        "expires_at", "memory", "error",
-        closed=False,
-    ),
-    "State": _object(
-        {
-            "variant": _STRING,
-            "memory": _object(
-                {"budget": {"type": ["integer", "null"]}, "used": {"type": "integer"}},
-                "budget", "used",
-            ),
-            "models": {"type": "array", "items": _ref("ModelState")},
-        },
-        "variant", "memory", "models",
-        closed=False,
-    ),
-    "Model": _object(
-        {
-            "id": _STRING,
-            "object": {"const": "model"},
-            "created": {"type": "integer"},
-            "owned_by": _STRING,
-            "loaded": {"type": "boolean"},
-        },
-        "id", "object", "created", "owned_by", "loaded",
-    ),
-    "ModelList": _object(
-        {"object": {"const": "list"}, "data": {"type": "array", "items": _ref("Model")}},
-        "object", "data",
-    ),
-}  # fmt: skip
-
-
-def _json(schema: _Json, description: str = "OK") -> _Json:
+def _json(schema: Json, description: str = "OK") -> Json:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
 # Each event (schemathesis checks SSE bodies event by event); comments are not events.
-_SSE_EVENT = _object(
-    {"data": _STRING, "event": _STRING, "id": _STRING, "retry": {"type": "integer"}},
+_SSE_EVENT = object_schema(
+    {"data": STRING, "event": STRING, "id": STRING, "retry": {"type": "integer"}},
     "data",
     closed=False,
 )
-_SSE: _Json = {"text/event-stream": {"schema": _SSE_EVENT}}
+_SSE: Json = {"text/event-stream": {"schema": _SSE_EVENT}}
 
 
-def _errors(statuses: list[int], *, relay: bool) -> _Json:
+def _errors(statuses: list[int], *, relay: bool) -> Json:
     """Error responses; on relaying routes llama-server's own error bodies may appear too."""
-    envelope = _ref("ErrorEnvelope")
-    schema = {"anyOf": [envelope, _ref("UpstreamError")]} if relay else envelope
+    envelope = ref("ErrorEnvelope")
+    schema = {"anyOf": [envelope, ref("UpstreamError")]} if relay else envelope
     return {str(status): _json(schema, _STATUS_TEXT[status]) for status in statuses}
 
 
-_NAME_PARAM: _Json = {
+_NAME_PARAM: Json = {
     "name": "name",
     "in": "path",
     "required": True,
@@ -280,17 +75,17 @@ _NAME_PARAM: _Json = {
 
 def _operation(
     summary: str,
-    responses: _Json,
+    responses: Json,
     errors: tuple[int, ...] = (),
     *,
-    body: _Json | None = None,
+    body: Json | None = None,
     body_required: bool = True,
-    parameters: list[_Json] | None = None,
+    parameters: list[Json] | None = None,
     relay: bool = False,
     public: bool = False,
-) -> _Json:
+) -> Json:
     """One operation; 403 (Host/Origin) always, 401 unless ``public``."""
-    operation: _Json = {"summary": summary}
+    operation: Json = {"summary": summary}
     if parameters:
         operation["parameters"] = parameters
     if body is not None:
@@ -305,48 +100,48 @@ def _operation(
     return operation
 
 
-def _completion(summary: str, schema: _Json, *, streams: bool) -> _Json:
+def _completion(summary: str, schema: Json, *, streams: bool) -> Json:
     ok = {"application/json": {"schema": {"type": "object"}}, **(_SSE if streams else {})}
     responses = {"200": {"description": "llama-server's answer, relayed", "content": ok}}
     errors = (400, 404, 413, 429, 500, 501, 502, 503)
     return _operation(summary, responses, errors, body=schema, relay=True)
 
 
-def _query(name: str, schema: _Json, description: str) -> _Json:
+def _query(name: str, schema: Json, description: str) -> Json:
     return {"name": name, "in": "query", "required": False, "description": description,
             "schema": schema}  # fmt: skip
 
 
-def _build() -> _Json:
-    state = {"200": _json(_ref("State"))}
-    alias = {"200": _json(_ref("Alias"))}
-    chat = _completion_body(
+def _build() -> Json:
+    state = {"200": _json(ref("State"))}
+    alias = {"200": _json(ref("Alias"))}
+    chat = completion_body(
         ["model", "messages"],
         {"messages": {"type": "array", "minItems": 1, "items": {"type": "object"}}},
     )
-    text = _completion_body(["model", "prompt"], {"prompt": {"type": ["string", "array"]}})
-    embed = _completion_body(["model", "input"], {"input": {"type": ["string", "array"]}})
+    text = completion_body(["model", "prompt"], {"prompt": {"type": ["string", "array"]}})
+    embed = completion_body(["model", "input"], {"input": {"type": ["string", "array"]}})
     logs_params = [
         _query("lines", {"type": "integer"}, "How many recent lines (0..1000; default 100)"),
-        _query("follow", _STRING, "'true', '1' or 'yes' streams as SSE; anything else does not"),
-        _query("alias", _STRING, "Only this alias's children's output (404 for no such alias)"),
+        _query("follow", STRING, "'true', '1' or 'yes' streams as SSE; anything else does not"),
+        _query("alias", STRING, "Only this alias's children's output (404 for no such alias)"),
     ]
-    lines = _object({"lines": _STRINGS}, "lines")
-    load_body = _object({"alias": {"type": "string", "minLength": 1}}, "alias", closed=False)
+    lines = object_schema({"lines": STRINGS}, "lines")
+    load_body = object_schema({"alias": {"type": "string", "minLength": 1}}, "alias", closed=False)
     # The server strips and lower-cases the name, then wants [a-z0-9_]+.
     variant = {"type": "string", "pattern": r"^\s*[A-Za-z0-9_]+\s*$"}
-    variant_body = _object({"variant": variant}, "variant", closed=False)
-    pong = _object({"message": {"const": "pong"}}, "message", closed=False)
+    variant_body = object_schema({"variant": variant}, "variant", closed=False)
+    pong = object_schema({"message": {"const": "pong"}}, "message", closed=False)
     health = {
-        "allOf": [_ref("State"), _object({"status": {"const": "ok"}}, "status", closed=False)]
+        "allOf": [ref("State"), object_schema({"status": {"const": "ok"}}, "status", closed=False)]
     }
-    paths: _Json = {
+    paths: Json = {
         "/v1/chat/completions": {"post": _completion("OpenAI chat completion", chat, streams=True)},
         "/v1/completions": {"post": _completion("OpenAI text completion", text, streams=True)},
         "/v1/embeddings": {"post": _completion("OpenAI embeddings", embed, streams=False)},
-        "/v1/models": {"get": _operation("Every alias", {"200": _json(_ref("ModelList"))})},
+        "/v1/models": {"get": _operation("Every alias", {"200": _json(ref("ModelList"))})},
         "/v1/models/{name}": {
-            "get": _operation("One alias as a model", {"200": _json(_ref("Model"))}, (400, 404),
+            "get": _operation("One alias as a model", {"200": _json(ref("Model"))}, (400, 404),
                               parameters=[_NAME_PARAM]),
         },
         "/ping": {"get": _operation("Liveness (no API key)", {"200": _json(pong)}, public=True)},
@@ -371,7 +166,7 @@ def _build() -> _Json:
         },
         "/openapi.json": {
             "get": _operation("This document",
-                              {"200": _json(_object({}, "openapi", "paths", closed=False))}),
+                              {"200": _json(object_schema({}, "openapi", "paths", closed=False))}),
         },
         "/bodhi/v1/state": {"get": _operation("The slot state", state)},
         "/bodhi/v1/events": {
@@ -401,15 +196,15 @@ def _build() -> _Json:
         },
         "/bodhi/v1/aliases": {
             "get": _operation("Every alias, and the files skipped",
-                              {"200": _json(_ref("AliasList"))}, (400,)),
-            "post": _operation("Create an alias", {"201": _json(_ref("Alias"), "Created")},
-                               (400, 409, 413), body=_ref("AliasInput")),
+                              {"200": _json(ref("AliasList"))}, (400,)),
+            "post": _operation("Create an alias", {"201": _json(ref("Alias"), "Created")},
+                               (400, 409, 413), body=ref("AliasInput")),
         },
         "/bodhi/v1/aliases/{name}": {
             "parameters": [_NAME_PARAM],
             "get": _operation("Read an alias", alias, (400, 404)),
             "put": _operation("Create or replace an alias", alias, (400, 404, 409, 413),
-                              body=_ref("AliasPutInput")),
+                              body=ref("AliasPutInput")),
             "delete": _operation("Delete an alias", {"204": {"description": "Deleted"}},
                                  (400, 404)),
         },
@@ -426,7 +221,7 @@ def _build() -> _Json:
         },
         "paths": paths,
         "components": {
-            "schemas": _SCHEMAS,
+            "schemas": SCHEMAS,
             "securitySchemes": {
                 "bearer": {
                     "type": "http",
@@ -444,10 +239,10 @@ def _build() -> _Json:
 
 
 @functools.cache
-def _document() -> _Json:
+def _document() -> Json:
     return _build()
 
 
-def openapi_document() -> _Json:
+def openapi_document() -> Json:
     """The OpenAPI document (a fresh deep copy of the one built at first use)."""
     return copy.deepcopy(_document())
