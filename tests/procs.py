@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import select
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import trio
 
 from bodhi_trio._core._address import Address
@@ -79,6 +81,16 @@ trio.run(main)
 """
 
 
+def first_line(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> bytes:
+    """The first line ``proc`` prints (its stdout a pipe); the test fails if none comes
+    within ``timeout`` seconds (a blocking ``readline`` would hang the suite)."""
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    if not ready:
+        pytest.fail(f"{proc.args!r} printed nothing within {timeout:g} s")
+    return proc.stdout.readline()
+
+
 def start_parent(binary: Path, model: Path, *args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-c", PARENT_SCRIPT, str(binary), str(model), *args],
@@ -91,7 +103,7 @@ async def run_parent_and_sigkill_it(binary: Path, model: Path, *args: str) -> in
     with start_parent(binary, model, *args) as parent:
         try:
             assert parent.stdout is not None
-            line = await trio.to_thread.run_sync(parent.stdout.readline)
+            line = await trio.to_thread.run_sync(parent.stdout.readline, abandon_on_cancel=True)
             child_pid = int(line)
             assert is_alive(child_pid)
         finally:

@@ -39,7 +39,7 @@ def hub(gguf: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterato
 async def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     """``bodhi-trio ARGV`` in a worker thread (the fake Hub answers from its own)."""
     with trio.fail_after(60):
-        code = await trio.to_thread.run_sync(main, list(argv))
+        code = await trio.to_thread.run_sync(main, list(argv), abandon_on_cancel=True)
     out, err = capsys.readouterr()
     return code, out, err
 

@@ -22,6 +22,7 @@ from bodhi_trio._bench._client import BenchConfig, run_bench
 from bodhi_trio._bench._scan import FRAMINGS, _Scan, _Totals
 from bodhi_trio._core._http1 import ChunkedDecoder
 from paths import REPO
+from procs import first_line
 
 FAKE = REPO / "benchmarks" / "fake_upstream.py"
 
@@ -32,8 +33,7 @@ def spawn_fake(*extra: str) -> tuple[subprocess.Popen[bytes], int]:
         [sys.executable, str(FAKE), "--port", "0", "--alias", "a", "--model", "m", *extra],
         stdout=subprocess.PIPE,
     )
-    assert proc.stdout is not None
-    line = proc.stdout.readline().decode()
+    line = first_line(proc).decode()
     assert line.startswith("listening on http://127.0.0.1:"), line
     return proc, int(line.rsplit(":", 1)[1])
 
@@ -345,8 +345,7 @@ def fake_unix(socket_dir: Path) -> Iterator[str]:
         [sys.executable, str(FAKE), "--host", path, "--alias", "a"], stdout=subprocess.PIPE
     )
     try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().decode() == f"listening on unix://{path}\n"
+        assert first_line(proc).decode() == f"listening on unix://{path}\n"
         yield path
     finally:
         assert stop_fake(proc) == 0

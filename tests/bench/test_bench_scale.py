@@ -18,6 +18,7 @@ from bodhi_trio._bench._client import BenchConfig, run_bench
 from bodhi_trio._bench._scan import FRAMINGS, _Scan, _Totals
 from bodhi_trio._exceptions import ConfigError
 from paths import REPO
+from procs import first_line
 
 BENCH_DIR = REPO / "benchmarks"
 
@@ -92,8 +93,7 @@ def test_a_stream_gets_one_event_per_pace_and_the_window_counts_after_the_ramp(
         stdout=subprocess.PIPE,
     )
     try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().startswith(b"listening on unix://")
+        assert first_line(proc).startswith(b"listening on unix://")
         config = BenchConfig(
             base_url="http://localhost/v1",
             unix_socket=sock,

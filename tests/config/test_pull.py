@@ -57,8 +57,8 @@ async def pull(request: PullRequest, hub_cache: Path) -> Path:
     def run() -> Path:
         return download_plan(plan_pull(request), hub_cache)
 
-    with trio.fail_after(60):
-        return await trio.to_thread.run_sync(run)
+    with trio.fail_after(60):  # the thread is let go (the fake Hub's end ends it)
+        return await trio.to_thread.run_sync(run, abandon_on_cancel=True)
 
 
 async def test_a_pull_lands_in_the_cache_layout(hub: FakeHub, gguf: bytes, tmp_path: Path) -> None:
@@ -123,7 +123,9 @@ async def test_an_interrupted_check_removes_the_unchecked_file(
 async def test_a_quant_picks_its_file_and_a_split_model_fetches_every_part(
     hub: FakeHub, gguf: bytes, tmp_path: Path
 ) -> None:
-    plan = await trio.to_thread.run_sync(plan_pull, PullRequest.from_ref(f"hf.co/{REPO}:q8_0"))
+    with trio.fail_after(60):
+        request = PullRequest.from_ref(f"hf.co/{REPO}:q8_0")
+        plan = await trio.to_thread.run_sync(plan_pull, request, abandon_on_cancel=True)
     assert [f.name for f in plan.files] == ["tiny-Q8_0.gguf"]
     assert plan.total == len(gguf)
     path = await pull(PullRequest.from_ref(f"hf.co/{REPO}:Q6_K"), tmp_path)

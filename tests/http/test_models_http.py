@@ -385,7 +385,8 @@ async def test_parent_sigkilled_with_three_children_alive(tmp_path: Path) -> Non
                    "--context-param", "--ctx-size 512", env=env)  # fmt: skip
     with start_serve(home, env) as process:
         try:
-            url = await trio.to_thread.run_sync(listening_url, process)
+            with trio.fail_after(60):  # the thread is let go; the finally's kill ends it
+                url = await trio.to_thread.run_sync(listening_url, process, abandon_on_cancel=True)
             # Keep reading its log, so a full pipe never blocks it; EOF when it dies.
             assert process.stderr is not None
             threading.Thread(target=process.stderr.read, daemon=True).start()

@@ -169,7 +169,7 @@ async def test_ndjson_a_client_that_leaves_and_a_cancel(
             body = {"model": NAME}
             first = await leave_mid_pull(server.url, {"name": NAME, "insecure": True})
             assert b"content-type: application/x-ndjson" in first.lower()
-            await trio.to_thread.run_sync(gated_hub.half_sent.wait, 30)  # it is downloading
+            assert await trio.to_thread.run_sync(gated_hub.half_sent.wait, 30)  # it is downloading
             # The job goes on without it: a watcher sees it still running, alone.
             async with (
                 http.stream("POST", "/bodhi/v1/pull", json=body) as watch,

@@ -100,7 +100,8 @@ async def test_two_clients_share_one_download_that_only_delete_stops(
         ):  # fmt: skip
             first = await RawClient.pull(server.url, body)
             job = await first.next_event(watchers=1)
-            await trio.to_thread.run_sync(gated_hub.half_sent.wait, 30)  # the worker is downloading
+            # the worker is downloading
+            assert await trio.to_thread.run_sync(gated_hub.half_sent.wait, 30)
 
             b_body = {**body, "alias": "second"}
             async with (
@@ -145,7 +146,7 @@ async def test_a_pull_finishes_after_its_client_left(
         ):  # fmt: skip
             first = await RawClient.pull(server.url, body)
             job = await first.next_event(watchers=1)
-            await trio.to_thread.run_sync(gated_hub.half_sent.wait, 30)
+            assert await trio.to_thread.run_sync(gated_hub.half_sent.wait, 30)
             await first.leave()
             # Nobody watches now; a later watcher sees it still running, then done.
             async with (

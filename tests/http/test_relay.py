@@ -20,6 +20,7 @@ from bodhi_trio._exceptions import ResponseInterruptedError, UpstreamError
 from bodhi_trio._http._relay import Relay, relay_upstream
 from bodhi_trio._http._relay_body import RelayBody
 from bodhi_trio._http._sse import KEEPALIVE
+from deadlines import wall_deadline
 
 
 @attrs.define(eq=False)
@@ -101,26 +102,27 @@ async def test_pieces_as_they_come_then_the_slot_is_let_go_before_the_end() -> N
 async def test_keepalives_while_loading_and_while_generation_pauses(
     mock_clock: trio.testing.MockClock,
 ) -> None:
-    async with rig(early=True) as r:
-        items: list[bytes] = []
+    with wall_deadline(10):
+        async with rig(early=True) as r:
+            items: list[bytes] = []
 
-        async def consume() -> None:
-            items.extend([item async for item in r.body])
+            async def consume() -> None:
+                items.extend([item async for item in r.body])
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(consume)
-            for _ in range(2):  # loading
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(consume)
+                for _ in range(2):  # loading
+                    await trio.testing.wait_all_tasks_blocked()
+                    mock_clock.jump(1.0)
+                r.loaded.set()
                 await trio.testing.wait_all_tasks_blocked()
-                mock_clock.jump(1.0)
-            r.loaded.set()
-            await trio.testing.wait_all_tasks_blocked()
-            await r.upstream.send(b"data: 1\n\n")
-            await trio.testing.wait_all_tasks_blocked()
-            mock_clock.jump(1.0)  # a pause mid-generation
-            await trio.testing.wait_all_tasks_blocked()
-            await r.upstream.send(b"data: 2\n\n")
-            await r.upstream.aclose()
-    assert items == [KEEPALIVE] * 3 + [b"data: 1\n\n", KEEPALIVE, b"data: 2\n\n"]
+                await r.upstream.send(b"data: 1\n\n")
+                await trio.testing.wait_all_tasks_blocked()
+                mock_clock.jump(1.0)  # a pause mid-generation
+                await trio.testing.wait_all_tasks_blocked()
+                await r.upstream.send(b"data: 2\n\n")
+                await r.upstream.aclose()
+        assert items == [KEEPALIVE] * 3 + [b"data: 1\n\n", KEEPALIVE, b"data: 2\n\n"]
 
 
 async def test_the_pump_sends_a_keepalive_only_after_a_whole_silent_interval(
@@ -129,39 +131,40 @@ async def test_the_pump_sends_a_keepalive_only_after_a_whole_silent_interval(
     """With a writer (the OpenAI routes) the body writes its pieces itself; its
     keep-alive timer counts from the last write: pieces 0.6 s apart in a 1 s interval
     get none, a 1 s pause one, a pause inside an event none (it would corrupt it)."""
-    written: list[tuple[float, bytes]] = []
+    with wall_deadline(10):
+        written: list[tuple[float, bytes]] = []
 
-    async def write(data: bytes) -> None:
-        written.append((round(trio.current_time(), 6), data))
+        async def write(data: bytes) -> None:
+            written.append((round(trio.current_time(), 6), data))
 
-    async def drain(body: RelayBody) -> None:
-        assert [item async for item in body] == []  # every piece went to the writer
+        async def drain(body: RelayBody) -> None:
+            assert [item async for item in body] == []  # every piece went to the writer
 
-    async with rig() as r:
-        r.body.writer = write
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(drain, r.body)
-            for piece in (b"data: 1\n\n", b"data: 2\n\n", b"data: 3\n\n"):
+        async with rig() as r:
+            r.body.writer = write
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(drain, r.body)
+                for piece in (b"data: 1\n\n", b"data: 2\n\n", b"data: 3\n\n"):
+                    await trio.testing.wait_all_tasks_blocked()
+                    mock_clock.jump(0.6)
+                    await r.upstream.send(piece)
                 await trio.testing.wait_all_tasks_blocked()
-                mock_clock.jump(0.6)
-                await r.upstream.send(piece)
-            await trio.testing.wait_all_tasks_blocked()
-            mock_clock.jump(1.0)  # a whole interval silent: one keep-alive
-            await trio.testing.wait_all_tasks_blocked()
-            await r.upstream.send(b"data: 4")  # half an event
-            await trio.testing.wait_all_tasks_blocked()
-            mock_clock.jump(1.5)  # silent mid-event: nothing may be written
-            await trio.testing.wait_all_tasks_blocked()
-            await r.upstream.send(b"\n\n")
-            await r.upstream.aclose()
-    assert written == [
-        (0.6, b"data: 1\n\n"),
-        (1.2, b"data: 2\n\n"),
-        (1.8, b"data: 3\n\n"),
-        (2.8, KEEPALIVE),
-        (2.8, b"data: 4"),
-        (4.3, b"\n\n"),
-    ]
+                mock_clock.jump(1.0)  # a whole interval silent: one keep-alive
+                await trio.testing.wait_all_tasks_blocked()
+                await r.upstream.send(b"data: 4")  # half an event
+                await trio.testing.wait_all_tasks_blocked()
+                mock_clock.jump(1.5)  # silent mid-event: nothing may be written
+                await trio.testing.wait_all_tasks_blocked()
+                await r.upstream.send(b"\n\n")
+                await r.upstream.aclose()
+        assert written == [
+            (0.6, b"data: 1\n\n"),
+            (1.2, b"data: 2\n\n"),
+            (1.8, b"data: 3\n\n"),
+            (2.8, KEEPALIVE),
+            (2.8, b"data: 4"),
+            (4.3, b"\n\n"),
+        ]
 
 
 async def test_an_interruption_mid_read_ends_with_its_own_error() -> None:
@@ -221,24 +224,25 @@ async def test_a_refusal_after_the_early_answer_is_one_error_event() -> None:
 async def test_no_comment_inside_an_event_and_an_error_after_one_is_its_own(
     mock_clock: trio.testing.MockClock,
 ) -> None:
-    async with rig() as r:
-        items: list[bytes] = []
+    with wall_deadline(10):
+        async with rig() as r:
+            items: list[bytes] = []
 
-        async def consume() -> None:
-            items.extend([item async for item in r.body])
+            async def consume() -> None:
+                items.extend([item async for item in r.body])
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(consume)
-            await r.upstream.send(b'data: {"a"')  # half an event, then a long pause
-            for _ in range(3):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(consume)
+                await r.upstream.send(b'data: {"a"')  # half an event, then a long pause
+                for _ in range(3):
+                    await trio.testing.wait_all_tasks_blocked()
+                    mock_clock.jump(1.0)
                 await trio.testing.wait_all_tasks_blocked()
-                mock_clock.jump(1.0)
-            await trio.testing.wait_all_tasks_blocked()
-            r.hold.cancel()  # interrupted before the rest came
-    assert items[0] == b'data: {"a"'
-    assert KEEPALIVE not in items
-    assert items[1].startswith(b'\n\ndata: {"error"')
-    assert len(items) == 2
+                r.hold.cancel()  # interrupted before the rest came
+        assert items[0] == b'data: {"a"'
+        assert KEEPALIVE not in items
+        assert items[1].startswith(b'\n\ndata: {"error"')
+        assert len(items) == 2
 
 
 @pytest.mark.parametrize("failing_piece", [0, 2], ids=["the first", "a later one"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -88,7 +89,8 @@ async def test_sigterm_with_sixteen_streams_open(tmp_path: Path) -> None:
     ).encode()
     with start_serve(env, tmp_path / "home") as process:
         try:
-            url = await trio.to_thread.run_sync(wait_for_url, process)
+            with trio.fail_after(60):  # the thread is let go; the finally's kill ends it
+                url = await trio.to_thread.run_sync(wait_for_url, process, abandon_on_cancel=True)
             port = int(url.rsplit(":", 1)[1])
             outcomes: list[str] = []
             streaming = 0
@@ -143,11 +145,14 @@ async def test_json_log_lines_for_log_shippers(tmp_path: Path) -> None:
     with start_serve(env, tmp_path / "home", "--log-format", "json") as process:
         try:
             with trio.fail_after(60):
-                url = await trio.to_thread.run_sync(wait_for_url, process)
+                url = await trio.to_thread.run_sync(wait_for_url, process, abandon_on_cancel=True)
                 async with httpx.AsyncClient() as client:
                     assert (await client.get(url + "/ping")).status_code == 200
                 process.send_signal(signal.SIGTERM)
-                _, err = await trio.to_thread.run_sync(process.communicate)
+                # A thread's wait cannot be cancelled: it gets the bound itself.
+                _, err = await trio.to_thread.run_sync(
+                    functools.partial(process.communicate, timeout=SHUTDOWN_BOUND)
+                )
         finally:
             if process.poll() is None:
                 process.kill()

@@ -27,6 +27,7 @@ from test_upstream import read_request
 from bodhi_trio._exceptions import UpstreamError
 from bodhi_trio._transport._loopback import HTTPResponse
 from bodhi_trio._transport._relay_hub import RelayHub, RelayHubStatistics
+from deadlines import wall_deadline
 
 
 @asynccontextmanager
@@ -40,7 +41,7 @@ async def test_the_hub_writes_each_paced_token_as_its_chunk(
     mock_clock: trio.testing.MockClock,
 ) -> None:
     sink = Sink()
-    with trio.fail_after(10):
+    with wall_deadline(10):
         async with (
             serving_hub() as hub,
             paced_response(mock_clock, EVENTS, [chunk(DONE) + END]) as response,
@@ -77,8 +78,11 @@ async def held_response(
 
 
 async def parked(hub: RelayHub) -> None:
-    while hub.statistics().parked == 0:
+    for _ in range(100):
+        if hub.statistics().parked:
+            return
         await trio.testing.wait_all_tasks_blocked()
+    pytest.fail("the stream never parked in the hub")
 
 
 async def test_a_stream_cancelled_while_parked_leaves_the_hub_and_loses_nothing(
@@ -87,7 +91,7 @@ async def test_a_stream_cancelled_while_parked_leaves_the_hub_and_loses_nothing(
     """The keep-alive's deadline (or the client leaving) cancels a parked stream: it leaves
     the hub, and the next call relays on from where it stood."""
     sink, go_on = Sink(), trio.Event()
-    with trio.fail_after(10):
+    with wall_deadline(10):
         async with serving_hub() as hub, held_response(mock_clock, go_on) as response:
             with trio.CancelScope() as scope:
                 async with trio.open_nursery() as nursery:
@@ -141,7 +145,7 @@ async def test_a_connection_closed_while_parked_is_an_upstream_error(
 ) -> None:
     """Trio cannot wake a reader it does not know of: the connection's close wakes it."""
     sink, go_on = Sink(), trio.Event()
-    with trio.fail_after(10):
+    with wall_deadline(10):
         async with serving_hub() as hub, held_response(mock_clock, go_on) as response:
 
             async def close() -> None:
@@ -171,7 +175,7 @@ async def test_a_stream_parked_when_the_hub_stops_goes_on_by_itself(
         hub_scope.cancel()
         go_on.set()
 
-    with trio.fail_after(10):
+    with wall_deadline(10):
         async with held_response(mock_clock, go_on) as response, trio.open_nursery() as nursery:
             await nursery.start(run_hub)
             assert await relay_until_all_blocked(response, sink, hub, stop_the_hub) is None
@@ -197,7 +201,7 @@ async def test_a_hub_that_fails_stops_and_its_streams_go_on_by_themselves(
         monkeypatch.setattr(hub, "_relay_ready", broken)
         go_on.set()  # EVENTS[2] wakes the hub, which fails
 
-    with trio.fail_after(10):
+    with wall_deadline(10):
         async with held_response(mock_clock, go_on) as response, trio.open_nursery() as nursery:
             await nursery.start(hub.serve)
             assert await relay_until_all_blocked(response, sink, hub, break_the_hub) is None

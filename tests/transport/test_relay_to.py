@@ -22,6 +22,7 @@ from bodhi_trio._http._relay_body import RelayBody
 from bodhi_trio._http._sse import KEEPALIVE
 from bodhi_trio._transport._loopback import HTTPResponse, UpstreamPool, send_upstream
 from bodhi_trio._transport._relay_hub import RelayHub
+from deadlines import wall_deadline
 
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
 EVENTS = [b'data: {"n": %d}\n\n' % n for n in range(6)]
@@ -105,7 +106,7 @@ async def test_a_paced_token_goes_on_as_the_chunk_it_came_in(
     mock_clock: trio.testing.MockClock,
 ) -> None:
     sink = Sink()
-    with trio.fail_after(10):
+    with wall_deadline(10):
         async with paced_response(mock_clock, EVENTS, [chunk(DONE) + END]) as response:
             await response.relay_to(sink)
             assert list(response.tail) == [*EVENTS[-2:], DONE]
@@ -141,7 +142,7 @@ async def test_a_chunk_the_sink_cannot_write_whole_at_once_is_not_lost(
     mock_clock: trio.testing.MockClock, take: int, hubbed: bool
 ) -> None:
     sink = Sink(take=take)
-    with trio.fail_after(10):
+    with wall_deadline(10):
         async with (
             relay_hub(hubbed) as hub,
             paced_response(mock_clock, EVENTS, [END]) as response,
@@ -163,7 +164,7 @@ async def test_a_chunk_split_across_reads_goes_the_decoders_way(
 ) -> None:
     whole = chunk(EVENTS[3])
     sink = Sink()
-    with trio.fail_after(10):
+    with wall_deadline(10):
         async with (
             relay_hub(hubbed) as hub,
             paced_response(
@@ -187,7 +188,7 @@ async def test_a_connection_closed_under_the_wait_is_an_upstream_error(
     mock_clock: trio.testing.MockClock, how: str
 ) -> None:
     sink = Sink()
-    with trio.fail_after(10):
+    with wall_deadline(10):
         async with (
             paced_response(mock_clock, EVENTS[:3], []) as response,
             trio.open_nursery() as nursery,
@@ -216,7 +217,7 @@ async def test_a_close_after_the_wake_up_reads_nothing_from_the_number_reused(
     newcomer: list[socket.socket] = []
     real_wait = trio.lowlevel.wait_readable
 
-    with trio.fail_after(10):
+    with wall_deadline(10):
         async with paced_response(mock_clock, EVENTS[:3], [chunk(EVENTS[3])]) as response:
             connection = response.connection
 
@@ -243,7 +244,7 @@ async def test_relay_arrived_writes_what_came_with_the_head_without_waiting(
     """The first event came with the head: it goes out at once, and nothing waits for the
     next (which the server sends only once the reader waits: never, here)."""
     sink = Sink()
-    with trio.fail_after(10):
+    with wall_deadline(10):
         async with paced_response(mock_clock, EVENTS[:2], [END]) as response:
             await response.relay_arrived(sink)
             assert sink.calls == [("payload", EVENTS[0])]
@@ -299,7 +300,7 @@ async def test_the_spliced_relay_keeps_alive_only_after_a_whole_silent_interval(
 
     sink = TimedSink()
     body = RelayBody(Relay(keepalive=1.0))
-    with trio.fail_after(10):
+    with wall_deadline(10):
         async with trio.open_nursery() as nursery, UpstreamPool() as pool:
             port = await serve(nursery, handler)
             address = Address.tcp("127.0.0.1", port)

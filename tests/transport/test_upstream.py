@@ -15,6 +15,7 @@ from bodhi_trio._core._address import Address
 from bodhi_trio._exceptions import UpstreamError
 from bodhi_trio._transport._loopback import UpstreamPool, send_upstream
 from bodhi_trio._transport._pool import UpstreamConnection
+from deadlines import wall_deadline
 
 Handler = Callable[[trio.SocketStream], Awaitable[None]]
 
@@ -34,7 +35,10 @@ async def read_request(stream: trio.SocketStream) -> bytes:
     length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
                       if line.lower().startswith(b"content-length")))  # fmt: skip
     while len(body) < length:
-        body += await stream.receive_some(65536)
+        more = await stream.receive_some(65536)
+        if not more:  # the peer left mid-body
+            break
+        body += more
     return data
 
 
@@ -340,7 +344,7 @@ async def test_a_paced_stream_is_read_without_reads_that_find_nothing(
 
     monkeypatch.setattr(os, "read", read)
     connection = UpstreamConnection(local(1), trio.SocketStream(ours))
-    with trio.fail_after(10), theirs:
+    with wall_deadline(10), theirs:
         async with trio.open_nursery() as nursery:
 
             async def paced() -> None:
