@@ -126,3 +126,84 @@ async def test_a_client_that_stops_reading_does_not_hold_the_slot(
                 assert swap.status_code == 200
                 state = one_model((await client.get("/bodhi/v1/state")).json())
                 assert (state["alias"], state["state"]) == ("other:1", "ready")
+
+
+FAST = Alias("fast:1", DEMO_REPO, DEMO_FILENAME, context_params=("--fake-tokens 2000000",))
+FAST_BODY = json.dumps({"model": "fast:1", "messages": [{"role": "user", "content": "x"}],
+                        "stream": True, "max_tokens": 2000000}).encode()  # fmt: skip
+
+
+async def stalled_stream(url: str) -> trio.SocketStream:
+    """A streamed completion whose client reads its head and never reads again (a small
+    receive buffer: bodhi-trio's writes soon block)."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = trio.socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    await sock.connect((host, int(port)))
+    stalled = trio.SocketStream(sock)
+    head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\n"
+    head += f"Content-Type: application/json\r\nContent-Length: {len(FAST_BODY)}\r\n\r\n"
+    await stalled.send_all(head.encode() + FAST_BODY)
+    assert b" 200 " in await stalled.receive_some(4096)
+    return stalled
+
+
+async def test_a_client_that_takes_nothing_is_dropped_and_lets_go_of_the_model(
+    tmp_path: Path, hub_cache: Path
+) -> None:
+    """After BODHI_CLIENT_WRITE_TIMEOUT_SECS without taking a byte, its connection is
+    closed: the response ends, the model's read hold with it (no swap needed)."""
+    with trio.fail_after(60):
+        async with (
+            running_server(tmp_path, hub_cache, aliases=(FAST,), BODHI_LLAMA_SERVER=FAKE,
+                           BODHI_CLIENT_WRITE_TIMEOUT_SECS="1") as server,
+            httpx.AsyncClient(base_url=server.url, timeout=30) as client,
+            await stalled_stream(server.url) as stalled,
+        ):  # fmt: skip
+            state = one_model((await client.get("/bodhi/v1/state")).json(), "fast:1")
+            assert state["in_flight"] == 1
+            with trio.fail_after(20):  # the write timeout (1 s) after the buffers fill
+                while state["in_flight"]:
+                    await trio.sleep(0.1)  # polling the state: it has no event to wait on
+                    state = one_model((await client.get("/bodhi/v1/state")).json(), "fast:1")
+            assert state["state"] == "ready"  # only the response ended
+            with trio.fail_after(10):  # what was buffered, then the end (a reset, or EOF)
+                await read_to_the_end(stalled)
+
+
+async def read_to_the_end(stream: trio.SocketStream) -> None:
+    """Read until the peer closed: EOF, or a reset (it closed with bytes unsent)."""
+    try:
+        while await stream.receive_some(65536):
+            pass
+    except trio.BrokenResourceError:
+        pass
+
+
+async def test_shutdown_does_not_wait_for_a_client_that_takes_nothing(
+    tmp_path: Path, hub_cache: Path
+) -> None:
+    """Every write is shielded; at shutdown the server's deadline still ends the one a
+    stuck client holds (the write timeout, 60 s here, would be too late)."""
+    with trio.fail_after(60):
+        async with trio.open_nursery() as guard:
+            stalled: trio.SocketStream | None = None
+
+            async def unstick_after(seconds: float) -> None:
+                # Without the fix shutdown waits for the stuck write forever: closing the
+                # client lets it end, so that this test fails on time instead of hanging.
+                await trio.sleep(seconds)
+                if stalled is not None:
+                    await stalled.aclose()
+
+            async with running_server(tmp_path, hub_cache, aliases=(FAST,),
+                                      BODHI_LLAMA_SERVER=FAKE) as server:  # fmt: skip
+                stalled = await stalled_stream(server.url)
+                guard.start_soon(unstick_after, 30)
+                stopping = trio.current_time()
+            stopped = trio.current_time() - stopping
+            guard.cancel_scope.cancel()
+            assert stalled is not None
+            await stalled.aclose()
+    # running_server's grace: 2 s for responses, then 1 s for connections
+    assert stopped < 10

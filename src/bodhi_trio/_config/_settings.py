@@ -81,6 +81,7 @@ KNOWN_KEYS: frozenset[str] = frozenset(
         "BODHI_ADMIN_KEYS",
         "BODHI_MAX_BODY_BYTES",
         "BODHI_MAX_CONNECTIONS",
+        "BODHI_CLIENT_WRITE_TIMEOUT_SECS",
         "BODHI_ALLOWED_ORIGINS",
         "BODHI_INSECURE",
         "BODHI_ALLOWED_CONTEXT_FLAGS",
@@ -134,6 +135,8 @@ class Settings:
         max_body_bytes: Largest accepted request body.
         max_connections: Most client connections served at once (more get 503); 0 means
             derived from the open-files limit (see ``_fd_limits.connection_limit``).
+        client_write_timeout_secs: Seconds a client may take nothing of a response before
+            its connection is closed (a write that makes no progress).
         allowed_origins: Extra web origins allowed to call the server.
         insecure: Allow a non-loopback bind without API keys.
         allowed_context_flags: Refused llama-server flags the operator allows (see
@@ -172,6 +175,7 @@ class Settings:
     admin_keys: tuple[str, ...] = attrs.field(default=(), repr=lambda keys: f"<{len(keys)} hidden>")
     max_body_bytes: int = 32 * 1024 * 1024
     max_connections: int = 0
+    client_write_timeout_secs: float = 60.0
     allowed_origins: tuple[str, ...] = ()
     insecure: bool = False
     allowed_context_flags: tuple[str, ...] = ()
@@ -353,6 +357,9 @@ def load_settings(
         admin_keys=get("BODHI_ADMIN_KEYS", as_list, _DEFAULTS.admin_keys),
         max_body_bytes=integer("BODHI_MAX_BODY_BYTES", _DEFAULTS.max_body_bytes, 1),
         max_connections=integer("BODHI_MAX_CONNECTIONS", _DEFAULTS.max_connections, 0),
+        client_write_timeout_secs=seconds(
+            "BODHI_CLIENT_WRITE_TIMEOUT_SECS", _DEFAULTS.client_write_timeout_secs, positive=True
+        ),
         allowed_origins=get("BODHI_ALLOWED_ORIGINS", as_list, _DEFAULTS.allowed_origins),
         insecure=get("BODHI_INSECURE", as_bool, _DEFAULTS.insecure),
         allowed_context_flags=get(

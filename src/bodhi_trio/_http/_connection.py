@@ -20,6 +20,14 @@ and ``hypercorn.protocol.h11.H11Protocol``) is used as is, except:
   wrote the last response, and Quart-Trio cancels that task as soon as the response
   is out: the close was cut at its first checkpoint and the socket stayed open until
   the keep-alive timeout. The close is shielded here.
+- **A client that takes nothing is dropped.** Hypercorn writes with a shielded
+  ``send_all`` and no deadline: a client that keeps its connection open but stops
+  reading (a stream object nobody iterates, a paused process) held that write, its
+  request, the model's read hold and the connection's place forever, and shutdown
+  waited for it. Here a write that makes no progress for ``write_timeout`` seconds
+  (``BODHI_CLIENT_WRITE_TIMEOUT_SECS``, 60 by default, as nginx's ``send_timeout``)
+  closes the connection, and at shutdown every write ends by the server's deadline
+  (:meth:`Connection.drop_by`): the request sees its client leave.
 - **One keep-alive timer per connection, ended with it.** Hypercorn starts a timer
   task each time the connection turns idle and cancels it when a request comes (a
   lock and a task spawn per request), and never stops it when the connection closes:
@@ -53,6 +61,7 @@ tests in ``tests/test_connections.py`` fail if an upgrade changes them.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Callable
@@ -71,69 +80,16 @@ from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import parse_socket_addr
 
-from bodhi_trio._exceptions import error_envelope
 from bodhi_trio._http._chunk_writer import BodyWriter, BytesCounter, ChunkWriter
-from bodhi_trio._http._sse import compact_json
+from bodhi_trio._http._h11_strict import PARSER_ERRORS, Refused, StrictH11Connection, error_body
 
-__all__ = ["BodyWriter", "Connection", "body_writer", "error_body"]
+__all__ = ["DEFAULT_WRITE_TIMEOUT", "BodyWriter", "Connection", "body_writer", "error_body"]
 """Writes one piece of a response body whose head was sent; never cut by a cancellation."""
 
-_HTTP_VERSIONS = frozenset({b"1.0", b"1.1"})
+logger = logging.getLogger("bodhi_trio.http")
 
-# What a status from the parser means (the app never saw the request).
-_PARSER_ERRORS: dict[int, tuple[str, str]] = {
-    400: ("malformed_request", "the request is not valid HTTP/1.1"),
-    431: ("headers_too_large", "the request line and headers are too large"),
-    501: ("unsupported_transfer_encoding", "only Transfer-Encoding: chunked is supported"),
-    505: ("http_version_not_supported", "only HTTP/1.1 (and 1.0) is served"),
-}
-
-
-def error_body(message: str, error_type: str, code: str) -> bytes:
-    """The error envelope, serialised as the app serialises it."""
-    return compact_json(error_envelope(message, error_type, code)).encode()
-
-
-class _Refused(h11.RemoteProtocolError):
-    """A request h11 accepts but we do not; ``code`` and message go into the envelope."""
-
-    def __init__(self, message: str, code: str, status: int) -> None:
-        super().__init__(message, error_status_hint=status)
-        self.code = code
-
-
-@final
-class _StrictH11Connection(h11.Connection):
-    """h11's server side, refusing requests that parse but must not be served."""
-
-    def __init__(self, max_incomplete_event_size: int) -> None:
-        super().__init__(h11.SERVER, max_incomplete_event_size=max_incomplete_event_size)
-        self.refusal: _Refused | None = None
-
-    def next_event(self) -> h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]:
-        event = super().next_event()
-        if isinstance(event, h11.Request):
-            # Raised as a protocol error, Hypercorn answers with _send_error_response and
-            # closes, exactly as for a request h11 itself cannot parse.
-            self.refusal = _refusal_of(event)
-            if self.refusal is not None:
-                raise self.refusal
-        return event
-
-
-def _refusal_of(request: h11.Request) -> _Refused | None:
-    if request.http_version not in _HTTP_VERSIONS:
-        code, message = _PARSER_ERRORS[505]
-        return _Refused(message, code, 505)
-    names = {name for name, _ in request.headers}
-    if b"content-length" in names and b"transfer-encoding" in names:
-        return _Refused(
-            "a request must not have both Content-Length and Transfer-Encoding"
-            " (RFC 9112 section 6.3)",
-            "conflicting_framing",
-            400,
-        )
-    return None
+DEFAULT_WRITE_TIMEOUT = 60.0
+"""Seconds a client may take nothing of a response before its connection is closed."""
 
 
 @final
@@ -142,7 +98,7 @@ class _H11Protocol(H11Protocol):
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
-        self.connection = _StrictH11Connection(self.config.h11_max_incomplete_size)
+        self.connection = StrictH11Connection(self.config.h11_max_incomplete_size)
 
     async def _check_protocol(self, event: h11.Request) -> None:
         """No switch to HTTP/2 (see the module docstring): nothing to check."""
@@ -167,10 +123,10 @@ class _H11Protocol(H11Protocol):
 
     async def _send_error_response(self, status_code: int) -> None:
         refusal = getattr(self.connection, "refusal", None)
-        if isinstance(refusal, _Refused):
+        if isinstance(refusal, Refused):
             code, message = refusal.code, str(refusal)
         else:
-            code, message = _PARSER_ERRORS.get(status_code, _PARSER_ERRORS[400])
+            code, message = PARSER_ERRORS.get(status_code, PARSER_ERRORS[400])
         body = error_body(message, "invalid_request_error", code)
         headers = [
             (b"content-type", b"application/json"),
@@ -192,6 +148,8 @@ class Connection(TCPServer):
         stream: The accepted connection.
         on_close: Called once, just before the socket is closed; a client that sees
             the connection end can count on it having run.
+        write_timeout: Seconds a write may make no progress before the connection is
+            closed (the client stopped reading).
     """
 
     def __init__(
@@ -202,6 +160,8 @@ class Connection(TCPServer):
         state: Any,
         stream: trio.SocketStream,
         on_close: Callable[[], None],
+        *,
+        write_timeout: float = DEFAULT_WRITE_TIMEOUT,
     ) -> None:
         # Annotated as an SSLStream, but TCPServer serves plain sockets too (its non-TLS branch).
         super().__init__(app, config, context, state, stream)  # type: ignore[arg-type]
@@ -210,6 +170,9 @@ class Connection(TCPServer):
         self._idle_scope = trio.CancelScope()  # the keep-alive watch's current wait
         self.closed = False  # set before the socket is closed (a writer's fd is then stale)
         self.writing = 0  # Hypercorn's locked writes under way (nothing may pass them)
+        self._write_timeout = write_timeout
+        self._drop_at = math.inf  # shutdown's deadline for a write still waiting then
+        self._write_scope: trio.CancelScope | None = None  # the write waiting now, if any
 
     async def run(self) -> None:
         # TCPServer.run without its TLS branch and with our protocol instead of
@@ -318,13 +281,65 @@ class Connection(TCPServer):
             else:  # the rest as Hypercorn writes it (locked), never cut half-way
                 await self._write_locked(data[sent:])
 
+    def drop_by(self, deadline: float) -> None:
+        """Close the connection at ``deadline`` (Trio clock) if a write to its client is
+        still waiting then: at shutdown, where the server's own deadline cannot end a
+        write (every write is shielded)."""
+        self._drop_at = min(self._drop_at, deadline)
+        if self._write_scope is not None:
+            self._write_scope.deadline = min(self._write_scope.deadline, deadline)
+
     async def _write_locked(self, data: bytes) -> None:
-        """Hypercorn's write (under its send lock), counted in :attr:`writing`."""
+        """Hypercorn's write (under its send lock, shielded: never cut half-way), counted
+        in :attr:`writing`, with a deadline for progress: a client that takes nothing for
+        the write timeout (or until :meth:`drop_by`'s deadline) is dropped.
+
+        Cancellation: none (shielded); it ends by the write timeout.
+        """
         self.writing += 1
         try:
-            await super().protocol_send(RawData(data=data))
+            with trio.CancelScope(shield=True):
+                async with self.send_lock:  # its holder's write is bounded the same way
+                    await self._send_all(data)
         finally:
             self.writing -= 1
+
+    async def _send_all(self, data: bytes) -> None:
+        """``data`` to the socket, each send within the write timeout; a broken, closed or
+        stuck connection is handled as closed (the request sees its client leave)."""
+        sock = self.stream.socket
+        view = memoryview(data)
+        try:
+            while view:
+                deadline = min(trio.current_time() + self._write_timeout, self._drop_at)
+                with trio.CancelScope(deadline=deadline) as scope:
+                    self._write_scope = scope
+                    sent = await sock.send(view)  # all or nothing of this call
+                self._write_scope = None
+                if scope.cancelled_caught:
+                    await self._drop()
+                    return
+                view = view[sent:]
+        except (OSError, trio.ClosedResourceError):  # reset, broken pipe, closed
+            self._write_scope = None
+            await self.protocol.handle(Closed())
+
+    async def _drop(self) -> None:
+        """The client took nothing for the write timeout (or shutdown's deadline came):
+        close its socket, so that its request ends as if it had left and its place is free.
+        """
+        if trio.current_time() >= self._drop_at:
+            logger.warning("shutting down: a client still not reading its response was cut off")
+        else:
+            logger.warning(
+                "a client took nothing of its response for %g s: its connection was closed"
+                " (BODHI_CLIENT_WRITE_TIMEOUT_SECS)",
+                self._write_timeout,
+            )
+        self._on_close()
+        self.closed = True  # before the socket closes: a writer's fd is stale from here
+        await trio.aclose_forcefully(self.stream)  # the reader wakes: the connection ends
+        await self.protocol.handle(Closed())
 
     async def _close(self) -> None:
         self._on_close()

@@ -189,6 +189,7 @@ async def serve(
                     app,
                     config,
                     max_connections=max_connections,
+                    write_timeout=settings.client_write_timeout_secs,
                     shutdown_trigger=shutdown,
                 )
             )

@@ -30,7 +30,7 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import repr_socket_addr, wrap_app
 
-from bodhi_trio._http._connection import Connection, error_body
+from bodhi_trio._http._connection import DEFAULT_WRITE_TIMEOUT, Connection, error_body
 
 if TYPE_CHECKING:
     from hypercorn.config import Config
@@ -171,6 +171,7 @@ async def serve_http(
     *,
     max_connections: int,
     shutdown_trigger: Callable[[], Awaitable[None]],
+    write_timeout: float = DEFAULT_WRITE_TIMEOUT,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the ASGI ``app`` on ``config.bind`` until ``shutdown_trigger`` returns.
@@ -180,6 +181,8 @@ async def serve_http(
         config: Hypercorn's configuration (bind, timeouts, logs; no TLS).
         max_connections: The most connections served at once; more get 503.
         shutdown_trigger: Returns when it is time to stop accepting.
+        write_timeout: Seconds a client may take nothing of a response before its
+            connection is closed (see :class:`Connection`).
         task_status: Receives the bound URLs (``http://host:port``) once listening.
     """
     asgi = wrap_app(app, config.wsgi_max_body_size, "asgi")
@@ -188,10 +191,19 @@ async def serve_http(
     context = WorkerContext(None)
     gate = ConnectionGate(max_connections)
 
+    live: set[Connection] = set()
+
     async def serve_one(stream: trio.SocketStream, slot: _Slot) -> None:
         try:
             state = ConnectionState(lifespan_state.copy())
-            await Connection(asgi, config, context, state, stream, slot.release)
+            connection = Connection(
+                asgi, config, context, state, stream, slot.release, write_timeout=write_timeout
+            )
+            live.add(connection)
+            try:
+                await connection
+            finally:
+                live.discard(connection)
         finally:
             slot.release()
             await trio.aclose_forcefully(stream)
@@ -215,6 +227,9 @@ async def serve_http(
                     accepting.cancel_scope.cancel()
             finally:
                 await context.terminated.set()
-                connections.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
+                deadline = trio.current_time() + config.graceful_timeout
+                connections.cancel_scope.deadline = deadline
+                for connection in live:  # a write is shielded: it is bounded on its own
+                    connection.drop_by(deadline)
         await lifespan.wait_for_shutdown()
         lifespan_nursery.cancel_scope.cancel()
