@@ -12,8 +12,10 @@ import pytest
 import trio
 
 from bodhi_trio._exceptions import LlamaServerExitedError, StartupError
+from bodhi_trio._llama import _process
 from bodhi_trio._llama._child import LaunchSpec, LlamaServer, serve_llama_server
 from bodhi_trio._llama._logtail import LogTail
+from bodhi_trio._llama._process import ChildProcess, spawn_child
 from bodhi_trio._transport._loopback import UpstreamPool, send_upstream
 from procs import child_client, group_members, is_alive, run_parent_and_sigkill_it, wait_gone
 
@@ -303,3 +305,30 @@ async def test_the_fakes_slots_say_whether_it_generates(
         "stalls": [False, False],
         "busy": [True],
     }
+
+
+async def test_a_child_that_outlives_sigkill_is_left_behind_in_bounded_time(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A process stuck in the kernel does not die on SIGKILL until it leaves it: stop()
+    gives up after the reap timeout (logged, ``abandoned``) instead of holding its model's
+    stop, the loads behind it and the shutdown for ever. (Simulated: no signal arrives.)"""
+    monkeypatch.setattr(_process, "REAP_TIMEOUT", 0.3)
+    child = spawn_child(["sleep", "60"])
+    try:
+        monkeypatch.setattr(ChildProcess, "signal_group", lambda self, sig: None)
+        with trio.fail_after(10):
+            started = trio.current_time()
+            assert await child.stop(0.2) is None
+            assert trio.current_time() - started >= 0.5  # the grace, then the reap timeout
+        assert child.abandoned
+        assert is_alive(child.pid)
+        assert f"pid {child.pid} is still there" in caplog.text
+        with trio.fail_after(1):
+            assert await child.stop(0.2) is None  # at once: it was given up already
+    finally:
+        os.killpg(child.pid, signal.SIGKILL)
+        with trio.fail_after(10):
+            await child.wait()
+        child.close()
+        await child.output.aclose()

@@ -183,14 +183,12 @@ async def _run_once(
         child = spawn_child(argv, env=env)
     except OSError as exc:
         raise StartupError(f"could not execute {spec.binary}: {exc.strerror or exc}") from exc
-    tail.append(f"[bodhi-trio] spawned pid {child.pid}")
-    record = (
-        record_child(spec.run_dir, child.pid, argv[0], socket_dir=socket_dir)
-        if spec.run_dir
-        else None
-    )
+    record: Path | None = None
     failure: BaseException | None = None
-    try:
+    try:  # from here on the finally stops and reaps the child, whatever fails
+        tail.append(f"[bodhi-trio] spawned pid {child.pid}")
+        if spec.run_dir:
+            record = record_child(spec.run_dir, child.pid, argv[0], socket_dir=socket_dir)
         async with trio.open_nursery() as nursery:
             activity = _Activity(spec.startup_timeout)
             drained = trio.Event()
@@ -214,7 +212,7 @@ async def _run_once(
             with trio.CancelScope(shield=True):
                 await child.stop(spec.stop_grace)
         child.close()
-        if record is not None:
+        if record is not None and not child.abandoned:  # else the next start kills it
             forget_child(record)
     assert failure is not None  # _supervise returns only with what to raise
     raise failure

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import logging
 import os
 import signal
 import subprocess
@@ -30,7 +31,15 @@ from typing import final
 import attrs
 import trio
 
-__all__ = ["ChildProcess", "spawn_child"]
+__all__ = ["REAP_TIMEOUT", "ChildProcess", "spawn_child"]
+
+logger = logging.getLogger("bodhi_trio.llama")
+
+REAP_TIMEOUT = 10.0
+"""Seconds :meth:`ChildProcess.stop` waits for the child to exit after SIGKILL. A process
+in uninterruptible sleep (a hung GPU driver, a dead network mount) does not die even then:
+it is left to the kernel instead of holding its model's stop, and every load and the
+shutdown behind it, for ever."""
 
 _PR_SET_PDEATHSIG = 1
 _libc: ctypes.CDLL | None = None
@@ -63,6 +72,8 @@ class ChildProcess:
     _popen: subprocess.Popen[bytes]
     _pidfd: int
     output: trio.lowlevel.FdStream
+    abandoned: bool = attrs.field(default=False, init=False)
+    """Still there :data:`REAP_TIMEOUT` seconds after SIGKILL: left behind, unreaped."""
 
     @property
     def pid(self) -> int:
@@ -96,21 +107,35 @@ class ChildProcess:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, sig)
 
-    async def stop(self, grace: float) -> int:
+    async def stop(self, grace: float) -> int | None:
         """Stop the whole group: SIGTERM, up to ``grace`` seconds, then SIGKILL.
 
-        Always finishes: the KILL cannot be ignored. Call it shielded.
+        Finishes within ``grace`` plus :data:`REAP_TIMEOUT`: a KILL cannot be ignored, but
+        a process stuck in the kernel does not die until it leaves it; such a child is
+        logged and left (:attr:`abandoned`, its run record kept for the next start). Call
+        it shielded.
 
         Returns:
-            The child's exit code.
+            The child's exit code; None if it was left behind.
         """
+        if self.abandoned:
+            return None
         if self._popen.returncode is None:
             self.signal_group(signal.SIGTERM)
             with trio.move_on_after(grace):
                 await self.wait()
         # KILL the group even if the leader exited on TERM: a forked helper may linger.
         self.signal_group(signal.SIGKILL)
-        return await self.wait()
+        with trio.move_on_after(REAP_TIMEOUT):
+            return await self.wait()
+        self.abandoned = True
+        logger.error(
+            "pid %d is still there %g s after SIGKILL (stuck in the kernel: a hung driver or"
+            " mount?); left behind",
+            self.pid,
+            REAP_TIMEOUT,
+        )
+        return None
 
     def close(self) -> None:
         """Release the pidfd. Call once the child has been reaped."""

@@ -129,7 +129,7 @@ async def serve_rpc_worker(
                 with trio.CancelScope(shield=True):
                     await child.stop(stop_grace)
             child.close()
-            if record is not None:
+            if record is not None and not child.abandoned:  # else the next start kills it
                 forget_child(record)
     finally:
         tail.close()
