@@ -4,6 +4,7 @@ a pass-through, and ``SharedContext.upstream`` on the fake harness (virtual cloc
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import trio
 import trio.testing
 
 from bodhi_trio._config._aliases import RequestParams
+from bodhi_trio._context import _spec
 from bodhi_trio._context._endpoints import (
     ENDPOINTS,
     PARAM_NAMES,
@@ -22,6 +24,7 @@ from bodhi_trio._context._endpoints import (
 )
 from bodhi_trio._context._spec import embedding_args
 from bodhi_trio._exceptions import AliasNotFoundError, InvalidRequestError
+from bodhi_trio._llama._launch import LaunchSpec
 from fake_context import harness
 
 PARAMS = RequestParams(
@@ -174,3 +177,26 @@ async def test_upstream_sends_method_target_body_and_type(
                 async with h.ctx.upstream("nope", "GET", "props"):
                     pass
             assert [s.alias for s in h.launcher.starts] == ["a"]
+
+
+async def test_a_header_read_that_hangs_gives_no_estimate_in_bounded_time(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """A GGUF on a hung mount: the load's memory estimate gives up (None: the start's own
+    stall timeout then ends the load) instead of holding the load task, and the requests
+    waiting on it, for ever."""
+    release = threading.Event()
+
+    def hang(model: Path, args: object) -> object:
+        release.wait(30)
+        raise OSError("released")
+
+    monkeypatch.setattr(_spec, "estimate_model_memory", hang)
+    monkeypatch.setattr(_spec, "ESTIMATE_TIMEOUT", 0.2)
+    spec = LaunchSpec(tmp_path / "llama-server", tmp_path / "m.gguf", "m")
+    try:
+        with trio.fail_after(10):
+            assert await _spec.estimate_from_gguf(spec) is None
+        assert "took over 0.2 s: no estimate" in caplog.text
+    finally:
+        release.set()  # the let-go thread ends

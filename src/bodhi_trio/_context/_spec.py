@@ -13,6 +13,7 @@ their cost (see docs/configuration.md).
 from __future__ import annotations
 
 import functools
+import logging
 from typing import TYPE_CHECKING
 
 import trio
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from bodhi_trio._core._slot import SpecBuilder
 
 __all__ = [
+    "ESTIMATE_TIMEOUT",
     "default_spec_builder",
     "embedding_args",
     "estimate_from_gguf",
@@ -45,7 +47,11 @@ __all__ = [
     "runnable_variant",
 ]
 
+logger = logging.getLogger("bodhi_trio.models")
+
 _POOLING_NONE = 0  # llama.cpp's LLAMA_POOLING_TYPE_NONE
+ESTIMATE_TIMEOUT = 30.0
+"""Seconds a model's memory estimate may take to read its GGUF header."""
 
 
 def default_spec_builder(settings: Settings) -> SpecBuilder:
@@ -136,7 +142,11 @@ def _pooling(model: Path, _size: int, _mtime_ns: int) -> int | None:
 async def estimate_from_gguf(spec: LaunchSpec) -> int | None:
     """A model's memory before it loads, from its GGUF header (in a worker thread: the
     header read takes milliseconds); ``None`` if the file cannot be read as GGUF (the
-    start will then say why)."""
+    start will then say why) or not within :data:`ESTIMATE_TIMEOUT` (a hung mount: the
+    start's own stall timeout then ends the load).
+
+    Cancellation: the thread is let go (it ends with its read); nothing to clean up.
+    """
 
     def estimate() -> int | None:
         try:
@@ -144,7 +154,12 @@ async def estimate_from_gguf(spec: LaunchSpec) -> int | None:
         except (OSError, ValueError):
             return None
 
-    return await trio.to_thread.run_sync(estimate)
+    with trio.move_on_after(ESTIMATE_TIMEOUT):
+        return await trio.to_thread.run_sync(estimate, abandon_on_cancel=True)
+    logger.warning(
+        "reading the header of %s took over %g s: no estimate", spec.model, ESTIMATE_TIMEOUT
+    )
+    return None
 
 
 def runnable_variant(settings: Settings, variant: str) -> str:

@@ -218,7 +218,9 @@ class HttpxClients:
             if client is None:
                 verify: ssl.SSLContext | bool = True
                 if ca_bundle is not None:
-                    verify = await trio.to_thread.run_sync(_context_with, ca_bundle)
+                    verify = await trio.to_thread.run_sync(
+                        _context_with, ca_bundle, abandon_on_cancel=True
+                    )
                 client = httpx.AsyncClient(
                     verify=verify,
                     # The body is relayed as its bytes came: never compressed.

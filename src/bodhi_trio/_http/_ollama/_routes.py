@@ -169,7 +169,11 @@ class OllamaRoutes:
     async def tags(self) -> Reply:
         """``GET /api/tags``: every alias."""
         aliases, _problems = self.ctx.aliases.load()
-        facts = await trio.to_thread.run_sync(lambda: [model_facts(self.ctx, a) for a in aliases])
+        # Let go on cancel (the client left, shutdown): a header read on a hung mount would
+        # otherwise hold the request.
+        facts = await trio.to_thread.run_sync(
+            lambda: [model_facts(self.ctx, a) for a in aliases], abandon_on_cancel=True
+        )
         return Reply.json({"models": [tags_entry(f) for f in facts]})
 
     async def ps(self) -> Reply:
@@ -189,7 +193,7 @@ class OllamaRoutes:
                 found.append((facts, context_length(self.ctx, facts)))
             return found
 
-        gathered = await trio.to_thread.run_sync(gather)
+        gathered = await trio.to_thread.run_sync(gather, abandon_on_cancel=True)
         now = time.time()
         cpu = self.ctx.exec_variant == "cpu"
         entries = [
@@ -206,7 +210,7 @@ class OllamaRoutes:
         verbose = body.get("verbose")
         if verbose is not None and not isinstance(verbose, bool):
             raise InvalidRequestError("verbose must be a boolean", param="verbose")
-        facts = await trio.to_thread.run_sync(model_facts, self.ctx, alias)
+        facts = await trio.to_thread.run_sync(model_facts, self.ctx, alias, abandon_on_cancel=True)
         return Reply.json(show_answer(facts, verbose=bool(verbose)))
 
     async def delete(self, raw: bytes) -> Reply:
