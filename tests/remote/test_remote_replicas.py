@@ -115,6 +115,40 @@ async def test_a_probe_brings_a_replica_back_before_its_cooldown_ends(
                 assert not probed(a.requests)
 
 
+async def test_a_deleted_alias_is_probed_no_more(tmp_path: Path, hub_cache: Path) -> None:
+    """Once its alias is deleted, a cooling replica's URL (and the key it would be sent)
+    is contacted no more: the pool's probes end, and the pool is forgotten."""
+    with trio.fail_after(15):
+        async with remote_stub() as a, remote_stub() as b:
+            port = b.port
+            pair = remote_alias(
+                "pair", a.base_url, replicas=[b.base_url], cooldown_secs=3600,
+                probe_interval_secs=0.05,
+            )  # fmt: skip
+            async with (
+                running_server(tmp_path, hub_cache, aliases=(pair,)) as server,
+                httpx.AsyncClient(timeout=10) as http,
+            ):
+                await b.stop()
+                await ask(http, server.url, 2)  # the first one finds b dead: it cools
+                async with remote_stub(port=port) as b_again:
+                    b_again.script = Script(status=503)  # probes fail: b keeps cooling
+                    await b_again.wait_for(lambda rs: sum(map(probed_one, rs)) >= 2)
+                    deleted = await http.delete(server.url + "/bodhi/v1/aliases/pair")
+                    assert deleted.status_code == 204
+                    # A probe already under way may still land; then none for 20 intervals.
+                    await trio.sleep(0.1)
+                    probes = sum(map(probed_one, b_again.requests))
+                    await trio.sleep(1.0)  # the interval passing is the scenario
+                    assert sum(map(probed_one, b_again.requests)) == probes
+                state = (await http.get(server.url + "/bodhi/v1/state")).json()
+                assert [r["alias"] for r in state.get("remotes", [])] == []  # forgotten
+
+
+def probed_one(request: Recorded) -> bool:
+    return request.method == "GET" and request.target == "/v1/models"
+
+
 # ------------------------------------------------------------- the pool, unit level
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import TYPE_CHECKING, Any, final
 
 import attrs
@@ -203,12 +204,29 @@ class SharedContext:
                 key_envs=frozenset(self._settings.remote_key_envs),
             )
             self._pools[alias.alias] = pool
-            self._nursery.start_soon(pool.serve_probes, name=f"probes:{alias.alias}")
+            self._nursery.start_soon(
+                pool.serve_probes, partial(self._pool_current, pool), name=f"probes:{alias.alias}"
+            )
         return pool
 
+    def _pool_current(self, pool: ReplicaPool) -> bool:
+        """Whether ``pool``'s alias still names its remote; if not, it is forgotten and its
+        probes end (a deleted alias's URLs and key are contacted no more)."""
+        try:
+            current = self._aliases.get(pool.alias).remote == pool.spec
+        except BodhiError:  # deleted, or its file broke
+            current = False
+        if not current:
+            pool.probes.cancel()
+            if self._pools.get(pool.alias) is pool:
+                del self._pools[pool.alias]
+        return current
+
     def remote_statistics(self) -> dict[str, list[ReplicaStatistics]]:
-        """Each remote alias in use: its replicas' load and health."""
-        return {name: pool.statistics() for name, pool in self._pools.items()}
+        """Each remote alias in use: its replicas' load and health (a pool whose alias was
+        deleted or changed since is forgotten here)."""
+        pools = list(self._pools.items())
+        return {name: pool.statistics() for name, pool in pools if self._pool_current(pool)}
 
     # ------------------------------------------------------------------ requests
 

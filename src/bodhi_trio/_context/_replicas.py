@@ -26,7 +26,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, final
 from urllib.parse import urlsplit
@@ -329,9 +329,11 @@ class ReplicaPool:
             assert last_error is not None
             raise last_error
 
-    async def serve_probes(self) -> None:
+    async def serve_probes(self, current: Callable[[], bool] = lambda: True) -> None:
         """While any replica cools, probe it every ``probe_interval_secs``; a 2xx to
-        ``GET {base}/models`` ends its cooldown. Runs until :attr:`probes` is cancelled.
+        ``GET {base}/models`` ends its cooldown. Runs until :attr:`probes` is cancelled, or
+        until ``current()`` says, before a round, that the alias is gone or no longer this
+        remote (its URLs and key are then contacted no more).
 
         Cancellation: a probe in progress is abandoned (its connection closed).
         """
@@ -343,6 +345,8 @@ class ReplicaPool:
                     await self._cooling_changed.wait()
                     continue
                 await trio.sleep(self.spec.probe_interval_secs)
+                if not current():
+                    return
                 for replica in self._replicas:
                     if replica.cooling(trio.current_time()) and await self._probe(replica):
                         self.recover(replica)
