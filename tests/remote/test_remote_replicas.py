@@ -39,8 +39,12 @@ def posts(stub: RemoteStub) -> int:
     return sum(1 for r in stub.requests if r.method == "POST")
 
 
+def probes(requests: Sequence[Recorded]) -> int:
+    return sum(1 for r in requests if r.method == "GET" and r.target == "/v1/models")
+
+
 def probed(requests: Sequence[Recorded]) -> bool:
-    return any(r.method == "GET" and r.target == "/v1/models" for r in requests)
+    return probes(requests) > 0
 
 
 async def ask(http: httpx.AsyncClient, url: str, times: int) -> None:
@@ -91,62 +95,57 @@ async def test_spread_failover_and_back_after_the_cooldown(tmp_path: Path, hub_c
                 assert not probed(a.requests)  # no probe while nothing cooled (a never did)
 
 
+@asynccontextmanager
+async def a_cooling_replica(
+    tmp_path: Path, hub_cache: Path, probe_interval_secs: float
+) -> AsyncIterator[tuple[str, httpx.AsyncClient, RemoteStub, RemoteStub]]:
+    """Alias ``pair`` over stubs ``a`` and ``b``; ``b`` found dead by a request (it cools
+    for an hour), then listening again. Yields the server's URL, a client, ``a`` and the
+    new ``b``."""
+    async with remote_stub() as a, remote_stub() as b:
+        port = b.port
+        pair = remote_alias(
+            "pair", a.base_url, replicas=[b.base_url], cooldown_secs=3600,
+            probe_interval_secs=probe_interval_secs,
+        )  # fmt: skip
+        async with (
+            running_server(tmp_path, hub_cache, aliases=(pair,)) as server,
+            httpx.AsyncClient(timeout=10) as http,
+        ):
+            await b.stop()
+            await ask(http, server.url, 2)  # the first one finds b dead: it cools
+            async with remote_stub(port=port) as b_again:
+                yield server.url, http, a, b_again
+
+
 async def test_a_probe_brings_a_replica_back_before_its_cooldown_ends(
     tmp_path: Path, hub_cache: Path
 ) -> None:
     with trio.fail_after(10):
-        async with remote_stub() as a, remote_stub() as b:
-            port = b.port
-            pair = remote_alias(
-                "pair", a.base_url, replicas=[b.base_url], cooldown_secs=3600,
-                probe_interval_secs=0.1,
-            )  # fmt: skip
-            async with (
-                running_server(tmp_path, hub_cache, aliases=(pair,)) as server,
-                httpx.AsyncClient(timeout=10) as http,
-            ):
-                await b.stop()
-                await ask(http, server.url, 2)  # the first one finds b dead: it cools
-                async with remote_stub(port=port) as b_again:
-                    await b_again.wait_for(probed)
-                    # The probe's answer ends the cooldown (in a moment: allow a request).
-                    assert await until_posted(http, server.url, b_again) <= 3
-                    assert all(r.headers.get("authorization") is None for r in b_again.requests)
-                assert not probed(a.requests)
+        async with a_cooling_replica(tmp_path, hub_cache, 0.1) as (url, http, a, b_again):
+            await b_again.wait_for(probed)
+            # The probe's answer ends the cooldown (in a moment: allow a request).
+            assert await until_posted(http, url, b_again) <= 3
+            assert all(r.headers.get("authorization") is None for r in b_again.requests)
+            assert not probed(a.requests)
 
 
 async def test_a_deleted_alias_is_probed_no_more(tmp_path: Path, hub_cache: Path) -> None:
     """Once its alias is deleted, a cooling replica's URL (and the key it would be sent)
     is contacted no more: the pool's probes end, and the pool is forgotten."""
     with trio.fail_after(15):
-        async with remote_stub() as a, remote_stub() as b:
-            port = b.port
-            pair = remote_alias(
-                "pair", a.base_url, replicas=[b.base_url], cooldown_secs=3600,
-                probe_interval_secs=0.05,
-            )  # fmt: skip
-            async with (
-                running_server(tmp_path, hub_cache, aliases=(pair,)) as server,
-                httpx.AsyncClient(timeout=10) as http,
-            ):
-                await b.stop()
-                await ask(http, server.url, 2)  # the first one finds b dead: it cools
-                async with remote_stub(port=port) as b_again:
-                    b_again.script = Script(status=503)  # probes fail: b keeps cooling
-                    await b_again.wait_for(lambda rs: sum(map(probed_one, rs)) >= 2)
-                    deleted = await http.delete(server.url + "/bodhi/v1/aliases/pair")
-                    assert deleted.status_code == 204
-                    # A probe already under way may still land; then none for 20 intervals.
-                    await trio.sleep(0.1)
-                    probes = sum(map(probed_one, b_again.requests))
-                    await trio.sleep(1.0)  # the interval passing is the scenario
-                    assert sum(map(probed_one, b_again.requests)) == probes
-                state = (await http.get(server.url + "/bodhi/v1/state")).json()
-                assert [r["alias"] for r in state.get("remotes", [])] == []  # forgotten
-
-
-def probed_one(request: Recorded) -> bool:
-    return request.method == "GET" and request.target == "/v1/models"
+        async with a_cooling_replica(tmp_path, hub_cache, 0.05) as (url, http, _, b_again):
+            b_again.script = Script(status=503)  # probes fail: b keeps cooling
+            await b_again.wait_for(lambda requests: probes(requests) >= 2)
+            deleted = await http.delete(url + "/bodhi/v1/aliases/pair")
+            assert deleted.status_code == 204
+            # A probe already under way may still land; then none for 20 intervals.
+            await trio.sleep(0.1)
+            before = probes(b_again.requests)
+            await trio.sleep(1.0)  # the interval passing is the scenario
+            assert probes(b_again.requests) == before
+            state = (await http.get(url + "/bodhi/v1/state")).json()
+            assert [r["alias"] for r in state.get("remotes", [])] == []  # forgotten
 
 
 # ------------------------------------------------------------- the pool, unit level
