@@ -44,12 +44,17 @@ class Fault:
         cuts: How many GETs to cut (``-1``: every one).
         gate: Hold each GET after half its body until this is set.
         corrupt: Send different bytes of the same length.
+        etag: Send this ETag (quoted) instead of the sha256, from the ``etag_from``-th
+            HEAD of the file on (0: every one); ``heads`` counts them.
     """
 
     cut_at: float | None = None
     cuts: int = 1
     gate: threading.Event | None = None
     corrupt: bool = False
+    etag: str | None = None
+    etag_from: int = 0
+    heads: int = 0
 
 
 @attrs.define
@@ -158,6 +163,10 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 "Content-Type": "application/octet-stream",
             }
             fault = repo.faults.get(name, Fault())
+            if self.command == "HEAD":
+                fault.heads += 1
+            if fault.etag is not None and fault.heads > fault.etag_from:
+                headers["ETag"] = f'"{fault.etag}"'
             if fault.corrupt:
                 data = bytes(b ^ 0xFF for b in data)
             start = 0

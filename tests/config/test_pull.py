@@ -97,6 +97,38 @@ async def test_a_pull_that_fails_for_good_leaves_nothing_a_load_would_trust(
         resolve_model_file(tmp_path, REPO, FILE, "main")
 
 
+TRAVERSAL = "../../../../../outside-the-cache"
+
+
+@pytest.mark.parametrize("etag_from", [0, 1], ids=["our-head", "the-librarys-head"])
+async def test_a_hub_etag_that_names_a_path_is_refused_and_nothing_lands_outside(
+    hub: FakeHub, tmp_path: Path, etag_from: int
+) -> None:
+    """The library makes the blob's path of the ETag: a Hub answering with a path would
+    have the download written there. Refused whether our HEAD sees it (the plan) or only
+    the library's own (the download: its HEAD comes second)."""
+    hub.repos[REPO].faults[FILE] = Fault(etag=TRAVERSAL, etag_from=etag_from)
+    cache = tmp_path / "x" / "y" / "cache" / "hub"  # five levels above blobs/: x
+    with pytest.raises(PullFailedError, match="an ETag that is not a hash") as caught:
+        await pull(PullRequest.from_files(REPO, FILE), cache)
+    assert "\n" not in caught.value.message
+    assert hub.repos[REPO].faults[FILE].heads == etag_from + 1  # which HEAD it came in
+    assert not (tmp_path / "x" / "outside-the-cache").exists()
+    assert [p for p in files_under(tmp_path) if not p.is_relative_to(cache)] == []
+    assert snapshot_files(cache) == []
+
+
+def files_under(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if not p.is_dir()]
+
+
+async def test_a_hub_commit_that_names_a_path_is_refused(hub: FakeHub, tmp_path: Path) -> None:
+    hub.repos[REPO].commit = TRAVERSAL
+    with pytest.raises(PullFailedError, match="a commit that is not a hash"):
+        await pull(PullRequest.from_files(REPO, FILE), tmp_path)
+    assert snapshot_files(tmp_path) == []
+
+
 async def test_a_corrupted_download_is_removed(hub: FakeHub, gguf: bytes, tmp_path: Path) -> None:
     hub.repos[REPO].faults[FILE] = Fault(corrupt=True)
     with pytest.raises(PullFailedError, match=r"sha256 .* removed: pull again"):

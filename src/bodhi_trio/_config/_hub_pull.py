@@ -41,6 +41,7 @@ from huggingface_hub.errors import (
 )
 
 from bodhi_trio._config._hf_cache import repo_cache_dir, resolve_model_file
+from bodhi_trio._config._hub_answers import checked_metadata, guard_library_metadata
 from bodhi_trio._config._hub_refs import PullRequest, match_quant, split_parts
 from bodhi_trio._exceptions import (
     BodhiError,
@@ -180,7 +181,7 @@ def _hub_errors(request: PullRequest, endpoint: str, filename: str | None = None
 def _head(request: PullRequest, name: str, endpoint: str) -> tuple[RemoteFile, str]:
     url = hf_hub_url(request.repo, name, revision=request.revision, endpoint=endpoint)
     with _hub_errors(request, endpoint, name):
-        meta = get_hf_file_metadata(url, endpoint=endpoint, timeout=_API_TIMEOUT)
+        meta = checked_metadata(get_hf_file_metadata(url, endpoint=endpoint, timeout=_API_TIMEOUT))
     if meta.commit_hash is None or meta.etag is None:
         raise PullFailedError(
             f"{endpoint} did not send X-Repo-Commit and ETag for {name}: is HF_ENDPOINT a"
@@ -327,6 +328,7 @@ def download_plan(
     endpoint = endpoint or hub_endpoint()
     request = plan.request
     total = plan.total
+    guard_library_metadata()  # its own HEAD names the blob's and the snapshot's paths
 
     def report(phase: str, done: int) -> None:
         if progress is not None:
