@@ -21,6 +21,7 @@ from bodhi_trio._config._settings import load_settings
 from bodhi_trio._context._spec import default_spec_builder
 from bodhi_trio._exceptions import InvalidAliasError, ServerArgsError, SettingsError
 from bodhi_trio._llama._flags import CATEGORIES, LLAMA_SERVER_FLAGS
+from bodhi_trio._llama._launch import child_environment
 from bodhi_trio._llama._server_args import RESERVED_FLAGS, canonical_flag
 from httpserver import running_server
 from paths import REPO
@@ -289,6 +290,30 @@ def test_the_launch_checks_again(
     sneaky = Alias("sneaky", DEMO_REPO, DEMO_FILENAME, context_params=("--tools all",))
     with pytest.raises(ServerArgsError, match="alias 'sneaky' context_params: flag '--tools'"):
         build(sneaky, "cpu")
+
+
+def test_the_child_gets_no_remote_alias_key(
+    tmp_path: Path,
+    hub_cache: Path,
+    fake_llama_server: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The variables BODHI_REMOTE_KEY_ENVS names hold remote servers' keys: a llama-server
+    child's environment has none of them (nor ours, nor HF's tokens)."""
+    monkeypatch.setenv("FAR_KEY", "secret-of-the-remote")
+    monkeypatch.setenv("UNRELATED", "kept")
+    env = {
+        "HF_HUB_CACHE": str(hub_cache),
+        "BODHI_LLAMA_SERVER": str(fake_llama_server),
+        "BODHI_REMOTE_KEY_ENVS": "FAR_KEY",
+    }
+    spec = default_spec_builder(load_settings(home=tmp_path, env=env))(
+        Alias("ok", DEMO_REPO, DEMO_FILENAME), "cpu"
+    )
+    assert spec.env is not None
+    child = child_environment(spec.env)
+    assert "FAR_KEY" not in child
+    assert child["UNRELATED"] == "kept"
 
 
 # ---------------------------------------------------------------------------- HTTP

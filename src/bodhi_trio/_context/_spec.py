@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from typing import TYPE_CHECKING
 
 import trio
@@ -63,6 +64,7 @@ def default_spec_builder(settings: Settings) -> SpecBuilder:
     code, or a symlink that changed since, must not reach a child either.
     """
     policy = ArgPolicy.from_settings(settings)
+    remote_keys = frozenset(settings.remote_key_envs)
 
     def build(alias: Alias, variant: str) -> LaunchSpec:
         binary = find_llama_server(variant, settings.binary_for(variant))
@@ -86,6 +88,8 @@ def default_spec_builder(settings: Settings) -> SpecBuilder:
             startup_timeout=settings.startup_timeout_secs,
             stop_grace=settings.stop_grace_secs,
             run_dir=settings.run_dir,
+            # The remote aliases' keys too (child_environment scrubs ours and HF's).
+            env={k: v for k, v in os.environ.items() if k not in remote_keys},
         )
 
     return build
