@@ -149,6 +149,34 @@ def test_policy_by_configured_keys(
     assert got == expected
 
 
+@pytest.mark.parametrize(
+    ("site", "access", "allowed", "refused"),
+    [
+        ("cross-site", Access.API, (), True),  # <img src=...> on another site's page
+        ("cross-site", Access.ADMIN, (), True),
+        ("cross-site", Access.PUBLIC, (), False),  # a link to the page itself
+        ("cross-site", Access.API, ("*",), False),  # the operator allows every origin
+        ("same-origin", Access.ADMIN, (), False),  # the page's own requests
+        ("none", Access.ADMIN, (), False),  # typed into the address bar
+        (None, Access.ADMIN, (), False),  # not a browser
+    ],
+)
+def test_a_cross_site_request_without_an_origin_is_refused(
+    site: str | None, access: Access, allowed: tuple[str, ...], refused: bool
+) -> None:
+    """Browsers send no Origin on a GET from an <img> or a link; Sec-Fetch-Site still
+    tells another site's page (with keys unset, nothing else would stop it)."""
+    policy = AccessPolicy("127.0.0.1", allowed_origins=frozenset(allowed))
+    headers = {"host": "127.0.0.1:1135"} | ({} if site is None else {"sec-fetch-site": site})
+    if refused:
+        with pytest.raises(ForbiddenError, match="another site's page"):
+            policy.check(headers, access)
+    else:
+        policy.check(headers, access)
+    with_origin = headers | {"origin": "http://localhost:3000"}  # a local page's fetch
+    policy.check(with_origin, access)
+
+
 def test_admin_key_required_is_a_permission_error() -> None:
     error = AdminKeyRequiredError("x")
     assert isinstance(error, ForbiddenError)

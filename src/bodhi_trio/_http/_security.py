@@ -104,6 +104,15 @@ class AccessPolicy:
         origin = headers.get("origin")
         if origin is not None and not self.origin_allowed(origin):
             raise ForbiddenError(f"requests from the web origin {origin!r} are not allowed")
+        if (
+            origin is None
+            and access is not Access.PUBLIC
+            and headers.get("sec-fetch-site") == "cross-site"
+            and "*" not in self.allowed_origins
+        ):
+            # A browser's request from another site's page that carries no Origin: an
+            # <img> or a link to /upstream/<alias>/... (a GET that loads a model).
+            raise ForbiddenError("requests from another site's page are not allowed")
         if access is Access.PUBLIC or not (self.api_keys or self.admin_keys):
             return
         if self._granted(headers) is Access.API and access is Access.ADMIN:
