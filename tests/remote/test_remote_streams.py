@@ -8,9 +8,11 @@ import json
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 from remote_helpers import EVENTS, chat, data_events, error_of, remote_alias, stream_body
 
+from bodhi_trio._transport import _whole
 from httpserver import running_server
 from remote_stub import Script, Transport, remote_stub, sse_bytes
 
@@ -105,3 +107,25 @@ async def test_a_client_that_leaves_closes_the_upstream(
                 assert len(stub.requests) == 1
                 # The client closed its connection mid-stream: so do we, upstream.
                 await stub.disconnected.wait()
+
+
+async def test_an_answer_too_large_to_read_whole_is_a_502(
+    tmp_path: Path, hub_cache: Path, transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A non-streamed answer is read whole before it is answered: a server that sends
+    more than MAX_ANSWER_BYTES (here 1,000: without end, in the attack) gets a 502, not
+    the process's memory."""
+    monkeypatch.setattr(_whole, "MAX_ANSWER_BYTES", 1000)
+    big = Script(body=b'{"pad":"' + b"x" * 5000 + b'"}')
+    with trio.fail_after(15):
+        async with remote_stub(big, ssl_context=transport.ssl_context) as stub:
+            far = remote_alias("far", stub.base_url, **transport.fields)
+            async with (
+                running_server(tmp_path, hub_cache, aliases=(far,)) as server,
+                httpx.AsyncClient(timeout=10) as http,
+            ):
+                response = await http.post(server.url + "/v1/chat/completions", json=chat("far"))
+                again = await http.post(server.url + "/v1/chat/completions", json=chat("far"))
+    assert response.status_code == 502
+    assert "is larger than 1000 bytes" in response.json()["error"]["message"]
+    assert again.status_code == 502  # the limit holds for every answer, not only the first

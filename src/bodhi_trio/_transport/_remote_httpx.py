@@ -21,6 +21,7 @@ import trio
 from bodhi_trio._core._groups import reraise_unwrapped, sole_exception
 from bodhi_trio._exceptions import RemoteConnectError, RemoteStalledError, UpstreamError
 from bodhi_trio._transport._remote_base import USER_AGENT, RemoteTimeouts
+from bodhi_trio._transport._whole import read_whole
 
 __all__ = ["HttpxClients", "HttpxResponse", "map_error"]
 
@@ -123,7 +124,7 @@ class HttpxResponse:
         return piece
 
     async def aread(self) -> bytes:
-        return b"".join([piece async for piece in self])
+        return await read_whole(self, self._url)
 
     async def pump(self) -> None:
         """Read the body and hand it to the consumer piece by piece; never raises but

@@ -22,6 +22,7 @@ import trio
 from bodhi_trio._core._http1 import BodyDecoder, FramingError, ResponseHead, split_head
 from bodhi_trio._exceptions import UpstreamError
 from bodhi_trio._transport._pool import PACED_WAIT, RECEIVE_BYTES, UpstreamConnection
+from bodhi_trio._transport._whole import read_whole
 
 if TYPE_CHECKING:
     from bodhi_trio._transport._relay_hub import RelayHub
@@ -236,9 +237,10 @@ class HTTPResponse:
         """The whole body.
 
         Raises:
-            UpstreamError: The connection broke before the body was complete.
+            UpstreamError: The connection broke before the body was complete, or the
+                body is over :data:`~._whole.MAX_ANSWER_BYTES`.
         """
-        return b"".join([chunk async for chunk in self])
+        return await read_whole(self, self._connection.peer)
 
     def _broke_off(self, exc: FramingError) -> UpstreamError:
         """The error for a body whose framing was malformed or cut."""
