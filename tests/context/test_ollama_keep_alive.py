@@ -99,3 +99,22 @@ async def test_a_stream_in_flight_is_not_cut_by_a_zero_override(
         ended = trio.current_time()
         await h.ctx.wait_state(lambda s: newest(s).status is SlotStatus.STOPPED)
         assert trio.current_time() - ended == pytest.approx(0, abs=0.01)
+
+
+async def test_unload_when_idle_waits_for_responses_in_flight_and_cuts_none(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Ollama's empty request with ``keep_alive: 0``: the model goes once its in-flight
+    responses ended; another client's response in flight is not interrupted (an admin's
+    stop would drain it, then cut it)."""
+    async with harness(tmp_path, BODHI_KEEP_ALIVE_SECS="-1", BODHI_DRAIN_TIMEOUT_SECS="5") as h:
+        await chat(h, None)  # loaded, kept for ever
+        async with trio.open_nursery() as nursery:
+            async with h.ctx.forward("/v1/chat/completions", CHAT) as response:
+                nursery.start_soon(h.ctx.unload_when_idle, "a")
+                await trio.sleep(60)  # far past the drain timeout: nothing is cut
+                assert newest(h.ctx.state).status is SlotStatus.READY
+                assert json.loads(await response.aread())  # whole
+            assert await stopped_after(h) == pytest.approx(0, abs=0.01)  # then it went
+        assert h.launcher.alive == {}
+        await h.ctx.unload_when_idle("a")  # not loaded: nothing to do

@@ -384,6 +384,11 @@ class SharedContext:
         """Stop ``alias`` (``None``: every model), draining in-flight responses first."""
         await self._scheduler.stop(alias)
 
+    async def unload_when_idle(self, alias: str) -> None:
+        """Unload ``alias`` once its in-flight responses ended, interrupting none (Ollama's
+        ``keep_alive: 0``); returns once it is gone or after the drain timeout."""
+        await self._scheduler.unload_when_idle(alias, patience=self._settings.drain_timeout_secs)
+
     async def set_exec_variant(self, variant: str) -> ServerState:
         """Switch the exec variant; every loaded model restarts on the new variant's
         binary with args merged again for the new variant.

@@ -336,6 +336,18 @@ class Scheduler:
         self.emit(EventKind.STOP, model.name, pid=child.server.pid, reason=reason)
         logger.info("stopped %s (%s)", model.name, reason)
 
+    async def unload_when_idle(self, name: str, *, patience: float) -> None:
+        """Make ``name`` unload once its in-flight responses ended (keep-alive 0: the idle
+        unloader's way; none is interrupted, and a later request's keep-alive overrides
+        it); return once it is gone, or after ``patience`` seconds. Not loaded: nothing.
+        """
+        model = self._models.get(name)
+        if model is None or not model.resident:
+            return
+        model.set_keep_alive(0)
+        with trio.move_on_after(patience):
+            await self.wait_until(lambda: self._models.get(name) is not model)
+
     # ------------------------------------------------------------------ waiting
 
     async def wait_until(self, predicate: Callable[[], bool]) -> None:

@@ -284,10 +284,11 @@ class OllamaRoutes:
 
     async def _load_or_unload(self, request: OpenAIRequest) -> Literal["load", "unload"]:
         """An empty request: load the model (``"load"``); with ``keep_alive`` 0 unload
-        it now, once its in-flight responses ended (``"unload"``)."""
+        it once its in-flight responses ended (``"unload"``), as Ollama does: other
+        clients' responses are never cut (stopping a model at once is an admin's route)."""
         alias = request.body["model"]
         if request.keep_alive == 0:
-            await self.ctx.stop(alias)
+            await self.ctx.unload_when_idle(alias)
             return "unload"
         await self.ctx.load(alias, keep_alive=request.keep_alive)
         return "load"
