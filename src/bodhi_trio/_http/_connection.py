@@ -1,4 +1,4 @@
-"""One client connection: Hypercorn's HTTP/1.1 protocol, with four changes.
+"""One client connection: Hypercorn's HTTP/1.1 protocol, with six changes.
 
 Hypercorn 0.18's own connection handler (``hypercorn.trio.tcp_server.TCPServer``
 and ``hypercorn.protocol.h11.H11Protocol``) is used as is, except:
@@ -15,7 +15,7 @@ and ``hypercorn.protocol.h11.H11Protocol``) is used as is, except:
 - **Parser errors carry the envelope.** The 400/431/501/505 answers written before a
   request reaches the app have the ``{"error": {...}}`` body every other error has
   (Hypercorn writes them with an empty body). Their messages are fixed: h11's own
-  would echo the client's bytes.
+  would echo the client's bytes. (Both in :mod:`._h11_strict`.)
 - **``Connection: close`` closes.** Hypercorn closes the socket from the task that
   wrote the last response, and Quart-Trio cancels that task as soon as the response
   is out: the close was cut at its first checkpoint and the socket stayed open until
