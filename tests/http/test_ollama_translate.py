@@ -13,6 +13,7 @@ import trio
 from test_relay import FakeResponse, fake_forward
 
 from bodhi_trio._exceptions import AliasNotFoundError, InvalidRequestError, ServerBusyError
+from bodhi_trio._http._ollama import _stream
 from bodhi_trio._http._ollama._keep_alive import parse_keep_alive
 from bodhi_trio._http._ollama._requests import (
     chat_request,
@@ -414,6 +415,18 @@ async def test_ndjson_body_ends_with_one_error_line() -> None:
     assert len(lines) == 2
     upstream_error = sse({"error": {"code": 500, "message": "boom", "type": "server_error"}})
     assert await ndjson_lines([upstream_error]) == [{"error": "boom"}]
+
+
+async def test_an_event_without_end_ends_the_stream_with_an_error_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A server that never ends its event: its bytes are not kept past MAX_EVENT_BYTES
+    (here 1,000); the stream ends with one error line."""
+    monkeypatch.setattr(_stream, "MAX_EVENT_BYTES", 1000)
+    endless = [b"data: " + b"x" * 600, b"x" * 600, b"x" * 600]
+    lines = await ndjson_lines([sse(chunk({"content": "a"})), *endless])
+    assert lines[0]["message"]["content"] == "a"
+    assert lines[1:] == [{"error": "an event of the stream is larger than 1000 bytes"}]
 
 
 def test_metrics_are_integers_even_from_float_timings() -> None:

@@ -38,9 +38,14 @@ if TYPE_CHECKING:
     from bodhi_trio._http._ollama._responses import StreamTranslator
     from bodhi_trio._http._relay_body import RelayBody
 
-__all__ = ["NDJSON_HEADERS", "NdjsonBody", "error_line", "event_data"]
+__all__ = ["MAX_EVENT_BYTES", "NDJSON_HEADERS", "NdjsonBody", "error_line", "event_data"]
 
 logger = logging.getLogger("bodhi_trio.ollama")
+
+MAX_EVENT_BYTES = 16 * 1024 * 1024
+"""The most an unfinished event may hold: a server that never ends its event (no blank
+line) would otherwise have its bytes pile up without bound; the stream ends with an
+error line instead."""
 
 NDJSON_HEADERS: Mapping[str, str] = {
     "Content-Type": "application/x-ndjson",
@@ -144,6 +149,11 @@ class NdjsonBody:
             lines.extend(
                 (compact_json(obj) + "\n").encode() for obj in self.translator.chunk(chunk)
             )
+        if not self._ended and len(self._buffer) > MAX_EVENT_BYTES:
+            self._ended = True
+            self._buffer = b""
+            limit = f"an event of the stream is larger than {MAX_EVENT_BYTES} bytes"
+            lines.append(error_line(limit))
         return b"".join(lines)
 
     async def aclose(self) -> None:
