@@ -62,3 +62,17 @@ def data_events(body: bytes) -> list[str]:
 def error_of(event: str) -> dict[str, Any]:
     error: dict[str, Any] = json.loads(event)["error"]
     return error
+
+
+def local_embedder(name: str, *params: str, fallback: tuple[str, ...] = ()) -> Alias:
+    """A local alias of one embedding file, with these ``context_params`` (as a file)."""
+    return Alias.from_dict(
+        {
+            "alias": name,
+            "repo": "org/embed",
+            "filename": "e.gguf",
+            "context_params": list(params),
+            "fallback": list(fallback),
+        },
+        source="t",
+    )

@@ -9,6 +9,7 @@ from typing import Any
 
 import attrs
 import pytest
+from remote_helpers import local_embedder
 
 from bodhi_trio._config._alias_store import AliasStore
 from bodhi_trio._config._aliases import Alias
@@ -298,37 +299,24 @@ def test_minimal_remote_alias_and_local_fallback_round_trip() -> None:
     assert local.model_identity == "org/repo/m.gguf"
 
 
-def _embedder(name: str, *params: str, fallback: tuple[str, ...] = ()) -> Alias:
-    return Alias.from_dict(
-        {
-            "alias": name,
-            "repo": "org/embed",
-            "filename": "e.gguf",
-            "context_params": list(params),
-            "fallback": list(fallback),
-        },
-        source="t",
-    )
-
-
 def test_embedding_identity_counts_the_args_that_change_the_vectors() -> None:
-    plain = _embedder("a").embedding_identity
+    plain = local_embedder("a").embedding_identity
     # speed and room: the same vectors
-    assert _embedder("b", "--threads 4", "-c 2048", "-ngl 99").embedding_identity == plain
+    assert local_embedder("b", "--threads 4", "-c 2048", "-ngl 99").embedding_identity == plain
     for shaping in (
         "--pooling cls",
         "--embd-normalize 1",
         "--lora /m/a.gguf",
         "--rope-freq-base 2e4",
     ):
-        assert _embedder("c", shaping).embedding_identity != plain, shaping
-    assert _embedder("d", "--pooling cls").embedding_identity != (
-        _embedder("e", "--pooling mean").embedding_identity
+        assert local_embedder("c", shaping).embedding_identity != plain, shaping
+    assert local_embedder("d", "--pooling cls").embedding_identity != (
+        local_embedder("e", "--pooling mean").embedding_identity
     )
     # one spelling or another, and other args between, are the same pooling
-    assert _embedder("f", "--pooling cls", "--threads 2").embedding_identity == (
-        _embedder("g", "--pooling=cls").embedding_identity
+    assert local_embedder("f", "--pooling cls", "--threads 2").embedding_identity == (
+        local_embedder("g", "--pooling=cls").embedding_identity
     )
-    other_snapshot = attrs.evolve(_embedder("h"), snapshot="0" * 40)
+    other_snapshot = attrs.evolve(local_embedder("h"), snapshot="0" * 40)
     assert other_snapshot.embedding_identity != plain
-    assert _embedder("i", "--pooling cls").model_identity == _embedder("j").model_identity
+    assert local_embedder("i", "--pooling cls").model_identity == local_embedder("j").model_identity

@@ -15,7 +15,7 @@ import attrs
 import httpx
 import pytest
 import trio
-from remote_helpers import EVENTS, chat, remote_alias, stream_body
+from remote_helpers import EVENTS, chat, local_embedder, remote_alias, stream_body
 
 from bodhi_trio._config._alias_store import AliasStore
 from bodhi_trio._config._aliases import Alias
@@ -253,17 +253,12 @@ async def test_embeddings_fall_back_only_to_the_same_model(tmp_path: Path, hub_c
 
 def test_embeddings_fall_back_only_to_an_alias_with_the_same_vectors() -> None:
     """Two local aliases of one file whose pooling differs give different vectors."""
-
-    def embedder(name: str, *params: str, fallback: tuple[str, ...] = ()) -> Alias:
-        data = {"alias": name, "repo": "org/e", "filename": "e.gguf", "fallback": list(fallback)}
-        return Alias.from_dict(data | {"context_params": list(params)}, source="t")
-
     aliases = {
         a.alias: a
         for a in (
-            embedder("p", fallback=("cls", "faster")),
-            embedder("cls", "--pooling cls"),
-            embedder("faster", "--threads 8"),
+            local_embedder("p", fallback=("cls", "faster")),
+            local_embedder("cls", "--pooling cls"),
+            local_embedder("faster", "--threads 8"),
         )
     }
 
