@@ -315,14 +315,14 @@ class Connection(TCPServer):
                 with trio.CancelScope(deadline=deadline) as scope:
                     self._write_scope = scope
                     sent = await sock.send(view)  # all or nothing of this call
-                self._write_scope = None
                 if scope.cancelled_caught:
                     await self._drop()
                     return
                 view = view[sent:]
         except (OSError, trio.ClosedResourceError):  # reset, broken pipe, closed
-            self._write_scope = None
             await self.protocol.handle(Closed())
+        finally:
+            self._write_scope = None
 
     async def _drop(self) -> None:
         """The client took nothing for the write timeout (or shutdown's deadline came):
