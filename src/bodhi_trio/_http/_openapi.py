@@ -25,6 +25,9 @@ from bodhi_trio._http._openapi_schemas import (
     object_schema,
     ref,
 )
+from bodhi_trio._http._openapi_schemas import (
+    json_content as _json,  # short: the paths table below is wide
+)
 
 __all__ = ["openapi_document"]
 
@@ -42,10 +45,6 @@ _STATUS_TEXT = {
     503: "Shutting down, the response was interrupted, or the model is larger than the"
     " memory budget (insufficient_memory); Retry-After",
 }
-
-
-def _json(schema: Json, description: str = "OK") -> Json:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
 # Each event (schemathesis checks SSE bodies event by event); comments are not events.

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from bodhi_trio._http._openapi_schemas import json_content
+
 __all__ = ["PULL_ID_PATTERN", "pull_paths"]
 
 _Json = dict[str, Any]
@@ -73,12 +75,8 @@ _STATUS = {
 }
 
 
-def _json(schema: _Json, description: str = "OK") -> _Json:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
 def _errors(*statuses: int) -> _Json:
-    return {str(s): _json(_ENVELOPE, _STATUS[s]) for s in sorted({*statuses, 401, 403})}
+    return {str(s): json_content(_ENVELOPE, _STATUS[s]) for s in sorted({*statuses, 401, 403})}
 
 
 def pull_paths() -> _Json:
@@ -120,7 +118,7 @@ def pull_paths() -> _Json:
             "get": {
                 "summary": "Every pull job kept (running and the last finished ones)",
                 "responses": {
-                    "200": _json(
+                    "200": json_content(
                         {
                             "type": "object",
                             "required": ["data"],
@@ -136,11 +134,11 @@ def pull_paths() -> _Json:
             "parameters": [pull_id],
             "get": {
                 "summary": "One pull job",
-                "responses": {"200": _json(_JOB), **_errors(404)},
+                "responses": {"200": json_content(_JOB), **_errors(404)},
             },
             "delete": {
                 "summary": "Cancel a pull (answers once its worker is gone)",
-                "responses": {"200": _json(_JOB, "The job, cancelled or already finished"),
+                "responses": {"200": json_content(_JOB, "The job, cancelled or already finished"),
                               **_errors(404)},
             },
         },

@@ -13,9 +13,11 @@ __all__ = [
     "ALIAS_NAME_PATTERN",
     "SCHEMAS",
     "STRING",
+    "STRING_OR_STRINGS",
     "STRINGS",
     "Json",
     "completion_body",
+    "json_content",
     "object_schema",
     "ref",
 ]
@@ -37,6 +39,10 @@ _ERROR_TYPES = [
 
 
 _STRING_OR_ARRAY: Json = {"type": ["string", "array", "null"]}
+STRING_OR_STRINGS: Json = {
+    "anyOf": [{"type": ["string", "null"]}, {"type": "array", "items": {"type": "string"}}]
+}
+"""A string, null, or a list of strings (``stop``, ``context_params``, an input)."""
 _INTEGER: Json = {"type": ["integer", "null"]}
 _NUMBER: Json = {"type": ["number", "null"]}
 
@@ -80,12 +86,7 @@ _REQUEST_PARAMS: Json = {
         "top_p": {**_NUMBER, "minimum": 0, "maximum": 1},
         "max_tokens": {**_INTEGER, "minimum": 1},
         "seed": _INTEGER,
-        "stop": {
-            "anyOf": [
-                {"type": ["string", "null"]},
-                {"type": "array", "items": {"type": "string"}},
-            ]
-        },
+        "stop": STRING_OR_STRINGS,
         "user": {"type": ["string", "null"]},
     },
 }
@@ -105,12 +106,7 @@ def _alias_input(*, alias_required: bool) -> Json:
             "filename": {"type": "string", "pattern": f"^{_FILE_PART}(?:/{_FILE_PART})*$"},
             "snapshot": {"type": ["string", "null"], "pattern": f"^(?:{_PART}(?:/{_PART})*)?$"},
             "request_params": _REQUEST_PARAMS,
-            "context_params": {
-                "anyOf": [
-                    {"type": ["string", "null"]},
-                    {"type": "array", "items": {"type": "string"}},
-                ]
-            },
+            "context_params": STRING_OR_STRINGS,
             "keep_alive_secs": _KEEP_ALIVE,
             # Keys older alias files carry: accepted and ignored.
             "source": {},
@@ -230,3 +226,8 @@ SCHEMAS: Json = {
         "object", "data",
     ),
 }  # fmt: skip
+
+
+def json_content(schema: Json, description: str = "OK") -> Json:
+    """A response whose body is JSON of ``schema``."""
+    return {"description": description, "content": {"application/json": {"schema": schema}}}

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from bodhi_trio._http._openapi_schemas import STRING_OR_STRINGS, json_content, object_schema
+
 __all__ = ["ollama_paths"]
 
 _Json = dict[str, Any]
@@ -17,9 +19,7 @@ _NULLABLE_STRING: _Json = {"type": ["string", "null"]}
 _NUMBER: _Json = {"type": ["number", "null"]}
 _BOOLEAN: _Json = {"type": ["boolean", "null"]}
 _NAME: _Json = {"type": "string", "minLength": 1, "examples": ["demo:tiny"]}
-_STOP: _Json = {
-    "anyOf": [{"type": ["string", "null"]}, {"type": "array", "items": {"type": "string"}}]
-}
+_STOP: _Json = STRING_OR_STRINGS
 _OPTIONS: _Json = {
     "type": ["object", "null"],
     "description": "Sampling options become request fields; load-time ones (num_ctx, num_batch,"
@@ -80,15 +80,9 @@ _ERROR_TEXT = {
 _INFERENCE_ERRORS = (400, 404, 413, 500, 501, 502, 503)
 
 
-def _json(schema: _Json, description: str = "OK") -> _Json:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
 def _object(properties: _Json, *required: str) -> _Json:
-    schema: _Json = {"type": "object", "properties": properties}
-    if required:
-        schema["required"] = list(required)
-    return schema
+    """An object schema open to other fields (Ollama's clients send more than it reads)."""
+    return object_schema(properties, *required, closed=False)
 
 
 def _operation(
@@ -108,7 +102,7 @@ def _operation(
     statuses = sorted({*errors, 403, *(() if public else (401,))})
     operation["responses"] = {
         **ok,
-        **{str(status): _json(_ERROR, _ERROR_TEXT[status]) for status in statuses},
+        **{str(status): json_content(_ERROR, _ERROR_TEXT[status]) for status in statuses},
     }
     if public:
         operation["security"] = []
@@ -206,12 +200,7 @@ def ollama_paths() -> _Json:
     embed = _object(
         {
             "model": _NAME,
-            "input": {
-                "anyOf": [
-                    {"type": ["string", "null"]},
-                    {"type": "array", "items": {"type": "string"}},
-                ]
-            },
+            "input": STRING_OR_STRINGS,
             "truncate": _BOOLEAN,
             "dimensions": {"type": ["integer", "null"], "minimum": 1},
             "options": _OPTIONS,
@@ -225,7 +214,9 @@ def ollama_paths() -> _Json:
         "model",
     )  # fmt: skip
     named = _object({"model": _NAME, "name": _NAME, "verbose": _BOOLEAN})
-    models = _json(_object({"models": {"type": "array", "items": {"type": "object"}}}, "models"))
+    models = json_content(
+        _object({"models": {"type": "array", "items": {"type": "object"}}}, "models")
+    )
     done = {"200": {"description": "Done (empty body)"}}
     return {
         "/": {
@@ -244,7 +235,7 @@ def ollama_paths() -> _Json:
         "/api/version": {
             "get": _operation(
                 "The Ollama API level served",
-                {"200": _json(_object({"version": {"type": "string"}}, "version"))},
+                {"200": json_content(_object({"version": {"type": "string"}}, "version"))},
             )
         },
         "/api/tags": {"get": _operation("Every alias as an Ollama model", {"200": models})},
@@ -252,7 +243,7 @@ def ollama_paths() -> _Json:
         "/api/show": {
             "post": _operation(
                 "One model: details, model_info (GGUF metadata), capabilities",
-                {"200": _json({"type": "object", "required": ["model_info"]})},
+                {"200": json_content({"type": "object", "required": ["model_info"]})},
                 (400, 404, 413),
                 body=named,
             )
@@ -262,7 +253,7 @@ def ollama_paths() -> _Json:
         "/api/embed": {
             "post": _operation(
                 "Embeddings, L2-normalised",
-                {"200": _json(_object({"embeddings": {"type": "array"}}, "embeddings"))},
+                {"200": json_content(_object({"embeddings": {"type": "array"}}, "embeddings"))},
                 _INFERENCE_ERRORS,
                 body=embed,
             )
@@ -270,7 +261,7 @@ def ollama_paths() -> _Json:
         "/api/embeddings": {
             "post": _operation(
                 "One embedding, not normalised (legacy)",
-                {"200": _json(_object({"embedding": {"type": "array"}}, "embedding"))},
+                {"200": json_content(_object({"embedding": {"type": "array"}}, "embedding"))},
                 _INFERENCE_ERRORS,
                 body=embeddings,
             )
