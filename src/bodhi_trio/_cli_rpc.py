@@ -93,6 +93,7 @@ def _rpc_worker(args: argparse.Namespace) -> int:
                     threads=args.threads,
                     stop_grace=settings.stop_grace_secs,
                     run_dir=settings.run_dir,
+                    env=settings.child_base_environment(),
                     on_line=lambda line: print(f"rpc-server: {line}", flush=True),
                 )
             )

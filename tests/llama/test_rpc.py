@@ -222,6 +222,24 @@ async def test_a_worker_that_fails_to_start_fails_the_open_and_stops_the_others(
     assert not is_alive(started[0].pid)
 
 
+async def test_a_worker_gets_no_remote_alias_key(
+    tmp_path: Path, rpc_server_binary: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The variables BODHI_REMOTE_KEY_ENVS names hold remote servers' keys: an rpc-server
+    worker's environment (read from ``/proc``) has none of them, as a llama-server's has not."""
+    monkeypatch.setenv("FAR_KEY", "secret-of-the-remote")
+    monkeypatch.setenv("UNRELATED", "kept")
+    (port,) = free_ports(1)
+    env = {"BODHI_RPC_WORKERS": f"127.0.0.1:{port}", "BODHI_REMOTE_KEY_ENVS": "FAR_KEY"}
+    settings = load_settings(home=tmp_path, env=env)
+    with trio.fail_after(30):
+        async with open_rpc_workers(settings) as (worker,):
+            environ = await trio.Path(f"/proc/{worker.pid}/environ").read_bytes()
+    names = {entry.split(b"=", 1)[0] for entry in environ.split(b"\0")}
+    assert b"UNRELATED" in names
+    assert b"FAR_KEY" not in names
+
+
 def test_no_workers_configured_needs_no_binary(tmp_path: Path) -> None:
     async def run() -> tuple[RpcWorker, ...]:
         async with open_rpc_workers(load_settings(home=tmp_path, env={})) as workers:

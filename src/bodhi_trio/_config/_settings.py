@@ -208,6 +208,13 @@ class Settings:
         """``BODHI_HOME/settings.yaml``."""
         return self.home / "settings.yaml"
 
+    def child_base_environment(self) -> dict[str, str]:
+        """This process's environment without the remote aliases' keys
+        (:attr:`remote_key_envs`): what a llama-server or rpc-server child starts from
+        (``child_environment`` then scrubs ours and HF's)."""
+        remote_keys = frozenset(self.remote_key_envs)
+        return {name: value for name, value in os.environ.items() if name not in remote_keys}
+
     def server_args_for(self, variant: str) -> tuple[str, ...]:
         """The variant tier of llama-server args (``BODHI_LLAMACPP_ARGS_<VARIANT>``)."""
         return self.llamacpp_args_variants.get(variant.lower(), ())

@@ -131,6 +131,7 @@ async def _keep_running(
                 threads=None,
                 stop_grace=settings.stop_grace_secs,
                 run_dir=settings.run_dir,
+                env=settings.child_base_environment(),
                 task_status=first,
             )
         except RpcWorkerError as exc:

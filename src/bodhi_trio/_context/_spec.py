@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from typing import TYPE_CHECKING
 
 import trio
@@ -64,7 +63,6 @@ def default_spec_builder(settings: Settings) -> SpecBuilder:
     code, or a symlink that changed since, must not reach a child either.
     """
     policy = ArgPolicy.from_settings(settings)
-    remote_keys = frozenset(settings.remote_key_envs)
 
     def build(alias: Alias, variant: str) -> LaunchSpec:
         binary = find_llama_server(variant, settings.binary_for(variant))
@@ -88,8 +86,7 @@ def default_spec_builder(settings: Settings) -> SpecBuilder:
             startup_timeout=settings.startup_timeout_secs,
             stop_grace=settings.stop_grace_secs,
             run_dir=settings.run_dir,
-            # The remote aliases' keys too (child_environment scrubs ours and HF's).
-            env={k: v for k, v in os.environ.items() if k not in remote_keys},
+            env=settings.child_base_environment(),
         )
 
     return build

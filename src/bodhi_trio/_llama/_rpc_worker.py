@@ -28,7 +28,7 @@ has been reaped and its output drained.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import NoReturn, final
 
@@ -88,6 +88,7 @@ async def serve_rpc_worker(
     startup_timeout: float = DEFAULT_STARTUP_TIMEOUT_SECS,
     run_dir: Path | None = None,
     on_line: Callable[[str], None] | None = None,
+    env: Mapping[str, str] | None = None,
     task_status: trio.TaskStatus[RpcWorker] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Start ``rpc-server`` on ``host:port``, report it once it accepts, supervise it.
@@ -102,6 +103,8 @@ async def serve_rpc_worker(
         startup_timeout: Seconds it may take to accept a connection.
         run_dir: Where its run record goes (``BODHI_HOME/run``), or ``None`` for none.
         on_line: Also called with every output line (the CLI echoes them).
+        env: The environment it starts from (``None``: this process's);
+            :func:`child_environment` scrubs our keys and HF's from it.
         task_status: Receives the :class:`RpcWorker` once it accepted a connection.
 
     Raises:
@@ -115,7 +118,7 @@ async def serve_rpc_worker(
     try:
         tail.append(f"[bodhi-trio] starting: {' '.join(argv)}")
         try:
-            child = spawn_child(argv, env=child_environment(os.environ))
+            child = spawn_child(argv, env=child_environment(os.environ if env is None else env))
         except OSError as exc:
             raise RpcWorkerError(f"could not execute {binary}: {exc.strerror or exc}") from exc
         tail.append(f"[bodhi-trio] spawned pid {child.pid}")
