@@ -4,20 +4,26 @@ aliases for local files, with the path rule an admin key cannot get around."""
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import re
 import threading
-from collections.abc import AsyncGenerator, AsyncIterator
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
 import attrs
 import httpx
+import pytest
 import trio
 
+from bodhi_trio._config import _local_gguf
 from bodhi_trio._config._alias_store import AliasStore
 from bodhi_trio._config._hf_cache import resolve_model_file
+from bodhi_trio._http import _pull_routes
 from fake_hub import TINY_FILE, TINY_REPO, FakeHub, FakeRepo, sha256
 from httpserver import running_server
 from paths import FAKE_LLAMA_SERVER
@@ -272,3 +278,70 @@ async def test_an_alias_for_a_local_file_over_http(tmp_path: Path, gguf: bytes) 
                 json={"model": "mine", "messages": [{"role": "user", "content": "hi"}]},
             )
             assert chat.status_code == 200, chat.text
+
+
+async def test_a_client_leaving_mid_copy_leaves_nothing_placed(
+    tmp_path: Path, gguf: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where no link can be made, the file is copied; a client that leaves mid-copy stops
+    the copy (within a chunk) and the route waits for it: no blob, no temporary file,
+    no alias, even with the server stopping right after."""
+    allowed = tmp_path / "models"
+    allowed.mkdir()
+    (allowed / "mine.gguf").write_bytes(gguf)
+    hub_cache = tmp_path / "hub"
+    stops: list[threading.Event] = []
+    real_place = _local_gguf.place_local_gguf
+
+    def recording_place(hub_cache: Path, source: str, *, cancelled: Callable[[], bool]) -> Any:
+        stops.append(cancelled.__self__)  # type: ignore[attr-defined]  # the route's Event
+        return real_place(hub_cache, source, cancelled=cancelled)
+
+    copying, resume = threading.Event(), threading.Event()
+    real_sendfile = os.sendfile
+
+    def held_sendfile(out_fd: int, in_fd: int, offset: int | None, count: int) -> int:
+        if not copying.is_set():
+            copying.set()
+            resume.wait(30)
+            time.sleep(0.5)  # a slow disk's chunk: the route must wait for it to end
+        return real_sendfile(out_fd, in_fd, offset, count)
+
+    def no_link(*args: object, **kwargs: object) -> None:
+        raise OSError(18, "Invalid cross-device link")
+
+    def no_symlink(self: Path, target: str | Path) -> None:
+        if os.path.isabs(target):
+            raise OSError(1, "Operation not permitted")
+        symlink_to(self, target)
+
+    symlink_to = Path.symlink_to
+    monkeypatch.setattr(os, "link", no_link)
+    monkeypatch.setattr(Path, "symlink_to", no_symlink)
+    monkeypatch.setattr(os, "sendfile", held_sendfile)
+    monkeypatch.setattr(_local_gguf, "_COPY_CHUNK", 64)  # many chunks, a check between each
+    monkeypatch.setattr(_pull_routes, "place_local_gguf", recording_place)
+    with trio.fail_after(60):
+        async with running_server(tmp_path / "home", hub_cache, BODHI_LLAMA_SERVER=FAKE,
+                                  BODHI_ALLOWED_PATHS=str(allowed)) as server:  # fmt: skip
+            async with (
+                httpx.AsyncClient(base_url=server.url, timeout=30) as client,
+                trio.open_nursery() as nursery,
+            ):
+                nursery.start_soon(
+                    functools.partial(
+                        client.post,
+                        "/bodhi/v1/aliases",
+                        json={"alias": "mine", "file": str(allowed / "mine.gguf")},
+                    )
+                )
+                await trio.to_thread.run_sync(copying.wait, abandon_on_cancel=True)
+                nursery.cancel_scope.cancel()  # the client leaves mid-copy
+            stop = stops[0]  # the route's: told to stop once it sees the client gone
+            await trio.to_thread.run_sync(stop.wait, abandon_on_cancel=True)
+            resume.set()
+    assert len(gguf) > 2 * 64  # so the copy had chunks left when it was stopped
+    assert list(hub_cache.rglob("*.incomplete")) == []
+    assert list(hub_cache.glob("models--local--mine/blobs/*")) == []
+    aliases, _ = AliasStore(tmp_path / "home" / "aliases").load()
+    assert "mine" not in {alias.alias for alias in aliases}

@@ -49,6 +49,8 @@ if TYPE_CHECKING:
 
 __all__ = ["PullRoutes", "register_pull_routes"]
 
+PLACE_STOP_WAIT_SECS = 5.0
+"""How long a cancelled placement is waited for (one chunk takes ~0.1 s on a disk)."""
 _PLACEHOLDER = {"repo": "local/placeholder", "filename": "placeholder.gguf"}
 
 
@@ -167,19 +169,31 @@ class PullRoutes:
     async def _place(self, file: str) -> PlacedModel:
         """Hash and place the file in a worker thread.
 
-        Cancellation (the client left): the thread is told to stop; it does before
-        writing anything while it still hashes, and a placement under way finishes
-        (a whole blob, no alias).
+        Cancellation (the client left, or shutdown): the thread is told to stop, which
+        it does within one chunk of hashing or copying (nothing is left: no blob, no
+        temporary file), and is waited for, shielded, at most
+        :data:`PLACE_STOP_WAIT_SECS`; a thread stuck in the file system is left to end
+        on its own. A hard or symbolic link, once made, is not undone (a whole blob,
+        no alias).
         """
         stop = threading.Event()
+        ended = threading.Event()
         hub_cache = self.ctx.settings.hub_cache
+
+        def place() -> PlacedModel:
+            try:
+                return place_local_gguf(hub_cache, file, cancelled=stop.is_set)
+            finally:
+                ended.set()
+
         try:
-            return await trio.to_thread.run_sync(
-                lambda: place_local_gguf(hub_cache, file, cancelled=stop.is_set),
-                abandon_on_cancel=True,
-            )
+            return await trio.to_thread.run_sync(place, abandon_on_cancel=True)
         except trio.Cancelled:
             stop.set()
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(
+                    ended.wait, PLACE_STOP_WAIT_SECS, abandon_on_cancel=True
+                )
             raise
         except OSError as exc:
             raise InvalidModelFileError(
