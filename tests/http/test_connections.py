@@ -299,8 +299,11 @@ async def test_a_relayed_stream_writes_its_pieces_past_the_asgi_send(
     translated) go out through ``_connection.body_writer`` (framed and written by the
     relay itself), not one ASGI message each through Hypercorn's stream: only the head
     and the body's end (for Ollama, its last line before that) take that way. The
-    stream still arrives whole."""
+    stream still arrives whole. Either way a request is read: Hypercorn's stream, or the
+    fast path's exchange."""
     from hypercorn.protocol.http_stream import HTTPStream
+
+    from bodhi_trio._http._fast_path import FastExchange
 
     tokens = 50
     fast = Alias("fast:1", DEMO_REPO, DEMO_FILENAME, context_params=(f"--fake-tokens {tokens}",))
@@ -312,7 +315,14 @@ async def test_a_relayed_stream_writes_its_pieces_past_the_asgi_send(
             through_asgi.append(message["type"])
         await app_send(self, message)
 
+    fast_send = FastExchange.send
+
+    async def counting_fast(self: FastExchange, message: Any) -> None:
+        through_asgi.append(message["type"])
+        await fast_send(self, message)
+
     monkeypatch.setattr(HTTPStream, "app_send", counting)
+    monkeypatch.setattr(FastExchange, "send", counting_fast)
     body = {"model": "fast:1", "messages": [{"role": "user", "content": "x"}],
             "stream": True, "max_tokens": tokens}  # fmt: skip
     fake = str(FAKE_LLAMA_SERVER)

@@ -101,6 +101,12 @@ class _RequestScoped:
         else:
             await self.app(scope, receive, send)
 
+    @property
+    def fast_paths(self) -> frozenset[str]:
+        """The completion routes' paths: their simple requests may skip Hypercorn's
+        request machinery too (:mod:`._fast_path`)."""
+        return frozenset(self._completion.access)
+
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         await self._observed(scope, receive, send)
 

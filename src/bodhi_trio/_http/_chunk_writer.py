@@ -14,7 +14,7 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol, final
 
-from hypercorn.protocol.http_stream import ASGIHTTPState, HTTPStream
+from hypercorn.protocol.http_stream import ASGIHTTPState
 
 if TYPE_CHECKING:
     from bodhi_trio._http._connection import Connection
@@ -24,6 +24,14 @@ __all__ = ["BodyWriter", "BytesCounter", "ChunkWriter"]
 _RESPONSE = ASGIHTTPState.RESPONSE
 
 BodyWriter = Callable[[bytes], Awaitable[None]]
+
+
+class ResponseState(Protocol):
+    """What the writer reads of the response's stream: Hypercorn's ``HTTPStream``, or the
+    fast path's :class:`~bodhi_trio._http._fast_path.FastExchange`."""
+
+    closed: bool
+    state: ASGIHTTPState
 
 
 class BytesCounter(Protocol):
@@ -59,7 +67,7 @@ class ChunkWriter:
     def __init__(
         self,
         connection: Connection,
-        stream: HTTPStream,
+        stream: ResponseState,
         frames_chunks: Callable[[], bool],
         send_message: BodyWriter,
         counter: BytesCounter,

@@ -1,4 +1,4 @@
-"""One client connection: Hypercorn's HTTP/1.1 protocol, with six changes.
+"""One client connection: Hypercorn's HTTP/1.1 protocol, with six changes and a fast path.
 
 Hypercorn 0.18's own connection handler (``hypercorn.trio.tcp_server.TCPServer``
 and ``hypercorn.protocol.h11.H11Protocol``) is used as is, except:
@@ -55,6 +55,11 @@ each a wake-up of its own):
   It never yields to a cancellation: a piece is written whole, or the connection
   is closed.
 
+And one way around Hypercorn's request machinery altogether: a whole simple request on a
+completion route, read in one piece while the connection is idle, is answered in the
+connection's own task by the same app (:mod:`._fast_path`, :mod:`._simple_request`), with
+the head h11 would write; anything else goes through Hypercorn as above.
+
 These hook methods are Hypercorn internals (pinned to 0.18.0 in pyproject.toml); the
 tests in ``tests/test_connections.py`` fail if an upgrade changes them.
 """
@@ -67,21 +72,16 @@ import os
 from collections.abc import Callable
 from typing import Any, final
 
-import h11
-import h11._writers
 import trio
 from hypercorn.events import Closed, Event, RawData, Updated
-from hypercorn.protocol.events import Body
-from hypercorn.protocol.events import Event as StreamEvent
-from hypercorn.protocol.h11 import H11Protocol
-from hypercorn.protocol.http_stream import HTTPStream
 from hypercorn.trio.task_group import TaskGroup
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import parse_socket_addr
 
-from bodhi_trio._http._chunk_writer import BodyWriter, BytesCounter, ChunkWriter
-from bodhi_trio._http._h11_strict import PARSER_ERRORS, Refused, StrictH11Connection, error_body
+from bodhi_trio._http._chunk_writer import BodyWriter
+from bodhi_trio._http._h11_protocol import ConnectionProtocol, body_writer
+from bodhi_trio._http._h11_strict import error_body
 
 __all__ = ["DEFAULT_WRITE_TIMEOUT", "BodyWriter", "Connection", "body_writer", "error_body"]
 """Writes one piece of a response body whose head was sent; never cut by a cancellation."""
@@ -90,53 +90,6 @@ logger = logging.getLogger("bodhi_trio.http")
 
 DEFAULT_WRITE_TIMEOUT = 60.0
 """Seconds a client may take nothing of a response before its connection is closed."""
-
-
-@final
-class _H11Protocol(H11Protocol):
-    """Hypercorn's HTTP/1.1 protocol without HTTP/2 and with enveloped parser errors."""
-
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        self.connection = StrictH11Connection(self.config.h11_max_incomplete_size)
-
-    async def _check_protocol(self, event: h11.Request) -> None:
-        """No switch to HTTP/2 (see the module docstring): nothing to check."""
-
-    # Set by Connection.run: the connection it speaks for.
-    owner: Connection | None = None
-
-    def frames_chunks(self) -> bool:
-        """The response's head is out and its body is chunked (no Content-Length)."""
-        return (
-            type(getattr(self.connection, "_writer", None)) is h11._writers.ChunkedWriter
-            and self.connection.our_state is h11.SEND_BODY
-        )
-
-    async def stream_send(self, event: StreamEvent) -> None:
-        """A body piece of a chunked response framed here, not by h11 (module docstring)."""
-        if type(event) is Body and self.frames_chunks():
-            if event.data:  # an empty chunk would read as the end of the body
-                await self.send(RawData(data=_chunk(event.data)))
-            return
-        await super().stream_send(event)
-
-    async def _send_error_response(self, status_code: int) -> None:
-        refusal = getattr(self.connection, "refusal", None)
-        if isinstance(refusal, Refused):
-            code, message = refusal.code, str(refusal)
-        else:
-            code, message = PARSER_ERRORS.get(status_code, PARSER_ERRORS[400])
-        body = error_body(message, "invalid_request_error", code)
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"connection", b"close"),
-            *self.config.response_headers("h11"),
-        ]
-        await self._send_h11_event(h11.Response(status_code=status_code, headers=headers))
-        await self._send_h11_event(h11.Data(data=body))
-        await self._send_h11_event(h11.EndOfMessage())
 
 
 @final
@@ -150,6 +103,8 @@ class Connection(TCPServer):
             the connection end can count on it having run.
         write_timeout: Seconds a write may make no progress before the connection is
             closed (the client stopped reading).
+        fast_targets: The paths whose simple requests are answered on the fast path
+            (:mod:`._fast_path`); none by default.
     """
 
     def __init__(
@@ -162,6 +117,7 @@ class Connection(TCPServer):
         on_close: Callable[[], None],
         *,
         write_timeout: float = DEFAULT_WRITE_TIMEOUT,
+        fast_targets: frozenset[bytes] = frozenset(),
     ) -> None:
         # Annotated as an SSLStream, but TCPServer serves plain sockets too (its non-TLS branch).
         super().__init__(app, config, context, state, stream)  # type: ignore[arg-type]
@@ -173,6 +129,7 @@ class Connection(TCPServer):
         self._write_timeout = write_timeout
         self._drop_at = math.inf  # shutdown's deadline for a write still waiting then
         self._write_scope: trio.CancelScope | None = None  # the write waiting now, if any
+        self._fast_targets = fast_targets
 
     async def run(self) -> None:
         # TCPServer.run without its TLS branch and with our protocol instead of
@@ -183,7 +140,7 @@ class Connection(TCPServer):
             server = parse_socket_addr(socket.family, socket.getsockname())
             async with TaskGroup() as task_group:
                 self._task_group = task_group
-                protocol = _H11Protocol(
+                protocol = ConnectionProtocol(
                     self.app,
                     self.config,
                     self.context,
@@ -195,6 +152,7 @@ class Connection(TCPServer):
                     self.protocol_send,
                 )
                 protocol.owner = self
+                protocol.fast_targets = self._fast_targets
                 # Typed as ProtocolWrapper; TCPServer only calls initiate() and handle().
                 self.protocol = protocol  # type: ignore[assignment]
                 await self.protocol.initiate()
@@ -351,37 +309,3 @@ class Connection(TCPServer):
         self._on_close()
         self.closed = True  # before the socket closes: a writer's fd is stale from here
         await super()._initiate_server_close()
-
-
-def body_writer(send: Any, counter: BytesCounter) -> BodyWriter:
-    """A writer of body pieces for a response whose head the app sent with ``send``.
-
-    For the ``send`` Hypercorn gives an app on one of our connections, a
-    :class:`~bodhi_trio._http._chunk_writer.ChunkWriter`: it frames a piece and writes it
-    to the socket itself (module docstring); for any other ``send`` (another server, a test
-    harness), it sends the ASGI message. Either way, shielded: the writer is never cut by
-    a cancellation.
-
-    Args:
-        send: The ASGI ``send`` callable of the request.
-        counter: Counts the payload bytes of each piece as it is written (the request's
-            record), without a coroutine of its own per piece.
-    """
-
-    async def send_message(data: bytes) -> None:
-        counter.sent(len(data))
-        with trio.CancelScope(shield=True):
-            await send({"type": "http.response.body", "body": data, "more_body": True})
-
-    stream = getattr(send, "__self__", None)
-    protocol = getattr(getattr(stream, "send", None), "__self__", None)
-    if type(stream) is HTTPStream and type(protocol) is _H11Protocol:
-        owner = protocol.owner
-        assert owner is not None  # set before the first request is read
-        return ChunkWriter(owner, stream, protocol.frames_chunks, send_message, counter)
-    return send_message
-
-
-def _chunk(data: bytes) -> bytes:
-    """``data`` as one chunk of a chunked body (what h11's chunked writer writes)."""
-    return b"%x\r\n%s\r\n" % (len(data), data)

@@ -34,7 +34,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from bodhi_trio._core._state import EventKind, ServerEvent, ServerState
-from bodhi_trio._http._connection import body_writer
+from bodhi_trio._http._h11_protocol import body_writer
 from bodhi_trio._http._request_scope import RequestNote, request_scope
 
 if TYPE_CHECKING:

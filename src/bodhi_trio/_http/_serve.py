@@ -190,6 +190,7 @@ async def serve(
                     config,
                     max_connections=max_connections,
                     write_timeout=settings.client_write_timeout_secs,
+                    fast_paths=app.fast_paths,
                     shutdown_trigger=shutdown,
                 )
             )

@@ -172,6 +172,7 @@ async def serve_http(
     max_connections: int,
     shutdown_trigger: Callable[[], Awaitable[None]],
     write_timeout: float = DEFAULT_WRITE_TIMEOUT,
+    fast_paths: frozenset[str] = frozenset(),
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the ASGI ``app`` on ``config.bind`` until ``shutdown_trigger`` returns.
@@ -183,9 +184,17 @@ async def serve_http(
         shutdown_trigger: Returns when it is time to stop accepting.
         write_timeout: Seconds a client may take nothing of a response before its
             connection is closed (see :class:`Connection`).
+        fast_paths: The paths whose simple ``POST`` requests are answered in the
+            connection's task (:mod:`._fast_path`); Hypercorn's ``server_names`` check
+            has no place there, so none are with it set.
         task_status: Receives the bound URLs (``http://host:port``) once listening.
     """
     asgi = wrap_app(app, config.wsgi_max_body_size, "asgi")
+    fast_targets = (
+        frozenset()
+        if config.server_names
+        else frozenset(path.encode("ascii") for path in fast_paths if "%" not in path)
+    )
     lifespan_state: dict[str, Any] = {}
     lifespan = Lifespan(asgi, config, lifespan_state)
     context = WorkerContext(None)
@@ -197,7 +206,14 @@ async def serve_http(
         try:
             state = ConnectionState(lifespan_state.copy())
             connection = Connection(
-                asgi, config, context, state, stream, slot.release, write_timeout=write_timeout
+                asgi,
+                config,
+                context,
+                state,
+                stream,
+                slot.release,
+                write_timeout=write_timeout,
+                fast_targets=fast_targets,
             )
             live.add(connection)
             try:
