@@ -5,8 +5,11 @@ included."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,7 @@ import h11
 import httpx
 import pytest
 import trio
+from hypercorn.config import Config
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -22,6 +26,7 @@ from bodhi_trio._config._aliases import Alias
 from bodhi_trio._config._demo import DEMO_FILENAME, DEMO_REPO
 from bodhi_trio._http._fast_path import FastExchange, response_head
 from bodhi_trio._http._h11_strict import StrictH11Connection
+from bodhi_trio._http._server import serve_http
 from bodhi_trio._http._simple_request import SimpleRequest, parse_simple_request
 from httpserver import one_model, running_server
 from paths import FAKE_LLAMA_SERVER
@@ -254,6 +259,17 @@ def post(path: bytes, document: dict[str, Any], *extra: bytes) -> bytes:
     return request(*head, *extra, body=body, line=b"POST " + path + b" HTTP/1.1")
 
 
+@asynccontextmanager
+async def serving(tmp_path: Path, hub_cache: Path, alias: str, tokens: int) -> AsyncIterator[int]:
+    """A server (its port) with ``alias`` on the fake llama-server, ``tokens`` per answer."""
+    model = Alias(alias, DEMO_REPO, DEMO_FILENAME, context_params=(f"--fake-tokens {tokens}",))
+    fake = str(FAKE_LLAMA_SERVER)
+    async with running_server(
+        tmp_path, hub_cache, aliases=(model,), BODHI_LLAMA_SERVER=fake
+    ) as server:
+        yield int(server.url.rsplit(":", 1)[1])
+
+
 @pytest.fixture
 def fast_runs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The targets of the requests the fast path answered."""
@@ -274,7 +290,6 @@ async def test_answers_are_the_same_on_both_paths(
     """The same requests, once as one simple write (the fast path) and once with a
     ``Connection`` token only h11 takes (the usual path): the same bytes back, head
     and body, for a whole answer, a stream, an error and a refused key."""
-    alias = Alias("fast:1", DEMO_REPO, DEMO_FILENAME, context_params=("--fake-tokens 5",))
     chat = {"model": "fast:1", "messages": [{"role": "user", "content": "x"}], "seed": 1}
     cases = [
         (b"/v1/chat/completions", chat),
@@ -283,12 +298,8 @@ async def test_answers_are_the_same_on_both_paths(
         (b"/v1/chat/completions", {**chat, "model": "nope"}),
         (b"/v1/chat/completions", {**chat, "temperature": "hot"}),
     ]
-    fake = str(FAKE_LLAMA_SERVER)
     with trio.fail_after(60):
-        async with running_server(
-            tmp_path, hub_cache, aliases=(alias,), BODHI_LLAMA_SERVER=fake
-        ) as server:
-            port = int(server.url.rsplit(":", 1)[1])
+        async with serving(tmp_path, hub_cache, "fast:1", 5) as port:
             for path, document in cases:
                 fast = await one_answer(port, post(path, document))
                 usual = await one_answer(
@@ -312,14 +323,9 @@ async def test_keep_alive_pipelining_and_close_on_the_fast_path(
     """A request sent while a stream is answered on the fast path (read by the exchange
     meanwhile) is answered after it, on the same connection, which stays open; with
     ``Connection: close`` the answer says so and the connection closes."""
-    alias = Alias("fast:1", DEMO_REPO, DEMO_FILENAME, context_params=("--fake-tokens 200",))
     chat = {"model": "fast:1", "messages": [{"role": "user", "content": "x"}]}
-    fake = str(FAKE_LLAMA_SERVER)
     with trio.fail_after(60):
-        async with running_server(
-            tmp_path, hub_cache, aliases=(alias,), BODHI_LLAMA_SERVER=fake
-        ) as server:
-            port = int(server.url.rsplit(":", 1)[1])
+        async with serving(tmp_path, hub_cache, "fast:1", 200) as port:
             async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
                 connection = RawConnection(stream)
                 await stream.send_all(post(b"/v1/chat/completions", {**chat, "stream": True}))
@@ -348,20 +354,15 @@ async def test_a_client_that_leaves_mid_stream_ends_its_stream(
     """On the fast path the exchange reads the socket while the app answers: a client
     that closes mid-stream is heard (``http.disconnect``), the stream ends and the
     connection with it, and the next client is served."""
-    alias = Alias("long:1", DEMO_REPO, DEMO_FILENAME, context_params=("--fake-tokens 100000",))
     body = {"model": "long:1", "messages": [{"role": "user", "content": "x"}], "stream": True}
-    fake = str(FAKE_LLAMA_SERVER)
     with trio.fail_after(60):
-        async with running_server(
-            tmp_path, hub_cache, aliases=(alias,), BODHI_LLAMA_SERVER=fake
-        ) as server:
-            port = int(server.url.rsplit(":", 1)[1])
+        async with serving(tmp_path, hub_cache, "long:1", 100_000) as port:
             async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
                 await stream.send_all(post(b"/v1/chat/completions", body))
                 received = b""
                 while received.count(b"data: ") < 20:
                     received += await stream.receive_some()
-            async with httpx.AsyncClient(base_url=server.url) as client:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
                 # the state is only pollable over HTTP; fail_after bounds it
                 state = (await client.get("/bodhi/v1/state")).json()
                 while one_model(state)["in_flight"]:
@@ -371,3 +372,119 @@ async def test_a_client_that_leaves_mid_stream_ends_its_stream(
             head, _ = await one_answer(port, post(b"/v1/chat/completions", whole))
             assert head.startswith(b"HTTP/1.1 200 ")
     assert fast_runs == ["/v1/chat/completions"] * 2
+
+
+# ------------------------------------------------------------- any ASGI app on serve_http
+
+
+@attrs.define
+class _Probe:
+    """An ASGI app on the fast path's route ``/x``: answers ``ok`` unless the request's
+    body is ``wait`` (then it waits for the client to leave and answers nothing); after
+    answering it asks ``receive`` once more (ASGI allows it) and keeps what it got. It
+    records the stack depth at which each request is served."""
+
+    after: list[str] = attrs.field(factory=list)
+    depths: list[int] = attrs.field(factory=list)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        self.depths.append(len(inspect.stack(0)))
+        body = (await receive())["body"]
+        if body == b"wait":
+            assert (await receive())["type"] == "http.disconnect"
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        if body == b"slow":
+            await send({"type": "http.response.body", "body": b"o", "more_body": True})
+            await trio.sleep(0.2)  # a slow answer, so that the next request comes during it
+        await send({"type": "http.response.body", "body": b"ok"})
+        self.after.append((await receive())["type"])
+
+
+@asynccontextmanager
+async def probe_server(app: _Probe) -> AsyncIterator[int]:
+    config = Config()
+    config.bind = ["127.0.0.1:0"]
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+
+        async def serve(task_status: trio.TaskStatus[list[str]]) -> None:
+            await serve_http(
+                app,
+                config,
+                max_connections=10,
+                shutdown_trigger=stop.wait,
+                fast_paths=frozenset({"/x"}),
+                task_status=task_status,
+            )
+
+        binds: list[str] = await nursery.start(serve)
+        yield int(binds[0].rsplit(":", 1)[1])
+        stop.set()
+
+
+def to_probe(body: bytes) -> bytes:
+    return request(
+        b"Host: h", b"Content-Length: %d" % len(body), body=body, line=b"POST /x HTTP/1.1"
+    )
+
+
+async def test_receive_after_the_answer_says_the_client_left(fast_runs: list[str]) -> None:
+    """As under Hypercorn, an app that asks ``receive`` after its answer hears
+    ``http.disconnect`` at once (it waited for the client to close before), and the
+    connection serves the next request."""
+    app = _Probe()
+    with trio.fail_after(10):
+        async with (
+            probe_server(app) as port,
+            await trio.open_tcp_stream("127.0.0.1", port) as stream,
+        ):
+            connection = RawConnection(stream)
+            for _ in range(2):
+                await stream.send_all(to_probe(b"hi"))
+                assert (await connection.answer())[1] == b"ok"
+    assert app.after == ["http.disconnect"] * 2
+    assert fast_runs == ["/x"] * 2
+
+
+async def test_a_client_that_leaves_before_the_answer_gets_no_500(fast_runs: list[str]) -> None:
+    """A client that closes its side before the app answered: the app hears it leave and
+    answers nothing, and nothing is written (Hypercorn writes nothing to a closed stream)."""
+    with trio.fail_after(10):
+        async with (
+            probe_server(_Probe()) as port,
+            await trio.open_tcp_stream("127.0.0.1", port) as stream,
+        ):
+            await stream.send_all(to_probe(b"wait"))
+            await stream.send_eof()
+            assert await stream.receive_some() == b""
+    assert fast_runs == ["/x"]
+
+
+async def test_pipelined_requests_are_served_one_after_the_other_not_nested(
+    fast_runs: list[str],
+) -> None:
+    """Each request sent while the one before is answered is read once that answer ended,
+    by the same loop: the depth at which requests are served does not grow with them
+    (nesting would end in a RecursionError after enough of them)."""
+    app = _Probe()
+    with trio.fail_after(10):
+        async with (
+            probe_server(app) as port,
+            await trio.open_tcp_stream("127.0.0.1", port) as stream,
+        ):
+            connection = RawConnection(stream)
+            await stream.send_all(to_probe(b"slow"))
+            for _ in range(3):
+                while not connection.buffer:  # the slow answer is under way
+                    await connection._more()
+                await stream.send_all(to_probe(b"slow"))
+                assert (await connection.answer())[1] == b"ook"
+            assert (await connection.answer())[1] == b"ook"
+    assert fast_runs == ["/x"] * 4
+    assert len(set(app.depths)) == 1, app.depths

@@ -43,11 +43,11 @@ if TYPE_CHECKING:
 __all__ = ["FastExchange", "response_head"]
 
 _REQUEST, _RESPONSE, _CLOSED = ASGIHTTPState.REQUEST, ASGIHTTPState.RESPONSE, ASGIHTTPState.CLOSED
-_MAX_PENDING = 64 * 1024
-"""Bytes a client may send while its response is under way (the next request, sent early);
-beyond that its socket is no longer read until the response ends."""
+_MAX_READ = 64 * 1024
+"""One read of what a client sends while its response is under way (the next request,
+sent early: read once, then no more until the response ends, as h11 pauses)."""
 _NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_VALUE = re.compile(rb"(?:[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*)?")
+_VALUE = re.compile(rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?")  # h11's field-value
 _NO_BODY = frozenset({204, 304})
 _ASGI = {"spec_version": "2.1", "version": "3.0"}
 
@@ -202,7 +202,7 @@ class FastExchange:
         protocol = self._protocol
         if self.state is _REQUEST and not self.closed:  # the app never answered
             headers = [(b"content-length", b"0"), (b"connection", b"close")]
-            headers.extend(protocol.config.response_headers("h11"))
+            headers.extend(self._hypercorn_headers())
             head = response_head(500, headers, close=self._request.close)[0]
             self.state = _CLOSED
             self._close_after = True
@@ -217,6 +217,15 @@ class FastExchange:
             await protocol.send(Closed())
         else:
             await protocol.send(Updated(idle=True))
+
+    def _hypercorn_headers(self) -> list[tuple[bytes, bytes]]:
+        """What Hypercorn adds to every head: ``date``, ``server``, and ``connection:
+        close`` once the connection served its most requests."""
+        protocol = self._protocol
+        headers: list[tuple[bytes, bytes]] = protocol.config.response_headers("h11")
+        if protocol.keep_alive_requests >= protocol.config.keep_alive_max_requests:
+            headers.append((b"connection", b"close"))
+        return headers
 
     def connection_closed(self) -> None:
         """The connection closed under the response (its protocol got ``Closed``): the
@@ -233,7 +242,9 @@ class FastExchange:
         if not self._body_given:
             self._body_given = True
             return {"type": "http.request", "body": self._request.body, "more_body": False}
-        if self._watching or self._done:  # one reader of the socket; others wait for it
+        if self._done or self.state is _CLOSED:  # as Hypercorn says once a response ended
+            return {"type": "http.disconnect"}
+        if self._watching:  # one reader of the socket; others wait for what it sees
             await self._left_event.wait()
             return {"type": "http.disconnect"}
         self._watching = True
@@ -242,19 +253,25 @@ class FastExchange:
                 await self._watch_client()
         finally:
             self._watching = False
-        await self._left_event.wait()  # set unless the response ended: then never
+        await self._left_event.wait()  # set unless the response ended (then cancelled)
         return {"type": "http.disconnect"}
 
     async def _watch_client(self) -> None:
-        """Read the socket until the client leaves (EOF, reset, closed)."""
-        stream = self.owner.stream
+        """Read the socket until the client leaves (EOF, reset, closed), or until it sent
+        the start of its next request: then, as h11 pauses, nothing more is read until
+        the response ends (a client that leaves after that is seen then)."""
+        owner = self.owner
         while not self.closed:
-            fd = stream.socket.fileno()
+            fd = owner.stream.socket.fileno()
             if fd < 0:
                 break
             try:
                 await trio.lowlevel.wait_readable(fd)
-                data = os.read(fd, _MAX_PENDING)
+                # The socket may have closed, and its number been reused, while this task
+                # waited to run: never read another connection's bytes.
+                if owner.closed or owner.stream.socket.fileno() != fd:
+                    break
+                data = os.read(fd, _MAX_READ)
             except BlockingIOError:
                 continue
             except (OSError, trio.ClosedResourceError):
@@ -262,8 +279,9 @@ class FastExchange:
             if not data:
                 break
             self._pending += data
-            if len(self._pending) > _MAX_PENDING:  # no more reads until the response ends
-                await trio.sleep_forever()
+            await trio.sleep_forever()  # until the response ends (this is cancelled)
+        # Gone: its answer is dropped, as Hypercorn drops a closed stream's (no 500).
+        self.closed = True
         self._left_event.set()
 
     async def send(self, message: dict[str, Any]) -> None:
@@ -281,9 +299,7 @@ class FastExchange:
                 (bytes(name).strip(), bytes(value).strip())
                 for name, value in message.get("headers", [])
             ]
-            headers.extend(protocol.config.response_headers("h11"))
-            if protocol.keep_alive_requests >= protocol.config.keep_alive_max_requests:
-                headers.append((b"connection", b"close"))
+            headers.extend(self._hypercorn_headers())
             head, self._chunked, self._left, close = response_head(
                 int(message["status"]), headers, close=self._request.close
             )

@@ -35,7 +35,8 @@ class ConnectionProtocol(H11Protocol):
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
-        self.connection = StrictH11Connection(self.config.h11_max_incomplete_size)
+        self._max_head = self.config.h11_max_incomplete_size
+        self.connection = StrictH11Connection(self._max_head)
 
     async def _check_protocol(self, event: h11.Request) -> None:
         """No switch to HTTP/2 (see :mod:`._connection`): nothing to check."""
@@ -48,21 +49,26 @@ class ConnectionProtocol(H11Protocol):
 
     async def handle(self, event: Event) -> None:
         """Hypercorn's, with a whole simple request on a completion route answered on the
-        fast path while the connection is idle (:mod:`._fast_path`)."""
-        if type(event) is RawData and self.fast_targets and self._idle():
-            request = parse_simple_request(
-                event.data, self.fast_targets, self.config.h11_max_incomplete_size
-            )
-            if request is not None:
+        fast path while the connection is idle (:mod:`._fast_path`); a request the client
+        sent meanwhile is read next the same way (a loop: pipelined requests never nest)."""
+        if type(event) is RawData and self.fast_targets:
+            data, answered = event.data, False
+            while data and self._idle():
+                request = parse_simple_request(data, self.fast_targets, self._max_head)
+                if request is None:
+                    break
                 self.fast = FastExchange(self, request)
                 try:
-                    pending = await self.fast.run(self.app)
+                    data = await self.fast.run(self.app)
                 finally:
                     self.fast = None
-                if pending:  # the next request, sent early: read as if it came now
-                    await self.handle(RawData(data=pending))
-                return
-        elif type(event) is Closed and self.fast is not None:
+                answered = True
+            if not answered:
+                await super().handle(event)
+            elif data:  # the next request, sent early and not simple: h11's to read
+                await super().handle(RawData(data=data))
+            return
+        if type(event) is Closed and self.fast is not None:
             self.fast.connection_closed()
             return
         await super().handle(event)

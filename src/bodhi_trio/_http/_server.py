@@ -190,10 +190,11 @@ async def serve_http(
         task_status: Receives the bound URLs (``http://host:port``) once listening.
     """
     asgi = wrap_app(app, config.wsgi_max_body_size, "asgi")
-    fast_targets = (
-        frozenset()
-        if config.server_names
-        else frozenset(path.encode("ascii") for path in fast_paths if "%" not in path)
+    # What the fast path does not do (Hypercorn's Host check, access log, raw header
+    # names) turns it off.
+    plain = not (config.server_names or config.accesslog or config.h11_pass_raw_headers)
+    fast_targets = frozenset(
+        path.encode("ascii") for path in fast_paths if plain and "%" not in path
     )
     lifespan_state: dict[str, Any] = {}
     lifespan = Lifespan(asgi, config, lifespan_state)
