@@ -88,3 +88,10 @@ def one_model(state: dict[str, Any], alias: str | None = None) -> dict[str, Any]
         return {"alias": None, "state": "stopped", "pid": None, "in_flight": 0, "error": None}
     entry: dict[str, Any] = max(models, key=lambda m: m["since"])
     return entry
+
+
+async def answer_lifespan(receive: Any, send: Any) -> None:
+    """A bare ASGI app's side of Hypercorn's lifespan: started, then stopped."""
+    while (await receive())["type"] == "lifespan.startup":
+        await send({"type": "lifespan.startup.complete"})
+    await send({"type": "lifespan.shutdown.complete"})

@@ -28,7 +28,7 @@ from bodhi_trio._http._fast_path import FastExchange, response_head
 from bodhi_trio._http._h11_strict import StrictH11Connection
 from bodhi_trio._http._server import serve_http
 from bodhi_trio._http._simple_request import SimpleRequest, parse_simple_request
-from httpserver import one_model, running_server
+from httpserver import answer_lifespan, one_model, running_server
 from paths import FAKE_LLAMA_SERVER
 
 TARGETS = frozenset({b"/v1/chat/completions", b"/v1/completions"})
@@ -389,9 +389,7 @@ class _Probe:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while (await receive())["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
+            await answer_lifespan(receive, send)
             return
         self.depths.append(len(inspect.stack(0)))
         body = (await receive())["body"]
@@ -428,6 +426,16 @@ async def probe_server(app: _Probe) -> AsyncIterator[int]:
         stop.set()
 
 
+@asynccontextmanager
+async def probe_connection(app: _Probe) -> AsyncIterator[trio.SocketStream]:
+    """A connection to a :func:`probe_server` serving ``app``."""
+    async with (
+        probe_server(app) as port,
+        await trio.open_tcp_stream("127.0.0.1", port) as stream,
+    ):
+        yield stream
+
+
 def to_probe(body: bytes) -> bytes:
     return request(
         b"Host: h", b"Content-Length: %d" % len(body), body=body, line=b"POST /x HTTP/1.1"
@@ -440,10 +448,7 @@ async def test_receive_after_the_answer_says_the_client_left(fast_runs: list[str
     connection serves the next request."""
     app = _Probe()
     with trio.fail_after(10):
-        async with (
-            probe_server(app) as port,
-            await trio.open_tcp_stream("127.0.0.1", port) as stream,
-        ):
+        async with probe_connection(app) as stream:
             connection = RawConnection(stream)
             for _ in range(2):
                 await stream.send_all(to_probe(b"hi"))
@@ -456,10 +461,7 @@ async def test_a_client_that_leaves_before_the_answer_gets_no_500(fast_runs: lis
     """A client that closes its side before the app answered: the app hears it leave and
     answers nothing, and nothing is written (Hypercorn writes nothing to a closed stream)."""
     with trio.fail_after(10):
-        async with (
-            probe_server(_Probe()) as port,
-            await trio.open_tcp_stream("127.0.0.1", port) as stream,
-        ):
+        async with probe_connection(_Probe()) as stream:
             await stream.send_all(to_probe(b"wait"))
             await stream.send_eof()
             assert await stream.receive_some() == b""
@@ -474,10 +476,7 @@ async def test_pipelined_requests_are_served_one_after_the_other_not_nested(
     (nesting would end in a RecursionError after enough of them)."""
     app = _Probe()
     with trio.fail_after(10):
-        async with (
-            probe_server(app) as port,
-            await trio.open_tcp_stream("127.0.0.1", port) as stream,
-        ):
+        async with probe_connection(app) as stream:
             connection = RawConnection(stream)
             await stream.send_all(to_probe(b"slow"))
             for _ in range(3):

@@ -18,6 +18,7 @@ import trio.lowlevel
 from hypercorn.config import Config
 
 from bodhi_trio._http._server import serve_http
+from httpserver import answer_lifespan
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 SLOW = b"GET /slow HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
@@ -31,9 +32,7 @@ class _App:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while (await receive())["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
+            await answer_lifespan(receive, send)
             return
         await send({"type": "http.response.start", "status": 200, "headers": []})
         if scope["path"] == "/slow":
