@@ -8,17 +8,18 @@ first byte that is about a third of the server's own time. A request that
 here instead, by the same ASGI app, in the connection's task:
 
 - The app gets the scope Hypercorn would give it (``HTTPStream``'s), the body as one
-  ``http.request`` message, and then ``http.disconnect`` when the client leaves: while
-  the app runs, :meth:`FastExchange.receive` is the one reading the socket (the bytes a
-  client sends meanwhile are kept and read after the response, up to a limit).
+  ``http.request`` message, and then ``http.disconnect`` when the client leaves (or at
+  once, after the answer): while the app runs, :meth:`FastExchange.receive` is the one
+  reading the socket. The first bytes of a request sent meanwhile are kept, and, as h11
+  pauses, nothing more is read until the response ends; then they are read next.
 - The response's head is written as Hypercorn and h11 write it, byte for byte (h11's
   framing and ``Connection`` rules, Hypercorn's ``date`` and ``server`` headers and its
   keep-alive request limit); a body is chunked unless the app gave its length, and a
   relay writes its chunks itself (:class:`~._chunk_writer.ChunkWriter`), as on the
   usual path.
 - Afterwards the connection is idle again (h11 never saw the request, so it still is),
-  or closed: when the client or the app asked, the response did not end, the app failed,
-  or the server is shutting down.
+  or closed: when the client or the app asked, the response did not end, the app failed
+  (a 500 if it sent nothing, unless the client had left), or the server is shutting down.
 
 Anything else, and any request while the connection is not idle, goes through Hypercorn
 unchanged. Cancellation: as for the app's task under Hypercorn (the connection's end, or
