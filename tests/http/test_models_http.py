@@ -114,9 +114,11 @@ async def test_a_full_queue_answers_429_at_once(tmp_path: Path, hub_cache: Path)
         ):  # fmt: skip
             async with open_streams(server.url, chat("slow:1", 100_000, stream=True), 4) as held:
                 assert (await client.get("/ping")).status_code == 200  # connected already
-                started = trio.current_time()
+                # Answered, not queued: a queued request would wait for a place the held
+                # streams (100,000 tokens each) never free, until the liveness bound.
+                # (No wall-clock bound here: the test process's own full garbage
+                # collection, 110-125 ms, once landed inside one.)
                 streamed = await client.post(CHAT, content=chat("slow:1", 5, stream=True))
-                elapsed = trio.current_time() - started
                 plain = await client.post(CHAT, content=chat("slow:1", 5))
                 load = await client.post("/bodhi/v1/server/load", json={"alias": "slow:1"})
                 full = one_model(await get_state(client), "slow:1")
@@ -133,7 +135,6 @@ async def test_a_full_queue_answers_429_at_once(tmp_path: Path, hub_cache: Path)
             with trio.fail_after(10):  # liveness bound
                 await state_when(client, lambda s: one_model(s, "slow:1")["in_flight"] == 0)
             again = await client.post(CHAT, content=chat("slow:1", 3))
-    assert elapsed < 0.1  # answered at once: nothing was waited on
     for response in (streamed, plain, load):
         assert_server_busy(response)
     assert (full["state"], full["in_flight"], full["queued"]) == ("ready", 4, 0)
