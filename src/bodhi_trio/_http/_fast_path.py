@@ -36,6 +36,8 @@ import trio
 from hypercorn.events import Closed, RawData, Updated
 from hypercorn.protocol.http_stream import ASGIHTTPState
 
+from bodhi_trio._http._simple_request import FIELD_NAME
+
 if TYPE_CHECKING:
     from hypercorn.config import Config
 
@@ -47,7 +49,6 @@ _REQUEST, _RESPONSE, _CLOSED = ASGIHTTPState.REQUEST, ASGIHTTPState.RESPONSE, AS
 _MAX_READ = 64 * 1024
 """One read of what a client sends while its response is under way (the next request,
 sent early: read once, then no more until the response ends, as h11 pauses)."""
-_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _VALUE = re.compile(rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?")  # h11's field-value
 _NO_BODY = frozenset({204, 304})
 _ASGI = {"spec_version": "2.1", "version": "3.0"}
@@ -77,7 +78,7 @@ def response_head(
     length: int | None = None
     keeps_alive = True
     for raw_name, value in headers:
-        if not _NAME.fullmatch(raw_name) or not _VALUE.fullmatch(value):
+        if not FIELD_NAME.fullmatch(raw_name) or not _VALUE.fullmatch(value):
             raise ValueError(f"header {raw_name!r} cannot be written")
         name = raw_name.lower()
         if name == b"transfer-encoding":
@@ -94,7 +95,6 @@ def response_head(
         length = 0
     elif length is None:  # h11: a body of unknown length to HTTP/1.1 is chunked
         chunked = True
-        named = [item for item in named if item[1] != b"content-length"]
         named.append((b"Transfer-Encoding", b"transfer-encoding", b"chunked"))
     if close:  # h11 makes sure the head says so
         tokens = {

@@ -185,8 +185,8 @@ async def serve_http(
         write_timeout: Seconds a client may take nothing of a response before its
             connection is closed (see :class:`Connection`).
         fast_paths: The paths whose simple ``POST`` requests are answered in the
-            connection's task (:mod:`._fast_path`); Hypercorn's ``server_names`` check
-            has no place there, so none are with it set.
+            connection's task (:mod:`._fast_path`); none with Hypercorn's ``server_names``,
+            ``accesslog`` or ``h11_pass_raw_headers`` set, which it does not follow.
         task_status: Receives the bound URLs (``http://host:port``) once listening.
     """
     asgi = wrap_app(app, config.wsgi_max_body_size, "asgi")

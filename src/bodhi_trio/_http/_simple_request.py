@@ -20,9 +20,10 @@ from typing import final
 
 import attrs
 
-__all__ = ["SimpleRequest", "parse_simple_request"]
+__all__ = ["FIELD_NAME", "SimpleRequest", "parse_simple_request"]
 
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+FIELD_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+"""A header's name: an RFC 9110 token, as h11 reads and writes it."""
 # h11's field value, ASCII only (obs-text is h11's to read): visible characters with single
 # spaces or tabs between them.
 _VALUE = re.compile(rb"(?:[\x21-\x7e]+(?:[ \t]+[\x21-\x7e]+)*)?")
@@ -77,7 +78,7 @@ def parse_simple_request(
     for line in lines[1:]:
         name, colon, raw_value = line.partition(b":")
         value = raw_value.strip(b" \t")
-        if not colon or not _TOKEN.fullmatch(name) or not _VALUE.fullmatch(value):
+        if not colon or not FIELD_NAME.fullmatch(name) or not _VALUE.fullmatch(value):
             return None
         name = name.lower()
         if name in _REFUSED:
