@@ -426,6 +426,33 @@ def test_get_sees_a_file_edited_in_place(tmp_path: Path) -> None:
     assert store.get("x:1") is store.get("x:1")  # parsed once, then reused
 
 
+def test_a_found_alias_is_looked_up_again_with_one_stat(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = AliasStore(tmp_path)
+    store.create(Alias("x:1", "org/repo", "a.gguf"))
+    found = store.get("x:1")
+    checks: list[str] = []
+
+    def counted(name: str) -> str:
+        checks.append(name)
+        return name
+
+    monkeypatch.setattr("bodhi_trio._config._alias_store.validate_alias_name", counted)
+    assert store.get("x:1") is found
+    assert checks == []  # neither the name's checks nor the path again: a request's lookup
+    store.path_for("x:1").unlink()
+    with pytest.raises(AliasNotFoundError):
+        store.get("x:1")  # gone is gone at once
+    with pytest.raises(AliasNotFoundError):
+        store.get("x:1")
+    store.create(Alias("x:1", "org/repo", "b.gguf"))  # written back: read again
+    assert store.get("x:1").filename == "b.gguf"
+    store.path_for("x:1").write_text(store.path_for("x:1").read_text().replace("x:1", "yy:1"))
+    with pytest.raises(InvalidAliasError, match=r"holds alias .yy:1."):
+        store.get("x:1")  # replaced under the same name by another alias's content
+
+
 def test_keep_alive_secs_in_an_alias_file(store: AliasStore) -> None:
     path = store.create(make_alias(keep_alive_secs=45))
     assert yaml.safe_load(path.read_text())["keep_alive_secs"] == 45

@@ -136,8 +136,18 @@ async def test_a_client_that_leaves_while_sending_its_body_gets_no_answer() -> N
             [{"type": "http.request", "body": b"x" * 600, "more_body": True}] * 2,
             "the request body is too large",
         ),
+        (
+            ((b"transfer-encoding", b"chunked"),),
+            [{"type": "http.request", "body": b"x" * 1001, "more_body": False}],
+            "the request body is too large",
+        ),
+        (
+            ((b"transfer-encoding", b"chunked"),),
+            [{"type": "http.request", "body": b"x" * 1001, "more_body": True}],
+            "the request body is too large",
+        ),
     ],
-    ids=["declared", "found"],
+    ids=["declared", "found", "found whole at once", "found in its first piece"],
 )
 async def test_a_body_over_the_limit_gets_413_unread(
     headers: tuple[tuple[bytes, bytes], ...], messages: list[dict[str, Any]], message: str

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from bodhi_trio._config._aliases import Alias
 from bodhi_trio._config._demo import DEMO_FILENAME, DEMO_REPO
+from bodhi_trio._http import _fast_path
 from bodhi_trio._http._fast_path import FastExchange, response_head
 from bodhi_trio._http._h11_strict import StrictH11Connection
 from bodhi_trio._http._server import serve_http
@@ -192,6 +193,45 @@ def test_the_head_is_what_h11_writes(
     assert chunked == (status != 204 and b"content-length" not in declared)
     assert closes == (close or declared.get(b"connection") == b"close")
     assert length == (None if chunked else 0)
+
+
+def test_hypercorn_headers_are_worked_out_once_a_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    config, heads, built = Config(), _fast_path._Heads(), list[str]()
+    now = [1_800_000_000.2]
+    monkeypatch.setattr("time.time", lambda: now[0])
+    monkeypatch.setattr("hypercorn.config.time", lambda: now[0])
+    original = config.response_headers
+
+    def counted(protocol: str) -> list[tuple[bytes, bytes]]:
+        built.append(protocol)
+        return original(protocol)
+
+    monkeypatch.setattr(config, "response_headers", counted)
+    first = heads.standard(config)
+    assert (b"date", b"Fri, 15 Jan 2027 08:00:00 GMT") in first
+    now[0] += 0.7  # the same second: the same date, not worked out again
+    assert heads.standard(config) == first == original("h11")
+    assert built == ["h11"]
+    now[0] += 0.2  # the next second
+    assert heads.standard(config) == original("h11") != first
+    assert built == ["h11", "h11"]
+    heads.standard(config).append((b"connection", b"close"))  # a copy each time
+    assert heads.standard(config) == original("h11")
+
+
+def test_heads_kept_are_the_heads_h11_writes() -> None:
+    heads = _fast_path._Heads()
+    given = [(b"content-type", b"text/event-stream"), (b"date", b"x")]
+    kept = heads.head(200, given, close=False)
+    assert kept == response_head(200, given, close=False)
+    assert heads.head(200, list(given), close=True) == response_head(200, given, close=True)
+    assert heads.head(200, list(given), close=False) is kept
+    for _ in range(2):  # a head h11 refuses is refused every time, never kept
+        with pytest.raises(ValueError, match="cannot be written"):
+            heads.head(200, [(b"bad name", b"x")], close=False)
+    for n in range(_fast_path._HEADS_KEPT + 1):  # a bounded number kept
+        heads.head(200, [(b"x-n", b"%d" % n)], close=False)
+    assert len(heads._heads) <= _fast_path._HEADS_KEPT
 
 
 # ---------------------------------------------------------------------------- a real server

@@ -74,6 +74,12 @@ class AliasStore:
     _parsed: dict[Path, tuple[tuple[int, int, int], Alias]] = attrs.field(
         factory=dict, init=False, repr=False
     )
+    _found: dict[str, tuple[str, tuple[int, int, int], Alias]] = attrs.field(
+        factory=dict, init=False, repr=False
+    )
+    """By name, what :meth:`get` found last: the file, its stamp, the alias. A request's
+    lookup is then one ``os.stat`` (the name's checks and the path were done already);
+    only names that were found are kept, so it holds no more than the aliases there are."""
 
     @classmethod
     def for_settings(cls, settings: Settings) -> AliasStore:
@@ -216,6 +222,17 @@ class AliasStore:
             InvalidAliasError: The file is corrupt.
             ConfigError: The file cannot be read.
         """
+        found = self._found.get(name)
+        if found is not None:
+            where, stamp, known = found
+            try:
+                stat = os.stat(where)
+            except OSError:
+                pass
+            else:
+                if (stat.st_ino, stat.st_size, stat.st_mtime_ns) == stamp:
+                    return known
+            del self._found[name]
         self._require_possible_name(name)
         alias = self._read_existing(name)
         if alias is None or self._is_other_alias_in_same_file(alias, name):
@@ -224,6 +241,10 @@ class AliasStore:
             raise InvalidAliasError(
                 f"alias file {self.path_for(name)} holds alias {alias.alias!r}, not {name!r}"
             )
+        path = self.path_for(name)
+        stamp, parsed = self._parsed[path]
+        if parsed is alias:
+            self._found[name] = (os.fspath(path), stamp, alias)
         return alias
 
     @staticmethod

@@ -36,10 +36,10 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, final
 
 import trio
-import trio_util
 
 from bodhi_trio._core._admission import Admission, Limits
 from bodhi_trio._core._children import start_load
+from bodhi_trio._core._published import PublishedState
 from bodhi_trio._core._slot import PendingLoad, Slot, Ticket
 from bodhi_trio._core._state import EventKind, ServerEvent, ServerState, SlotStatus
 from bodhi_trio._exceptions import (
@@ -103,8 +103,9 @@ class Scheduler:
         self._pending: dict[str, PendingLoad] = {}
         self._admitted: dict[str, int] = {}  # requests per alias: in flight or waiting
         self._admission = Admission(self)
-        self._state = trio_util.AsyncValue(ServerState(variant, (), limits.memory_budget, 0))
-        self._changed = trio.Event()
+        self._state = PublishedState(
+            ServerState(variant, (), limits.memory_budget, 0), self._current_state
+        )
         self._seq = 0
         self._starts = 0
         self._closed = False
@@ -113,8 +114,7 @@ class Scheduler:
 
     @property
     def state(self) -> ServerState:
-        state: ServerState = self._state.value
-        return state
+        return self._state.value
 
     @property
     def variant(self) -> str:
@@ -137,8 +137,7 @@ class Scheduler:
 
     async def wait_state(self, predicate: Callable[[ServerState], bool]) -> ServerState:
         """Wait until ``predicate(state)`` holds and return that state. Cancellation: safe."""
-        state: ServerState = await self._state.wait_value(predicate)
-        return state
+        return await self._state.wait_value(predicate)
 
     def child_address(self, alias: str | None = None) -> Address | None:
         """The address of ``alias``'s ready child (``None``: of the only ready one)."""
@@ -352,11 +351,7 @@ class Scheduler:
 
     async def wait_until(self, predicate: Callable[[], bool]) -> None:
         """Wait until ``predicate()`` holds, checking it at every published change."""
-        while True:
-            changed = self._changed
-            if predicate():
-                return
-            await changed.wait()
+        await self._state.wait_until(predicate)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -376,17 +371,18 @@ class Scheduler:
     @property
     def changed(self) -> trio.Event:
         """Set at the next published change (a fresh event after each)."""
-        return self._changed
+        return self._state.changed
 
     def _publish(self) -> None:
+        self._state.publish()
+
+    def _current_state(self) -> ServerState:
         snapshots = tuple(
             model.snapshot(queued=self.waiting(name))
             for name, model in sorted(self._models.items())
         )
         used = sum(m.memory or 0 for m in self._models.values() if m.resident)
-        self._state.value = ServerState(self._variant, snapshots, self._limits.memory_budget, used)
-        self._changed.set()
-        self._changed = trio.Event()
+        return ServerState(self._variant, snapshots, self._limits.memory_budget, used)
 
     def emit(self, kind: EventKind, alias: str | None, **detail: object) -> None:
         self._seq += 1

@@ -36,6 +36,7 @@ from werkzeug.exceptions import RequestEntityTooLarge, RequestTimeout
 
 from bodhi_trio._exceptions import RequestTooLargeError
 from bodhi_trio._http._errors import error_reply
+from bodhi_trio._http._fast_path import FastExchange
 from bodhi_trio._http._request_scope import note_request
 
 if TYPE_CHECKING:
@@ -122,6 +123,17 @@ class CompletionRoute:
         parts: list[bytes] = []
         size = 0
         queued = _queued_messages(receive)
+        first = queued()
+        if first is not None and first["type"] == "http.request":
+            whole: bytes = first.get("body", b"")
+            if not first.get("more_body", False) and len(whole) <= limit:
+                return whole  # the usual request: its body came with it, no wait to bound
+            parts.append(whole)
+            size = len(whole)
+            if size > limit:
+                raise RequestEntityTooLarge()
+        elif first is not None:
+            return None  # http.disconnect
         with trio.move_on_after(self.body_timeout):
             while True:
                 message = queued() or await receive()
@@ -142,11 +154,12 @@ def _queued_messages(receive: Any) -> Callable[[], Any]:
 
     Hypercorn hands the app its channel's ``receive``; a small body is queued whole by
     the time the app runs (the request, its data and its end came in one read), and
-    taking it with ``receive_nowait`` spares a scheduler round per message. For any
-    other ``receive``: always None (the caller awaits ``receive`` then).
+    taking it with ``receive_nowait`` spares a scheduler round per message. The fast
+    path's ``receive`` has the whole body at once too. For any other ``receive``: always
+    None (the caller awaits ``receive`` then).
     """
     channel = getattr(receive, "__self__", None)
-    if not isinstance(channel, trio.MemoryReceiveChannel):
+    if not isinstance(channel, (trio.MemoryReceiveChannel, FastExchange)):
         return lambda: None
 
     def queued() -> Any:
@@ -177,7 +190,12 @@ def declares_body(declared: int | None, transfer_encoding: str | None) -> bool:
 
 
 async def _cancel_on_disconnect(receive: Any, scope: trio.CancelScope) -> None:
-    """Cancel ``scope`` when the client leaves (Hypercorn's ``http.disconnect``)."""
+    """Cancel ``scope`` when the client leaves (Hypercorn's ``http.disconnect``).
+
+    It first lets the tasks already due run (the relay's producer, started beside it):
+    the wait it sets up is not what the client's first byte waits for.
+    """
+    await trio.lowlevel.cancel_shielded_checkpoint()
     while (await receive())["type"] != "http.disconnect":
         pass
     scope.cancel()

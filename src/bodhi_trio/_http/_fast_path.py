@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from typing import TYPE_CHECKING, Any, final
 
 import trio
@@ -52,6 +53,48 @@ sent early: read once, then no more until the response ends, as h11 pauses)."""
 _VALUE = re.compile(rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?")  # h11's field-value
 _NO_BODY = frozenset({204, 304})
 _ASGI = {"spec_version": "2.1", "version": "3.0"}
+_HEADS_KEPT = 64
+
+
+@final
+class _Heads:
+    """What every head repeats, worked out once: Hypercorn's ``date`` and ``server``
+    headers once a second (the date has a second's resolution), and the heads of the
+    last few distinct responses (a completion's stream has one head, but for its date).
+    """
+
+    def __init__(self) -> None:
+        self._config: Config | None = None
+        self._second = -1
+        self._standard: tuple[tuple[bytes, bytes], ...] = ()
+        self._heads: dict[
+            tuple[int, tuple[tuple[bytes, bytes], ...], bool],
+            tuple[bytes, bool, int | None, bool],
+        ] = {}
+
+    def standard(self, config: Config) -> list[tuple[bytes, bytes]]:
+        """``config.response_headers("h11")``, computed at most once a second."""
+        second = int(time.time())
+        if second != self._second or config is not self._config:
+            self._standard = tuple(config.response_headers("h11"))
+            self._config, self._second = config, second
+        return list(self._standard)
+
+    def head(
+        self, status: int, headers: list[tuple[bytes, bytes]], *, close: bool
+    ) -> tuple[bytes, bool, int | None, bool]:
+        """:func:`response_head`, of a response seen lately if it was."""
+        key = (status, tuple(headers), close)
+        found = self._heads.get(key)
+        if found is None:
+            found = response_head(status, headers, close=close)  # raises before it is kept
+            if len(self._heads) >= _HEADS_KEPT:
+                self._heads.clear()
+            self._heads[key] = found
+        return found
+
+
+_HEADS = _Heads()
 
 
 def response_head(
@@ -223,7 +266,7 @@ class FastExchange:
         """What Hypercorn adds to every head: ``date``, ``server``, and ``connection:
         close`` once the connection served its most requests."""
         protocol = self._protocol
-        headers: list[tuple[bytes, bytes]] = protocol.config.response_headers("h11")
+        headers = _HEADS.standard(protocol.config)
         if protocol.keep_alive_requests >= protocol.config.keep_alive_max_requests:
             headers.append((b"connection", b"close"))
         return headers
@@ -234,6 +277,17 @@ class FastExchange:
         self.closed = True
         self._left_event.set()
         self._watch.cancel()
+
+    def receive_nowait(self) -> dict[str, Any]:
+        """The body, if :meth:`receive` has not given it yet.
+
+        Raises:
+            trio.WouldBlock: It has: what comes next is only ever waited for.
+        """
+        if self._body_given:
+            raise trio.WouldBlock
+        self._body_given = True
+        return {"type": "http.request", "body": self._request.body, "more_body": False}
 
     async def receive(self) -> dict[str, Any]:
         """The body, then ``http.disconnect`` once the client leaves.
@@ -301,7 +355,7 @@ class FastExchange:
                 for name, value in message.get("headers", [])
             ]
             headers.extend(self._hypercorn_headers())
-            head, self._chunked, self._left, close = response_head(
+            head, self._chunked, self._left, close = _HEADS.head(
                 int(message["status"]), headers, close=self._request.close
             )
             self._close_after = self._close_after or close
