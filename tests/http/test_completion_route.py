@@ -18,7 +18,7 @@ import trio.testing
 from quart_trio import QuartTrio
 
 from bodhi_trio._http._completion_route import CompletionRoute
-from bodhi_trio._http._request_scope import request_scope
+from bodhi_trio._http._request_scope import close_with_request, request_scope
 from bodhi_trio._http._routes import Reply, Routes
 from bodhi_trio._http._security import Access, AccessPolicy
 from httpserver import running_server
@@ -180,3 +180,65 @@ async def test_an_early_answer_reads_what_the_client_still_sends() -> None:
             await _route()(_scope((b"content-length", b"5000")), receive.receive, send)
     status, headers = _head(sent)
     assert (status, headers[b"connection"]) == (413, b"close")
+
+
+class _ShieldedStream:
+    """A streamed body whose wait for its next piece no cancellation reaches, as a relay's
+    read on a busy server does not for a whole turn of the loop: only ``aclose`` (the
+    producer's cancellation, which closes the upstream request) ends it."""
+
+    def __init__(self) -> None:
+        self.closed = trio.Event()
+        self.ended_by_close = False
+
+    def __aiter__(self) -> _ShieldedStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        # Bounded, so that a route that never closes it fails instead of hanging.
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + 2):
+            await self.closed.wait()
+        self.ended_by_close = self.closed.is_set()
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        self.closed.set()
+
+
+class _Streaming:
+    """Routes answering with a :class:`_ShieldedStream`, registered as a relay's body is."""
+
+    def __init__(self) -> None:
+        self.stream = _ShieldedStream()
+
+    async def completion(self, endpoint: str, raw: bytes) -> Reply:
+        close_with_request(self.stream)
+        return Reply(200, {"Content-Type": "text/event-stream"}, self.stream)
+
+
+async def test_a_client_that_leaves_closes_the_stream_without_waiting_for_its_read() -> None:
+    routes = _Streaming()
+    route = CompletionRoute(
+        cast(Routes, routes),
+        AccessPolicy("127.0.0.1"),
+        {"/v1/chat/completions": Access.API},
+        1000,
+        BODY_TIMEOUT,
+    )
+    left = trio.Event()
+    messages = [{"type": "http.request", "body": b"{}", "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop()
+        await left.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            left.set()  # the client leaves once the stream began
+
+    with trio.fail_after(5):
+        async with request_scope():
+            await route(_scope(), receive, send)
+    assert routes.stream.ended_by_close

@@ -308,8 +308,9 @@ class FastExchange:
                 await self._watch_client()
         finally:
             self._watching = False
-        await self._left_event.wait()  # set unless the response ended (then cancelled)
-        return {"type": "http.disconnect"}
+        if not self._left_event.is_set():  # set unless the response ended (then cancelled)
+            await self._left_event.wait()
+        return {"type": "http.disconnect"}  # at once: it waited (its caller stops a relay)
 
     async def _watch_client(self) -> None:
         """Read the socket until the client leaves (EOF, reset, closed), or until it sent

@@ -30,8 +30,10 @@ import trio
 __all__ = [
     "ASGIApp",
     "RequestNote",
+    "close_request_bodies",
     "close_with_request",
     "note_request",
+    "request_bodies",
     "request_body_writer",
     "request_scope",
 ]
@@ -122,6 +124,22 @@ def close_with_request(body: _Closeable) -> None:
             " inside 'async with request_scope():'"
         )
     bodies.append(body)
+
+
+async def close_request_bodies(bodies: list[_Closeable]) -> None:
+    """Close ``bodies`` (a request's, from :func:`request_bodies`) now: the client left.
+
+    Each ``aclose()`` is idempotent and never blocks; the request's end closes them again.
+    """
+    for body in list(bodies):
+        await body.aclose()
+
+
+def request_bodies() -> list[_Closeable]:
+    """The bodies registered with the current request so far, and later (the list itself);
+    outside a request scope, an empty list nothing is ever registered with."""
+    bodies = _request_bodies.get()
+    return [] if bodies is None else bodies
 
 
 @asynccontextmanager
