@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -439,18 +441,61 @@ def test_a_found_alias_is_looked_up_again_with_one_stat(
         return name
 
     monkeypatch.setattr("bodhi_trio._config._alias_store.validate_alias_name", counted)
+    monkeypatch.setattr("bodhi_trio._config._alias_store.alias_filename", counted)
+    stats: list[object] = []
+    stat = os.stat
+
+    def counted_stat(where: str) -> os.stat_result:
+        stats.append(where)
+        return stat(where)
+
+    monkeypatch.setattr(os, "stat", counted_stat)
     assert store.get("x:1") is found
     assert checks == []  # neither the name's checks nor the path again: a request's lookup
+    assert stats == [os.fspath(store.directory / "x--1.yaml")]  # one stat
+    monkeypatch.undo()
     store.path_for("x:1").unlink()
     with pytest.raises(AliasNotFoundError):
         store.get("x:1")  # gone is gone at once
     with pytest.raises(AliasNotFoundError):
         store.get("x:1")
-    store.create(Alias("x:1", "org/repo", "b.gguf"))  # written back: read again
+    # Written back, the same size, at once: the store forgets what it knew of the file (a
+    # new file may get the old one's inode, size and, with coarse timestamps, mtime).
+    store.create(Alias("x:1", "org/repo", "b.gguf"))
     assert store.get("x:1").filename == "b.gguf"
     store.path_for("x:1").write_text(store.path_for("x:1").read_text().replace("x:1", "yy:1"))
     with pytest.raises(InvalidAliasError, match=r"holds alias .yy:1."):
         store.get("x:1")  # replaced under the same name by another alias's content
+
+
+def test_a_file_the_store_rewrote_is_read_again_even_under_its_old_stamp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new file may get the old one's inode number, size and (coarse timestamps) mtime:
+    the store forgets what it knew of a file it wrote or deleted, whatever the stamp says."""
+    store = AliasStore(tmp_path)
+    store.create(Alias("x:1", "org/repo", "a.gguf"))
+    assert store.get("x:1").filename == "a.gguf"
+    where = os.fspath(store.path_for("x:1"))
+    old, stat = os.stat(where), os.stat
+
+    def old_stamp(path: Any, *args: Any, **kwargs: Any) -> Any:
+        real = stat(path, *args, **kwargs)
+        if os.fspath(path) != where:
+            return real
+        return SimpleNamespace(
+            st_ino=old.st_ino,
+            st_size=old.st_size,
+            st_mtime_ns=old.st_mtime_ns,
+            st_mode=real.st_mode,
+        )
+
+    monkeypatch.setattr(os, "stat", old_stamp)
+    store.delete("x:1")
+    store.create(Alias("x:1", "org/repo", "b.gguf"))
+    assert store.get("x:1").filename == "b.gguf"
+    store.put(Alias("x:1", "org/repo", "c.gguf"))
+    assert store.get("x:1").filename == "c.gguf"
 
 
 def test_keep_alive_secs_in_an_alias_file(store: AliasStore) -> None:

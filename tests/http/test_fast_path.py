@@ -11,6 +11,7 @@ import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import attrs
@@ -217,6 +218,19 @@ def test_hypercorn_headers_are_worked_out_once_a_second(monkeypatch: pytest.Monk
     assert built == ["h11", "h11"]
     heads.standard(config).append((b"connection", b"close"))  # a copy each time
     assert heads.standard(config) == original("h11")
+
+
+async def test_the_body_is_given_once_then_only_the_client_leaving() -> None:
+    request = SimpleRequest(b"/v1/completions", [(b"content-length", b"2")], b"{}", False)
+    exchange = FastExchange(SimpleNamespace(owner=None), request)
+    body = {"type": "http.request", "body": b"{}", "more_body": False}
+    assert exchange.receive_nowait() == body  # taken without a wait, as the route takes it
+    with pytest.raises(trio.WouldBlock):
+        exchange.receive_nowait()
+    exchange.connection_closed()
+    with trio.fail_after(5):
+        for _ in range(2):  # the client left: said at once, every time, never the body again
+            assert await exchange.receive() == {"type": "http.disconnect"}
 
 
 def test_heads_kept_are_the_heads_h11_writes() -> None:

@@ -270,6 +270,15 @@ class AliasStore:
             param="alias",
         )
 
+    def _forget(self, path: Path) -> None:
+        """Drop what is kept of ``path``'s alias: the store just changed the file. Its stamp
+        alone cannot tell: a new file may get the old one's inode number, size and (on a
+        kernel with coarse timestamps) mtime."""
+        self._parsed.pop(path, None)
+        where = os.fspath(path)
+        for name in [name for name, found in self._found.items() if found[0] == where]:
+            del self._found[name]
+
     def _write(self, alias: Alias, *, replace: bool) -> Path:
         self._check_args(alias)  # before anything touches the disk
         path = self.path_for(alias.alias)
@@ -304,6 +313,7 @@ class AliasStore:
             if tmp_name is not None:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp_name)
+            self._forget(path)
         if exists:
             try:
                 existing = self._read_existing(alias.alias) or alias
@@ -364,3 +374,5 @@ class AliasStore:
             raise AliasNotFoundError(name) from None
         except OSError as exc:
             raise ConfigError(f"cannot delete alias file {path}: {_os_reason(exc)}") from exc
+        finally:
+            self._forget(path)

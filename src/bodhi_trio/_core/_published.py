@@ -41,8 +41,8 @@ class PublishedState:
     def value(self) -> ServerState:
         """The current state."""
         if self._stale:
-            self._stale = False
             self._value.value = self._build()
+            self._stale = False  # after the build: one that failed is tried again
         state: ServerState = self._value.value
         return state
 
@@ -54,8 +54,9 @@ class PublishedState:
     def publish(self) -> None:
         """Note a change: wake whoever waits for one."""
         if self._waiters:
-            self._stale = False
+            self._stale = True  # until the build is in
             self._value.value = self._build()
+            self._stale = False
         else:
             self._stale = True
         self._changed.set()

@@ -297,7 +297,10 @@ class FastExchange:
         if not self._body_given:
             self._body_given = True
             return {"type": "http.request", "body": self._request.body, "more_body": False}
-        if self._done or self.state is _CLOSED:  # as Hypercorn says once a response ended
+        if self._done or self.state is _CLOSED or self.closed:
+            # as Hypercorn says once a response ended, or the client left; still a
+            # checkpoint: a caller that asks again and again never spins the loop
+            await trio.lowlevel.checkpoint()
             return {"type": "http.disconnect"}
         if self._watching:  # one reader of the socket; others wait for what it sees
             await self._left_event.wait()
