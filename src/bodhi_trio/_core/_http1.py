@@ -25,6 +25,7 @@ import attrs
 
 __all__ = [
     "MAX_HEAD_BYTES",
+    "FIELD_NAME",
     "BodyDecoder",
     "ChunkedDecoder",
     "FramingError",
@@ -38,7 +39,8 @@ _MAX_SIZE_LINE = 4096
 _MAX_TRAILER_BYTES = 65536
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: (.*))?")
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,15}")
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+FIELD_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+"""A header's name: an RFC 9110 token, as h11 reads and writes it."""
 
 
 class FramingError(ValueError):
@@ -87,7 +89,7 @@ def parse_head(head: bytes) -> ResponseHead:
     headers: dict[str, str] = {}
     for line in lines[1:]:
         name, colon, value = line.partition(b":")
-        if not colon or _TOKEN.fullmatch(name) is None:
+        if not colon or FIELD_NAME.fullmatch(name) is None:
             raise FramingError(f"malformed header line: {line[:80]!r}")
         key = name.decode("ascii").lower()
         text = value.strip(b" \t").decode("latin-1")

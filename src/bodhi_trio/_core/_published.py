@@ -53,12 +53,10 @@ class PublishedState:
 
     def publish(self) -> None:
         """Note a change: wake whoever waits for one."""
+        self._stale = True
         if self._waiters:
-            self._stale = True  # until the build is in
             self._value.value = self._build()
             self._stale = False
-        else:
-            self._stale = True
         self._changed.set()
         self._changed = trio.Event()
 

@@ -134,15 +134,9 @@ class CompletionRoute:
             whole: bytes = first.get("body", b"")
             if not first.get("more_body", False) and len(whole) <= limit:
                 return whole  # the usual request: its body came with it, no wait to bound
-            parts.append(whole)
-            size = len(whole)
-            if size > limit:
-                raise RequestEntityTooLarge()
-        elif first is not None:
-            return None  # http.disconnect
         with trio.move_on_after(self.body_timeout):
             while True:
-                message = queued() or await receive()
+                message, first = first or queued() or await receive(), None
                 if message["type"] != "http.request":
                     return None  # http.disconnect
                 data: bytes = message.get("body", b"")

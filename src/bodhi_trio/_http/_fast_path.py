@@ -37,7 +37,7 @@ import trio
 from hypercorn.events import Closed, RawData, Updated
 from hypercorn.protocol.http_stream import ASGIHTTPState
 
-from bodhi_trio._http._simple_request import FIELD_NAME
+from bodhi_trio._core._http1 import FIELD_NAME
 
 if TYPE_CHECKING:
     from hypercorn.config import Config
@@ -295,8 +295,7 @@ class FastExchange:
         Cancellation: at any point; bytes read by then are kept.
         """
         if not self._body_given:
-            self._body_given = True
-            return {"type": "http.request", "body": self._request.body, "more_body": False}
+            return self.receive_nowait()
         if self._done or self.state is _CLOSED or self.closed:
             # as Hypercorn says once a response ended, or the client left; still a
             # checkpoint: a caller that asks again and again never spins the loop

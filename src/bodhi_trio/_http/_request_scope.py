@@ -160,5 +160,4 @@ async def request_scope() -> AsyncIterator[RequestNote]:
         _request_note.reset(note_token)
         _request_bodies.reset(token)
         with trio.CancelScope(shield=True):
-            for body in bodies:
-                await body.aclose()  # idempotent, never blocks
+            await close_request_bodies(bodies)

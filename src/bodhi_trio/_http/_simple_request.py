@@ -20,10 +20,10 @@ from typing import final
 
 import attrs
 
-__all__ = ["FIELD_NAME", "SimpleRequest", "parse_simple_request"]
+from bodhi_trio._core._http1 import FIELD_NAME
 
-FIELD_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-"""A header's name: an RFC 9110 token, as h11 reads and writes it."""
+__all__ = ["SimpleRequest", "parse_simple_request"]
+
 # h11's field value, ASCII only (obs-text is h11's to read): visible characters with single
 # spaces or tabs between them.
 _VALUE = re.compile(rb"(?:[\x21-\x7e]+(?:[ \t]+[\x21-\x7e]+)*)?")
