@@ -118,7 +118,8 @@ def fake_scenarios(quick: bool) -> list[Scenario]:
     seconds = 1.5 if quick else 5.0
     paced = ("direct", "direct-tcp", "trio-floor", "bodhi-trio", "remote", "remote-httpx", "ollama")
     return [
-        Scenario("1 stream", 1, 1000, duration=seconds),
+        # the bare Trio relay here too: its added TTFT beside bodhi-trio's (17.3), in one run
+        Scenario("1 stream", 1, 1000, duration=seconds, arms=(*paced, "litellm")),
         Scenario("64 streams", 64, 1000, duration=seconds),
         # one event per read, as from a real model: the proxy's cost per wakeup
         Scenario("1 stream, paced", 1, 1000, duration=seconds, token_delay=PACE, arms=paced),
