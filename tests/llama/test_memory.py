@@ -1,14 +1,11 @@
-"""The memory estimate from a GGUF header, the header reader, and a process group's RSS."""
+"""The memory estimate from a GGUF header, and the header reader."""
 
 from __future__ import annotations
 
-import os
-import signal
 from pathlib import Path
 
 import gguf
 import pytest
-import trio
 
 from bodhi_trio._llama._gguf_header import GGUFHeaderError, read_gguf_metadata
 from bodhi_trio._llama._memory import (
@@ -16,9 +13,7 @@ from bodhi_trio._llama._memory import (
     MemoryEstimate,
     estimate_model_memory,
     format_bytes,
-    process_group_rss,
 )
-from procs import group_members, wait_gone
 
 # The demo model's shape (see _config/_demo.py), checked against its header below so
 # that the hand-computed numbers cannot drift from the file.
@@ -276,56 +271,3 @@ def test_format_bytes() -> None:
     assert format_bytes(64 * 1024 * 1024) == "64.0 MiB"
     assert format_bytes(8 * 1024**3) == "8.0 GiB"
     assert format_bytes(3 * 1024**5) == "3072.0 TiB"
-
-
-def test_rss_parses_proc(tmp_path: Path) -> None:
-    page = os.sysconf("SC_PAGE_SIZE")
-
-    def process(pid: int, comm: str, state: str, pgrp: int, resident: int) -> None:
-        (tmp_path / str(pid)).mkdir()
-        (tmp_path / str(pid) / "stat").write_text(f"{pid} ({comm}) {state} 1 {pgrp} {pgrp} 0 -1")
-        (tmp_path / str(pid) / "statm").write_text(f"9999 {resident} 10 1 0 50 0\n")
-
-    process(100, "llama-server", "S", 100, 1000)
-    process(101, "weird) name (x", "R", 100, 20)  # the name may hold ") "
-    process(102, "zombie", "Z", 100, 0)
-    process(103, "other", "S", 7, 5000)
-    (tmp_path / "104").mkdir()  # exited between listing and reading
-    (tmp_path / "self").mkdir()
-    assert process_group_rss(100, proc=tmp_path) == 1020 * page
-    assert process_group_rss(7, proc=tmp_path) == 5000 * page
-    assert process_group_rss(102, proc=tmp_path) is None
-    assert process_group_rss(100, proc=tmp_path / "nowhere") is None
-
-
-def vm_rss(pid: int) -> int:
-    """VmRSS from /proc/<pid>/status: another source than the statm the code reads."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for {pid}")
-
-
-async def test_rss_sums_the_group() -> None:
-    # A group leader that forked a second process: both count.
-    leader = await trio.lowlevel.open_process(
-        ["sh", "-c", "sleep 60 & exec sleep 60"], start_new_session=True
-    )
-    try:
-        with trio.fail_after(10):  # liveness bound: the fork takes milliseconds
-            while len(group_members(leader.pid)) < 2:  # noqa: ASYNC110 - /proc, no event
-                await trio.sleep(0.01)
-        members = group_members(leader.pid)
-        measured = process_group_rss(leader.pid)
-        expected = sum(vm_rss(pid) for pid in members)
-        assert measured is not None
-        # A process's RSS can move by a page or two between two reads.
-        assert abs(measured - expected) <= 16 * os.sysconf("SC_PAGE_SIZE") * len(members)
-        assert measured > 0
-    finally:
-        os.killpg(leader.pid, signal.SIGKILL)
-        with trio.fail_after(10):  # liveness bound: SIGKILL is immediate
-            await leader.wait()
-            for pid in group_members(leader.pid):
-                await wait_gone(pid)
-    assert process_group_rss(leader.pid) is None

@@ -11,7 +11,8 @@ import trio
 
 from bodhi_trio._config._demo import DEMO_ALIAS
 from bodhi_trio._llama._child import LaunchSpec, LlamaServer, serve_llama_server
-from bodhi_trio._llama._memory import MiB, estimate_model_memory, process_group_rss
+from bodhi_trio._llama._group_rss import process_group_rss
+from bodhi_trio._llama._memory import MiB, estimate_model_memory
 from procs import child_client
 
 pytestmark = pytest.mark.llama

@@ -28,9 +28,9 @@ from bodhi_trio._core._groups import reraise_unwrapped, sole_exception
 from bodhi_trio._core._listeners import ListenerHub
 from bodhi_trio._core._scheduler import Scheduler
 from bodhi_trio._llama._child import serve_llama_server
+from bodhi_trio._llama._group_rss import GroupMemory
 from bodhi_trio._llama._leftovers import kill_leftovers, sweep_socket_dirs
 from bodhi_trio._llama._logtail import LogTail
-from bodhi_trio._llama._memory import process_group_rss
 from bodhi_trio._transport._loopback import PooledSender, Sender, UpstreamPool
 from bodhi_trio._transport._remote import open_remote_clients
 
@@ -105,7 +105,7 @@ async def open_context(
                 spec_builder=spec_builder or default_spec_builder(settings),
                 log_for=functools.partial(_child_log, settings, child_logs, log),
                 estimate=estimate or estimate_from_gguf,
-                measure=measure or process_group_rss,
+                measure=measure or GroupMemory(),
             )
             aliases = AliasStore.for_settings(settings)
             ctx = SharedContext(

@@ -1,4 +1,5 @@
-"""How much memory a model takes: an estimate from its GGUF, and a child's measured RSS.
+"""How much memory a model takes: an estimate from its GGUF (the measured RSS of a running
+child is :mod:`~bodhi_trio._llama._group_rss`'s).
 
 The estimate (:func:`estimate_model_memory`) is the model file (weights are
 memory-mapped; on the CPU every page is touched at warm-up, so all of it becomes
@@ -26,14 +27,13 @@ sizes the cache, and what this module follows:
 
 Not followed: ``--fit`` (on by default) may *shrink* an unset context at load time
 when model and cache would not fit the machine; the estimate then overstates what
-the child uses, and the measured RSS (:func:`process_group_rss`) replaces it once
+the child uses, and the measured RSS (:mod:`~bodhi_trio._llama._group_rss`) replaces it once
 the child runs. Multi-head-latent-attention models are estimated from their
 ``head_count_kv``/``key_length`` as written by current converters.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -50,7 +50,6 @@ __all__ = [
     "MemoryEstimate",
     "estimate_model_memory",
     "format_bytes",
-    "process_group_rss",
 ]
 
 MiB = 1024 * 1024
@@ -348,47 +347,3 @@ def estimate_model_memory(model_path: Path, server_args: Sequence[str] = ()) -> 
         n_ctx=n_ctx,
         cache_types=types,
     )
-
-
-_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-
-
-def process_group_rss(pgid: int, *, proc: Path = Path("/proc")) -> int | None:
-    """The resident memory of every live process in a process group, in bytes.
-
-    A child runs in its own process group (its pid is the group id), so this counts
-    whatever it forked too. Resident memory includes the model file's pages the child
-    has mapped, which the page cache shares with any other process mapping that file.
-    Reads ``/proc/<pid>/stat`` of every process and ``/proc/<pid>/statm`` of the members:
-    no disk I/O, 1.5 ms for 120 processes on the 2-core test machine, cheap enough to
-    call from the event loop every few seconds.
-
-    Args:
-        pgid: The process group id (a child's pid).
-        proc: The procfs mount, for tests.
-
-    Returns:
-        The sum of the members' resident set sizes, or ``None`` if the group has no live
-        process (zombies do not count: they hold no memory).
-    """
-    total = 0
-    members = 0
-    try:
-        entries = os.listdir(proc)
-    except OSError:
-        return None
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            stat = (proc / entry / "stat").read_text()
-            # Fields after the command name, which may itself hold spaces and ")".
-            state, _ppid, pgrp = stat[stat.rindex(")") + 2 :].split(maxsplit=3)[:3]
-            if int(pgrp) != pgid or state in ("Z", "X"):
-                continue
-            resident_pages = int((proc / entry / "statm").read_text().split()[1])
-        except (OSError, ValueError, IndexError):
-            continue  # exited while we looked, or not ours to read
-        total += resident_pages * _PAGE_SIZE
-        members += 1
-    return total if members else None
