@@ -190,6 +190,7 @@ def _memory_table(mem: dict[str, Any]) -> str:
     rows = [
         ("RSS right after startup", mem.get("rss_started_mib"), "MiB"),
         ("RSS idle, after one completed request", mem.get("rss_idle_mib"), "MiB"),
+        ("CPU idle then, the model loaded (µs a second)", mem.get("cpu_idle_us_per_s"), "µs"),
         ("RSS after loading the idle alias (baseline)", mem.get("rss_before_streams_mib"), "MiB"),
         (f"RSS with {mem.get('streams')} open idle streams", mem.get("rss_streams_mib"), "MiB"),
         ("per open stream (vs. baseline)", mem.get("per_stream_kib"), "KiB"),

@@ -10,8 +10,9 @@
   the previous child). The same for cold starts (``POST /bodhi/v1/server/stop`` before each
   request), and warm requests (the alias already loaded) for reference.
 - **memory**: one bodhi-trio on the fake upstream. Its RSS after startup and one completed
-  request; then with 1,000 open idle streams (alias ``bench:idle``, whose fake child waits an
-  hour after the role chunk), held by a raw Trio client, read once ``in_flight`` is 1,000.
+  request, and its CPU while it then idles with the model loaded (:data:`IDLE_CPU_SECS`);
+  then with 1,000 open idle streams (alias ``bench:idle``, whose fake child waits an hour
+  after the role chunk), held by a raw Trio client, read once ``in_flight`` is 1,000.
 """
 
 from __future__ import annotations
@@ -23,7 +24,16 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import trio
-from bench_procs import CHILD_URL, FAKE, Bodhi, child_starts, http_json, running_bodhi
+from bench_procs import (
+    CHILD_URL,
+    FAKE,
+    Bodhi,
+    child_starts,
+    cpu_between,
+    cpu_reading,
+    http_json,
+    running_bodhi,
+)
 from bench_suites import Arm, Scenario, run_one
 
 __all__ = ["memory_suite", "swap_suite"]
@@ -185,6 +195,19 @@ async def _hold_streams(bodhi: Bodhi, alias: str, n: int, child_socket: str) -> 
     return out
 
 
+IDLE_CPU_SECS = 16.0
+"""How long the memory suite reads bodhi-trio's CPU while it idles with a model loaded: three
+of its child watch's rounds (a health check, and the child's RSS, every 5 s)."""
+
+
+def _idle_cpu(pid: int) -> float | None:
+    """``pid``'s CPU over :data:`IDLE_CPU_SECS` with nothing asked of it, in µs a second."""
+    before, start = cpu_reading(pid), time.monotonic()
+    time.sleep(IDLE_CPU_SECS)
+    used = cpu_between(before, cpu_reading(pid))
+    return None if used is None else used / (time.monotonic() - start) * 1e6
+
+
 def memory_suite(workdir: Path, streams: int = 1000) -> dict[str, Any]:
     aliases = {"bench:fake": [], "bench:idle": ["--token-delay 3600"]}
     with running_bodhi(workdir, "memory", aliases, FAKE) as bodhi:
@@ -197,6 +220,7 @@ def memory_suite(workdir: Path, streams: int = 1000) -> dict[str, Any]:
         out["first_request_errors"] = one.errors
         time.sleep(1)
         out["rss_idle_mib"] = bodhi.rss_mib()
+        out["cpu_idle_us_per_s"] = _idle_cpu(bodhi.pid)
         state = bodhi.load("bench:idle")  # the fake child now waits an hour after the role chunk
         time.sleep(1)
         out["rss_before_streams_mib"] = bodhi.rss_mib()

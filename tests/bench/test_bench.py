@@ -554,3 +554,26 @@ def test_the_rag_suite_renders_its_three_arms_and_loads_beside(tmp_path: Path) -
     md.unlink()
     assert run.main(["--render", str(json_path)]) == 0
     assert md.read_text() == text
+
+
+def test_the_memory_table_gives_the_cpu_of_an_idle_server(tmp_path: Path) -> None:
+    run = _bench_module("run")
+    results = committed_like_results()
+    results["suites"]["memory"]["cpu_idle_us_per_s"] = 263.4
+    run.write_results(results, tmp_path / "results.json", tmp_path / "RESULTS.md")
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "| CPU idle then, the model loaded (µs a second) | 263.4 µs |" in text
+
+
+def test_idle_cpu_is_what_the_process_used_meanwhile(monkeypatch: pytest.MonkeyPatch) -> None:
+    startup = _bench_module("bench_startup")
+    monkeypatch.setattr(startup, "IDLE_CPU_SECS", 0.5)
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    asleep = subprocess.Popen(["sleep", "60"])
+    try:
+        assert startup._idle_cpu(busy.pid) > 0.3e6  # about a whole core: 1e6 µs a second
+        assert startup._idle_cpu(asleep.pid) < 0.05e6
+    finally:
+        for proc in (busy, asleep):
+            proc.kill()
+            proc.wait()
