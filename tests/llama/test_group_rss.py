@@ -28,6 +28,17 @@ def remove_process(proc: Path, pid: int) -> None:
     (proc / str(pid)).rmdir()
 
 
+def both_asleep(pgid: int) -> bool:
+    """The group of ``sh -c "sleep 60 & exec sleep 60"`` is two ``sleep`` processes (the
+    shell's memory, before its exec, is not what a second look finds)."""
+    members = group_members(pgid)
+    try:
+        names = [Path(f"/proc/{pid}/comm").read_text().strip() for pid in members]
+    except OSError:
+        return False
+    return names == ["sleep", "sleep"]
+
+
 def test_rss_parses_proc(tmp_path: Path) -> None:
     page = PAGE
     add_process(tmp_path, 100, "llama-server", "S", 100, 1000)
@@ -56,8 +67,8 @@ async def test_rss_sums_the_group() -> None:
         ["sh", "-c", "sleep 60 & exec sleep 60"], start_new_session=True
     )
     try:
-        with trio.fail_after(10):  # liveness bound: the fork takes milliseconds
-            while len(group_members(leader.pid)) < 2:  # noqa: ASYNC110 - /proc, no event
+        with trio.fail_after(10):  # liveness bound: the fork and the exec take milliseconds
+            while not both_asleep(leader.pid):  # noqa: ASYNC110 - /proc, no event
                 await trio.sleep(0.01)
         members = group_members(leader.pid)
         measured = process_group_rss(leader.pid)
@@ -122,8 +133,8 @@ async def test_group_memory_agrees_with_a_look_at_every_process() -> None:
         ["sh", "-c", "sleep 60 & exec sleep 60"], start_new_session=True
     )
     try:
-        with trio.fail_after(10):  # liveness bound: the fork takes milliseconds
-            while len(group_members(leader.pid)) < 2:  # noqa: ASYNC110 - /proc, no event
+        with trio.fail_after(10):  # liveness bound: the fork and the exec take milliseconds
+            while not both_asleep(leader.pid):  # noqa: ASYNC110 - /proc, no event
                 await trio.sleep(0.01)
         memory = GroupMemory()
         first = memory(leader.pid)

@@ -21,10 +21,12 @@ import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
-import gguf
-import numpy as np
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "DEMO_ALIAS",
@@ -85,6 +87,8 @@ class DemoModel:
 
 def _vocab(*, corrupt: bool) -> tuple[list[str], list[float], list[int]]:
     """Return the token strings, scores and types of the demo vocabulary."""
+    import gguf  # not at the top: see _write
+
     tt = gguf.TokenType
     tokens = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
     types = [tt.UNKNOWN, tt.CONTROL, tt.CONTROL, tt.CONTROL, tt.CONTROL]
@@ -103,6 +107,11 @@ def _vocab(*, corrupt: bool) -> tuple[list[str], list[float], list[int]]:
 
 
 def _write(path: Path, *, seed: int, corrupt: bool) -> None:
+    # gguf and numpy are imported only here: a server that does not write the demo model
+    # never holds them (22 MiB of resident memory; see bodhi_trio._llama._gguf_types).
+    import gguf
+    import numpy as np
+
     tokens, scores, types = _vocab(corrupt=corrupt)
     n_vocab = len(tokens)
     rng = np.random.default_rng(seed)

@@ -7,7 +7,8 @@ long for an admission decision. What the estimate needs is a dozen scalars and a
 short per-layer arrays, so this reader decodes scalars and short numeric arrays and
 only steps over string arrays (reading each string's length, never its bytes). The
 file is memory-mapped: only the header's pages are read, never the tensor data. The
-value type codes and the magic come from the ``gguf`` package.
+value type codes and the magic are :mod:`~bodhi_trio._llama._gguf_types`' (the ``gguf``
+package's, without importing it and numpy with it).
 """
 
 from __future__ import annotations
@@ -16,14 +17,14 @@ import mmap
 import struct
 from pathlib import Path
 
-import gguf
+from bodhi_trio._llama._gguf_types import GGUF_MAGIC, GGUFValueType
 
 __all__ = ["GGUFHeaderError", "GGUFValue", "read_gguf_metadata"]
 
 GGUFValue = int | float | bool | str | tuple[int | float | bool, ...]
 """A decoded metadata value: a scalar, a string or a short numeric array."""
 
-_VT = gguf.GGUFValueType
+_VT = GGUFValueType
 _SCALAR_FORMATS: dict[int, str] = {
     _VT.UINT8: "B",
     _VT.INT8: "b",
@@ -142,7 +143,7 @@ def read_gguf_metadata(path: Path) -> dict[str, GGUFValue]:
         except ValueError:  # an empty file cannot be mapped
             raise GGUFHeaderError(f"{path}: not a GGUF file (empty)") from None
     with data:
-        if len(data) < 24 or struct.unpack_from("<I", data, 0)[0] != gguf.GGUF_MAGIC:
+        if len(data) < 24 or struct.unpack_from("<I", data, 0)[0] != GGUF_MAGIC:
             raise GGUFHeaderError(f"{path}: not a GGUF file (no GGUF magic)")
         # A file written on a big-endian machine shows its version byte-swapped.
         order = "<" if struct.unpack_from("<I", data, 4)[0] & 0xFFFF else ">"

@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import final
 
+import attrs
+
 __all__ = ["RESCAN_SECS", "GroupMemory", "process_group_rss"]
 
 RESCAN_SECS = 60.0
@@ -84,6 +86,7 @@ def _read(path: Path) -> bytes:
 
 
 @final
+@attrs.define(eq=False)
 class GroupMemory:
     """:func:`process_group_rss` that remembers each group's members (see the module
     docstring): every process is looked at on a group's first measure, and again once
@@ -97,10 +100,10 @@ class GroupMemory:
         clock: Seconds, monotonic (for tests).
     """
 
-    def __init__(self, *, proc: Path = _PROC, clock: Callable[[], float] = time.monotonic) -> None:
-        self._proc = proc
-        self._clock = clock
-        self._groups: dict[int, tuple[float, list[int]]] = {}  # pgid: (scanned at, members)
+    _proc: Path = attrs.field(default=_PROC, kw_only=True, alias="proc")
+    _clock: Callable[[], float] = attrs.field(default=time.monotonic, kw_only=True, alias="clock")
+    _groups: dict[int, tuple[float, list[int]]] = attrs.field(factory=dict, init=False)
+    """pgid: (when every process was last looked at, the members found then and still live)"""
 
     def __call__(self, pgid: int) -> int | None:
         """The resident memory of ``pgid``'s live members, in bytes, or ``None`` if it has none."""

@@ -39,9 +39,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import attrs
-import gguf
 
 from bodhi_trio._llama._gguf_header import GGUFValue, read_gguf_metadata
+from bodhi_trio._llama._gguf_types import CACHE_TYPE_SIZES
 from bodhi_trio._llama._server_args import canonical_flag, is_flag
 
 __all__ = [
@@ -98,7 +98,6 @@ _SWA_DEFAULT_WINDOW = {"gemma2": 4096, "llama4": 8192}
 # number (the later layers reuse one); gemma4 says so in attention.shared_kv_layers.
 _KV_LAYERS = {"gemma3n": 20}
 # The types --cache-type-k/-v accept (common/arg.cpp, kv_cache_types).
-_CACHE_TYPES = frozenset({"f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"})
 _SPLIT_NAME = re.compile(r"(?P<prefix>.*)-\d{5}-of-\d{5}\.gguf")
 
 
@@ -196,12 +195,12 @@ def _int_flag(flags: Mapping[str, list[str]], flag: str) -> int | None:
 def _cache_type(flags: Mapping[str, list[str]], flag: str) -> str:
     values = flags.get(flag)
     # llama.cpp matches the type name exactly; an unknown one fails the start.
-    return values[0] if values and values[0] in _CACHE_TYPES else "f16"
+    return values[0] if values and values[0] in CACHE_TYPE_SIZES else "f16"
 
 
 def _row_bytes(cache_type: str, elements: int) -> int:
     """Bytes of one cache row, as ``ggml_row_size``: blocks of ``block_size`` elements."""
-    block_size, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[cache_type.upper()]]
+    block_size, type_size = CACHE_TYPE_SIZES[cache_type]
     return elements * type_size // block_size
 
 

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
-import gguf
 
 from bodhi_trio._config._hf_cache import resolve_model_file
 from bodhi_trio._config._hub_refs import PullRequest
@@ -31,6 +30,7 @@ from bodhi_trio._http._ollama._pull import is_hub_ref
 from bodhi_trio._http._ollama._responses import rfc3339
 from bodhi_trio._http._request_scope import note_request
 from bodhi_trio._llama._gguf_header import read_gguf_metadata
+from bodhi_trio._llama._gguf_types import FILE_TYPES
 from bodhi_trio._llama._memory import estimate_model_memory
 
 if TYPE_CHECKING:
@@ -163,10 +163,7 @@ def _human_number(count: int) -> str:
 def _quantization(file_type: object) -> str:
     if not isinstance(file_type, int) or isinstance(file_type, bool):
         return ""
-    try:
-        name = gguf.LlamaFileType(file_type).name
-    except ValueError:
-        return ""
+    name = FILE_TYPES.get(file_type, "")
     return name.removeprefix("MOSTLY_").removeprefix("ALL_")
 
 
