@@ -47,8 +47,8 @@ CACHE_TYPE_SIZES: Final[dict[str, tuple[int, int]]] = {
     "q5_0": (32, 22),
     "q5_1": (32, 24),
 }
-"""The KV cache types llama-server takes (``--cache-type-k``/``-v``): elements per block and
-bytes per block (``gguf.GGML_QUANT_SIZES``)."""
+"""The KV cache types llama-server takes (``--cache-type-k``/``-v``, exactly these names; any
+other fails its start): elements per block and bytes per block (``gguf.GGML_QUANT_SIZES``)."""
 
 FILE_TYPES: Final[dict[int, str]] = {
     0: "ALL_F32",

@@ -97,7 +97,6 @@ _SWA_DEFAULT_WINDOW = {"gemma2": 4096, "llama4": 8192}
 # Layers with a KV cache of their own, counted from the first, where llama.cpp fixes the
 # number (the later layers reuse one); gemma4 says so in attention.shared_kv_layers.
 _KV_LAYERS = {"gemma3n": 20}
-# The types --cache-type-k/-v accept (common/arg.cpp, kv_cache_types).
 _SPLIT_NAME = re.compile(r"(?P<prefix>.*)-\d{5}-of-\d{5}\.gguf")
 
 
