@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
@@ -61,8 +63,10 @@ def vm_rss(pid: int) -> int:
     raise AssertionError(f"no VmRSS for {pid}")
 
 
-async def test_rss_sums_the_group() -> None:
-    # A group leader that forked a second process: both count.
+@asynccontextmanager
+async def two_sleepers() -> AsyncIterator[int]:
+    """A process group of two ``sleep`` processes (a leader that forked one); yields its id.
+    Both are killed and gone on leaving."""
     leader = await trio.lowlevel.open_process(
         ["sh", "-c", "sleep 60 & exec sleep 60"], start_new_session=True
     )
@@ -70,25 +74,36 @@ async def test_rss_sums_the_group() -> None:
         with trio.fail_after(10):  # liveness bound: the fork and the exec take milliseconds
             while not both_asleep(leader.pid):  # noqa: ASYNC110 - /proc, no event
                 await trio.sleep(0.01)
-        members = group_members(leader.pid)
-        measured = process_group_rss(leader.pid)
-        expected = sum(vm_rss(pid) for pid in members)
-        assert measured is not None
-        # A process's RSS can move by a page or two between two reads.
-        assert abs(measured - expected) <= 16 * os.sysconf("SC_PAGE_SIZE") * len(members)
-        assert measured > 0
+        yield leader.pid
     finally:
         os.killpg(leader.pid, signal.SIGKILL)
         with trio.fail_after(10):  # liveness bound: SIGKILL is immediate
             await leader.wait()
             for pid in group_members(leader.pid):
                 await wait_gone(pid)
-    assert process_group_rss(leader.pid) is None
+
+
+async def test_rss_sums_the_group() -> None:
+    # A group leader that forked a second process: both count.
+    async with two_sleepers() as pgid:
+        members = group_members(pgid)
+        measured = process_group_rss(pgid)
+        expected = sum(vm_rss(pid) for pid in members)
+        assert measured is not None
+        # A process's RSS can move by a page or two between two reads.
+        assert abs(measured - expected) <= 16 * PAGE * len(members)
+        assert measured > 0
+    assert process_group_rss(pgid) is None
+
+
+def memory_on(proc: Path) -> tuple[GroupMemory, list[float]]:
+    """A GroupMemory on a fake ``/proc``, and its clock: set ``now[0]``."""
+    now = [0.0]
+    return GroupMemory(proc=proc, clock=lambda: now[0]), now
 
 
 def test_group_memory_reads_the_members_it_knows_until_the_rescan(tmp_path: Path) -> None:
-    now = [0.0]
-    memory = GroupMemory(proc=tmp_path, clock=lambda: now[0])
+    memory, now = memory_on(tmp_path)
     add_process(tmp_path, 100, "llama-server", "S", 100, 1000)
     add_process(tmp_path, 103, "other", "S", 7, 5000)
     assert memory(100) == 1000 * PAGE
@@ -105,8 +120,7 @@ def test_group_memory_reads_the_members_it_knows_until_the_rescan(tmp_path: Path
 
 
 def test_group_memory_looks_again_when_no_member_it_knows_is_left(tmp_path: Path) -> None:
-    now = [0.0]
-    memory = GroupMemory(proc=tmp_path, clock=lambda: now[0])
+    memory, now = memory_on(tmp_path)
     add_process(tmp_path, 100, "leader", "S", 100, 1000)
     assert memory(100) == 1000 * PAGE
     add_process(tmp_path, 101, "forked", "S", 100, 20)
@@ -118,8 +132,7 @@ def test_group_memory_looks_again_when_no_member_it_knows_is_left(tmp_path: Path
 
 
 def test_group_memory_forgets_a_group_no_longer_measured(tmp_path: Path) -> None:
-    now = [0.0]
-    memory = GroupMemory(proc=tmp_path, clock=lambda: now[0])
+    memory, now = memory_on(tmp_path)
     add_process(tmp_path, 100, "stopped later", "S", 100, 1000)
     add_process(tmp_path, 200, "still loaded", "S", 200, 10)
     assert memory(100) == 1000 * PAGE
@@ -129,22 +142,10 @@ def test_group_memory_forgets_a_group_no_longer_measured(tmp_path: Path) -> None
 
 
 async def test_group_memory_agrees_with_a_look_at_every_process() -> None:
-    leader = await trio.lowlevel.open_process(
-        ["sh", "-c", "sleep 60 & exec sleep 60"], start_new_session=True
-    )
-    try:
-        with trio.fail_after(10):  # liveness bound: the fork and the exec take milliseconds
-            while not both_asleep(leader.pid):  # noqa: ASYNC110 - /proc, no event
-                await trio.sleep(0.01)
-        memory = GroupMemory()
-        first = memory(leader.pid)
+    memory = GroupMemory()
+    async with two_sleepers() as pgid:
+        first = memory(pgid)
         assert first is not None
-        assert abs(first - (process_group_rss(leader.pid) or 0)) <= 16 * PAGE * 2
-        assert sorted(memory._groups[leader.pid][1]) == sorted(group_members(leader.pid))
-    finally:
-        os.killpg(leader.pid, signal.SIGKILL)
-        with trio.fail_after(10):  # liveness bound: SIGKILL is immediate
-            await leader.wait()
-            for pid in group_members(leader.pid):
-                await wait_gone(pid)
-    assert memory(leader.pid) is None
+        assert abs(first - (process_group_rss(pgid) or 0)) <= 16 * PAGE * 2
+        assert sorted(memory._groups[pgid][1]) == sorted(group_members(pgid))
+    assert memory(pgid) is None
