@@ -556,7 +556,7 @@ def test_the_rag_suite_renders_its_three_arms_and_loads_beside(tmp_path: Path) -
     assert md.read_text() == text
 
 
-def test_the_memory_table_gives_the_first_start_and_the_cpu_of_an_idle_server(tmp_path: Path) -> None:
+def test_the_memory_table_gives_the_first_start_and_the_idle_cpu(tmp_path: Path) -> None:
     run = _bench_module("run")
     results = committed_like_results()
     results["suites"]["memory"] |= {"cpu_idle_us_per_s": 263.4, "rss_first_start_mib": 79.3}
