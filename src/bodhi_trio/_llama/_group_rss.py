@@ -23,6 +23,8 @@ from typing import final
 
 import attrs
 
+from bodhi_trio._llama._procfs import PROC, read_small, stat_fields
+
 __all__ = ["RESCAN_SECS", "GroupMemory", "process_group_rss"]
 
 RESCAN_SECS = 60.0
@@ -30,10 +32,9 @@ RESCAN_SECS = 60.0
 a child forks is counted within this long."""
 
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-_PROC = Path("/proc")
 
 
-def process_group_rss(pgid: int, *, proc: Path = _PROC) -> int | None:
+def process_group_rss(pgid: int, *, proc: Path = PROC) -> int | None:
     """The resident memory of every live process in a process group, in bytes (every
     process in ``proc`` looked at: see the module docstring for the cost).
 
@@ -62,27 +63,16 @@ def _members_rss(pgid: int, pids: Iterable[int], proc: Path) -> tuple[int | None
     total = 0
     members: list[int] = []
     for pid in pids:
+        fields = stat_fields(pid, proc=proc)
         try:
-            stat = _read(proc / str(pid) / "stat")
-            # Fields after the command name, which may itself hold spaces and ")".
-            state, _ppid, pgrp = stat[stat.rindex(b")") + 2 :].split(maxsplit=3)[:3]
-            if int(pgrp) != pgid or state in (b"Z", b"X"):
+            if fields is None or int(fields[2]) != pgid or fields[0] in (b"Z", b"X"):
                 continue
-            resident_pages = int(_read(proc / str(pid) / "statm").split()[1])
+            resident_pages = int(read_small(proc / str(pid) / "statm").split()[1])
         except (OSError, ValueError, IndexError):
             continue  # exited while we looked, or not ours to read
         total += resident_pages * _PAGE_SIZE
         members.append(pid)
     return (total if members else None), members
-
-
-def _read(path: Path) -> bytes:
-    """A small ``/proc`` file in one read: three system calls, where ``read_text`` makes nine."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        return os.read(fd, 4096)
-    finally:
-        os.close(fd)
 
 
 @final
@@ -100,7 +90,7 @@ class GroupMemory:
         clock: Seconds, monotonic (for tests).
     """
 
-    _proc: Path = attrs.field(default=_PROC, kw_only=True, alias="proc")
+    _proc: Path = attrs.field(default=PROC, kw_only=True, alias="proc")
     _clock: Callable[[], float] = attrs.field(default=time.monotonic, kw_only=True, alias="clock")
     _groups: dict[int, tuple[float, list[int]]] = attrs.field(factory=dict, init=False)
     """pgid: (when every process was last looked at, the members found then and still live)"""

@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bodhi_trio._llama._procfs import stat_fields
+
 __all__ = [
     "SOCKET_DIR_PREFIX",
     "SOCKET_NAME",
@@ -37,13 +39,8 @@ logger = logging.getLogger("bodhi_trio.leftovers")
 
 def _start_time(pid: int) -> int | None:
     """The process's start time in clock ticks since boot, or ``None`` if it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name (field 2) may contain spaces and parentheses: split after the last ")".
-    fields = stat[stat.rindex(")") + 2 :].split()
-    if fields[0] == "Z":  # a zombie has exited already
+    fields = stat_fields(pid)
+    if fields is None or fields[0] == b"Z":  # a zombie has exited already
         return None
     return int(fields[19])
 
