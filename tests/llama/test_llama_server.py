@@ -192,7 +192,10 @@ def _listening_tcp_inodes() -> set[str]:
 def _socket_inodes(pid: int) -> set[str]:
     inodes = set()
     for fd in Path(f"/proc/{pid}/fd").iterdir():
-        target = os.readlink(fd)
+        try:
+            target = os.readlink(fd)
+        except FileNotFoundError:  # closed since the listing (the child's threads open files)
+            continue
         if target.startswith("socket:["):
             inodes.add(target[len("socket:[") : -1])
     return inodes
