@@ -27,7 +27,8 @@ from bodhi_trio._config._hf_cache import resolve_model_file
 from bodhi_trio._config._settings import Settings, load_settings
 from bodhi_trio._exceptions import BodhiError, ModelFileNotFoundError
 from bodhi_trio._http._observe import JsonLogFormatter
-from bodhi_trio._llama._runtime import find_llama_server, find_rpc_server, install_llama_server
+from bodhi_trio._llama._install import install_llama_server
+from bodhi_trio._llama._runtime import find_llama_server, find_rpc_server
 
 __all__ = ["main"]
 

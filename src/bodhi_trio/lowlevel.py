@@ -18,11 +18,11 @@ from bodhi_trio._core._rwlock import RWLockStatistics as RWLockStatistics
 from bodhi_trio._exports import fix_module_names
 from bodhi_trio._llama._child import LlamaServer as LlamaServer
 from bodhi_trio._llama._child import serve_llama_server as serve_llama_server
+from bodhi_trio._llama._install import install_llama_server as install_llama_server
 from bodhi_trio._llama._launch import LaunchSpec as LaunchSpec
 from bodhi_trio._llama._launch import child_environment as child_environment
 from bodhi_trio._llama._logtail import LogTail as LogTail
 from bodhi_trio._llama._runtime import find_llama_server as find_llama_server
-from bodhi_trio._llama._runtime import install_llama_server as install_llama_server
 from bodhi_trio._llama._server_args import merge_server_args as merge_server_args
 
 __all__ = [

