@@ -145,7 +145,7 @@ async def test_an_interrupted_check_removes_the_unchecked_file(
     def interrupted(path: Path, on_bytes: object) -> str:
         raise RuntimeError("interrupted while hashing")
 
-    monkeypatch.setattr(_hub_pull, "_sha256", interrupted)
+    monkeypatch.setattr(_hub_pull, "file_sha256", interrupted)
     with pytest.raises(RuntimeError, match="interrupted while hashing"):
         await pull(PullRequest.from_files(REPO, FILE), tmp_path)
     assert snapshot_files(tmp_path) == []

