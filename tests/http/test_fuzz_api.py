@@ -45,7 +45,7 @@ from api_errors import ENVELOPE_KEYS, documented_fields, envelope_problem
 from bodhi_trio._config._alias_store import AliasStore
 from bodhi_trio._config._demo import DEMO_ALIAS
 from bodhi_trio._http._app import create_app
-from bodhi_trio._http._ollama._routes import is_ollama_path
+from bodhi_trio._http._ollama._errors import is_ollama_path
 from bodhi_trio._http._openapi import openapi_document
 from bodhi_trio._http._openapi_llama import LLAMA_ROUTES
 from bodhi_trio._http._routes import Routes

@@ -14,6 +14,7 @@ from test_relay import FakeResponse, fake_forward
 
 from bodhi_trio._exceptions import AliasNotFoundError, InvalidRequestError, ServerBusyError
 from bodhi_trio._http._ollama import _stream
+from bodhi_trio._http._ollama._errors import is_ollama_path, ollama_error
 from bodhi_trio._http._ollama._keep_alive import parse_keep_alive
 from bodhi_trio._http._ollama._requests import (
     chat_request,
@@ -30,7 +31,6 @@ from bodhi_trio._http._ollama._responses import (
     normalized,
     rfc3339,
 )
-from bodhi_trio._http._ollama._routes import is_ollama_path, ollama_error
 from bodhi_trio._http._ollama._stream import NdjsonBody
 from bodhi_trio._http._relay import Relay, relay_upstream
 from bodhi_trio._http._relay_body import RelayBody

@@ -42,11 +42,8 @@ from bodhi_trio._http._completion_route import (
 )
 from bodhi_trio._http._errors import error_reply
 from bodhi_trio._http._observe import PROMETHEUS_CONTENT_TYPE, Observer
-from bodhi_trio._http._ollama._routes import (
-    OllamaRoutes,
-    is_ollama_path,
-    register_ollama_routes,
-)
+from bodhi_trio._http._ollama._errors import is_ollama_path
+from bodhi_trio._http._ollama._routes import OllamaRoutes, register_ollama_routes
 from bodhi_trio._http._openapi import openapi_document
 from bodhi_trio._http._page import page_asset, wants_page
 from bodhi_trio._http._pull_routes import PullRoutes, register_pull_routes

@@ -15,7 +15,7 @@ import logging
 from werkzeug.exceptions import HTTPException
 
 from bodhi_trio._exceptions import BodhiError, RequestTooLargeError, error_envelope
-from bodhi_trio._http._ollama._routes import ollama_error
+from bodhi_trio._http._ollama._errors import ollama_error
 from bodhi_trio._http._routes import Reply
 from bodhi_trio._http._sse import compact_json
 

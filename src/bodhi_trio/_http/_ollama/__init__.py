@@ -8,6 +8,7 @@ OpenAI routes.
 - :mod:`._models`: what ``/api/tags``, ``/api/ps`` and ``/api/show`` tell of a model,
   and which alias a model name means.
 - :mod:`._pull`: ``/api/pull`` over the server's pull jobs (Hugging Face repos only).
+- :mod:`._errors`: Ollama's error shape; a body's booleans and an answer's JSON checked.
 - :mod:`._routes`: the handlers, and :func:`._routes.register_ollama_routes`.
 - :mod:`._openapi`: their part of the OpenAPI document.
 """

@@ -7,15 +7,14 @@ holds the model and the upstream response) read through :class:`NdjsonBody`. The
 route waits for llama-server's answer before it sends the headers (through a load;
 see :mod:`._stream` on keep-alive), so every failure before the first byte has its
 status. Errors are raised like everywhere else; the app's one boundary renders them
-as ``{"error": "<text>"}`` under these paths (:func:`ollama_error`).
+as ``{"error": "<text>"}`` under these paths (:func:`._errors.ollama_error`).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal, Protocol, final
 
 import attrs
@@ -26,13 +25,12 @@ from bodhi_trio._config._hub_refs import PullRequest
 from bodhi_trio._context._open import required_string
 from bodhi_trio._core._state import SlotStatus
 from bodhi_trio._exceptions import (
-    AliasNotFoundError,
     BodhiError,
     InvalidRequestError,
-    ServerBusyError,
     UnavailableError,
     UpstreamError,
 )
+from bodhi_trio._http._ollama._errors import json_answer, optional_bool, upstream_refusal
 from bodhi_trio._http._ollama._models import (
     ModelFacts,
     context_length,
@@ -75,8 +73,6 @@ if TYPE_CHECKING:
 __all__ = [
     "OLLAMA_VERSION",
     "OllamaRoutes",
-    "is_ollama_path",
-    "ollama_error",
     "register_ollama_routes",
 ]
 
@@ -85,52 +81,6 @@ OLLAMA_VERSION = "0.12.3"
 
 _RUNNING = b"Ollama is running"
 _TEXT = {"Content-Type": "text/plain; charset=utf-8"}
-
-
-def is_ollama_path(path: str) -> bool:
-    """Whether ``path`` is Ollama's (its errors are ``{"error": "<text>"}``)."""
-    return path == "/" or path == "/api" or path.startswith("/api/")
-
-
-def ollama_error(
-    error: BaseException, status: int, envelope: Mapping[str, Any]
-) -> tuple[int, dict[str, str]]:
-    """An error (already rendered as our envelope) in Ollama's shape and status:
-    ``model 'x' not found`` for an unknown alias, 503 for a full queue (not 429)."""
-    message = str(envelope["error"]["message"])
-    if isinstance(error, AliasNotFoundError):
-        message = f"model '{error.alias}' not found"
-    if isinstance(error, ServerBusyError):
-        status = 503
-    return status, {"error": message}
-
-
-def _upstream_error(status: int, body: bytes) -> Reply:
-    """llama-server refused (a 4xx/5xx before any byte): its message, Ollama's shape."""
-    try:
-        parsed = json.loads(body)
-        error = parsed.get("error", parsed) if isinstance(parsed, dict) else parsed
-        message = error.get("message", body.decode()) if isinstance(error, dict) else error
-    except (ValueError, UnicodeDecodeError):
-        message = body.decode(errors="replace")
-    return Reply.json({"error": str(message) or f"llama-server answered {status}"}, status)
-
-
-def _optional_bool(body: Mapping[str, Any], field: str) -> bool | None:
-    value = body.get(field)
-    if value is not None and not isinstance(value, bool):
-        raise InvalidRequestError(f"{field} must be a boolean", param=field)
-    return value
-
-
-def _answer_json(status: int, content: bytes) -> dict[str, Any]:
-    try:
-        answer = json.loads(content)
-    except ValueError as exc:
-        raise UpstreamError(f"llama-server answered {status} with a body that is not JSON") from exc
-    if not isinstance(answer, dict):
-        raise UpstreamError("llama-server answered with JSON that is not an object")
-    return answer
 
 
 class RouteAdder(Protocol):
@@ -207,9 +157,7 @@ class OllamaRoutes:
         """``POST /api/show``."""
         body = parse_json_body(raw)
         alias = resolve_model(self.ctx, model_name(body))
-        verbose = body.get("verbose")
-        if verbose is not None and not isinstance(verbose, bool):
-            raise InvalidRequestError("verbose must be a boolean", param="verbose")
+        verbose = optional_bool(body, "verbose")
         facts = await trio.to_thread.run_sync(model_facts, self.ctx, alias, abandon_on_cancel=True)
         return Reply.json(show_answer(facts, verbose=bool(verbose)))
 
@@ -241,8 +189,8 @@ class OllamaRoutes:
         """
         body = parse_json_body(raw)
         name = model_name(body)
-        stream = _optional_bool(body, "stream")
-        _optional_bool(body, "insecure")  # ignored: the Hub is the server's HF_ENDPOINT
+        stream = optional_bool(body, "stream")
+        optional_bool(body, "insecure")  # ignored: the Hub is the server's HF_ENDPOINT
         job = self.ctx.pulls.start_or_join(PullRequest.from_ref(require_hub_ref(name)))
         if stream is False:
             final = await job.wait()
@@ -301,8 +249,8 @@ class OllamaRoutes:
             status, content = response.status_code, await response.aread()
         note_usage(content)
         if status != 200:
-            return _upstream_error(status, content)
-        return _answer_json(status, content)
+            return upstream_refusal(status, content)
+        return json_answer(status, content)
 
     async def _streamed(self, request: OpenAIRequest, translator: StreamTranslator) -> Reply:
         """Start the relay and answer once llama-server did (after any load).
@@ -318,7 +266,7 @@ class OllamaRoutes:
         if head is None:  # the relay nursery was cancelled: shutdown
             raise UnavailableError("bodhi-trio is shutting down", retry_after=5)
         if head.status != 200:
-            return _upstream_error(head.status, head.body)
+            return upstream_refusal(head.status, head.body)
         stream = NdjsonBody(RelayBody(relay), translator, writer=request_body_writer())
         close_with_request(stream)
         return Reply(200, NDJSON_HEADERS, stream)
