@@ -150,6 +150,7 @@ async def serve(
         hub = RelayHub()
         await relays.start(hub.serve)
         observer = Observer(lambda: ctx.state, ctx.is_alias)
+        await relays.start(observer.serve)
         # As long as ctx lives; not the per-request RESPONSE events, which it ignores.
         ctx.add_state_listener(observer.on_event, name="metrics", kinds=Observer.EVENT_KINDS)
         app = create_app(
