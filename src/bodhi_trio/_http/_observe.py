@@ -285,11 +285,12 @@ class Observer:
 
     def _finished(self, scope: Any, note: RequestNote, measured: _Measured) -> None:
         """A request ended: recorded now, or by :meth:`serve` if it runs."""
-        finished = (scope.get("method", "-"), scope.get("path", "-"), note, measured)
+        ended = time.perf_counter()
+        finished = (scope.get("method", "-"), scope.get("path", "-"), note, measured, ended)
         if self._wake is None:
-            self._record(*finished, time.perf_counter())
+            self._record(*finished)
             return
-        self._pending.append((*finished, time.perf_counter()))
+        self._pending.append(finished)
         self._wake.set()
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
