@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from bodhi_trio._exceptions import LlamaServerNotFoundError
+from bodhi_trio._exceptions import LlamaServerNotFoundError, RpcServerNotFoundError
 from fake_hub import TINY_FILE, TINY_REPO, FakeHub, FakeRepo, Fault, fake_hub
 from remote_stub import Transport
 
@@ -35,6 +35,17 @@ def llama_server_binary() -> Path:
     try:
         return find_llama_server("cpu")
     except LlamaServerNotFoundError as exc:
+        pytest.fail(f"{exc.message}\n(the README's test command installs it first)")
+
+
+@pytest.fixture(scope="session")
+def rpc_server_binary() -> Path:
+    """The real rpc-server. Missing means the test setup is broken: fail, never skip."""
+    from bodhi_trio._llama._runtime import find_rpc_server
+
+    try:
+        return find_rpc_server("cpu")
+    except RpcServerNotFoundError as exc:
         pytest.fail(f"{exc.message}\n(the README's test command installs it first)")
 
 

@@ -187,7 +187,7 @@ async def test_a_header_read_that_hangs_gives_no_estimate_in_bounded_time(
     waiting on it, for ever."""
     release = threading.Event()
 
-    def hang(model: Path, args: object) -> object:
+    def hang(model: Path, args: object, **keywords: object) -> object:
         release.wait(30)
         raise OSError("released")
 

@@ -22,21 +22,12 @@ from bodhi_trio._config._aliases import Alias
 from bodhi_trio._config._demo import DEMO_FILENAME, DEMO_REPO
 from bodhi_trio._config._settings import load_settings
 from bodhi_trio._context._rpc_workers import open_rpc_workers
-from bodhi_trio._exceptions import RpcServerNotFoundError, RpcWorkerError
+from bodhi_trio._exceptions import RpcWorkerError
 from bodhi_trio._llama._rpc_worker import ACCEPTED_LINE, RpcWorker, serve_rpc_worker
-from bodhi_trio._llama._runtime import find_rpc_server
+from net import free_ports
 from procs import group_members, is_alive
 
 pytestmark = pytest.mark.llama
-
-
-@pytest.fixture(scope="session")
-def rpc_server_binary() -> Path:
-    """The real rpc-server. Missing means the test setup is broken: fail, never skip."""
-    try:
-        return find_rpc_server("cpu")
-    except RpcServerNotFoundError as exc:
-        pytest.fail(f"{exc.message}\n(the README's test command installs it first)")
 
 
 @pytest.fixture
@@ -57,18 +48,6 @@ def worker_pid(binary: Path, port: int) -> int:
         if argv[0] == str(binary).encode() and str(port).encode() in argv:
             return int(entry.name)
     raise AssertionError(f"no rpc-server on port {port}")
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports nothing listens on now (bound once by us and released)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 async def test_a_model_split_over_two_workers_answers_and_the_workers_stop_with_it(

@@ -104,7 +104,8 @@ async def open_context(
                 launcher=launcher or serve_llama_server,
                 spec_builder=spec_builder or default_spec_builder(settings),
                 log_for=functools.partial(_child_log, settings, child_logs, log),
-                estimate=estimate or estimate_from_gguf,
+                estimate=estimate
+                or functools.partial(estimate_from_gguf, workers_here=settings.rpc_workers),
                 measure=measure or GroupMemory(),
             )
             aliases = AliasStore.for_settings(settings)

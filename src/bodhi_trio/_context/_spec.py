@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from bodhi_trio._config._aliases import Alias
     from bodhi_trio._config._settings import Settings
     from bodhi_trio._core._slot import SpecBuilder
+    from bodhi_trio._llama._rpc_endpoints import RpcEndpoint
 
 __all__ = [
     "ESTIMATE_TIMEOUT",
@@ -140,18 +141,24 @@ def _pooling(model: Path, _size: int, _mtime_ns: int) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-async def estimate_from_gguf(spec: LaunchSpec) -> int | None:
-    """A model's memory before it loads, from its GGUF header (in a worker thread: the
-    header read takes milliseconds); ``None`` if the file cannot be read as GGUF (the
-    start will then say why) or not within :data:`ESTIMATE_TIMEOUT` (a hung mount: the
-    start's own stall timeout then ends the load).
+async def estimate_from_gguf(
+    spec: LaunchSpec, *, workers_here: Sequence[RpcEndpoint] = ()
+) -> int | None:
+    """A model's memory on this machine before it loads, from its GGUF header (in a
+    worker thread: the header read takes milliseconds); ``None`` if the file cannot be
+    read as GGUF (the start will then say why) or not within :data:`ESTIMATE_TIMEOUT`
+    (a hung mount: the start's own stall timeout then ends the load). What RPC workers
+    on other machines will hold is not counted; ``workers_here`` are this machine's
+    (``BODHI_RPC_WORKERS``), as loopback ones are.
 
     Cancellation: the thread is let go (it ends with its read); nothing to clean up.
     """
 
     def estimate() -> int | None:
         try:
-            return estimate_model_memory(spec.model, spec.server_args).total
+            return estimate_model_memory(
+                spec.model, spec.server_args, workers_here=workers_here
+            ).here
         except (OSError, ValueError):
             return None
 

@@ -25,6 +25,10 @@ sizes the cache, and what this module follows:
 * Layers that reuse an earlier layer's cache (Gemma 3n, Gemma 4 ``shared_kv_layers``)
   and encoder-only architectures (BERT and the like) have none of their own.
 
+With ``--rpc`` naming only workers on other machines, what they will hold (their
+layers' weights and KV cache) is :attr:`MemoryEstimate.elsewhere_bytes`, and
+:attr:`MemoryEstimate.here` what this machine's budget counts (:mod:`._offload`).
+
 Not followed: ``--fit`` (on by default) may *shrink* an unset context at load time
 when model and cache would not fit the machine; the estimate then overstates what
 the child uses, and the measured RSS (:mod:`~bodhi_trio._llama._group_rss`) replaces it once
@@ -35,14 +39,19 @@ the child runs. Multi-head-latent-attention models are estimated from their
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
 
 from bodhi_trio._llama._gguf_header import GGUFValue, read_gguf_metadata
 from bodhi_trio._llama._gguf_types import CACHE_TYPE_SIZES
+from bodhi_trio._llama._offload import bytes_on_workers, workers_all_elsewhere
 from bodhi_trio._llama._server_args import canonical_flag, is_flag
+
+if TYPE_CHECKING:
+    from bodhi_trio._llama._rpc_endpoints import RpcEndpoint
 
 __all__ = [
     "OVERHEAD_BYTES",
@@ -111,6 +120,8 @@ class MemoryEstimate:
         n_ctx: The context llama-server will allocate (cells of a full-attention layer,
             all slots together).
         cache_types: The K and V cache types, e.g. ``("f16", "f16")``.
+        elsewhere_bytes: Of the weights and KV cache, what llama.cpp RPC workers on
+            other machines hold (:mod:`._offload`); 0 without such workers.
     """
 
     file_bytes: int
@@ -118,11 +129,17 @@ class MemoryEstimate:
     overhead_bytes: int
     n_ctx: int
     cache_types: tuple[str, str] = ("f16", "f16")
+    elsewhere_bytes: int = 0
 
     @property
     def total(self) -> int:
-        """File, KV cache and overhead together, in bytes."""
+        """File, KV cache and overhead together, in bytes, wherever they are held."""
         return self.file_bytes + self.kv_bytes + self.overhead_bytes
+
+    @property
+    def here(self) -> int:
+        """What this machine holds: :attr:`total` less :attr:`elsewhere_bytes`."""
+        return self.total - self.elsewhere_bytes
 
     @property
     def description(self) -> str:
@@ -132,10 +149,16 @@ class MemoryEstimate:
         if self.kv_bytes:
             kv = f"KV cache {format_bytes(self.kv_bytes)} for a context of {self.n_ctx} tokens"
             kv += f" in {types}"
-        return (
+        text = (
             f"{format_bytes(self.total)} (file {format_bytes(self.file_bytes)} + {kv}"
             f" + {format_bytes(self.overhead_bytes)} overhead)"
         )
+        if self.elsewhere_bytes:
+            text += (
+                f", of which {format_bytes(self.elsewhere_bytes)} on RPC workers elsewhere"
+                f" and {format_bytes(self.here)} here"
+            )
+        return text
 
 
 def format_bytes(size: int) -> str:
@@ -253,10 +276,10 @@ def _is_swa_layer(pattern: GGUFValue | None, default_every: int, layer: int) -> 
     return every == 0 or layer % every < every - 1  # llama_hparams::set_swa_pattern
 
 
-def _kv_bytes(
+def _kv_layers(
     meta: Mapping[str, GGUFValue], flags: Mapping[str, list[str]], types: tuple[str, str]
-) -> tuple[int, int]:
-    """The KV cache bytes and the context (cells of a full-attention layer)."""
+) -> tuple[list[int], int]:
+    """Each layer's KV cache bytes, and the context (cells of a full-attention layer)."""
     arch = str(meta.get("general.architecture", ""))
 
     def key(name: str) -> GGUFValue | None:
@@ -269,13 +292,13 @@ def _kv_bytes(
     layout = _layout(flags, n_ctx_train, window, swa=swa)
     n_layer = _per_layer(key("block_count"), 0, 0)
     if arch in _NO_KV_ARCHS or n_layer <= 0:
-        return 0, layout.full_cells
+        return [], layout.full_cells
     n_embd = _per_layer(key("embedding_length"), 0, 0)
     n_head = _per_layer(key("attention.head_count"), 0, 0)
     head_k = _per_layer(key("attention.key_length"), 0, n_embd // n_head if n_head else 0)
     head_v = _per_layer(key("attention.value_length"), 0, n_embd // n_head if n_head else 0)
     shared = _per_layer(key("attention.shared_kv_layers"), 0, 0)
-    total = 0
+    per_layer = [0] * n_layer
     for layer in range(min(n_layer - shared, _KV_LAYERS.get(arch, n_layer))):
         n_head_kv = _per_layer(
             key("attention.head_count_kv"), layer, _per_layer(key("attention.head_count"), layer, 0)
@@ -287,8 +310,8 @@ def _kv_bytes(
             v_dim = _per_layer(key("attention.value_length_swa"), 0, head_v)
         cells = layout.swa_cells if is_swa else layout.full_cells
         row = _row_bytes(types[0], n_head_kv * k_dim) + _row_bytes(types[1], n_head_kv * v_dim)
-        total += cells * row
-    return total, layout.full_cells
+        per_layer[layer] = cells * row
+    return per_layer, layout.full_cells
 
 
 def _size(path: Path) -> int:
@@ -299,23 +322,31 @@ def _size(path: Path) -> int:
         return 0
 
 
-def _file_bytes(
-    model_path: Path, meta: Mapping[str, GGUFValue], flags: Mapping[str, list[str]]
-) -> int:
-    size = model_path.stat().st_size
+def _parts(model_path: Path, meta: Mapping[str, GGUFValue]) -> list[Path]:
+    """The model's files: every part of a split model, else the one file."""
     parts = _per_layer(meta.get("split.count"), 0, 1)
     split = _SPLIT_NAME.fullmatch(model_path.name)
     if parts > 1 and split is not None:
         # llama.cpp names the parts <prefix>-00001-of-0000N.gguf (llama_split_path).
         names = (f"{split['prefix']}-{n:05d}-of-{parts:05d}.gguf" for n in range(1, parts + 1))
-        size = sum(_size(model_path.parent / name) for name in names)
+        return [model_path.parent / name for name in names]
+    return [model_path]
+
+
+def _file_bytes(parts: Sequence[Path], flags: Mapping[str, list[str]]) -> int:
+    size = parts[0].stat().st_size if len(parts) == 1 else sum(_size(part) for part in parts)
     projector = flags.get("--mmproj")
     if projector:
         size += _size(Path(projector[0]))
     return size
 
 
-def estimate_model_memory(model_path: Path, server_args: Sequence[str] = ()) -> MemoryEstimate:
+def estimate_model_memory(
+    model_path: Path,
+    server_args: Sequence[str] = (),
+    *,
+    workers_here: Collection[RpcEndpoint] = (),
+) -> MemoryEstimate:
     """Estimate a model's memory from its GGUF header before it has loaded.
 
     Blocking (it reads the file header: milliseconds, tens of them for a large
@@ -325,7 +356,10 @@ def estimate_model_memory(model_path: Path, server_args: Sequence[str] = ()) -> 
         model_path: The GGUF file (an HF snapshot symlink is fine); for a split model,
             its first part (``-00001-of-0000N.gguf``).
         server_args: The merged llama-server args the child will get, as argv elements
-            (``merge_server_args``'s result); the context, slot and cache flags count.
+            (``merge_server_args``'s result); the context, slot, cache and ``--rpc``
+            flags count.
+        workers_here: RPC workers on this machine besides loopback ones
+            (``BODHI_RPC_WORKERS``): what they hold is not "elsewhere".
 
     Returns:
         The estimate.
@@ -337,11 +371,18 @@ def estimate_model_memory(model_path: Path, server_args: Sequence[str] = ()) -> 
     flags = _flags(server_args)
     meta = read_gguf_metadata(model_path)
     types = (_cache_type(flags, "--cache-type-k"), _cache_type(flags, "--cache-type-v"))
-    kv_bytes, n_ctx = _kv_bytes(meta, flags, types)
+    kv_per_layer, n_ctx = _kv_layers(meta, flags, types)
+    parts = _parts(model_path, meta)
+    elsewhere = 0
+    if workers_all_elsewhere(flags, workers_here):
+        n_layer = _per_layer(meta.get(f"{meta.get('general.architecture')}.block_count"), 0, 0)
+        kv_offload = _switch(flags, "kv-offload") is not False
+        elsewhere = bytes_on_workers(flags, parts, kv_per_layer, n_layer, kv_offload=kv_offload)
     return MemoryEstimate(
-        file_bytes=_file_bytes(model_path, meta, flags),
-        kv_bytes=kv_bytes,
+        file_bytes=_file_bytes(parts, flags),
+        kv_bytes=sum(kv_per_layer),
         overhead_bytes=OVERHEAD_BYTES,
         n_ctx=n_ctx,
         cache_types=types,
+        elsewhere_bytes=elsewhere,
     )
