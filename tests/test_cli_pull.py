@@ -3,6 +3,8 @@ the cache, the alias written, one-line errors, and chats through both kinds of a
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -100,6 +102,26 @@ async def test_pull_errors_are_one_line(
     assert listed == "Tiny-Llama-Q8_0.gguf, other-Q8_0.gguf"
     assert not (tmp_path / "home" / "aliases").exists()
     assert hub.gets(".gguf") == []
+
+
+async def test_a_failed_pull_in_a_console_prints_its_error_line_alone(
+    tmp_path: Path, hub: FakeHub
+) -> None:
+    """The real command line (its own logging set up, unlike in-process calls under
+    pytest): httpx's INFO line for each request it makes stays out of the console."""
+    argv = [sys.executable, "-m", "bodhi_trio", "pull", "acme/missing", FILE]
+    with trio.fail_after(60):  # liveness bound: two requests to the fake Hub
+        done = await trio.run_process(
+            [*argv, "--home", str(tmp_path / "home")],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            env=dict(os.environ),  # HF_ENDPOINT: the fake Hub
+        )
+    err = done.stderr.decode()
+    assert done.returncode == 1, err
+    assert err.splitlines() == [one_error_line(err)]
+    assert hub.requests != []  # it did ask the Hub (and httpx would have logged it)
 
 
 async def test_a_pull_that_fails_for_good_writes_nothing_trusted(

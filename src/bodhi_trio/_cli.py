@@ -216,7 +216,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--home", help="BODHI_HOME (default ~/.cache/bodhi-trio)")
     home = argparse.ArgumentParser(add_help=False)  # --home also after the command
-    home.add_argument("--home", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    home.add_argument(
+        "--home", default=argparse.SUPPRESS, help="BODHI_HOME (default ~/.cache/bodhi-trio)"
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser(
@@ -349,10 +351,22 @@ def _join_dashed_values(argv: Sequence[str]) -> list[str]:
 
 
 def _configure_logging(level: str, form: str) -> None:
-    """The console's log lines: ``level`` and ``form`` (``text`` or ``json``)."""
+    """The console's log lines: ``level`` and ``form`` (``text`` or ``json``).
+
+    Other libraries' lines below WARNING stay out unless ``level`` is ``debug``: httpx
+    logs every request it makes at INFO (a pull's, a remote alias's), which is noise
+    between a command's own lines.
+    """
     handler = logging.StreamHandler()
     handler.setFormatter(JsonLogFormatter() if form == "json" else logging.Formatter(_LOG_FORMAT))
+    if level != "debug":
+        handler.addFilter(_ours_or_warnings)
     logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
+
+
+def _ours_or_warnings(record: logging.LogRecord) -> bool:
+    """Whether ``record`` is bodhi-trio's own, or a warning or worse from anyone."""
+    return record.levelno >= logging.WARNING or record.name.partition(".")[0] == "bodhi_trio"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -144,6 +144,13 @@ class ServerArgsError(ConfigError):
     code = "invalid_server_args"
 
 
+class ListenError(ConfigError):
+    """The server cannot listen on its host and port (the port is taken, or the host is
+    not an address of this machine)."""
+
+    code = "cannot_listen"
+
+
 class InvalidRequestError(BodhiError):
     """The request is malformed: bad JSON, wrong field types, missing fields."""
 

@@ -31,6 +31,7 @@ async def test_an_overlong_variant_is_a_400_and_is_not_logged_whole(
             httpx.AsyncClient(base_url=server.url, timeout=10) as client,
         ):
             response = await client.put("/bodhi/v1/server/variant", json={"variant": "a" * 300})
+            spaced = await client.put("/bodhi/v1/server/variant", json={"variant": "Bad Name"})
             state = await client.get("/bodhi/v1/state")
     assert response.status_code == 400
     error = response.json()["error"]
@@ -38,6 +39,8 @@ async def test_an_overlong_variant_is_a_400_and_is_not_logged_whole(
     assert "300 characters" in error["message"]
     assert "a" * 64 not in error["message"]
     assert "a" * 64 not in caplog.text
+    assert spaced.status_code == 400
+    assert "invalid variant 'Bad Name'" in spaced.json()["error"]["message"]  # as written
     assert state.json()["variant"] == "cpu"
 
 

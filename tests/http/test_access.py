@@ -285,6 +285,8 @@ async def test_api_and_admin_keys_over_http(
         "POST /bodhi/v1/server/load": 200,
         "POST /bodhi/v1/server/stop": 200,
     }
+    # No content, so no content type (Quart's default would be text/html).
+    assert "content-type" not in allowed["DELETE /bodhi/v1/aliases/other"].headers
     assert set(read.values()) == {200}
     assert unknown.status_code == 404  # any valid key gets past the check to the 404
     assert unknown_anonymous.status_code == 401

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,3 +45,31 @@ def test_cli_refuses_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture
     err = capsys.readouterr().err
     assert err.startswith("bodhi-trio: error: refusing to listen on 0.0.0.0")
     assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("host", "advice"),
+    [
+        ("127.0.0.1", "another program listens there"),  # the port below is taken
+        ("192.0.2.10", "not an address of this machine"),  # TEST-NET-1: nobody's
+    ],
+)
+def test_a_bind_that_fails_is_one_line(tmp_path: Path, host: str, advice: str) -> None:
+    """A taken port or a foreign address: one error line and exit 1, no traceback."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        options = ["--home", str(tmp_path), "--host", host, "--port", str(port), "--insecure"]
+        done = subprocess.run(
+            [sys.executable, "-m", "bodhi_trio", "serve", *options],
+            capture_output=True,
+            text=True,
+            timeout=60,  # liveness bound: it gives up at once
+            check=False,
+        )
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    last = done.stderr.splitlines()[-1]
+    assert last.startswith(f"bodhi-trio: error: cannot listen on {host}:{port}: "), last
+    assert advice in last

@@ -116,10 +116,15 @@ async def test_unknown_route_and_wrong_method(tmp_path: Path, hub_cache: Path) -
         async with running_server(tmp_path, hub_cache) as server:
             missing = await request(server.url, "GET", "/v1/nothing")
             wrong = await request(server.url, "GET", "/v1/chat/completions")
+            ollama = await request(server.url, "PUT", "/api/tags")
     assert missing.status_code == 404
     assert envelope(missing)["type"] == "not_found_error"
     assert wrong.status_code == 405
     assert envelope(wrong)["type"] == "invalid_request_error"
+    # A 405 names the methods the route takes (RFC 9110), in either dialect.
+    assert wrong.headers["allow"] == "POST"
+    assert ollama.status_code == 405
+    assert set(ollama.headers["allow"].split(", ")) == {"GET", "HEAD"}
 
 
 # A read route through the app, and a completion route, which is answered without Quart

@@ -128,9 +128,13 @@ async def test_each_request_and_model_change_logs_one_line(
         ):
             body = {"model": DEMO_ALIAS, "messages": [{"role": "user", "content": "x"}]}
             assert (await client.post(CHAT, json={**body, "max_tokens": 3})).status_code == 200
+            ghost = {"alias": "ghost:1", "repo": "nobody/nothing", "filename": "none.gguf"}
+            assert (await client.post("/bodhi/v1/aliases", json=ghost)).status_code == 201
+            missing = await client.post(CHAT, json={**body, "model": "ghost:1"})
+            assert missing.status_code == 404
     access = [r for r in caplog.records if r.name == "bodhi_trio.access"]
     chats = [r for r in access if getattr(r, "path", None) == CHAT]
-    assert len(chats) == 1
+    assert [r.getMessage().split()[2:4] for r in chats] == [[DEMO_ALIAS, "200"], ["ghost:1", "404"]]
     line = chats[0].getMessage()
     assert line.startswith(f"POST {CHAT} {DEMO_ALIAS} 200 ttfb="), line
     assert line.endswith("B"), line
@@ -140,6 +144,9 @@ async def test_each_request_and_model_change_logs_one_line(
     assert doc["bytes"] > 0
     models = [r.getMessage() for r in caplog.records if r.name == "bodhi_trio.models"]
     assert any(m.startswith(f"loaded {DEMO_ALIAS} (pid ") for m in models), models
+    # A load that never happened is not an unload.
+    assert not any("ghost:1" in m for m in models if m.startswith("unloaded")), models
+    assert any(m.startswith("did not load ghost:1: ") for m in models), models
 
 
 def test_token_counts_come_from_the_end_of_a_response() -> None:

@@ -196,7 +196,10 @@ async def test_ndjson_framing_and_types(tmp_path: Path, hub_cache: Path) -> None
     assert all(type(last[key]) is int for key in METRICS)
     assert last["eval_count"] == len(lines) - 1 or last["eval_count"] >= len(lines) - 1
     answer = single.json()
-    assert single.headers["content-type"].startswith("application/json")
+    # Ollama's own content type for whole answers and errors (reference/ollama-api.md)
+    assert single.headers["content-type"] == "application/json; charset=utf-8"
+    assert version.headers["content-type"] == "application/json; charset=utf-8"
+    assert bad.headers["content-type"] == "application/json; charset=utf-8"
     assert answer["done"] is True
     assert answer["message"]["role"] == "assistant"
     assert all(type(answer[key]) is int for key in METRICS)

@@ -177,11 +177,11 @@ def runnable_variant(settings: Settings, variant: str) -> str:
         InvalidRequestError: Not a variant name, or no binary for it (``param``
             ``variant``; a long name is cut short in the message).
     """
-    variant = variant.strip().lower()
+    given, variant = variant, variant.strip().lower()
     if not VARIANT_NAME.fullmatch(variant):
-        shown = repr(variant)
-        if len(variant) > 64:  # the message is the client's own input: keep it short
-            shown = f"{variant[:20]!r}... ({len(variant)} characters)"
+        shown = repr(given)  # as the client wrote it
+        if len(given) > 64:  # the message is the client's own input: keep it short
+            shown = f"{given[:20]!r}... ({len(given)} characters)"
         raise InvalidRequestError(
             f"invalid variant {shown}: a variant name is 1 to 64 letters, digits and '_'",
             param="variant",

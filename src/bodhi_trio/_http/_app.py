@@ -62,6 +62,8 @@ _BODY_TIMEOUT = 60.0
 def _to_response(reply: Reply) -> Response:
     response = Response(reply.body, status=reply.status, headers=dict(reply.headers))
     response.timeout = None  # never cut a stream (the default is 60 s)
+    if reply.status == 204:
+        del response.headers["Content-Type"]  # Quart's default type: there is no content
     return response
 
 
@@ -306,4 +308,5 @@ def _preflight(origin: str) -> Response:
     response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, X-Api-Key"
     response.headers["Access-Control-Max-Age"] = "600"
     response.headers["Vary"] = "Origin"
+    del response.headers["Content-Type"]  # Quart's default type: there is no content
     return response

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import logging
 
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from bodhi_trio._exceptions import BodhiError, RequestTooLargeError, error_envelope
-from bodhi_trio._http._ollama._errors import ollama_error
+from bodhi_trio._http._ollama._errors import OLLAMA_JSON, ollama_error
 from bodhi_trio._http._routes import Reply
 from bodhi_trio._http._sse import compact_json
 
@@ -57,8 +57,10 @@ def error_reply(error: BaseException, *, ollama: bool = False) -> Reply:
     body: object = envelope
     if ollama:
         status, body = ollama_error(error, status, envelope)
-    headers = dict(_JSON)
+    headers = dict(OLLAMA_JSON if ollama else _JSON)
     retry_after = getattr(error, "retry_after", None)  # UnavailableError, a cooling chain
     if isinstance(error, BodhiError) and isinstance(retry_after, int):
         headers["Retry-After"] = str(retry_after)
+    if isinstance(error, MethodNotAllowed) and error.valid_methods:
+        headers["Allow"] = ", ".join(error.valid_methods)  # a 405 names what is allowed
     return Reply(status, headers, compact_json(body).encode())

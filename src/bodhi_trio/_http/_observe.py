@@ -246,10 +246,12 @@ class Observer:
             models_log.info("loaded %s (pid %s)%s", alias, detail.get("pid"), shown)
         elif event.kind is EventKind.STOP:
             self._loading_since.pop(alias, None)
-            reason = str(detail.get("reason") or detail.get("error") or "stopped")
             if "reason" in detail:
+                reason = str(detail["reason"] or "stopped")
                 self.unloads.labels(alias, unload_cause(reason)).inc()
-            models_log.info("unloaded %s (%s)", alias, reason)
+                models_log.info("unloaded %s (%s)", alias, reason)
+            else:  # a load that failed or was refused: nothing was loaded
+                models_log.warning("did not load %s: %s", alias, detail.get("error"))
         elif event.kind in (EventKind.CRASHED, EventKind.HUNG):
             self.crashes.labels(alias, event.kind.value).inc()
             models_log.warning("%s %s (pid %s)", alias, event.kind.value, detail.get("pid"))

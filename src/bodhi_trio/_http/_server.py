@@ -30,9 +30,12 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import repr_socket_addr, wrap_app
 
+from bodhi_trio._exceptions import ListenError
 from bodhi_trio._http._connection import DEFAULT_WRITE_TIMEOUT, Connection, error_body
 
 if TYPE_CHECKING:
+    import socket
+
     from hypercorn.config import Config
 
 __all__ = ["ConnectionGate", "serve_http"]
@@ -43,6 +46,11 @@ logger = logging.getLogger("bodhi_trio.http")
 _ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 _ACCEPT_RETRY_SECS = 0.1
 _MAX_REFUSING = 32
+_LISTEN_ADVICE = {
+    errno.EADDRINUSE: " (another program listens there: choose a port with --port or BODHI_PORT)",
+    errno.EADDRNOTAVAIL: " (not an address of this machine: choose one with --host or BODHI_HOST)",
+    errno.EACCES: " (ports below 1024 need privileges: choose another with --port)",
+}
 """Refusals being written at once; beyond that a connection is closed without a word,
 so refusing can never use more descriptors than this."""
 _REFUSAL_LINGER_SECS = 1.0
@@ -165,6 +173,20 @@ async def _accept_loop(
                 await trio.aclose_forcefully(stream)
 
 
+def _bound_sockets(config: Config) -> list[socket.socket]:
+    """The sockets of ``config.bind``, bound.
+
+    Raises:
+        ListenError: One cannot be bound (the port is taken, or not our address).
+    """
+    try:
+        return list(config.create_sockets().insecure_sockets)
+    except OSError as error:
+        where = ", ".join(config.bind)
+        advice = _LISTEN_ADVICE.get(error.errno or 0, "")
+        raise ListenError(f"cannot listen on {where}: {error.strerror or error}{advice}") from error
+
+
 async def serve_http(
     app: Any,
     config: Config,
@@ -230,7 +252,7 @@ async def serve_http(
         await lifespan.wait_for_startup()
         async with trio.open_nursery() as connections:
             listeners, binds = [], []
-            for sock in config.create_sockets().insecure_sockets:
+            for sock in _bound_sockets(config):
                 sock.listen(config.backlog)
                 listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
                 binds.append(f"http://{repr_socket_addr(sock.family, sock.getsockname())}")

@@ -17,8 +17,20 @@ from bodhi_trio._exceptions import (
     UpstreamError,
 )
 from bodhi_trio._http._routes import Reply
+from bodhi_trio._http._sse import compact_json
 
-__all__ = ["is_ollama_path", "json_answer", "ollama_error", "optional_bool", "upstream_refusal"]
+__all__ = [
+    "OLLAMA_JSON",
+    "is_ollama_path",
+    "json_answer",
+    "ollama_error",
+    "ollama_json",
+    "optional_bool",
+    "upstream_refusal",
+]
+
+OLLAMA_JSON = {"Content-Type": "application/json; charset=utf-8"}
+"""The content type of Ollama's whole (not streamed) answers and errors."""
 
 
 def is_ollama_path(path: str) -> bool:
@@ -47,7 +59,7 @@ def upstream_refusal(status: int, body: bytes) -> Reply:
         message = error.get("message", body.decode()) if isinstance(error, dict) else error
     except (ValueError, UnicodeDecodeError):
         message = body.decode(errors="replace")
-    return Reply.json({"error": str(message) or f"llama-server answered {status}"}, status)
+    return ollama_json({"error": str(message) or f"llama-server answered {status}"}, status)
 
 
 def optional_bool(body: Mapping[str, Any], field: str) -> bool | None:
@@ -56,6 +68,11 @@ def optional_bool(body: Mapping[str, Any], field: str) -> bool | None:
     if value is not None and not isinstance(value, bool):
         raise InvalidRequestError(f"{field} must be a boolean", param=field)
     return value
+
+
+def ollama_json(value: object, status: int = 200) -> Reply:
+    """``value`` as Ollama's JSON answer."""
+    return Reply(status, OLLAMA_JSON, compact_json(value).encode())
 
 
 def json_answer(status: int, content: bytes) -> dict[str, Any]:

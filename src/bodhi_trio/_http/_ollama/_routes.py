@@ -30,7 +30,12 @@ from bodhi_trio._exceptions import (
     UnavailableError,
     UpstreamError,
 )
-from bodhi_trio._http._ollama._errors import json_answer, optional_bool, upstream_refusal
+from bodhi_trio._http._ollama._errors import (
+    json_answer,
+    ollama_json,
+    optional_bool,
+    upstream_refusal,
+)
 from bodhi_trio._http._ollama._models import (
     ModelFacts,
     context_length,
@@ -112,7 +117,7 @@ class OllamaRoutes:
         return Reply(200, _TEXT, _RUNNING)
 
     async def version(self) -> Reply:
-        return Reply.json({"version": OLLAMA_VERSION})
+        return ollama_json({"version": OLLAMA_VERSION})
 
     # ------------------------------------------------------------------ models
 
@@ -124,7 +129,7 @@ class OllamaRoutes:
         facts = await trio.to_thread.run_sync(
             lambda: [model_facts(self.ctx, a) for a in aliases], abandon_on_cancel=True
         )
-        return Reply.json({"models": [tags_entry(f) for f in facts]})
+        return ollama_json({"models": [tags_entry(f) for f in facts]})
 
     async def ps(self) -> Reply:
         """``GET /api/ps``: the models loaded or loading, the latest to expire first."""
@@ -151,7 +156,7 @@ class OllamaRoutes:
             for model, (facts, context) in zip(resident, gathered, strict=True)
         ]
         entries.sort(key=lambda pair: pair[0], reverse=True)
-        return Reply.json({"models": [entry for _expires, entry in entries]})
+        return ollama_json({"models": [entry for _expires, entry in entries]})
 
     async def show(self, raw: bytes) -> Reply:
         """``POST /api/show``."""
@@ -159,7 +164,7 @@ class OllamaRoutes:
         alias = resolve_model(self.ctx, model_name(body))
         verbose = optional_bool(body, "verbose")
         facts = await trio.to_thread.run_sync(model_facts, self.ctx, alias, abandon_on_cancel=True)
-        return Reply.json(show_answer(facts, verbose=bool(verbose)))
+        return ollama_json(show_answer(facts, verbose=bool(verbose)))
 
     async def delete(self, raw: bytes) -> Reply:
         """``DELETE /api/delete``: remove the alias file (a loaded model stays loaded)."""
@@ -196,7 +201,7 @@ class OllamaRoutes:
             final = await job.wait()
             if final.error is not None:  # the job keeps it: raise it without old frames
                 raise final.error.with_traceback(None)
-            return Reply.json({"status": SUCCESS})
+            return ollama_json({"status": SUCCESS})
         lines = PullNdjsonBody(job.watch())
         close_with_request(lines)
         return Reply(200, NDJSON_HEADERS, lines)
@@ -220,7 +225,7 @@ class OllamaRoutes:
         request.body["model"] = resolve_model(self.ctx, name).alias
         if request.empty:
             reason = await self._load_or_unload(request)
-            return Reply.json(empty_answer(name, kind, reason))
+            return ollama_json(empty_answer(name, kind, reason))
         metrics = Metrics(started)
         if request.stream:
             return await self._streamed(request, StreamTranslator(name, kind, metrics))
@@ -228,7 +233,7 @@ class OllamaRoutes:
         if isinstance(answer, Reply):
             return answer
         translate = chat_answer if kind == "chat" else generate_answer
-        return Reply.json(translate(name, answer, metrics, time.perf_counter_ns()))
+        return ollama_json(translate(name, answer, metrics, time.perf_counter_ns()))
 
     async def _load_or_unload(self, request: OpenAIRequest) -> Literal["load", "unload"]:
         """An empty request: load the model (``"load"``); with ``keep_alive`` 0 unload
@@ -286,7 +291,7 @@ class OllamaRoutes:
         vectors, fields = result
         if dimensions is not None:
             vectors = [normalized(vector[:dimensions]) for vector in vectors]
-        return Reply.json({"model": name, "embeddings": vectors, **fields})
+        return ollama_json({"model": name, "embeddings": vectors, **fields})
 
     async def embeddings(self, raw: bytes) -> Reply:
         """``POST /api/embeddings`` (legacy): one vector, not normalised."""
@@ -301,7 +306,7 @@ class OllamaRoutes:
         if isinstance(result, Reply):
             return result
         vectors, _fields = result
-        return Reply.json({"embedding": vectors[0] if vectors else []})
+        return ollama_json({"embedding": vectors[0] if vectors else []})
 
     async def _embeddings(
         self, request: OpenAIRequest, name: str, started: int
