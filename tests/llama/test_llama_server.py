@@ -229,3 +229,40 @@ async def test_the_child_is_ours_alone(
     assert socket_mode == 0o700
     assert health.status_code == 200
     assert tools.status_code != 200  # the tools endpoint stays off
+
+
+async def test_llama_cpp_config_files_do_not_reach_the_child(
+    llama_server_binary: Path,
+    demo_model_path: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """llama-server applies a user's ``llama.cpp/config.ini`` before its command line:
+    one that turns on routes the flag checks keep off must not be found; a system-wide
+    one fails the start, saying why."""
+    config = "metrics = true\n"
+    for where in (tmp_path / "xdg", tmp_path / "home" / ".config"):
+        (where / "llama.cpp").mkdir(parents=True)
+        (where / "llama.cpp" / "config.ini").write_text(config)
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "xdg"), "HOME": str(tmp_path / "home")}
+    spec = demo_spec(llama_server_binary, demo_model_path, tmp_path, env=env)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            server: LlamaServer = await nursery.start(serve_llama_server, spec)
+            async with child_client(server.address, timeout=30) as client:
+                metrics = await client.get("/metrics")
+            nursery.cancel_scope.cancel()
+    assert metrics.status_code != 200  # the config's "metrics = true" was not applied
+    assert spec.log_path is not None
+    assert "using config file" not in spec.log_path.read_text()
+
+    system = tmp_path / "etc-config.ini"
+    system.write_text("metrics = true\n")
+    monkeypatch.setattr("bodhi_trio._llama._child.SYSTEM_CONFIG", system)
+    log = LogTail()
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            with pytest.raises(StartupError, match="move that file away") as caught:
+                await nursery.start(serve_llama_server, spec, log)
+    assert str(system) in caught.value.message
+    assert not any(line.startswith("[bodhi-trio] spawned") for line in log.tail(100))

@@ -21,7 +21,7 @@ from bodhi_trio._config._alias_store import AliasStore
 from bodhi_trio._config._aliases import Alias
 from bodhi_trio._config._demo import DEMO_ALIAS
 from bodhi_trio._context._routing import FallbackRouter
-from bodhi_trio._exceptions import UpstreamError
+from bodhi_trio._exceptions import InvalidRequestError, UpstreamError
 from fake_context import FakeLauncher, harness
 from httpserver import running_server
 from remote_stub import RemoteStub, Script, remote_stub, sse_bytes
@@ -349,3 +349,37 @@ async def test_each_target_gets_its_model_and_request_params(
         assert first.requests[0].json() == {**request, "model": "m-1", "max_tokens": 9}
         # The request as the client sent it, with the second target's own defaults.
         assert second.requests[0].json() == {**request, "model": "two", "seed": 5}
+
+
+async def test_an_image_url_goes_to_a_remote_but_never_to_a_local_child(tmp_path: Path) -> None:
+    """llama-server would fetch an http(s) image itself (SPEC §15: nothing it runs reaches
+    the network): refused for a local alias, before anything loads, whether asked for
+    directly, through a fallback chain or passed through; a remote server takes it."""
+    image = [{"type": "image_url", "image_url": {"url": "http://10.1.2.3/x.png"}}]
+    request = {"messages": [{"role": "user", "content": image}], "max_tokens": 2}
+    launcher = FakeLauncher(load_seconds=0.01)
+    with trio.fail_after(30):
+        async with remote_stub() as stub, harness(tmp_path, launcher=launcher) as h:
+            AliasStore(tmp_path / "aliases").put(
+                remote_alias("far", stub.base_url, model="m", fallback=("a",))
+            )
+            async with h.ctx.forward(CHAT, {**request, "model": "far"}) as response:
+                assert response.status_code == 200
+            assert stub.requests[-1].json()["messages"][0]["content"] == image
+
+            stub.script = failing(503)  # the chain goes on to the local "a": refused
+            with pytest.raises(InvalidRequestError, match="data: URL"):
+                async with h.ctx.forward(CHAT, {**request, "model": "far"}):
+                    pass
+            with pytest.raises(InvalidRequestError, match="llama-server would fetch it"):
+                async with h.ctx.forward(CHAT, {**request, "model": "a"}):
+                    pass
+            passed = json.dumps({**request, "model": "a"}).encode()
+            with pytest.raises(InvalidRequestError):
+                async with h.ctx.upstream("a", "POST", "v1/chat/completions", body=passed):
+                    pass
+            assert h.ctx.statistics().starts == 0  # nothing loaded for any of them
+
+            inline = [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}]
+            answer = await h.chat("a", messages=[{"role": "user", "content": inline}])
+            assert answer["request"]["messages"][0]["content"] == inline

@@ -40,6 +40,7 @@ from bodhi_trio._core._state import (
     ServerState,
 )
 from bodhi_trio._exceptions import BodhiError, InvalidRequestError
+from bodhi_trio._llama._media_urls import refuse_fetched_media, refuse_fetched_media_in
 
 if TYPE_CHECKING:
     import trio
@@ -267,6 +268,9 @@ class SharedContext:
                 ``BODHI_KEEP_ALIVE_SECS`` (Ollama's per-request ``keep_alive``).
 
         Raises:
+            InvalidRequestError: A media part names an ``http(s)`` URL, which
+                llama-server would fetch itself (``_llama/_media_urls``; remote
+                aliases take them).
             BodhiError: Unknown alias (404), missing model file (404), too many
                 requests for it (429 ``server_busy``), larger than the memory budget
                 (503 ``insufficient_memory``), startup failure (500), llama-server
@@ -288,6 +292,7 @@ class SharedContext:
             ) as response:
                 yield response
             return
+        refuse_fetched_media(request)  # llama-server would fetch an http(s) image itself
         # Generation defaults, as far as this route understands them (_endpoints).
         body = encode_request(fill_request_params(endpoint, request, alias.request_params))
         async with self._send_local(alias, endpoint, body, keep_alive) as response:
@@ -354,12 +359,14 @@ class SharedContext:
         Raises:
             InvalidRequestError: A method, path, query or content type that could
                 leave the child's paths or inject into the request (checked before
-                anything loads; see :func:`upstream_target`).
+                anything loads; see :func:`upstream_target`), or a body with a media
+                part llama-server would fetch from the network.
             BodhiError: As for :meth:`forward`.
 
         Cancellation: as for :meth:`forward`.
         """
         target = upstream_target(method, path, query, content_type)
+        refuse_fetched_media_in(body)  # a chat body passed through would fetch images too
         alias = self.resolve_alias(alias_name)
         if alias.remote is not None:
             raise InvalidRequestError(

@@ -39,6 +39,7 @@ import attrs
 from bodhi_trio._config._aliases import Alias
 from bodhi_trio._context._endpoints import fill_request_params
 from bodhi_trio._exceptions import BodhiError, InvalidRequestError, UpstreamUnavailableError
+from bodhi_trio._llama._media_urls import refuse_fetched_media
 from bodhi_trio._transport._loopback import UpstreamResponse
 
 if TYPE_CHECKING:
@@ -174,6 +175,7 @@ class FallbackRouter:
             async with self.pool_for(target).send(endpoint, encode_request(body)) as response:
                 yield response
         else:
+            refuse_fetched_media(body)  # llama-server would fetch an http(s) image itself
             body["model"] = target.alias
             sending = self.local(target, endpoint, encode_request(body), keep_alive)
             async with sending as response:

@@ -21,6 +21,12 @@ Lifecycle of one start::
 The child is ours alone: it listens on a Unix socket in a directory only our
 user can enter (``mkdtemp``: mode 0700), not on a TCP port, and its environment
 carries none of our keys (:func:`child_environment`).
+
+Its command line is all it is told: llama-server applies a user's and the system's
+``llama.cpp/config.ini`` before its arguments, where any flag could be set past the
+checks of what may reach it (``_config/_arg_policy``). The user's is never found (the
+child's ``XDG_CONFIG_HOME`` is its private socket directory); a system one
+(:data:`SYSTEM_CONFIG`) makes every start fail, saying so.
 """
 
 from __future__ import annotations
@@ -59,6 +65,8 @@ _DRAIN_TIMEOUT = 2.0
 _MAX_LINE = 64 * 1024
 _BIND_FAILURE_MARKERS = ("couldn't bind HTTP server socket", "address already in use")
 _TAIL_LINES = 20
+SYSTEM_CONFIG = Path("/etc/llama.cpp/config.ini")
+"""llama-server's system-wide config file (``common/arg.cpp``), applied before its args."""
 
 
 @final
@@ -179,6 +187,14 @@ async def _run_once(
     tail.append(f"[bodhi-trio] starting: {' '.join(argv)}")
     spawned_at = trio.current_time()
     env = child_environment(os.environ if spec.env is None else spec.env)
+    # llama-server reads $XDG_CONFIG_HOME/llama.cpp/config.ini: there is none in here.
+    env["XDG_CONFIG_HOME"] = str(socket_dir)
+    if SYSTEM_CONFIG.exists():  # noqa: ASYNC240 - one stat of a local file, per start
+        raise StartupError(
+            f"llama-server would apply {SYSTEM_CONFIG} before its command line, past"
+            " bodhi-trio's checks of what may reach it: move that file away to use"
+            " bodhi-trio on this machine (BODHI_LLAMACPP_ARGS takes common llama-server args)"
+        )
     try:
         child = spawn_child(argv, env=env)
     except OSError as exc:
