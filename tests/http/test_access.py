@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 from pathlib import Path
 from typing import Any
 from unittest.mock import Mock
@@ -20,7 +21,7 @@ from bodhi_trio._exceptions import (
 )
 from bodhi_trio._http._app import create_app
 from bodhi_trio._http._routes import Routes
-from bodhi_trio._http._security import Access, AccessPolicy
+from bodhi_trio._http._security import Access, AccessPolicy, machine_host_names
 from bodhi_trio._http._serve import check_bind
 from httpserver import running_server
 from paths import FAKE_LLAMA_SERVER
@@ -327,3 +328,52 @@ async def test_only_admin_keys_turn_auth_on_over_http(tmp_path: Path, hub_cache:
     assert wrong.status_code == 401
     assert admin.status_code == 200
     assert ping.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("bind", "host", "allowed"),
+    [
+        ("127.0.0.1", "127.0.0.1:1135", True),
+        ("127.0.0.1", "localhost:1135", True),
+        ("127.0.0.1", "[::1]:1135", True),
+        ("127.0.0.1", "evil.example:1135", False),  # DNS rebinding
+        ("127.0.0.1", "127.0.0.1.evil.example", False),
+        ("127.0.0.1", "localhost:1135@evil.example", False),  # not host[:port]
+        ("127.0.0.1", "[::1", False),
+        ("127.0.0.1", "", False),
+        ("127.0.0.1", "192.0.2.7:1135", False),  # bound to loopback: no other address
+        # Bound beyond loopback: addresses and this machine's names, not another name.
+        ("0.0.0.0", "evil.example:1135", False),  # rebinding to the machine's address
+        ("0.0.0.0", "192.0.2.7:1135", True),
+        ("0.0.0.0", "[2001:db8::7]:1135", True),
+        ("0.0.0.0", "localhost:1135", True),
+        ("0.0.0.0", "gpu-box:1135", True),  # the machine's host name
+        ("0.0.0.0", "GPU-BOX.local:1135", True),
+        ("0.0.0.0", "models.example:1135", True),  # an allowed origin's host
+        ("0.0.0.0", "models.example.evil.example", False),
+        ("0.0.0.0", "gpu-box:1135@evil.example", False),
+        ("192.0.2.7", "192.0.2.7", True),
+        ("192.0.2.7", "evil.example", False),
+    ],
+)
+def test_host_names_this_server(bind: str, host: str, allowed: bool) -> None:
+    policy = AccessPolicy(
+        bind,
+        allowed_origins=frozenset({"https://models.example:1135"}),
+        host_names=frozenset({"gpu-box", "gpu-box.local"}),
+    )
+    if allowed:
+        policy.check({"host": host}, Access.API)
+    else:
+        with pytest.raises(ForbiddenError, match="Host"):
+            policy.check({"host": host}, Access.API)
+
+
+def test_every_origin_allowed_allows_every_host() -> None:
+    policy = AccessPolicy("0.0.0.0", allowed_origins=frozenset({"*"}))
+    policy.check({"host": "anything.example"}, Access.ADMIN)
+
+
+def test_the_machines_host_names_need_no_lookup() -> None:
+    name = socket.gethostname().lower()
+    assert machine_host_names() == {name, f"{name}.local"}

@@ -4,9 +4,12 @@ A local server is reachable by every web page the user visits (the browser
 sends the request; the page cannot read the answer unless CORS allows it, but
 a POST still runs). Two checks stop that:
 
-- ``Host`` must name this server (a loopback name when bound to loopback), which
-  defeats DNS rebinding: the attacker's domain, re-pointed at 127.0.0.1, still
-  arrives with the attacker's host name.
+- ``Host`` must name this server, which defeats DNS rebinding: the attacker's
+  domain, re-pointed at 127.0.0.1 (or at the machine's network address), still
+  arrives with the attacker's host name. Bound to loopback, that is a loopback name
+  or the bound address; bound beyond it, also any IP address (a rebinding page has
+  a name, not an address), the machine's host name (``socket.gethostname()``, and
+  with ``.local``) and the hosts of ``BODHI_ALLOWED_ORIGINS``.
 - ``Origin``, when a browser sends one, must be a loopback page or one listed in
   ``BODHI_ALLOWED_ORIGINS``.
 
@@ -26,6 +29,7 @@ from __future__ import annotations
 import enum
 import hmac
 import ipaddress
+import socket
 from collections.abc import Mapping
 from typing import final
 from urllib.parse import urlsplit
@@ -34,7 +38,7 @@ import attrs
 
 from bodhi_trio._exceptions import AdminKeyRequiredError, AuthenticationError, ForbiddenError
 
-__all__ = ["Access", "AccessPolicy", "is_loopback_host"]
+__all__ = ["Access", "AccessPolicy", "is_loopback_host", "machine_host_names"]
 
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
@@ -61,12 +65,35 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
+def machine_host_names() -> frozenset[str]:
+    """This machine's host name, and as mDNS gives it (``NAME.local``), lower case: the
+    names a ``Host`` may give a server bound beyond loopback (no DNS lookup)."""
+    name = socket.gethostname().lower().rstrip(".")
+    return frozenset({name, f"{name}.local"}) if name else frozenset()
+
+
+def _is_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
 def _host_name(value: str) -> str:
-    """The host part of a ``Host`` header value (``[::1]:1135`` -> ``::1``)."""
+    """The host part of a ``Host`` header value (``[::1]:1135`` -> ``::1``); ``""`` for
+    a value that is not ``host[:port]`` (``localhost:1135@evil.example``, ``[::1``)."""
     value = value.strip().lower()
     if value.startswith("["):
-        return value[1 : value.find("]")] if "]" in value else value
-    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+        end = value.find("]")
+        rest = value[end + 1 :]
+        if end < 0 or (rest and not (rest[:1] == ":" and rest[1:].isdigit())):
+            return ""
+        return value[1:end]
+    if value.count(":") == 1:
+        name, _, port = value.partition(":")
+        return name if port.isdigit() else ""
+    return value
 
 
 @final
@@ -78,15 +105,19 @@ class AccessPolicy:
         bind_host: The address the server listens on.
         api_keys: ``BODHI_API_KEYS``: bearer tokens for :attr:`Access.API` routes
             (admin keys too when ``admin_keys`` is empty).
-        allowed_origins: Extra web origins allowed (``*`` allows every origin).
+        allowed_origins: Extra web origins allowed (``*`` allows every origin and
+            every ``Host``).
         admin_keys: ``BODHI_ADMIN_KEYS``: bearer tokens for every route. No keys of
             either kind means no authentication.
+        host_names: The names of this machine a ``Host`` may give when the server is
+            bound beyond loopback (lower case; :func:`machine_host_names`).
     """
 
     bind_host: str
     api_keys: tuple[str, ...] = attrs.field(default=(), repr=False)
     allowed_origins: frozenset[str] = frozenset()
     admin_keys: tuple[str, ...] = attrs.field(default=(), repr=False, kw_only=True)
+    host_names: frozenset[str] = attrs.field(default=frozenset(), kw_only=True)
 
     def check(self, headers: Mapping[str, str], access: Access) -> None:
         """Raise unless a request with ``headers`` may call a route that needs ``access``.
@@ -122,14 +153,25 @@ class AccessPolicy:
             )
 
     def _check_host(self, host_header: str) -> None:
-        if not is_loopback_host(self.bind_host):
-            return  # reachable by address from the network anyway; keys guard it
         name = _host_name(host_header)
         if name and (is_loopback_host(name) or name == self.bind_host.lower()):
             return
+        if is_loopback_host(self.bind_host):
+            raise ForbiddenError(
+                f"Host {host_header!r} is not this server; use http://127.0.0.1 or http://localhost"
+            )
+        if name and (_is_address(name) or name in self.host_names or self._origin_host(name)):
+            return
         raise ForbiddenError(
-            f"Host {host_header!r} is not this server; use http://127.0.0.1 or http://localhost"
+            f"Host {host_header!r} is not a name of this server; reach it by its address or"
+            " host name, or list the name's origin (http://NAME:PORT) in BODHI_ALLOWED_ORIGINS"
         )
+
+    def _origin_host(self, name: str) -> bool:
+        """Whether ``name`` is the host of an allowed origin (or every origin is)."""
+        if "*" in self.allowed_origins:
+            return True
+        return any((urlsplit(o).hostname or "") == name for o in self.allowed_origins)
 
     def origin_allowed(self, origin: str) -> bool:
         """Whether a browser page at ``origin`` may call the server."""

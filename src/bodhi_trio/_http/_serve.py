@@ -42,7 +42,7 @@ from bodhi_trio._http._app import create_app
 from bodhi_trio._http._fd_limits import connection_limit, raise_open_files_limit
 from bodhi_trio._http._observe import Observer
 from bodhi_trio._http._routes import Routes
-from bodhi_trio._http._security import AccessPolicy, is_loopback_host
+from bodhi_trio._http._security import AccessPolicy, is_loopback_host, machine_host_names
 from bodhi_trio._http._server import serve_http
 from bodhi_trio._transport._relay_hub import RelayHub
 
@@ -144,6 +144,7 @@ async def serve(
         settings.api_keys,
         frozenset(settings.allowed_origins),
         admin_keys=settings.admin_keys,
+        host_names=machine_host_names(),
     )
 
     async with open_context(settings) as ctx, trio.open_nursery() as relays:
