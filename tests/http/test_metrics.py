@@ -199,3 +199,24 @@ async def test_an_alias_is_looked_up_once_for_its_label() -> None:
     found = samples(observer.render().decode())
     assert value(found, "bodhi_requests_total", alias="real:alias", route=CHAT, status="200") == 3
     assert value(found, "bodhi_requests_total", alias="", route=CHAT, status="200") == 2
+
+
+async def test_a_path_cannot_forge_a_log_line(
+    tmp_path: Path, hub_cache: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A percent-encoded newline or escape in a path (any web page can send one with an
+    <img>) is written escaped: one request, one line."""
+    caplog.set_level(logging.INFO, logger="bodhi_trio")
+    forged = "/ping%0a2026-12-03 14:58:04,275 INFO bodhi_trio.serve: FORGED%1b[31m"
+    with trio.fail_after(60):
+        async with (
+            running_server(tmp_path / "home", hub_cache) as server,
+            httpx.AsyncClient(base_url=server.url, timeout=30) as client,
+        ):
+            await client.get(forged)
+    lines = [r.getMessage() for r in caplog.records if r.name == "bodhi_trio.access"]
+    assert len(lines) == 1
+    assert "\n" not in lines[0]
+    assert "\x1b" not in lines[0]
+    assert lines[0].startswith("GET /ping\\n2026-12-03 14:58:04,275 INFO"), lines[0]
+    assert "FORGED\\x1b[31m" in lines[0]

@@ -353,7 +353,7 @@ class Observer:
             access_log.info(
                 "%s %s %s %d ttfb=%s %.1fms %dB",
                 method,
-                path,
+                _printable(path),  # a decoded path: a %0a must not start a forged line
                 alias or "-",
                 status,
                 ttfb,
@@ -377,6 +377,13 @@ _JSON_FIELDS = ("method", "path", "alias", "status", "ttfb_ms", "duration_ms", "
 
 
 @final
+def _printable(text: str) -> str:
+    """``text`` with every character that is not printable escaped (``\\n``, ``\\x1b``)."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+
+
 class JsonLogFormatter(logging.Formatter):
     """One JSON object per log line (``--log-format json``): time, level, logger, message,
     and a request line's fields."""
