@@ -35,11 +35,20 @@ from bodhi_trio._transport._loopback import PooledSender, Sender, UpstreamPool
 from bodhi_trio._transport._remote import open_remote_clients
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from bodhi_trio._config._settings import Settings
     from bodhi_trio._core._slot import Launcher, SpecBuilder
     from bodhi_trio._llama._child import LaunchSpec
 
 __all__ = ["open_context"]
+
+
+def _make_private(directory: Path) -> None:
+    """Make ``directory`` (one of ``BODHI_HOME``'s) if needed, entered by its owner alone."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if directory.stat().st_mode & 0o077:
+        directory.chmod(0o700)  # made by an earlier version, open to every local user
 
 
 def _child_log(settings: Settings, made: list[LogTail], combined: LogTail, alias: str) -> LogTail:
@@ -81,6 +90,8 @@ async def open_context(
     in-flight responses and stops the child (SIGTERM, grace, SIGKILL of its group)
     before returning.
     """
+    for directory in (settings.logs_dir, settings.run_dir):
+        _make_private(directory)  # logs can hold prompts; run records name our children
     kill_leftovers(settings.run_dir)
     sweep_socket_dirs()
     log = LogTail(path=settings.logs_dir / "llama-server.log")

@@ -376,7 +376,6 @@ class Observer:
 _JSON_FIELDS = ("method", "path", "alias", "status", "ttfb_ms", "duration_ms", "bytes")
 
 
-@final
 def _printable(text: str) -> str:
     """``text`` with every character that is not printable escaped (``\\n``, ``\\x1b``)."""
     if text.isprintable():
@@ -384,6 +383,7 @@ def _printable(text: str) -> str:
     return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
+@final
 class JsonLogFormatter(logging.Formatter):
     """One JSON object per log line (``--log-format json``): time, level, logger, message,
     and a request line's fields."""

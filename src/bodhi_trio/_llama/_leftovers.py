@@ -57,7 +57,7 @@ def record_child(run_dir: Path, pid: int, argv0: str, *, socket_dir: Path | None
     Returns:
         The record's path, for :func:`forget_child`.
     """
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     record = {
         "pid": pid,
         "start_time": _start_time(pid),
@@ -68,7 +68,9 @@ def record_child(run_dir: Path, pid: int, argv0: str, *, socket_dir: Path | None
     }
     path = run_dir / f"llama-server-{pid}.json"
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # pids and paths: ours
+    with os.fdopen(fd, "w") as file:
+        file.write(json.dumps(record))
     os.replace(tmp, path)
     return path
 

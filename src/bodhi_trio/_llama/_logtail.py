@@ -19,6 +19,18 @@ __all__ = ["LogTail"]
 _ROTATE_BYTES = 16 * 1024 * 1024
 
 
+def _private_file(path: str, flags: int) -> int:
+    """``os.open`` for :func:`open`: the file only its owner may read (0600)."""
+    fd = os.open(path, flags, 0o600)
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 @final
 @attrs.define(eq=False)
 class LogTail:
@@ -26,7 +38,8 @@ class LogTail:
 
     Args:
         maxlen: How many lines the ring keeps.
-        path: Log file to append to (its directory is created); ``None`` for no file.
+        path: Log file to append to, readable by its owner alone (0600, also one made
+            before; a new directory for it 0700); ``None`` for no file.
         mirror: Another tail that receives every line too, after ``mirror_prefix``
             (each child's own tail mirrors into the context's combined one).
         mirror_prefix: What marks this tail's lines in the mirror.
@@ -44,12 +57,15 @@ class LogTail:
     def __attrs_post_init__(self) -> None:
         self._lines = collections.deque(maxlen=self.maxlen)
         if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             if self.path.exists() and self.path.stat().st_size > _ROTATE_BYTES:
                 os.replace(self.path, self.path.with_suffix(self.path.suffix + ".1"))
             # Line-buffered: a crash loses nothing, and lines arrive at human rates
             # except during startup, where a few hundred small writes are cheap.
-            self._file = open(self.path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+            # Private (0600, also a file made before): the output can hold prompts.
+            self._file = open(  # noqa: SIM115
+                self.path, "a", encoding="utf-8", buffering=1, opener=_private_file
+            )
 
     @property
     def total(self) -> int:
