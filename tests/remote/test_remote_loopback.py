@@ -5,6 +5,7 @@ relayed stream, and HTTPS with a private CA."""
 from __future__ import annotations
 
 import json
+import os
 import ssl
 from pathlib import Path
 from typing import Any
@@ -215,14 +216,30 @@ async def test_https_without_the_ca_is_a_clear_502(
     assert stub.requests == []  # the handshake failed: nothing was sent
 
 
-async def test_an_unreadable_ca_bundle_is_named(tmp_path: Path, hub_cache: Path) -> None:
+async def test_an_unreadable_ca_bundle_is_named_and_tells_nothing_else(
+    tmp_path: Path, hub_cache: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whoever writes an alias picks the path: a missing file, a directory, a FIFO (which
+    once held a thread for ever), a secret that is no PEM all get one message (what
+    failed is logged for the operator)."""
     (tmp_path / "not-a-ca.pem").write_text("not a certificate\n")
+    os.mkfifo(tmp_path / "fifo.pem")
+    paths = ["not-a-ca.pem", "missing.pem", ".", "fifo.pem"]
+    messages: list[str] = []
     with trio.fail_after(30):
         async with remote_stub(Script()) as stub:
-            response = await https_chat(
-                stub, tmp_path / "home", hub_cache, ca_bundle=str(tmp_path / "not-a-ca.pem")
-            )
-    assert response.status_code == 502
-    message = response.json()["error"]["message"]
-    assert "ca_bundle" in message
-    assert "not-a-ca.pem" in message
+            for name in paths:
+                response = await https_chat(
+                    stub,
+                    tmp_path / f"home-{len(messages)}",
+                    hub_cache,
+                    ca_bundle=str(tmp_path / name),
+                )
+                assert response.status_code == 502
+                messages.append(response.json()["error"]["message"])
+    for name, message in zip(paths, messages, strict=True):
+        assert message.endswith(
+            f"ca_bundle {tmp_path / name} is not a readable PEM file of CA certificates"
+        ), message
+    assert "FileNotFoundError" in caplog.text  # the operator's console says which
+    assert "not a regular file" in caplog.text

@@ -8,7 +8,10 @@ waits for bytes with a deadline (its keep-alive).
 
 from __future__ import annotations
 
+import logging
+import os
 import ssl
+import stat
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import final
@@ -26,6 +29,9 @@ from bodhi_trio._transport._whole import read_whole
 __all__ = ["HttpxClients", "HttpxResponse", "map_error"]
 
 _CLOSE_TIMEOUT = 5.0
+_MAX_CA_BUNDLE = 4 * 1024 * 1024  # the whole Mozilla set is about 220 KB
+
+logger = logging.getLogger("bodhi_trio.remote")
 
 
 def _tls_reason(exc: BaseException) -> str | None:
@@ -290,9 +296,23 @@ def _leading(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 
 def _context_with(ca_bundle: str) -> ssl.SSLContext:
+    """A TLS context trusting the CA certificates of the PEM file ``ca_bundle``.
+
+    Whoever may write an alias chooses the path: the file is opened without blocking
+    (a FIFO would hold a thread for ever), must be a regular file of at most
+    :data:`_MAX_CA_BUNDLE` bytes, and every failure gives the client one message, so
+    that it tells nothing about other files (what failed is logged).
+    """
     try:
-        return ssl.create_default_context(cafile=ca_bundle)
+        fd = os.open(ca_bundle, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as file:
+            info = os.fstat(file.fileno())
+            if not stat.S_ISREG(info.st_mode) or info.st_size > _MAX_CA_BUNDLE:
+                raise ValueError("not a regular file of at most 4 MiB")
+            pem = file.read(_MAX_CA_BUNDLE + 1).decode("ascii")
+        return ssl.create_default_context(cadata=pem)
     except (OSError, ssl.SSLError, ValueError) as exc:
+        logger.warning("ca_bundle %s cannot be used: %s: %s", ca_bundle, type(exc).__name__, exc)
         raise RemoteConnectError(
-            f"the alias's ca_bundle {ca_bundle} cannot be used: {type(exc).__name__}: {exc}"
+            f"the alias's ca_bundle {ca_bundle} is not a readable PEM file of CA certificates"
         ) from None
