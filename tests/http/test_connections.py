@@ -19,6 +19,7 @@ import httpx
 import pytest
 import trio
 import trio.lowlevel
+import trio.testing
 
 from bodhi_trio._config._aliases import Alias
 from bodhi_trio._config._demo import DEMO_FILENAME, DEMO_REPO
@@ -71,29 +72,57 @@ def envelope(body: bytes) -> dict[str, Any]:
     return error
 
 
-async def test_connections_over_the_cap_get_a_503_and_the_server_stays_reachable(
+async def test_idle_connections_at_the_cap_make_room_for_new_ones(
     tmp_path: Path, hub_cache: Path
 ) -> None:
-    """1100 idle sockets used to exhaust the fd limit (EMFILE for 75 s); now the cap
-    (here 20) refuses the 21st with a 503 envelope and closes it, and a connection
-    that ends frees its place at once."""
+    """1100 idle sockets used to exhaust the fd limit (EMFILE for 75 s), and then as many
+    as the cap (here 20), idle or sending a head a byte at a time, kept everyone out
+    with 503s until their keep-alive timeout. Now a new connection at the cap takes the
+    place of the one idle the longest, which is closed; the others stay."""
     with trio.fail_after(60):
         async with running_server(tmp_path, hub_cache, BODHI_MAX_CONNECTIONS="20") as server:
             port = port_of(server.url)
             idle = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(20)]
             try:
-                # Accepted in order: the 20 are counted before the 21st is looked at.
-                async with await trio.open_tcp_stream("127.0.0.1", port) as over:
-                    refused, refused_closed = await read_until_closed(over)
-                # A held connection is served normally; its end frees a place.
-                await idle[0].send_all(
+                for stream in idle[10:]:  # a head that never ends (slowloris)
+                    await stream.send_all(b"GET /ping HTTP/1.1\r\nHo")
+                    await trio.testing.wait_all_tasks_blocked()  # read: now idle the longest
+                async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+                    ping = await client.get("/ping", headers={"Connection": "close"})
+                oldest, oldest_closed = await read_until_closed(idle[0])
+                await idle[1].send_all(
                     b"GET /ping HTTP/1.1\r\n" + HOST + b"Connection: close\r\n\r\n"
                 )
-                held, held_closed = await read_until_closed(idle[0])
+                kept, kept_closed = await read_until_closed(idle[1])
+            finally:
+                for stream in idle:
+                    await stream.aclose()
+    assert ping.status_code == 200
+    assert (oldest, oldest_closed) == (b"", True)  # closed as a keep-alive timeout would
+    assert (parse(kept)[0], kept_closed) == (200, True)
+
+
+async def test_connections_over_the_cap_get_a_503_when_all_are_busy(
+    tmp_path: Path, hub_cache: Path
+) -> None:
+    """With every place held by a request (here 3 event streams), a new connection gets
+    a 503 envelope and is closed; a connection that ends frees its place at once."""
+    with trio.fail_after(60):
+        async with running_server(tmp_path, hub_cache, BODHI_MAX_CONNECTIONS="3") as server:
+            port = port_of(server.url)
+            busy = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(3)]
+            try:
+                for stream in busy:
+                    await stream.send_all(b"GET /bodhi/v1/events HTTP/1.1\r\n" + HOST + b"\r\n")
+                    assert b" 200 " in await stream.receive_some()  # streaming: busy
+                async with await trio.open_tcp_stream("127.0.0.1", port) as over:
+                    refused, refused_closed = await read_until_closed(over)
+                await busy[0].aclose()
+                await trio.testing.wait_all_tasks_blocked()  # the server saw it leave
                 async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
                     ping = await client.get("/ping")
             finally:
-                for stream in idle:
+                for stream in busy:
                     await stream.aclose()
     assert refused, "the connection over the cap got no answer"
     status, headers, body = parse(refused)
@@ -104,7 +133,6 @@ async def test_connections_over_the_cap_get_a_503_and_the_server_stays_reachable
     error = envelope(body)
     assert (error["type"], error["code"]) == ("service_unavailable", "too_many_connections")
     assert "BODHI_MAX_CONNECTIONS" in error["message"]
-    assert (parse(held)[0], held_closed) == (200, True)
     assert ping.status_code == 200
 
 

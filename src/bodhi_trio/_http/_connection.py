@@ -83,7 +83,14 @@ from bodhi_trio._http._chunk_writer import BodyWriter
 from bodhi_trio._http._h11_protocol import ConnectionProtocol, body_writer
 from bodhi_trio._http._h11_strict import error_body
 
-__all__ = ["DEFAULT_WRITE_TIMEOUT", "BodyWriter", "Connection", "body_writer", "error_body"]
+__all__ = [
+    "DEFAULT_WRITE_TIMEOUT",
+    "BodyWriter",
+    "Connection",
+    "IdleConnections",
+    "body_writer",
+    "error_body",
+]
 """Writes one piece of a response body whose head was sent; never cut by a cancellation."""
 
 logger = logging.getLogger("bodhi_trio.http")
@@ -93,6 +100,32 @@ DEFAULT_WRITE_TIMEOUT = 60.0
 
 
 @final
+@final
+class IdleConnections:
+    """The connections waiting for a request, the one idle the longest first.
+
+    Every connection's keep-alive timeout is the same, so the order in which they turned
+    idle is the order of their deadlines: a dict's insertion order keeps it, and marking
+    and finding the oldest are O(1).
+    """
+
+    def __init__(self) -> None:
+        self._order: dict[Connection, None] = {}
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def mark(self, connection: Connection, idle: bool) -> None:
+        """``connection`` turned idle (listed last) or busy or closed (unlisted)."""
+        self._order.pop(connection, None)
+        if idle:
+            self._order[connection] = None
+
+    def oldest(self) -> Connection | None:
+        """The connection idle the longest, if any."""
+        return next(iter(self._order), None)
+
+
 class Connection(TCPServer):
     """Serves one accepted plain-TCP connection (see the module docstring).
 
@@ -105,6 +138,8 @@ class Connection(TCPServer):
             closed (the client stopped reading).
         fast_targets: The paths whose simple requests are answered on the fast path
             (:mod:`._fast_path`); none by default.
+        idle: Where the connection is listed while it waits for a request, so that a
+            full server can close it to let a new one in (:meth:`close_if_idle`).
     """
 
     def __init__(
@@ -118,6 +153,7 @@ class Connection(TCPServer):
         *,
         write_timeout: float = DEFAULT_WRITE_TIMEOUT,
         fast_targets: frozenset[bytes] = frozenset(),
+        idle: IdleConnections | None = None,
     ) -> None:
         # Annotated as an SSLStream, but TCPServer serves plain sockets too (its non-TLS branch).
         super().__init__(app, config, context, state, stream)  # type: ignore[arg-type]
@@ -130,6 +166,7 @@ class Connection(TCPServer):
         self._drop_at = math.inf  # shutdown's deadline for a write still waiting then
         self._write_scope: trio.CancelScope | None = None  # the write waiting now, if any
         self._fast_targets = fast_targets
+        self._idle = idle
 
     async def run(self) -> None:
         # TCPServer.run without its TLS branch and with our protocol instead of
@@ -188,6 +225,21 @@ class Connection(TCPServer):
             deadline = trio.current_time() + timeout
         self._idle_deadline = deadline
         self._idle_scope.deadline = deadline
+        if self._idle is not None:
+            self._idle.mark(self, idle)
+
+    def close_if_idle(self) -> bool:
+        """Close the connection now if it is waiting for a request (or for the rest of
+        one's head), as its keep-alive timeout would; whether it was.
+
+        A full server does this to the connection idle the longest when a new one comes,
+        so that idle sockets, or heads sent a byte a minute, cannot keep everyone out."""
+        if self.closed or self._idle_deadline == math.inf:
+            return False
+        self._idle_deadline = self._idle_scope.deadline = trio.current_time()
+        if self._idle is not None:
+            self._idle.mark(self, False)
+        return True
 
     async def _watch_idle(self) -> None:
         """Close the connection once it was idle for the keep-alive timeout, or at
@@ -215,6 +267,8 @@ class Connection(TCPServer):
     def _stop_watching_idle(self) -> None:
         self.closed = True
         self._idle_scope.cancel()
+        if self._idle is not None:
+            self._idle.mark(self, False)
 
     async def write_whole(self, data: bytes) -> None:
         """Write ``data`` to the client whole, or close the connection if it broke.

@@ -4,10 +4,13 @@ Why not ``hypercorn.trio.serve``: its accept loop (``trio.serve_listeners``) tak
 every connection the kernel offers. Idle sockets cost a client nothing, so enough
 of them used up the open-files limit and ``accept`` failed with EMFILE for as long
 as they stayed; nobody else got in. Here connections are counted where they are
-accepted: beyond ``max_connections`` a new one is answered with a 503 envelope
-(``too_many_connections``, ``Retry-After``, ``Connection: close``) and closed, and
-the server takes connections again as soon as any ends. Counting in the ASGI app
-would be too late: an idle connection never becomes a request.
+accepted. At ``max_connections`` a new one takes the place of the connection idle the
+longest (waiting for a request, or for the rest of a head sent slowly), which is
+closed as its keep-alive timeout would close it: idle sockets cannot keep anyone out.
+Only when every connection is busy with a request is a new one answered with a 503
+envelope (``too_many_connections``, ``Retry-After``, ``Connection: close``) and
+closed; the server takes connections again as soon as any ends. Counting in the ASGI
+app would be too late: an idle connection never becomes a request.
 
 Everything else follows ``hypercorn.trio.run.worker_serve`` (0.18): the ASGI
 lifespan around it all; on shutdown, stop accepting, tell connections
@@ -31,7 +34,12 @@ from hypercorn.typing import ConnectionState
 from hypercorn.utils import repr_socket_addr, wrap_app
 
 from bodhi_trio._exceptions import ListenError
-from bodhi_trio._http._connection import DEFAULT_WRITE_TIMEOUT, Connection, error_body
+from bodhi_trio._http._connection import (
+    DEFAULT_WRITE_TIMEOUT,
+    Connection,
+    IdleConnections,
+    error_body,
+)
 
 if TYPE_CHECKING:
     import socket
@@ -46,13 +54,15 @@ logger = logging.getLogger("bodhi_trio.http")
 _ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 _ACCEPT_RETRY_SECS = 0.1
 _MAX_REFUSING = 32
+"""Refusals being written at once; beyond that a connection is closed without a word,
+so refusing can never use more descriptors than this."""
+_MAX_CLOSING_IDLE = 32
+"""Connections admitted over the cap while as many idle ones close to make room."""
 _LISTEN_ADVICE = {
     errno.EADDRINUSE: " (another program listens there: choose a port with --port or BODHI_PORT)",
     errno.EADDRNOTAVAIL: " (not an address of this machine: choose one with --host or BODHI_HOST)",
     errno.EACCES: " (ports below 1024 need privileges: choose another with --port)",
 }
-"""Refusals being written at once; beyond that a connection is closed without a word,
-so refusing can never use more descriptors than this."""
 _REFUSAL_LINGER_SECS = 1.0
 _WARN_EVERY_SECS = 10.0
 _RETRY_AFTER_SECS = 1
@@ -69,6 +79,8 @@ class ConnectionGate:
         refusing: Refusals being written now.
         refused: Connections refused since the start.
         accept_failures: ``accept`` calls that failed for lack of descriptors or memory.
+        idle: The open connections waiting for a request, idle the longest first.
+        closed_idle: Idle connections closed to let a new one in, since the start.
     """
 
     limit: int
@@ -76,6 +88,8 @@ class ConnectionGate:
     refusing: int = 0
     refused: int = 0
     accept_failures: int = 0
+    idle: IdleConnections = attrs.field(factory=IdleConnections)
+    closed_idle: int = 0
     _last_warning: dict[str, float] = attrs.field(factory=dict, init=False)
 
     def refusal(self) -> bytes:
@@ -94,6 +108,18 @@ class ConnectionGate:
             "connection: close\r\n\r\n"
         )
         return head.encode() + body
+
+    def make_room(self) -> bool:
+        """Close the connection idle the longest, if there is one and not too many are
+        closing already; whether one was (its place is free once it has closed)."""
+        if self.open >= self.limit + _MAX_CLOSING_IDLE:
+            return False
+        while (oldest := self.idle.oldest()) is not None:
+            if oldest.close_if_idle():
+                self.closed_idle += 1
+                return True
+            self.idle.mark(oldest, False)  # closing already: not a place to free
+        return False
 
     def warning_due(self, topic: str) -> bool:
         """Whether to log about ``topic`` now: a flood must not flood the log, so once
@@ -156,9 +182,16 @@ async def _accept_loop(
                     logger.error("accept failed %d times, now: %s", gate.accept_failures, exc)
                 await trio.sleep(_ACCEPT_RETRY_SECS)
                 continue
-            if gate.open < gate.limit:
+            if gate.open < gate.limit or gate.make_room():
                 gate.open += 1
                 connections.start_soon(serve_one, stream, _Slot(gate))
+                if gate.open > gate.limit and gate.warning_due("closing idle"):
+                    logger.warning(
+                        "connection limit %d reached: closing the connections idle the"
+                        " longest to let new ones in (%d so far)",
+                        gate.limit,
+                        gate.closed_idle,
+                    )
                 continue
             gate.refused += 1
             if gate.warning_due("refused"):
@@ -237,6 +270,7 @@ async def serve_http(
                 slot.release,
                 write_timeout=write_timeout,
                 fast_targets=fast_targets,
+                idle=gate.idle,
             )
             live.add(connection)
             try:
