@@ -377,3 +377,22 @@ def test_every_origin_allowed_allows_every_host() -> None:
 def test_the_machines_host_names_need_no_lookup() -> None:
     name = socket.gethostname().lower()
     assert machine_host_names() == {name, f"{name}.local"}
+
+
+@pytest.mark.parametrize(
+    ("origin", "allowed"),
+    [
+        ("http://localhost:3000", True),
+        ("https://127.0.0.1", True),
+        ("http://[::1]:8080", True),
+        ("http://evil.example", False),
+        ("http://evil.example\\@127.0.0.1", False),  # parsers disagree on such a host
+        ("http://evil.example@127.0.0.1", False),
+        ("http://127.0.0.1/path", False),  # not an origin: no browser sends it
+        ("http://127.0.0.1?x", False),
+        ("file://127.0.0.1", False),
+        ("null", False),
+    ],
+)
+def test_a_loopback_origin_is_exactly_scheme_host_port(origin: str, allowed: bool) -> None:
+    assert AccessPolicy("127.0.0.1").origin_allowed(origin) is allowed

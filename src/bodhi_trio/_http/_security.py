@@ -178,6 +178,8 @@ class AccessPolicy:
         if "*" in self.allowed_origins or origin in self.allowed_origins:
             return True
         parts = urlsplit(origin)
+        if "@" in parts.netloc or "\\" in origin or parts.path or parts.query or parts.fragment:
+            return False  # an origin is scheme://host[:port]: nothing a browser sends
         return parts.scheme in ("http", "https") and is_loopback_host(parts.hostname or "")
 
     def cors_headers(self, origin: str | None) -> dict[str, str]:
