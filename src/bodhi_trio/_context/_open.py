@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from contextlib import asynccontextmanager
-from functools import partial
 from typing import TYPE_CHECKING, Any, final
 
 import attrs
@@ -27,7 +26,7 @@ from bodhi_trio._context._endpoints import (
     required_string,
     upstream_target,
 )
-from bodhi_trio._context._replicas import ReplicaPool, ReplicaStatistics
+from bodhi_trio._context._replica_pools import ReplicaPools
 from bodhi_trio._context._routing import FallbackRouter, encode_request
 from bodhi_trio._context._spec import (
     runnable_variant,
@@ -49,6 +48,7 @@ if TYPE_CHECKING:
     from bodhi_trio._config._aliases import Alias
     from bodhi_trio._config._settings import Settings
     from bodhi_trio._context._pulls import PullRegistry
+    from bodhi_trio._context._replicas import ReplicaPool, ReplicaStatistics
     from bodhi_trio._core._address import Address
     from bodhi_trio._core._listeners import ListenerHub, ListenerStatistics, StateListener
     from bodhi_trio._core._rwlock import RWLockStatistics
@@ -101,9 +101,7 @@ class SharedContext:
         self._aliases = aliases
         self._log = log
         self._pulls = pulls
-        self._remotes = remotes
-        self._nursery = nursery
-        self._pools: dict[str, ReplicaPool] = {}
+        self._pools = ReplicaPools(aliases, remotes, frozenset(settings.remote_key_envs), nursery)
         self._router = FallbackRouter(
             resolve=self._aliases.get,
             local=self._send_local,
@@ -191,43 +189,12 @@ class SharedContext:
         )
 
     def replica_pool(self, alias: Alias) -> ReplicaPool:
-        """The replica pool of remote ``alias`` (made on first use, its health probes then
-        started in the root nursery; remade when the alias's ``remote:`` block changed)."""
-        assert alias.remote is not None
-        pool = self._pools.get(alias.alias)
-        if pool is None or pool.spec != alias.remote:
-            if pool is not None:
-                pool.probes.cancel()
-            pool = ReplicaPool(
-                alias.alias,
-                alias.remote,
-                self._remotes,
-                key_envs=frozenset(self._settings.remote_key_envs),
-            )
-            self._pools[alias.alias] = pool
-            self._nursery.start_soon(
-                pool.serve_probes, partial(self._pool_current, pool), name=f"probes:{alias.alias}"
-            )
-        return pool
-
-    def _pool_current(self, pool: ReplicaPool) -> bool:
-        """Whether ``pool``'s alias still names its remote; if not, it is forgotten and its
-        probes end (a deleted alias's URLs and key are contacted no more)."""
-        try:
-            current = self._aliases.get(pool.alias).remote == pool.spec
-        except BodhiError:  # deleted, or its file broke
-            current = False
-        if not current:
-            pool.probes.cancel()
-            if self._pools.get(pool.alias) is pool:
-                del self._pools[pool.alias]
-        return current
+        """The replica pool of remote ``alias`` (:class:`ReplicaPools`)."""
+        return self._pools.pool_for(alias)
 
     def remote_statistics(self) -> dict[str, list[ReplicaStatistics]]:
-        """Each remote alias in use: its replicas' load and health (a pool whose alias was
-        deleted or changed since is forgotten here)."""
-        pools = list(self._pools.items())
-        return {name: pool.statistics() for name, pool in pools if self._pool_current(pool)}
+        """Each remote alias in use: its replicas' load and health."""
+        return self._pools.statistics()
 
     # ------------------------------------------------------------------ requests
 
