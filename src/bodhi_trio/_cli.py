@@ -26,7 +26,7 @@ from bodhi_trio._config._aliases import Alias
 from bodhi_trio._config._hf_cache import resolve_model_file
 from bodhi_trio._config._settings import Settings, load_settings
 from bodhi_trio._exceptions import BodhiError, ModelFileNotFoundError
-from bodhi_trio._http._observe import JsonLogFormatter
+from bodhi_trio._http._log_format import JsonLogFormatter
 from bodhi_trio._llama._install import install_llama_server
 from bodhi_trio._llama._runtime import find_llama_server, find_rpc_server
 

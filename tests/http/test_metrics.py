@@ -15,7 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bodhi_trio._config._demo import DEMO_ALIAS
 from bodhi_trio._core._state import ServerState
-from bodhi_trio._http._observe import JsonLogFormatter, Observer, unload_cause
+from bodhi_trio._http._log_format import JsonLogFormatter
+from bodhi_trio._http._observe import Observer, unload_cause
 from bodhi_trio._http._request_scope import note_request
 from bodhi_trio._http._usage import tokens_in_tail
 from httpserver import running_server

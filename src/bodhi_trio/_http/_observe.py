@@ -19,7 +19,6 @@ otherwise grow the metrics without bound).
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -43,12 +42,13 @@ from trio._core._generated_run import wait_all_tasks_blocked
 
 from bodhi_trio._core._state import EventKind, ServerEvent, ServerState
 from bodhi_trio._http._h11_protocol import body_writer
+from bodhi_trio._http._log_format import printable
 from bodhi_trio._http._request_scope import RequestNote, request_scope
 
 if TYPE_CHECKING:
     from bodhi_trio._http._request_scope import ASGIApp
 
-__all__ = ["PROMETHEUS_CONTENT_TYPE", "JsonLogFormatter", "Observer", "unload_cause"]
+__all__ = ["PROMETHEUS_CONTENT_TYPE", "Observer", "unload_cause"]
 
 PROMETHEUS_CONTENT_TYPE = CONTENT_TYPE_LATEST
 """The Content-Type of ``/metrics``: Prometheus text format 0.0.4."""
@@ -353,7 +353,7 @@ class Observer:
             access_log.info(
                 "%s %s %s %d ttfb=%s %.1fms %dB",
                 method,
-                _printable(path),  # a decoded path: a %0a must not start a forged line
+                printable(path),  # a decoded path: a %0a must not start a forged line
                 alias or "-",
                 status,
                 ttfb,
@@ -371,33 +371,3 @@ class Observer:
                     "bytes": measured.body_bytes,
                 },
             )
-
-
-_JSON_FIELDS = ("method", "path", "alias", "status", "ttfb_ms", "duration_ms", "bytes")
-
-
-def _printable(text: str) -> str:
-    """``text`` with every character that is not printable escaped (``\\n``, ``\\x1b``)."""
-    if text.isprintable():
-        return text
-    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
-
-
-@final
-class JsonLogFormatter(logging.Formatter):
-    """One JSON object per log line (``--log-format json``): time, level, logger, message,
-    and a request line's fields."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        doc: dict[str, object] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        for field in _JSON_FIELDS:
-            if hasattr(record, field):
-                doc[field] = getattr(record, field)
-        if record.exc_info:
-            doc["error"] = self.formatException(record.exc_info)
-        return json.dumps(doc, ensure_ascii=False)
