@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import gguf
@@ -271,3 +272,43 @@ def test_format_bytes() -> None:
     assert format_bytes(64 * 1024 * 1024) == "64.0 MiB"
     assert format_bytes(8 * 1024**3) == "8.0 GiB"
     assert format_bytes(3 * 1024**5) == "3072.0 TiB"
+
+
+def test_a_header_cannot_make_the_estimate_loop_or_hoard(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A few hundred bytes of header once made the estimate walk 2^26 layers (70 s,
+    2.7 GB), its numbers raise OverflowError, its keys fill the memory: every bound
+    that llama.cpp itself has is kept, and the rest is stepped over."""
+    huge = write_header(tmp_path / "layers.gguf", "llama", {"{arch}.block_count": 1 << 26})
+    with pytest.raises(GGUFHeaderError, match="loads at most 512 layers"):
+        estimate_model_memory(huge)
+    writer = gguf.GGUFWriter(tmp_path / "inf.gguf", "llama")
+    writer.add_float32("llama.block_count", math.inf)
+    writer.add_float32("llama.context_length", math.nan)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.close()
+    endless = estimate_model_memory(tmp_path / "inf.gguf")
+    assert (endless.kv_bytes, endless.n_ctx) == (0, 4096)  # read as absent, not an error
+    parts = write_header(
+        tmp_path / "m-00001-of-00002.gguf", "llama", {"split.count": 1_000_000}
+    )
+    with pytest.raises(GGUFHeaderError, match="split.count"):
+        estimate_model_memory(parts)
+
+    many = tmp_path / "many.gguf"
+    header = bytearray(write_header(many, "llama", {}).read_bytes())
+    header[16:24] = (70_000).to_bytes(8, "little")  # the key count, past the one written
+    many.write_bytes(header)
+    with pytest.raises(GGUFHeaderError, match="70000 metadata keys"):
+        read_gguf_metadata(many)
+
+    long_values = {"a.template": "x" * (2 * 1024 * 1024), "b.after": "kept"}
+    stepped = read_gguf_metadata(write_header(tmp_path / "long.gguf", "llama", long_values))
+    assert "a.template" not in stepped  # longer than any template: not decoded
+    assert stepped["b.after"] == "kept"
+    monkeypatch.setattr("bodhi_trio._llama._gguf_header._MAX_KEPT_BYTES", 1000)
+    hoard = write_header(tmp_path / "hoard.gguf", "llama", {f"k{i}": "v" * 100 for i in range(20)})
+    with pytest.raises(GGUFHeaderError, match="metadata to keep"):
+        read_gguf_metadata(hoard)

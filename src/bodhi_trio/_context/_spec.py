@@ -159,7 +159,7 @@ async def estimate_from_gguf(
             return estimate_model_memory(
                 spec.model, spec.server_args, workers_here=workers_here
             ).here
-        except (OSError, ValueError):
+        except (OSError, ValueError, ArithmeticError):  # a header's numbers, whatever they are
             return None
 
     with trio.move_on_after(ESTIMATE_TIMEOUT):

@@ -45,6 +45,12 @@ _MAX_ARRAY = 4096
 # A string longer than this in the header is a broken file, not a chat template.
 _MAX_STRING = 64 * 1024 * 1024
 _MAX_DIMS = 4  # GGML_MAX_DIMS
+# Bounds on what a header may make this reader keep or walk: real models have tens of
+# metadata keys, a few thousand tensors and a chat template of kilobytes.
+_MAX_KEYS = 65_536
+_MAX_TENSORS = 65_536
+_MAX_KEPT_STRING = 1024 * 1024  # longer strings are stepped over, not decoded
+_MAX_KEPT_BYTES = 32 * 1024 * 1024  # strings and numbers kept, all keys together
 _DEFAULT_ALIGNMENT = 32  # GGUF_DEFAULT_ALIGNMENT
 
 
@@ -99,8 +105,14 @@ class _Cursor:
         raise GGUFHeaderError(f"{self.path}: GGUF header cut short in a string array")
 
     def value(self, value_type: int) -> GGUFValue | None:
-        """Decode one value; ``None`` for an array this reader steps over."""
+        """Decode one value; ``None`` for an array or a string this reader steps over."""
         if value_type == _VT.STRING:
+            self._need(8)
+            length = struct.unpack_from(self.order + "Q", self.data, self.offset)[0]
+            if length > _MAX_KEPT_STRING:  # no template is this long: step over it
+                self._need(8 + length)
+                self.offset += 8 + length
+                return None
             return self.string()
         if value_type in _SCALAR_FORMATS:
             return self.scalar(_SCALAR_FORMATS[value_type])
@@ -179,12 +191,27 @@ def _read(path: Path, *, tensors: bool) -> tuple[dict[str, GGUFValue], dict[str,
             raise GGUFHeaderError(f"{path}: GGUF version {version} is not supported")
         tensor_count = cursor.count()
         kv_count = cursor.count()
+        if kv_count > _MAX_KEYS or tensor_count > _MAX_TENSORS:
+            raise GGUFHeaderError(
+                f"{path}: {kv_count} metadata keys and {tensor_count} tensors: more than a"
+                f" model has (at most {_MAX_KEYS} and {_MAX_TENSORS} are read)"
+            )
         metadata: dict[str, GGUFValue] = {}
+        kept = 0
         for _ in range(kv_count):
             key = cursor.string()
             value = cursor.value(int(cursor.scalar("I")))
             if value is not None:
                 metadata[key] = value
+                kept += len(key) + (
+                    len(value)
+                    if isinstance(value, str)
+                    else 8 * len(value)
+                    if isinstance(value, tuple)
+                    else 8
+                )
+                if kept > _MAX_KEPT_BYTES:
+                    raise GGUFHeaderError(f"{path}: more than 32 MiB of metadata to keep")
         if not tensors:
             return metadata, {}
         alignment = metadata.get("general.alignment", _DEFAULT_ALIGNMENT)

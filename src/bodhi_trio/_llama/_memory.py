@@ -38,6 +38,7 @@ the child runs. Multi-head-latent-attention models are estimated from their
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
@@ -45,7 +46,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from bodhi_trio._llama._gguf_header import GGUFValue, read_gguf_metadata
+from bodhi_trio._llama._gguf_header import GGUFHeaderError, GGUFValue, read_gguf_metadata
 from bodhi_trio._llama._gguf_types import CACHE_TYPE_SIZES
 from bodhi_trio._llama._offload import bytes_on_workers, workers_all_elsewhere
 from bodhi_trio._llama._server_args import canonical_flag, is_flag
@@ -107,6 +108,9 @@ _SWA_DEFAULT_WINDOW = {"gemma2": 4096, "llama4": 8192}
 # number (the later layers reuse one); gemma4 says so in attention.shared_kv_layers.
 _KV_LAYERS = {"gemma3n": 20}
 _SPLIT_NAME = re.compile(r"(?P<prefix>.*)-\d{5}-of-\d{5}\.gguf")
+_MAX_PARTS = 99_999
+MAX_LAYERS = 512
+"""llama.cpp's ``LLAMA_MAX_LAYERS`` (``src/llama-hparams.h``): a model with more fails to load."""
 
 
 @attrs.frozen
@@ -259,11 +263,14 @@ def _layout(flags: Mapping[str, list[str]], n_ctx_train: int, window: int, *, sw
 
 
 def _per_layer(value: GGUFValue | None, layer: int, default: int) -> int:
-    """A scalar, or the ``layer``-th entry of a per-layer array (the last if short)."""
+    """A scalar, or the ``layer``-th entry of a per-layer array (the last if short);
+    ``default`` for anything else, a float that is no finite number included."""
     if isinstance(value, tuple):
         if not value:
             return default
-        return int(value[min(layer, len(value) - 1)])
+        value = value[min(layer, len(value) - 1)]
+    if isinstance(value, float) and not math.isfinite(value):
+        return default
     if isinstance(value, int | float):
         return int(value)
     return default
@@ -291,6 +298,10 @@ def _kv_layers(
     swa = window > 0 and (arch in _SWA_PATTERN or pattern is not None)
     layout = _layout(flags, n_ctx_train, window, swa=swa)
     n_layer = _per_layer(key("block_count"), 0, 0)
+    if n_layer > MAX_LAYERS:  # llama.cpp refuses the model; a header is not a loop bound
+        raise GGUFHeaderError(
+            f"{arch}.block_count is {n_layer}: llama.cpp loads at most {MAX_LAYERS} layers"
+        )
     if arch in _NO_KV_ARCHS or n_layer <= 0:
         return [], layout.full_cells
     n_embd = _per_layer(key("embedding_length"), 0, 0)
@@ -326,6 +337,8 @@ def _parts(model_path: Path, meta: Mapping[str, GGUFValue]) -> list[Path]:
     """The model's files: every part of a split model, else the one file."""
     parts = _per_layer(meta.get("split.count"), 0, 1)
     split = _SPLIT_NAME.fullmatch(model_path.name)
+    if parts > _MAX_PARTS:  # the parts' names have five digits
+        raise GGUFHeaderError(f"split.count is {parts}: at most {_MAX_PARTS} parts can be named")
     if parts > 1 and split is not None:
         # llama.cpp names the parts <prefix>-00001-of-0000N.gguf (llama_split_path).
         names = (f"{split['prefix']}-{n:05d}-of-{parts:05d}.gguf" for n in range(1, parts + 1))

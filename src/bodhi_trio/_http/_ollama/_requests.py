@@ -22,10 +22,11 @@ What maps to what:
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, final
 
 import attrs
 
@@ -204,7 +205,7 @@ def _chat_messages(messages: object) -> list[dict[str, Any]]:
     if not isinstance(messages, list):
         raise InvalidRequestError("messages must be an array", param="messages")
     converted: list[dict[str, Any]] = []
-    unanswered: list[tuple[str, str]] = []  # (function name, call id), oldest first
+    unanswered = _Unanswered()
     for message in messages:
         if not isinstance(message, Mapping):
             raise InvalidRequestError("each message must be an object", param="messages")
@@ -229,7 +230,7 @@ def _chat_messages(messages: object) -> list[dict[str, Any]]:
 
 
 def _openai_tool_calls(
-    calls: object, position: int, unanswered: list[tuple[str, str]]
+    calls: object, position: int, unanswered: _Unanswered
 ) -> list[dict[str, Any]]:
     if not isinstance(calls, list) or not all(isinstance(c, Mapping) for c in calls):
         raise InvalidRequestError("tool_calls must be an array of objects", param="messages")
@@ -241,7 +242,7 @@ def _openai_tool_calls(
         call_id = call.get("id")
         if not isinstance(call_id, str) or not call_id:
             call_id = f"call_{position}_{index}"
-        unanswered.append((function["name"], call_id))
+        unanswered.add(function["name"], call_id)
         result.append(
             {
                 "id": call_id,
@@ -255,22 +256,64 @@ def _openai_tool_calls(
     return result
 
 
-def _answered_call(
-    message: Mapping[str, Any], unanswered: list[tuple[str, str]], position: int
-) -> str:
+@final
+class _Unanswered:
+    """The tool calls no tool message has answered yet, oldest first.
+
+    Found by id, by function name or as the oldest, each in amortised constant time: a
+    body may hold tens of thousands of calls and answers, and a scan of all calls per
+    answer would hold the event loop for minutes (the translation runs on it).
+    """
+
+    def __init__(self) -> None:
+        self._calls: dict[int, str] = {}  # sequence number -> call id, while unanswered
+        self._order: collections.deque[int] = collections.deque()
+        self._by_id: dict[str, collections.deque[int]] = {}
+        self._by_name: dict[str, collections.deque[int]] = {}
+        self._added = 0
+
+    def add(self, function: str, call_id: str) -> None:
+        number = self._added = self._added + 1
+        self._calls[number] = call_id
+        self._order.append(number)
+        self._by_id.setdefault(call_id, collections.deque()).append(number)
+        self._by_name.setdefault(function, collections.deque()).append(number)
+
+    def take_id(self, call_id: str) -> str | None:
+        """The oldest unanswered call with this id, now answered."""
+        return self._take(self._by_id.get(call_id))
+
+    def take_name(self, function: str) -> str | None:
+        """The oldest unanswered call of this function, now answered."""
+        return self._take(self._by_name.get(function))
+
+    def take_oldest(self) -> str | None:
+        """The oldest unanswered call, now answered."""
+        return self._take(self._order)
+
+    def _take(self, numbers: collections.deque[int] | None) -> str | None:
+        while numbers:  # answered ones are dropped as they come up: each once
+            call_id = self._calls.pop(numbers.popleft(), None)
+            if call_id is not None:
+                return call_id
+        return None
+
+
+def _answered_call(message: Mapping[str, Any], unanswered: _Unanswered, position: int) -> str:
     """The id of the call a tool message answers: its own ``tool_call_id``, else the
     oldest unanswered call of its ``tool_name``, else the oldest unanswered call."""
     given = message.get("tool_call_id")
     name = message.get("tool_name")
-    for i, (function, call_id) in enumerate(unanswered):
-        if call_id == given or (not isinstance(given, str) and function == name):
-            del unanswered[i]
-            return call_id
-    if isinstance(given, str) and given:
-        return given
-    if unanswered:
-        return unanswered.pop(0)[1]
-    return f"call_{position}"
+    found = None
+    if isinstance(given, str):
+        found = unanswered.take_id(given)
+        if found is None and given:
+            return given
+    elif isinstance(name, str):
+        found = unanswered.take_name(name)
+    if found is None:
+        found = unanswered.take_oldest()
+    return f"call_{position}" if found is None else found
 
 
 def chat_request(body: Mapping[str, Any], model: str) -> OpenAIRequest:
