@@ -315,3 +315,9 @@ def test_overrides_accept_typed_values(tmp_path: Path) -> None:
     settings = load_settings(home=tmp_path, env={}, overrides=overrides)
     assert (settings.host, settings.llamacpp_args) == ("::1", ("--jinja",))
     assert settings.hub_cache == tmp_path / "hf" / "hub"
+
+
+def test_a_number_of_seconds_past_a_floats_range_is_a_setting_error(tmp_path: Path) -> None:
+    write_settings(tmp_path, "BODHI_DRAIN_TIMEOUT_SECS: 1" + "0" * 400 + "\n")
+    with pytest.raises(SettingsError, match="BODHI_DRAIN_TIMEOUT_SECS"):
+        load_settings(home=tmp_path, env={})

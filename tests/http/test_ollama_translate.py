@@ -56,6 +56,8 @@ USER = [{"role": "user", "content": "hi"}]
         (-1, -1.0),
         ("-5m", -1.0),
         (10**12, -1.0),  # beyond 31 years: never
+        (10**400, -1.0),  # past a float's range too (it raised OverflowError: a 500)
+        (-(10**400), -1.0),
     ],
 )
 def test_keep_alive_values(value: object, seconds: float | None) -> None:
@@ -129,6 +131,8 @@ def test_options_map_to_request_fields() -> None:
         ({"stop": [1]}, 'option "stop" must be of type array of strings'),
         ({"num_ctx": "big"}, 'option "num_ctx" must be of type integer'),
         ({"use_mmap": 1}, 'option "use_mmap" must be of type boolean'),
+        ({"temperature": 10**400}, 'option "temperature" must be of type float'),  # no 500
+        ({"top_k": 1e300 * 1e300}, 'option "top_k" must be of type integer'),  # inf
         ([1], "options must be an object"),
     ],
 )

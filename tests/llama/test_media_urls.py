@@ -111,9 +111,16 @@ def test_inline_media_and_quoted_urls_pass(body: dict[str, Any]) -> None:
     refuse_fetched_media_in(json.dumps(body).encode())
 
 
-def test_a_passed_through_body_that_is_not_a_json_object_passes() -> None:
-    for raw in (b"", b"not json http://x", b'["http://x"]', b'"\\u0068ttp"', b"{" * 100_000):
+def test_a_passed_through_body_is_checked_or_refused() -> None:
+    """Nothing that might hold a URL goes unchecked: a body Python cannot read (nested
+    deeper than its parser goes; llama.cpp's has no limit) is refused, not let through."""
+    for raw in (b"", b"not json", b'["http://x"]', b'"\\u0068ttp"', b"{}", b"[" * 100_000):
         refuse_fetched_media_in(raw)
+    image = b'{"type": "image_url", "image_url": {"url": "http://10.1.2.3/"}}'
+    deep = b'{"messages": [{"content": [' + image + b']}], "junk": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    for raw in (deep, b"not json http://x", b'{"a": "\\u0068ttp", "b": }'):
+        with pytest.raises(InvalidRequestError, match="cannot be checked"):
+            refuse_fetched_media_in(raw)
 
 
 def test_a_body_nested_deeper_than_python_recurses_is_walked() -> None:

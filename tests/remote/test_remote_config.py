@@ -189,6 +189,7 @@ def test_header_values_are_one_line_and_names_tokens(headers: object) -> None:
         ("probe_interval_secs", True),
         ("idle_timeout_secs", "300"),
         ("idle_timeout_secs", 10**9),
+        ("connect_timeout_secs", 10**400),  # past a float: OverflowError was a 500
         ("honor_retry_after", "yes"),
         ("model", ""),
         ("model", "a\nb"),

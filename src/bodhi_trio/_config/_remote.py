@@ -28,7 +28,6 @@ listed) or reframe the request.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -114,7 +113,7 @@ def _seconds(data: Mapping[str, Any], key: str, default: float, source: str) -> 
         return default
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _fail(source, key, f"must be a number of seconds, got {value!r}")
-    if math.isnan(value) or not 0 < value <= _MAX_SECONDS:
+    if not 0 < value <= _MAX_SECONDS:  # NaN compares false; a huge int is no float
         raise _fail(source, key, f"must be in (0, {_MAX_SECONDS:g}], got {value!r}")
     return float(value)
 

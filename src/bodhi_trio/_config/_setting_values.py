@@ -72,7 +72,10 @@ def as_seconds(key: str, value: object, source: str, *, positive: bool = False) 
         except ValueError:
             raise setting_error(key, source, value, expected) from None
     elif isinstance(value, int | float):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer past a float's range
+            raise setting_error(key, source, value, expected) from None
     else:
         raise setting_error(key, source, value, expected)
     if math.isnan(number) or number < 0 or (positive and number == 0):

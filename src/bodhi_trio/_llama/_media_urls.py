@@ -76,19 +76,26 @@ def _refuse_urls_in(part: dict[str, Any], field: str) -> None:
 
 
 def refuse_fetched_media_in(raw: bytes) -> None:
-    """:func:`refuse_fetched_media` for a body passed through as it is (``/upstream/``):
-    one that is not a JSON object passes (llama-server's parser refuses it too). A
-    decoded string can start with ``http`` only if those letters are in the raw JSON or
-    written as ``\\u`` escapes: any other body is not parsed at all.
+    """:func:`refuse_fetched_media` for a body passed through as it is (``/upstream/``).
+
+    A decoded string can start with ``http`` only if those letters are in the raw JSON or
+    written as ``\\u`` escapes: any other body is not parsed at all. One that has them but
+    cannot be read here (not JSON, or nested deeper than Python's parser goes, which
+    llama.cpp's parser has no limit for) is refused: what cannot be checked is not sent.
 
     Raises:
-        InvalidRequestError: A media part names an ``http(s)`` URL.
+        InvalidRequestError: A media part names an ``http(s)`` URL, or the body may and
+            cannot be read.
     """
     if b"http" not in raw and b"\\u" not in raw:
         return
     try:
         body = json.loads(raw)
-    except (ValueError, RecursionError):
-        return
+    except (ValueError, RecursionError) as exc:
+        raise InvalidRequestError(
+            "the body names 'http' (or escapes letters) but is not JSON bodhi-trio can read"
+            f" ({type(exc).__name__}): it cannot be checked for media llama-server would"
+            " fetch from the network, so it is not sent"
+        ) from None
     if isinstance(body, dict):
         refuse_fetched_media(body)

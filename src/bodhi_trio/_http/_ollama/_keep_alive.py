@@ -79,6 +79,8 @@ def parse_keep_alive(value: object) -> float | None:
             'keep_alive must be a number of seconds or a duration such as "5m"',
             param="keep_alive",
         )
+    if isinstance(value, int) and not 0 <= value <= KEEP_ALIVE_MAX:
+        return -1.0  # as below; an int too large for a float never becomes one
     seconds = _go_duration(value) if isinstance(value, str) else float(value)
     if seconds < 0 or seconds > KEEP_ALIVE_MAX:
         return -1.0

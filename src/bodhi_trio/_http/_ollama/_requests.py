@@ -108,7 +108,10 @@ def _option_value(key: str, value: object, kind: str) -> object:
         return value
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise wrong
-    return int(value) if kind == "integer" else float(value)
+    try:
+        return int(value) if kind == "integer" else float(value)
+    except (OverflowError, ValueError):  # an integer past a float's range, say
+        raise wrong from None
 
 
 def options_fields(options: object) -> dict[str, Any]:
