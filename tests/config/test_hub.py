@@ -166,3 +166,15 @@ def test_validators_return_their_input() -> None:
     assert validate_repo_id("a.b/c_d-e") == "a.b/c_d-e"
     assert validate_snapshot("refs/pr/1") == "refs/pr/1"
     assert validate_filename("Q4/x.gguf") == "Q4/x.gguf"
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["x\nFAKE WARNING-Q4_K_M.gguf", "x\x1b[31mRED\x1b[0m-Q4_K_M.gguf", "a\0b.gguf", "a\tb.gguf"],
+)
+def test_a_filename_must_be_printable(name: str) -> None:
+    """A Hub's file list names the files a pull writes and an alias keeps: a newline or a
+    terminal escape would reach a console and the alias file."""
+    with pytest.raises(InvalidAliasError, match="not printable"):
+        validate_filename(name)
+    assert validate_filename("Qwen 2.5 – Q4_K_M.gguf") == "Qwen 2.5 – Q4_K_M.gguf"

@@ -117,7 +117,8 @@ def test_a_passed_through_body_is_checked_or_refused() -> None:
     for raw in (b"", b"not json", b'["http://x"]', b'"\\u0068ttp"', b"{}", b"[" * 100_000):
         refuse_fetched_media_in(raw)
     image = b'{"type": "image_url", "image_url": {"url": "http://10.1.2.3/"}}'
-    deep = b'{"messages": [{"content": [' + image + b']}], "junk": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    junk = b"[" * 100_000 + b"]" * 100_000
+    deep = b'{"messages": [{"content": [' + image + b']}], "junk": ' + junk + b"}"
     for raw in (deep, b"not json http://x", b'{"a": "\\u0068ttp", "b": }'):
         with pytest.raises(InvalidRequestError, match="cannot be checked"):
             refuse_fetched_media_in(raw)

@@ -90,7 +90,8 @@ def validate_filename(filename: object) -> str:
     """Check that ``filename`` is a relative path inside a snapshot.
 
     Sub-folders are allowed (``Q4_K_M/model-00001-of-00002.gguf``); absolute
-    paths, ``.``/``..`` or empty parts, backslashes and NUL are not.
+    paths, ``.``/``..`` or empty parts, backslashes and characters that are not
+    printable (NUL, newlines, terminal escapes) are not.
 
     Raises:
         InvalidAliasError: It is not such a string.
@@ -101,8 +102,12 @@ def validate_filename(filename: object) -> str:
         raise InvalidAliasError("filename must not be empty")
     if filename.startswith("/"):
         raise InvalidAliasError(f"filename {filename!r} must be relative to the snapshot")
-    if "\\" in filename or "\0" in filename:
-        raise InvalidAliasError(f"filename {filename!r} must not contain '\\' or NUL")
+    if "\\" in filename or not filename.isprintable():
+        # A Hub's file list names files too: a newline or a terminal escape in a name would
+        # be printed to a console and written into the alias file.
+        raise InvalidAliasError(
+            f"filename {filename!r} must not contain '\\' or characters that are not printable"
+        )
     if any(part in {"", ".", ".."} for part in filename.split("/")):
         raise InvalidAliasError(f"filename {filename!r} must not have empty, '.' or '..' parts")
     return filename
