@@ -5,7 +5,7 @@ from __future__ import annotations
 import ssl
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -27,26 +27,29 @@ def fake_llama_server() -> Path:
     return FAKE_SERVER
 
 
+def _installed(find: Callable[[str], Path]) -> Path:
+    """The real binary ``find`` finds for the cpu variant. Missing means the test setup
+    is broken: fail, never skip."""
+    try:
+        return find("cpu")
+    except (LlamaServerNotFoundError, RpcServerNotFoundError) as exc:
+        pytest.fail(f"{exc.message}\n(the README's test command installs it first)")
+
+
 @pytest.fixture(scope="session")
 def llama_server_binary() -> Path:
-    """The real llama-server. Missing means the test setup is broken: fail, never skip."""
+    """The real llama-server."""
     from bodhi_trio._llama._runtime import find_llama_server
 
-    try:
-        return find_llama_server("cpu")
-    except LlamaServerNotFoundError as exc:
-        pytest.fail(f"{exc.message}\n(the README's test command installs it first)")
+    return _installed(find_llama_server)
 
 
 @pytest.fixture(scope="session")
 def rpc_server_binary() -> Path:
-    """The real rpc-server. Missing means the test setup is broken: fail, never skip."""
+    """The real rpc-server (built with ``llama-server install --rpc``)."""
     from bodhi_trio._llama._runtime import find_rpc_server
 
-    try:
-        return find_rpc_server("cpu")
-    except RpcServerNotFoundError as exc:
-        pytest.fail(f"{exc.message}\n(the README's test command installs it first)")
+    return _installed(find_rpc_server)
 
 
 @pytest.fixture(scope="session")

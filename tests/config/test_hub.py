@@ -177,4 +177,4 @@ def test_a_filename_must_be_printable(name: str) -> None:
     terminal escape would reach a console and the alias file."""
     with pytest.raises(InvalidAliasError, match="not printable"):
         validate_filename(name)
-    assert validate_filename("Qwen 2.5 – Q4_K_M.gguf") == "Qwen 2.5 – Q4_K_M.gguf"
+    assert validate_filename("Qwen 2.5 \u2013 Q4_K_M.gguf") == "Qwen 2.5 \u2013 Q4_K_M.gguf"
