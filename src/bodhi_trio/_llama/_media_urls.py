@@ -11,7 +11,7 @@ not fetch from the network, so such a request is refused (400) before it is sent
 media inline as ``data:`` URLs (base64) pass.
 
 The check is a superset of llama.cpp's: in any object whose ``type`` names a media part,
-at any depth, no string may start with ``http`` (llama.cpp's own test,
+at any depth, no string may start with ``http`` in any case (llama.cpp's own test is
 case-sensitive). Text parts are never looked into, so a prompt may quote any URL.
 """
 
