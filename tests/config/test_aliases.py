@@ -131,6 +131,10 @@ def test_context_params_as_one_string_and_legacy_keys() -> None:
         ({"request_params": {"presence_penalty": "1"}}, "presence_penalty must be a number"),
         ({"request_params": {"max_tokens": 0}}, "max_tokens must be at least 1, got 0"),
         ({"request_params": {"max_tokens": 1.5}}, "max_tokens must be an integer, got 1.5"),
+        (
+            {"request_params": {"max_tokens": 10**20}},
+            "max_tokens must be at most 2147483647, got 100000000000000000000",
+        ),  # llama-server reads it as int32: every request would fail
         ({"request_params": {"seed": False}}, "seed must be an integer, got False"),
         ({"request_params": {"stop": [1]}}, "stop must be a string or a list of strings"),
         ({"request_params": {"user": 5}}, "user must be a string, got 5"),

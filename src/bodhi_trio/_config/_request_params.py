@@ -56,7 +56,9 @@ def _check_float(key: str, value: object, source: str) -> float:
     return float(value)
 
 
-def _check_int(key: str, value: object, source: str, *, minimum: int | None) -> int:
+def _check_int(
+    key: str, value: object, source: str, *, minimum: int | None, maximum: int | None = None
+) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidAliasError(
             f"{source}: request_params.{key} must be an integer, got {value!r}", param=key
@@ -64,6 +66,11 @@ def _check_int(key: str, value: object, source: str, *, minimum: int | None) -> 
     if minimum is not None and value < minimum:
         raise InvalidAliasError(
             f"{source}: request_params.{key} must be at least {minimum}, got {value!r}", param=key
+        )
+    if maximum is not None and value > maximum:
+        raise InvalidAliasError(
+            f"{source}: request_params.{key} must be at most {maximum}, got {short_repr(value)}",
+            param=key,
         )
     return value
 
@@ -139,7 +146,8 @@ class RequestParams:
             if key in _FLOAT_RANGES:
                 values[key] = _check_float(key, value, source)
             elif key == "max_tokens":
-                values[key] = _check_int(key, value, source, minimum=1)
+                # llama-server reads it as a 32-bit int: a larger one fails every request
+                values[key] = _check_int(key, value, source, minimum=1, maximum=2**31 - 1)
             elif key == "seed":
                 values[key] = _check_int(key, value, source, minimum=None)
             elif key == "stop":
