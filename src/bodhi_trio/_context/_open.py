@@ -259,17 +259,20 @@ class SharedContext:
             ) as response:
                 yield response
             return
-        refuse_fetched_media(request)  # llama-server would fetch an http(s) image itself
         # Generation defaults, as far as this route understands them (_endpoints).
-        body = encode_request(fill_request_params(endpoint, request, alias.request_params))
+        body = fill_request_params(endpoint, request, alias.request_params)
         async with self._send_local(alias, endpoint, body, keep_alive) as response:
             self._note_response(alias.alias, endpoint, response.status_code)
             yield response
 
     @asynccontextmanager
     async def _send_local(
-        self, alias: Alias, endpoint: str, body: bytes, keep_alive: float | None
+        self, alias: Alias, endpoint: str, request: Mapping[str, Any], keep_alive: float | None
     ) -> AsyncIterator[UpstreamResponse]:
+        """Send ``request`` to ``alias``'s child, loading it first: the one way a body
+        reaches a local child (a fallback chain's local target comes here too)."""
+        refuse_fetched_media(request)  # llama-server would fetch an http(s) image itself
+        body = encode_request(request)
         async with (
             self._scheduler.serving(alias, keep_alive=keep_alive) as slot,
             self._sender.send(slot.server.address, endpoint, body) as response,

@@ -39,7 +39,6 @@ import attrs
 from bodhi_trio._config._aliases import Alias
 from bodhi_trio._context._endpoints import fill_request_params
 from bodhi_trio._exceptions import BodhiError, InvalidRequestError, UpstreamUnavailableError
-from bodhi_trio._llama._media_urls import refuse_fetched_media
 from bodhi_trio._transport._loopback import UpstreamResponse
 
 if TYPE_CHECKING:
@@ -118,9 +117,9 @@ class RoutedResponse:
 
 
 LocalForward = Callable[
-    [Alias, str, bytes, float | None], AbstractAsyncContextManager[UpstreamResponse]
+    [Alias, str, Mapping[str, Any], float | None], AbstractAsyncContextManager[UpstreamResponse]
 ]
-"""Sends a body to a local alias's child (loading it first, with this keep-alive),
+"""Sends a request to a local alias's child (loading it first, with this keep-alive),
 yielding its response."""
 
 
@@ -175,9 +174,8 @@ class FallbackRouter:
             async with self.pool_for(target).send(endpoint, encode_request(body)) as response:
                 yield response
         else:
-            refuse_fetched_media(body)  # llama-server would fetch an http(s) image itself
             body["model"] = target.alias
-            sending = self.local(target, endpoint, encode_request(body), keep_alive)
+            sending = self.local(target, endpoint, body, keep_alive)
             async with sending as response:
                 yield response
 
