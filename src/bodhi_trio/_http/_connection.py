@@ -100,7 +100,6 @@ DEFAULT_WRITE_TIMEOUT = 60.0
 
 
 @final
-@final
 class IdleConnections:
     """The connections waiting for a request, the one idle the longest first.
 
@@ -111,9 +110,6 @@ class IdleConnections:
 
     def __init__(self) -> None:
         self._order: dict[Connection, None] = {}
-
-    def __len__(self) -> int:
-        return len(self._order)
 
     def mark(self, connection: Connection, idle: bool) -> None:
         """``connection`` turned idle (listed last) or busy or closed (unlisted)."""
@@ -126,6 +122,7 @@ class IdleConnections:
         return next(iter(self._order), None)
 
 
+@final
 class Connection(TCPServer):
     """Serves one accepted plain-TCP connection (see the module docstring).
 
