@@ -203,13 +203,7 @@ def _read(path: Path, *, tensors: bool) -> tuple[dict[str, GGUFValue], dict[str,
             value = cursor.value(int(cursor.scalar("I")))
             if value is not None:
                 metadata[key] = value
-                kept += len(key) + (
-                    len(value)
-                    if isinstance(value, str)
-                    else 8 * len(value)
-                    if isinstance(value, tuple)
-                    else 8
-                )
+                kept += len(key) + _kept_bytes(value)
                 if kept > _MAX_KEPT_BYTES:
                     raise GGUFHeaderError(f"{path}: more than 32 MiB of metadata to keep")
         if not tensors:
@@ -218,6 +212,13 @@ def _read(path: Path, *, tensors: bool) -> tuple[dict[str, GGUFValue], dict[str,
         if not isinstance(alignment, int) or isinstance(alignment, bool) or alignment <= 0:
             raise GGUFHeaderError(f"{path}: general.alignment is {alignment!r}")
         return metadata, _tensor_sizes(cursor, tensor_count, alignment)
+
+
+def _kept_bytes(value: GGUFValue) -> int:
+    """About what keeping ``value`` costs: a string's length, 8 bytes a number."""
+    if isinstance(value, str):
+        return len(value)
+    return 8 * len(value) if isinstance(value, tuple) else 8
 
 
 def _tensor_sizes(cursor: _Cursor, count: int, alignment: int) -> dict[str, int]:

@@ -286,7 +286,9 @@ def _is_swa_layer(pattern: GGUFValue | None, default_every: int, layer: int) -> 
 def _kv_layers(
     meta: Mapping[str, GGUFValue], flags: Mapping[str, list[str]], types: tuple[str, str]
 ) -> tuple[list[int], int]:
-    """Each layer's KV cache bytes, and the context (cells of a full-attention layer)."""
+    """Each repeating layer's KV cache bytes (one entry per layer: ``block_count`` of
+    them, 0 for a layer without a cache of its own), and the context (cells of a
+    full-attention layer)."""
     arch = str(meta.get("general.architecture", ""))
 
     def key(name: str) -> GGUFValue | None:
@@ -303,7 +305,7 @@ def _kv_layers(
             f"{arch}.block_count is {n_layer}: llama.cpp loads at most {MAX_LAYERS} layers"
         )
     if arch in _NO_KV_ARCHS or n_layer <= 0:
-        return [], layout.full_cells
+        return [0] * max(n_layer, 0), layout.full_cells
     n_embd = _per_layer(key("embedding_length"), 0, 0)
     n_head = _per_layer(key("attention.head_count"), 0, 0)
     head_k = _per_layer(key("attention.key_length"), 0, n_embd // n_head if n_head else 0)
@@ -388,9 +390,8 @@ def estimate_model_memory(
     parts = _parts(model_path, meta)
     elsewhere = 0
     if workers_all_elsewhere(flags, workers_here):
-        n_layer = _per_layer(meta.get(f"{meta.get('general.architecture')}.block_count"), 0, 0)
         kv_offload = _switch(flags, "kv-offload") is not False
-        elsewhere = bytes_on_workers(flags, parts, kv_per_layer, n_layer, kv_offload=kv_offload)
+        elsewhere = bytes_on_workers(flags, parts, kv_per_layer, kv_offload=kv_offload)
     return MemoryEstimate(
         file_bytes=_file_bytes(parts, flags),
         kv_bytes=sum(kv_per_layer),

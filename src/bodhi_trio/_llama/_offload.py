@@ -91,7 +91,6 @@ def bytes_on_workers(
     flags: Mapping[str, Sequence[str]],
     parts: Sequence[Path],
     kv_per_layer: Sequence[int],
-    n_layer: int,
     *,
     kv_offload: bool = True,
 ) -> int:
@@ -103,14 +102,15 @@ def bytes_on_workers(
     Args:
         flags: Canonical flag → the values of its last occurrence.
         parts: The model's GGUF files (every part of a split model).
-        kv_per_layer: The KV cache of each repeating layer, in bytes.
-        n_layer: The model's repeating layers (``block_count``).
+        kv_per_layer: The KV cache of each repeating layer, in bytes: one entry per
+            layer, so its length is the model's ``block_count``.
         kv_offload: Whether the KV cache goes with its layer (not ``--no-kv-offload``).
 
     Raises:
         OSError: A part cannot be read.
         GGUFHeaderError: A part's header or tensor infos are not GGUF.
     """
+    n_layer = len(kv_per_layer)
     offloaded = layers_on_workers(flags, n_layer)
     if not offloaded:
         return 0
