@@ -68,8 +68,8 @@ class Reply:
     body: bytes | AsyncIterator[bytes]
 
     @classmethod
-    def json(cls, value: object, status: int = 200) -> Reply:
-        return cls(status, _JSON, compact_json(value).encode())
+    def json(cls, value: object, status: int = 200, *, headers: Mapping[str, str] = _JSON) -> Reply:
+        return cls(status, headers, compact_json(value).encode())
 
 
 def routed_headers(headers: Mapping[str, str]) -> dict[str, str]:

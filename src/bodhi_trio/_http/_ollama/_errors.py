@@ -17,7 +17,6 @@ from bodhi_trio._exceptions import (
     UpstreamError,
 )
 from bodhi_trio._http._routes import Reply
-from bodhi_trio._http._sse import compact_json
 
 __all__ = [
     "OLLAMA_JSON",
@@ -72,7 +71,7 @@ def optional_bool(body: Mapping[str, Any], field: str) -> bool | None:
 
 def ollama_json(value: object, status: int = 200) -> Reply:
     """``value`` as Ollama's JSON answer."""
-    return Reply(status, OLLAMA_JSON, compact_json(value).encode())
+    return Reply.json(value, status, headers=OLLAMA_JSON)
 
 
 def json_answer(status: int, content: bytes) -> dict[str, Any]:
