@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -78,21 +79,22 @@ def _aged(path: Path, seconds: float) -> Path:
     return path
 
 
+def socket_dir(root: Path) -> Path:
+    """A directory as a child's is made (``mkdtemp``: our prefix, mode 0700)."""
+    return Path(tempfile.mkdtemp(prefix="bodhi-trio-", dir=root))
+
+
 def test_stale_socket_dirs_are_swept_and_live_ones_kept(tmp_path: Path) -> None:
     """A child started without a run record leaves its socket directory when its parent is
     killed; the next context removes it, but never a live child's or a starting one's."""
-    dead = tmp_path / "bodhi-trio-dead"
-    dead.mkdir()
+    dead = socket_dir(tmp_path)
     (dead / "llama.sock").write_text("")  # a socket file nothing listens on
-    empty = tmp_path / "bodhi-trio-empty"
-    empty.mkdir()
-    live = tmp_path / "bodhi-trio-live"
-    live.mkdir()
+    empty = socket_dir(tmp_path)
+    live = socket_dir(tmp_path)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(live / "llama.sock"))
     listener.listen(1)
-    starting = tmp_path / "bodhi-trio-starting"  # young: its child has not bound yet
-    starting.mkdir()
+    starting = socket_dir(tmp_path)  # young: its child has not bound yet
     other = tmp_path / "not-ours"
     other.mkdir()
     for path in (dead, empty, live, other):
@@ -107,3 +109,24 @@ def test_stale_socket_dirs_are_swept_and_live_ones_kept(tmp_path: Path) -> None:
     assert live.exists()
     assert starting.exists()
     assert other.exists()
+
+
+def test_a_folder_that_only_shares_the_prefix_is_never_swept(tmp_path: Path) -> None:
+    """A user's ``/tmp/bodhi-trio-dev`` checkout (an earlier version removed such folders
+    at every start, and a benchmark's worktrees under ``/tmp/bodhi-trio-ab`` with them),
+    or a directory of that shape holding anything but a socket, or open to others."""
+    checkout = tmp_path / "bodhi-trio-ab"
+    checkout.mkdir()
+    (checkout / "README.md").write_text("mine")
+    named_like_ours = tmp_path / "bodhi-trio-abcd1234"  # mkdtemp's shape, but 0755
+    named_like_ours.mkdir(mode=0o755)
+    named_like_ours.chmod(0o755)
+    holding_more = socket_dir(tmp_path)
+    (holding_more / "llama.sock").write_text("")
+    (holding_more / "notes.txt").write_text("not a child's")
+    for path in (checkout, named_like_ours, holding_more):
+        _aged(path, 3600)
+    assert sweep_socket_dirs(tmp_path) == []
+    assert (checkout / "README.md").read_text() == "mine"
+    assert named_like_ours.exists()
+    assert (holding_more / "notes.txt").exists()

@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -109,7 +110,7 @@ def kill_leftovers(run_dir: Path) -> list[int]:
                 os.killpg(pid, signal.SIGKILL)
             killed.append(pid)
         socket_dir = record.get("socket_dir")
-        if isinstance(socket_dir, str) and Path(socket_dir).name.startswith(SOCKET_DIR_PREFIX):
+        if isinstance(socket_dir, str) and _made_for_a_child(Path(socket_dir)):
             shutil.rmtree(socket_dir, ignore_errors=True)
         forget_child(path)
     return killed
@@ -120,6 +121,26 @@ SOCKET_DIR_PREFIX = "bodhi-trio-"
 SOCKET_NAME = "llama.sock"
 """The child's socket in it: llama-server listens on a Unix socket when --host ends in .sock."""
 _STALE_AFTER_SECS = 60.0
+_SOCKET_DIR_NAME = re.compile(re.escape(SOCKET_DIR_PREFIX) + r"[a-z0-9_]{8}")
+"""A name ``mkdtemp`` gives with our prefix (eight of its letters)."""
+
+
+def _made_for_a_child(directory: Path, info: os.stat_result | None = None) -> bool:
+    """Whether ``directory`` is a child's private socket directory as ``mkdtemp`` made it:
+    its name, our own, mode 0700, and nothing in it but the socket. Anything else that
+    begins with the prefix (a user's ``/tmp/bodhi-trio-dev`` checkout, say) is not ours to
+    remove."""
+    if _SOCKET_DIR_NAME.fullmatch(directory.name) is None:
+        return False
+    try:
+        info = directory.lstat() if info is None else info
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+            return False
+        if stat.S_IMODE(info.st_mode) != 0o700:
+            return False
+        return set(os.listdir(directory)) <= {SOCKET_NAME}
+    except OSError:
+        return False
 
 
 def _listening(socket_path: Path) -> bool:
@@ -159,7 +180,7 @@ def sweep_socket_dirs(
             info = directory.lstat()
         except OSError:
             continue
-        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        if not _made_for_a_child(directory, info):
             continue
         if now - info.st_mtime < min_age or _listening(directory / SOCKET_NAME):
             continue
