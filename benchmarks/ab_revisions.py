@@ -40,8 +40,13 @@ METRICS = [
     ("llama CPU µs/event, 1 stream", "llama", "1 stream", "cpu"),
     ("llama-t1 1 stream tokens/s (x direct)", "llama-t1", "1 stream", "tokens"),
     ("llama-t1 8 streams tokens/s (x direct)", "llama-t1", "8 streams", "tokens"),
+    ("scale 256 x 50/s CPU µs/event", "scale", "256 x 50/s", "cpu"),
+    ("scale 256 x 50/s delivered (x offered)", "scale", "256 x 50/s", "delivered"),
+    ("scale 256 x 50/s +gap p99 ms", "scale", "256 x 50/s", "gap"),
+    ("scale 256 in step CPU µs/event", "scale", "256 x 50/s, in step", "cpu"),
+    ("scale 1 x 50/s CPU µs/event", "scale", "1 x 50/s", "cpu"),
 ]
-_FORMATS = {"ratio": "{:.3f}x", "tokens": "{:.3f}x", "cpu": "{:.1f}"}
+_FORMATS = {"ratio": "{:.3f}x", "tokens": "{:.3f}x", "cpu": "{:.1f}", "delivered": "{:.3f}x"}
 
 
 def _worktree(rev: str, base: Path) -> tuple[str, Path]:
@@ -80,6 +85,10 @@ def _value(summary: dict[str, Any], scenario: str, kind: str) -> float | None:
         return float(bodhi["ttft_p50_ms"] - direct["ttft_p50_ms"])
     if kind == "cpu":
         return float(bodhi["cpu_us_per_event"])
+    if kind == "delivered":
+        return float(bodhi["delivered_ratio"])
+    if kind == "gap":
+        return float(bodhi["gap_p99_ms"] - direct["gap_p99_ms"])
     value = bodhi.get("disconnect_p99_ms")
     return None if value is None else float(value)
 
@@ -90,7 +99,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--suites", default="fake")
     args = parser.parse_args()
-    base = Path(tempfile.gettempdir()) / "bodhi-trio-ab"
+    # not "bodhi-trio-*": servers before the fix of 2026-12-03 swept such folders at start
+    base = Path(tempfile.gettempdir()) / "bodhi-ab-worktrees"
     base.mkdir(exist_ok=True)
     trees = [_worktree(rev, base) for rev in args.revisions]
     values: dict[str, dict[str, list[float]]] = {sha: {} for sha, _ in trees}

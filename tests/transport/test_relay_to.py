@@ -3,6 +3,7 @@ token's whole chunk handed on framed as it came."""
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -28,6 +29,7 @@ HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding
 EVENTS = [b'data: {"n": %d}\n\n' % n for n in range(6)]
 DONE = b"data: [DONE]\n\n"
 END = b"0\r\n\r\n"
+_NOWHERE = os.open(os.devnull, os.O_WRONLY)  # what a Sink's "socket" is, for the hub to copy
 
 
 def chunk(data: bytes) -> bytes:
@@ -45,7 +47,10 @@ class Sink:
     async def __call__(self, payload: bytes) -> None:
         self.calls.append(("payload", payload))
 
-    def write_chunk_now(self, chunk: bytes, size: int) -> int:
+    def fileno(self) -> int:
+        return _NOWHERE
+
+    def write_chunk_now(self, chunk: bytes, size: int, fd: int = -1) -> int:
         assert size == len(chunk) - chunk.index(b"\r\n") - 4
         if self.take is not None and self.take < 0:
             return -1
@@ -65,19 +70,31 @@ def written(calls: list[tuple[str, bytes]]) -> bytes:
     return out
 
 
+async def settled(hub: RelayHub | None) -> None:
+    """Every task blocked and, with a ``hub``, its thread waiting with nothing to read (so
+    what is sent next is a read of its own)."""
+    await trio.testing.wait_all_tasks_blocked()
+    if hub is not None:
+        await hub.wait_idle()
+        await trio.testing.wait_all_tasks_blocked()
+
+
 @asynccontextmanager
 async def paced_response(
-    clock: trio.testing.MockClock, events: list[bytes], last: list[bytes]
+    clock: trio.testing.MockClock,
+    events: list[bytes],
+    last: list[bytes],
+    hub: RelayHub | None = None,
 ) -> AsyncIterator[HTTPResponse]:
     """A response whose head comes with the first event, then each event in a write of
     its own once the reader waits (20 ms later, by the mock clock: a model's pace), then
-    the ``last`` writes, each once the reader waits."""
+    the ``last`` writes, each once the reader (or the ``hub`` relaying it) waits."""
 
     async def handler(stream: trio.SocketStream) -> None:
         await read_request(stream)
         await stream.send_all(HEAD + chunk(events[0]))
         for data in [chunk(event) for event in events[1:]] + last:
-            await trio.testing.wait_all_tasks_blocked()
+            await settled(hub)
             clock.jump(0.02)
             await stream.send_all(data)
         await trio.sleep_forever()
@@ -125,7 +142,7 @@ async def relay_hub(serving: bool) -> AsyncIterator[RelayHub | None]:
     if not serving:
         yield None
         return
-    hub = RelayHub()
+    hub = RelayHub(takes_after=0)  # the hub's from the first paced read (one test: the rule)
     async with trio.open_nursery() as nursery:
         await nursery.start(hub.serve)
         yield hub
@@ -145,7 +162,7 @@ async def test_a_chunk_the_sink_cannot_write_whole_at_once_is_not_lost(
     with wall_deadline(10):
         async with (
             relay_hub(hubbed) as hub,
-            paced_response(mock_clock, EVENTS, [END]) as response,
+            paced_response(mock_clock, EVENTS, [END], hub) as response,
         ):
             await response.relay_to(sink, hub)
             if hub is not None:  # it woke the stream for each: nothing written by itself
@@ -168,7 +185,7 @@ async def test_a_chunk_split_across_reads_goes_the_decoders_way(
         async with (
             relay_hub(hubbed) as hub,
             paced_response(
-                mock_clock, EVENTS[:3], [whole[:7], whole[7:], chunk(EVENTS[4]), END]
+                mock_clock, EVENTS[:3], [whole[:7], whole[7:], chunk(EVENTS[4]), END], hub
             ) as response,
         ):
             await response.relay_to(sink, hub)
@@ -268,9 +285,9 @@ class TimedSink(Sink):
         self.times.append(round(trio.current_time(), 6))
         await super().__call__(payload)
 
-    def write_chunk_now(self, chunk: bytes, size: int) -> int:
+    def write_chunk_now(self, chunk: bytes, size: int, fd: int = -1) -> int:
         self.times.append(round(trio.current_time(), 6))
-        return super().write_chunk_now(chunk, size)
+        return super().write_chunk_now(chunk, size, fd)
 
 
 async def test_the_spliced_relay_keeps_alive_only_after_a_whole_silent_interval(

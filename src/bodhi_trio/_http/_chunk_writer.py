@@ -81,7 +81,7 @@ class ChunkWriter:
         # ends, which goes through the stream (its state, closed): asked once.
         self._chunked = False
         # valid while the connection is not closed (it says so before it closes)
-        self._fd = connection.stream.socket.fileno()
+        self._fd: int = connection.stream.socket.fileno()
 
     def _framed_here(self) -> bool:
         stream = self._stream
@@ -99,10 +99,19 @@ class ChunkWriter:
         else:
             await self._send(data)
 
-    def write_chunk_now(self, chunk: bytes, size: int) -> int:
+    def fileno(self) -> int:
+        """The client's socket, for the relay hub to copy; -1 if chunks are not written
+        here (the response does not frame them, or it ended) or the connection is closing:
+        the hub then leaves the stream to relay itself."""
+        if self._connection.closed or not self._framed_here():
+            return -1
+        return self._fd
+
+    def write_chunk_now(self, chunk: bytes, size: int, fd: int = -1) -> int:
         """Write ``chunk`` (a whole chunk carrying ``size`` payload bytes) as it is, as far
-        as the socket takes it at once. Returns the bytes written (:meth:`write_rest`
-        writes the rest), or -1 when chunks are not written here (``__call__`` then)."""
+        as the socket takes it at once: to ``fd`` (the relay hub's copy of the socket, in
+        the hub's thread) if given. Returns the bytes written (:meth:`write_rest` writes
+        the rest), or -1 when chunks are not written here (``__call__`` then)."""
         stream = self._stream  # _framed_here() inlined: this runs per token
         framed = self._chunked and not stream.closed and stream.state is _RESPONSE
         if not framed and not self._framed_here():
@@ -116,7 +125,7 @@ class ChunkWriter:
         if connection.writing or connection.closed:  # after the write under way; or closed
             return 0
         try:
-            return os.write(self._fd, chunk)
+            return os.write(fd if fd >= 0 else self._fd, chunk)
         except OSError:  # full, or broken: write_rest finds out which (and closes)
             return 0
 

@@ -5,7 +5,7 @@ Who owns what::
     serve()
     └── open_context ── root nursery (llama-server child, loads, idle unloader, listeners)
         └── relay nursery ── one producer per streamed completion, log followers, the
-            │                relay hub (one task for the paced tokens of every stream)
+            │                relay hub (one thread for the paced tokens of every stream)
             └── serve_http ── connections (at most BODHI_MAX_CONNECTIONS), requests
                               (Hypercorn's HTTP/1.1, Quart-Trio app)
 

@@ -22,6 +22,7 @@ import trio
 from bodhi_trio._core._http1 import BodyDecoder, FramingError, ResponseHead, split_head
 from bodhi_trio._exceptions import UpstreamError
 from bodhi_trio._transport._pool import PACED_WAIT, RECEIVE_BYTES, UpstreamConnection
+from bodhi_trio._transport._relay_hub import CannotPark
 from bodhi_trio._transport._whole import read_whole
 
 if TYPE_CHECKING:
@@ -38,11 +39,17 @@ class ChunkSink(Protocol):
         """Write ``payload`` (framed by the sink), whole; never cut by a cancellation."""
         ...
 
-    def write_chunk_now(self, chunk: bytes, size: int, /) -> int:
+    def write_chunk_now(self, chunk: bytes, size: int, fd: int = -1, /) -> int:
         """Write ``chunk``, one whole chunk of chunked framing carrying ``size`` payload
-        bytes, as it is, if the sink can at once. Returns the bytes written: all of them;
-        fewer (:meth:`write_rest` writes the rest); or -1, nothing (the sink cannot take
-        framed chunks now: the payload goes to ``__call__``)."""
+        bytes, as it is, if the sink can at once: to ``fd``, a copy of :meth:`fileno`
+        the relay hub holds, if given. Returns the bytes written: all of them; fewer
+        (:meth:`write_rest` writes the rest); or -1, nothing (the sink cannot take framed
+        chunks now: the payload goes to ``__call__``)."""
+        ...
+
+    def fileno(self) -> int:
+        """The socket :meth:`write_chunk_now` writes to, for the relay hub to copy; -1 if
+        it cannot write chunks now (the hub then leaves the stream to relay itself)."""
         ...
 
     async def write_rest(self, rest: bytes, /) -> None:
@@ -161,8 +168,9 @@ class HTTPResponse:
         as it came (:meth:`relay_read`); anything else (the bytes that came with the head,
         a fast stream read first, a chunk split across reads, the end) goes the iterator's
         way. With a serving ``hub``, paced reads are the hub's (:mod:`._relay_hub`: one
-        task for the tokens of every stream that are ready at once), and this loop wakes
-        only for the rest.
+        thread for the tokens of every stream, past the run loop) once this loop wrote
+        ``hub.takes_after`` paced tokens whole in a row, and this loop wakes only for the
+        rest.
 
         Raises:
             UpstreamError: The connection broke or was aborted, or the framing was
@@ -175,8 +183,10 @@ class HTTPResponse:
         decoder = body.chunked
         now = connection.clock.current_time
         fd = connection.stream.socket.fileno()  # valid until connection.closed
+        steady = 0  # paced tokens in a row this loop wrote whole (the hub's condition)
         while not body.complete:
             if self._pending or decoder is None or not connection.paced:
+                steady = 0
                 try:
                     piece = await self.__anext__()
                 except StopAsyncIteration:
@@ -188,14 +198,20 @@ class HTTPResponse:
             try:
                 if connection.closed or fd < 0:  # the producer left: the number may be reused
                     raise connection.closed_error()
-                if hub is not None and hub.serving:
-                    rest = await hub.relay(self, sink, fd)
+                if hub is not None and steady >= hub.takes_after and hub.serving:
+                    steady = 0  # back from the hub: the pace is to be shown again
+                    try:
+                        rest = await hub.relay(self, sink, fd)
+                    except CannotPark:
+                        hub = None  # this stream relays itself from now on
+                        continue
                 else:
                     connection.waiting_since = self.handed_at
                     await trio.lowlevel.wait_readable(fd)  # a checkpoint: cancellable
                     if connection.closed:  # closed meanwhile (Trio wakes a waiter it closes)
                         raise connection.closed_error()
                     rest = self.relay_read(os.read(fd, RECEIVE_BYTES), sink)
+                    steady = steady + 1 if rest == b"" and connection.paced else 0
             except BlockingIOError:  # a spurious wake-up
                 continue
             except (OSError, trio.ClosedResourceError) as exc:
@@ -206,11 +222,14 @@ class HTTPResponse:
                 await sink.write_rest(rest)
                 self.handed_at = now()
 
-    def relay_read(self, data: bytes, sink: ChunkSink) -> bytes | None:
+    def relay_read(self, data: bytes, sink: ChunkSink, fd: int = -1) -> bytes | None:
         """One paced read's ``data``: written to ``sink`` framed as it came if it is one
-        whole chunk the sink takes framed; else kept for the iterator's way (a split or
-        batched read, the end, a sink that frames it itself). Notes the time, whether the
-        read was paced (it came over ``PACED_WAIT`` after the last piece), and the piece.
+        whole chunk the sink takes framed (to ``fd``, the relay hub's copy of the sink's
+        socket, if given); else kept for the iterator's way (a split or batched read, the
+        end, a sink that frames it itself). Notes the time, whether the read was paced (it
+        came over ``PACED_WAIT`` after the last piece), and the piece. For a stream
+        parked in the relay hub this runs in the hub's thread: nothing here (or in the
+        sink's ``write_chunk_now``) may call into Trio or wait.
 
         Returns:
             ``b""``: written whole. The rest of the chunk, to write with
@@ -224,7 +243,7 @@ class HTTPResponse:
         decoder = self._body.chunked
         start = decoder.whole_chunk(data) if decoder is not None else 0
         if start:
-            sent = sink.write_chunk_now(data, len(data) - start - 2)
+            sent = sink.write_chunk_now(data, len(data) - start - 2, fd)
             if sent >= 0:
                 self.tail.append(data[start:-2])
                 return data[sent:]
