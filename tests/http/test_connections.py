@@ -174,7 +174,7 @@ async def test_serve_raises_the_soft_open_files_limit(tmp_path: Path, hub_cache:
 def test_default_connection_cap_follows_the_open_files_limit() -> None:
     from bodhi_trio._http._fd_limits import connection_limit
 
-    assert connection_limit(0, 1024) == 384  # (1024 - 256 reserved) / 2 descriptors each
+    assert connection_limit(0, 1024) == 192  # (1024 - 256 reserved) / 4 descriptors each
     assert connection_limit(0, 1_048_576) == 10_000
     assert connection_limit(0, 100) == 1
     assert connection_limit(50, 1024) == 50  # set explicitly: taken as given

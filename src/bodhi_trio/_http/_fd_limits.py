@@ -1,7 +1,8 @@
 """The open-files limit, and the connection cap derived from it.
 
-Every accepted connection is a file descriptor, and a completion holds a second
-one to llama-server. Under the common soft limit of 1024, some 1000 idle sockets
+Every accepted connection is a file descriptor, a completion holds a second one to
+llama-server, and a paced stream parked in the relay hub two more (the hub's thread
+writes through copies of both sockets). Under the common soft limit of 1024, some 1000 idle sockets
 used to exhaust the process: ``accept`` failed with EMFILE, every 0.1 s, for as
 long as they stayed, and nobody (not even ``/ping``) got in. So ``serve`` raises
 the soft limit to the hard one (no privilege needed) and caps connections below
@@ -28,8 +29,9 @@ RESERVED_FDS = 256
 """Descriptors kept out of the connection budget: the listener, the child's pipes and
 socket, log files, alias files, the idle upstream pool (64) and refusals in progress (32)."""
 
-FDS_PER_CONNECTION = 2
-"""A client's socket and, while it runs a completion, the connection to llama-server."""
+FDS_PER_CONNECTION = 4
+"""A client's socket and, while it runs a completion, the connection to llama-server; while
+its stream is parked in the relay hub, the hub's copies of both."""
 
 MAX_DEFAULT_CONNECTIONS = 10_000
 """The default cap even when the open-files limit would allow more: a local server has
@@ -68,7 +70,7 @@ def connection_limit(configured: int, open_files: int) -> int:
         configured: ``BODHI_MAX_CONNECTIONS``; 0 means the default, which is what the
             open-files limit leaves after :data:`RESERVED_FDS`, divided by
             :data:`FDS_PER_CONNECTION`, and at most :data:`MAX_DEFAULT_CONNECTIONS`
-            (384 under a limit of 1024; 10,000 under 1,048,576).
+            (192 under a limit of 1024; 10,000 under 1,048,576).
         open_files: The soft open-files limit in effect.
 
     Returns:

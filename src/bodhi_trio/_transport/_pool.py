@@ -177,8 +177,9 @@ class UpstreamConnection:
     async def aclose(self) -> None:
         """Close the socket (shielded, and bounded in time)."""
         self.closed = True
-        if self.on_close is not None:
-            self.on_close()
+        on_close = self.on_close  # read once: the relay hub's thread may clear it meanwhile
+        if on_close is not None:
+            on_close()
         with trio.move_on_after(_CLOSE_TIMEOUT, shield=True):
             await self.stream.aclose()
 
@@ -275,7 +276,8 @@ class UpstreamPool:
         stalled = [
             c
             for c in self._busy.get(address, ())
-            if c.waiting_since is not None and c.waiting_since < since_before
+            # read once: the relay hub's thread may clear it meanwhile
+            if (since := c.waiting_since) is not None and since < since_before
         ]
         for connection in stalled:
             await connection.abort(UpstreamError(reason))

@@ -64,6 +64,19 @@ _STOP_WAIT = 5.0
 are non-blocking, so a step never waits; the bound is there all the same."""
 
 
+class _NoEpoll:
+    """The hub's epoll before :meth:`RelayHub.serve` opens one: nothing parks then."""
+
+    def register(self, fd: int, eventmask: int) -> None:
+        raise OSError("the relay hub is not serving")
+
+    def unregister(self, fd: int) -> None:
+        pass
+
+
+_NO_EPOLL = _NoEpoll()
+
+
 class CannotPark(Exception):
     """The stream's sockets cannot be copied for the hub (no file descriptors left, or the
     client's connection closed): the stream relays itself."""
@@ -110,7 +123,7 @@ class RelayHub:
 
     def __init__(self, *, takes_after: int = TAKES_AFTER) -> None:
         self.takes_after = takes_after
-        self._epoll = select.epoll()
+        self._epoll: select.epoll | _NoEpoll = _NO_EPOLL  # serve() opens one, and closes it
         self._lock = threading.Lock()
         self._parked: dict[int, _Parked] = {}
         self._serving = False
@@ -138,12 +151,13 @@ class RelayHub:
         :data:`_STOP_WAIT`), every parked stream is woken to go on by itself, and the epoll
         is closed; nothing read is lost (a read is handed on before the thread waits again).
         """
+        self._epoll = epoll = select.epoll()
         bell_in, self._doorbell = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._epoll.register(bell_in, select.EPOLLIN)
+        epoll.register(bell_in, select.EPOLLIN)
         self._stopped = stopped = trio.Event()
         thread = threading.Thread(
             target=self._run,
-            args=(trio.lowlevel.current_trio_token(), bell_in, stopped),
+            args=(epoll, trio.lowlevel.current_trio_token(), bell_in, stopped),
             name="bodhi-trio relay hub",
             daemon=True,
         )
@@ -164,17 +178,24 @@ class RelayHub:
                 self._ring()
                 with trio.move_on_after(_STOP_WAIT):
                     await stopped.wait()
-            with self._lock:
-                left = [parked for parked in list(self._parked.values()) if self._forget(parked)]
-            for parked in left:
-                trio.lowlevel.reschedule(parked.task)
-            if stopped.is_set():
+            if not stopped.is_set():  # a step that blocked, which cannot happen
+                logger.error("the relay hub's thread did not stop in %g s", _STOP_WAIT)
+            # free once the thread stopped; never waited for: a thread stuck in a step holds it
+            if self._lock.acquire(blocking=False):
+                try:
+                    left = [
+                        parked for parked in list(self._parked.values()) if self._forget(parked)
+                    ]
+                finally:
+                    self._lock.release()
+                for parked in left:
+                    trio.lowlevel.reschedule(parked.task)
+            if stopped.is_set():  # else the thread keeps its files
+                self._epoll = _NO_EPOLL
                 os.close(self._doorbell)
                 self._doorbell = -1  # a number another file may be given next
                 os.close(bell_in)
-                self._epoll.close()
-            else:  # a step that blocked, which cannot happen: the thread keeps its files
-                logger.error("the relay hub's thread did not stop in %g s", _STOP_WAIT)
+                epoll.close()
 
     async def relay(self, response: HTTPResponse, sink: ChunkSink, fd: int) -> bytes | None:
         """Park ``response`` (its connection's socket is ``fd``) until the hub cannot relay
@@ -230,9 +251,15 @@ class RelayHub:
         self._ring()
         await idle.wait()
 
-    def _run(self, token: trio.lowlevel.TrioToken, bell_in: int, stopped: trio.Event) -> None:
+    def _run(
+        self,
+        epoll: select.epoll,
+        token: trio.lowlevel.TrioToken,
+        bell_in: int,
+        stopped: trio.Event,
+    ) -> None:
         """The thread: each ready socket read and its token written, or its task woken."""
-        poll, lock, parked_at = self._epoll.poll, self._lock, self._parked.get
+        poll, lock, parked_at = epoll.poll, self._lock, self._parked.get
         try:
             while not self._stopping:
                 ready = poll(-1, _BATCH)
@@ -245,13 +272,14 @@ class RelayHub:
                         with lock:
                             parked = parked_at(fd)
                             if parked is not None and not self._step(parked):
+                                woken.append(parked)  # first: woken whatever _forget meets
                                 self._forget(parked)
-                                woken.append(parked)
                 finally:
                     if woken:
                         token.run_sync_soon(_reschedule, woken)
-                if self._idle_waiters and not poll(0, 1):
-                    token.run_sync_soon(self._wake_idle_waiters)
+                if (waiting := len(self._idle_waiters)) and not poll(0, 1):
+                    # those who rang before this look; a later one rang again
+                    token.run_sync_soon(self._wake_idle_waiters, waiting)
         except trio.RunFinishedError:
             return
         except Exception:
@@ -304,9 +332,12 @@ class RelayHub:
         connection = parked.response.connection
         connection.on_close = None
         connection.waiting_since = None
-        self._epoll.unregister(source)
-        os.close(source)
-        os.close(parked.target)
+        # our own numbers, registered: nothing here can fail, and nothing may be left open
+        with contextlib.suppress(OSError):
+            self._epoll.unregister(source)
+        for fd in (source, parked.target):
+            with contextlib.suppress(OSError):
+                os.close(fd)
         return True
 
     def _ring(self) -> None:
@@ -316,10 +347,11 @@ class RelayHub:
 
     def _thread_stopped(self, stopped: trio.Event) -> None:
         stopped.set()
-        self._wake_idle_waiters()
+        self._wake_idle_waiters(len(self._idle_waiters))
 
-    def _wake_idle_waiters(self) -> None:
-        waiters, self._idle_waiters = self._idle_waiters, []
+    def _wake_idle_waiters(self, count: int) -> None:
+        """Wake the first ``count`` waiters of :meth:`wait_idle` (in the run loop)."""
+        waiters, self._idle_waiters = self._idle_waiters[:count], self._idle_waiters[count:]
         for idle in waiters:
             idle.set()
 
