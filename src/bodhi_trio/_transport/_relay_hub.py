@@ -64,19 +64,6 @@ _STOP_WAIT = 5.0
 are non-blocking, so a step never waits; the bound is there all the same."""
 
 
-class _NoEpoll:
-    """The hub's epoll before :meth:`RelayHub.serve` opens one: nothing parks then."""
-
-    def register(self, fd: int, eventmask: int) -> None:
-        raise OSError("the relay hub is not serving")
-
-    def unregister(self, fd: int) -> None:
-        pass
-
-
-_NO_EPOLL = _NoEpoll()
-
-
 class CannotPark(Exception):
     """The stream's sockets cannot be copied for the hub (no file descriptors left, or the
     client's connection closed): the stream relays itself."""
@@ -123,7 +110,7 @@ class RelayHub:
 
     def __init__(self, *, takes_after: int = TAKES_AFTER) -> None:
         self.takes_after = takes_after
-        self._epoll: select.epoll | _NoEpoll = _NO_EPOLL  # serve() opens one, and closes it
+        self._epoll: select.epoll | None = None  # while serve() runs
         self._lock = threading.Lock()
         self._parked: dict[int, _Parked] = {}
         self._serving = False
@@ -191,7 +178,7 @@ class RelayHub:
                 for parked in left:
                     trio.lowlevel.reschedule(parked.task)
             if stopped.is_set():  # else the thread keeps its files
-                self._epoll = _NO_EPOLL
+                self._epoll = None
                 os.close(self._doorbell)
                 self._doorbell = -1  # a number another file may be given next
                 os.close(bell_in)
@@ -216,6 +203,8 @@ class RelayHub:
         connection = response.connection
         with self._lock:  # the thread steps in once it is let go
             try:
+                if self._epoll is None:  # not serving: the caller asks serving first
+                    raise OSError("the relay hub is not serving")
                 self._epoll.register(source, select.EPOLLIN)
             except OSError as exc:
                 os.close(source)
@@ -333,8 +322,10 @@ class RelayHub:
         connection.on_close = None
         connection.waiting_since = None
         # our own numbers, registered: nothing here can fail, and nothing may be left open
-        with contextlib.suppress(OSError):
-            self._epoll.unregister(source)
+        epoll = self._epoll  # open while any stream is parked (serve forgets them first)
+        if epoll is not None:
+            with contextlib.suppress(OSError):
+                epoll.unregister(source)
         for fd in (source, parked.target):
             with contextlib.suppress(OSError):
                 os.close(fd)
