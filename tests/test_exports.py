@@ -15,7 +15,8 @@ def test_all_names_exist_and_are_public() -> None:
 
 PUBLIC = {
     "AdminKeyRequiredError", "Alias", "AliasExistsError", "AliasFileProblem",
-    "AliasNotFoundError", "AliasStore", "AuthenticationError", "BodhiError", "ConfigError",
+    "AliasNotFoundError", "AnswersOverBudgetError", "AliasStore", "AuthenticationError",
+    "BodhiError", "ConfigError",
     "ConflictError", "ContextStatistics", "EventKind", "ForbiddenError",
     "InsufficientMemoryError", "InvalidAliasError",
     "InvalidRequestError", "ListenerStatistics", "LlamaServerExitedError",
@@ -28,7 +29,8 @@ PUBLIC = {
     "open_context", "serve",
 }  # fmt: skip
 LOWLEVEL = {
-    "DEMO_ALIAS", "Address", "DemoModel", "LaunchSpec", "LlamaServer", "LogTail",
+    "DEMO_ALIAS", "Address", "AnswerBudget", "AnswerBudgetStatistics", "DemoModel",
+    "LaunchSpec", "LlamaServer", "LogTail",
     "RWLock", "RWLockStatistics", "apply_request_params",
     "child_environment", "ensure_demo_model", "find_llama_server",
     "install_llama_server", "merge_server_args", "serve_llama_server",

@@ -43,6 +43,7 @@ from bodhi_trio._core._state import SlotStatus as SlotStatus
 from bodhi_trio._exceptions import AdminKeyRequiredError as AdminKeyRequiredError
 from bodhi_trio._exceptions import AliasExistsError as AliasExistsError
 from bodhi_trio._exceptions import AliasNotFoundError as AliasNotFoundError
+from bodhi_trio._exceptions import AnswersOverBudgetError as AnswersOverBudgetError
 from bodhi_trio._exceptions import AuthenticationError as AuthenticationError
 from bodhi_trio._exceptions import BodhiError as BodhiError
 from bodhi_trio._exceptions import ConfigError as ConfigError
@@ -77,6 +78,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AdminKeyRequiredError",
+    "AnswersOverBudgetError",
     "Alias",
     "AliasExistsError",
     "AliasFileProblem",

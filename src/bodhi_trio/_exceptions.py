@@ -36,7 +36,8 @@ single boundary, and the CLI prints ``message`` as one line.
     ├── UnavailableError                503 service_unavailable    service_unavailable
     │   ├── ServerBusyError             429 rate_limit_error       server_busy
     │   ├── InsufficientMemoryError                                insufficient_memory
-    │   └── ResponseInterruptedError                               response_interrupted
+    │   ├── ResponseInterruptedError                               response_interrupted
+    │   └── AnswersOverBudgetError                                 answers_over_budget
     └── UpstreamError                   502 upstream_error         upstream_error
         ├── LlamaServerExitedError                                 llama_server_exited
         ├── PullFailedError                                        pull_failed
@@ -54,6 +55,7 @@ from typing import ClassVar
 
 __all__ = [
     "AdminKeyRequiredError",
+    "AnswersOverBudgetError",
     "AliasExistsError",
     "AliasNotFoundError",
     "AuthenticationError",
@@ -389,6 +391,13 @@ class InsufficientMemoryError(UnavailableError):
     """A model's memory estimate exceeds the whole memory budget: it can never load."""
 
     code = "insufficient_memory"
+
+
+class AnswersOverBudgetError(UnavailableError):
+    """The answers read whole for requests in flight hold the whole budget for them
+    (:class:`~bodhi_trio.lowlevel.AnswerBudget`): this one would take more; retry later."""
+
+    code = "answers_over_budget"
 
 
 class ResponseInterruptedError(UnavailableError):

@@ -3,7 +3,7 @@
 For programs that supervise llama-server themselves, reuse the lock, or need
 the pieces the server uses: the child supervisor and its launch spec, the args
 merge, the binary lookup and build, the demo model, the log ring, the
-writer-preferring RW lock, the address of a child.
+writer-preferring RW lock, the address of a child, the budget of answers read whole.
 """
 
 from __future__ import annotations
@@ -24,10 +24,14 @@ from bodhi_trio._llama._launch import child_environment as child_environment
 from bodhi_trio._llama._logtail import LogTail as LogTail
 from bodhi_trio._llama._runtime import find_llama_server as find_llama_server
 from bodhi_trio._llama._server_args import merge_server_args as merge_server_args
+from bodhi_trio._transport._whole import AnswerBudget as AnswerBudget
+from bodhi_trio._transport._whole import AnswerBudgetStatistics as AnswerBudgetStatistics
 
 __all__ = [
     "DEMO_ALIAS",
     "Address",
+    "AnswerBudget",
+    "AnswerBudgetStatistics",
     "DemoModel",
     "LaunchSpec",
     "LlamaServer",

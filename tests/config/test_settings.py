@@ -38,6 +38,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert settings.stop_grace_secs == 5.0
     assert settings.api_keys == ()
     assert settings.max_body_bytes == 32 * 1024 * 1024
+    assert settings.max_answers_bytes == 1024 * 1024 * 1024
     assert settings.allowed_origins == ()
     assert settings.insecure is False
     assert settings.aliases_dir == tmp_path / "aliases"
@@ -156,6 +157,7 @@ def test_all_numeric_and_flag_settings(tmp_path: Path) -> None:
             "BODHI_DRAIN_TIMEOUT_SECS": "0",
             "BODHI_STOP_GRACE_SECS": "1",
             "BODHI_MAX_BODY_BYTES": "1024",
+            "BODHI_MAX_ANSWERS_BYTES": "4096",
             "BODHI_PORT": "0",
         },
         overrides={"BODHI_INSECURE": True},
@@ -164,7 +166,7 @@ def test_all_numeric_and_flag_settings(tmp_path: Path) -> None:
     assert settings.keep_alive_secs == -1
     assert (settings.sse_keepalive_secs, settings.startup_timeout_secs) == (0.0, 2.5)
     assert (settings.drain_timeout_secs, settings.stop_grace_secs) == (0.0, 1.0)
-    assert settings.max_body_bytes == 1024
+    assert (settings.max_body_bytes, settings.max_answers_bytes) == (1024, 4096)
     assert load_settings(home=tmp_path, env={"BODHI_INSECURE": "yes"}).insecure is True
 
 
@@ -181,6 +183,7 @@ def test_all_numeric_and_flag_settings(tmp_path: Path) -> None:
         ("BODHI_DRAIN_TIMEOUT_SECS", "soon", "a number of seconds >= 0, got 'soon'"),
         ("BODHI_STOP_GRACE_SECS", "nan", "a number of seconds >= 0, got 'nan'"),
         ("BODHI_MAX_BODY_BYTES", "0", "an integer >= 1, got '0'"),
+        ("BODHI_MAX_ANSWERS_BYTES", "-5", "an integer >= 1, got '-5'"),
         ("BODHI_INSECURE", "maybe", "true or false, got 'maybe'"),
         ("BODHI_EXEC_VARIANT", "cu da", "a variant name of letters, digits and '_', got 'cu da'"),
     ],

@@ -129,3 +129,33 @@ async def test_an_answer_too_large_to_read_whole_is_a_502(
     assert response.status_code == 502
     assert "is larger than 1000 bytes" in response.json()["error"]["message"]
     assert again.status_code == 502  # the limit holds for every answer, not only the first
+
+
+async def test_answers_held_together_past_the_budget_get_a_503_and_release_at_the_end(
+    tmp_path: Path, hub_cache: Path, transport: Transport
+) -> None:
+    """Every request's whole answers are charged to BODHI_MAX_ANSWERS_BYTES until the
+    request ends: one past it alone is refused with a 503 to retry; three that each fit
+    but together would not pass one after another (each gives its bytes back)."""
+    big = Script(body=b'{"pad":"' + b"x" * 5000 + b'"}')
+    small = Script(body=b'{"pad":"' + b"x" * 400 + b'"}')
+    with trio.fail_after(15):
+        async with remote_stub(big, ssl_context=transport.ssl_context) as stub:
+            far = remote_alias("far", stub.base_url, **transport.fields)
+            async with (
+                running_server(
+                    tmp_path, hub_cache, aliases=(far,), BODHI_MAX_ANSWERS_BYTES="1000"
+                ) as server,
+                httpx.AsyncClient(timeout=10) as http,
+            ):
+                refused = await http.post(server.url + "/v1/chat/completions", json=chat("far"))
+                stub.script = small
+                served = [
+                    await http.post(server.url + "/v1/chat/completions", json=chat("far"))
+                    for _ in range(3)
+                ]
+    assert refused.status_code == 503
+    assert refused.headers["retry-after"] == "1"
+    assert refused.json()["error"]["code"] == "answers_over_budget"
+    assert [response.status_code for response in served] == [200, 200, 200]
+    assert served[2].json()["pad"] == "x" * 400

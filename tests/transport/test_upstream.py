@@ -13,8 +13,9 @@ import trio.testing
 
 from bodhi_trio._core._address import Address
 from bodhi_trio._exceptions import UpstreamError
-from bodhi_trio._transport._loopback import UpstreamPool, send_upstream
+from bodhi_trio._transport._loopback import UpstreamPool, probe, send_upstream
 from bodhi_trio._transport._pool import UpstreamConnection
+from bodhi_trio._transport._whole import AnswerBudget
 from deadlines import wall_deadline
 
 Handler = Callable[[trio.SocketStream], Awaitable[None]]
@@ -379,3 +380,22 @@ async def test_a_read_on_a_connection_closed_under_it_is_an_upstream_error(paced
         # (the read-first path meets EBADF: broke; the paced one the -1: was closed)
         with trio.fail_after(5), pytest.raises(UpstreamError, match=r"broke|was closed"):
             await connection.receive()
+
+
+async def test_a_health_probe_is_never_charged_to_the_request_that_started_it() -> None:
+    """A child's watch starts inside the request that loads it and inherits its context;
+    a full answers budget there must not fail the server's own health reads."""
+
+    async def handler(stream: trio.SocketStream) -> None:
+        await read_request(stream)
+        await stream.send_all(b'HTTP/1.1 200 OK\r\nContent-Length: 15\r\n\r\n{"status":"ok"}')
+
+    budget = AnswerBudget(1)
+    with trio.fail_after(10), budget.charging():
+        async with trio.open_nursery() as nursery:
+            port = await serve(nursery, handler)
+            answer = await probe(local(port), "/health", within=5)
+            nursery.cancel_scope.cancel()
+    assert answer is not None
+    assert (answer.status, answer.body) == (200, b'{"status":"ok"}')
+    assert budget.statistics().refused == 0

@@ -80,6 +80,7 @@ KNOWN_KEYS: frozenset[str] = frozenset(
         "BODHI_API_KEYS",
         "BODHI_ADMIN_KEYS",
         "BODHI_MAX_BODY_BYTES",
+        "BODHI_MAX_ANSWERS_BYTES",
         "BODHI_MAX_CONNECTIONS",
         "BODHI_CLIENT_WRITE_TIMEOUT_SECS",
         "BODHI_ALLOWED_ORIGINS",
@@ -133,6 +134,9 @@ class Settings:
         admin_keys: Bearer tokens for every route. No keys of either kind means no
             auth. Never in ``repr``.
         max_body_bytes: Largest accepted request body.
+        max_answers_bytes: The bytes of answers read whole (non-streamed completions,
+            embeddings, translated answers) that requests in flight may hold together;
+            a read past it is answered 503.
         max_connections: Most client connections served at once (more get 503); 0 means
             derived from the open-files limit (see ``_fd_limits.connection_limit``).
         client_write_timeout_secs: Seconds a client may take nothing of a response before
@@ -174,6 +178,7 @@ class Settings:
     api_keys: tuple[str, ...] = attrs.field(default=(), repr=lambda keys: f"<{len(keys)} hidden>")
     admin_keys: tuple[str, ...] = attrs.field(default=(), repr=lambda keys: f"<{len(keys)} hidden>")
     max_body_bytes: int = 32 * 1024 * 1024
+    max_answers_bytes: int = 1024 * 1024 * 1024
     max_connections: int = 0
     client_write_timeout_secs: float = 60.0
     allowed_origins: tuple[str, ...] = ()
@@ -363,6 +368,7 @@ def load_settings(
         api_keys=get("BODHI_API_KEYS", as_list, _DEFAULTS.api_keys),
         admin_keys=get("BODHI_ADMIN_KEYS", as_list, _DEFAULTS.admin_keys),
         max_body_bytes=integer("BODHI_MAX_BODY_BYTES", _DEFAULTS.max_body_bytes, 1),
+        max_answers_bytes=integer("BODHI_MAX_ANSWERS_BYTES", _DEFAULTS.max_answers_bytes, 1),
         max_connections=integer("BODHI_MAX_CONNECTIONS", _DEFAULTS.max_connections, 0),
         client_write_timeout_secs=seconds(
             "BODHI_CLIENT_WRITE_TIMEOUT_SECS", _DEFAULTS.client_write_timeout_secs, positive=True

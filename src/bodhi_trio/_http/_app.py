@@ -47,12 +47,13 @@ from bodhi_trio._http._ollama._routes import OllamaRoutes, register_ollama_route
 from bodhi_trio._http._openapi import openapi_document
 from bodhi_trio._http._page import page_asset, wants_page
 from bodhi_trio._http._pull_routes import PullRoutes, register_pull_routes
+from bodhi_trio._http._request_scope import note_request
 from bodhi_trio._http._routes import Reply, Routes
 from bodhi_trio._http._security import Access
+from bodhi_trio._transport._whole import AnswerBudget
 
 if TYPE_CHECKING:
     from bodhi_trio._http._security import AccessPolicy
-from bodhi_trio._http._request_scope import note_request
 
 __all__ = ["create_app"]
 
@@ -72,12 +73,14 @@ class _RequestScoped:
     """ASGI middleware: each request runs in its request scope (whatever it registered with
     ``close_with_request`` is closed when it ends, even if the framework never touched its
     body), measured and logged by the :class:`Observer`; the completion routes are answered
-    by a :class:`CompletionRoute`, everything else by the app.
+    by a :class:`CompletionRoute`, everything else by the app. What a request reads whole
+    from an upstream is charged to ``answers`` until it ends.
 
     Attributes:
         app: The Quart-Trio app.
         route_access: What each ``(method, rule)`` the app serves needs (see :class:`Access`).
         observer: The metrics and request log.
+        answers: The budget of answers read whole that requests in flight hold together.
     """
 
     def __init__(
@@ -86,10 +89,12 @@ class _RequestScoped:
         route_access: Mapping[tuple[str, str], Access],
         observer: Observer,
         completion: CompletionRoute,
+        answers: AnswerBudget,
     ) -> None:
         self.app = app
         self.route_access = route_access
         self.observer = observer
+        self.answers = answers
         self._completion = completion
         self._observed = observer.middleware(self._dispatch)
 
@@ -107,7 +112,8 @@ class _RequestScoped:
         return frozenset(self._completion.access)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        await self._observed(scope, receive, send)
+        with self.answers.charging():
+            await self._observed(scope, receive, send)
 
 
 def create_app(
@@ -116,6 +122,7 @@ def create_app(
     *,
     max_body_bytes: int,
     observer: Observer | None = None,
+    answers: AnswerBudget | None = None,
 ) -> _RequestScoped:
     """The ASGI app for one context (the Quart-Trio app inside a request-scope middleware).
 
@@ -125,6 +132,8 @@ def create_app(
         max_body_bytes: Larger request bodies get 413.
         observer: Metrics and the request log; by default one that counts requests but
             hears no model events (the server passes one it subscribed to them).
+        answers: The budget of answers read whole for requests in flight (by default
+            :data:`~bodhi_trio._transport._whole.ANSWERS_BUDGET_BYTES`).
     """
     if observer is None:
         observer = Observer(lambda: routes.ctx.state, lambda _alias: False)
@@ -298,7 +307,9 @@ def create_app(
     route("/bodhi/v1/aliases/<path:name>", ["DELETE"], routes.alias_delete, access=Access.ADMIN)
     completion_access = {rule: route_access[("POST", rule)] for rule in ENDPOINTS}
     completion = CompletionRoute(routes, policy, completion_access, max_body_bytes, _BODY_TIMEOUT)
-    return _RequestScoped(app, route_access, observer, completion)
+    return _RequestScoped(
+        app, route_access, observer, completion, AnswerBudget() if answers is None else answers
+    )
 
 
 def _preflight(origin: str) -> Response:

@@ -42,8 +42,9 @@ _STATUS_TEXT = {
     500: "llama-server missing or failed to start",
     501: "Relayed from llama-server (e.g. embeddings not enabled)",
     502: "llama-server unreachable or its connection broke",
-    503: "Shutting down, the response was interrupted, or the model is larger than the"
-    " memory budget (insufficient_memory); Retry-After",
+    503: "Shutting down, the response was interrupted, the model is larger than the"
+    " memory budget (insufficient_memory), or answers read whole for requests in flight"
+    " hold BODHI_MAX_ANSWERS_BYTES (answers_over_budget); Retry-After",
 }
 
 

@@ -52,7 +52,8 @@ _ERROR_TEXT = {
     500: "llama-server missing or failed to start",
     501: "Relayed from llama-server (e.g. no FIM tokens, no --reranking)",
     502: "llama-server unreachable or its connection broke",
-    503: "Shutting down, the response was interrupted, or insufficient_memory (Retry-After)",
+    503: "Shutting down, the response was interrupted, insufficient_memory or"
+    " answers_over_budget (Retry-After)",
 }
 
 

@@ -45,6 +45,7 @@ from bodhi_trio._http._routes import Routes
 from bodhi_trio._http._security import AccessPolicy, is_loopback_host, machine_host_names
 from bodhi_trio._http._server import serve_http
 from bodhi_trio._transport._relay_hub import RelayHub
+from bodhi_trio._transport._whole import AnswerBudget
 
 if TYPE_CHECKING:
     from bodhi_trio._config._settings import Settings
@@ -159,6 +160,7 @@ async def serve(
             policy,
             max_body_bytes=settings.max_body_bytes,
             observer=observer,
+            answers=AnswerBudget(settings.max_answers_bytes),
         )
 
         async def shutdown() -> None:

@@ -25,6 +25,7 @@ import trio
 from bodhi_trio._exceptions import UpstreamError
 from bodhi_trio._transport._pool import UpstreamPool
 from bodhi_trio._transport._response import ChunkSink, HTTPResponse, StaleConnection, exchange
+from bodhi_trio._transport._whole import uncharged
 
 if TYPE_CHECKING:
     from bodhi_trio._core._address import Address
@@ -191,7 +192,8 @@ async def probe(address: Address, path: str, *, within: float) -> Probe | None:
                 UpstreamPool() as pool,
                 send_upstream(pool, address, path, b"", method="GET") as response,
             ):
-                return Probe(response.status_code, await response.aread())
+                with uncharged():  # the server's own read: never a request's to fail
+                    return Probe(response.status_code, await response.aread())
         except UpstreamError:
             return None
     return None
