@@ -330,6 +330,28 @@ async def test_only_admin_keys_turn_auth_on_over_http(tmp_path: Path, hub_cache:
     assert ping.status_code == 200
 
 
+async def test_an_origin_that_does_not_parse_is_a_403_over_http(
+    tmp_path: Path, hub_cache: Path
+) -> None:
+    """A page cannot make the access check fail with a 500 (and a traceback in the log)."""
+    with trio.fail_after(30):
+        async with (
+            running_server(tmp_path, hub_cache) as server,
+            httpx.AsyncClient(base_url=server.url, timeout=10) as client,
+        ):
+            answers = [
+                await client.get("/v1/models", headers={"origin": origin})
+                for origin in ("http://[::1", "http://[zz]", "http://localhost:99999")
+            ]
+            preflight = await client.options(
+                "/v1/models",
+                headers={"origin": "http://[::1", "access-control-request-method": "GET"},
+            )
+    assert [answer.status_code for answer in answers] == [403, 403, 403]
+    assert answers[0].json()["error"]["code"] == "forbidden"
+    assert preflight.status_code == 403
+
+
 @pytest.mark.parametrize(
     ("bind", "host", "allowed"),
     [
@@ -369,6 +391,15 @@ def test_host_names_this_server(bind: str, host: str, allowed: bool) -> None:
             policy.check({"host": host}, Access.API)
 
 
+def test_an_allowed_origin_that_does_not_parse_names_no_host() -> None:
+    policy = AccessPolicy(
+        "0.0.0.0", allowed_origins=frozenset({"http://[::1", "https://Models.Example"})
+    )
+    policy.check({"host": "models.example"}, Access.API)
+    with pytest.raises(ForbiddenError, match="Host"):
+        policy.check({"host": "evil.example"}, Access.API)
+
+
 def test_every_origin_allowed_allows_every_host() -> None:
     policy = AccessPolicy("0.0.0.0", allowed_origins=frozenset({"*"}))
     policy.check({"host": "anything.example"}, Access.ADMIN)
@@ -392,6 +423,10 @@ def test_the_machines_host_names_need_no_lookup() -> None:
         ("http://127.0.0.1?x", False),
         ("file://127.0.0.1", False),
         ("null", False),
+        ("http://[::1", False),  # does not parse: refused (was a 500)
+        ("http://[zz]:80", False),
+        ("http://localhost:99999", False),  # no such port
+        ("http://localhost:abc", False),
     ],
 )
 def test_a_loopback_origin_is_exactly_scheme_host_port(origin: str, allowed: bool) -> None:

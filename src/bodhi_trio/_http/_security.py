@@ -80,6 +80,14 @@ def _is_address(name: str) -> bool:
     return True
 
 
+def _origin_host_name(origin: str) -> str:
+    """The host of an allowed origin (lower case); ``""`` for one that does not parse."""
+    try:
+        return urlsplit(origin).hostname or ""
+    except ValueError:  # "http://[::1": it can never name a Host
+        return ""
+
+
 def _host_name(value: str) -> str:
     """The host part of a ``Host`` header value (``[::1]:1135`` -> ``::1``); ``""`` for
     a value that is not ``host[:port]`` (``localhost:1135@evil.example``, ``[::1``)."""
@@ -118,6 +126,11 @@ class AccessPolicy:
     allowed_origins: frozenset[str] = frozenset()
     admin_keys: tuple[str, ...] = attrs.field(default=(), repr=False, kw_only=True)
     host_names: frozenset[str] = attrs.field(default=frozenset(), kw_only=True)
+    _origin_hosts: frozenset[str] = attrs.field(init=False, repr=False)
+
+    @_origin_hosts.default
+    def _hosts_of_allowed_origins(self) -> frozenset[str]:
+        return frozenset(filter(None, map(_origin_host_name, self.allowed_origins)))
 
     def check(self, headers: Mapping[str, str], access: Access) -> None:
         """Raise unless a request with ``headers`` may call a route that needs ``access``.
@@ -169,15 +182,17 @@ class AccessPolicy:
 
     def _origin_host(self, name: str) -> bool:
         """Whether ``name`` is the host of an allowed origin (or every origin is)."""
-        if "*" in self.allowed_origins:
-            return True
-        return any((urlsplit(o).hostname or "") == name for o in self.allowed_origins)
+        return "*" in self.allowed_origins or name in self._origin_hosts
 
     def origin_allowed(self, origin: str) -> bool:
         """Whether a browser page at ``origin`` may call the server."""
         if "*" in self.allowed_origins or origin in self.allowed_origins:
             return True
-        parts = urlsplit(origin)
+        try:
+            parts = urlsplit(origin)
+            _ = parts.port  # a port that is not a number up to 65535: not an origin
+        except ValueError:  # "http://[::1", "http://[zz]"
+            return False
         if "@" in parts.netloc or "\\" in origin or parts.path or parts.query or parts.fragment:
             return False  # an origin is scheme://host[:port]: nothing a browser sends
         return parts.scheme in ("http", "https") and is_loopback_host(parts.hostname or "")
