@@ -207,8 +207,7 @@ class RelayHub:
                     raise OSError("the relay hub is not serving")
                 self._epoll.register(source, select.EPOLLIN)
             except OSError as exc:
-                os.close(source)
-                os.close(target)
+                _close_copies(source, target)
                 raise CannotPark(str(exc)) from exc
             self._parked[source] = parked
             connection.on_close = lambda: self._closed(parked, connection.closed_error())
@@ -326,9 +325,7 @@ class RelayHub:
         if epoll is not None:
             with contextlib.suppress(OSError):
                 epoll.unregister(source)
-        for fd in (source, parked.target):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        _close_copies(source, parked.target)
         return True
 
     def _ring(self) -> None:
@@ -362,8 +359,16 @@ def _copies(upstream: int, client: int) -> tuple[int, int]:
     try:
         return source, os.dup(client)
     except OSError as exc:
-        os.close(source)
+        _close_copies(source)
         raise CannotPark(str(exc)) from exc
+
+
+def _close_copies(*copies: int) -> None:
+    """Close copies made by :func:`_copies`: only the hub has them, so a failure (there is
+    none for an open descriptor) leaves nothing to do."""
+    for fd in copies:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 def _reschedule(woken: list[_Parked]) -> None:
