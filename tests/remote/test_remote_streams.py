@@ -154,8 +154,12 @@ async def test_answers_held_together_past_the_budget_get_a_503_and_release_at_th
                     await http.post(server.url + "/v1/chat/completions", json=chat("far"))
                     for _ in range(3)
                 ]
+                metrics = (await http.get(server.url + "/metrics")).text.splitlines()
     assert refused.status_code == 503
     assert refused.headers["retry-after"] == "1"
     assert refused.json()["error"]["code"] == "answers_over_budget"
     assert [response.status_code for response in served] == [200, 200, 200]
     assert served[2].json()["pad"] == "x" * 400
+    assert "bodhi_answers_budget_bytes 1000.0" in metrics
+    assert "bodhi_answers_held_bytes 0.0" in metrics  # every request gave its bytes back
+    assert "bodhi_answers_refused_total 1.0" in metrics

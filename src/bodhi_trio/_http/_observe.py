@@ -33,7 +33,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 # trio.testing's name for it imports pytest where pytest is installed (168 modules); the
@@ -47,6 +47,7 @@ from bodhi_trio._http._request_scope import RequestNote, request_scope
 
 if TYPE_CHECKING:
     from bodhi_trio._http._request_scope import ASGIApp
+    from bodhi_trio._transport._whole import AnswerBudget
 
 __all__ = ["PROMETHEUS_CONTENT_TYPE", "Observer", "unload_cause"]
 
@@ -121,6 +122,31 @@ class _StateCollector(Collector):
         yield from (in_flight, queued, memory, status, budget, used)
 
 
+@final
+class _AnswersCollector(Collector):
+    """The answers budget (``BODHI_MAX_ANSWERS_BYTES``), read at scrape time."""
+
+    def __init__(self, budget: AnswerBudget) -> None:
+        self._budget = budget
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        now = self._budget.statistics()
+        limit = GaugeMetricFamily("bodhi_answers_budget_bytes", "BODHI_MAX_ANSWERS_BYTES")
+        limit.add_metric([], now.limit)
+        held = GaugeMetricFamily(
+            "bodhi_answers_held_bytes", "Bytes of answers read whole that requests hold now"
+        )
+        held.add_metric([], now.held)
+        refused = CounterMetricFamily(
+            "bodhi_answers_refused", "Answers refused for the budget (503 answers_over_budget)"
+        )
+        refused.add_metric([], now.refused)
+        yield from (limit, held, refused)
+
+
 @attrs.define(eq=False)
 class _Measured:
     """One request, as the middleware saw it."""
@@ -144,9 +170,15 @@ class Observer:
     Args:
         state: The context's current state (read at scrape time).
         known_alias: Whether an alias exists (only those become labels).
+        answers: The budget of answers read whole, if its use is to be shown.
     """
 
-    def __init__(self, state: Callable[[], ServerState], known_alias: Callable[[str], bool]):
+    def __init__(
+        self,
+        state: Callable[[], ServerState],
+        known_alias: Callable[[str], bool],
+        answers: AnswerBudget | None = None,
+    ) -> None:
         self._known_alias = known_alias
         # Names found to be aliases once: a label from then on, without a lookup per request
         # (an alias file's stat). Bounded as the labels are: by the aliases that existed.
@@ -206,6 +238,8 @@ class Observer:
             registry=registry,
         )
         registry.register(_StateCollector(state))
+        if answers is not None:
+            registry.register(_AnswersCollector(answers))
 
     def render(self) -> bytes:
         """The Prometheus text exposition of everything above (every finished request

@@ -151,7 +151,8 @@ async def serve(
     async with open_context(settings) as ctx, trio.open_nursery() as relays:
         hub = RelayHub()
         await relays.start(hub.serve)
-        observer = Observer(lambda: ctx.state, ctx.is_alias)
+        answers = AnswerBudget(settings.max_answers_bytes)
+        observer = Observer(lambda: ctx.state, ctx.is_alias, answers)
         await relays.start(observer.serve)
         # As long as ctx lives; not the per-request RESPONSE events, which it ignores.
         ctx.add_state_listener(observer.on_event, name="metrics", kinds=Observer.EVENT_KINDS)
@@ -160,7 +161,7 @@ async def serve(
             policy,
             max_body_bytes=settings.max_body_bytes,
             observer=observer,
-            answers=AnswerBudget(settings.max_answers_bytes),
+            answers=answers,
         )
 
         async def shutdown() -> None:
