@@ -1,4 +1,4 @@
-"""One client connection: Hypercorn's HTTP/1.1 protocol, with six changes and a fast path.
+"""One client connection: Hypercorn's HTTP/1.1 protocol, with seven changes and a fast path.
 
 Hypercorn 0.18's own connection handler (``hypercorn.trio.tcp_server.TCPServer``
 and ``hypercorn.protocol.h11.H11Protocol``) is used as is, except:
@@ -28,6 +28,11 @@ and ``hypercorn.protocol.h11.H11Protocol``) is used as is, except:
   (``BODHI_CLIENT_WRITE_TIMEOUT_SECS``, 60 by default, as nginx's ``send_timeout``)
   closes the connection, and at shutdown every write ends by the server's deadline
   (:meth:`Connection.drop_by`): the request sees its client leave.
+- **A client found gone ends its connection.** A request that arrives while a response is
+  under way makes h11 pause, and Hypercorn's reader then waits for that response to end,
+  reading nothing. When a write found the client gone (reset, broken pipe) or dropped it,
+  Hypercorn told the request, but its paused reader waited on forever: the socket and the
+  connection's place stayed. Here the reader is cancelled too (:meth:`Connection._client_gone`).
 - **One keep-alive timer per connection, ended with it.** Hypercorn starts a timer
   task each time the connection turns idle and cancels it when a request comes (a
   lock and a task spawn per request), and never stops it when the connection closes:
@@ -164,6 +169,9 @@ class Connection(TCPServer):
         self._write_scope: trio.CancelScope | None = None  # the write waiting now, if any
         self._fast_targets = fast_targets
         self._idle = idle
+        # The reader's wait: cancelled when the client is found gone by a write, since a
+        # reader paused behind a queued request would not see it (see _client_gone).
+        self._reading = trio.CancelScope()
 
     async def run(self) -> None:
         # TCPServer.run without its TLS branch and with our protocol instead of
@@ -193,7 +201,8 @@ class Connection(TCPServer):
                 self._set_idle(True)
                 task_group.spawn(self._watch_idle)
                 try:
-                    await self._read_data()
+                    with self._reading:
+                        await self._read_data()
                 finally:
                     self._stop_watching_idle()
         except OSError:
@@ -286,7 +295,7 @@ class Connection(TCPServer):
                 return
         with trio.CancelScope(shield=True):
             if sent < 0:
-                await self.protocol.handle(Closed())
+                await self._client_gone()
             else:  # the rest as Hypercorn writes it (locked), never cut half-way
                 await self._write_locked(data[sent:])
 
@@ -329,9 +338,26 @@ class Connection(TCPServer):
                     return
                 view = view[sent:]
         except (OSError, trio.ClosedResourceError):  # reset, broken pipe, closed
-            await self.protocol.handle(Closed())
+            await self._client_gone()
         finally:
             self._write_scope = None
+
+    async def _client_gone(self) -> None:
+        """A write found the client gone (reset, broken pipe) or its socket closed: end
+        the connection, and its request as if the client had left.
+
+        Hypercorn only tells the request (``Closed``). Its reader may be paused, though:
+        a request the client queued behind the one answered makes h11 pause, and the
+        reader then waits inside the protocol until the response in progress has ended
+        and the connection recycles, reading nothing meanwhile. With its response ended
+        by ``Closed`` it never recycles: without the reader cancelled here the
+        connection, its socket and its place among ``BODHI_MAX_CONNECTIONS`` would stay
+        forever. Idempotent.
+        """
+        self._on_close()
+        self.closed = True  # a writer's fd is stale from here (the socket closes next)
+        self._reading.cancel()
+        await self.protocol.handle(Closed())
 
     async def _drop(self) -> None:
         """The client took nothing for the write timeout (or shutdown's deadline came):
@@ -347,7 +373,8 @@ class Connection(TCPServer):
             )
         self._on_close()
         self.closed = True  # before the socket closes: a writer's fd is stale from here
-        await trio.aclose_forcefully(self.stream)  # the reader wakes: the connection ends
+        self._reading.cancel()  # a paused reader would not wake (see _client_gone)
+        await trio.aclose_forcefully(self.stream)
         await self.protocol.handle(Closed())
 
     async def _close(self) -> None:
