@@ -15,6 +15,7 @@ import socket
 import struct
 from typing import Any
 
+import pytest
 import trio
 import trio.lowlevel
 from hypercorn.config import Config
@@ -150,3 +151,53 @@ async def test_a_client_dropped_for_not_reading_with_a_request_queued_frees_its_
 
     flood = _StreamingApp(later=b"y" * (32 << 20))  # more than the socket buffers take
     assert await _serve_and_watch(flood, clients=2, reset=False, write_timeout=0.3) >= 2
+
+
+@pytest.mark.parametrize(("stalled_for", "served"), [(0.2, True), (60.0, False)])
+async def test_at_the_cap_a_client_that_takes_nothing_makes_room(
+    stalled_for: float, served: bool
+) -> None:
+    """Clients that ask and never read (here a stream into a tiny receive window) held
+    their places for the whole write timeout (a minute), so as many as the cap kept
+    everyone out. At the cap, with nothing idle, a connection whose client has taken
+    nothing of a write for ``stalled_for`` seconds now makes room; a shorter wait not."""
+    app = _StreamingApp(later=b"y" * (32 << 20))
+    config = Config()
+    config.bind = ["127.0.0.1:0"]
+    stop = trio.Event()
+    stuck: list[trio.socket.SocketType] = []
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+
+            async def serve(task_status: trio.TaskStatus[list[str]]) -> None:
+                await serve_http(
+                    app,
+                    config,
+                    max_connections=2,
+                    shutdown_trigger=stop.wait,
+                    stalled_for=stalled_for,
+                    task_status=task_status,
+                )
+
+            binds: list[str] = await nursery.start(serve)
+            port = int(binds[0].rsplit(":", 1)[1])
+            try:
+                for _ in range(2):
+                    client = trio.socket.socket()
+                    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                    stuck.append(client)
+                    await client.connect(("127.0.0.1", port))
+                    await client.send(STREAM)
+                    while PIECE not in await client.recv(65536):
+                        pass
+                    app.more.set()  # 32 MiB it will never read
+                # Time passing is the scenario: both writes wait longer than 0.2 s.
+                await trio.sleep(0.5)
+                async with await trio.open_tcp_stream("127.0.0.1", port) as fresh:
+                    await fresh.send_all(QUEUED)
+                    answer = await fresh.receive_some()
+                stop.set()
+            finally:
+                for client in stuck:
+                    client.close()
+    assert answer.startswith(b"HTTP/1.1 200" if served else b"HTTP/1.1 503"), answer

@@ -106,24 +106,26 @@ DEFAULT_WRITE_TIMEOUT = 60.0
 
 @final
 class IdleConnections:
-    """The connections waiting for a request, the one idle the longest first.
+    """Connections in one state, the one in it the longest first: waiting for a request
+    (:attr:`ConnectionGate.idle`), or for a client to take a write
+    (:attr:`ConnectionGate.stalled`).
 
-    Every connection's keep-alive timeout is the same, so the order in which they turned
-    idle is the order of their deadlines: a dict's insertion order keeps it, and marking
-    and finding the oldest are O(1).
+    A connection is listed last when it enters the state, so the order in which they
+    entered is the order of their deadlines: a dict's insertion order keeps it, and
+    marking and finding the oldest are O(1).
     """
 
     def __init__(self) -> None:
         self._order: dict[Connection, None] = {}
 
-    def mark(self, connection: Connection, idle: bool) -> None:
-        """``connection`` turned idle (listed last) or busy or closed (unlisted)."""
+    def mark(self, connection: Connection, listed: bool) -> None:
+        """``connection`` entered the state (listed last), or left it or closed (unlisted)."""
         self._order.pop(connection, None)
-        if idle:
+        if listed:
             self._order[connection] = None
 
     def oldest(self) -> Connection | None:
-        """The connection idle the longest, if any."""
+        """The connection in the state the longest, if any."""
         return next(iter(self._order), None)
 
 
@@ -142,6 +144,8 @@ class Connection(TCPServer):
             (:mod:`._fast_path`); none by default.
         idle: Where the connection is listed while it waits for a request, so that a
             full server can close it to let a new one in (:meth:`close_if_idle`).
+        stalled: Where it is listed while a write waits for the client to take it, so
+            that a full server can drop it (:meth:`close_if_stalled`).
     """
 
     def __init__(
@@ -156,6 +160,7 @@ class Connection(TCPServer):
         write_timeout: float = DEFAULT_WRITE_TIMEOUT,
         fast_targets: frozenset[bytes] = frozenset(),
         idle: IdleConnections | None = None,
+        stalled: IdleConnections | None = None,
     ) -> None:
         # Annotated as an SSLStream, but TCPServer serves plain sockets too (its non-TLS branch).
         super().__init__(app, config, context, state, stream)  # type: ignore[arg-type]
@@ -169,6 +174,9 @@ class Connection(TCPServer):
         self._write_scope: trio.CancelScope | None = None  # the write waiting now, if any
         self._fast_targets = fast_targets
         self._idle = idle
+        self._stalled = stalled
+        self._stalled_since = math.inf  # when the write waiting now last made progress
+        self._evicted = False  # dropped to make room at the cap, not by the write timeout
         # The reader's wait: cancelled when the client is found gone by a write, since a
         # reader paused behind a queued request would not see it (see _client_gone).
         self._reading = trio.CancelScope()
@@ -247,6 +255,26 @@ class Connection(TCPServer):
             self._idle.mark(self, False)
         return True
 
+    def close_if_stalled(self, for_at_least: float) -> bool | None:
+        """Drop the connection now if a write has waited at least ``for_at_least`` seconds
+        for its client to take anything, as the write timeout would later; whether it
+        was (None: no write of it waits any more).
+
+        A full server does this when no connection is idle: a client that asks and never
+        reads (pipelined requests, a tiny receive window) holds its place only until then.
+        """
+        scope = self._write_scope
+        if self.closed or scope is None:
+            return None
+        now = trio.current_time()
+        if now - self._stalled_since < for_at_least:
+            return False
+        self._evicted = True
+        scope.deadline = now
+        if self._stalled is not None:
+            self._stalled.mark(self, False)
+        return True
+
     async def _watch_idle(self) -> None:
         """Close the connection once it was idle for the keep-alive timeout, or at
         shutdown once it is idle; return when it closed otherwise.
@@ -275,6 +303,8 @@ class Connection(TCPServer):
         self._idle_scope.cancel()
         if self._idle is not None:
             self._idle.mark(self, False)
+        if self._stalled is not None:
+            self._stalled.mark(self, False)
 
     async def write_whole(self, data: bytes) -> None:
         """Write ``data`` to the client whole, or close the connection if it broke.
@@ -327,9 +357,14 @@ class Connection(TCPServer):
         stuck connection is handled as closed (the request sees its client leave)."""
         sock = self.stream.socket
         view = memoryview(data)
+        stalled = self._stalled
         try:
             while view:
-                deadline = min(trio.current_time() + self._write_timeout, self._drop_at)
+                now = trio.current_time()
+                deadline = min(now + self._write_timeout, self._drop_at)
+                self._stalled_since = now  # listed last: progress, or the first wait
+                if stalled is not None:
+                    stalled.mark(self, True)
                 with trio.CancelScope(deadline=deadline) as scope:
                     self._write_scope = scope
                     sent = await sock.send(view)  # all or nothing of this call
@@ -341,6 +376,9 @@ class Connection(TCPServer):
             await self._client_gone()
         finally:
             self._write_scope = None
+            self._stalled_since = math.inf
+            if stalled is not None:
+                stalled.mark(self, False)
 
     async def _client_gone(self) -> None:
         """A write found the client gone (reset, broken pipe) or its socket closed: end
@@ -365,6 +403,8 @@ class Connection(TCPServer):
         """
         if trio.current_time() >= self._drop_at:
             logger.warning("shutting down: a client still not reading its response was cut off")
+        elif self._evicted:
+            pass  # the server counts these and says so (ConnectionGate.make_room)
         else:
             logger.warning(
                 "a client took nothing of its response for %g s: its connection was closed"

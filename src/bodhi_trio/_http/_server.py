@@ -7,7 +7,10 @@ as they stayed; nobody else got in. Here connections are counted where they are
 accepted. At ``max_connections`` a new one takes the place of the connection idle the
 longest (waiting for a request, or for the rest of a head sent slowly), which is
 closed as its keep-alive timeout would close it: idle sockets cannot keep anyone out.
-Only when every connection is busy with a request is a new one answered with a 503
+With none idle, it takes the place of one whose client has taken nothing of a write for
+:data:`STALLED_FOR` seconds (dropped as the write timeout would drop it later): clients
+that ask and never read cannot either. Only when every connection is busy with a request,
+and its client reading, is a new one answered with a 503
 envelope (``too_many_connections``, ``Retry-After``, ``Connection: close``) and
 closed; the server takes connections again as soon as any ends. Counting in the ASGI
 app would be too late: an idle connection never becomes a request.
@@ -63,6 +66,10 @@ _LISTEN_ADVICE = {
     errno.EADDRNOTAVAIL: " (not an address of this machine: choose one with --host or BODHI_HOST)",
     errno.EACCES: " (ports below 1024 need privileges: choose another with --port)",
 }
+STALLED_FOR = 5.0
+"""At the cap with nothing idle, seconds a client may take nothing of a write before its
+connection makes room for a new one: a reader of a stream never waits that long, one that
+asks and never reads (the write timeout is a minute) holds a place no longer."""
 _REFUSAL_LINGER_SECS = 1.0
 _WARN_EVERY_SECS = 10.0
 _RETRY_AFTER_SECS = 1
@@ -81,6 +88,11 @@ class ConnectionGate:
         accept_failures: ``accept`` calls that failed for lack of descriptors or memory.
         idle: The open connections waiting for a request, idle the longest first.
         closed_idle: Idle connections closed to let a new one in, since the start.
+        stalled: The open connections whose write waits for the client to take it, the
+            one waiting the longest first.
+        stalled_for: How long a write must have waited before its connection may be
+            dropped to let a new one in (when none is idle).
+        dropped_stalled: Connections dropped so, since the start.
     """
 
     limit: int
@@ -90,6 +102,9 @@ class ConnectionGate:
     accept_failures: int = 0
     idle: IdleConnections = attrs.field(factory=IdleConnections)
     closed_idle: int = 0
+    stalled: IdleConnections = attrs.field(factory=IdleConnections)
+    stalled_for: float = STALLED_FOR
+    dropped_stalled: int = 0
     _last_warning: dict[str, float] = attrs.field(factory=dict, init=False)
 
     def refusal(self) -> bytes:
@@ -110,8 +125,10 @@ class ConnectionGate:
         return head.encode() + body
 
     def make_room(self) -> bool:
-        """Close the connection idle the longest, if there is one and not too many are
-        closing already; whether one was (its place is free once it has closed)."""
+        """Close the connection idle the longest, or else drop the one whose client has
+        taken nothing of a write for :attr:`stalled_for` seconds or more, if there is one
+        and not too many are closing already; whether one was (its place is free once it
+        has closed)."""
         if self.open >= self.limit + _MAX_CLOSING_IDLE:
             return False
         while (oldest := self.idle.oldest()) is not None:
@@ -119,6 +136,14 @@ class ConnectionGate:
                 self.closed_idle += 1
                 return True
             self.idle.mark(oldest, False)  # closing already: not a place to free
+        while (stuck := self.stalled.oldest()) is not None:
+            dropped = stuck.close_if_stalled(self.stalled_for)
+            if dropped is None:  # its write is over: not a place to free
+                self.stalled.mark(stuck, False)
+                continue
+            if dropped:
+                self.dropped_stalled += 1
+            return dropped  # False: the longest wait is still short
         return False
 
     def warning_due(self, topic: str) -> bool:
@@ -188,9 +213,12 @@ async def _accept_loop(
                 if gate.open > gate.limit and gate.warning_due("closing idle"):
                     logger.warning(
                         "connection limit %d reached: closing the connections idle the"
-                        " longest to let new ones in (%d so far)",
+                        " longest, or whose client took nothing for %g s, to let new ones in"
+                        " (%d idle and %d stalled so far)",
                         gate.limit,
+                        gate.stalled_for,
                         gate.closed_idle,
+                        gate.dropped_stalled,
                     )
                 continue
             gate.refused += 1
@@ -227,6 +255,7 @@ async def serve_http(
     max_connections: int,
     shutdown_trigger: Callable[[], Awaitable[None]],
     write_timeout: float = DEFAULT_WRITE_TIMEOUT,
+    stalled_for: float = STALLED_FOR,
     fast_paths: frozenset[str] = frozenset(),
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -239,6 +268,8 @@ async def serve_http(
         shutdown_trigger: Returns when it is time to stop accepting.
         write_timeout: Seconds a client may take nothing of a response before its
             connection is closed (see :class:`Connection`).
+        stalled_for: At the cap with no connection idle, a connection whose client has
+            taken nothing of a write for this many seconds is dropped to let a new one in.
         fast_paths: The paths whose simple ``POST`` requests are answered in the
             connection's task (:mod:`._fast_path`); none with Hypercorn's ``server_names``,
             ``accesslog`` or ``h11_pass_raw_headers`` set, which it does not follow.
@@ -254,7 +285,7 @@ async def serve_http(
     lifespan_state: dict[str, Any] = {}
     lifespan = Lifespan(asgi, config, lifespan_state)
     context = WorkerContext(None)
-    gate = ConnectionGate(max_connections)
+    gate = ConnectionGate(max_connections, stalled_for=stalled_for)
 
     live: set[Connection] = set()
 
@@ -271,6 +302,7 @@ async def serve_http(
                 write_timeout=write_timeout,
                 fast_targets=fast_targets,
                 idle=gate.idle,
+                stalled=gate.stalled,
             )
             live.add(connection)
             try:
