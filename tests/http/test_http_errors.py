@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,27 @@ async def test_too_large_is_413(tmp_path: Path, hub_cache: Path) -> None:
     assert response.status_code == 413
     assert envelope(response)["code"] == "request_too_large"
     assert ok_size.status_code == 404  # a small body still gets through to the alias lookup
+
+
+async def test_a_body_of_too_many_json_values_is_413_before_it_is_parsed(
+    tmp_path: Path, hub_cache: Path
+) -> None:
+    """32 MiB of ``{},`` (under the body limit) took 1 GB and stopped the server for
+    seconds while parsed; values are counted first. A large body of prose passes."""
+    flood = b'{"model": "x", "messages": [' + b"{}," * 300_000 + b"{}]}"
+    prose = json.dumps({**CHAT, "model": "nope", "user": "a word, " * 200_000}).encode()
+    with trio.fail_after(30):
+        async with running_server(tmp_path, hub_cache) as server:
+            refused = [
+                await request(server.url, "POST", path, content=flood)
+                for path in ("/v1/chat/completions", "/api/chat")
+            ]
+            passed = await request(server.url, "POST", "/v1/chat/completions", content=prose)
+    assert [response.status_code for response in refused] == [413, 413]
+    assert envelope(refused[0])["code"] == "request_too_large"
+    assert "at most 250000 are read" in envelope(refused[0])["message"]
+    assert "at most 250000 are read" in refused[1].json()["error"]  # Ollama's shape
+    assert passed.status_code == 404  # read, and on to the alias lookup
 
 
 async def test_unknown_route_and_wrong_method(tmp_path: Path, hub_cache: Path) -> None:

@@ -21,7 +21,7 @@ from bodhi_trio._context._endpoints import STREAMING_ENDPOINTS
 from bodhi_trio._context._open import ENDPOINTS, SharedContext, required_string
 from bodhi_trio._context._routing import ROUTED_ATTEMPTS, ROUTING_HEADERS
 from bodhi_trio._core._state import ServerEvent, SlotStatus
-from bodhi_trio._exceptions import InvalidRequestError
+from bodhi_trio._exceptions import InvalidRequestError, RequestTooLargeError
 from bodhi_trio._http._passthrough import passthrough
 from bodhi_trio._http._relay import start_relay
 from bodhi_trio._http._relay_body import RelayBody
@@ -93,12 +93,29 @@ def _finite_float(text: str) -> float:
     return number
 
 
+MAX_JSON_VALUES = 250_000
+"""The most values a request body may hold, counted by their separators (``,``, ``{``,
+``[``; text inside strings counts too). Parsing is done whole on the event loop and
+Python's objects are ten to thirty times the JSON's bytes: 32 MiB of ``{},`` took 1 GB and
+stopped every stream for seconds. This is more than any model's context holds in prose
+(a comma every few words) or in code, and base64 media has none."""
+
+
 def parse_json_body(raw: bytes) -> dict[str, Any]:
     """The request body as a JSON object.
 
     Raises:
         InvalidRequestError: Not UTF-8, not JSON, nested too deep, or not an object.
+        RequestTooLargeError: More than :data:`MAX_JSON_VALUES` values (413).
     """
+    # Each separator is a byte: a body shorter than the limit cannot pass it (not counted).
+    if len(raw) > MAX_JSON_VALUES:
+        values = raw.count(b",") + raw.count(b"{") + raw.count(b"[")
+        if values > MAX_JSON_VALUES:
+            raise RequestTooLargeError(
+                f"the request body holds about {values} JSON values (commas, braces and"
+                f" brackets counted); at most {MAX_JSON_VALUES} are read: split the request"
+            )
     try:
         value = json.loads(raw, parse_constant=_no_constant, parse_float=_finite_float)
     except UnicodeDecodeError as exc:
