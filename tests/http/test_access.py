@@ -352,6 +352,39 @@ async def test_an_origin_that_does_not_parse_is_a_403_over_http(
     assert preflight.status_code == 403
 
 
+async def test_a_header_the_check_reads_must_come_once_over_http(
+    tmp_path: Path, hub_cache: Path
+) -> None:
+    """Two Origins (or keys) used to mean the last one: a proxy in front that appends its
+    own to the client's could be read one way by it and another here. Now 400, on the
+    completion routes and the app's alike."""
+    twice = [
+        [("origin", "http://evil.example"), ("origin", "http://localhost:3000")],
+        [("authorization", "Bearer wrong"), ("authorization", f"Bearer {API_KEY}")],
+        [("x-api-key", "wrong"), ("x-api-key", API_KEY)],
+    ]
+    chat = {"model": "demo:tiny", "messages": [{"role": "user", "content": "hi"}]}
+    with trio.fail_after(30):
+        async with (
+            running_server(tmp_path, hub_cache, BODHI_API_KEYS=API_KEY) as server,
+            httpx.AsyncClient(base_url=server.url, timeout=10) as client,
+        ):
+            answers = []
+            for headers in twice:
+                answers.append(await client.get("/v1/models", headers=headers))
+                answers.append(
+                    await client.post("/v1/chat/completions", json=chat, headers=headers)
+                )
+            once = await client.get("/v1/models", headers={"x-api-key": API_KEY})
+    assert [answer.status_code for answer in answers] == [400] * 6
+    assert {answer.json()["error"]["param"] for answer in answers} == {
+        "origin",
+        "authorization",
+        "x-api-key",
+    }
+    assert once.status_code == 200
+
+
 @pytest.mark.parametrize(
     ("bind", "host", "allowed"),
     [

@@ -190,8 +190,17 @@ def test_default_connection_cap_follows_the_open_files_limit() -> None:
             501,
             "unsupported_transfer_encoding",
         ),
+        # Its host would stand in for Host, unchecked (it answered 200 with a foreign one).
+        (b"GET http://evil.example/ping HTTP/1.1\r\n" + HOST + b"\r\n", 400, "malformed_request"),
+        (b"CONNECT evil.example:80 HTTP/1.1\r\n" + HOST + b"\r\n", 400, "malformed_request"),
     ],
-    ids=["bad-request-line", "headers-too-large", "unknown-transfer-coding"],
+    ids=[
+        "bad-request-line",
+        "headers-too-large",
+        "unknown-transfer-coding",
+        "absolute-form",
+        "authority-form",
+    ],
 )
 async def test_parser_errors_carry_the_envelope(
     tmp_path: Path, hub_cache: Path, raw: bytes, status: int, code: str

@@ -42,6 +42,7 @@ from bodhi_trio._http._request_scope import (
     note_request,
     request_bodies,
 )
+from bodhi_trio._http._security import access_headers
 
 if TYPE_CHECKING:
     from bodhi_trio._http._routes import Reply, Routes
@@ -82,15 +83,18 @@ class CompletionRoute:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         endpoint: str = scope["path"]
-        headers = {
-            name.decode("latin-1").lower(): value.decode("latin-1")
+        pairs = [
+            (name.decode("latin-1").lower(), value.decode("latin-1"))
             for name, value in scope["headers"]
-        }
-        extra = self.policy.cors_headers(headers.get("origin"))
+        ]
+        headers = dict(pairs)
+        extra: dict[str, str] = {}
         length = headers.get("content-length", "")
         declared = int(length) if length.isdigit() else None
         reply: Reply | None = None
         try:
+            access_headers(pairs)  # no header the check reads came twice
+            extra = self.policy.cors_headers(headers.get("origin"))
             self.policy.check(headers, self.access[endpoint])
             note_request(route=endpoint)  # the metrics' route label, as the app's routes do
             raw = await self._body(declared, receive)

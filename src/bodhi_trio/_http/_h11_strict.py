@@ -1,10 +1,12 @@
 """h11's server side made strict, and the error bodies of requests refused before the app.
 
 :class:`StrictH11Connection` refuses what h11 parses but must not be served: a request line
-naming another HTTP version than 1.0/1.1 (505), and a request with both ``Content-Length``
-and ``Transfer-Encoding`` (400, the smuggling vector). Raised as a protocol error, each is
-answered by :class:`~._connection.Connection`'s protocol like a request h11 cannot parse,
-with the envelope :func:`error_body` makes and the fixed messages of :data:`PARSER_ERRORS`.
+naming another HTTP version than 1.0/1.1 (505), a request with both ``Content-Length``
+and ``Transfer-Encoding`` (400, the smuggling vector), and a target that is not a path
+(400: ``http://host/path``, whose host would stand in for ``Host`` unchecked). Raised as a
+protocol error, each is answered by :class:`~._connection.Connection`'s protocol like a
+request h11 cannot parse, with the envelope :func:`error_body` makes and the fixed messages
+of :data:`PARSER_ERRORS`.
 """
 
 from __future__ import annotations
@@ -65,6 +67,16 @@ def _refusal_of(request: h11.Request) -> Refused | None:
     if request.http_version not in _HTTP_VERSIONS:
         code, message = PARSER_ERRORS[505]
         return Refused(message, code, 505)
+    if not request.target.startswith(b"/") and request.target != b"*":
+        # Absolute form (http://host/path): its host would replace Host (RFC 9112
+        # section 3.2.2) and go unchecked; a proxy routing by it could be told one server
+        # and reach this one. Nobody sends it to a server that is not a proxy.
+        return Refused(
+            "the request target must be a path (origin form), as sent to a server that"
+            " is not a proxy",
+            "malformed_request",
+            400,
+        )
     names = {name for name, _ in request.headers}
     if b"content-length" in names and b"transfer-encoding" in names:
         return Refused(

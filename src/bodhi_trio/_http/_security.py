@@ -30,17 +30,40 @@ import enum
 import hmac
 import ipaddress
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import final
 from urllib.parse import urlsplit
 
 import attrs
 
-from bodhi_trio._exceptions import AdminKeyRequiredError, AuthenticationError, ForbiddenError
+from bodhi_trio._exceptions import (
+    AdminKeyRequiredError,
+    AuthenticationError,
+    ForbiddenError,
+    InvalidRequestError,
+)
 
-__all__ = ["Access", "AccessPolicy", "is_loopback_host", "machine_host_names"]
+__all__ = ["Access", "AccessPolicy", "access_headers", "is_loopback_host", "machine_host_names"]
 
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+_SINGLE_HEADERS = frozenset({"host", "origin", "authorization", "x-api-key", "sec-fetch-site"})
+"""The headers the access check reads: each must come at most once."""
+
+
+def access_headers(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """A request's headers (names lower-cased) as the access check reads them.
+
+    Raises:
+        InvalidRequestError: A header the check reads came twice (400): which one it read
+            would be a choice a proxy in front may make differently (one that appends an
+            ``Origin`` or a key to the client's, say).
+    """
+    headers: dict[str, str] = {}
+    for name, value in pairs:
+        if name in headers and name in _SINGLE_HEADERS:
+            raise InvalidRequestError(f"the {name} header must come once", param=name)
+        headers[name] = value
+    return headers
 
 
 class Access(enum.Enum):
