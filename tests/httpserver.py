@@ -11,6 +11,7 @@ from typing import Any
 import attrs
 import httpx
 import trio
+from hypercorn.config import Config
 
 from bodhi_trio._config._alias_store import AliasStore
 from bodhi_trio._config._aliases import Alias
@@ -18,6 +19,7 @@ from bodhi_trio._config._demo import DEMO_ALIAS, DEMO_FILENAME, DEMO_REPO, ensur
 from bodhi_trio._config._settings import load_settings
 from bodhi_trio._core._address import Address
 from bodhi_trio._http._serve import serve
+from bodhi_trio._http._server import serve_http
 
 
 @attrs.define
@@ -95,3 +97,25 @@ async def answer_lifespan(receive: Any, send: Any) -> None:
     while (await receive())["type"] == "lifespan.startup":
         await send({"type": "lifespan.startup.complete"})
     await send({"type": "lifespan.shutdown.complete"})
+
+
+@asynccontextmanager
+async def serving_asgi(app: Any, **options: Any) -> AsyncIterator[int]:
+    """Serve the ASGI ``app`` with ``serve_http`` on 127.0.0.1:0 (``options`` are its
+    keyword arguments; ``max_connections`` 10 unless given); yield the port; shut down
+    on leaving."""
+    config = Config()
+    config.bind = ["127.0.0.1:0"]
+    config.keep_alive_timeout = options.pop("keep_alive_timeout", 75)
+    options.setdefault("max_connections", 10)
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+
+        async def serve_app(task_status: trio.TaskStatus[list[str]]) -> None:
+            await serve_http(
+                app, config, shutdown_trigger=stop.wait, task_status=task_status, **options
+            )
+
+        binds: list[str] = await nursery.start(serve_app)
+        yield int(binds[0].rsplit(":", 1)[1])
+        stop.set()

@@ -18,10 +18,8 @@ from typing import Any
 import pytest
 import trio
 import trio.lowlevel
-from hypercorn.config import Config
 
-from bodhi_trio._http._server import serve_http
-from httpserver import answer_lifespan
+from httpserver import answer_lifespan, serving_asgi
 
 STREAM = b"GET /stream HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 QUEUED = b"GET /ping HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
@@ -98,27 +96,12 @@ async def _serve_and_watch(
     return how many of their tasks ended. Then a new client must still be served."""
     tasks = _ConnectionTasks()
     trio.lowlevel.add_instrument(tasks)
-    config = Config()
-    config.bind = ["127.0.0.1:0"]
-    config.keep_alive_timeout = 75  # the connections must end before it could matter
-    stop = trio.Event()
     kept: list[trio.socket.SocketType] = []
     try:
         with trio.fail_after(10):
-            async with trio.open_nursery() as nursery:
-
-                async def serve(task_status: trio.TaskStatus[list[str]]) -> None:
-                    await serve_http(
-                        app,
-                        config,
-                        max_connections=clients,
-                        shutdown_trigger=stop.wait,
-                        write_timeout=write_timeout,
-                        task_status=task_status,
-                    )
-
-                binds: list[str] = await nursery.start(serve)
-                port = int(binds[0].rsplit(":", 1)[1])
+            async with serving_asgi(
+                app, max_connections=clients, write_timeout=write_timeout
+            ) as port:
                 for _ in range(clients):
                     kept.append(await _leave_with_a_request_queued(port, reset))
                     app.gone = trio.Event()
@@ -131,7 +114,6 @@ async def _serve_and_watch(
                     await fresh.send_all(QUEUED)
                     answer = await fresh.receive_some()
                 assert answer.startswith(b"HTTP/1.1 200"), answer
-                stop.set()
     finally:
         trio.lowlevel.remove_instrument(tasks)
         for client in kept:
@@ -162,25 +144,9 @@ async def test_at_the_cap_a_client_that_takes_nothing_makes_room(
     everyone out. At the cap, with nothing idle, a connection whose client has taken
     nothing of a write for ``stalled_for`` seconds now makes room; a shorter wait not."""
     app = _StreamingApp(later=b"y" * (32 << 20))
-    config = Config()
-    config.bind = ["127.0.0.1:0"]
-    stop = trio.Event()
     stuck: list[trio.socket.SocketType] = []
     with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-
-            async def serve(task_status: trio.TaskStatus[list[str]]) -> None:
-                await serve_http(
-                    app,
-                    config,
-                    max_connections=2,
-                    shutdown_trigger=stop.wait,
-                    stalled_for=stalled_for,
-                    task_status=task_status,
-                )
-
-            binds: list[str] = await nursery.start(serve)
-            port = int(binds[0].rsplit(":", 1)[1])
+        async with serving_asgi(app, max_connections=2, stalled_for=stalled_for) as port:
             try:
                 for _ in range(2):
                     client = trio.socket.socket()
@@ -196,7 +162,6 @@ async def test_at_the_cap_a_client_that_takes_nothing_makes_room(
                 async with await trio.open_tcp_stream("127.0.0.1", port) as fresh:
                     await fresh.send_all(QUEUED)
                     answer = await fresh.receive_some()
-                stop.set()
             finally:
                 for client in stuck:
                     client.close()

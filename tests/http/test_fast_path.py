@@ -9,7 +9,7 @@ import inspect
 import json
 import re
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -28,9 +28,8 @@ from bodhi_trio._config._demo import DEMO_FILENAME, DEMO_REPO
 from bodhi_trio._http import _fast_path
 from bodhi_trio._http._fast_path import FastExchange, response_head
 from bodhi_trio._http._h11_strict import StrictH11Connection
-from bodhi_trio._http._server import serve_http
 from bodhi_trio._http._simple_request import SimpleRequest, parse_simple_request
-from httpserver import answer_lifespan, one_model, running_server
+from httpserver import answer_lifespan, one_model, running_server, serving_asgi
 from paths import FAKE_LLAMA_SERVER
 
 TARGETS = frozenset({b"/v1/chat/completions", b"/v1/completions"})
@@ -459,26 +458,8 @@ class _Probe:
         self.after.append((await receive())["type"])
 
 
-@asynccontextmanager
-async def probe_server(app: _Probe) -> AsyncIterator[int]:
-    config = Config()
-    config.bind = ["127.0.0.1:0"]
-    stop = trio.Event()
-    async with trio.open_nursery() as nursery:
-
-        async def serve(task_status: trio.TaskStatus[list[str]]) -> None:
-            await serve_http(
-                app,
-                config,
-                max_connections=10,
-                shutdown_trigger=stop.wait,
-                fast_paths=frozenset({"/x"}),
-                task_status=task_status,
-            )
-
-        binds: list[str] = await nursery.start(serve)
-        yield int(binds[0].rsplit(":", 1)[1])
-        stop.set()
+def probe_server(app: _Probe) -> AbstractAsyncContextManager[int]:
+    return serving_asgi(app, fast_paths=frozenset({"/x"}))
 
 
 @asynccontextmanager
