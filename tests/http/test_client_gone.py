@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import trio
 import trio.lowlevel
+import trio.testing
 
 from httpserver import answer_lifespan, serving_asgi
 
@@ -119,6 +120,51 @@ async def _serve_and_watch(
         for client in kept:
             client.close()
     return tasks.ended
+
+
+async def test_a_client_that_leaves_while_nothing_is_written_is_seen_at_once() -> None:
+    """With a request queued the reader is paused and reads nothing: a client that closed
+    while its response wrote nothing (a quiet event stream, a long answer) was seen only
+    at the next write, if one ever came. The socket is watched meanwhile."""
+    app = _StreamingApp()
+    tasks = _ConnectionTasks()
+    trio.lowlevel.add_instrument(tasks)
+    try:
+        with trio.fail_after(10):
+            async with serving_asgi(app, max_connections=1) as port:
+                client = await _leave_with_a_request_queued(port, reset=False)
+                client.close()  # a plain close (FIN); nothing more is ever written
+                await app.gone.wait()
+                while tasks.ended < 1:
+                    await tasks.changed.wait()
+                async with await trio.open_tcp_stream("127.0.0.1", port) as fresh:
+                    await fresh.send_all(QUEUED)
+                    assert (await fresh.receive_some()).startswith(b"HTTP/1.1 200")
+    finally:
+        trio.lowlevel.remove_instrument(tasks)
+
+
+@pytest.mark.parametrize("sent_ahead", [b"", b"GET /ping HTTP/1.1\r\nHo"], ids=["none", "part"])
+async def test_a_client_still_there_keeps_its_stream(sent_ahead: bytes) -> None:
+    """The watch takes nothing from the socket, and more bytes sent ahead are not a
+    leaving: the stream goes on."""
+    app = _StreamingApp()
+    with trio.fail_after(10):
+        async with (
+            serving_asgi(app) as port,
+            await trio.open_tcp_stream("127.0.0.1", port) as client,
+        ):
+            await client.send_all(STREAM + QUEUED)
+            received = b""
+            while PIECE not in received:
+                received += await client.receive_some()
+            if sent_ahead:
+                await client.send_all(sent_ahead)
+            await trio.testing.wait_all_tasks_blocked()  # the watch waits, or ended
+            app.more.set()
+            while received.count(PIECE) < 2:
+                received += await client.receive_some()
+            assert not app.gone.is_set()
 
 
 async def test_a_reset_client_with_a_request_queued_frees_its_connection() -> None:

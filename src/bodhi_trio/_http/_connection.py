@@ -32,7 +32,9 @@ and ``hypercorn.protocol.h11.H11Protocol``) is used as is, except:
   under way makes h11 pause, and Hypercorn's reader then waits for that response to end,
   reading nothing. When a write found the client gone (reset, broken pipe) or dropped it,
   Hypercorn told the request, but its paused reader waited on forever: the socket and the
-  connection's place stayed. Here the reader is cancelled too (:meth:`Connection._client_gone`).
+  connection's place stayed. Here the reader is cancelled too (:meth:`Connection.client_gone`),
+  and while it is paused the socket is watched for the client's leaving
+  (``_h11_protocol._ReadGate``): a response that writes nothing would not find it.
 - **One keep-alive timer per connection, ended with it.** Hypercorn starts a timer
   task each time the connection turns idle and cancels it when a request comes (a
   lock and a task spawn per request), and never stops it when the connection closes:
@@ -178,7 +180,7 @@ class Connection(TCPServer):
         self._stalled_since = math.inf  # when the write waiting now last made progress
         self._evicted = False  # dropped to make room at the cap, not by the write timeout
         # The reader's wait: cancelled when the client is found gone by a write, since a
-        # reader paused behind a queued request would not see it (see _client_gone).
+        # reader paused behind a queued request would not see it (see client_gone).
         self._reading = trio.CancelScope()
 
     async def run(self) -> None:
@@ -325,7 +327,7 @@ class Connection(TCPServer):
                 return
         with trio.CancelScope(shield=True):
             if sent < 0:
-                await self._client_gone()
+                await self.client_gone()
             else:  # the rest as Hypercorn writes it (locked), never cut half-way
                 await self._write_locked(data[sent:])
 
@@ -373,16 +375,17 @@ class Connection(TCPServer):
                     return
                 view = view[sent:]
         except (OSError, trio.ClosedResourceError):  # reset, broken pipe, closed
-            await self._client_gone()
+            await self.client_gone()
         finally:
             self._write_scope = None
             self._stalled_since = math.inf
             if stalled is not None:
                 stalled.mark(self, False)
 
-    async def _client_gone(self) -> None:
-        """A write found the client gone (reset, broken pipe) or its socket closed: end
-        the connection, and its request as if the client had left.
+    async def client_gone(self) -> None:
+        """A write found the client gone (reset, broken pipe) or its socket closed, or the
+        watch of a paused reader saw it leave: end the connection, and its request as if
+        the client had left.
 
         Hypercorn only tells the request (``Closed``). Its reader may be paused, though:
         a request the client queued behind the one answered makes h11 pause, and the
@@ -413,7 +416,7 @@ class Connection(TCPServer):
             )
         self._on_close()
         self.closed = True  # before the socket closes: a writer's fd is stale from here
-        self._reading.cancel()  # a paused reader would not wake (see _client_gone)
+        self._reading.cancel()  # a paused reader would not wake (see client_gone)
         await trio.aclose_forcefully(self.stream)
         await self.protocol.handle(Closed())
 

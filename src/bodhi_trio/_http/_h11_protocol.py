@@ -7,6 +7,7 @@ that :class:`~._connection.Connection` runs (h11's side of the connection), and
 
 from __future__ import annotations
 
+import socket
 from typing import TYPE_CHECKING, Any, final
 
 import h11
@@ -17,6 +18,7 @@ from hypercorn.protocol.events import Body
 from hypercorn.protocol.events import Event as StreamEvent
 from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.protocol.http_stream import HTTPStream
+from hypercorn.trio.worker_context import EventWrapper
 
 from bodhi_trio._http._chunk_writer import BodyWriter, BytesCounter, ChunkWriter
 from bodhi_trio._http._fast_path import FastExchange
@@ -37,6 +39,7 @@ class ConnectionProtocol(H11Protocol):
         super().__init__(*args)
         self._max_head = self.config.h11_max_incomplete_size
         self.connection = StrictH11Connection(self._max_head)
+        self.can_read = _ReadGate(self)
 
     async def _check_protocol(self, event: h11.Request) -> None:
         """No switch to HTTP/2 (see :mod:`._connection`): nothing to check."""
@@ -115,6 +118,49 @@ class ConnectionProtocol(H11Protocol):
         await self._send_h11_event(h11.Response(status_code=status_code, headers=headers))
         await self._send_h11_event(h11.Data(data=body))
         await self._send_h11_event(h11.EndOfMessage())
+
+
+@final
+class _ReadGate(EventWrapper):
+    """Hypercorn's ``can_read``: what the reader waits on while h11 holds a request the
+    client sent ahead (paused), until the response under way has ended.
+
+    Meanwhile nothing reads the socket, so a client that left would be seen only by the
+    response's next write, and never if it writes nothing (a quiet event stream without
+    keep-alives, a long answer that is not streamed). While the reader waits here, the
+    socket is watched: its end (or a reset) with nothing more sent is the client leaving,
+    handled as a write that finds it gone. More bytes sent ahead end the watch (they are
+    the client's to send; its leaving is then seen as before).
+    """
+
+    def __init__(self, protocol: ConnectionProtocol) -> None:
+        super().__init__()
+        self._protocol = protocol
+
+    async def wait(self) -> None:
+        owner = self._protocol.owner
+        if owner is None or self.is_set():
+            await super().wait()
+            return
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_watch_for_leaving, owner)
+            await super().wait()
+            nursery.cancel_scope.cancel()
+
+
+async def _watch_for_leaving(owner: Connection) -> None:
+    """Until the client closes or resets its connection without sending more: then
+    :meth:`~._connection.Connection.client_gone`.
+
+    Cancellation: the watch simply ends (the reader's wait is over).
+    """
+    try:
+        peeked = await owner.stream.socket.recv(1, socket.MSG_PEEK)
+    except (OSError, trio.ClosedResourceError):  # reset, or closed under the watch
+        peeked = b""
+    if not peeked:
+        with trio.CancelScope(shield=True):  # it cancels the reader this watch runs in
+            await owner.client_gone()
 
 
 def body_writer(send: Any, counter: BytesCounter) -> BodyWriter:
