@@ -94,7 +94,7 @@ __all__ = [
     "DEFAULT_WRITE_TIMEOUT",
     "BodyWriter",
     "Connection",
-    "IdleConnections",
+    "ConnectionsByAge",
     "body_writer",
     "error_body",
 ]
@@ -107,7 +107,7 @@ DEFAULT_WRITE_TIMEOUT = 60.0
 
 
 @final
-class IdleConnections:
+class ConnectionsByAge:
     """Connections in one state, the one in it the longest first: waiting for a request
     (:attr:`ConnectionGate.idle`), or for a client to take a write
     (:attr:`ConnectionGate.stalled`).
@@ -161,8 +161,8 @@ class Connection(TCPServer):
         *,
         write_timeout: float = DEFAULT_WRITE_TIMEOUT,
         fast_targets: frozenset[bytes] = frozenset(),
-        idle: IdleConnections | None = None,
-        stalled: IdleConnections | None = None,
+        idle: ConnectionsByAge | None = None,
+        stalled: ConnectionsByAge | None = None,
     ) -> None:
         # Annotated as an SSLStream, but TCPServer serves plain sockets too (its non-TLS branch).
         super().__init__(app, config, context, state, stream)  # type: ignore[arg-type]

@@ -40,7 +40,7 @@ from bodhi_trio._exceptions import ListenError
 from bodhi_trio._http._connection import (
     DEFAULT_WRITE_TIMEOUT,
     Connection,
-    IdleConnections,
+    ConnectionsByAge,
     error_body,
 )
 
@@ -100,9 +100,9 @@ class ConnectionGate:
     refusing: int = 0
     refused: int = 0
     accept_failures: int = 0
-    idle: IdleConnections = attrs.field(factory=IdleConnections)
+    idle: ConnectionsByAge = attrs.field(factory=ConnectionsByAge)
     closed_idle: int = 0
-    stalled: IdleConnections = attrs.field(factory=IdleConnections)
+    stalled: ConnectionsByAge = attrs.field(factory=ConnectionsByAge)
     stalled_for: float = STALLED_FOR
     dropped_stalled: int = 0
     _last_warning: dict[str, float] = attrs.field(factory=dict, init=False)
