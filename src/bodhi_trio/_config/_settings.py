@@ -50,6 +50,7 @@ from bodhi_trio._llama._launch import (
     DEFAULT_STOP_GRACE_SECS,
     DEFAULT_VARIANT,
 )
+from bodhi_trio._transport._whole import ANSWERS_BUDGET_BYTES
 
 if TYPE_CHECKING:
     from bodhi_trio._llama._rpc_endpoints import RpcEndpoint
@@ -178,7 +179,7 @@ class Settings:
     api_keys: tuple[str, ...] = attrs.field(default=(), repr=lambda keys: f"<{len(keys)} hidden>")
     admin_keys: tuple[str, ...] = attrs.field(default=(), repr=lambda keys: f"<{len(keys)} hidden>")
     max_body_bytes: int = 32 * 1024 * 1024
-    max_answers_bytes: int = 1024 * 1024 * 1024
+    max_answers_bytes: int = ANSWERS_BUDGET_BYTES
     max_connections: int = 0
     client_write_timeout_secs: float = 60.0
     allowed_origins: tuple[str, ...] = ()
