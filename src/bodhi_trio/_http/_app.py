@@ -49,7 +49,7 @@ from bodhi_trio._http._page import page_asset, wants_page
 from bodhi_trio._http._pull_routes import PullRoutes, register_pull_routes
 from bodhi_trio._http._request_scope import note_request
 from bodhi_trio._http._routes import Reply, Routes
-from bodhi_trio._http._security import Access, access_headers
+from bodhi_trio._http._security import Access, refuse_repeated_access_headers
 from bodhi_trio._transport._whole import AnswerBudget
 
 if TYPE_CHECKING:
@@ -159,7 +159,9 @@ def create_app(
 
     @app.before_request
     async def check_access() -> Response | None:
-        headers = access_headers((k.lower(), v) for k, v in request.headers.items())
+        pairs = [(k.lower(), v) for k, v in request.headers.items()]
+        headers = dict(pairs)
+        refuse_repeated_access_headers(pairs, headers)
         origin = headers.get("origin")
         if request.method == "OPTIONS":
             if origin is None:

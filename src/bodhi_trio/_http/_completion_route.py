@@ -42,7 +42,7 @@ from bodhi_trio._http._request_scope import (
     note_request,
     request_bodies,
 )
-from bodhi_trio._http._security import access_headers
+from bodhi_trio._http._security import refuse_repeated_access_headers
 
 if TYPE_CHECKING:
     from bodhi_trio._http._routes import Reply, Routes
@@ -93,7 +93,7 @@ class CompletionRoute:
         declared = int(length) if length.isdigit() else None
         reply: Reply | None = None
         try:
-            access_headers(pairs)  # no header the check reads came twice
+            refuse_repeated_access_headers(pairs, headers)
             extra = self.policy.cors_headers(headers.get("origin"))
             self.policy.check(headers, self.access[endpoint])
             note_request(route=endpoint)  # the metrics' route label, as the app's routes do

@@ -30,7 +30,7 @@ import enum
 import hmac
 import ipaddress
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from typing import final
 from urllib.parse import urlsplit
 
@@ -43,27 +43,37 @@ from bodhi_trio._exceptions import (
     InvalidRequestError,
 )
 
-__all__ = ["Access", "AccessPolicy", "access_headers", "is_loopback_host", "machine_host_names"]
+__all__ = [
+    "Access",
+    "AccessPolicy",
+    "is_loopback_host",
+    "machine_host_names",
+    "refuse_repeated_access_headers",
+]
 
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 _SINGLE_HEADERS = frozenset({"host", "origin", "authorization", "x-api-key", "sec-fetch-site"})
 """The headers the access check reads: each must come at most once."""
 
 
-def access_headers(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
-    """A request's headers (names lower-cased) as the access check reads them.
+def refuse_repeated_access_headers(
+    pairs: Sequence[tuple[str, str]], headers: Mapping[str, str]
+) -> None:
+    """Refuse a request whose ``pairs`` (names lower-cased; ``headers`` is ``dict(pairs)``)
+    give a header the access check reads more than once.
 
     Raises:
-        InvalidRequestError: A header the check reads came twice (400): which one it read
-            would be a choice a proxy in front may make differently (one that appends an
-            ``Origin`` or a key to the client's, say).
+        InvalidRequestError: One came twice (400): which one it read would be a choice a
+            proxy in front may make differently (one that appends an ``Origin`` or a key
+            to the client's, say).
     """
-    headers: dict[str, str] = {}
-    for name, value in pairs:
-        if name in headers and name in _SINGLE_HEADERS:
+    if len(headers) == len(pairs):  # no name came twice: nothing to look for
+        return
+    seen: set[str] = set()
+    for name, _ in pairs:
+        if name in seen and name in _SINGLE_HEADERS:
             raise InvalidRequestError(f"the {name} header must come once", param=name)
-        headers[name] = value
-    return headers
+        seen.add(name)
 
 
 class Access(enum.Enum):
