@@ -26,8 +26,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# (label, suite, scenario, how to read it from the run's summary)
-METRICS = [
+# (label, suite, scenario, how to read it from the run's summary[, arm: bodhi-trio's if not])
+METRICS: list[tuple[str, ...]] = [
     ("1 stream events/s (x direct)", "fake", "1 stream", "ratio"),
     ("64 streams events/s (x direct)", "fake", "64 streams", "ratio"),
     ("+TTFT p50 ms, 1 stream", "fake", "1 stream", "ttft"),
@@ -35,6 +35,9 @@ METRICS = [
     ("CPU µs/event, paced", "fake", "1 stream, paced", "cpu"),
     ("paced events/s (x direct)", "fake", "1 stream, paced", "ratio"),
     ("disconnect→upstream p99 ms", "fake", "disconnect", "disconnect"),
+    ("ollama 1 stream events/s (x direct)", "fake", "1 stream", "ratio", "ollama"),
+    ("ollama CPU µs/event, 1 stream", "fake", "1 stream", "cpu", "ollama"),
+    ("ollama CPU µs/event, paced", "fake", "1 stream, paced", "cpu", "ollama"),
     ("llama 1 stream tokens/s (x direct)", "llama", "1 stream", "tokens"),
     ("llama 8 streams tokens/s (x direct)", "llama", "8 streams", "tokens"),
     ("llama CPU µs/event, 1 stream", "llama", "1 stream", "cpu"),
@@ -72,9 +75,11 @@ def _run(tree: Path, out: Path, suites: str) -> dict[str, Any]:
     return {name: suite.get("summary", {}) for name, suite in suites_run.items()}
 
 
-def _value(summary: dict[str, Any], scenario: str, kind: str) -> float | None:
+def _value(
+    summary: dict[str, Any], scenario: str, kind: str, arm: str = "bodhi-trio"
+) -> float | None:
     arms = summary.get(scenario, {})
-    direct, bodhi = arms.get("direct"), arms.get("bodhi-trio")
+    direct, bodhi = arms.get("direct"), arms.get(arm)
     if not direct or not bodhi:
         return None
     if kind == "ratio":
@@ -109,14 +114,14 @@ def main() -> int:
         for sha, tree in trees[shift:] + trees[:shift]:
             print(f"--- round {round_no + 1}/{args.rounds}: {sha}", flush=True)
             summaries = _run(tree, base / f"{sha}-{round_no}.json", args.suites)
-            for label, suite, scenario, kind in METRICS:
-                value = _value(summaries.get(suite, {}), scenario, kind)
+            for label, suite, scenario, *how in METRICS:
+                value = _value(summaries.get(suite, {}), scenario, *how)
                 if value is not None:
                     values[sha].setdefault(label, []).append(value)
     shas = [sha for sha, _ in trees]
     print(f"\n| metric (median of {args.rounds} rounds) | " + " | ".join(shas) + " |")
     print("|---|" + "---:|" * len(shas))
-    for label, _suite, _scenario, kind in METRICS:
+    for label, _suite, _scenario, kind, *_arm in METRICS:
         cells = []
         for sha in shas:
             got = values[sha].get(label)

@@ -382,3 +382,57 @@ async def test_a_relayed_stream_writes_its_pieces_past_the_asgi_send(
         last = []
     # the head, then the end of the body: no piece of the stream
     assert through_asgi == ["http.response.start", *last, "http.response.body"]
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/api/chat"])
+async def test_a_paced_stream_is_relayed_by_the_hub_whatever_its_form(
+    tmp_path: Path, hub_cache: Path, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """Paced tokens (a model's pace: one event per read) are written by the relay hub's
+    thread without waking the stream's task, OpenAI's as they came and Ollama's as
+    translated there, and the stream arrives whole and in order either way."""
+    from bodhi_trio._transport._relay_hub import RelayHub
+
+    hubs: list[RelayHub] = []
+    hub_init = RelayHub.__init__
+
+    def noted(self: RelayHub, **options: Any) -> None:
+        hub_init(self, **options)
+        hubs.append(self)
+
+    monkeypatch.setattr(RelayHub, "__init__", noted)
+    tokens = 30
+    paced = Alias(
+        "paced:1",
+        DEMO_REPO,
+        DEMO_FILENAME,
+        context_params=(f"--fake-tokens {tokens} --fake-token-delay 0.005",),
+    )
+    body = {"model": "paced:1", "messages": [{"role": "user", "content": "x"}],
+            "stream": True, "max_tokens": tokens}  # fmt: skip
+    fake = str(FAKE_LLAMA_SERVER)
+    with trio.fail_after(60):
+        async with (
+            running_server(
+                tmp_path, hub_cache, aliases=(paced,), BODHI_LLAMA_SERVER=fake
+            ) as server,
+            httpx.AsyncClient(base_url=server.url, timeout=30) as client,
+            client.stream("POST", path, json=body) as answer,
+        ):
+            text = b"".join([piece async for piece in answer.aiter_bytes()])
+            [hub] = hubs
+            relayed = hub.statistics().relayed
+    said = [f"tok{i} " for i in range(tokens)]
+    if path == "/api/chat":
+        lines = [json.loads(line) for line in text.splitlines()]
+        assert [line["message"]["content"] for line in lines[:-1]] == said
+        assert lines[-1]["done"] is True
+        assert (lines[-1]["done_reason"], lines[-1]["eval_count"]) == ("length", tokens)
+    else:
+        events = [e.removeprefix(b"data: ") for e in text.split(b"\n\n") if e]
+        assert events[-1] == b"[DONE]"
+        chunks = [json.loads(event) for event in events[:-1]]
+        content = [c["choices"][0]["delta"].get("content") for c in chunks if c["choices"]]
+        assert [piece for piece in content if piece] == said
+    # the first tokens are the stream's own (it learns the pace), most of the rest the hub's
+    assert relayed >= tokens // 2

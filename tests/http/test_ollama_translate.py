@@ -7,6 +7,7 @@ import datetime
 import json
 import math
 import random
+import time
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ import trio
 from test_relay import FakeResponse, fake_forward
 
 from bodhi_trio._exceptions import AliasNotFoundError, InvalidRequestError, ServerBusyError
-from bodhi_trio._http._ollama import _stream
+from bodhi_trio._http._ollama import _responses, _stream
 from bodhi_trio._http._ollama._errors import is_ollama_path, ollama_error
 from bodhi_trio._http._ollama._keep_alive import parse_keep_alive
 from bodhi_trio._http._ollama._requests import (
@@ -25,6 +26,7 @@ from bodhi_trio._http._ollama._requests import (
     options_fields,
 )
 from bodhi_trio._http._ollama._responses import (
+    Kind,
     Metrics,
     StreamTranslator,
     chat_answer,
@@ -404,6 +406,60 @@ def test_stream_translator_generate_text_completion() -> None:
 
 def test_rfc3339() -> None:
     assert rfc3339(0) == "1970-01-01T00:00:00.000000Z"
+
+
+@pytest.mark.parametrize(
+    "now", [0.0, 1764815466.0, 1764815466.513964, 1764815466.9999996, 4102444799.999999]
+)
+def test_created_at_is_now_as_rfc3339_writes_it(
+    monkeypatch: pytest.MonkeyPatch, now: float
+) -> None:
+    """The second's text is kept between calls: each call's own second is written, even
+    right after another second's."""
+    monkeypatch.setattr(time, "time", lambda: now)
+    assert _responses.created_at() == rfc3339(now)
+    monkeypatch.setattr(time, "time", lambda: now + 61.25)
+    assert _responses.created_at() == rfc3339(now + 61.25)
+
+
+STREAM_CHUNKS: list[dict[str, Any]] = [
+    chunk({"role": "assistant", "content": None}),
+    chunk({"content": "Hel"}),
+    chunk({"content": 'lo "there"\\ \u00e9\u4e2d\U0001f600 \n\t\x00'}),
+    chunk({"role": "assistant", "content": "x"}),
+    chunk({"content": ""}),
+    chunk({"content": "a", "reasoning_content": "think"}),
+    chunk({"reasoning_content": "think"}),
+    chunk({"content": "a", "tool_calls": []}),
+    chunk({"tool_calls": [{"index": 0, "id": "c1", "function": {"name": "f", "arguments": "{"}}]}),
+    chunk({"tool_calls": [{"index": 0, "function": {"arguments": '"a": 1}'}}]}, "tool_calls"),
+    chunk({"content": "end"}, "stop"),
+    chunk({"content": 7}),
+    {"choices": [{"text": "ab", "finish_reason": None}]},
+    {"choices": [{"text": "", "finish_reason": "length"}], "timings": TIMINGS},
+    {"choices": [{"delta": "not an object", "text": "t", "finish_reason": None}]},
+    {"choices": [], "usage": USAGE, "timings": TIMINGS},
+    {"choices": [{"delta": {"content": "u"}, "finish_reason": None}], "usage": USAGE},
+    {"choices": "none"},
+    {},
+]
+
+
+@pytest.mark.parametrize("kind", ["chat", "generate"])
+@pytest.mark.parametrize("model", ["m", 'a "quoted" m\u00e9del', "100%s {x} %%d"])
+def test_stream_lines_are_the_objects_as_compact_json(
+    monkeypatch: pytest.MonkeyPatch, kind: Kind, model: str
+) -> None:
+    """The template the usual token's line is written from gives the bytes its object
+    encoded would: chunk by chunk through a whole stream, whatever the chunk holds."""
+    monkeypatch.setattr(_responses, "created_at", lambda: "2026-12-04T02:31:40.572970Z")
+    by_objects = StreamTranslator(model, kind, Metrics(0))
+    by_lines = StreamTranslator(model, kind, Metrics(0))
+    for payload in STREAM_CHUNKS:
+        objects = by_objects.chunk(payload)
+        expected = [(json.dumps(o, separators=(",", ":")) + "\n").encode() for o in objects]
+        assert by_lines.lines(payload) == expected, payload
+    assert by_lines.last(5) == by_objects.last(5)
 
 
 def test_errors_in_ollamas_shape() -> None:

@@ -132,8 +132,8 @@ class SocketSink(Sink):
     def fileno(self) -> int:
         return self.number
 
-    def write_chunk_now(self, chunk: bytes, size: int, fd: int = -1) -> int:
-        return os.write(fd if fd >= 0 else self.number, chunk)
+    def write_chunk_now(self, chunk: bytes, size: int, fd: int = -1) -> bytes | None:
+        return chunk[os.write(fd if fd >= 0 else self.number, chunk) :]
 
 
 async def test_a_client_socket_closed_under_the_hub_never_gets_another_clients_token(

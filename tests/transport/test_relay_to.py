@@ -50,13 +50,13 @@ class Sink:
     def fileno(self) -> int:
         return _NOWHERE
 
-    def write_chunk_now(self, chunk: bytes, size: int, fd: int = -1) -> int:
+    def write_chunk_now(self, chunk: bytes, size: int, fd: int = -1) -> bytes | None:
         assert size == len(chunk) - chunk.index(b"\r\n") - 4
         if self.take is not None and self.take < 0:
-            return -1
+            return None
         taken = chunk if self.take is None else chunk[: self.take]
         self.calls.append(("chunk", taken))
-        return len(taken)
+        return chunk[len(taken) :]
 
     async def write_rest(self, rest: bytes) -> None:
         self.calls.append(("rest", rest))
@@ -285,7 +285,7 @@ class TimedSink(Sink):
         self.times.append(round(trio.current_time(), 6))
         await super().__call__(payload)
 
-    def write_chunk_now(self, chunk: bytes, size: int, fd: int = -1) -> int:
+    def write_chunk_now(self, chunk: bytes, size: int, fd: int = -1) -> bytes | None:
         self.times.append(round(trio.current_time(), 6))
         return super().write_chunk_now(chunk, size, fd)
 

@@ -255,7 +255,7 @@ def create_app(
     async def alias_put(name: str) -> Reply:
         return await routes.alias_put(name, await body())
 
-    ollama = OllamaRoutes(routes.ctx, routes.nursery)
+    ollama = OllamaRoutes(routes.ctx, routes.nursery, routes.hub)
     register_ollama_routes(route, ollama, body)
 
     async def root() -> Reply:

@@ -19,7 +19,7 @@ from hypercorn.protocol.http_stream import ASGIHTTPState
 if TYPE_CHECKING:
     from bodhi_trio._http._connection import Connection
 
-__all__ = ["BodyWriter", "BytesCounter", "ChunkWriter"]
+__all__ = ["BodyWriter", "BytesCounter", "ChunkWriter", "TranslatingChunkWriter"]
 
 _RESPONSE = ASGIHTTPState.RESPONSE
 
@@ -107,15 +107,27 @@ class ChunkWriter:
             return -1
         return self._fd
 
-    def write_chunk_now(self, chunk: bytes, size: int, fd: int = -1) -> int:
+    def write_chunk_now(self, chunk: bytes, size: int, fd: int = -1) -> bytes | None:
         """Write ``chunk`` (a whole chunk carrying ``size`` payload bytes) as it is, as far
         as the socket takes it at once: to ``fd`` (the relay hub's copy of the socket, in
-        the hub's thread) if given. Returns the bytes written (:meth:`write_rest` writes
-        the rest), or -1 when chunks are not written here (``__call__`` then)."""
-        stream = self._stream  # _framed_here() inlined: this runs per token
+        the hub's thread) if given. Returns what is left of it (``b""``: nothing;
+        :meth:`write_rest` writes the rest), or None when chunks are not written here
+        (``__call__`` then)."""
+        stream = self._stream  # takes_chunks() inlined: this runs per token
         framed = self._chunked and not stream.closed and stream.state is _RESPONSE
         if not framed and not self._framed_here():
-            return -1
+            return None
+        return self.write_framed_now(chunk, size, fd)
+
+    def takes_chunks(self) -> bool:
+        """Whether :meth:`write_framed_now` may write now (the response frames chunks here
+        and is open)."""
+        return self._framed_here()
+
+    def write_framed_now(self, chunk: bytes, size: int, fd: int = -1) -> bytes:
+        """:meth:`write_chunk_now` once :meth:`takes_chunks` said yes: ``chunk`` (``size``
+        payload bytes) counted and written as far as the socket takes it at once; returns
+        the rest."""
         counter = self._counter
         if counter.first_byte is None:
             counter.sent(size)
@@ -123,12 +135,62 @@ class ChunkWriter:
             counter.body_bytes += size
         connection = self._connection
         if connection.writing or connection.closed:  # after the write under way; or closed
-            return 0
+            return chunk
         try:
-            return os.write(fd if fd >= 0 else self._fd, chunk)
+            sent = os.write(fd if fd >= 0 else self._fd, chunk)
         except OSError:  # full, or broken: write_rest finds out which (and closes)
-            return 0
+            return chunk
+        return chunk[sent:]
 
     async def write_rest(self, rest: bytes) -> None:
         """Write the ``rest`` of a chunk :meth:`write_chunk_now` began."""
         await self._connection.write_whole(rest)
+
+
+@final
+class TranslatingChunkWriter:
+    """A :class:`ChunkWriter` for a body that changes form on its way (Ollama's NDJSON made
+    of llama-server's events): each piece of the upstream body is written as what
+    ``translate`` makes of it, one chunk, or not at all when that is nothing.
+
+    It is a ``ChunkSink`` as the writer is, so a translated stream is spliced and its paced
+    tokens relayed by the relay hub like any other: ``translate`` then runs in the hub's
+    thread, one piece at a time, never at once with the stream's own task (the hub holds
+    a stream or its task does). It must be plain computation: no Trio, no waiting, nothing
+    shared with another stream.
+
+    Never cut by a cancellation, as the writer is not.
+    """
+
+    __slots__ = ("_translate", "_writer")
+
+    def __init__(self, writer: ChunkWriter, translate: Callable[[bytes], bytes]) -> None:
+        self._writer = writer
+        self._translate = translate
+
+    async def __call__(self, data: bytes) -> None:
+        """Write what ``data``, a piece of the upstream body, translates to."""
+        if translated := self._translate(data):
+            await self._writer(translated)
+
+    def fileno(self) -> int:
+        """The writer's :meth:`ChunkWriter.fileno`."""
+        return self._writer.fileno()
+
+    def write_chunk_now(self, chunk: bytes, size: int, fd: int = -1) -> bytes | None:
+        """Translate the payload of ``chunk`` (a whole chunk carrying ``size`` bytes) and
+        write the result, one chunk, as far as the socket takes it at once (to ``fd`` if
+        given). Returns the rest of that chunk (``b""``: all written, or nothing to
+        write), or None, nothing translated, when the writer does not write chunks now."""
+        writer = self._writer
+        if not writer.takes_chunks():
+            return None
+        translated = self._translate(chunk[len(chunk) - 2 - size : -2])
+        if not translated:
+            return b""
+        size = len(translated)
+        return writer.write_framed_now(b"%x\r\n%s\r\n" % (size, translated), size, fd)
+
+    async def write_rest(self, rest: bytes) -> None:
+        """Write the ``rest`` of a chunk :meth:`write_chunk_now` began."""
+        await self._writer.write_rest(rest)

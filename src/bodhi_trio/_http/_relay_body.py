@@ -19,7 +19,7 @@ import attrs
 import trio
 
 from bodhi_trio._exceptions import BodhiError
-from bodhi_trio._http._chunk_writer import ChunkWriter
+from bodhi_trio._http._chunk_writer import ChunkWriter, TranslatingChunkWriter
 from bodhi_trio._http._sse import KEEPALIVE, keepalive_interval
 from bodhi_trio._http._usage import note_usage
 from bodhi_trio._transport._loopback import HTTPResponse
@@ -45,9 +45,9 @@ class RelayBody:
     Args:
         relay: The shared state.
         prime: Start with a ``: keep-alive`` (the early answer while the model loads).
-        writer: The request's body writer (``request_body_writer``): the pieces are then
-            written with it, not returned (only the owed error event is). It must not be
-            cut by a cancellation. Only for a body that goes to the client unchanged.
+        writer: The request's body writer (``request_body_writer``), or one that
+            translates each piece (Ollama's): the pieces are then written with it, not
+            returned (only the owed error event is). It must not be cut by a cancellation.
         hub: Where a spliced response's paced tokens are relayed (:meth:`_splice`), if
             the server runs one.
     """
@@ -121,7 +121,9 @@ class RelayBody:
             Exception: What ``write`` raised (the translating writers' own failures), as
                 it is: kept by :meth:`_write_pieces`, not left to the nursery's group.
         """
-        if isinstance(pieces, HTTPResponse) and isinstance(write, ChunkWriter):
+        if isinstance(pieces, HTTPResponse) and isinstance(
+            write, ChunkWriter | TranslatingChunkWriter
+        ):
             await self._splice(pieces, write)
             return
         if await self._write_pieces(pieces, write, first_only=True):
@@ -171,7 +173,9 @@ class RelayBody:
             self._write_error = exc
             return False
 
-    async def _splice(self, response: HTTPResponse, writer: ChunkWriter) -> None:
+    async def _splice(
+        self, response: HTTPResponse, writer: ChunkWriter | TranslatingChunkWriter
+    ) -> None:
         """:meth:`_pump` for a llama-server response written to one of our connections:
         what came with its head is written at once, then the response writes itself
         (:meth:`HTTPResponse.relay_to`, a read and a write per token; its paced tokens by
@@ -198,7 +202,9 @@ class RelayBody:
             self._recent.extend(response.tail)
             self._mid_event = self._ends_mid_event(response.tail)
 
-    async def _relay_rest(self, response: HTTPResponse, writer: ChunkWriter) -> None:
+    async def _relay_rest(
+        self, response: HTTPResponse, writer: ChunkWriter | TranslatingChunkWriter
+    ) -> None:
         """The rest of :meth:`_splice`'s response, in a cancel scope that fires after an
         interval without a piece for the keep-alive. A read error is kept for :meth:`_end`.
 

@@ -39,12 +39,13 @@ class ChunkSink(Protocol):
         """Write ``payload`` (framed by the sink), whole; never cut by a cancellation."""
         ...
 
-    def write_chunk_now(self, chunk: bytes, size: int, fd: int = -1, /) -> int:
-        """Write ``chunk``, one whole chunk of chunked framing carrying ``size`` payload
-        bytes, as it is, if the sink can at once: to ``fd``, a copy of :meth:`fileno`
-        the relay hub holds, if given. Returns the bytes written: all of them; fewer
-        (:meth:`write_rest` writes the rest); or -1, nothing (the sink cannot take framed
-        chunks now: the payload goes to ``__call__``)."""
+    def write_chunk_now(self, chunk: bytes, size: int, fd: int = -1, /) -> bytes | None:
+        """Take ``chunk``, one whole chunk of chunked framing carrying ``size`` payload
+        bytes, if the sink can at once, and write it (or what the sink makes of its
+        payload) as far as the socket takes it: to ``fd``, a copy of :meth:`fileno` the
+        relay hub holds, if given. Returns what is left to write (``b""``: nothing;
+        :meth:`write_rest` writes the rest), or None: nothing taken (the sink cannot take
+        framed chunks now: the payload goes to ``__call__``)."""
         ...
 
     def fileno(self) -> int:
@@ -243,10 +244,10 @@ class HTTPResponse:
         decoder = self._body.chunked
         start = decoder.whole_chunk(data) if decoder is not None else 0
         if start:
-            sent = sink.write_chunk_now(data, len(data) - start - 2, fd)
-            if sent >= 0:
+            rest = sink.write_chunk_now(data, len(data) - start - 2, fd)
+            if rest is not None:
                 self.tail.append(data[start:-2])
-                return data[sent:]
+                return rest
         self._pending = data
         if not data:  # closed: the iterator's read finds it again, and says why
             connection.paced = False

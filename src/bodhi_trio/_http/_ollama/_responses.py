@@ -17,10 +17,13 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, final
 
 import attrs
+
+from bodhi_trio._http._sse import compact_json
 
 __all__ = [
     "Metrics",
@@ -44,9 +47,23 @@ def rfc3339(timestamp: float) -> str:
     return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+_kept_second: list[tuple[int, str]] = [(-1, "")]
+"""The last whole second :func:`created_at` wrote, and its text up to the fraction."""
+
+
 def created_at() -> str:
-    """Now, as :func:`rfc3339`."""
-    return rfc3339(datetime.datetime.now(datetime.UTC).timestamp())
+    """Now, as :func:`rfc3339` writes it.
+
+    Every streamed object carries it, so it is made from the second's text, kept until
+    the next second, and the microseconds (a fifth of the time of a ``datetime`` made and
+    formatted each time). Safe from any thread: the second and its text change together.
+    """
+    second, micro = divmod(round(time.time() * 1_000_000), 1_000_000)
+    kept, text = _kept_second[0]
+    if second != kept:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _kept_second[0] = (second, text)
+    return f"{text}.{micro:06d}Z"
 
 
 def _ns(milliseconds: object) -> int:
@@ -138,6 +155,10 @@ def _done_reason(finish_reason: object) -> str:
     return "length" if finish_reason == "length" else "stop"
 
 
+_json_string = json.encoder.encode_basestring_ascii
+"""A string as ``json.dumps`` writes it (``ensure_ascii``): the quotes and the escapes."""
+
+
 def _first_choice(answer: Mapping[str, Any]) -> Mapping[str, Any]:
     choices = answer.get("choices")
     if isinstance(choices, list) and choices and isinstance(choices[0], Mapping):
@@ -224,6 +245,41 @@ class StreamTranslator:
     metrics: Metrics
     done_reason: str = "stop"
     _calls: dict[int, dict[str, Any]] = attrs.field(factory=dict)
+    # A token's line around its time and its text (see lines()).
+    _line_head: str = attrs.field(init=False)
+    _line_middle: str = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._line_head = '{"model":' + json.dumps(self.model) + ',"created_at":"'
+        chat = self.kind == "chat"
+        field = '"message":{"role":"assistant","content":' if chat else '"response":'
+        self._line_middle = '",' + field
+
+    def lines(self, payload: Mapping[str, Any]) -> list[bytes]:
+        """:meth:`chunk`'s objects as NDJSON lines (compact JSON, one per line).
+
+        The usual chunk, one token of text and nothing else, is written from a template:
+        the same bytes as its object encoded, in a third of the time (a stream's every
+        token comes this way, in the relay hub's thread for a paced stream).
+        """
+        choice = _first_choice(payload)
+        delta = choice.get("delta")
+        if delta is None:  # a text completion
+            text = choice.get("text")
+        elif (
+            isinstance(delta, Mapping)
+            and delta.get("reasoning_content") is None
+            and delta.get("tool_calls") is None
+        ):
+            text = delta.get("content")
+        else:
+            text = None
+        if type(text) is str and text and choice.get("finish_reason") is None:
+            self.metrics.take(payload)
+            tail = '},"done":false}\n' if self.kind == "chat" else ',"done":false}\n'
+            line = self._line_head + created_at() + self._line_middle + _json_string(text) + tail
+            return [line.encode()]
+        return [(compact_json(obj) + "\n").encode() for obj in self.chunk(payload)]
 
     def _object(self, content: str, thinking: str | None = None, **extra: Any) -> dict[str, Any]:
         if self.kind == "chat":

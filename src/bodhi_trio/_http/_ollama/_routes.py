@@ -74,6 +74,7 @@ from bodhi_trio._http._usage import note_usage
 
 if TYPE_CHECKING:
     from bodhi_trio._context._open import SharedContext
+    from bodhi_trio._transport._relay_hub import RelayHub
 
 __all__ = [
     "OLLAMA_VERSION",
@@ -105,10 +106,13 @@ class OllamaRoutes:
     Args:
         ctx: The models.
         nursery: Where relay producers run (one per streamed answer).
+        hub: Where streamed answers' paced tokens are translated and written, if the
+            server runs one.
     """
 
     ctx: SharedContext
     nursery: trio.Nursery
+    hub: RelayHub | None = None
 
     # ------------------------------------------------------------------ liveness
 
@@ -272,7 +276,8 @@ class OllamaRoutes:
             raise UnavailableError("bodhi-trio is shutting down", retry_after=5)
         if head.status != 200:
             return upstream_refusal(head.status, head.body)
-        stream = NdjsonBody(RelayBody(relay), translator, writer=request_body_writer())
+        relayed = RelayBody(relay, hub=self.hub)
+        stream = NdjsonBody(relayed, translator, writer=request_body_writer())
         close_with_request(stream)
         return Reply(200, NDJSON_HEADERS, stream)
 

@@ -14,7 +14,10 @@ object, written once the relay has let go of the model.
 
 Given the request's body writer, the lines are written as each piece is translated,
 from the relay's own loop (``RelayBody``'s ``writer``: no Quart iteration per piece);
-only the last line (or the error line the relay owes) is returned.
+only the last line (or the error line the relay owes) is returned. On one of our
+connections the writer translates (:class:`TranslatingChunkWriter`), so the stream is
+spliced as an OpenAI stream is, and its paced tokens are translated and written by the
+relay hub's thread without waking the stream's task.
 
 Keep-alive: NDJSON has no comment line, and a JSON line a client does not expect
 would be read as an answer. So the relay's keep-alive is off, and the route holds the
@@ -32,6 +35,7 @@ from typing import TYPE_CHECKING, Any, final
 
 import attrs
 
+from bodhi_trio._http._chunk_writer import ChunkWriter, TranslatingChunkWriter
 from bodhi_trio._http._sse import compact_json
 
 if TYPE_CHECKING:
@@ -94,9 +98,12 @@ class NdjsonBody:
         write = self.writer
         if write is None:
             return
+        if isinstance(write, ChunkWriter):  # one of our connections: the relay splices it
+            self.inner.writer = TranslatingChunkWriter(write, self.translate)
+            return
 
         async def write_lines(piece: bytes) -> None:
-            if not self._ended and (lines := self._lines(piece)):
+            if lines := self.translate(piece):
                 await write(lines)
 
         self.inner.writer = write_lines
@@ -130,6 +137,12 @@ class NdjsonBody:
                 return lines
         raise StopAsyncIteration
 
+    def translate(self, piece: bytes) -> bytes:
+        """The lines for the events ``piece`` completes (``b""``: none, or the stream has
+        ended). Plain computation: for a stream the relay hub holds, it runs in the hub's
+        thread (:class:`TranslatingChunkWriter`)."""
+        return b"" if self._ended else self._lines(piece)
+
     def _lines(self, piece: bytes) -> bytes:
         """The lines for the events ``piece`` completes (``b""``: none); after an error
         event, its line is the last."""
@@ -146,9 +159,7 @@ class NdjsonBody:
                 self._ended = True
                 lines.append(error_line(chunk["error"]))
                 break
-            lines.extend(
-                (compact_json(obj) + "\n").encode() for obj in self.translator.chunk(chunk)
-            )
+            lines.extend(self.translator.lines(chunk))
         if not self._ended and len(self._buffer) > MAX_EVENT_BYTES:
             self._ended = True
             self._buffer = b""
