@@ -37,6 +37,7 @@ class Script:
     stall_after: int | None = None
     stall_for: float = 0.0
     gzip: bool = False  # compress a JSON body when the request accepts gzip
+    before_head: bytes = b""  # sent as it is before the head (informational heads, say)
 
 
 @attrs.frozen
@@ -153,16 +154,16 @@ class RemoteStub:
                 body = gzip.compress(body)
                 extra += "Content-Encoding: gzip\r\n"
             head = (
-                f"HTTP/1.1 {script.status} X\r\nContent-Type: application/json\r\n{extra}"
+                f"HTTP/1.1 {script.status:03d} X\r\nContent-Type: application/json\r\n{extra}"
                 f"Content-Length: {len(body)}\r\n{self._connection_header}\r\n"
             )
-            await stream.send_all(head.encode() + body)
+            await stream.send_all(script.before_head + head.encode() + body)
             return
         head = (
             "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
             f"{extra}Transfer-Encoding: chunked\r\n{self._connection_header}\r\n"
         )
-        await stream.send_all(head.encode())
+        await stream.send_all(script.before_head + head.encode())
         for index, event in enumerate([*script.events, "[DONE]"]):
             if script.stall_after is not None and index == script.stall_after:
                 if await self._stall(stream, script.stall_for):

@@ -24,8 +24,9 @@ from typing import final
 import attrs
 
 __all__ = [
-    "MAX_HEAD_BYTES",
     "FIELD_NAME",
+    "MAX_HEAD_BYTES",
+    "MAX_INFORMATIONAL_HEADS",
     "BodyDecoder",
     "ChunkedDecoder",
     "FramingError",
@@ -35,9 +36,13 @@ __all__ = [
 ]
 
 MAX_HEAD_BYTES = 65536
+"""The most a response's heads may take together, its informational (1xx) heads with it."""
+MAX_INFORMATIONAL_HEADS = 8
+"""Informational heads before the final one, at most (llama-server sends none: we never
+send ``Expect``); a peer that sends more is refused, not read for ever."""
 _MAX_SIZE_LINE = 4096
 _MAX_TRAILER_BYTES = 65536
-_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: (.*))?")
+_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([1-5][0-9]{2})(?: (.*))?")  # 100-599, RFC 9110
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,15}")
 FIELD_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 """A header's name: an RFC 9110 token, as h11 reads and writes it."""
@@ -113,21 +118,27 @@ def split_head(data: bytes) -> tuple[ResponseHead, bytes] | None:
     """The first final (non-1xx) response head at the start of ``data``, and the bytes
     after it (the start of the body); ``None`` while the head is not complete.
 
-    Call it again with more bytes appended until it returns a head.
+    Call it again with more bytes appended until it returns a head. The informational
+    heads before it count towards :data:`MAX_HEAD_BYTES` with it, and are at most
+    :data:`MAX_INFORMATIONAL_HEADS`: a peer that sends them without end is refused
+    within a bounded read, and each call's work is bounded by that read.
 
     Raises:
-        FramingError: A head is malformed, or none ended within :data:`MAX_HEAD_BYTES`.
+        FramingError: A head is malformed, none ended within :data:`MAX_HEAD_BYTES`, or
+            more than :data:`MAX_INFORMATIONAL_HEADS` informational heads came first.
     """
-    while True:
-        end = data.find(b"\r\n\r\n")
+    start = 0
+    for _ in range(MAX_INFORMATIONAL_HEADS + 1):
+        end = data.find(b"\r\n\r\n", start, MAX_HEAD_BYTES + 4)
         if end < 0:
             if len(data) > MAX_HEAD_BYTES:
                 raise FramingError(f"no end of the response head in {MAX_HEAD_BYTES} bytes")
             return None
-        head = parse_head(data[:end])
-        data = data[end + 4 :]
+        head = parse_head(data[start:end])
+        start = end + 4
         if not head.informational:
-            return head, data
+            return head, data[start:]
+    raise FramingError(f"more than {MAX_INFORMATIONAL_HEADS} informational (1xx) heads")
 
 
 @final

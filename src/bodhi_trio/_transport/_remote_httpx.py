@@ -258,6 +258,11 @@ class HttpxClients:
             response = await client.send(request, stream=True)
         except httpx.HTTPError as exc:
             raise map_error(exc, url, timeouts) from None
+        if not 100 <= response.status_code < 600:  # h11 reads any three digits
+            with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_TIMEOUT):
+                await response.aclose()
+            status = response.status_code
+            raise UpstreamError(f"{url} answered with status {status}, not an HTTP status")
         remote = HttpxResponse.for_response(response, url, timeouts)
         try:
             async with trio.open_nursery() as nursery:
