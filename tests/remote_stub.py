@@ -153,8 +153,10 @@ class RemoteStub:
             if script.gzip and "gzip" in request.headers.get("accept-encoding", ""):
                 body = gzip.compress(body)
                 extra += "Content-Encoding: gzip\r\n"
+            if not any(name.lower() == "content-type" for name, _ in script.headers):
+                extra = "Content-Type: application/json\r\n" + extra
             head = (
-                f"HTTP/1.1 {script.status:03d} X\r\nContent-Type: application/json\r\n{extra}"
+                f"HTTP/1.1 {script.status:03d} X\r\n{extra}"
                 f"Content-Length: {len(body)}\r\n{self._connection_header}\r\n"
             )
             await stream.send_all(script.before_head + head.encode() + body)

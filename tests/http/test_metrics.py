@@ -158,6 +158,19 @@ def test_token_counts_come_from_the_end_of_a_response() -> None:
 
 
 @pytest.mark.parametrize(
+    "count", [b"1" + b"0" * 400, b"1" + b"0" * 300, b"1000000000", b"1.5e300", b"12e3"]
+)
+def test_a_count_that_is_no_count_is_not_taken(count: bytes) -> None:
+    """A remote's answer is anyone's: 10**400 tokens made the request's record fail (an
+    overflow in the counter: its log line and latencies lost), 10**300 would have set the
+    token counter to infinity. A count of more than 9 digits, or not an integer, is none;
+    the other count of the answer is still taken."""
+    usage = b'{"usage":{"prompt_tokens":%s,"completion_tokens":7}}' % count
+    assert tokens_in_tail(usage) == (None, 7)
+    assert tokens_in_tail(b'{"usage":{"prompt_tokens":999999999}}') == (999_999_999, None)
+
+
+@pytest.mark.parametrize(
     ("reason", "cause"),
     [
         ("evicted to make room for 'b'", "eviction"),

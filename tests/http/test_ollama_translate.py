@@ -26,6 +26,8 @@ from bodhi_trio._http._ollama._requests import (
     options_fields,
 )
 from bodhi_trio._http._ollama._responses import (
+    MAX_TOOL_CALL_BYTES,
+    MAX_TOOL_CALLS,
     Kind,
     Metrics,
     StreamTranslator,
@@ -476,20 +478,30 @@ def test_errors_in_ollamas_shape() -> None:
     assert not is_ollama_path("/apiary")
 
 
-async def ndjson_lines(pieces: list[bytes], *, fail: bool = False) -> list[dict[str, Any]]:
-    """What :class:`NdjsonBody` makes of llama-server's SSE ``pieces`` (cut anywhere)."""
+async def ndjson_lines(
+    pieces: list[bytes], *, fail: bool = False, via_writer: bool = False
+) -> list[dict[str, Any]]:
+    """What :class:`NdjsonBody` makes of llama-server's SSE ``pieces`` (cut anywhere):
+    returned piece by piece, or (``via_writer``) written as the relay reads them and only
+    the last returned, as on a server's connection."""
     send, receive = trio.open_memory_channel[bytes](100)
     hold, loaded = trio.CancelScope(), trio.Event()
     loaded.set()
     relay = Relay(0)
-    lines: list[dict[str, Any]] = []
+    outs: list[bytes] = []
+
+    async def write(lines: bytes) -> None:
+        outs.append(lines)
+
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(
                 relay_upstream, fake_forward(FakeResponse(receive), hold, loaded), relay
             )
             await relay.answered.wait()
-            body = NdjsonBody(RelayBody(relay), StreamTranslator("m", "chat", Metrics(0)))
+            translator = StreamTranslator("m", "chat", Metrics(0))
+            writer = write if via_writer else None
+            body = NdjsonBody(RelayBody(relay, writer=writer), translator, writer=writer)
             for piece in pieces:
                 await send.send(piece)
             if fail:
@@ -497,12 +509,13 @@ async def ndjson_lines(pieces: list[bytes], *, fail: bool = False) -> list[dict[
             else:
                 await send.aclose()
             async for out in body:
-                assert out.endswith(b"\n")
-                assert b"\n\n" not in out
-                assert not out.startswith(b"data")
-                lines.extend(json.loads(line) for line in out.splitlines())
+                outs.append(out)
             await body.aclose()
-    return lines
+    for out in outs:
+        assert out.endswith(b"\n")
+        assert b"\n\n" not in out
+        assert not out.startswith(b"data")
+    return [json.loads(line) for out in outs for line in out.splitlines()]
 
 
 def sse(payload: object) -> bytes:
@@ -528,26 +541,69 @@ async def test_ndjson_body_translates_events_cut_anywhere() -> None:
     assert lines[-1]["eval_count"] == 4
 
 
-async def test_ndjson_body_ends_with_one_error_line() -> None:
-    lines = await ndjson_lines([sse(chunk({"content": "a"})), b'data: {"choi'], fail=True)
+@pytest.mark.parametrize("via_writer", [False, True])
+async def test_ndjson_body_ends_with_one_error_line(via_writer: bool) -> None:
+    start = [sse(chunk({"content": "a"})), b'data: {"choi']
+    lines = await ndjson_lines(start, fail=True, via_writer=via_writer)
     assert lines[0]["message"]["content"] == "a"
     assert set(lines[-1]) == {"error"}
     assert "drain timeout" in lines[-1]["error"]
     assert len(lines) == 2
     upstream_error = sse({"error": {"code": 500, "message": "boom", "type": "server_error"}})
-    assert await ndjson_lines([upstream_error]) == [{"error": "boom"}]
+    after = [sse(chunk({"content": "b"})), b"data: [DONE]\n\n"]  # nothing after an error
+    got = await ndjson_lines([upstream_error, *after], via_writer=via_writer)
+    assert got == [{"error": "boom"}]
 
 
+@pytest.mark.parametrize("via_writer", [False, True])
 async def test_an_event_without_end_ends_the_stream_with_an_error_line(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, via_writer: bool
 ) -> None:
     """A server that never ends its event: its bytes are not kept past MAX_EVENT_BYTES
     (here 1,000); the stream ends with one error line."""
     monkeypatch.setattr(_stream, "MAX_EVENT_BYTES", 1000)
     endless = [b"data: " + b"x" * 600, b"x" * 600, b"x" * 600]
-    lines = await ndjson_lines([sse(chunk({"content": "a"})), *endless])
+    lines = await ndjson_lines([sse(chunk({"content": "a"})), *endless], via_writer=via_writer)
     assert lines[0]["message"]["content"] == "a"
     assert lines[1:] == [{"error": "an event of the stream is larger than 1000 bytes"}]
+
+
+def call(index: int, arguments: str = "", name: str = "") -> dict[str, Any]:
+    return {"index": index, "function": {"name": name, "arguments": arguments}}
+
+
+def test_tool_call_fragments_are_joined_in_order() -> None:
+    translator = StreamTranslator("m", "chat", Metrics(0))
+    pieces = ['{"text": "', *["ab" * 500] * 300, '"}']
+    for piece in pieces:
+        assert translator.chunk(chunk({"tool_calls": [call(0, piece)]})) == []
+    assert translator.chunk(chunk({"tool_calls": [call(1, "{}", "g")]})) == []
+    [calls] = translator.chunk(chunk({}, "tool_calls"))
+    assert calls["message"]["tool_calls"] == [
+        {"function": {"name": "", "arguments": {"text": "ab" * 150_000}}},
+        {"function": {"name": "g", "arguments": {}}},
+    ]
+
+
+@pytest.mark.parametrize("via_writer", [False, True])
+async def test_tool_calls_past_their_bounds_end_the_stream_with_an_error_line(
+    via_writer: bool,
+) -> None:
+    """Tool calls are kept until their choice finishes: a server that sends calls without
+    end (a new index in each fragment, or arguments that never finish) would have them
+    grow without bound (the probe: 13.5 MB of fragments took 419 MB; 125 MiB of arguments
+    80 s of CPU, each fragment copying the whole string). Past a bound, an error line."""
+    many = [call(n) for n in range(_responses.MAX_TOOL_CALLS + 1)]
+    start = [sse(chunk({"content": "a"})), sse(chunk({"tool_calls": many}))]
+    lines = await ndjson_lines(start, via_writer=via_writer)
+    assert lines[0]["message"]["content"] == "a"
+    assert lines[1:] == [{"error": f"the answer makes more than {MAX_TOOL_CALLS} tool calls"}]
+    long = "x" * (MAX_TOOL_CALL_BYTES // 4 + 1)
+    endless = [sse(chunk({"tool_calls": [call(0, long)]}))] * 4
+    lines = await ndjson_lines(endless, via_writer=via_writer)
+    assert lines == [
+        {"error": f"the answer's tool calls are longer than {MAX_TOOL_CALL_BYTES} characters"}
+    ]
 
 
 def test_metrics_are_integers_even_from_float_timings() -> None:

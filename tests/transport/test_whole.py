@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import tracemalloc
 from collections.abc import AsyncIterator
 
 import pytest
@@ -137,4 +139,57 @@ async def test_a_task_that_outlives_its_block_reads_uncharged() -> None:
 async def test_outside_a_block_nothing_is_charged() -> None:
     budget = AnswerBudget(10)
     assert await read_whole(pieces(100), "up") == b"x" * 100
+    assert held(budget) == 0
+
+
+SHAPES = {
+    "empty objects": b"[" + b"{}," * 20_000 + b"{}]",
+    "empty lists": b"[" + b"[]," * 20_000 + b"[]]",
+    "zeros": b"[" + b"0," * 20_000 + b"0]",
+    "floats (embeddings)": b"[" + b"0.012345678," * 20_000 + b"1.5]",
+    "short strings": b"[" + b'"ab",' * 20_000 + b'"ab"]',
+    "one-key objects": b"[" + b'{"a":1},' * 20_000 + b"{}]",
+    "an object of many keys": b"{" + b",".join(b'"k%d":%d' % (n, n) for n in range(20_000)) + b"}",
+    "deep lists": b"[" * 500 + b"]" * 500,
+    "prose": json.dumps({"content": "The capital of France is Paris. " * 5_000}).encode(),
+    "prose and one emoji": ('{"content": "' + "Paris. " * 20_000 + '\U0001f600"}').encode(),
+    "escaped emoji": b'["' + b"\\ud83d\\ude00" * 20_000 + b'"]',
+    "prose and one escaped emoji": b'["' + b"Paris. " * 20_000 + b'\\ud83d\\ude00"]',
+    "prose and one accent": ('["' + "Paris. " * 20_000 + '\u00e9"]').encode(),
+    "a chat answer": json.dumps(
+        {
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi."}}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
+        }
+    ).encode(),
+}
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_what_a_parsed_answer_takes_is_bounded_by_its_parsed_size(shape: str) -> None:
+    """What the JSON parser allocates for a body never goes past what is charged for it:
+    the shapes that cost the most per byte (25 times for ``{},``) as well as the usual."""
+    data = SHAPES[shape]
+    tracemalloc.start()
+    try:
+        parsed = json.loads(data)
+        _current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert parsed is not None
+    assert peak <= _whole.parsed_size(data)
+
+
+async def test_a_parsed_answer_is_charged_for_its_objects_before_it_is_parsed() -> None:
+    """A body small as bytes and large as objects is refused before it is parsed: the
+    bytes fit the budget, what parsing them would take does not."""
+    junk = SHAPES["empty objects"]
+    budget = AnswerBudget(len(junk) * 10)
+    with budget.charging():
+        with pytest.raises(AnswersOverBudgetError):
+            _whole.parse_whole(junk)
+        assert held(budget) == 0
+        answer = SHAPES["a chat answer"]
+        assert _whole.parse_whole(answer)["usage"]["total_tokens"] == 7
+        assert held(budget) == _whole.parsed_size(answer)  # until the block ends
     assert held(budget) == 0

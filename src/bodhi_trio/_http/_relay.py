@@ -33,7 +33,6 @@ time.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
@@ -42,8 +41,9 @@ from typing import TYPE_CHECKING, Any, final
 import attrs
 import trio
 
-from bodhi_trio._exceptions import BodhiError
+from bodhi_trio._exceptions import AnswersOverBudgetError, BodhiError
 from bodhi_trio._http._sse import error_event
+from bodhi_trio._transport._whole import parse_whole
 
 if TYPE_CHECKING:
     from bodhi_trio._transport._loopback import UpstreamResponse
@@ -58,6 +58,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger("bodhi_trio.relay")
+
+_ERROR_TEXT_BYTES = 4096
+"""The most of an error body that is not JSON (or too large to parse) an error event quotes."""
 
 
 @attrs.frozen
@@ -115,10 +118,10 @@ class Relay:
         head = self.head
         if head is not None and head.status != 200 and self.early:
             try:
-                upstream = json.loads(head.body)
+                upstream = parse_whole(head.body)
                 error = upstream["error"] if isinstance(upstream.get("error"), dict) else upstream
-            except (ValueError, AttributeError):
-                error = {"message": head.body.decode(errors="replace")}
+            except (ValueError, AttributeError, AnswersOverBudgetError):
+                error = {"message": head.body[:_ERROR_TEXT_BYTES].decode(errors="replace")}
             error.setdefault("type", "upstream_error")
             error.setdefault("code", head.status)
             return self.render_error(error)

@@ -82,6 +82,20 @@ def routed_headers(headers: Mapping[str, str]) -> dict[str, str]:
     return {name: headers[name] for name in names if name in headers}
 
 
+_ANSWER_TYPES = frozenset({"application/json", "text/event-stream", "text/plain"})
+"""What an inference route's answer may be, whoever answered (llama-server: JSON)."""
+
+
+def _answer_content_type(headers: Mapping[str, str]) -> str:
+    """The ``Content-Type`` of an upstream's whole answer, as we send it on: its own when
+    it is one an inference route gives; else ``text/plain``. A remote is anyone's server:
+    a ``text/html`` answer passed on would be a page of its making on our origin."""
+    declared = headers.get("content-type", "application/json")
+    if declared.partition(";")[0].strip().lower() in _ANSWER_TYPES:
+        return declared
+    return "text/plain; charset=utf-8"
+
+
 def _no_constant(name: str) -> float:
     raise ValueError(f"{name} is not JSON")  # Python's json accepts NaN and Infinity
 
@@ -208,7 +222,7 @@ class Routes:
         async with self.ctx.forward(endpoint, body) as response:
             content = await response.aread()
         note_usage(content)
-        content_type = response.headers.get("content-type", "application/json")
+        content_type = _answer_content_type(response.headers)
         headers = {"Content-Type": content_type, **routed_headers(response.headers)}
         return Reply(response.status_code, headers, content)
 
@@ -229,7 +243,7 @@ class Routes:
         head = relay.head
         routed = routed_headers(head.headers) if head is not None else {}
         if head is not None and head.status != 200:  # llama-server refused: byte for byte
-            content_type = head.headers.get("content-type", "application/json")
+            content_type = _answer_content_type(head.headers)
             return Reply(head.status, {"Content-Type": content_type, **routed}, head.body)
         # Answered (200), or still loading after the keep-alive interval: then the
         # client gets its 200 now, comments while it waits, and a later failure

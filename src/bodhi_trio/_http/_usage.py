@@ -17,14 +17,15 @@ __all__ = ["TAIL_BYTES", "note_usage", "tokens_in_tail"]
 TAIL_BYTES = 4096
 """How much of a response's end to keep for :func:`tokens_in_tail`."""
 
-# OpenAI's usage, then the Responses and Anthropic names, then llama-server's timings
+# OpenAI's usage, then the Responses and Anthropic names, then llama-server's timings.
+# A count of more than 9 digits is no count (a remote's answer is anyone's: 10**400 made
+# the request's record fail, 10**300 would have the token counter at infinity).
+_COUNT = rb'"%s":\s*(\d{1,9})(?![\d.eE])'
 _COMPLETION = tuple(
-    re.compile(rb'"%s":\s*(\d+)' % name)
-    for name in (b"completion_tokens", b"output_tokens", b"predicted_n")
+    re.compile(_COUNT % name) for name in (b"completion_tokens", b"output_tokens", b"predicted_n")
 )
 _PROMPT = tuple(
-    re.compile(rb'"%s":\s*(\d+)' % name)
-    for name in (b"prompt_tokens", b"input_tokens", b"prompt_n")
+    re.compile(_COUNT % name) for name in (b"prompt_tokens", b"input_tokens", b"prompt_n")
 )
 
 

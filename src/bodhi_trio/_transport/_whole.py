@@ -18,9 +18,10 @@ wait on another doing the same.
 from __future__ import annotations
 
 import contextvars
+import json
 from collections.abc import AsyncIterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from typing import final
+from typing import Any, final
 
 import attrs
 
@@ -31,6 +32,8 @@ __all__ = [
     "MAX_ANSWER_BYTES",
     "AnswerBudget",
     "AnswerBudgetStatistics",
+    "parse_whole",
+    "parsed_size",
     "read_whole",
     "uncharged",
 ]
@@ -176,3 +179,44 @@ async def read_whole(pieces: AsyncIterable[bytes], peer: str) -> bytes:
             charge.give_back(sum(map(len, parts)))
         raise
     return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def parsed_size(data: bytes) -> int:
+    """About the most memory parsing ``data`` as JSON takes, beyond ``data`` itself.
+
+    Parsed, JSON takes more than its bytes, and how much more depends on its tokens (each
+    bound here measured with ``tracemalloc``, tests/transport/test_whole.py): the text
+    decoded whole and each string built in pieces (twice the bytes for ASCII prose; 8
+    times for prose with one emoji, whose text Python then keeps in 4 bytes a
+    character), an object 64-232 bytes (25 times its bytes for a body of ``{},``), a list
+    56-96, every value a pointer in its container and, but for the smallest, an object of
+    its own (a float 24, a string 49 and its characters), every key an entry in its
+    object. One count per kind of token (``bytes.count``, a pass at memory speed) bounds
+    it for any body.
+    """
+    count = data.count
+    plain = data.isascii() and not count(b"\\u")  # 1 byte a character, decoded and parsed
+    return (
+        (len(data) * 9 // 4 if plain else len(data) * 9)
+        + 232 * count(b"{")
+        + 96 * count(b"[")
+        + 48 * count(b",")
+        + 64 * count(b":")
+        + 32 * count(b'"')
+    )
+
+
+def parse_whole(data: bytes) -> Any:
+    """``data``, an answer read whole, parsed as JSON, once what parsing it may take
+    (:func:`parsed_size`) is charged to the current :meth:`AnswerBudget.charging` block,
+    beside the answer's bytes, until that block ends. A body built to be small as bytes and
+    large as objects (a remote's, someone else's) is then refused before it is parsed.
+
+    Raises:
+        AnswersOverBudgetError: The parsed answer would go past the budget (503).
+        ValueError: ``data`` is not JSON.
+    """
+    charge = _current_charge.get()
+    if charge is not None:
+        charge.take(parsed_size(data))
+    return json.loads(data)

@@ -6,7 +6,6 @@ renders every error under Ollama's paths with :func:`ollama_error`.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,6 +16,7 @@ from bodhi_trio._exceptions import (
     UpstreamError,
 )
 from bodhi_trio._http._routes import Reply
+from bodhi_trio._transport._whole import parse_whole
 
 __all__ = [
     "OLLAMA_JSON",
@@ -30,6 +30,9 @@ __all__ = [
 
 OLLAMA_JSON = {"Content-Type": "application/json; charset=utf-8"}
 """The content type of Ollama's whole (not streamed) answers and errors."""
+
+_ERROR_TEXT_BYTES = 4096
+"""The most of an error body that is not JSON an error quotes."""
 
 
 def is_ollama_path(path: str) -> bool:
@@ -52,12 +55,13 @@ def ollama_error(
 
 def upstream_refusal(status: int, body: bytes) -> Reply:
     """llama-server refused (a 4xx/5xx before any byte): its message, Ollama's shape."""
+    text = body[:_ERROR_TEXT_BYTES].decode(errors="replace")
     try:
-        parsed = json.loads(body)
+        parsed = parse_whole(body)
         error = parsed.get("error", parsed) if isinstance(parsed, dict) else parsed
-        message = error.get("message", body.decode()) if isinstance(error, dict) else error
-    except (ValueError, UnicodeDecodeError):
-        message = body.decode(errors="replace")
+        message = error.get("message", text) if isinstance(error, dict) else error
+    except ValueError:  # not JSON (UnicodeDecodeError is one)
+        message = text
     return ollama_json({"error": str(message) or f"llama-server answered {status}"}, status)
 
 
@@ -77,7 +81,7 @@ def ollama_json(value: object, status: int = 200) -> Reply:
 def json_answer(status: int, content: bytes) -> dict[str, Any]:
     """llama-server's whole answer, a JSON object. Raises UpstreamError if it is not one."""
     try:
-        answer = json.loads(content)
+        answer = parse_whole(content)
     except ValueError as exc:
         raise UpstreamError(f"llama-server answered {status} with a body that is not JSON") from exc
     if not isinstance(answer, dict):

@@ -23,9 +23,12 @@ from typing import Any, Literal, final
 
 import attrs
 
+from bodhi_trio._exceptions import UpstreamError
 from bodhi_trio._http._sse import compact_json
 
 __all__ = [
+    "MAX_TOOL_CALLS",
+    "MAX_TOOL_CALL_BYTES",
     "Metrics",
     "StreamTranslator",
     "chat_answer",
@@ -224,6 +227,28 @@ def normalized(vector: Sequence[float]) -> list[float]:
     return [x / norm for x in vector] if norm > 0 else list(vector)
 
 
+MAX_TOOL_CALLS = 128
+"""Tool calls one streamed answer may make (llama-server's models make a few)."""
+
+MAX_TOOL_CALL_BYTES = 1024 * 1024
+"""Characters of the names and arguments of a streamed answer's tool calls together: they
+are kept until the choice finishes, then the arguments parsed (up to 30 times their size)."""
+
+
+@attrs.define
+class _GatheredCall:
+    """One tool call of a stream, as its fragments arrive."""
+
+    id: str | None = None
+    name: list[str] = attrs.field(factory=list)
+    arguments: list[str] = attrs.field(factory=list)
+
+    def as_openai(self) -> dict[str, Any]:
+        """The whole call, as OpenAI's non-streamed answer has it."""
+        function = {"name": "".join(self.name), "arguments": "".join(self.arguments)}
+        return {"id": self.id, "function": function}
+
+
 @final
 @attrs.define
 class StreamTranslator:
@@ -244,7 +269,8 @@ class StreamTranslator:
     kind: Kind
     metrics: Metrics
     done_reason: str = "stop"
-    _calls: dict[int, dict[str, Any]] = attrs.field(factory=dict)
+    _calls: dict[int, _GatheredCall] = attrs.field(factory=dict)
+    _call_bytes: int = 0  # the characters of every call's name and arguments so far
     # A token's line around its time and its text (see lines()).
     _line_head: str = attrs.field(init=False)
     _line_middle: str = attrs.field(init=False)
@@ -313,30 +339,44 @@ class StreamTranslator:
         if choice.get("finish_reason") is not None:
             self.done_reason = _done_reason(choice["finish_reason"])
             if self._calls and self.kind == "chat":
-                calls = [self._calls[i] for i in sorted(self._calls)]
+                calls = [self._calls[i].as_openai() for i in sorted(self._calls)]
                 self._calls = {}
                 out.append(self._object("", tool_calls=ollama_tool_calls(calls)))
         return out
 
     def _gather_calls(self, fragments: object) -> None:
+        """Add a delta's tool-call fragments to the calls they continue.
+
+        Raises:
+            UpstreamError: The answer's calls went past :data:`MAX_TOOL_CALLS` or
+                :data:`MAX_TOOL_CALL_BYTES` (kept until the choice finishes, they would
+                otherwise grow without bound).
+        """
         if not isinstance(fragments, list):
             return
         for fragment in fragments:
             if not isinstance(fragment, Mapping):
                 continue
             index = fragment.get("index", len(self._calls))
-            call = self._calls.setdefault(
-                index if isinstance(index, int) else len(self._calls),
-                {"id": None, "function": {"name": "", "arguments": ""}},
-            )
+            key = index if isinstance(index, int) else len(self._calls)
+            call = self._calls.get(key)
+            if call is None:
+                if len(self._calls) >= MAX_TOOL_CALLS:
+                    raise UpstreamError(f"the answer makes more than {MAX_TOOL_CALLS} tool calls")
+                call = self._calls[key] = _GatheredCall()
             if isinstance(fragment.get("id"), str):
-                call["id"] = fragment["id"]
+                call.id = fragment["id"]
             function = fragment.get("function")
             if isinstance(function, Mapping):
-                if isinstance(function.get("name"), str):
-                    call["function"]["name"] += function["name"]
-                if isinstance(function.get("arguments"), str):
-                    call["function"]["arguments"] += function["arguments"]
+                for field, parts in (("name", call.name), ("arguments", call.arguments)):
+                    if isinstance(text := function.get(field), str):
+                        self._call_bytes += len(text)
+                        if self._call_bytes > MAX_TOOL_CALL_BYTES:
+                            raise UpstreamError(
+                                "the answer's tool calls are longer than"
+                                f" {MAX_TOOL_CALL_BYTES} characters"
+                            )
+                        parts.append(text)
 
     def last(self, now_ns: int) -> dict[str, Any]:
         """The ``done: true`` object that ends the stream."""

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, final
 
 import attrs
 
+from bodhi_trio._exceptions import UpstreamError
 from bodhi_trio._http._chunk_writer import ChunkWriter, TranslatingChunkWriter
 from bodhi_trio._http._sse import compact_json
 
@@ -46,10 +47,12 @@ __all__ = ["MAX_EVENT_BYTES", "NDJSON_HEADERS", "NdjsonBody", "error_line", "eve
 
 logger = logging.getLogger("bodhi_trio.ollama")
 
-MAX_EVENT_BYTES = 16 * 1024 * 1024
+MAX_EVENT_BYTES = 1024 * 1024
 """The most an unfinished event may hold: a server that never ends its event (no blank
 line) would otherwise have its bytes pile up without bound; the stream ends with an
-error line instead."""
+error line instead. An event is parsed whole, which takes up to 30 times its bytes (an
+event of ``{},`` alone), so the bound is kept well above llama-server's largest events
+(a token with its log-probabilities: kilobytes) and well below what that costs."""
 
 NDJSON_HEADERS: Mapping[str, str] = {
     "Content-Type": "application/x-ndjson",
@@ -128,14 +131,25 @@ class NdjsonBody:
         while not self._ended:
             try:
                 piece = await self.inner.__anext__()
-            except StopAsyncIteration:
-                self._ended = True  # the relay let go of the model: the last object
-                last = self.translator.last(time.perf_counter_ns())
-                return (compact_json(last) + "\n").encode()
-            lines = self._lines(piece)
+            except StopAsyncIteration:  # the relay let go of the model
+                return self._last_line()
+            lines = self.translate(piece)
             if lines:
                 return lines
         raise StopAsyncIteration
+
+    def _last_line(self) -> bytes:
+        """The ``done: true`` object's line, once the relay's body ended; none when an
+        error line, written by the relay's loop as the stream went, was the last.
+
+        Raises:
+            StopAsyncIteration: That error line ended the stream.
+        """
+        if self._ended:
+            raise StopAsyncIteration
+        self._ended = True
+        last = self.translator.last(time.perf_counter_ns())
+        return (compact_json(last) + "\n").encode()
 
     def translate(self, piece: bytes) -> bytes:
         """The lines for the events ``piece`` completes (``b""``: none, or the stream has
@@ -159,7 +173,12 @@ class NdjsonBody:
                 self._ended = True
                 lines.append(error_line(chunk["error"]))
                 break
-            lines.extend(self.translator.lines(chunk))
+            try:
+                lines.extend(self.translator.lines(chunk))
+            except UpstreamError as exc:  # past a bound of what the translation keeps
+                self._ended = True
+                lines.append(error_line(str(exc)))
+                break
         if not self._ended and len(self._buffer) > MAX_EVENT_BYTES:
             self._ended = True
             self._buffer = b""
