@@ -191,7 +191,7 @@ def parsed_size(data: bytes) -> int:
     character), an object 64-232 bytes (25 times its bytes for a body of ``{},``), a list
     56-96, every value a pointer in its container and, but for the smallest, an object of
     its own (a float 24, a string 49 and its characters), every key an entry in its
-    object. One count per kind of token (``bytes.count``, a pass at memory speed) bounds
+    object. One count per kind of token (``bytes.count``: an eighth of the parse) bounds
     it for any body.
     """
     count = data.count
