@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from bodhi_trio._config._aliases import Alias
+from httpserver import running_server
+from remote_stub import RemoteStub, Script, Transport, remote_stub
 
 USER = [{"role": "user", "content": "hello"}]
 EVENTS = [
@@ -76,3 +81,19 @@ def local_embedder(name: str, *params: str, fallback: tuple[str, ...] = ()) -> A
         },
         source="t",
     )
+
+
+@asynccontextmanager
+async def serving_far(
+    script: Script, home: Path, hub_cache: Path, transport: Transport | None = None, **env: str
+) -> AsyncIterator[tuple[RemoteStub, str, httpx.AsyncClient]]:
+    """A stub remote answering by ``script``, a server whose alias ``far`` is that remote
+    (``env``: the server's settings), and a client: ``(stub, server URL, client)``."""
+    tls, fields = (transport.ssl_context, transport.fields) if transport else (None, {})
+    async with remote_stub(script, ssl_context=tls) as stub:
+        far = remote_alias("far", stub.base_url, **fields)
+        async with (
+            running_server(home, hub_cache, aliases=(far,), shutdown_grace=2.0, **env) as server,
+            httpx.AsyncClient(timeout=20) as http,
+        ):
+            yield stub, server.url, http

@@ -10,7 +10,15 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
-from remote_helpers import EVENTS, chat, data_events, error_of, remote_alias, stream_body
+from remote_helpers import (
+    EVENTS,
+    chat,
+    data_events,
+    error_of,
+    remote_alias,
+    serving_far,
+    stream_body,
+)
 
 from bodhi_trio._transport import _whole
 from httpserver import running_server
@@ -118,14 +126,9 @@ async def test_an_answer_too_large_to_read_whole_is_a_502(
     monkeypatch.setattr(_whole, "MAX_ANSWER_BYTES", 1000)
     big = Script(body=b'{"pad":"' + b"x" * 5000 + b'"}')
     with trio.fail_after(15):
-        async with remote_stub(big, ssl_context=transport.ssl_context) as stub:
-            far = remote_alias("far", stub.base_url, **transport.fields)
-            async with (
-                running_server(tmp_path, hub_cache, aliases=(far,)) as server,
-                httpx.AsyncClient(timeout=10) as http,
-            ):
-                response = await http.post(server.url + "/v1/chat/completions", json=chat("far"))
-                again = await http.post(server.url + "/v1/chat/completions", json=chat("far"))
+        async with serving_far(big, tmp_path, hub_cache, transport) as (_stub, url, http):
+            response = await http.post(url + "/v1/chat/completions", json=chat("far"))
+            again = await http.post(url + "/v1/chat/completions", json=chat("far"))
     assert response.status_code == 502
     assert "is larger than 1000 bytes" in response.json()["error"]["message"]
     assert again.status_code == 502  # the limit holds for every answer, not only the first
