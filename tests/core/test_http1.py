@@ -57,11 +57,34 @@ def test_only_one_whole_chunk_with_a_payload_is_whole(data: bytes) -> None:
     assert ChunkedDecoder().whole_chunk(data) == 0
 
 
+@pytest.mark.parametrize(
+    ("data", "payload"),
+    [
+        (b"5\r\nhello\r\n", b"hello"),
+        (b"5\r\nhello\r\n5\r\nworld\r\n", b"helloworld"),
+        (b"5\r\nhello\r\n4\r\na\r\nb\r\n0004\r\n\r\n\r\n\r\n", b"helloa\r\nb\r\n\r\n"),
+        (b"5\r\nhello\r\n0\r\n\r\n", None),  # the last chunk: the decoder must see it
+        (b"5\r\nhello\r\n5\r\nwor", None),  # cut
+        (b"5\r\nhello\r\n5;x=1\r\nworld\r\n", None),  # an extension
+        (b"5\r\nhello\r\nworld", None),  # not a size line
+        (b"5\r\nhellox\r\n", None),  # a payload longer than its size
+        (b"", None),
+    ],
+)
+def test_a_run_of_whole_chunks_gives_its_payload(data: bytes, payload: bytes | None) -> None:
+    """Tokens that piled up in one read, handed on framed as they came: only a run of
+    whole chunks with payloads, else the decoder's way."""
+    assert ChunkedDecoder().whole_chunks(data) == payload
+    if payload is not None:
+        assert ChunkedDecoder().feed(data) == payload
+
+
 def test_a_read_that_looks_whole_mid_chunk_is_not() -> None:
     decoder = ChunkedDecoder()
     assert decoder.feed(b"a\r\nab") == b"ab"  # 8 of the chunk's 10 bytes still to come
     looks_whole = b"3\r\nxyz\r\n"  # ... and they happen to read like a chunk
     assert decoder.whole_chunk(looks_whole) == 0
+    assert decoder.whole_chunks(looks_whole + looks_whole) is None
     assert decoder.feed(looks_whole) == looks_whole[:8]
     assert decoder.feed(b"\r\n0\r\n\r\n") == b""
     assert decoder.done

@@ -72,22 +72,42 @@ async def test_a_stream_parks_only_once_its_pace_is_steady(
 ) -> None:
     """One read that had to wait does not make a stream the hub's (a fast stream's would
     go to the thread and straight back): its own loop writes ``TAKES_AFTER`` paced tokens
-    whole in a row first, and again after a read of several events sent it back."""
+    whole in a row first, and again after a chunk cut across reads sent it back."""
     steady = TAKES_AFTER
     assert steady >= 2  # one wait, or two, is no pace
-    events = [b'data: {"n": %d}\n\n' % n for n in range(2 * steady + 7)]
+    events = [b'data: {"n": %d}\n\n' % n for n in range(2 * steady + 6)]
     first = events[: steady + 4]  # with the head; learning the pace; its own `steady`; 2 hub
-    batched = chunk(events[steady + 4]) + chunk(events[steady + 5])  # back to its own loop
-    again = [chunk(event) for event in events[steady + 6 :]]  # its own `steady`, then 1 hub
+    cut = chunk(events[steady + 4])
+    split = [cut[:5], cut[5:]]  # back to its own loop
+    again = [chunk(event) for event in events[steady + 5 :]]  # its own `steady`, then 1 hub
     hub = RelayHub()
     sink = Sink()
     with wall_deadline(10):
         async with trio.open_nursery() as nursery:
             await nursery.start(hub.serve)
-            async with paced_response(mock_clock, first, [batched, *again, END], hub) as response:
+            async with paced_response(mock_clock, first, [*split, *again, END], hub) as response:
                 await response.relay_to(sink, hub)
             assert hub.statistics() == RelayHubStatistics(parked=0, relayed=3)
             nursery.cancel_scope.cancel()
+    assert written(sink.calls) == b"".join(events)
+
+
+async def test_tokens_that_piled_up_stay_in_the_hub(mock_clock: trio.testing.MockClock) -> None:
+    """A read of several whole chunks (tokens that came while the hub or the stream was
+    busy) is written as it came, in one write, and the stream stays parked: sent back to
+    its own loop, it would write ``TAKES_AFTER`` tokens there before parking again."""
+    events = [b'data: {"n": %d}\n\n' % n for n in range(11)]
+    first = events[:7]  # with the head; learning the pace; 5 to the hub
+    piled = b"".join(chunk(event) for event in events[7:10])
+    sink = Sink()
+    with wall_deadline(10):
+        async with (
+            serving_hub() as hub,
+            paced_response(mock_clock, first, [piled, chunk(events[10]) + END], hub) as response,
+        ):
+            await response.relay_to(sink, hub)
+            assert hub.statistics() == RelayHubStatistics(parked=0, relayed=5 + 1)
+    assert sink.calls[-2:] == [("chunk", piled), ("payload", events[10])]
     assert written(sink.calls) == b"".join(events)
 
 
@@ -132,8 +152,8 @@ class SocketSink(Sink):
     def fileno(self) -> int:
         return self.number
 
-    def write_chunk_now(self, chunk: bytes, size: int, fd: int = -1) -> bytes | None:
-        return chunk[os.write(fd if fd >= 0 else self.number, chunk) :]
+    def write_chunk_now(self, chunks: bytes, payload: bytes, fd: int = -1) -> bytes | None:
+        return chunks[os.write(fd if fd >= 0 else self.number, chunks) :]
 
 
 async def test_a_client_socket_closed_under_the_hub_never_gets_another_clients_token(

@@ -50,23 +50,34 @@ class Sink:
     def fileno(self) -> int:
         return _NOWHERE
 
-    def write_chunk_now(self, chunk: bytes, size: int, fd: int = -1) -> bytes | None:
-        assert size == len(chunk) - chunk.index(b"\r\n") - 4
+    def write_chunk_now(self, chunks: bytes, payload: bytes, fd: int = -1) -> bytes | None:
+        assert payload == unframed(chunks)
         if self.take is not None and self.take < 0:
             return None
-        taken = chunk if self.take is None else chunk[: self.take]
+        taken = chunks if self.take is None else chunks[: self.take]
         self.calls.append(("chunk", taken))
-        return chunk[len(taken) :]
+        return chunks[len(taken) :]
 
     async def write_rest(self, rest: bytes) -> None:
         self.calls.append(("rest", rest))
+
+
+def unframed(chunks: bytes) -> bytes:
+    """The payload of a run of whole chunks."""
+    payload = b""
+    while chunks:
+        eol = chunks.index(b"\r\n")
+        start = eol + 2
+        stop = start + int(chunks[:eol], 16)
+        payload, chunks = payload + chunks[start:stop], chunks[stop + 2 :]
+    return payload
 
 
 def written(calls: list[tuple[str, bytes]]) -> bytes:
     """The payload that reached the sink, whichever way."""
     out = b""
     for way, data in calls:
-        out += data if way == "payload" else data[data.index(b"\r\n") + 2 : -2]
+        out += data if way == "payload" else unframed(data)
     return out
 
 
@@ -285,9 +296,9 @@ class TimedSink(Sink):
         self.times.append(round(trio.current_time(), 6))
         await super().__call__(payload)
 
-    def write_chunk_now(self, chunk: bytes, size: int, fd: int = -1) -> bytes | None:
+    def write_chunk_now(self, chunks: bytes, payload: bytes, fd: int = -1) -> bytes | None:
         self.times.append(round(trio.current_time(), 6))
-        return super().write_chunk_now(chunk, size, fd)
+        return super().write_chunk_now(chunks, payload, fd)
 
 
 async def test_the_spliced_relay_keeps_alive_only_after_a_whole_silent_interval(

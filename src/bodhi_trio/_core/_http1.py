@@ -176,6 +176,29 @@ class ChunkedDecoder:
                 return eol + 2
         return 0
 
+    def whole_chunks(self, data: bytes) -> bytes | None:
+        """The payload of ``data`` if it is a run of whole chunks with payloads (each as
+        :meth:`whole_chunk` says of one) and the decoder is between chunks; else None.
+        Such a read needs no feeding either: a model's tokens that piled up while the
+        relay was busy (two or three events in one read) are handed on framed as they
+        came, as one token is.
+        """
+        if self._buf or self._need or self._crlf or self._trailer:
+            return None
+        payloads: list[bytes] = []
+        position, end = 0, len(data)
+        while position < end:
+            eol = data.find(b"\r\n", position)
+            if eol <= position or _HEX.fullmatch(data, position, eol) is None:
+                return None
+            start = eol + 2
+            stop = start + int(data[position:eol], 16)
+            if stop == start or data[stop : stop + 2] != b"\r\n":  # the last chunk; or cut
+                return None
+            payloads.append(data[start:stop])
+            position = stop + 2
+        return b"".join(payloads) if payloads else None
+
     def feed(self, data: bytes) -> bytes:
         """Decode ``data`` (the next bytes received); return the payload in it.
 

@@ -107,17 +107,17 @@ class ChunkWriter:
             return -1
         return self._fd
 
-    def write_chunk_now(self, chunk: bytes, size: int, fd: int = -1) -> bytes | None:
-        """Write ``chunk`` (a whole chunk carrying ``size`` payload bytes) as it is, as far
-        as the socket takes it at once: to ``fd`` (the relay hub's copy of the socket, in
-        the hub's thread) if given. Returns what is left of it (``b""``: nothing;
+    def write_chunk_now(self, chunks: bytes, payload: bytes, fd: int = -1) -> bytes | None:
+        """Write ``chunks`` (whole chunks carrying ``payload``) as they are, as far as the
+        socket takes them at once: to ``fd`` (the relay hub's copy of the socket, in the
+        hub's thread) if given. Returns what is left of them (``b""``: nothing;
         :meth:`write_rest` writes the rest), or None when chunks are not written here
         (``__call__`` then)."""
         stream = self._stream  # takes_chunks() inlined: this runs per token
         framed = self._chunked and not stream.closed and stream.state is _RESPONSE
         if not framed and not self._framed_here():
             return None
-        return self.write_framed_now(chunk, size, fd)
+        return self.write_framed_now(chunks, len(payload), fd)
 
     def takes_chunks(self) -> bool:
         """Whether :meth:`write_framed_now` may write now (the response frames chunks here
@@ -177,15 +177,15 @@ class TranslatingChunkWriter:
         """The writer's :meth:`ChunkWriter.fileno`."""
         return self._writer.fileno()
 
-    def write_chunk_now(self, chunk: bytes, size: int, fd: int = -1) -> bytes | None:
-        """Translate the payload of ``chunk`` (a whole chunk carrying ``size`` bytes) and
-        write the result, one chunk, as far as the socket takes it at once (to ``fd`` if
-        given). Returns the rest of that chunk (``b""``: all written, or nothing to
-        write), or None, nothing translated, when the writer does not write chunks now."""
+    def write_chunk_now(self, chunks: bytes, payload: bytes, fd: int = -1) -> bytes | None:
+        """Translate ``payload`` (of the whole chunks ``chunks``) and write the result,
+        one chunk, as far as the socket takes it at once (to ``fd`` if given). Returns the
+        rest of that chunk (``b""``: all written, or nothing to write), or None, nothing
+        translated, when the writer does not write chunks now."""
         writer = self._writer
         if not writer.takes_chunks():
             return None
-        translated = self._translate(chunk[len(chunk) - 2 - size : -2])
+        translated = self._translate(payload)
         if not translated:
             return b""
         size = len(translated)

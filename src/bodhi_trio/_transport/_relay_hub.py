@@ -10,9 +10,9 @@ the tokens go past the run loop: a stream's task parks its sockets here
 (registered once, level-triggered), reads every ready socket and writes each token
 straight to its client (:meth:`HTTPResponse.relay_read
 <bodhi_trio._transport._response.HTTPResponse.relay_read>`, the same step the stream's own
-loop takes). Only what is not a lone whole chunk the client takes at once (a split or
-batched read, the end, a client that is not keeping up, an error) wakes the stream's task,
-which does it the usual way and parks again.
+loop takes). Only what is not a run of whole chunks (one, as a rule) the client takes at
+once (a chunk split across reads, the end, a client that is not keeping up, an error)
+wakes the stream's task, which does it the usual way and parks again.
 
 The thread never touches a socket number the run loop owns: a parked stream gives the hub
 copies of its two sockets (``os.dup``), which the hub closes when the stream leaves. A

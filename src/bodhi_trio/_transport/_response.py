@@ -39,11 +39,11 @@ class ChunkSink(Protocol):
         """Write ``payload`` (framed by the sink), whole; never cut by a cancellation."""
         ...
 
-    def write_chunk_now(self, chunk: bytes, size: int, fd: int = -1, /) -> bytes | None:
-        """Take ``chunk``, one whole chunk of chunked framing carrying ``size`` payload
-        bytes, if the sink can at once, and write it (or what the sink makes of its
-        payload) as far as the socket takes it: to ``fd``, a copy of :meth:`fileno` the
-        relay hub holds, if given. Returns what is left to write (``b""``: nothing;
+    def write_chunk_now(self, chunks: bytes, payload: bytes, fd: int = -1, /) -> bytes | None:
+        """Take ``chunks``, one or more whole chunks of chunked framing whose payload is
+        ``payload``, if the sink can at once, and write them (or what the sink makes of
+        the payload) as far as the socket takes it: to ``fd``, a copy of :meth:`fileno`
+        the relay hub holds, if given. Returns what is left to write (``b""``: nothing;
         :meth:`write_rest` writes the rest), or None: nothing taken (the sink cannot take
         framed chunks now: the payload goes to ``__call__``)."""
         ...
@@ -166,12 +166,12 @@ class HTTPResponse:
         costs per token (measured: the iterator, the connection's read and the decoder
         each cost more than the read itself at 256 streams). A paced read that holds
         exactly one whole chunk, as llama-server writes an event, goes to the sink framed
-        as it came (:meth:`relay_read`); anything else (the bytes that came with the head,
-        a fast stream read first, a chunk split across reads, the end) goes the iterator's
-        way. With a serving ``hub``, paced reads are the hub's (:mod:`._relay_hub`: one
-        thread for the tokens of every stream, past the run loop) once this loop wrote
-        ``hub.takes_after`` paced tokens whole in a row, and this loop wakes only for the
-        rest.
+        as it came (:meth:`relay_read`; so does one that holds a run of whole chunks);
+        anything else (the bytes that came with the head, a fast stream read first, a
+        chunk split across reads, the end) goes the iterator's way. With a serving
+        ``hub``, paced reads are the hub's (:mod:`._relay_hub`: one thread for the tokens
+        of every stream, past the run loop) once this loop wrote ``hub.takes_after`` paced
+        tokens whole in a row, and this loop wakes only for the rest.
 
         Raises:
             UpstreamError: The connection broke or was aborted, or the framing was
@@ -225,9 +225,10 @@ class HTTPResponse:
 
     def relay_read(self, data: bytes, sink: ChunkSink, fd: int = -1) -> bytes | None:
         """One paced read's ``data``: written to ``sink`` framed as it came if it is one
-        whole chunk the sink takes framed (to ``fd``, the relay hub's copy of the sink's
-        socket, if given); else kept for the iterator's way (a split or batched read, the
-        end, a sink that frames it itself). Notes the time, whether the read was paced (it
+        whole chunk, or a run of them (tokens that piled up), and the sink takes them
+        framed (to ``fd``, the relay hub's copy of the sink's socket, if given); else kept
+        for the iterator's way (a chunk split across reads, the end, a sink that frames
+        it itself). Notes the time, whether the read was paced (it
         came over ``PACED_WAIT`` after the last piece), and the piece. For a stream
         parked in the relay hub this runs in the hub's thread: nothing here (or in the
         sink's ``write_chunk_now``) may call into Trio or wait.
@@ -242,12 +243,14 @@ class HTTPResponse:
         self.handed_at = arrived = connection.clock.current_time()
         connection.paced = arrived - waited_from > PACED_WAIT
         decoder = self._body.chunked
-        start = decoder.whole_chunk(data) if decoder is not None else 0
-        if start:
-            rest = sink.write_chunk_now(data, len(data) - start - 2, fd)
-            if rest is not None:
-                self.tail.append(data[start:-2])
-                return rest
+        if decoder is not None:
+            start = decoder.whole_chunk(data)  # one token: the usual read
+            payload = data[start:-2] if start else decoder.whole_chunks(data)
+            if payload is not None:
+                rest = sink.write_chunk_now(data, payload, fd)
+                if rest is not None:
+                    self.tail.append(payload)
+                    return rest
         self._pending = data
         if not data:  # closed: the iterator's read finds it again, and says why
             connection.paced = False
