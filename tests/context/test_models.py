@@ -89,6 +89,34 @@ async def test_with_every_model_busy_a_load_waits_for_one_to_drain(
         assert {s.alias for s in h.launcher.alive.values()} == {"b", "c"}
 
 
+async def test_with_every_model_busy_the_first_to_become_idle_goes(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """SPEC §10: with none idle, the load waits for one to become idle. It took the least
+    recently used busy model's write side at once: its stream was cut at the drain
+    timeout while another model had been idle for most of it (the probe: a request for a
+    third alias, even one its client left at once, cut a busy model's stream)."""
+    async with harness(tmp_path, BODHI_MAX_LOADED_MODELS="2") as h:
+        await h.chat("a")
+        await h.chat("b")
+        done: dict[str, float] = {}
+
+        async def stream(alias: str, seconds: int) -> None:
+            chunks = await h.stream(alias, seconds * 2, 0.5)
+            assert chunks[-1] == b"data: [DONE]\n\n"  # never cut
+            done[alias] = trio.current_time()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stream, "a", 40)  # the least recently used, busy longest
+            await h.ctx.wait_state(lambda s: s.in_flight == 1)
+            nursery.start_soon(stream, "b", 5)
+            await h.ctx.wait_state(lambda s: s.in_flight == 2)
+            await h.chat("c")
+            done["c"] = trio.current_time()
+        assert done["b"] <= done["c"] < done["a"]
+        assert {s.alias for s in h.launcher.alive.values()} == {"a", "c"}
+
+
 async def test_a_budget_for_one_model_swaps_them(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:

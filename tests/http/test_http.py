@@ -21,6 +21,7 @@ from bodhi_trio._config._aliases import Alias
 from bodhi_trio._config._demo import DEMO_ALIAS, DEMO_FILENAME, DEMO_REPO
 from bodhi_trio._config._settings import load_settings
 from bodhi_trio._core._address import Address
+from bodhi_trio._http import _event_streams
 from bodhi_trio._http._serve import prepare_demo
 from bodhi_trio._transport._loopback import UpstreamPool, send_upstream
 from httpserver import child_address, one_model, running_server
@@ -307,6 +308,33 @@ async def test_events_stream_shows_load_and_stop(tmp_path: Path, hub_cache: Path
     kinds = [json.loads(s.removeprefix("data: "))["event"] for s in seen if s.startswith("data: ")]
     assert kinds == ["loading", "start", "stop"]
     assert ": keep-alive" in seen
+
+
+async def test_event_streams_are_bounded_and_give_back_their_place(
+    tmp_path: Path, hub_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every open event stream costs every request a delivery (the probe: 2,000 streams
+    never read took the server from 329 to 3 requests a second): past the limit (here 2)
+    a new one is 503 with ``Retry-After``, and a stream that ends gives its place back."""
+    monkeypatch.setattr(_event_streams, "MAX_EVENT_STREAMS", 2)
+    with trio.fail_after(30):
+        async with (
+            running_server(tmp_path, hub_cache) as server,
+            httpx.AsyncClient(base_url=server.url, timeout=10) as client,
+            client.stream("GET", "/bodhi/v1/events") as first,
+        ):
+            async with client.stream("GET", "/bodhi/v1/events") as second:
+                assert (first.status_code, second.status_code) == (200, 200)
+                refused = await client.get("/bodhi/v1/events")
+            statuses: list[int] = []
+            with trio.fail_after(5):  # the second's end is seen once its connection closes
+                while not statuses or statuses[-1] != 200:
+                    async with client.stream("GET", "/bodhi/v1/events") as again:
+                        statuses.append(again.status_code)
+    assert refused.status_code == 503
+    assert refused.headers["retry-after"] == "5"
+    assert "event streams are open" in refused.json()["error"]["message"]
+    assert set(statuses[:-1]) <= {503}
 
 
 @REAL

@@ -40,6 +40,7 @@ from bodhi_trio._core._state import (
 )
 from bodhi_trio._exceptions import BodhiError, InvalidRequestError
 from bodhi_trio._llama._media_urls import refuse_fetched_media, refuse_fetched_media_in
+from bodhi_trio._llama._request_fields import guard_request_fields
 
 if TYPE_CHECKING:
     import trio
@@ -237,7 +238,8 @@ class SharedContext:
         Raises:
             InvalidRequestError: A media part names an ``http(s)`` URL, which
                 llama-server would fetch itself (``_llama/_media_urls``; remote
-                aliases take them).
+                aliases take them), or a field would make it abort
+                (``_llama/_request_fields``; penalty windows are cut, not refused).
             BodhiError: Unknown alias (404), missing model file (404), too many
                 requests for it (429 ``server_busy``), larger than the memory budget
                 (503 ``insufficient_memory``), startup failure (500), llama-server
@@ -272,7 +274,7 @@ class SharedContext:
         """Send ``request`` to ``alias``'s child, loading it first: the one way a body
         reaches a local child (a fallback chain's local target comes here too)."""
         refuse_fetched_media(request)  # llama-server would fetch an http(s) image itself
-        body = encode_request(request)
+        body = encode_request(guard_request_fields(request))  # fields it would abort on
         async with (
             self._scheduler.serving(alias, keep_alive=keep_alive) as slot,
             self._sender.send(slot.server.address, endpoint, body) as response,

@@ -8,8 +8,9 @@ measured RSS) stays within the budget. To make room, the least recently used
 model with nothing in flight or waiting is evicted; if none is idle, the least
 recently used one is: its write side is taken at once, so new requests for it
 queue behind the eviction, and the load waits while its responses drain (up to
-the drain timeout; the rest then end with an error). A model larger than the
-whole budget is refused at once.
+the drain timeout; the rest then end with an error), unless another model becomes
+idle meanwhile, which then goes instead (the drain is given up: nothing is cut). A
+model larger than the whole budget is refused at once.
 """
 
 from __future__ import annotations
@@ -103,6 +104,30 @@ class Admission:
         ]
         return sorted(candidates, key=lambda m: m.last_used)
 
+    async def _evict_busy(self, model: ModelSlot, victim: ModelSlot, reason: str) -> None:
+        """Evict ``victim``, busy, for ``model``; but should another model become idle
+        while ``victim`` drains (or room appear), give the eviction up (its queued requests
+        go on) and return, for the caller to look again: that one goes instead, and
+        nothing is cut. Once the write side is held, the eviction completes.
+
+        Cancellation: as :meth:`Scheduler.evict`.
+        """
+        scheduler = self._scheduler
+
+        async def evict(done: trio.CancelScope) -> None:
+            await scheduler.evict(victim, reason, patience=scheduler.limits.drain_timeout)
+            done.cancel()
+
+        async def watch(done: trio.CancelScope) -> None:
+            await scheduler.wait_until(
+                lambda: self._fits(model) or bool(self._victims(model, idle_only=True))
+            )
+            done.cancel()  # only a writer still waiting withdraws (Scheduler.evict)
+
+        async with trio.open_nursery() as race:
+            race.start_soon(evict, race.cancel_scope)
+            race.start_soon(watch, race.cancel_scope)
+
     async def make_room(self, model: ModelSlot) -> None:
         """Evict until ``model`` fits (the admission turn held).
 
@@ -113,12 +138,14 @@ class Admission:
         while not self._fits(model):
             scheduler.check_open()
             reason = f"evicted to make room for {model.name!r}"
-            victims = self._victims(model, idle_only=True) or self._victims(model, idle_only=False)
-            if victims:
-                # An idle one, or else the least recently used: its write side is taken
-                # at once (requests for it queue behind the eviction) and its responses
-                # get the drain timeout, then end with an error.
-                await scheduler.evict(victims[0], reason, patience=patience)
+            if idle := self._victims(model, idle_only=True):
+                await scheduler.evict(idle[0], reason, patience=patience)
+                continue
+            if busy := self._victims(model, idle_only=False):
+                # The least recently used: its write side is taken at once (requests for
+                # it queue behind the eviction) and its responses get the drain timeout,
+                # then end with an error; unless another model becomes idle first.
+                await self._evict_busy(model, busy[0], reason)
                 continue
             # Nothing evictable (the others are loading or stopping): their own
             # timeouts bound this wait.

@@ -20,8 +20,9 @@ from bodhi_trio._config._aliases import Alias
 from bodhi_trio._context._endpoints import STREAMING_ENDPOINTS
 from bodhi_trio._context._open import ENDPOINTS, SharedContext, required_string
 from bodhi_trio._context._routing import ROUTED_ATTEMPTS, ROUTING_HEADERS
-from bodhi_trio._core._state import ServerEvent, SlotStatus
+from bodhi_trio._core._state import SlotStatus
 from bodhi_trio._exceptions import InvalidRequestError, RequestTooLargeError
+from bodhi_trio._http._event_streams import EventStreams
 from bodhi_trio._http._passthrough import passthrough
 from bodhi_trio._http._relay import start_relay
 from bodhi_trio._http._relay_body import RelayBody
@@ -203,6 +204,11 @@ class Routes:
     ctx: SharedContext
     nursery: trio.Nursery
     hub: RelayHub | None = None
+    _event_streams: EventStreams = attrs.field(init=False)
+
+    @_event_streams.default
+    def _open_event_streams(self) -> EventStreams:
+        return EventStreams(self.ctx)
 
     @property
     def _keepalive(self) -> float:
@@ -309,12 +315,9 @@ class Routes:
         return Reply.json(state)
 
     async def events(self) -> Reply:
-        """``GET /bodhi/v1/events``: one SSE event per state change."""
-        send, receive = trio.open_memory_channel[ServerEvent](0)
-        remove = self.ctx.add_state_listener(send.send, buffer=256, name="events-client")
-        stream = DirectStream(
-            receive, lambda e: compact_json(e.to_json()), self._keepalive, on_close=remove
-        )
+        """``GET /bodhi/v1/events``: one SSE event per state change (at most
+        :data:`~._event_streams.MAX_EVENT_STREAMS` streams at once)."""
+        stream = self._event_streams.open(self._keepalive)
         close_with_request(stream)
         return Reply(200, SSE_HEADERS, stream)
 
