@@ -65,9 +65,23 @@ async def test_an_idle_model_is_evicted_before_a_busier_older_one(
         assert result["served_by"] == h.launcher.starts[-1].pid
 
 
-async def test_with_every_model_busy_a_load_waits_for_one_to_drain(
-    tmp_path: Path, autojump_clock: trio.testing.MockClock
+@pytest.mark.parametrize(
+    ("a_seconds", "b_seconds", "goes", "stays"),
+    [(10, 20, "a", "b"), (40, 5, "b", "a")],
+    ids=["the least recently used drains first", "another becomes idle first"],
+)
+async def test_with_every_model_busy_a_load_waits_for_one_to_become_idle(
+    tmp_path: Path,
+    autojump_clock: trio.testing.MockClock,
+    a_seconds: int,
+    b_seconds: int,
+    goes: str,
+    stays: str,
 ) -> None:
+    """SPEC §10: with none idle, the load waits for one to become idle, and no stream is
+    cut. The least recently used one (a) was drained whatever happened: when another
+    model went idle first, a's stream was still cut at the drain timeout (the probe: a
+    request for a third alias, even one its client left at once, cut a busy stream)."""
     async with harness(tmp_path, BODHI_MAX_LOADED_MODELS="2") as h:
         await h.chat("a")
         await h.chat("b")
@@ -79,42 +93,14 @@ async def test_with_every_model_busy_a_load_waits_for_one_to_drain(
             done[alias] = trio.current_time()
 
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(stream, "a", 10)  # a is the least recently used: it goes
+            nursery.start_soon(stream, "a", a_seconds)  # a is the least recently used
             await h.ctx.wait_state(lambda s: s.in_flight == 1)
-            nursery.start_soon(stream, "b", 20)
+            nursery.start_soon(stream, "b", b_seconds)
             await h.ctx.wait_state(lambda s: s.in_flight == 2)
             await h.chat("c")
             done["c"] = trio.current_time()
-        assert done["a"] <= done["c"] < done["b"]
-        assert {s.alias for s in h.launcher.alive.values()} == {"b", "c"}
-
-
-async def test_with_every_model_busy_the_first_to_become_idle_goes(
-    tmp_path: Path, autojump_clock: trio.testing.MockClock
-) -> None:
-    """SPEC §10: with none idle, the load waits for one to become idle. It took the least
-    recently used busy model's write side at once: its stream was cut at the drain
-    timeout while another model had been idle for most of it (the probe: a request for a
-    third alias, even one its client left at once, cut a busy model's stream)."""
-    async with harness(tmp_path, BODHI_MAX_LOADED_MODELS="2") as h:
-        await h.chat("a")
-        await h.chat("b")
-        done: dict[str, float] = {}
-
-        async def stream(alias: str, seconds: int) -> None:
-            chunks = await h.stream(alias, seconds * 2, 0.5)
-            assert chunks[-1] == b"data: [DONE]\n\n"  # never cut
-            done[alias] = trio.current_time()
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(stream, "a", 40)  # the least recently used, busy longest
-            await h.ctx.wait_state(lambda s: s.in_flight == 1)
-            nursery.start_soon(stream, "b", 5)
-            await h.ctx.wait_state(lambda s: s.in_flight == 2)
-            await h.chat("c")
-            done["c"] = trio.current_time()
-        assert done["b"] <= done["c"] < done["a"]
-        assert {s.alias for s in h.launcher.alive.values()} == {"a", "c"}
+        assert done[goes] <= done["c"] < done[stays]
+        assert {s.alias for s in h.launcher.alive.values()} == {stays, "c"}
 
 
 async def test_a_budget_for_one_model_swaps_them(
