@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import attrs
 import trio
 
+from bodhi_trio._core._groups import reraise_unwrapped, sole_exception
 from bodhi_trio._exceptions import InsufficientMemoryError
 
 if TYPE_CHECKING:
@@ -124,9 +125,14 @@ class Admission:
             )
             done.cancel()  # only a writer still waiting withdraws (Scheduler.evict)
 
-        async with trio.open_nursery() as race:
-            race.start_soon(evict, race.cancel_scope)
-            race.start_soon(watch, race.cancel_scope)
+        try:
+            async with trio.open_nursery() as race:
+                race.start_soon(evict, race.cancel_scope)
+                race.start_soon(watch, race.cancel_scope)
+        except BaseExceptionGroup as group:  # what the eviction raised, as it raised it
+            if (sole := sole_exception(group)) is None:
+                raise
+            reraise_unwrapped(sole)
 
     async def make_room(self, model: ModelSlot) -> None:
         """Evict until ``model`` fits (the admission turn held).
