@@ -43,7 +43,7 @@ import trio
 
 from bodhi_trio._exceptions import AnswersOverBudgetError, BodhiError
 from bodhi_trio._http._sse import error_event
-from bodhi_trio._transport._whole import parse_whole
+from bodhi_trio._transport._whole import error_text, parse_whole
 
 if TYPE_CHECKING:
     from bodhi_trio._transport._loopback import UpstreamResponse
@@ -58,9 +58,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("bodhi_trio.relay")
-
-_ERROR_TEXT_BYTES = 4096
-"""The most of an error body that is not JSON (or too large to parse) an error event quotes."""
 
 
 @attrs.frozen
@@ -121,7 +118,7 @@ class Relay:
                 upstream = parse_whole(head.body)
                 error = upstream["error"] if isinstance(upstream.get("error"), dict) else upstream
             except (ValueError, AttributeError, AnswersOverBudgetError):
-                error = {"message": head.body[:_ERROR_TEXT_BYTES].decode(errors="replace")}
+                error = {"message": error_text(head.body)}
             error.setdefault("type", "upstream_error")
             error.setdefault("code", head.status)
             return self.render_error(error)

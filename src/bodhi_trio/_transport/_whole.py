@@ -32,6 +32,8 @@ __all__ = [
     "MAX_ANSWER_BYTES",
     "AnswerBudget",
     "AnswerBudgetStatistics",
+    "ERROR_TEXT_BYTES",
+    "error_text",
     "parse_whole",
     "parsed_size",
     "read_whole",
@@ -220,3 +222,13 @@ def parse_whole(data: bytes) -> Any:
     if charge is not None:
         charge.take(parsed_size(data))
     return json.loads(data)
+
+
+ERROR_TEXT_BYTES = 4096
+"""The most of an answer that is not JSON (or too large to parse) an error quotes."""
+
+
+def error_text(body: bytes) -> str:
+    """The start of ``body`` (at most :data:`ERROR_TEXT_BYTES`), as text to quote in an
+    error: an answer that is not JSON may be of any size."""
+    return body[:ERROR_TEXT_BYTES].decode(errors="replace")

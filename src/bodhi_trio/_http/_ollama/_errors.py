@@ -16,7 +16,7 @@ from bodhi_trio._exceptions import (
     UpstreamError,
 )
 from bodhi_trio._http._routes import Reply
-from bodhi_trio._transport._whole import parse_whole
+from bodhi_trio._transport._whole import error_text, parse_whole
 
 __all__ = [
     "OLLAMA_JSON",
@@ -30,9 +30,6 @@ __all__ = [
 
 OLLAMA_JSON = {"Content-Type": "application/json; charset=utf-8"}
 """The content type of Ollama's whole (not streamed) answers and errors."""
-
-_ERROR_TEXT_BYTES = 4096
-"""The most of an error body that is not JSON an error quotes."""
 
 
 def is_ollama_path(path: str) -> bool:
@@ -55,7 +52,7 @@ def ollama_error(
 
 def upstream_refusal(status: int, body: bytes) -> Reply:
     """llama-server refused (a 4xx/5xx before any byte): its message, Ollama's shape."""
-    text = body[:_ERROR_TEXT_BYTES].decode(errors="replace")
+    text = error_text(body)
     try:
         parsed = parse_whole(body)
         error = parsed.get("error", parsed) if isinstance(parsed, dict) else parsed

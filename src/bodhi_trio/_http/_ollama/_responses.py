@@ -274,12 +274,14 @@ class StreamTranslator:
     # A token's line around its time and its text (see lines()).
     _line_head: str = attrs.field(init=False)
     _line_middle: str = attrs.field(init=False)
+    _line_tail: str = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self._line_head = '{"model":' + json.dumps(self.model) + ',"created_at":"'
         chat = self.kind == "chat"
         field = '"message":{"role":"assistant","content":' if chat else '"response":'
         self._line_middle = '",' + field
+        self._line_tail = '},"done":false}\n' if chat else ',"done":false}\n'
 
     def lines(self, payload: Mapping[str, Any]) -> list[bytes]:
         """:meth:`chunk`'s objects as NDJSON lines (compact JSON, one per line).
@@ -302,8 +304,8 @@ class StreamTranslator:
             text = None
         if type(text) is str and text and choice.get("finish_reason") is None:
             self.metrics.take(payload)
-            tail = '},"done":false}\n' if self.kind == "chat" else ',"done":false}\n'
-            line = self._line_head + created_at() + self._line_middle + _json_string(text) + tail
+            text = _json_string(text)
+            line = self._line_head + created_at() + self._line_middle + text + self._line_tail
             return [line.encode()]
         return [(compact_json(obj) + "\n").encode() for obj in self.chunk(payload)]
 
