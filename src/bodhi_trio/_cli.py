@@ -19,6 +19,7 @@ import yaml
 
 from bodhi_trio import __version__
 from bodhi_trio._bench._cli import add_bench_parser
+from bodhi_trio._cli_logging import LogWriter
 from bodhi_trio._cli_models import add_pull_parser, create_alias_from_file
 from bodhi_trio._cli_rpc import add_rpc_worker_parser
 from bodhi_trio._config._alias_store import AliasStore
@@ -350,18 +351,26 @@ def _join_dashed_values(argv: Sequence[str]) -> list[str]:
     return joined
 
 
-def _configure_logging(level: str, form: str) -> None:
-    """The console's log lines: ``level`` and ``form`` (``text`` or ``json``).
+def _configure_logging(level: str, form: str) -> LogWriter | None:
+    """The console's log lines: ``level`` and ``form`` (``text`` or ``json``), written by
+    a :class:`LogWriter` (a thread of its own: a stderr nobody reads never stops the
+    event loop). Returns it, for :func:`main` to close; ``None`` when logging was
+    configured already (as ``logging.basicConfig`` would then do nothing).
 
     Other libraries' lines below WARNING stay out unless ``level`` is ``debug``: httpx
     logs every request it makes at INFO (a pull's, a remote alias's), which is noise
     between a command's own lines.
     """
-    handler = logging.StreamHandler()
-    handler.setFormatter(JsonLogFormatter() if form == "json" else logging.Formatter(_LOG_FORMAT))
+    root = logging.getLogger()
+    if root.handlers:
+        return None
+    writer = LogWriter()
+    writer.setFormatter(JsonLogFormatter() if form == "json" else logging.Formatter(_LOG_FORMAT))
     if level != "debug":
-        handler.addFilter(_ours_or_warnings)
-    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
+        writer.addFilter(_ours_or_warnings)
+    root.addHandler(writer)
+    root.setLevel(getattr(logging, level.upper()))
+    return writer
 
 
 def _ours_or_warnings(record: logging.LogRecord) -> bool:
@@ -373,16 +382,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (also used by ``python -m bodhi_trio``)."""
     parser = _parser()
     args = parser.parse_args(_join_dashed_values(sys.argv[1:] if argv is None else argv))
-    _configure_logging(getattr(args, "log_level", "info"), getattr(args, "log_format", "text"))
+    writer = _configure_logging(
+        getattr(args, "log_level", "info"), getattr(args, "log_format", "text")
+    )
     run: _Command = args.run
     try:
         return run(args)
     except BodhiError as exc:
+        _close_log(writer)  # the log's lines before the error's
         print(f"bodhi-trio: error: {exc.message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        _close_log(writer)
         print("bodhi-trio: interrupted", file=sys.stderr)
         return 130
+    finally:
+        _close_log(writer)
+
+
+def _close_log(writer: LogWriter | None) -> None:
+    """Write what ``writer`` holds (bounded) and end its thread; idempotent."""
+    if writer is not None:
+        logging.getLogger().removeHandler(writer)
+        writer.close()
 
 
 if __name__ == "__main__":

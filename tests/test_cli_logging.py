@@ -1,0 +1,115 @@
+"""The console's log lines written by a thread: a stderr nobody reads stops nothing."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import httpx
+import trio
+
+from bodhi_trio._cli_logging import LogWriter
+
+# liveness bounds, not timings: a blocked emit or server never returns at all
+HANG = 30.0
+
+
+def record(message: str) -> logging.LogRecord:
+    return logging.LogRecord("bodhi_trio.test", logging.INFO, __file__, 1, message, None, None)
+
+
+def test_a_pipe_nobody_reads_drops_lines_instead_of_blocking() -> None:
+    read_end, write_end = os.pipe()
+    stream = os.fdopen(write_end, "w")
+    writer = LogWriter(stream, max_queued=100)
+    line = "x" * 4000  # the queue alone (100 lines) is more than the pipe holds
+    read: list[bytes] = []
+
+    def read_all() -> None:
+        with os.fdopen(read_end, "rb") as reader:
+            read.append(reader.read())
+
+    reading = threading.Thread(target=read_all)
+    try:
+        # 40 MB against a 64 KiB pipe: a handler writing where it is called blocks here
+
+        def emit_all() -> None:
+            for _ in range(10_000):
+                writer.emit(record(line))
+
+        emitting = threading.Thread(target=emit_all)
+        emitting.start()
+        emitting.join(HANG)
+        assert not emitting.is_alive()
+        assert writer.dropped > 0
+        assert not writer.wait_written(0.05)  # nobody reads: the wait is bounded
+        reading.start()  # someone reads again: what was queued is written
+        assert writer.wait_written(HANG)
+        writer.emit(record("after the drops"))
+        writer.close()
+    finally:
+        stream.close()
+        reading.join(HANG)
+    text = read[0]
+    assert text.endswith(b"after the drops\n")
+    dropped = re.findall(rb"\[bodhi-trio\] (\d+) log lines dropped", text)
+    assert dropped
+    assert sum(int(n) for n in dropped) == writer.dropped
+    assert text.count(line.encode() + b"\n") + writer.dropped == 10_000
+
+
+def test_lines_keep_their_order_and_close_writes_them_all() -> None:
+    read_end, write_end = os.pipe()
+    with os.fdopen(write_end, "w") as stream, os.fdopen(read_end) as reader:
+        writer = LogWriter(stream)
+        writer.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+        for n in range(50):
+            writer.handle(record(f"line {n}"))
+        writer.close()
+        # at once, while the thread may still be taking the stop off its queue
+        assert writer.wait_written(HANG)
+        stream.close()
+        assert reader.read().splitlines() == [f"INFO line {n}" for n in range(50)]
+
+
+def start_serve(tmp_path: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "BODHI_HOME": str(tmp_path / "home")}
+    argv = [sys.executable, "-m", "bodhi_trio", "serve", "--home", str(tmp_path / "home")]
+    return subprocess.Popen(
+        [*argv, "--port", "0"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+
+
+async def test_a_serve_whose_stderr_nobody_reads_keeps_answering(tmp_path: Path) -> None:
+    process = start_serve(tmp_path)
+    with process:
+        try:
+            assert process.stderr is not None
+            url = ""
+            with trio.fail_after(HANG):
+                while not url:
+                    line = await trio.to_thread.run_sync(
+                        process.stderr.readline, abandon_on_cancel=True
+                    )
+                    assert line, f"serve exited with {process.poll()} before listening"
+                    found = re.search(rb"listening on (http://[^\s\"]+)", line)
+                    url = found.group(1).decode() if found else ""
+            # From here on nobody reads its stderr. Each request logs a line of ~90
+            # bytes: 2,000 of them are three times the pipe's 64 KiB.
+            async with httpx.AsyncClient(base_url=url) as client:
+                with trio.fail_after(HANG * 4):
+                    for _ in range(2_000):
+                        assert (await client.get("/health")).status_code == 200
+            process.terminate()
+            with trio.fail_after(HANG):
+                rest = await trio.to_thread.run_sync(process.stderr.read)
+                assert await trio.to_thread.run_sync(process.wait) == 0
+        finally:
+            process.kill()
+    assert rest.count(b" GET /health ") == 2_000  # every line kept, none dropped
+    assert b"bodhi-trio stopped" in rest
