@@ -21,8 +21,9 @@
   reached over its TCP port). Then the same three arms on ``demo:smol`` (SmolLM2-135M, the
   real small model ``serve --demo`` places in the HF cache; alias ``bench:smol``, the same
   args and ``--chat-template chatml``): bodhi-trio and the router swap to it (one slot each),
-  ``direct`` is the new child's socket. ``llama-t1`` (``--threads 1``) has ``direct`` and
-  ``bodhi-trio`` only.
+  ``direct`` is the new child's socket. ``llama-t1`` is the same with ``--threads 1`` on
+  both models (one core left to the relay and the client: whether a tokens/s loss is the
+  relay's CPU taken from the model's threads).
 
 Each round rotates the order of the arms, so drift and warm-up hit all of them alike. For
 each run the arm's process RSS and CPU time (``/proc/<pid>/stat`` utime+stime, before and
@@ -392,14 +393,13 @@ def _floor(
 
 
 def llama_suite(workdir: Path, quick: bool, rounds: int, variant: str) -> dict[str, Any]:
-    """Real llama-server on the demo model: arms direct / bodhi-trio / router (``llama``: and
-    the same on demo:smol)."""
+    """Real llama-server on the demo model, then on demo:smol: arms direct / trio-floor /
+    bodhi-trio / router, with the variant's args (``llama-t1``: ``--threads 1``, which
+    leaves a core to the relay and the client on 2 cores)."""
     alias, params = f"bench:{variant}", LLAMA_VARIANTS[variant]
-    side = variant == "llama"  # demo:smol too
-    aliases, files = {alias: params}, {}
     smol_params = [*params, *SMOL_CONTEXT_PARAMS]
-    if side:
-        aliases[SMOL_ALIAS], files[SMOL_ALIAS] = smol_params, (SMOL_REPO, SMOL_FILENAME)
+    aliases = {alias: params, SMOL_ALIAS: smol_params}
+    files = {SMOL_ALIAS: (SMOL_REPO, SMOL_FILENAME)}
     out: dict[str, Any] = {"alias": alias, "alias_params": params, "max_tokens": LLAMA_TOKENS}
     with (
         running_bodhi(workdir, variant, aliases, files=files) as bodhi,
@@ -412,7 +412,7 @@ def llama_suite(workdir: Path, quick: bool, rounds: int, variant: str) -> dict[s
             Arm("bodhi-trio", f"{bodhi.url}/v1", alias, None, None, bodhi.pid),
         ]
         demo = hub_file(bodhi, DEMO_REPO, DEMO_FILENAME)
-        smol = hub_file(bodhi, SMOL_REPO, SMOL_FILENAME) if side else None
+        smol = hub_file(bodhi, SMOL_REPO, SMOL_FILENAME)
         assert demo is not None, "serve --demo did not place the demo model"
         models = {ROUTER_NAMES["llama"]: (demo, params)}
         if smol is not None:
@@ -427,8 +427,6 @@ def llama_suite(workdir: Path, quick: bool, rounds: int, variant: str) -> dict[s
             out["runs"] = interleaved(variant, [*arms, router], [llama_scenarios(quick)], rounds)
             out["same_child_throughout"] = _same_child(bodhi, state)
             out["router"] = {"models_max": 1, "preset": sorted(models)}
-            if not side:
-                return out
             if smol is None:
                 out["smol"] = {"skipped": "serve --demo did not place demo:smol (offline?)"}
                 return out

@@ -17,10 +17,10 @@ BODHI_HOME and HF_HOME, and stops it, with its child, at the end):
 - ``memory`` (default): bodhi-trio's RSS idle and with 1,000 open idle streams. See
   :mod:`bench_startup`.
 - ``llama``, ``llama-t1`` and ``swap`` (``--llama``): the real llama-server on the demo
-  model, direct (its Unix socket) vs bodhi-trio at 1 and 8 streams (``llama``:
-  llama-server's default threads, and llama.cpp's router mode beside them, then the same
-  three arms on ``demo:smol``, the real SmolLM2-135M; ``llama-t1``: ``--threads 1``, which
-  leaves a core to the proxy and the client); then the time to the first token across model
+  model, direct (its Unix socket) vs bodhi-trio at 1 and 8 streams, with a bare Trio relay
+  and llama.cpp's router mode beside them, then the same arms on ``demo:smol``, the real
+  SmolLM2-135M (``llama``: llama-server's default threads; ``llama-t1``: ``--threads 1``,
+  which leaves a core to the proxy and the client); then the time to the first token across model
   swaps and cold starts, minus the child's own start-to-ready time.
 - ``rag`` (``--llama``): several models at once, the RAG pattern (embed/chat alternated)
   on bodhi-trio with two slots, with one slot, and llama.cpp's router mode; the load-beside

@@ -345,3 +345,30 @@ def test_the_added_ttft_target_names_the_bare_relays_beside_it(
     del one_stream["trio-floor"]
     run.write_results(scale_doc, tmp_path / "results.json", tmp_path / "RESULTS.md")
     assert "a bare Trio relay +" not in (tmp_path / "RESULTS.md").read_text().split("| 17.4")[0]
+
+
+def test_demo_smol_with_one_llama_server_thread_has_its_own_verdict_in_17_5(
+    tmp_path: Path, scale_doc: dict[str, Any]
+) -> None:
+    run = bench_module("run")
+    t1_summary = {
+        scenario: {
+            "direct": _llama_arm(100.0, 3.0, 300.0),
+            "bodhi-trio": _llama_arm(direct, 4.0, 90.0),
+            "router": _llama_arm(97.0, 5.0, 60.0),
+        }
+        for scenario, direct in (("demo:smol, 1 stream", 99.0), ("demo:smol, 8 streams", 97.0))
+    }
+    scale_doc["suites"]["llama-t1"] = {
+        **scale_doc["suites"]["llama"],
+        "alias": "bench:llama-t1",
+        "alias_params": ["--parallel 8", "--threads 1"],
+        "summary": t1_summary,
+    }
+    md = tmp_path / "RESULTS.md"
+    run.write_results(scale_doc, tmp_path / "results.json", md)
+    row = next(line for line in md.read_text().splitlines() if line.startswith("| 17.5 "))
+    assert "`--threads 1`, demo:smol, 1 stream: 0.990x (99 vs 100 tok/s)" in row
+    assert "`--threads 1`, demo:smol, 8 streams: 0.970x (97 vs 100 tok/s)" in row
+    # the default threads' verdict first (8 streams missing there), then one thread's
+    assert row.endswith("| NOT MEASURED (`--threads 1`: MISSED by 0.010x (1% short)) |")
