@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shlex
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from bodhi_trio._bench._scan import _percentile
@@ -234,6 +234,35 @@ def _ms(v: float) -> str:
     return f"{v:.2f} ms"
 
 
+def _tokens_against_direct(
+    suites: dict[str, Any],
+    m: Callable[[str, str, str, str], float | None],
+    scenarios: Sequence[str],
+    limit: float,
+) -> tuple[str, str]:
+    """bodhi-trio's tokens/s against direct's on ``scenarios`` of the llama suites, and the
+    verdict: the default threads' worst ratio against ``limit``, then one thread's if that
+    suite ran them (runs before session 22 have no demo:smol with one thread)."""
+    parts, worst = [], {}
+    for suite in ("llama", "llama-t1"):
+        ratios = []
+        for scenario in scenarios:
+            a = m(suite, scenario, "bodhi-trio", "tokens_per_s")
+            b = m(suite, scenario, "direct", "tokens_per_s")
+            r = None if a is None or not b else a / b
+            ratios.append(r)
+            if suite in suites and (suite == "llama" or a is not None):
+                parts.append(
+                    f"{'' if suite == 'llama' else '`--threads 1`, '}{scenario}:"
+                    f" {_num(r, '{:.3f}x')} ({_num(a)} vs {_num(b)} tok/s)"
+                )
+        worst[suite] = None if None in ratios else min(r for r in ratios if r is not None)
+    verdict = _verdict(worst["llama"], limit, True, _x)
+    if worst["llama-t1"] is not None:
+        verdict += f" (`--threads 1`: {_verdict(worst['llama-t1'], limit, True, _x)})"
+    return "; ".join(parts) or "-", verdict
+
+
 def check_targets(doc: dict[str, Any]) -> list[dict[str, str]]:
     """The issue-5 targets (and issue 13's) with the measured value and MET / MISSED (by how
     much)."""
@@ -244,29 +273,12 @@ def check_targets(doc: dict[str, Any]) -> list[dict[str, str]]:
         return value if isinstance(value, (int, float)) else None
 
     out = []
-    worst: dict[str, float | None] = {}
-    parts = []
-    for suite in ("llama", "llama-t1"):
-        ratios = []
-        for scenario in ("1 stream", "8 streams"):
-            a = m(suite, scenario, "bodhi-trio", "tokens_per_s")
-            b = m(suite, scenario, "direct", "tokens_per_s")
-            r = None if a is None or not b else a / b
-            ratios.append(r)
-            if suite in suites:
-                parts.append(
-                    f"{'' if suite == 'llama' else '`--threads 1`, '}{scenario}:"
-                    f" {_num(r, '{:.3f}x')} ({_num(a)} vs {_num(b)} tok/s)"
-                )
-        worst[suite] = None if None in ratios else min(r for r in ratios if r is not None)
-    verdict = _verdict(worst["llama"], 0.95, True, _x)
-    if worst["llama-t1"] is not None:
-        verdict += f" (`--threads 1`: {_verdict(worst['llama-t1'], 0.95, True, _x)})"
+    tokens_shown, verdict = _tokens_against_direct(suites, m, ("1 stream", "8 streams"), 0.95)
     out.append(
         _target(
             "1",
             "real llama-server, 1 and 8 streams: tokens/s through bodhi-trio >= 0.95x direct",
-            "; ".join(parts) or "-",
+            tokens_shown,
             verdict,
         )
     )
@@ -644,29 +656,13 @@ def check_targets_17(doc: dict[str, Any]) -> list[dict[str, str]]:
             verdict,
         )
     )
-    shown, smol_worst = [], {}
-    for suite in ("llama", "llama-t1"):
-        ratios = []
-        for scenario in SMOL_SCENARIOS:
-            a = m(suite, scenario, "bodhi-trio", "tokens_per_s")
-            b = m(suite, scenario, "direct", "tokens_per_s")
-            r = None if a is None or not b else a / b
-            ratios.append(r)
-            if suite == "llama" or a is not None:  # runs before session 22: no t1 smol
-                shown.append(
-                    f"{'' if suite == 'llama' else '`--threads 1`, '}{scenario}:"
-                    f" {_num(r, '{:.3f}x')} ({_num(a)} vs {_num(b)} tok/s)"
-                )
-        smol_worst[suite] = None if None in ratios else min(r for r in ratios if r is not None)
-    verdict = _verdict(smol_worst["llama"], 0.98, True, _x)
-    if smol_worst["llama-t1"] is not None:
-        verdict += f" (`--threads 1`: {_verdict(smol_worst['llama-t1'], 0.98, True, _x)})"
+    smol_shown, verdict = _tokens_against_direct(suites, m, SMOL_SCENARIOS, 0.98)
     out.append(
         _target(
             "17.5",
             "real model (`demo:smol`), 1 and 8 streams: tokens/s through bodhi-trio"
             " >= 0.98x direct",
-            "; ".join(shown),
+            smol_shown,
             verdict,
         )
     )
