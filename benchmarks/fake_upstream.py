@@ -453,6 +453,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Serve until SIGTERM or SIGINT; returns the exit code."""
     args = _parse_args(argv)
@@ -489,7 +492,14 @@ def main(argv: list[str] | None = None) -> int:
             conn = _Connection(sock, args, stats)
             thread = threading.Thread(target=_run, args=(conn.serve, open_sockets, sock))
             thread.daemon = True
-            thread.start()
+            # The thread starts with the stop signals blocked (it inherits this mask), so
+            # they reach this thread: one delivered to a connection's thread would only
+            # set a flag, and accept() here would never return to act on it.
+            before = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+            try:
+                thread.start()
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, before)
     except _Stop:
         pass
     finally:
