@@ -8,9 +8,10 @@ thread spent. At a real model's pace (``demo:smol``, ~100 tokens/s) the stream p
 the hub after its first tokens, so the run loop should hardly wake and the hub's thread
 should wake once per token (docs/benchmarks.md, issue 17, session 22). Linux only.
 
-    python benchmarks/thread_cpu.py [--model demo:smol] [--tokens 300] [--home DIR]
+    python benchmarks/thread_cpu.py [--model demo:smol] [--tokens 300]
 
-Needs bodhi-trio and httpx importable (the ``tests`` session's venv has both).
+The server is the harness's (``bench_procs.running_bodhi``: a fresh home, its output to a
+file). Needs bodhi-trio and httpx importable (the ``tests`` session's venv has both).
 """
 
 from __future__ import annotations
@@ -18,15 +19,11 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import subprocess
-import sys
 import tempfile
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+from bench_procs import running_bodhi
 
 Reading = dict[str, tuple[str, int, int, int]]  # tid: (name, voluntary, involuntary, cpu ns)
 
@@ -46,32 +43,6 @@ def threads(pid: int) -> Reading:
         ]
         out[tid] = (name, switches[0], switches[1], cpu_ns)
     return out
-
-
-@contextmanager
-def serving(home: Path) -> Iterator[tuple[int, str]]:
-    """``bodhi-trio serve --demo`` on a free port: (pid, base URL); its stderr is read
-    (and dropped) all along so that it never waits on it."""
-    argv = [sys.executable, "-m", "bodhi_trio", "serve", "--demo", "--port", "0"]
-    env = {**os.environ, "BODHI_HOME": str(home)}
-    process = subprocess.Popen(
-        [*argv, "--home", str(home)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    assert process.stderr is not None
-    try:
-        url = ""
-        while not url:
-            line = process.stderr.readline()
-            if not line:
-                raise SystemExit(f"serve exited with {process.wait()} before listening")
-            found = re.search(rb"listening on (http://[^\s\"]+)", line)
-            url = found.group(1).decode() if found else ""
-        stderr = process.stderr
-        threading.Thread(target=lambda: stderr.read(), daemon=True).start()
-        yield process.pid, url
-    finally:
-        process.terminate()
-        process.wait(30)
 
 
 def stream(client: httpx.Client, model: str, tokens: int) -> int:
@@ -94,15 +65,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="demo:smol")
     parser.add_argument("--tokens", type=int, default=300)
-    parser.add_argument("--home", type=Path, help="BODHI_HOME (default: a fresh one)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as scratch:
-        home = args.home or Path(scratch)
-        with serving(home) as (pid, url), httpx.Client(base_url=url, timeout=300) as client:
-            stream(client, args.model, args.tokens)  # loads the model, warms up
-            before = threads(pid)
-            events = stream(client, args.model, args.tokens)
-            after = threads(pid)
+    with (
+        tempfile.TemporaryDirectory() as scratch,
+        running_bodhi(Path(scratch), "thread-cpu", {}) as bodhi,
+        httpx.Client(base_url=bodhi.url, timeout=300) as client,
+    ):
+        stream(client, args.model, args.tokens)  # loads the model, warms up
+        before = threads(bodhi.pid)
+        events = stream(client, args.model, args.tokens)
+        after = threads(bodhi.pid)
     print(f"{events} events of {args.model}")
     print(
         f"{'thread':>16} {'tid':>9} {'wake-ups':>9} {'preempted':>9} {'CPU µs':>9} {'µs/event':>9}"
