@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
+import pty
 import re
 import subprocess
 import sys
@@ -11,9 +14,10 @@ import threading
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 
-from bodhi_trio._cli_logging import LogWriter
+from bodhi_trio._cli_logging import INLINE_CHARS, LogWriter
 
 # liveness bounds, not timings: a blocked emit or server never returns at all
 HANG = 30.0
@@ -23,11 +27,14 @@ def record(message: str) -> logging.LogRecord:
     return logging.LogRecord("bodhi_trio.test", logging.INFO, __file__, 1, message, None, None)
 
 
-def test_a_pipe_nobody_reads_drops_lines_instead_of_blocking() -> None:
+# long lines all go through the thread's queue (which alone holds more than the pipe);
+# short ones are written in place while the pipe has room, then queued
+@pytest.mark.parametrize("length", [4000, 100], ids=["long lines", "short lines"])
+def test_a_pipe_nobody_reads_drops_lines_instead_of_blocking(length: int) -> None:
     read_end, write_end = os.pipe()
     stream = os.fdopen(write_end, "w")
     writer = LogWriter(stream, max_queued=100)
-    line = "x" * 4000  # the queue alone (100 lines) is more than the pipe holds
+    line = "x" * length
     read: list[bytes] = []
 
     def read_all() -> None:
@@ -36,7 +43,7 @@ def test_a_pipe_nobody_reads_drops_lines_instead_of_blocking() -> None:
 
     reading = threading.Thread(target=read_all)
     try:
-        # 40 MB against a 64 KiB pipe: a handler writing where it is called blocks here
+        # 1 or 40 MB against a 64 KiB pipe: a write where the line is made would block here
 
         def emit_all() -> None:
             for _ in range(10_000):
@@ -75,6 +82,47 @@ def test_lines_keep_their_order_and_close_writes_them_all() -> None:
         assert writer.wait_written(HANG)
         stream.close()
         assert reader.read().splitlines() == [f"INFO line {n}" for n in range(50)]
+
+
+class WriterNoting(io.TextIOWrapper):
+    """A text stream that notes which threads wrote to it."""
+
+    writers: set[str]
+
+    def write(self, text: str) -> int:
+        self.writers.add(threading.current_thread().name)
+        return super().write(text)
+
+
+def open_stream(kind: str, tmp_path: Path, stack: contextlib.ExitStack) -> WriterNoting:
+    if kind == "file":
+        raw = stack.enter_context((tmp_path / "log").open("wb"))
+    else:
+        if kind == "pipe":
+            read_end, write_end = os.pipe()
+        else:  # a terminal: may be paused, so never written in place
+            read_end, write_end = pty.openpty()
+        stack.callback(os.close, read_end)
+        raw = stack.enter_context(os.fdopen(write_end, "wb"))
+    stream = WriterNoting(raw, encoding="utf-8", write_through=True)
+    stream.writers = set()
+    return stream
+
+
+@pytest.mark.parametrize(("kind", "in_place"), [("file", True), ("pipe", True), ("pty", False)])
+def test_a_short_line_is_written_in_place_when_the_stream_takes_it_now(
+    kind: str, in_place: bool, tmp_path: Path
+) -> None:
+    with contextlib.ExitStack() as stack:
+        stream = open_stream(kind, tmp_path, stack)
+        writer = LogWriter(stream)
+        writer.emit(record("short"))
+        writer.emit(record("long " + "y" * INLINE_CHARS))  # one page of a pipe at most
+        writer.close()
+        stack.callback(stream.detach)  # closed by the raw file's owner
+    here = threading.current_thread().name
+    expected = {here, "bodhi-trio-log"} if in_place else {"bodhi-trio-log"}
+    assert stream.writers == expected
 
 
 def start_serve(tmp_path: Path) -> subprocess.Popen[bytes]:

@@ -5,9 +5,16 @@ A log line written where it is made is a write to stderr from whatever made it: 
 When nobody reads stderr for a while (a pipe whose reader is busy or stopped, a terminal
 paused with Ctrl-S, a log collector falling behind), its buffer fills after ~64 KiB and
 that write blocks: the event loop with it, and every stream on the server stops until the
-reader comes back. Here the line is put on a bounded queue instead (a few microseconds,
-never a wait) and :class:`LogWriter`'s thread formats and writes it. A full queue drops
-the line and counts it; the next line written says how many were dropped.
+reader comes back. Here such a line is put on a bounded queue instead (a few
+microseconds, never a wait) and :class:`LogWriter`'s thread formats and writes it. A full
+queue drops the line and counts it; the next line written says how many were dropped.
+
+A line that can go out at once is written where it is made all the same: when nothing
+is queued, stderr is a file, a pipe or a socket that takes a short line without waiting
+(the kernel says so), and the line is short. Handing every line to the thread cost each
+request more than the write: the thread's wake-up, and the interpreter's lock taken from
+the event loop while the next request came in (measured: ~70 µs of added time to first
+byte on two vCPUs, with one access line per request).
 """
 
 from __future__ import annotations
@@ -15,19 +22,27 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import os
 import queue
+import select
+import stat
 import sys
 import threading
 import time
 from typing import TextIO, final
 
-__all__ = ["FLUSH_TIMEOUT", "MAX_QUEUED_LINES", "LogWriter"]
+__all__ = ["FLUSH_TIMEOUT", "INLINE_CHARS", "MAX_QUEUED_LINES", "LogWriter"]
 
 MAX_QUEUED_LINES = 10_000
 """Lines waiting for the writer before new ones are dropped (about 2 MiB of access lines)."""
 
 FLUSH_TIMEOUT = 5.0
 """Seconds :meth:`LogWriter.flush` and :meth:`LogWriter.close` wait for queued lines."""
+
+INLINE_CHARS = 400
+"""Longest line written where it is made. A pipe that has room takes one page (4 KiB)
+without waiting, and a character may take up to 10 bytes (``\\U0001f600`` on an ASCII
+stderr): a longer line goes to the thread."""
 
 _STOP = object()  # put on the queue by close(): the writer ends after the lines before it
 
@@ -63,7 +78,22 @@ class LogWriter(logging.Handler):
         return self._dropped
 
     def emit(self, record: logging.LogRecord) -> None:
-        """Queue ``record`` for the thread; drop it (counted) if the queue is full."""
+        """Write ``record`` now if the stream takes it without waiting and nothing is
+        queued before it; else queue it for the thread, or drop it (counted) if the queue
+        is full. (``logging`` calls this with the handler's lock held: one emit at a time.)
+        """
+        # nothing queued and the thread not writing: a line written here keeps its place
+        if not self._queue.unfinished_tasks:
+            stream = self._current_stream()
+            if _takes_a_line_now(stream):
+                try:
+                    line = self.format(record)
+                except Exception:
+                    self.handleError(record)
+                    return
+                if len(line) <= INLINE_CHARS:
+                    self._write_line(stream, line, record)
+                    return
         try:
             self._queue.put_nowait(record)
         except queue.Full:
@@ -99,19 +129,32 @@ class LogWriter(logging.Handler):
                 self._queue.put_nowait(_STOP)
         super().close()
 
+    def _current_stream(self) -> TextIO:
+        return sys.stderr if self._stream is None else self._stream
+
     def _run(self) -> None:
         while True:
             item = self._queue.get()
-            if item is _STOP:
-                return
-            if isinstance(item, threading.Event):
-                item.set()
-                continue
-            assert isinstance(item, logging.LogRecord)
-            self._write(item)
+            try:
+                if item is _STOP:
+                    return
+                if isinstance(item, threading.Event):
+                    item.set()
+                    continue
+                assert isinstance(item, logging.LogRecord)
+                self._write(item)
+            finally:  # emit writes in place again once nothing is left unfinished
+                self._queue.task_done()
 
     def _write(self, record: logging.LogRecord) -> None:
-        stream = sys.stderr if self._stream is None else self._stream
+        try:
+            line = self.format(record)
+        except Exception:
+            self.handleError(record)
+            return
+        self._write_line(self._current_stream(), line, record)
+
+    def _write_line(self, stream: TextIO, line: str, record: logging.LogRecord) -> None:
         try:
             dropped = self._dropped
             if dropped != self._reported:
@@ -120,7 +163,30 @@ class LogWriter(logging.Handler):
                     " stderr was not read fast enough\n"
                 )
                 self._reported = dropped
-            stream.write(self.format(record) + "\n")
+            stream.write(line + "\n")
             stream.flush()
         except Exception:
             self.handleError(record)
+
+
+def _takes_a_line_now(stream: TextIO) -> bool:
+    """Whether a write of a short line to ``stream`` returns without waiting: a stream with
+    no file behind it (written in memory), a regular file (the kernel never makes its writer
+    wait for a reader), or a pipe or socket the kernel says has room now. A terminal (it
+    may be paused), another device, or a stream whose file cannot be asked: no.
+    """
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError):  # io.UnsupportedOperation is both: a stream in memory
+        return True
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        return False
+    if stat.S_ISREG(mode):
+        return True
+    if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return bool(poller.poll(0))
