@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import select
 import subprocess
 import sys
@@ -109,3 +110,28 @@ async def run_parent_and_sigkill_it(binary: Path, model: Path, *args: str) -> in
         finally:
             parent.kill()
     return child_pid
+
+
+def start_serve(home: Path, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    """``bodhi-trio serve --home HOME --port 0 ARGS`` with ``env``, its stderr a pipe
+    (text; :func:`listening_url` reads it), its stdout discarded."""
+    serve = [sys.executable, "-m", "bodhi_trio", "serve", "--home", str(home), "--port", "0"]
+    return subprocess.Popen(
+        [*serve, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+
+
+async def listening_url(process: subprocess.Popen[str]) -> str:
+    """The URL a process of :func:`start_serve` says it listens on, once it says so (its
+    stderr read in a thread let go on cancellation: callers set the deadline, and kill the
+    process when it passes, which ends the thread's read).
+
+    Raises:
+        AssertionError: The process exited before it listened.
+    """
+    stderr = process.stderr
+    assert stderr is not None
+    while line := await trio.to_thread.run_sync(stderr.readline, abandon_on_cancel=True):
+        if match := re.search(r"listening on (http://[^\s\"]+)", line):
+            return match.group(1)
+    raise AssertionError(f"serve exited with {process.wait()} before listening")

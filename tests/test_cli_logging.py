@@ -8,8 +8,6 @@ import logging
 import os
 import pty
 import re
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import pytest
 import trio
 
 from bodhi_trio._cli_logging import INLINE_CHARS, LogWriter
+from procs import listening_url, start_serve
 
 # liveness bounds, not timings: a blocked emit or server never returns at all
 HANG = 30.0
@@ -125,28 +124,13 @@ def test_a_short_line_is_written_in_place_when_the_stream_takes_it_now(
     assert stream.writers == expected
 
 
-def start_serve(tmp_path: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "BODHI_HOME": str(tmp_path / "home")}
-    argv = [sys.executable, "-m", "bodhi_trio", "serve", "--home", str(tmp_path / "home")]
-    return subprocess.Popen(
-        [*argv, "--port", "0"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-
-
 async def test_a_serve_whose_stderr_nobody_reads_keeps_answering(tmp_path: Path) -> None:
-    process = start_serve(tmp_path)
-    with process:
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "BODHI_HOME": str(tmp_path / "home")}
+    with start_serve(tmp_path / "home", env) as process:
         try:
             assert process.stderr is not None
-            url = ""
-            with trio.fail_after(HANG):
-                while not url:
-                    line = await trio.to_thread.run_sync(
-                        process.stderr.readline, abandon_on_cancel=True
-                    )
-                    assert line, f"serve exited with {process.poll()} before listening"
-                    found = re.search(rb"listening on (http://[^\s\"]+)", line)
-                    url = found.group(1).decode() if found else ""
+            with trio.fail_after(HANG):  # the thread is let go; the finally's kill ends it
+                url = await listening_url(process)
             # From here on nobody reads its stderr. Each request logs a line of ~90
             # bytes: 2,000 of them are three times the pipe's 64 KiB.
             async with httpx.AsyncClient(base_url=url) as client:
@@ -159,5 +143,5 @@ async def test_a_serve_whose_stderr_nobody_reads_keeps_answering(tmp_path: Path)
                 assert await trio.to_thread.run_sync(process.wait) == 0
         finally:
             process.kill()
-    assert rest.count(b" GET /health ") == 2_000  # every line kept, none dropped
-    assert b"bodhi-trio stopped" in rest
+    assert rest.count(" GET /health ") == 2_000  # every line kept, none dropped
+    assert "bodhi-trio stopped" in rest

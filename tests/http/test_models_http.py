@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from bodhi_trio._core._address import Address
 from bodhi_trio._transport._loopback import UpstreamPool, send_upstream
 from httpserver import one_model, running_server
 from paths import FAKE_LLAMA_SERVER
-from procs import is_alive, wait_gone
+from procs import is_alive, listening_url, start_serve, wait_gone
 from streams import DONE_LAST, ONE_ERROR_EVENT_LAST, streams_in_flight
 
 FAKE = str(FAKE_LLAMA_SERVER)
@@ -359,22 +358,6 @@ def bodhi_trio(*args: str, env: dict[str, str]) -> None:
                    text=True, timeout=60, check=True)  # fmt: skip
 
 
-def start_serve(home: Path, env: dict[str, str]) -> subprocess.Popen[str]:
-    serve = [sys.executable, "-m", "bodhi_trio", "serve", "--demo", "--home", str(home),
-             "--port", "0"]  # fmt: skip
-    return subprocess.Popen(
-        serve, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
-
-
-def listening_url(process: subprocess.Popen[str]) -> str:
-    assert process.stderr is not None
-    for line in process.stderr:
-        if match := re.search(r"listening on (http://\S+)", line):
-            return match.group(1)
-    raise AssertionError(f"serve exited with {process.wait()} before listening")
-
-
 @pytest.mark.llama
 @pytest.mark.reliability
 async def test_parent_sigkilled_with_three_children_alive(tmp_path: Path) -> None:
@@ -384,10 +367,10 @@ async def test_parent_sigkilled_with_three_children_alive(tmp_path: Path) -> Non
     for name in ALIASES:
         bodhi_trio("alias", "create", name, "--repo", DEMO_REPO, "--filename", DEMO_FILENAME,
                    "--context-param", "--ctx-size 512", env=env)  # fmt: skip
-    with start_serve(home, env) as process:
+    with start_serve(home, env, "--demo") as process:
         try:
             with trio.fail_after(60):  # the thread is let go; the finally's kill ends it
-                url = await trio.to_thread.run_sync(listening_url, process, abandon_on_cancel=True)
+                url = await listening_url(process)
             # Keep reading its log, so a full pipe never blocks it; EOF when it dies.
             assert process.stderr is not None
             threading.Thread(target=process.stderr.read, daemon=True).start()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import trio
 from bodhi_trio._core._address import Address
 from bodhi_trio._transport._loopback import UpstreamPool, send_upstream
 from httpserver import one_model
-from procs import is_alive
+from procs import is_alive, listening_url, start_serve
 
 pytestmark = pytest.mark.llama
 
@@ -40,36 +39,6 @@ def bodhi(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     )
 
 
-def start_serve(env: dict[str, str], home: Path, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "bodhi_trio",
-            "serve",
-            "--demo",
-            "--home",
-            str(home),
-            "--port",
-            "0",
-            *args,
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def wait_for_url(process: subprocess.Popen[str]) -> str:
-    assert process.stderr is not None
-    for line in process.stderr:
-        match = re.search(r"listening on (http://[^\s\"]+)", line)
-        if match:
-            return match.group(1)
-    raise AssertionError(f"serve exited with {process.wait()} before listening")
-
-
 async def test_sigterm_with_sixteen_streams_open(tmp_path: Path) -> None:
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "BODHI_HOME": str(tmp_path / "home")}
     bodhi(
@@ -87,10 +56,10 @@ async def test_sigterm_with_sixteen_streams_open(tmp_path: Path) -> None:
             "stream": True,
         }
     ).encode()
-    with start_serve(env, tmp_path / "home") as process:
+    with start_serve(tmp_path / "home", env, "--demo") as process:
         try:
             with trio.fail_after(60):  # the thread is let go; the finally's kill ends it
-                url = await trio.to_thread.run_sync(wait_for_url, process, abandon_on_cancel=True)
+                url = await listening_url(process)
             port = int(url.rsplit(":", 1)[1])
             outcomes: list[str] = []
             streaming = 0
@@ -142,10 +111,10 @@ async def test_json_log_lines_for_log_shippers(tmp_path: Path) -> None:
     """``--log-format json``: every console line is one JSON object; a request's has its
     method, path, status and timings as fields."""
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "BODHI_HOME": str(tmp_path / "home")}
-    with start_serve(env, tmp_path / "home", "--log-format", "json") as process:
+    with start_serve(tmp_path / "home", env, "--demo", "--log-format", "json") as process:
         try:
             with trio.fail_after(60):
-                url = await trio.to_thread.run_sync(wait_for_url, process, abandon_on_cancel=True)
+                url = await listening_url(process)
                 async with httpx.AsyncClient() as client:
                     assert (await client.get(url + "/ping")).status_code == 200
                 process.send_signal(signal.SIGTERM)
