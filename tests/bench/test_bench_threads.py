@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 
-from test_bench_scale import bench_module
+from test_bench_scale import BENCH_DIR, bench_module
 
 
 def test_the_python_relay_of_wake_floor_relays_every_event_and_reports_its_cpu() -> None:
@@ -47,3 +49,19 @@ def test_thread_cpu_reads_every_thread_of_a_process() -> None:
     assert name
     assert cpu_ns > 0
     assert min(voluntary, involuntary) >= 0
+
+
+def test_request_cpu_gets_every_kind_answered_and_reports_its_cpu() -> None:
+    # each kind's request must be answered 200 and end, or the tool stops with an error
+    run = subprocess.run(
+        [sys.executable, str(BENCH_DIR / "request_cpu.py"), "--requests", "3", "--rounds", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,  # a liveness bound: a response that never ends would hold it forever
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = [line for line in run.stdout.splitlines() if line.startswith("| ")][1:]
+    request_cpu = bench_module("request_cpu")
+    assert [row.split(" | ")[0].removeprefix("| ") for row in rows] == list(request_cpu.KINDS)
+    assert all(float(row.split(" | ")[1].rstrip(" |")) > 0 for row in rows)  # µs per request
