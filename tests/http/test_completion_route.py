@@ -8,8 +8,9 @@ ASGI calls with a mock clock.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import httpx
 import pytest
@@ -19,7 +20,7 @@ from quart_trio import QuartTrio
 
 from bodhi_trio._http._completion_route import CompletionRoute
 from bodhi_trio._http._request_scope import close_with_request, request_scope
-from bodhi_trio._http._routes import Reply, Routes
+from bodhi_trio._http._routes import Reply
 from bodhi_trio._http._security import Access, AccessPolicy
 from httpserver import running_server
 from paths import FAKE_LLAMA_SERVER
@@ -31,7 +32,8 @@ BODY_TIMEOUT = 60.0
 async def test_completions_are_answered_without_the_framework(
     tmp_path: Path, hub_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A completion, streamed or not, never reaches Quart; other routes still do."""
+    """A completion, streamed or not, OpenAI's or Ollama's, never reaches Quart; other
+    routes still do."""
     handled: list[str] = []
     handle_request = QuartTrio.handle_request
 
@@ -49,24 +51,33 @@ async def test_completions_are_answered_without_the_framework(
             plain = await client.post("/v1/chat/completions", json=CHAT)
             streamed = await client.post("/v1/chat/completions", json={**CHAT, "stream": True})
             refused = await client.post("/v1/completions", json={"model": "demo:tiny"})
+            ollama = await client.post("/api/chat", json={**CHAT, "stream": False})
+            ollama_streamed = await client.post("/api/chat", json=CHAT)
+            ollama_refused = await client.post("/api/chat", json={"messages": CHAT["messages"]})
+            show = await client.post("/api/show", json={"model": "demo:tiny"})
             ping = await client.get("/ping")
     assert plain.status_code == streamed.status_code == ping.status_code == 200
+    assert ollama.status_code == ollama_streamed.status_code == show.status_code == 200
     assert streamed.text.rstrip().endswith("data: [DONE]")
+    assert json.loads(ollama_streamed.text.splitlines()[-1])["done"] is True
     assert refused.status_code == 400
-    assert handled == ["/ping"]
+    # Ollama's shape for an error under its paths, on this path as through the app
+    assert ollama_refused.status_code == 400
+    assert set(ollama_refused.json()) == {"error"}
+    assert handled == ["/api/show", "/ping"]
 
 
-class _Unused:
-    """Routes that must not be reached: the body never became whole."""
-
-    async def completion(self, endpoint: str, raw: bytes) -> Reply:
-        raise AssertionError(f"the route ran for {endpoint} with {raw!r}")
+async def _unused(raw: bytes) -> Reply:
+    """A route that must not be reached: the body never became whole."""
+    raise AssertionError(f"the route ran with {raw!r}")
 
 
 def _route(max_body_bytes: int = 1000) -> CompletionRoute:
-    routes = cast(Routes, _Unused())
+    handlers = {"/v1/chat/completions": _unused}
     access = {"/v1/chat/completions": Access.API}
-    return CompletionRoute(routes, AccessPolicy("127.0.0.1"), access, max_body_bytes, BODY_TIMEOUT)
+    return CompletionRoute(
+        handlers, AccessPolicy("127.0.0.1"), access, max_body_bytes, BODY_TIMEOUT
+    )
 
 
 def _scope(*headers: tuple[bytes, bytes]) -> dict[str, Any]:
@@ -211,7 +222,7 @@ class _Streaming:
     def __init__(self) -> None:
         self.stream = _ShieldedStream()
 
-    async def completion(self, endpoint: str, raw: bytes) -> Reply:
+    async def completion(self, raw: bytes) -> Reply:
         close_with_request(self.stream)
         return Reply(200, {"Content-Type": "text/event-stream"}, self.stream)
 
@@ -219,7 +230,7 @@ class _Streaming:
 async def test_a_client_that_leaves_closes_the_stream_without_waiting_for_its_read() -> None:
     routes = _Streaming()
     route = CompletionRoute(
-        cast(Routes, routes),
+        {"/v1/chat/completions": routes.completion},
         AccessPolicy("127.0.0.1"),
         {"/v1/chat/completions": Access.API},
         1000,

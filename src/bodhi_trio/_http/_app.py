@@ -22,6 +22,7 @@ streams, so it is off; ``BODY_TIMEOUT`` bounds a slow upload instead.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, final
 
@@ -36,6 +37,7 @@ from bodhi_trio._exceptions import (
     NotFoundError,
 )
 from bodhi_trio._http._completion_route import (
+    BodyHandler,
     CompletionRoute,
     declares_body,
     refuse_declared_body,
@@ -307,8 +309,12 @@ def create_app(
     route("/bodhi/v1/aliases/<path:name>", ["GET"], routes.alias_get, access=Access.API)
     route("/bodhi/v1/aliases/<path:name>", ["PUT"], alias_put, access=Access.ADMIN)
     route("/bodhi/v1/aliases/<path:name>", ["DELETE"], routes.alias_delete, access=Access.ADMIN)
-    completion_access = {rule: route_access[("POST", rule)] for rule in ENDPOINTS}
-    completion = CompletionRoute(routes, policy, completion_access, max_body_bytes, _BODY_TIMEOUT)
+    handlers: dict[str, BodyHandler] = {
+        endpoint: functools.partial(routes.completion, endpoint) for endpoint in ENDPOINTS
+    }
+    handlers.update(ollama.inference())
+    completion_access = {rule: route_access[("POST", rule)] for rule in handlers}
+    completion = CompletionRoute(handlers, policy, completion_access, max_body_bytes, _BODY_TIMEOUT)
     return _RequestScoped(
         app, route_access, observer, completion, AnswerBudget() if answers is None else answers
     )

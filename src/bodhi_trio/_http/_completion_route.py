@@ -1,6 +1,8 @@
 """The completion routes answered straight from ASGI, without Quart's request machinery.
 
-``POST`` on a route of :data:`ENDPOINTS` is the path every token takes. Through Quart a
+``POST`` on a route of :data:`ENDPOINTS`, or on one of Ollama's inference routes
+(``/api/chat``, ``/api/generate``, ``/api/embed``, ``/api/embeddings``), is the path every
+token takes. Through Quart a
 request gets a request object, routing, before- and after-request hooks and a response
 object, and Quart-Trio runs the handler in a task of its own beside one that hands it
 the ASGI messages: CPU and scheduler rounds before the first byte. Here the same
@@ -10,10 +12,12 @@ steps run once, in order, in the task Hypercorn gave the request:
    for the route (:attr:`Access.API`), as the app's ``check_access`` does for every route.
 2. The body: a declared length over the limit is refused unread; otherwise it is read
    from ``receive`` up to the limit, within ``body_timeout`` (408 after it).
-3. :meth:`Routes.completion`, and its :class:`Reply` sent as ASGI messages (a stream's
-   pieces mostly written by the relay itself, :mod:`._relay`).
+3. The route's handler (:meth:`Routes.completion`, or Ollama's), and its :class:`Reply`
+   sent as ASGI messages (a stream's pieces mostly written by the relay itself,
+   :mod:`._relay`).
 
-Errors become answers through :func:`error_reply`, as in the app; the app's after-request
+Errors become answers through :func:`error_reply`, as in the app (in Ollama's shape under
+its paths); the app's after-request
 rules apply too: the CORS headers for an allowed ``Origin``, and ``Connection: close``
 when the body was left unread (Hypercorn would otherwise never read the next request
 on that connection). The routes stay registered in the app as well, which answers them
@@ -27,7 +31,7 @@ gets nothing.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, final
 
 import attrs
@@ -37,6 +41,7 @@ from werkzeug.exceptions import RequestEntityTooLarge, RequestTimeout
 from bodhi_trio._exceptions import RequestTooLargeError
 from bodhi_trio._http._errors import error_reply
 from bodhi_trio._http._fast_path import FastExchange
+from bodhi_trio._http._ollama._errors import is_ollama_path
 from bodhi_trio._http._request_scope import (
     close_request_bodies,
     note_request,
@@ -45,10 +50,13 @@ from bodhi_trio._http._request_scope import (
 from bodhi_trio._http._security import refuse_repeated_access_headers
 
 if TYPE_CHECKING:
-    from bodhi_trio._http._routes import Reply, Routes
+    from bodhi_trio._http._routes import Reply
     from bodhi_trio._http._security import Access, AccessPolicy
 
-__all__ = ["CompletionRoute", "declares_body", "refuse_declared_body"]
+__all__ = ["BodyHandler", "CompletionRoute", "declares_body", "refuse_declared_body"]
+
+BodyHandler = Callable[[bytes], Awaitable["Reply"]]
+"""A route's handler: the request's body in, the answer out."""
 
 _CLOSE = (b"connection", b"close")
 
@@ -56,18 +64,19 @@ _CLOSE = (b"connection", b"close")
 @final
 @attrs.frozen
 class CompletionRoute:
-    """``POST`` on the routes of :data:`ENDPOINTS`, as an ASGI application.
+    """``POST`` on the completion routes, as an ASGI application.
 
     Attributes:
-        routes: What the route does (:meth:`Routes.completion`).
-        policy: Who may call it.
-        access: What each path needs, as the app registered it (``POST`` on each route of
-            :data:`ENDPOINTS`): the one table of who may call what.
+        handlers: Each path's handler (:meth:`Routes.completion` for the routes of
+            :data:`ENDPOINTS`, Ollama's for its inference routes).
+        policy: Who may call them.
+        access: What each path of ``handlers`` needs, as the app registered it (``POST``
+            on it): the one table of who may call what.
         max_body_bytes: Larger request bodies get 413.
         body_timeout: Seconds a client may take to send its body (408 after).
     """
 
-    routes: Routes
+    handlers: Mapping[str, BodyHandler]
     policy: AccessPolicy
     access: Mapping[str, Access]
     max_body_bytes: int
@@ -92,6 +101,7 @@ class CompletionRoute:
         length = headers.get("content-length", "")
         declared = int(length) if length.isdigit() else None
         reply: Reply | None = None
+        ollama = is_ollama_path(endpoint)
         try:
             refuse_repeated_access_headers(pairs, headers)
             extra = self.policy.cors_headers(headers.get("origin"))
@@ -99,7 +109,7 @@ class CompletionRoute:
             note_request(route=endpoint)  # the metrics' route label, as the app's routes do
             raw = await self._body(declared, receive)
         except Exception as error:
-            reply, raw = error_reply(error), b""
+            reply, raw = error_reply(error, ollama=ollama), b""
         else:
             if raw is None:
                 return  # the client left while sending its body: nobody to answer
@@ -114,9 +124,9 @@ class CompletionRoute:
             close = reply is not None and declares_body(declared, headers.get("transfer-encoding"))
             if reply is None:
                 try:
-                    reply = await self.routes.completion(endpoint, raw)
+                    reply = await self.handlers[endpoint](raw)
                 except Exception as error:
-                    reply = error_reply(error)
+                    reply = error_reply(error, ollama=ollama)
             await _send_reply(send, reply, extra, close=close)
             nursery.cancel_scope.cancel()
 

@@ -212,6 +212,16 @@ class OllamaRoutes:
 
     # ------------------------------------------------------------------ inference
 
+    def inference(self) -> dict[str, Callable[[bytes], Awaitable[Reply]]]:
+        """The inference routes (``POST``), each with its handler of the request body:
+        the app's completion route answers them past Quart as it does OpenAI's."""
+        return {
+            "/api/chat": self.chat,
+            "/api/generate": self.generate,
+            "/api/embed": self.embed,
+            "/api/embeddings": self.embeddings,
+        }
+
     async def chat(self, raw: bytes) -> Reply:
         """``POST /api/chat``."""
         return await self._complete(raw, "chat")
@@ -358,13 +368,7 @@ def register_ollama_routes(
     route("/api/version", ["GET"], ollama.version, access=Access.API)
     route("/api/tags", ["GET"], ollama.tags, access=Access.API)
     route("/api/ps", ["GET"], ollama.ps, access=Access.API)
-    for path, handler in (
-        ("/api/show", ollama.show),
-        ("/api/chat", ollama.chat),
-        ("/api/generate", ollama.generate),
-        ("/api/embed", ollama.embed),
-        ("/api/embeddings", ollama.embeddings),
-    ):
+    for path, handler in (("/api/show", ollama.show), *ollama.inference().items()):
         route(path, ["POST"], with_body(handler), access=Access.API)
     route("/api/pull", ["POST"], with_body(ollama.pull), access=Access.ADMIN)
     route("/api/copy", ["POST"], with_body(ollama.copy), access=Access.ADMIN)
