@@ -13,8 +13,8 @@ A line that can go out at once is written where it is made all the same: when no
 is queued, stderr is a file, a pipe or a socket that takes a short line without waiting
 (the kernel says so), and the line is short. Handing every line to the thread cost each
 request more than the write: the thread's wake-up, and the interpreter's lock taken from
-the event loop while the next request came in (measured: ~70 µs of added time to first
-byte on two vCPUs, with one access line per request).
+the event loop while the next request came in (measured on two vCPUs, one access line per
+request: 11-24% of a short request's CPU; docs/benchmarks.md, session 23).
 """
 
 from __future__ import annotations

@@ -2,11 +2,11 @@
 
 ``POST`` on a route of :data:`ENDPOINTS`, or on one of Ollama's inference routes
 (``/api/chat``, ``/api/generate``, ``/api/embed``, ``/api/embeddings``), is the path every
-token takes. Through Quart a
-request gets a request object, routing, before- and after-request hooks and a response
-object, and Quart-Trio runs the handler in a task of its own beside one that hands it
-the ASGI messages: CPU and scheduler rounds before the first byte. Here the same
-steps run once, in order, in the task Hypercorn gave the request:
+token takes. Through Quart a request gets a request object, routing, before- and
+after-request hooks and a response object, and Quart-Trio runs the handler in a task of
+its own beside one that hands it the ASGI messages: CPU and scheduler rounds before the
+first byte. Here the same steps run once, in order, in the task Hypercorn gave the
+request:
 
 1. Host, Origin and key: :meth:`AccessPolicy.check` with the access the app registered
    for the route (:attr:`Access.API`), as the app's ``check_access`` does for every route.
@@ -17,11 +17,11 @@ steps run once, in order, in the task Hypercorn gave the request:
    :mod:`._relay`).
 
 Errors become answers through :func:`error_reply`, as in the app (in Ollama's shape under
-its paths); the app's after-request
-rules apply too: the CORS headers for an allowed ``Origin``, and ``Connection: close``
-when the body was left unread (Hypercorn would otherwise never read the next request
-on that connection). The routes stay registered in the app as well, which answers them
-when this path declines a request (an ASGI ``root_path``).
+its paths); the app's after-request rules apply too: the CORS headers for an allowed
+``Origin``, and ``Connection: close`` when the body was left unread (Hypercorn would
+otherwise never read the next request on that connection). The routes stay registered
+in the app as well, which answers them when this path declines a request (an ASGI
+``root_path``).
 
 Cancellation: once the body is read (or left unread for an early error), a second task
 waits for ``http.disconnect`` and cancels the answer when the client leaves (the relay's
