@@ -7,6 +7,8 @@ by default this checkout's ``src``), each relaying its own fake upstream
 keep-alive connections from one blocking client. The CPU is the server's, every thread's
 (``/proc/PID/task/*/schedstat``, nanoseconds), read before and after each kind's requests;
 rounds rotate the servers' order, and the table gives each kind's median over the rounds.
+Some kernels account a thread's CPU a scheduler tick at a time (4 ms on this machine's): a
+kind needs hundreds of requests per round for a figure to mean anything.
 
 A request's CPU moves far less from one run to the next than its latency does on a small
 machine (where the three processes run decides most of that): a change's cost or saving per
@@ -70,14 +72,21 @@ KINDS: dict[str, bytes] = {
 """Each kind's request, as the client sends it (it never changes)."""
 
 
-def cpu_ns(pid: int) -> int:
-    """The CPU time of every thread of ``pid`` so far (a thread that ended is not counted:
-    the server's threads live as long as it does)."""
-    total = 0
+def cpu_ns(pid: int) -> dict[str, int]:
+    """The CPU time of each thread of ``pid`` so far, by thread id."""
+    times: dict[str, int] = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         with contextlib.suppress(FileNotFoundError):  # ended meanwhile
-            total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
-    return total
+            times[tid] = int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
+    return times
+
+
+def cpu_between(before: dict[str, int], after: dict[str, int]) -> int:
+    """The CPU the threads spent between two readings of :func:`cpu_ns`. A thread that ended
+    meanwhile (an idle worker of Trio's thread cache leaves after a while) is not in
+    ``after``: what it spent since ``before`` is lost (its total must not count against
+    the others); a thread started meanwhile counts from zero."""
+    return sum(spent - before.get(tid, 0) for tid, spent in after.items())
 
 
 def _read_response(sock: socket.socket, data: bytes) -> bytes:
@@ -124,7 +133,7 @@ def cpu_per_request(bodhi: Bodhi, request: bytes, count: int) -> float:
     host, port = bodhi.url.removeprefix("http://").rsplit(":", 1)
     before = cpu_ns(bodhi.pid)
     send((host, int(port)), request, count)
-    return (cpu_ns(bodhi.pid) - before) / count / 1e3
+    return cpu_between(before, cpu_ns(bodhi.pid)) / count / 1e3
 
 
 @contextlib.contextmanager
