@@ -367,11 +367,13 @@ def start_bodhi(
     timeout: float = 120.0,
     max_loaded: int = 1,
     files: dict[str, tuple[str, str]] | None = None,
+    pythonpath: str | None = None,
 ) -> Bodhi:
     """``bodhi-trio serve --demo --port 0`` with its own BODHI_HOME and HF_HOME under
     ``workdir/name``, every alias in ``aliases`` (name → context params) on the demo model
     (or on the ``(repo, filename)`` that ``files`` gives for it: ``serve --demo`` also places
-    ``demo:smol``'s), ``BODHI_KEEP_ALIVE_SECS=-1``, ``BODHI_MAX_LOADED_MODELS=max_loaded``
+    ``demo:smol``'s), ``BODHI_KEEP_ALIVE_SECS=-1``, ``BODHI_MAX_LOADED_MODELS=max_loaded``,
+    ``PYTHONPATH=pythonpath`` if given (another tree's ``src``: its bodhi-trio runs)
     and, if given, ``BODHI_LLAMA_SERVER=llama_server``.
     Its output goes to ``workdir/name/serve.log`` (a file: it can never block).
     """
@@ -387,6 +389,8 @@ def start_bodhi(
     extra["BODHI_MAX_QUEUE"] = "100000"
     if llama_server is not None:
         extra["BODHI_LLAMA_SERVER"] = str(llama_server)
+    if pythonpath is not None:
+        extra["PYTHONPATH"] = pythonpath
     env = _clean_env(**extra)
     for alias, params in aliases.items():
         argv = [*_bodhi_argv(), "--home", str(home), "alias", "create", alias]
@@ -426,9 +430,18 @@ def running_bodhi(
     llama_server: Path | None = None,
     max_loaded: int = 1,
     files: dict[str, tuple[str, str]] | None = None,
+    pythonpath: str | None = None,
 ) -> Iterator[Bodhi]:
     """:func:`start_bodhi`, stopped (and its children with it) on leaving."""
-    bodhi = start_bodhi(workdir, name, aliases, llama_server, max_loaded=max_loaded, files=files)
+    bodhi = start_bodhi(
+        workdir,
+        name,
+        aliases,
+        llama_server,
+        max_loaded=max_loaded,
+        files=files,
+        pythonpath=pythonpath,
+    )
     try:
         yield bodhi
     finally:

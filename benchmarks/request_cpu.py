@@ -29,7 +29,6 @@ import os
 import socket
 import statistics
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 from bench_procs import FAKE, Bodhi, running_bodhi
@@ -136,36 +135,23 @@ def cpu_per_request(bodhi: Bodhi, request: bytes, count: int) -> float:
     return cpu_between(before, cpu_ns(bodhi.pid)) / count / 1e3
 
 
-@contextlib.contextmanager
-def _source(src: str) -> Iterator[None]:
-    """``PYTHONPATH`` set to ``src`` for the processes started in the block."""
-    before = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = src
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ["PYTHONPATH"]
-        else:
-            os.environ["PYTHONPATH"] = before
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--src", action="append", help="a tree's src (repeatable)")
     parser.add_argument("--requests", type=int, default=1000, help="per kind and round")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--kinds", help="only these kinds, comma-separated")
+    parser.add_argument(
+        "--kind", action="append", choices=list(KINDS), help="only this kind (repeatable)"
+    )
     args = parser.parse_args()
     sources = args.src or [str(HERE.parent / "src")]
-    kinds = {k: KINDS[k] for k in args.kinds.split(",")} if args.kinds else KINDS
+    kinds = {kind: KINDS[kind] for kind in args.kind} if args.kind else KINDS
     results: dict[tuple[str, str], list[float]] = {}
     with tempfile.TemporaryDirectory() as scratch, contextlib.ExitStack() as stack:
         servers: list[tuple[str, Bodhi]] = []
         for n, src in enumerate(sources):
-            with _source(src):
-                server = running_bodhi(Path(scratch), f"s{n}", {ALIAS: []}, FAKE)
-                bodhi = stack.enter_context(server)
+            server = running_bodhi(Path(scratch), f"s{n}", {ALIAS: []}, FAKE, pythonpath=src)
+            bodhi = stack.enter_context(server)
             bodhi.load(ALIAS)
             for request in kinds.values():  # warm: the code's first run is not measured
                 cpu_per_request(bodhi, request, 20)
