@@ -112,6 +112,13 @@ async def run_parent_and_sigkill_it(binary: Path, model: Path, *args: str) -> in
     return child_pid
 
 
+def serve_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """This process's environment with ``HF_HOME`` and ``BODHI_HOME`` under ``tmp_path``
+    (``hf``, ``home``) and the ``extra`` variables: a server of its own for a test."""
+    home = {"HF_HOME": str(tmp_path / "hf"), "BODHI_HOME": str(tmp_path / "home")}
+    return {**os.environ, **home, **extra}
+
+
 def start_serve(home: Path, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
     """``bodhi-trio serve --home HOME --port 0 ARGS`` with ``env``, its stderr a pipe
     (text; :func:`listening_url` reads it), its stdout discarded."""

@@ -16,7 +16,7 @@ import pytest
 import trio
 
 from bodhi_trio._cli_logging import INLINE_CHARS, LogWriter
-from procs import listening_url, start_serve
+from procs import listening_url, serve_env, start_serve
 
 # liveness bounds, not timings: a blocked emit or server never returns at all
 HANG = 30.0
@@ -124,8 +124,30 @@ def test_a_short_line_is_written_in_place_when_the_stream_takes_it_now(
     assert stream.writers == expected
 
 
+class CountingFormatter(logging.Formatter):
+    """Counts the lines it makes."""
+
+    made = 0
+
+    def format(self, record: logging.LogRecord) -> str:
+        self.made += 1
+        return super().format(record)
+
+
+def test_a_line_too_long_for_its_place_is_made_once(tmp_path: Path) -> None:
+    formatter = CountingFormatter()
+    long_line = "long " + "y" * INLINE_CHARS
+    with (tmp_path / "log").open("w") as stream:
+        writer = LogWriter(stream)
+        writer.setFormatter(formatter)
+        writer.emit(record(long_line))  # made here, found too long, written by the thread
+        writer.close()
+    assert (tmp_path / "log").read_text() == long_line + "\n"
+    assert formatter.made == 1
+
+
 async def test_a_serve_whose_stderr_nobody_reads_keeps_answering(tmp_path: Path) -> None:
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "BODHI_HOME": str(tmp_path / "home")}
+    env = serve_env(tmp_path)
     with start_serve(tmp_path / "home", env) as process:
         try:
             assert process.stderr is not None

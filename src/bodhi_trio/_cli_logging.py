@@ -52,8 +52,9 @@ class LogWriter(logging.Handler):
     """A handler that hands each record to its thread, which writes it to ``stream``
     (stderr by default) with this handler's formatter and filters already applied.
 
-    Records are queued as they are (their message is made in the thread): the
-    arguments bodhi-trio logs are strings and numbers, never changed after.
+    A record is queued as it is (its message made in the thread: the arguments
+    bodhi-trio logs are strings and numbers, never changed after), or with its line when
+    :meth:`emit` made that already and found it too long to write in place.
 
     Args:
         stream: Where the lines go (``sys.stderr`` when ``None``, looked up per line, as
@@ -82,6 +83,7 @@ class LogWriter(logging.Handler):
         queued before it; else queue it for the thread, or drop it (counted) if the queue
         is full. (``logging`` calls this with the handler's lock held: one emit at a time.)
         """
+        item: logging.LogRecord | tuple[str, logging.LogRecord] = record
         # nothing queued and the thread not writing: a line written here keeps its place
         if not self._queue.unfinished_tasks:
             stream = self._current_stream()
@@ -94,8 +96,9 @@ class LogWriter(logging.Handler):
                 if len(line) <= INLINE_CHARS:
                     self._write_line(stream, line, record)
                     return
+                item = (line, record)  # the thread writes it as it is, not made again
         try:
-            self._queue.put_nowait(record)
+            self._queue.put_nowait(item)
         except queue.Full:
             self._dropped = next(self._drops)
 
@@ -140,6 +143,10 @@ class LogWriter(logging.Handler):
                     return
                 if isinstance(item, threading.Event):
                     item.set()
+                    continue
+                if isinstance(item, tuple):
+                    line, record = item
+                    self._write_line(self._current_stream(), line, record)
                     continue
                 assert isinstance(item, logging.LogRecord)
                 self._write(item)

@@ -26,7 +26,7 @@ from bodhi_trio._core._address import Address
 from bodhi_trio._transport._loopback import UpstreamPool, send_upstream
 from httpserver import one_model, running_server
 from paths import FAKE_LLAMA_SERVER
-from procs import is_alive, listening_url, start_serve, wait_gone
+from procs import is_alive, listening_url, serve_env, start_serve, wait_gone
 from streams import DONE_LAST, ONE_ERROR_EVENT_LAST, streams_in_flight
 
 FAKE = str(FAKE_LLAMA_SERVER)
@@ -362,8 +362,7 @@ def bodhi_trio(*args: str, env: dict[str, str]) -> None:
 @pytest.mark.reliability
 async def test_parent_sigkilled_with_three_children_alive(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "BODHI_HOME": str(home),
-           "BODHI_MAX_LOADED_MODELS": "3"}  # fmt: skip
+    env = serve_env(tmp_path, BODHI_MAX_LOADED_MODELS="3")
     for name in ALIASES:
         bodhi_trio("alias", "create", name, "--repo", DEMO_REPO, "--filename", DEMO_FILENAME,
                    "--context-param", "--ctx-size 512", env=env)  # fmt: skip

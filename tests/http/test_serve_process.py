@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import trio
 from bodhi_trio._core._address import Address
 from bodhi_trio._transport._loopback import UpstreamPool, send_upstream
 from httpserver import one_model
-from procs import is_alive, listening_url, start_serve
+from procs import is_alive, listening_url, serve_env, start_serve
 
 pytestmark = pytest.mark.llama
 
@@ -40,7 +39,7 @@ def bodhi(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 
 async def test_sigterm_with_sixteen_streams_open(tmp_path: Path) -> None:
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "BODHI_HOME": str(tmp_path / "home")}
+    env = serve_env(tmp_path)
     bodhi(
         "alias", "create", "demo:long",
         "--repo", "bodhi-trio/tiny-random-llama", "--filename", "tiny-random-llama.gguf",
@@ -110,7 +109,7 @@ async def test_sigterm_with_sixteen_streams_open(tmp_path: Path) -> None:
 async def test_json_log_lines_for_log_shippers(tmp_path: Path) -> None:
     """``--log-format json``: every console line is one JSON object; a request's has its
     method, path, status and timings as fields."""
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "BODHI_HOME": str(tmp_path / "home")}
+    env = serve_env(tmp_path)
     with start_serve(tmp_path / "home", env, "--demo", "--log-format", "json") as process:
         try:
             with trio.fail_after(60):
