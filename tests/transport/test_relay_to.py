@@ -23,6 +23,7 @@ from bodhi_trio._http._relay_body import RelayBody
 from bodhi_trio._http._sse import KEEPALIVE
 from bodhi_trio._transport._loopback import HTTPResponse, UpstreamPool, send_upstream
 from bodhi_trio._transport._relay_hub import RelayHub
+from bodhi_trio._transport._response import HEAD_BYTES
 from deadlines import wall_deadline
 
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -284,6 +285,30 @@ async def test_relay_arrived_writes_what_came_with_the_head_without_waiting(
             complete.append(response.complete)
     assert complete == [False, True]
     assert written(sink.calls) == EVENTS[0] + EVENTS[1]
+
+
+async def test_a_burst_behind_the_head_is_not_read_before_its_first_events_go_out() -> None:
+    """The head came with 1,000 events queued behind it (a fast stream): the first read
+    takes at most :data:`HEAD_BYTES`, so the events that came with the head go out before
+    the rest is read (a read of the whole burst copies it all first, and a fast writer
+    keeps such a read going)."""
+    events = [b'data: {"n": %d, "pad": "%s"}\n\n' % (n, b"x" * 200) for n in range(1000)]
+    burst = HEAD + b"".join(chunk(event) for event in events) + END
+
+    async def handler(stream: trio.SocketStream) -> None:
+        await read_request(stream)
+        await stream.send_all(burst)
+        await trio.sleep_forever()
+
+    sink = Sink()
+    with trio.fail_after(10):
+        async with response_from(handler) as response:
+            await response.relay_arrived(sink)
+            first = written(sink.calls)
+            await response.relay_to(sink)
+    assert 0 < len(first) < HEAD_BYTES
+    assert first.count(b"data: ") < 20  # ~17 of these in 4 KiB; a 64 KiB read brings ~270
+    assert written(sink.calls) == b"".join(events)
 
 
 @attrs.define

@@ -73,8 +73,9 @@ class UpstreamConnection:
     """The run's clock (a test's ``MockClock`` too): ``clock.current_time()`` is one call
     where ``trio.current_time()`` makes three, on a path taken per token."""
 
-    async def receive(self) -> bytes:
-        """The next bytes from the server; ``b""`` when it closed the connection.
+    async def receive(self, max_bytes: int = RECEIVE_BYTES) -> bytes:
+        """The next bytes from the server, at most ``max_bytes``; ``b""`` when it closed the
+        connection.
 
         ``SocketStream.receive_some`` without its layers: a token of a paced stream is one
         read, and the stream's conflict detector and the socket's generic retry helper cost
@@ -98,7 +99,7 @@ class UpstreamConnection:
                 await trio.lowlevel.checkpoint_if_cancelled()
                 try:
                     # fileno() is -1 once closed: a read then fails, never reads another socket
-                    data = os.read(sock.fileno(), RECEIVE_BYTES)
+                    data = os.read(sock.fileno(), max_bytes)
                 except BlockingIOError:
                     self.paced = True
                 else:
@@ -112,7 +113,7 @@ class UpstreamConnection:
                     raise self.closed_error()
                 await trio.lowlevel.wait_readable(fd)  # a checkpoint: cancellable
                 try:
-                    data = os.read(sock.fileno(), RECEIVE_BYTES)
+                    data = os.read(sock.fileno(), max_bytes)
                 except BlockingIOError:  # a spurious wake-up
                     continue
                 # Paced if the bytes kept it waiting (a token's pace); ones that were there

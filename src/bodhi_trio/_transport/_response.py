@@ -28,7 +28,13 @@ from bodhi_trio._transport._whole import read_whole
 if TYPE_CHECKING:
     from bodhi_trio._transport._relay_hub import RelayHub
 
-__all__ = ["ChunkSink", "HTTPResponse", "StaleConnection", "exchange"]
+__all__ = ["HEAD_BYTES", "ChunkSink", "HTTPResponse", "StaleConnection", "exchange"]
+
+HEAD_BYTES = 4096
+"""Most bytes read at a time until a response's head is whole (the body's reads then take
+up to :data:`RECEIVE_BYTES`). A fast stream's events queue behind its head; one read of
+them all copies every one of them out of the socket before the first can go on, and keeps
+copying while the server writes more (measured: 55 KB in one read that took 1.4 ms)."""
 
 
 class ChunkSink(Protocol):
@@ -294,7 +300,7 @@ async def exchange(connection: UpstreamConnection, request: bytes, method: str) 
             raise connection.broken(exc) from exc
         data = b""
         while (found := split_head(data)) is None:
-            more = await connection.receive()
+            more = await connection.receive(HEAD_BYTES)
             if not more:
                 raise UpstreamError(f"{connection.peer} closed the connection before answering")
             data += more
