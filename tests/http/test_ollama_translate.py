@@ -278,6 +278,9 @@ def test_many_unmatched_tool_results_translate_in_one_pass() -> None:
         ({"messages": [{"role": "user", "content": 5}]}, "content must be a string"),
         ({"messages": USER, "stream": "yes"}, "stream must be a boolean"),
         ({"messages": USER, "options": {"seed": "x"}}, 'option "seed"'),
+        ({"messages": USER, "tools": [5]}, "tools must be an array of objects"),
+        ({"messages": USER, "logprobs": "x"}, "logprobs must be a boolean"),
+        ({"messages": USER, "top_logprobs": "x"}, "top_logprobs must be an integer"),
     ],
 )  # fmt: skip
 def test_bad_chat_bodies_are_400(body: dict[str, Any], message: str) -> None:
@@ -299,6 +302,22 @@ def test_generate_raw_goes_to_completions_else_a_chat_with_the_system() -> None:
     for field, value in (("suffix", "end"), ("template", "{{ .Prompt }}"), ("images", ["x"])):
         with pytest.raises(InvalidRequestError, match="not supported"):
             generate_request({"model": "m", "prompt": "x", field: value}, "m")
+    for context in ("x", [1, "2"]):
+        with pytest.raises(InvalidRequestError, match="context must be an array of integers"):
+            generate_request({"model": "m", "prompt": "x", "context": context}, "m")
+
+
+def test_a_raw_generate_carries_its_format_as_the_json_schema_completions_read() -> None:
+    """``/v1/completions`` reads no ``response_format`` (llama-server ignores it there)."""
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}}
+    for given, sent in (("json", {"type": "object"}), (schema, schema)):
+        body = generate_request({"model": "m", "prompt": "x", "raw": True, "format": given}, "m")
+        assert body.endpoint == "/v1/completions"
+        assert body.body["json_schema"] == sent
+        assert "response_format" not in body.body
+    chat = generate_request({"model": "m", "prompt": "x", "format": "json"}, "m").body
+    assert chat["response_format"] == {"type": "json_object"}
+    assert "json_schema" not in chat
 
 
 def test_embed_inputs() -> None:

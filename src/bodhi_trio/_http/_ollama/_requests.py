@@ -12,7 +12,9 @@ What maps to what:
   ``main_gpu``, ``num_thread``, ``use_mmap``) are type-checked, then ignored with a log
   line (a model's launch flags come from its alias); unknown keys are ignored.
 - ``format``: ``"json"`` → ``response_format: {"type": "json_object"}``; a JSON schema →
-  ``{"type": "json_schema", "json_schema": {"schema": ...}}``.
+  ``{"type": "json_schema", "json_schema": {"schema": ...}}``. A ``raw`` generate goes to
+  ``/v1/completions``, which reads no ``response_format``: there ``json_schema`` carries
+  it (``{"type": "object"}`` for ``"json"``).
 - ``think``: ``false`` → ``chat_template_kwargs: {"enable_thinking": false}``; a level
   (``"low"``...) → ``{"reasoning_effort": level}``; ``true`` → the template's default.
 - ``tools`` and tool messages: Ollama's object ``arguments`` → OpenAI's JSON string with an
@@ -140,12 +142,18 @@ def options_fields(options: object) -> dict[str, Any]:
     return fields
 
 
-def _format_field(value: object) -> dict[str, Any]:
+def _format_field(value: object, *, chat: bool) -> dict[str, Any]:
+    """``format`` as a chat completion's ``response_format``, or (``chat`` false) as the
+    ``json_schema`` a plain completion reads."""
     if value is None or value == "":
         return {}
     if value == "json":
+        if not chat:
+            return {"json_schema": {"type": "object"}}
         return {"response_format": {"type": "json_object"}}
     if isinstance(value, Mapping):
+        if not chat:
+            return {"json_schema": value}
         return {"response_format": {"type": "json_schema", "json_schema": {"schema": value}}}
     raise InvalidRequestError(
         'invalid format: expected "json" or a valid JSON schema', param="format"
@@ -161,7 +169,7 @@ def _think_fields(value: object) -> dict[str, Any]:
         return {"chat_template_kwargs": {"reasoning_effort": value}}
     raise InvalidRequestError(
         f"think value {json.dumps(value)} is not supported: use true, false, or a level"
-        " (low, medium, high)",
+        " (low, medium, high, max)",
         param="think",
     )
 
@@ -181,12 +189,17 @@ def _no_images(value: object) -> None:
         raise InvalidRequestError("images are not supported", param="images")
 
 
-def _common(body: Mapping[str, Any], model: str) -> tuple[dict[str, Any], bool, float | None]:
-    """The fields chat and generate share: the upstream body so far, stream, keep_alive."""
+def _common(
+    body: Mapping[str, Any], model: str, *, chat: bool = True
+) -> tuple[dict[str, Any], bool, float | None]:
+    """The fields chat and generate share: the upstream body so far (for a chat
+    completion, or a plain one if not ``chat``), stream, keep_alive."""
     stream = _optional(body, "stream", (bool,), "a boolean")
+    _optional(body, "logprobs", (bool,), "a boolean")  # not sent on: checked as Ollama does
+    _optional(body, "top_logprobs", (int,), "an integer")
     request: dict[str, Any] = {"model": model}
     request.update(options_fields(body.get("options")))
-    request.update(_format_field(body.get("format")))
+    request.update(_format_field(body.get("format"), chat=chat))
     return request, stream is not False, parse_keep_alive(body.get("keep_alive"))
 
 
@@ -325,6 +338,8 @@ def chat_request(body: Mapping[str, Any], model: str) -> OpenAIRequest:
     raw_messages = body.get("messages")
     messages = _chat_messages([] if raw_messages is None else raw_messages)
     tools = _optional(body, "tools", (list,), "an array")
+    if tools and not all(isinstance(tool, Mapping) for tool in tools):
+        raise InvalidRequestError("tools must be an array of objects", param="tools")
     if tools:
         request["tools"] = tools
     request.update(_think_fields(body.get("think")))
@@ -337,10 +352,13 @@ def chat_request(body: Mapping[str, Any], model: str) -> OpenAIRequest:
 def generate_request(body: Mapping[str, Any], model: str) -> OpenAIRequest:
     """``POST /api/generate``: ``raw`` → ``/v1/completions`` with the prompt as is; else
     a chat of the ``system`` and the prompt as a user message."""
-    request, stream, keep_alive = _common(body, model)
+    raw = _optional(body, "raw", (bool,), "a boolean")
+    request, stream, keep_alive = _common(body, model, chat=not raw)
     prompt = _optional(body, "prompt", (str,), "a string") or ""
     system = _optional(body, "system", (str,), "a string")
-    raw = _optional(body, "raw", (bool,), "a boolean")
+    context = _optional(body, "context", (list,), "an array of integers")
+    if context and not all(isinstance(t, int) and not isinstance(t, bool) for t in context):
+        raise InvalidRequestError("context must be an array of integers", param="context")
     if _optional(body, "suffix", (str,), "a string"):
         raise InvalidRequestError(
             "suffix is not supported (no fill-in-the-middle on this server)", param="suffix"
