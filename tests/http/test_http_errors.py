@@ -82,6 +82,43 @@ async def test_chat_errors_have_the_envelope(
     assert "Traceback" not in error["message"]
 
 
+WRONG_TYPES = [
+    ({**CHAT, "tools": "x"}, "tools"),
+    ({**CHAT, "tools": [5]}, "tools"),
+    ({**CHAT, "tool_choice": 5}, "tool_choice"),
+    ({**CHAT, "response_format": "x"}, "response_format"),
+    ({**CHAT, "logit_bias": "x"}, "logit_bias"),
+    ({**CHAT, "user": 5}, "user"),
+    ({**CHAT, "messages": [{"role": 5, "content": "hi"}]}, "messages"),
+    ({**CHAT, "messages": [{"content": "hi"}]}, "messages"),
+]
+
+
+async def test_wrong_field_types_llama_server_would_refuse_with_a_500_are_400(
+    tmp_path: Path, hub_cache: Path
+) -> None:
+    """Refused before any model loads, with the field named: llama-server answers some of
+    these 500 (``Failed to parse tools``), and takes others silently."""
+    with trio.fail_after(30):
+        async with running_server(tmp_path, hub_cache) as server:
+            answers = [
+                await request(server.url, "POST", "/v1/chat/completions", json=body)
+                for body, _ in WRONG_TYPES
+            ]
+            embedding = await request(
+                server.url,
+                "POST",
+                "/v1/embeddings",
+                json={"model": "demo:tiny", "input": "x", "dimensions": "x"},
+            )
+    for response, (_, param) in [
+        *zip(answers, WRONG_TYPES, strict=True),
+        (embedding, ("", "dimensions")),
+    ]:
+        assert response.status_code == 400
+        assert envelope(response)["param"] == param
+
+
 async def test_missing_model_file_is_404(tmp_path: Path, hub_cache: Path) -> None:
     from bodhi_trio._config._aliases import Alias
 

@@ -14,7 +14,7 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from bodhi_trio._config._demo import DEMO_ALIAS
-from bodhi_trio._core._state import ServerState
+from bodhi_trio._core._state import EventKind, ServerEvent, ServerState
 from bodhi_trio._http._log_format import JsonLogFormatter
 from bodhi_trio._http._observe import Observer, unload_cause
 from bodhi_trio._http._request_scope import note_request
@@ -133,9 +133,19 @@ async def test_each_request_and_model_change_logs_one_line(
             assert (await client.post("/bodhi/v1/aliases", json=ghost)).status_code == 201
             missing = await client.post(CHAT, json={**body, "model": "ghost:1"})
             assert missing.status_code == 404
+            refused = await client.post(CHAT, json={**body, "stream": "yes"})
+            assert refused.status_code == 400
+            stop = await client.post("/bodhi/v1/server/stop", json={"alias": DEMO_ALIAS})
+            assert stop.status_code == 200
     access = [r for r in caplog.records if r.name == "bodhi_trio.access"]
     chats = [r for r in access if getattr(r, "path", None) == CHAT]
-    assert [r.getMessage().split()[2:4] for r in chats] == [[DEMO_ALIAS, "200"], ["ghost:1", "404"]]
+    assert [r.getMessage().split()[2:4] for r in chats] == [
+        [DEMO_ALIAS, "200"],
+        ["ghost:1", "404"],
+        [DEMO_ALIAS, "400"],  # refused, and still counted by the alias it named
+    ]
+    stops = [r for r in access if getattr(r, "path", None) == "/bodhi/v1/server/stop"]
+    assert [r.getMessage().split()[2:4] for r in stops] == [[DEMO_ALIAS, "200"]]
     line = chats[0].getMessage()
     assert line.startswith(f"POST {CHAT} {DEMO_ALIAS} 200 ttfb="), line
     assert line.endswith("B"), line
@@ -147,7 +157,30 @@ async def test_each_request_and_model_change_logs_one_line(
     assert any(m.startswith(f"loaded {DEMO_ALIAS} (pid ") for m in models), models
     # A load that never happened is not an unload.
     assert not any("ghost:1" in m for m in models if m.startswith("unloaded")), models
+    # One line for the stop: the models logger's, no other logger's beside it.
+    assert [m for m in models if m.startswith(f"unloaded {DEMO_ALIAS}")] == [
+        f"unloaded {DEMO_ALIAS} (stop requested)"
+    ], models
+    others = [r for r in caplog.records if r.name not in ("bodhi_trio.access", "bodhi_trio.models")]
+    assert not [r.getMessage() for r in others if DEMO_ALIAS in r.getMessage()]
     assert any(m.startswith("did not load ghost:1: ") for m in models), models
+
+
+async def test_the_load_time_is_the_childs_start_not_its_wait_for_room(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A load that waited 60 s for an eviction and started in 0.25 s took 0.25 s: the
+    time comes with the start's event (its ``load_secs``), not from the loading one."""
+    caplog.set_level(logging.INFO, logger="bodhi_trio.models")
+    observer = Observer(lambda: ServerState("cpu"), lambda alias: alias == "a:1")
+    loading = ServerEvent(EventKind.LOADING, "a:1", "cpu", time=1000.0)
+    start = ServerEvent(EventKind.START, "a:1", "cpu", {"pid": 7, "load_secs": 0.25}, time=1060.0)
+    for event in (loading, start):
+        if event.kind in Observer.EVENT_KINDS:
+            await observer.on_event(event)
+    found = samples(observer.render().decode())
+    assert value(found, "bodhi_model_load_seconds_sum", alias="a:1") == 0.25
+    assert [r.getMessage() for r in caplog.records] == ["loaded a:1 (pid 7) in 0.25 s"]
 
 
 def test_token_counts_come_from_the_end_of_a_response() -> None:

@@ -12,6 +12,8 @@ import functools
 import logging
 from typing import TYPE_CHECKING
 
+import trio
+
 from bodhi_trio._core._idle import run_idle_unloader
 from bodhi_trio._core._model import ModelSlot
 from bodhi_trio._core._slot import PendingLoad, Slot
@@ -90,6 +92,7 @@ def _load_failed(
 async def _start_child(scheduler: Scheduler, model: ModelSlot, spec: LaunchSpec) -> None:
     """Start ``model``'s child (its write side held) and its watch and idle timer."""
     on_crash = functools.partial(_on_crash, scheduler, model)
+    started = trio.current_time()  # the load's own time: not its wait for room before
     server, scope, finished = await scheduler._nursery.start(
         supervise_child,
         scheduler._launcher,
@@ -104,7 +107,8 @@ async def _start_child(scheduler: Scheduler, model: ModelSlot, spec: LaunchSpec)
     model.count_reader(0)  # the keep-alive counts from now
     scheduler._starts += 1
     scheduler._publish()
-    scheduler.emit(EventKind.START, model.name, pid=server.pid)
+    took = round(trio.current_time() - started, 6)
+    scheduler.emit(EventKind.START, model.name, pid=server.pid, load_secs=took)
     timeout = scheduler._limits.upstream_idle_timeout
     if timeout > 0:
         scheduler._nursery.start_soon(
@@ -124,7 +128,7 @@ def _on_crash(scheduler: Scheduler, model: ModelSlot, error: LlamaServerExitedEr
     child = model.child
     if child is None or not model.ready:  # stopping or stopped already: not a crash
         return
-    logger.error("%s: %s", model.name, error.message)
+    logger.debug("%s: %s", model.name, error.message)  # the console's line: the event's
     model.interrupt(
         ResponseInterruptedError(f"llama-server crashed (exit code {error.returncode})")
     )
@@ -148,7 +152,7 @@ def _on_hung(scheduler: Scheduler, model: ModelSlot, child: Slot, message: str) 
     """
     if model.child is not child or not model.ready:
         return
-    logger.error("%s", message)
+    logger.debug("%s", message)  # the console's line: the event's
     model.interrupt(ResponseInterruptedError(message))
     model.idle_scope.cancel()
     child.server.kill()  # SIGKILL: a stopped or wedged process ignores SIGTERM

@@ -333,7 +333,7 @@ class Scheduler:
         model.set_status(SlotStatus.STOPPED)
         self._publish()
         self.emit(EventKind.STOP, model.name, pid=child.server.pid, reason=reason)
-        logger.info("stopped %s (%s)", model.name, reason)
+        logger.debug("stopped %s (%s)", model.name, reason)  # the console's line: the event's
 
     async def unload_when_idle(self, name: str, *, patience: float) -> None:
         """Make ``name`` unload once its in-flight responses ended (keep-alive 0: the idle

@@ -183,7 +183,6 @@ class Observer:
         # Names found to be aliases once: a label from then on, without a lookup per request
         # (an alias file's stat). Bounded as the labels are: by the aliases that existed.
         self._labelled: set[str] = set()
-        self._loading_since: dict[str, float] = {}
         # Finished requests not yet recorded, and what wakes serve() for them (None: it
         # does not run, each is recorded as it ends).
         self._pending: collections.deque[tuple[str, str, RequestNote, _Measured, float]] = (
@@ -220,7 +219,7 @@ class Observer:
         self.loads = Counter("bodhi_model_loads", "Model loads", ["alias"], registry=registry)
         self.load_time = Histogram(
             "bodhi_model_load_seconds",
-            "Time from a model's load starting to its child being ready",
+            "Time from a model's child starting to its being ready (not a wait for room)",
             ["alias"],
             buckets=_LOAD_BUCKETS,
             registry=registry,
@@ -260,26 +259,20 @@ class Observer:
 
     # ------------------------------------------------------------------ model events
 
-    EVENT_KINDS = frozenset(
-        (EventKind.LOADING, EventKind.START, EventKind.STOP, EventKind.CRASHED, EventKind.HUNG)
-    )
+    EVENT_KINDS = frozenset((EventKind.START, EventKind.STOP, EventKind.CRASHED, EventKind.HUNG))
     """The kinds :meth:`on_event` reads (subscribe it to these only)."""
 
     async def on_event(self, event: ServerEvent) -> None:
         """A state listener: counts loads, unloads and crashes and logs one line each."""
         alias, detail = event.alias or "", event.detail
-        if event.kind is EventKind.LOADING:
-            self._loading_since[alias] = event.time
-        elif event.kind is EventKind.START:
+        if event.kind is EventKind.START:
             self.loads.labels(alias).inc()
-            since = self._loading_since.pop(alias, None)
-            took = None if since is None else max(0.0, event.time - since)
-            if took is not None:
+            took = detail.get("load_secs")  # the child's start, not a wait for room before it
+            if isinstance(took, float):
                 self.load_time.labels(alias).observe(took)
-            shown = "" if took is None else f" in {took:.2f} s"
+            shown = f" in {took:.2f} s" if isinstance(took, float) else ""
             models_log.info("loaded %s (pid %s)%s", alias, detail.get("pid"), shown)
         elif event.kind is EventKind.STOP:
-            self._loading_since.pop(alias, None)
             if "reason" in detail:
                 reason = str(detail["reason"] or "stopped")
                 self.unloads.labels(alias, unload_cause(reason)).inc()
@@ -288,7 +281,12 @@ class Observer:
                 models_log.warning("did not load %s: %s", alias, detail.get("error"))
         elif event.kind in (EventKind.CRASHED, EventKind.HUNG):
             self.crashes.labels(alias, event.kind.value).inc()
-            models_log.warning("%s %s (pid %s)", alias, event.kind.value, detail.get("pid"))
+            code = detail.get("returncode")
+            why = detail.get("error") or (None if code is None else f"exit code {code}")
+            shown = "" if why is None else f": {why}"
+            models_log.warning(
+                "%s %s (pid %s)%s", alias, event.kind.value, detail.get("pid"), shown
+            )
 
     # ------------------------------------------------------------------ requests
 

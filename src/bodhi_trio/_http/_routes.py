@@ -172,6 +172,14 @@ def validate_completion_request(endpoint: str, body: Mapping[str, Any]) -> None:
             raise InvalidRequestError("'messages' must be a non-empty array", param="messages")
         if not all(isinstance(m, dict) for m in messages):
             raise InvalidRequestError("each message must be an object", param="messages")
+        if not all(isinstance(m.get("role"), str) for m in messages):
+            raise InvalidRequestError("each message needs a 'role' string", param="messages")
+        _check_type(body, "tools", (list,), "an array of objects")
+        if not all(isinstance(tool, dict) for tool in body.get("tools") or ()):
+            raise InvalidRequestError("'tools' must be an array of objects", param="tools")
+        _check_type(body, "tool_choice", (str, dict), "a string or an object")
+        _check_type(body, "response_format", (dict,), "an object")
+        _check_type(body, "logit_bias", (dict,), "an object")
     elif endpoint == "/v1/completions":
         if "prompt" not in body:
             raise InvalidRequestError("'prompt' is required", param="prompt")
@@ -180,7 +188,9 @@ def validate_completion_request(endpoint: str, body: Mapping[str, Any]) -> None:
         if "input" not in body:
             raise InvalidRequestError("'input' is required", param="input")
         _check_type(body, "input", (str, list), "a string or an array")
+        _check_type(body, "dimensions", (int,), "an integer")
     _check_type(body, "stream", (bool,), "a boolean")
+    _check_type(body, "user", (str,), "a string")
     _check_type(body, "stream_options", (dict,), "an object")
     for field in INTEGER_FIELDS:
         _check_type(body, field, (int,), "an integer")
@@ -221,8 +231,9 @@ class Routes:
         llama-server's other routes by the body's ``model`` (:data:`ENDPOINTS`)."""
         assert endpoint in ENDPOINTS
         body = parse_json_body(raw)
+        if isinstance(body.get("model"), str):  # a refused request is counted by its alias too
+            note_request(alias=body["model"])
         validate_completion_request(endpoint, body)
-        note_request(alias=body["model"])
         if body.get("stream") is True and endpoint in STREAMING_ENDPOINTS:
             return await self._streamed(endpoint, body)
         async with self.ctx.forward(endpoint, body) as response:
@@ -322,7 +333,9 @@ class Routes:
         return Reply(200, SSE_HEADERS, stream)
 
     async def load(self, raw: bytes) -> Reply:
-        state = await self.ctx.load(required_string(parse_json_body(raw).get("alias"), "alias"))
+        alias = required_string(parse_json_body(raw).get("alias"), "alias")
+        note_request(alias=alias)
+        state = await self.ctx.load(alias)
         return Reply.json(state.to_json())
 
     async def stop(self, raw: bytes) -> Reply:
@@ -330,6 +343,7 @@ class Routes:
         alias = None
         if raw:  # whitespace is not "no body": it is a body that is not JSON (400)
             alias = required_string(parse_json_body(raw).get("alias"), "alias")
+            note_request(alias=alias)
             self.ctx.resolve_alias(alias)  # 404 alias_not_found for no such alias
         await self.ctx.stop(alias)
         return Reply.json(self.ctx.state.to_json())
