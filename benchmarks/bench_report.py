@@ -617,7 +617,7 @@ def check_targets_17(doc: dict[str, Any]) -> list[dict[str, str]]:
         floor_note = (
             ""
             if floor is None or b is None
-            else f"; a bare Trio relay {floor - b:+.3f} ms (a connection per request)"
+            else f"; a bare Trio relay {floor - b:+.3f} ms (its connections kept)"
         )
         out.append(
             _target(
@@ -919,7 +919,8 @@ def render_results(
             " each; LiteLLM is left out there. `trio-floor` (`1 stream` and the paced"
             " scenarios): `floor_relay.py`, a"
             " bare Trio relay of the same Unix socket (per event one wait, one read, one write;"
-            " nothing parsed, counted or framed; a connection per request): the floor of any"
+            " nothing parsed, counted or framed but the answer's end; its connections kept, as"
+            " bodhi-trio's are): the floor of any"
             " relay on Trio here, so that bodhi-trio's cost above it is its own and its cost"
             " above `direct` is what waking a Trio program per event costs on this machine.",
             "",

@@ -525,7 +525,7 @@ def nested(depth: int, opener: str = "[", closer: str = "]") -> str:
 
 def body_of_size(size: int) -> bytes:
     """A chat body of exactly ``size`` bytes (a long model name, so no model loads)."""
-    head, tail = b'{"model": "', b'", "messages": [{}]}'
+    head, tail = b'{"model": "', b'", "messages": [{"role": "user"}]}'
     return head + b"m" * (size - len(head) - len(tail)) + tail
 
 
@@ -573,12 +573,12 @@ CRAFTED: list[tuple[str, str, bytes | None, int]] = [
     ("POST", "/v1/chat/completions", b"{not json", 400),
     ("POST", "/v1/chat/completions", b"", 400),
     ("POST", "/v1/chat/completions", b"\xff\xfe\xfd", 400),
-    ("POST", "/v1/chat/completions", b'{"model": "\xc3\x28", "messages": [{}]}', 400),
-    ("POST", "/v1/chat/completions", b'{"model": "a\x01b", "messages": [{}]}', 400),
+    ("POST", "/v1/chat/completions", b'{"model": "\xc3\x28", "messages": [{"role": "user"}]}', 400),
+    ("POST", "/v1/chat/completions", b'{"model": "a\x01b", "messages": [{"role": "user"}]}', 400),
     (
         "POST",
         "/v1/chat/completions",
-        b'{"model": "a\\u0000\\r\\nX-Evil: 1", "messages": [{}]}',
+        b'{"model": "a\\u0000\\r\\nX-Evil: 1", "messages": [{"role": "user"}]}',
         404,
     ),
     ("POST", "/v1/chat/completions", nested(30_000).encode(), 400),
