@@ -7,7 +7,9 @@ for that client's next requests as bodhi-trio keeps its pool's, and copies every
 the answer to the client as it arrives: per event one ``wait_readable``, one read and one
 write on the same Trio run loop bodhi-trio uses. Nothing is parsed but what finding the
 answer's end takes: the head's framing once, then per read a look at its last bytes (a
-chunked body's ``0`` chunk) or a count (a ``Content-Length`` body). The harness runs it as
+chunked body's ``0`` chunk) or a count (a ``Content-Length`` body). Until the head is
+through it reads 4 KiB at a time, as bodhi-trio does: one large read of a fast stream's queue
+copies every event in it before the first goes on. The harness runs it as
 the ``trio-floor`` arm: what bodhi-trio costs above it is what bodhi-trio itself does;
 what it costs above ``direct`` (the fake alone) is what waking a Trio program per event
 costs on the machine.
@@ -29,6 +31,7 @@ import trio
 _HEAD_END = b"\r\n\r\n"
 _CHUNKED_END = b"\r\n0\r\n\r\n"  # a chunked body's last bytes (no trailers)
 _READ = 65536
+_HEAD_READ = 4096  # until an answer's head is through: bodhi-trio's HEAD_BYTES, and why
 
 
 async def _request(client: trio.SocketStream, data: bytes) -> tuple[bytes, bytes] | None:
@@ -114,7 +117,7 @@ def handler(upstream: str) -> Callable[[trio.SocketStream], Awaitable[None]]:
                 end = _AnswerEnd()
                 while True:
                     await trio.lowlevel.wait_readable(source)
-                    data = os.read(source, _READ)
+                    data = os.read(source, _READ if end.chunked is not None else _HEAD_READ)
                     if not data:
                         return  # the upstream closed: so does the client's connection
                     sent = os.write(sink, data)
