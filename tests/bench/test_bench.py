@@ -9,6 +9,8 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
+import types
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -190,6 +192,41 @@ def test_eos_after_is_honoured_unless_ignore_eos() -> None:
             assert result.tokens == n
     finally:
         assert stop_fake(proc) == 0
+
+
+async def test_the_first_events_time_is_its_reads_not_the_decoding_after_it(
+    fake: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read of a fast stream brings many events, and de-chunking them all takes the
+    client's Python a while: the first event's time (TTFT) is when its bytes were read."""
+    from bodhi_trio._bench import _load
+
+    clock = [0.0]
+
+    def counter() -> float:
+        clock[0] += 0.001  # every reading a millisecond later
+        return clock[0]
+
+    class SlowDecoder:
+        def __init__(self) -> None:
+            self._decoder = ChunkedDecoder()
+
+        def feed(self, data: bytes) -> bytes:
+            clock[0] += 10.0  # decoding a read "takes" 10 s
+            return self._decoder.feed(data)
+
+        @property
+        def done(self) -> bool:
+            return self._decoder.done
+
+    clocks = types.SimpleNamespace(perf_counter=counter, monotonic=time.monotonic)
+    monkeypatch.setattr(_load, "time", clocks)  # the harness's readings only
+    monkeypatch.setattr(_load, "ChunkedDecoder", SlowDecoder)
+    with trio.fail_after(20):
+        result = await run_bench(_config(fake, requests=3, max_tokens=20))
+    assert result.errors == 0, result.error_samples
+    assert result.ttft_p50_ms is not None
+    assert result.ttft_p50_ms < 1000  # a few readings apart, not 10 s
 
 
 def _config(port: int, **kwargs: Any) -> BenchConfig:
