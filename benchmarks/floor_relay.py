@@ -43,13 +43,12 @@ async def _request(client: trio.SocketStream, data: bytes) -> tuple[bytes, bytes
             return None
         data += more
     head, _, body = data.partition(_HEAD_END)
-    length = _content_length(head)
-    while len(body) < (length or 0):
+    size = _content_length(head) or 0
+    while len(body) < size:
         more = await client.receive_some(_READ)
         if not more:
             return None
         body += more
-    size = length or 0
     return head + _HEAD_END + body[:size], body[size:]
 
 

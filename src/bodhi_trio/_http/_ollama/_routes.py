@@ -74,6 +74,7 @@ from bodhi_trio._http._usage import note_usage
 
 if TYPE_CHECKING:
     from bodhi_trio._context._open import SharedContext
+    from bodhi_trio._http._completion_route import BodyHandler
     from bodhi_trio._transport._relay_hub import RelayHub
 
 __all__ = [
@@ -212,7 +213,7 @@ class OllamaRoutes:
 
     # ------------------------------------------------------------------ inference
 
-    def inference(self) -> dict[str, Callable[[bytes], Awaitable[Reply]]]:
+    def inference(self) -> dict[str, BodyHandler]:
         """The inference routes (``POST``), each with its handler of the request body:
         the app's completion route answers them past Quart as it does OpenAI's."""
         return {
@@ -358,7 +359,7 @@ def register_ollama_routes(
     inference and reading need an API key; ``delete``, ``copy`` and ``pull`` an admin key.
     """
 
-    def with_body(handler: Callable[[bytes], Awaitable[Reply]]) -> Callable[[], Awaitable[Reply]]:
+    def with_body(handler: BodyHandler) -> Callable[[], Awaitable[Reply]]:
         async def view() -> Reply:
             return await handler(await body())
 
