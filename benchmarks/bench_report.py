@@ -706,6 +706,13 @@ def _scale_section(scale: dict[str, Any]) -> list[str]:
             f"Pinned (`sched_setaffinity` on every thread, as `taskset -a`): {pinned}; other"
             " work on the machine was not."
         )
+        client = pinning.get("client (the harness)")
+        if client is not None and client == pinning.get("bodhi-trio"):
+            pinned += (
+                " The client shares the proxies' core: the fake, alone on its own, keeps its"
+                " schedule whatever the arm, and the client's work there counts against the"
+                " proxies' figures, not for them."
+            )
     else:
         pinned = "Nothing pinned (fewer than 2 cores)."
     idle = [

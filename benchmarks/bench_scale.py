@@ -31,11 +31,15 @@ process) over the same window, as % of a core and µs per delivered event; the i
 p50/p99 at the client (between reads of a stream that brought events) and the lag behind the
 fake's schedule (see :mod:`bodhi_trio._bench._client`), TTFT, errors, RSS.
 
-On 2 cores or more, bodhi-trio and the floor relay are pinned to core 0 and the fake child,
-its twin and this process (the client) to core 1 (``sched_setaffinity`` on every thread, as
-``taskset -a``), so that neither the load nor its source take the proxy's core; recorded in
-the suite's ``pinning``. Other work on the machine is not pinned: the load average is
-recorded around the suite.
+On 2 cores or more, bodhi-trio, the floor relay and this process (the client) are pinned to
+core 0 and the fake child and its twin to core 1 (``sched_setaffinity`` on every thread, as
+``taskset -a``); recorded in the suite's ``pinning``. The fake alone on its core keeps its
+schedule whatever the arm, as a GPU server would: what an arm changes (a relay in between,
+its wake-ups) happens on core 0, where the client then competes with the relay, against the
+relay's figures, not for them. With the client beside the fake instead (``client_core=
+"load"``, the layout before session 25), each arm's reads moved the fake's schedule, and the
+added gap measured that core more than the relay (docs/benchmarks.md). Other work on the
+machine is not pinned: the load average is recorded around the suite.
 """
 
 from __future__ import annotations
@@ -78,6 +82,7 @@ IDLE_TOKENS = 1000  # an idle stream never ends within a run
 IDLE_RAMP = 1.0  # s over which the idle streams are opened
 REMOTE_ALIAS = "bench:remote"
 PROXY_CORE, LOAD_CORE = 0, 1
+CLIENT_CORES = {"proxy": PROXY_CORE, "load": LOAD_CORE}  # where the client may go, by name
 MAX_PRECISE = 80  # threads: at most this many are read one by one for their CPU time
 
 
@@ -259,11 +264,14 @@ def _fmt(v: float | None, fmt: str) -> str:
 
 @contextlib.contextmanager
 def _pinned(
-    proxies: dict[str, int], load: dict[str, int], wanted: bool = True
+    proxies: dict[str, int],
+    load: dict[str, int],
+    wanted: bool = True,
+    client_core: int = PROXY_CORE,
 ) -> Iterator[dict[str, list[int]] | None]:
     """``proxies`` (name → pid: bodhi-trio, the floor relay) on PROXY_CORE; ``load`` (the
-    fakes) and this process (the client) on LOAD_CORE; this process back where it was on
-    leaving. Yields what was pinned where (None: nothing, below 2 cores or unless
+    fakes) on LOAD_CORE; this process (the client) on ``client_core``, and back where it was
+    on leaving. Yields what was pinned where (None: nothing, below 2 cores or unless
     ``wanted``)."""
     if not wanted or (os.cpu_count() or 1) < 2:
         yield None
@@ -272,7 +280,7 @@ def _pinned(
     try:
         where = {k: (p, PROXY_CORE) for k, p in proxies.items()}
         where |= {k: (p, LOAD_CORE) for k, p in load.items()}
-        where["client (the harness)"] = (os.getpid(), LOAD_CORE)
+        where["client (the harness)"] = (os.getpid(), client_core)
         yield {name: [core] for name, (pid, core) in where.items() if pin(pid, {core})}
     finally:
         pin(os.getpid(), mine)
@@ -284,11 +292,13 @@ def scale_suite(
     rounds: int,
     pinning: bool = True,
     only: list[str] | None = None,
+    client_core: str = "proxy",
 ) -> dict[str, Any]:
     """Paced streams at scale: arms direct / trio-floor / bodhi-trio (/ direct-tcp / remote).
 
     ``pinning``: as the module says (else the scheduler places everything); ``only``: these
-    scenarios (by key)."""
+    scenarios (by key); ``client_core``: the client beside the ``"proxy"`` or the ``"load"``
+    (:data:`CLIENT_CORES`)."""
     seconds = 3.0 if quick else WINDOW
     with running_bodhi(workdir, "scale", {"bench:fake": []}, FAKE) as bodhi:
         state = bodhi.load("bench:fake")
@@ -317,7 +327,7 @@ def scale_suite(
                 floor_arm = attrs.evolve(floor_arm, pid=proxies["trio-floor"], upstream_socket=sock)
                 arms.insert(1, (floor_arm, state["pid"]))
             fakes = {"fake child": state["pid"], "its TCP twin": twin_pid}
-            with _pinned(proxies, fakes, pinning) as pinned:
+            with _pinned(proxies, fakes, pinning, CLIENT_CORES[client_core]) as pinned:
                 for arm, _pid in arms:  # warm-up, not recorded: threads, connections, caches
                     trio.run(_measure, arm, ScaleScenario("warm-up", "", 64, 1), 1.0, _pid)
                     drain(arm)

@@ -12,7 +12,7 @@ BODHI_HOME and HF_HOME, and stops it, with its child, at the end):
   :mod:`bench_suites`.
 - ``scale`` (default): hundreds of streams paced at 50 events/s each, as a GPU server sends
   them (1, 64, 256 spread, 256 in step, 1,024 idle + 64), direct vs bodhi-trio (and the
-  remote alias at 256), bodhi-trio pinned to core 0 and the load to core 1: offered vs
+  remote alias at 256), bodhi-trio and the client pinned to core 0, the load to core 1: offered vs
   delivered, proxy CPU per event, gaps, lag, TTFT (issue 17). See :mod:`bench_scale`.
 - ``memory`` (default): bodhi-trio's RSS idle and with 1,000 open idle streams. See
   :mod:`bench_startup`.
@@ -220,7 +220,12 @@ def _run_suites(
     runners: dict[str, Callable[[], dict[str, Any]]] = {
         "fake": lambda: suites.fake_suite(workdir, args.quick, doc["rounds"], args.litellm),
         "scale": lambda: scale.scale_suite(
-            workdir, args.quick, doc["rounds"], not args.no_pin, args.scale_scenarios
+            workdir,
+            args.quick,
+            doc["rounds"],
+            not args.no_pin,
+            args.scale_scenarios,
+            args.client_core,
         ),
         "llama": lambda: suites.llama_suite(workdir, args.quick, doc["rounds"], "llama"),
         "llama-t1": lambda: suites.llama_suite(workdir, args.quick, doc["rounds"], "llama-t1"),
@@ -267,8 +272,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-pin",
         action="store_true",
-        help="scale suite: pin nothing (default: bodhi-trio on core 0, the fakes and the client"
+        help="scale suite: pin nothing (default: bodhi-trio and the client on core 0, the fakes"
         " on core 1)",
+    )
+    parser.add_argument(
+        "--client-core",
+        choices=sorted(scale.CLIENT_CORES),
+        default="proxy",
+        help="scale suite: the client (this process) on the proxy's core (default) or on the"
+        " load's, beside the fakes (the layout before session 25)",
     )
     parser.add_argument(
         "--scale-scenarios",

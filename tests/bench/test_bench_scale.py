@@ -4,6 +4,7 @@ the scale suite's and the router comparison's report, and the helpers behind the
 from __future__ import annotations
 
 import importlib
+import os
 import select
 import subprocess
 import sys
@@ -171,6 +172,37 @@ def test_the_router_preset_carries_the_alias_args() -> None:
     assert preset == "version = 1\n\n[bench-smol]\nmodel = /m/s.gguf\nthreads = 1\n"
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="pinning needs 2 cores")
+@pytest.mark.parametrize(("client_core", "core"), [("proxy", 0), ("load", 1)])
+def test_the_client_goes_beside_the_chosen_core_and_back_where_it_was(
+    client_core: str, core: int
+) -> None:
+    scale = bench_module("bench_scale")
+    before = os.sched_getaffinity(0)
+    proxy = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    load = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with scale._pinned(
+            {"bodhi-trio": proxy.pid},
+            {"fake child": load.pid},
+            True,
+            scale.CLIENT_CORES[client_core],
+        ) as pinned:
+            assert pinned == {
+                "bodhi-trio": [scale.PROXY_CORE],
+                "fake child": [scale.LOAD_CORE],
+                "client (the harness)": [core],
+            }
+            assert os.sched_getaffinity(0) == {core}
+            assert os.sched_getaffinity(proxy.pid) == {scale.PROXY_CORE}
+            assert os.sched_getaffinity(load.pid) == {scale.LOAD_CORE}
+        assert os.sched_getaffinity(0) == before
+    finally:
+        for child in (proxy, load):
+            child.kill()
+            child.wait(timeout=10)
+
+
 def test_offered_is_the_fakes_schedule() -> None:
     scale = bench_module("bench_scale")
     gpu = next(s for s in scale.SCENARIOS if s.key == "256")
@@ -296,6 +328,7 @@ def test_the_scale_and_router_sections_render_from_the_json(
     assert "demo:smol, 1 stream: 0.990x (87 vs 88 tok/s)" in rows["| 17.5"]
     assert rows["| 17.5"].endswith("| NOT MEASURED |")  # 8 streams missing
     assert "bodhi-trio on core 0; fake child on core 1; client (the harness) on core 1" in text
+    assert "The client shares the proxies' core" not in text
     assert (
         "| 256 x 50/s | bodhi-trio | 12,863 | 12,800 | 0.995x | 80% | 62.5 | 20.00 / 24.50"
         " | 0.10 / 4.50 | +3.50 / +3.50 | 20.50 / 22.00 | +0.00 / +0.00 | 40% (31.0) | 30% | 90"
@@ -309,6 +342,15 @@ def test_the_scale_and_router_sections_render_from_the_json(
     md.unlink()
     assert run.main(["--render", str(json_path)]) == 0
     assert md.read_text() == text
+
+
+def test_a_client_beside_the_proxy_is_said_so(tmp_path: Path, scale_doc: dict[str, Any]) -> None:
+    run = bench_module("run")
+    scale_doc["suites"]["scale"]["pinning"]["client (the harness)"] = [0]
+    run.write_results(scale_doc, tmp_path / "results.json", md := tmp_path / "RESULTS.md")
+    text = md.read_text()
+    assert "fake child on core 1; client (the harness) on core 0" in text
+    assert "The client shares the proxies' core: the fake, alone on its own, keeps" in text
 
 
 def test_a_run_without_the_scale_suite_or_the_router_renders_as_before(
