@@ -26,7 +26,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,7 @@ __all__ = [
     "start_bodhi",
     "start_litellm",
     "stop",
+    "switches_reading",
 ]
 
 HERE = Path(__file__).resolve().parent
@@ -141,13 +142,33 @@ def cpu_reading(pid: int, precise: bool = True) -> dict[int, float] | None:
     return None if total is None else {0: total}
 
 
-def cpu_between(before: dict[int, float] | None, after: dict[int, float] | None) -> float | None:
+def cpu_between(
+    before: Mapping[int, float] | None, after: Mapping[int, float] | None
+) -> float | None:
     """CPU seconds between two :func:`cpu_reading`s of one process taken the same way: per
     thread, after - before; a thread started in between counts whole, one that ended counts
     nothing (its time since ``before`` is lost: a few short-lived helper threads at most)."""
     if before is None or after is None or (0 in before) != (0 in after):
         return None
     return sum(t - before.get(tid, 0.0) for tid, t in after.items())
+
+
+def switches_reading(pid: int) -> dict[int, int] | None:
+    """Thread id → context switches so far (voluntary and not: each one a wake-up, or the
+    thread taken off its core) of each live thread of ``pid``, from
+    ``/proc/PID/task/TID/status``; None if the process is gone. Compared by
+    :func:`cpu_between` as CPU readings are."""
+    counts: dict[int, int] = {}
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError, ValueError):
+                status = (task / "status").read_text()
+                counts[int(task.name)] = sum(
+                    int(line.split()[1])
+                    for line in status.splitlines()
+                    if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches"))
+                )
+    return counts or None
 
 
 def pin(pid: int, cpus: set[int]) -> bool:

@@ -25,6 +25,7 @@ __all__ = [
 _METRICS = ["events_per_s", "tokens_per_s", "ttft_p50_ms", "ttft_p99_ms", "gap_p99_ms"]
 _METRICS += ["disconnect_p50_ms", "disconnect_p99_ms", "rss_mib", "cpu_us_per_event", "drain_s"]
 _METRICS += ["disconnects", "disconnects_seen", "cpu_us_per_token", "cpu_pct"]
+_METRICS += ["switches_per_token"]
 
 # the scale suite's (bench_scale): rates over the window after the ramp, CPU of the arm's
 # process, the fake and the client, gaps
@@ -472,13 +473,14 @@ ROUTER_ARMS = ("direct", "trio-floor", "bodhi-trio", "router")
 
 
 def side_by_side_table(summ: Summary) -> str:
-    """The llama suite's three arms (direct, bodhi-trio, llama.cpp's router mode) on every
-    scenario: tokens/s and ratio to direct, TTFT, the arm's CPU per token and % of a core."""
+    """The llama suite's arms (direct, the bare Trio relay, bodhi-trio, llama.cpp's router
+    mode) on every scenario: tokens/s and ratio to direct, TTFT, the arm's CPU per token and
+    % of a core, its context switches per token."""
     ms = "{:.2f}"
     lines = [
         "| scenario | arm | tokens/s | x direct | TTFT p50 ms | added TTFT p50 ms | TTFT p99 ms"
-        " | CPU µs/token | CPU % of a core | RSS MiB | errors |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        " | CPU µs/token | CPU % of a core | switches/token | RSS MiB | errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for scenario, arms in summ.items():
         base = arms.get("direct", {})
@@ -494,6 +496,7 @@ def side_by_side_table(summ: Summary) -> str:
                 _num(m["ttft_p99_ms"], ms),
                 _num(m.get("cpu_us_per_token"), "{:.1f}"),
                 _num(m.get("cpu_pct"), "{:.1f}%"),
+                _num(m.get("switches_per_token"), "{:.2f}"),
                 _num(m["rss_mib"], "{:.0f}"),
                 _num(m["errors"]),
             ]
@@ -788,7 +791,9 @@ def _router_section(llama: dict[str, Any]) -> list[str]:
         " of the same child's Unix socket: a bare Trio relay (per token a wait, a read and a"
         " write, nothing parsed), the floor of any relay on Trio. CPU: the arm's own pid"
         " (`direct`: llama-server's; `router`: the router's, not its child's) per token"
-        " received and as % of a core.",
+        " received and as % of a core; switches/token: that pid's context switches (every"
+        " thread's, voluntary or not: a wake-up, or a thread taken off its core) per token"
+        " received, each a chance to take a core from llama-server's threads.",
         "",
         side_by_side_table(llama["summary"]),
     ]

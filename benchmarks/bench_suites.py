@@ -58,6 +58,7 @@ from bench_procs import (
     running_floor,
     running_litellm,
     running_router,
+    switches_reading,
 )
 from certifi import where
 
@@ -207,9 +208,11 @@ def _recorded(suite: str, arm: Arm, scenario: Scenario, r: int, rounds: int) -> 
     # The llama suites' streams are slow (a real model's pace, down to ~100 tokens/s): their
     # CPU is read per thread to the nanosecond; the fake suite's, as before, in ticks.
     precise = suite.startswith("llama")
+    switches_before = None if arm.pid is None or not precise else switches_reading(arm.pid)
     cpu_before = _cpu(arm.pid, precise)
     result = run_one(arm, scenario)
     cpu_after = _cpu(arm.pid, precise)
+    switches_after = None if arm.pid is None or not precise else switches_reading(arm.pid)
     row: dict[str, Any] = {"suite": suite, "round": r, "scenario": scenario.name, "arm": arm.name}
     row.update(result.to_dict())
     row["rss_mib"] = rss_mib(arm.pid, arm.rss_group) if arm.pid else None
@@ -222,6 +225,12 @@ def _recorded(suite: str, arm: Arm, scenario: Scenario, r: int, rounds: int) -> 
         cpu * 1e6 / result.tokens if cpu is not None and result.tokens else None
     )
     row["cpu_pct"] = cpu * 100 / result.elapsed_s if cpu is not None and result.elapsed_s else None
+    # the llama suites: how often the arm's process woke or was taken off a core per token,
+    # each time a chance to take a core from llama-server's threads
+    switches = cpu_between(switches_before, switches_after)
+    row["switches_per_token"] = (
+        switches / result.tokens if switches is not None and result.tokens else None
+    )
     row["drain_s"] = waited = drain(arm)  # so that runs don't overlap
     llama = suite.startswith("llama")
     rate = result.tokens_per_s if llama else result.events_per_s

@@ -162,6 +162,19 @@ def test_cpu_between_counts_new_threads_whole_and_ended_ones_not() -> None:
     assert list(procs.cpu_reading(procs.os.getpid(), precise=False)) == [0]
 
 
+def test_switches_are_counted_per_thread_and_compared_as_cpu_is() -> None:
+    procs = bench_module("bench_procs")
+    before = procs.switches_reading(os.getpid())
+    assert before
+    for _ in range(3):  # each sleep gives the core up: a voluntary switch
+        select.select([], [], [], 0.001)
+    after = procs.switches_reading(os.getpid())
+    assert procs.cpu_between(before, after) >= 3
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait(timeout=30)
+    assert procs.switches_reading(child.pid) is None  # gone
+
+
 def test_the_router_preset_carries_the_alias_args() -> None:
     suites = bench_module("bench_suites")
     params = [*suites.LLAMA_VARIANTS["llama"], "--chat-template chatml"]
@@ -288,7 +301,7 @@ def scale_doc() -> dict[str, Any]:
         summary[scenario] = {
             "direct": _llama_arm(direct, 3.0, 300.0),
             "bodhi-trio": _llama_arm(direct * 0.99, 4.0, 90.0),
-            "router": _llama_arm(direct * 0.97, 5.0, 60.0),
+            "router": {**_llama_arm(direct * 0.97, 5.0, 60.0), "switches_per_token": 1.25},
         }
     doc["suites"]["llama"] = {
         "alias": "bench:llama",
@@ -334,7 +347,14 @@ def test_the_scale_and_router_sections_render_from_the_json(
         " | 0.10 / 4.50 | +3.50 / +3.50 | 20.50 / 22.00 | +0.00 / +0.00 | 40% (31.0) | 30% | 90"
         " | 0 |" in text
     )
-    assert "| demo:smol, 1 stream | router | 85 | 0.970x | 5.00 | +2.00 | 10.00 | 60.0 |" in text
+    assert (
+        "| demo:smol, 1 stream | router | 85 | 0.970x | 5.00 | +2.00 | 10.00 | 60.0 | 2.0% | 1.25"
+        " | 80 | 0 |" in text
+    )
+    assert (
+        "| demo:smol, 1 stream | bodhi-trio | 87 | 0.990x | 4.00 | +1.00 | 8.00 | 90.0 | 2.0% | -"
+        in text
+    )
     # the demo model's table keeps its two arms; the router and demo:smol have their own
     demo_table = text[text.index("## Real llama-server") : text.index("### Side by side")]
     assert "router" not in demo_table.split("\n\n")[2]
