@@ -98,6 +98,18 @@ async def _connect(upstream: str) -> trio.socket.SocketType:
     return sock
 
 
+async def _forward(sink: int, client: trio.SocketStream, data: bytes) -> None:
+    """Write ``data`` to the client's socket ``sink``: at once what it takes now, the rest as
+    Trio writes it (a slow client). A socket with no room at all raises instead of taking
+    nothing; that is a slow client too, not one that left."""
+    try:
+        sent = os.write(sink, data)
+    except BlockingIOError:
+        sent = 0
+    if sent < len(data):
+        await client.send_all(data[sent:])
+
+
 def handler(upstream: str) -> Callable[[trio.SocketStream], Awaitable[None]]:
     """The per-connection relay to ``upstream``."""
 
@@ -119,9 +131,7 @@ def handler(upstream: str) -> Callable[[trio.SocketStream], Awaitable[None]]:
                     data = os.read(source, _READ if end.chunked is not None else _HEAD_READ)
                     if not data:
                         return  # the upstream closed: so does the client's connection
-                    sent = os.write(sink, data)
-                    if sent < len(data):  # a slow client: the rest as Trio writes it
-                        await client.send_all(data[sent:])
+                    await _forward(sink, client, data)
                     if end.ended(data):
                         break
         except (OSError, trio.BrokenResourceError):

@@ -3,6 +3,7 @@ finds where each answer ends (a relay that missed an end would never answer the 
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import subprocess
@@ -10,7 +11,9 @@ import sys
 import threading
 from pathlib import Path
 
-from test_bench_scale import BENCH_DIR
+import trio
+import trio.testing
+from test_bench_scale import BENCH_DIR, bench_module
 
 HANG = 30.0  # a liveness bound: a relay that missed an answer's end never answers again
 EVENTS = b"".join(b"%x\r\n%s\r\n" % (40, b"data: " + b"x" * 32 + b"\n\n") for _ in range(500))
@@ -66,3 +69,31 @@ def test_the_floor_keeps_its_connections_and_finds_each_answers_end(tmp_path: Pa
     serving.join(HANG)
     assert not serving.is_alive()
     assert accepted == [1]  # one upstream connection for the client's three requests
+
+
+async def test_a_client_socket_with_no_room_is_waited_for_not_dropped() -> None:
+    """A client that stopped reading for a while (its socket full) gets the rest once it
+    reads again; an ``os.write`` into a full socket raises rather than writing nothing."""
+    floor = bench_module("floor_relay")
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    filled = 0
+    try:
+        while True:
+            filled += os.write(ours.fileno(), b"f" * 65536)
+    except BlockingIOError:
+        pass  # full
+    stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
+    event = b"data: " + b"x" * 4000 + b"\n\n"
+    got = bytearray()
+    with trio.fail_after(HANG):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(floor._forward, ours.fileno(), stream, event)
+            await trio.testing.wait_all_tasks_blocked()  # the write waits for room
+            theirs.setblocking(False)
+            while len(got) < filled + len(event):
+                await trio.lowlevel.wait_readable(theirs)
+                got += theirs.recv(1 << 20)
+    assert bytes(got[filled:]) == event
+    await stream.aclose()
+    theirs.close()
