@@ -12,8 +12,9 @@ BODHI_HOME and HF_HOME, and stops it, with its child, at the end):
   :mod:`bench_suites`.
 - ``scale`` (default): hundreds of streams paced at 50 events/s each, as a GPU server sends
   them (1, 64, 256 spread, 256 in step, 1,024 idle + 64), direct vs bodhi-trio (and the
-  remote alias at 256), bodhi-trio and the client pinned to core 0, the load to core 1: offered vs
-  delivered, proxy CPU per event, gaps, lag, TTFT (issue 17). See :mod:`bench_scale`.
+  remote alias at 256), bodhi-trio and the client pinned to core 0, the load to core 1:
+  offered vs delivered, proxy CPU per event, gaps, lag, TTFT (issue 17). See
+  :mod:`bench_scale`.
 - ``memory`` (default): bodhi-trio's RSS idle and with 1,000 open idle streams. See
   :mod:`bench_startup`.
 - ``llama``, ``llama-t1`` and ``swap`` (``--llama``): the real llama-server on the demo
