@@ -434,3 +434,75 @@ def test_demo_smol_with_one_llama_server_thread_has_its_own_verdict_in_17_5(
     assert "`--threads 1`, demo:smol, 8 streams: 0.970x (97 vs 100 tok/s)" in row
     # the default threads' verdict first (8 streams missing there), then one thread's
     assert row.endswith("| NOT MEASURED (`--threads 1`: MISSED by 0.010x (1% short)) |")
+
+
+def _round_rows(scenario: str, per_arm: dict[str, list[float]]) -> list[dict[str, Any]]:
+    """The rows a llama suite records: one per arm and round, only what the summary reads."""
+    return [
+        {"suite": "llama", "round": r, "scenario": scenario, "arm": arm, "tokens_per_s": tps}
+        | {"errors": 0}
+        for arm, rates in per_arm.items()
+        for r, tps in enumerate(rates)
+    ]
+
+
+def test_x_direct_is_each_rounds_ratio_not_the_ratio_of_the_medians() -> None:
+    report = bench_module("bench_report")
+    # the machine was slow for direct's first two rounds and for bodhi-trio's last two: the
+    # medians compare a slow direct with a fast bodhi-trio (190 / 100 = 1.9x), each round
+    # compares the two as they ran a few seconds apart (0.95x in two rounds of three)
+    rows = _round_rows("s", {"direct": [100, 100, 200], "bodhi-trio": [95, 190, 190]})
+    rows += _round_rows("alone", {"bodhi-trio": [10, 20]})
+    summ = report.summary(rows)
+    assert summ["s"]["bodhi-trio"]["tokens_per_s"] == 190
+    assert summ["s"]["bodhi-trio"]["tokens_x_direct"] == pytest.approx(0.95)
+    assert report.paired_ratios(rows, "s", "bodhi-trio", "tokens_per_s") == pytest.approx(
+        [0.95, 1.9, 0.95]
+    )
+    assert "tokens_x_direct" not in summ["s"]["direct"]
+    assert "tokens_x_direct" not in summ["alone"]["bodhi-trio"]  # no direct to pair with
+    # a round direct has no number for is left out, not divided by
+    rows[0]["tokens_per_s"] = None
+    assert report.paired_ratios(rows, "s", "bodhi-trio", "tokens_per_s") == pytest.approx(
+        [1.9, 0.95]
+    )
+
+
+def test_17_4_and_17_5_score_each_round_and_say_in_how_many_rounds_bodhi_trio_led(
+    tmp_path: Path, scale_doc: dict[str, Any]
+) -> None:
+    run = bench_module("run")
+    report = bench_module("bench_report")
+    runs = _round_rows(
+        "demo:smol, 1 stream",
+        {
+            "direct": [100, 50, 100, 100, 100],
+            "bodhi-trio": [98, 49, 99, 97, 120],
+            "router": [99, 45, 100, 99, 130],
+        },
+    )
+    runs += _round_rows(
+        "demo:smol, 8 streams",
+        {"direct": [200, 300], "bodhi-trio": [198, 216], "router": [190, 200]},
+    )
+    scale_doc["suites"]["llama"]["runs"] = runs
+    scale_doc["suites"]["llama"]["summary"] = report.summary(runs)
+    md = tmp_path / "RESULTS.md"
+    run.write_results(scale_doc, tmp_path / "results.json", md)
+    text = md.read_text()
+    rows = {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith("| 17.")}
+    # per round 0.98 0.98 0.99 0.97 1.20 against 0.99 0.90 1.00 0.99 1.30: behind by the
+    # medians, ahead in one round of five
+    assert (
+        "demo:smol, 1 stream: 0.980x vs 0.990x, ahead in 1 of 5 rounds;"
+        " demo:smol, 8 streams: 0.855x vs 0.808x |" in rows["| 17.4"]
+    )
+    assert rows["| 17.4"].endswith("| MISSED on demo:smol, 1 stream |")
+    # the ratio is the median of each round's (the medians' would be 207 / 250 = 0.828x);
+    # the tokens/s beside it the arms' own medians
+    assert (
+        "| demo:smol, 1 stream: 0.980x (98 vs 100 tok/s); demo:smol, 8 streams: 0.855x"
+        " (207 vs 250 tok/s) | MISSED by 0.125x (13% short) |" in rows["| 17.5"]
+    )
+    assert "| demo:smol, 1 stream | bodhi-trio | 98 | 0.980x |" in text
+    assert "x direct is the median of each round's tokens/s over direct's" in text
