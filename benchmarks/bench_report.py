@@ -281,7 +281,9 @@ def _tokens_against_direct(
     """bodhi-trio's tokens/s against direct's on ``scenarios`` of the llama suites (the
     median of each round's ratio, see :func:`x_direct`), and the verdict: the default threads'
     worst ratio against ``limit``, then one thread's if that suite ran them (runs before
-    session 22 have no demo:smol with one thread). The tokens/s shown are the medians."""
+    session 22 have no demo:smol with one thread). Beside it the medians' tokens/s, and
+    their ratio where it is not the one scored: how far the two ways of reading the rounds
+    differ is the run's noise."""
     parts, worst = [], {}
     for suite in ("llama", "llama-t1"):
         ratios = []
@@ -289,12 +291,16 @@ def _tokens_against_direct(
             a = m(suite, scenario, "bodhi-trio", "tokens_per_s")
             b = m(suite, scenario, "direct", "tokens_per_s")
             paired = m(suite, scenario, "bodhi-trio", "tokens_x_direct")
-            r = paired if paired is not None else None if a is None or not b else a / b
+            of_medians = None if a is None or not b else a / b
+            r = paired if paired is not None else of_medians
             ratios.append(r)
+            shown = f"{_num(a)} vs {_num(b)} tok/s"
+            if paired is not None and of_medians is not None:
+                shown = f"medians {shown}: {of_medians:.3f}x"
             if suite in suites and (suite == "llama" or a is not None):
                 parts.append(
                     f"{'' if suite == 'llama' else '`--threads 1`, '}{scenario}:"
-                    f" {_num(r, '{:.3f}x')} ({_num(a)} vs {_num(b)} tok/s)"
+                    f" {_num(r, '{:.3f}x')} ({shown})"
                 )
         worst[suite] = None if None in ratios else min(r for r in ratios if r is not None)
     verdict = _verdict(worst["llama"], limit, True, _x)
@@ -855,8 +861,15 @@ def _router_section(llama: dict[str, Any]) -> list[str]:
         "",
         "`router` is llama-server's own router mode, the same binary: `llama-server"
         f" --models-preset INI --models-max {router.get('models_max', 1)}` with one section per"
-        " model and the same llama args, reached over its TCP port; it proxies to a child of its"
-        " own (over TCP)." + about_smol + " `trio-floor` is `benchmarks/floor_relay.py` in front"
+        " model and the same llama args"
+        + (
+            f" (and those bodhi-trio adds to its children: `{' '.join(router['added'])}`)"
+            if router.get("added")
+            else ""
+        )
+        + ", reached over its TCP port; it proxies to a child of its own (over TCP)."
+        + about_smol
+        + " `trio-floor` is `benchmarks/floor_relay.py` in front"
         " of the same child's Unix socket: a bare Trio relay (per token a wait, a read and a"
         " write, nothing parsed), the floor of any relay on Trio. CPU: the arm's own pid"
         " (`direct`: llama-server's; `router`: the router's, not its child's) per token"

@@ -375,6 +375,34 @@ def _ini(params: list[str]) -> str:
     return "\n".join(lines)
 
 
+_WHERE_AND_WHAT = frozenset({"--alias", "--model", "-m", "--host", "--port"})
+
+
+def _flag_pairs(words: list[str]) -> list[tuple[str, str | None]]:
+    """``--flag value`` / ``--flag`` words as pairs (a value never starts with ``-`` in the
+    suites' args)."""
+    pairs: list[tuple[str, str | None]] = []
+    i = 0
+    while i < len(words):
+        value = words[i + 1] if i + 1 < len(words) and not words[i + 1].startswith("-") else None
+        pairs.append((words[i], value))
+        i += 2 if value is not None else 1
+    return pairs
+
+
+def added_by_bodhi(argv: list[str], params: list[str]) -> list[str]:
+    """The llama args bodhi-trio gave its child beyond the alias's own (``--embeddings``,
+    ``--pooling mean``), without where it listens and what it is called: the router's
+    child gets them too, so that it is the same llama-server as bodhi-trio's, which
+    ``direct`` reads and every ratio divides by."""
+    own = set(_flag_pairs(" ".join(params).split()))
+    return [
+        flag if value is None else f"{flag} {value}"
+        for flag, value in _flag_pairs(argv[1:])
+        if flag not in _WHERE_AND_WHAT and (flag, value) not in own
+    ]
+
+
 def _router_preset(models: dict[str, tuple[Path, list[str]]]) -> str:
     """A ``--models-preset`` INI: one section per model (name → GGUF path, llama args)."""
     sections = [
@@ -423,9 +451,10 @@ def llama_suite(workdir: Path, quick: bool, rounds: int, variant: str) -> dict[s
         demo = hub_file(bodhi, DEMO_REPO, DEMO_FILENAME)
         smol = hub_file(bodhi, SMOL_REPO, SMOL_FILENAME)
         assert demo is not None, "serve --demo did not place the demo model"
-        models = {ROUTER_NAMES["llama"]: (demo, params)}
+        added = added_by_bodhi(bodhi.child(state["pid"]).argv, params)
+        models = {ROUTER_NAMES["llama"]: (demo, [*params, *added])}
         if smol is not None:
-            models[ROUTER_NAMES[SMOL_ALIAS]] = (smol, smol_params)
+            models[ROUTER_NAMES[SMOL_ALIAS]] = (smol, [*smol_params, *added])
         with running_router(workdir / "llama-router", _router_preset(models), 1) as (
             port,
             pid,
@@ -435,7 +464,7 @@ def llama_suite(workdir: Path, quick: bool, rounds: int, variant: str) -> dict[s
             router = Arm("router", url, ROUTER_NAMES["llama"], None, None, pid)
             out["runs"] = interleaved(variant, [*arms, router], [llama_scenarios(quick)], rounds)
             out["same_child_throughout"] = _same_child(bodhi, state)
-            out["router"] = {"models_max": 1, "preset": sorted(models)}
+            out["router"] = {"models_max": 1, "preset": sorted(models), "added": added}
             if smol is None:
                 out["smol"] = {"skipped": "serve --demo did not place demo:smol (offline?)"}
                 return out

@@ -185,6 +185,24 @@ def test_the_router_preset_carries_the_alias_args() -> None:
     assert preset == "version = 1\n\n[bench-smol]\nmodel = /m/s.gguf\nthreads = 1\n"
 
 
+def test_the_routers_child_gets_what_bodhi_trio_adds_to_its_own() -> None:
+    suites = bench_module("bench_suites")
+    params = [*suites.LLAMA_VARIANTS["llama-t1"]]
+    argv = [
+        "/cache/llama-server", "--alias", "bench:llama-t1", "--model", "/hub/m.gguf",
+        "--host", "/tmp/x/llama.sock", "--parallel", "8", "--ctx-size", "16384",
+        "--context-shift", "--threads", "1", "--embeddings", "--pooling", "mean",
+    ]  # fmt: skip
+    assert suites.added_by_bodhi(argv, params) == ["--embeddings", "--pooling mean"]
+    # a flag the alias sets with another value is bodhi-trio's, and kept
+    assert suites.added_by_bodhi([*argv, "--parallel", "4"], params) == [
+        "--embeddings",
+        "--pooling mean",
+        "--parallel 4",
+    ]
+    assert suites.added_by_bodhi(["/llama-server", "--port", "8080"], params) == []
+
+
 @pytest.mark.skipif(not {0, 1} <= os.sched_getaffinity(0), reason="pinning needs cores 0 and 1")
 @pytest.mark.parametrize(("client_core", "core"), [("proxy", 0), ("load", 1)])
 def test_the_client_goes_beside_the_chosen_core_and_back_where_it_was(
@@ -498,11 +516,11 @@ def test_17_4_and_17_5_score_each_round_and_say_in_how_many_rounds_bodhi_trio_le
         " demo:smol, 8 streams: 0.855x vs 0.808x |" in rows["| 17.4"]
     )
     assert rows["| 17.4"].endswith("| MISSED on demo:smol, 1 stream |")
-    # the ratio is the median of each round's (the medians' would be 207 / 250 = 0.828x);
-    # the tokens/s beside it the arms' own medians
+    # the ratio is the median of each round's; beside it the arms' own medians and theirs
     assert (
-        "| demo:smol, 1 stream: 0.980x (98 vs 100 tok/s); demo:smol, 8 streams: 0.855x"
-        " (207 vs 250 tok/s) | MISSED by 0.125x (13% short) |" in rows["| 17.5"]
+        "| demo:smol, 1 stream: 0.980x (medians 98 vs 100 tok/s: 0.980x); demo:smol, 8 streams:"
+        " 0.855x (medians 207 vs 250 tok/s: 0.828x) | MISSED by 0.125x (13% short) |"
+        in rows["| 17.5"]
     )
     assert "| demo:smol, 1 stream | bodhi-trio | 98 | 0.980x |" in text
     assert "x direct is the median of each round's tokens/s over direct's" in text
