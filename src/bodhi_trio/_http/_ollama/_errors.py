@@ -25,6 +25,7 @@ __all__ = [
     "ollama_error",
     "ollama_json",
     "optional_bool",
+    "refusal_message",
     "upstream_refusal",
 ]
 
@@ -50,8 +51,9 @@ def ollama_error(
     return status, {"error": message}
 
 
-def upstream_refusal(status: int, body: bytes) -> Reply:
-    """llama-server refused (a 4xx/5xx before any byte): its message, Ollama's shape."""
+def refusal_message(body: bytes) -> str:
+    """The message of llama-server's refusal (``{"error": {"message": ...}}``), or the
+    start of a body that is not JSON."""
     text = error_text(body)
     try:
         parsed = parse_whole(body)
@@ -59,7 +61,13 @@ def upstream_refusal(status: int, body: bytes) -> Reply:
         message = error.get("message", text) if isinstance(error, dict) else error
     except ValueError:  # not JSON (UnicodeDecodeError is one)
         message = text
-    return ollama_json({"error": str(message) or f"llama-server answered {status}"}, status)
+    return str(message)
+
+
+def upstream_refusal(status: int, body: bytes) -> Reply:
+    """llama-server refused (a 4xx/5xx before any byte): its message, Ollama's shape."""
+    message = refusal_message(body)
+    return ollama_json({"error": message or f"llama-server answered {status}"}, status)
 
 
 def optional_bool(body: Mapping[str, Any], field: str) -> bool | None:

@@ -86,6 +86,8 @@ class OpenAIRequest:
         stream: Whether the client wants NDJSON (Ollama streams unless ``stream: false``).
         keep_alive: Seconds for :meth:`SharedContext.forward` (``None``: the default).
         empty: No prompt, no messages, no input: load (or, with ``keep_alive`` 0, unload).
+        truncate: Embeddings: cut an input longer than the model takes at once (Ollama's
+            default) rather than refuse it.
     """
 
     endpoint: str
@@ -93,6 +95,7 @@ class OpenAIRequest:
     stream: bool
     keep_alive: float | None
     empty: bool
+    truncate: bool = True
 
 
 def _option_value(key: str, value: object, kind: str) -> object:
@@ -411,10 +414,10 @@ def embed_request(
         # llama-server's own switch: 2 is the Euclidean (L2) norm, -1 none.
         "embd_normalize": 2 if normalize else -1,
     }
-    _optional(body, "truncate", (bool,), "a boolean")
+    truncate = _optional(body, "truncate", (bool,), "a boolean") is not False
     options_fields(body.get("options"))  # checked; nothing in it applies to embeddings
     keep_alive = parse_keep_alive(body.get("keep_alive"))
-    return OpenAIRequest("/v1/embeddings", request, False, keep_alive, not inputs)
+    return OpenAIRequest("/v1/embeddings", request, False, keep_alive, not inputs, truncate)
 
 
 def model_name(body: Mapping[str, Any], field: str = "model") -> str:

@@ -30,6 +30,7 @@ from bodhi_trio._exceptions import (
     UnavailableError,
     UpstreamError,
 )
+from bodhi_trio._http._ollama._embed import embeddings_answer, forward_whole
 from bodhi_trio._http._ollama._errors import (
     json_answer,
     ollama_json,
@@ -70,7 +71,6 @@ from bodhi_trio._http._relay_body import RelayBody
 from bodhi_trio._http._request_scope import close_with_request, request_body_writer
 from bodhi_trio._http._routes import Reply, parse_json_body
 from bodhi_trio._http._security import Access
-from bodhi_trio._http._usage import note_usage
 
 if TYPE_CHECKING:
     from bodhi_trio._context._open import SharedContext
@@ -263,11 +263,7 @@ class OllamaRoutes:
 
     async def _forward_json(self, request: OpenAIRequest) -> dict[str, Any] | Reply:
         """llama-server's whole JSON answer, or its refusal as an Ollama error reply."""
-        async with self.ctx.forward(
-            request.endpoint, request.body, keep_alive=request.keep_alive
-        ) as response:
-            status, content = response.status_code, await response.aread()
-        note_usage(content)
+        status, content = await forward_whole(self.ctx, request)
         if status != 200:
             return upstream_refusal(status, content)
         return json_answer(status, content)
@@ -333,7 +329,7 @@ class OllamaRoutes:
         if request.empty:
             await self.ctx.load(request.body["model"], keep_alive=request.keep_alive)
             return [], {}
-        answer = await self._forward_json(request)
+        answer = await embeddings_answer(self.ctx, request)
         if isinstance(answer, Reply):
             return answer
         data = answer.get("data")

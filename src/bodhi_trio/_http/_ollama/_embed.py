@@ -1,0 +1,168 @@
+"""Ollama's embeddings from llama-server's, and its ``truncate``: an input longer than the
+model takes at once is cut to fit (Ollama's default), or refused with Ollama's 400 when
+``truncate`` is false.
+
+llama-server embeds each input in one physical batch, within one slot's context, and
+refuses a longer one by name: ``input (601 tokens) is too large to process. increase the
+physical batch size (current batch size: 512)``, or ``... is larger than the max context
+size (256 tokens)``. The request goes as it is first, so inputs that fit cost nothing
+extra; only on that refusal are the inputs counted with the child's own ``/tokenize``,
+and each longer one is sent as its first tokens (a list of token ids, which llama-server
+embeds as given), the model's special tokens kept at both ends.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from bodhi_trio._exceptions import InvalidRequestError, UpstreamError
+from bodhi_trio._http._ollama._errors import json_answer, refusal_message, upstream_refusal
+from bodhi_trio._http._usage import note_usage
+
+if TYPE_CHECKING:
+    from bodhi_trio._context._open import SharedContext
+    from bodhi_trio._http._ollama._requests import OpenAIRequest
+    from bodhi_trio._http._routes import Reply
+
+__all__ = [
+    "TOO_LONG_MESSAGE",
+    "InputCutter",
+    "Tokenize",
+    "cut_tokens",
+    "embeddings_answer",
+    "forward_whole",
+    "input_limit",
+]
+
+TOO_LONG_MESSAGE = "the input length exceeds the context length"
+"""Ollama's answer (400) to an input too long for the model when ``truncate`` is false."""
+
+_TOO_LONG = re.compile(
+    r"input \(\d+ tokens\) is (?:too large to process\. increase the physical batch size"
+    r" \(current batch size: (\d+)\)|larger than the max context size \((\d+) tokens\))"
+)
+
+Tokenize = Callable[[str, bool], Awaitable[list[int]]]
+"""The child's tokens for a text, with (``True``) or without the model's special tokens;
+a failure raises."""
+
+
+def input_limit(body: bytes) -> int | None:
+    """The most tokens one input may have, from llama-server's refusal of a longer one;
+    ``None`` for any other refusal."""
+    match = _TOO_LONG.search(refusal_message(body))
+    if match is None:
+        return None
+    return int(match.group(1) or match.group(2))
+
+
+def cut_tokens(full: Sequence[int], text: Sequence[int], limit: int) -> list[int]:
+    """``full`` (an input's tokens with the model's special ones around ``text``, its
+    tokens without them) in ``limit`` tokens: the leading and trailing special tokens kept,
+    the text cut at its end. Where the specials alone do not fit, the first ``limit``."""
+    added = len(full) - len(text)
+    if added < 0 or limit <= added:
+        return list(full[:limit])
+    start = next(
+        (at for at in range(added + 1) if list(full[at : at + len(text)]) == list(text)), None
+    )
+    if start is None:  # the text's tokens are not a run of the whole: cut the whole
+        return list(full[:limit])
+    return [*full[:start], *text[: limit - added], *full[start + len(text) :]]
+
+
+@attrs.define
+class InputCutter:
+    """Cuts an embedding request's texts to a limit, counting each text once.
+
+    Attributes:
+        texts: The request's inputs, in order.
+        tokenize: The child's ``/tokenize``.
+    """
+
+    texts: Sequence[str]
+    tokenize: Tokenize
+    _with_specials: dict[int, list[int]] = attrs.field(factory=dict, init=False)
+    _without: dict[int, list[int]] = attrs.field(factory=dict, init=False)
+
+    async def cut_to(self, limit: int) -> list[str | list[int]] | None:
+        """The inputs with each one longer than ``limit`` tokens as its cut tokens, the
+        rest as they were; ``None`` if none was longer (the refusal was about something
+        else). Cancellation: nothing is kept but the counts already taken."""
+        inputs: list[str | list[int]] = []
+        cut_any = False
+        for index, text in enumerate(self.texts):
+            full = await self._count(self._with_specials, index, text, specials=True)
+            if len(full) <= limit:
+                inputs.append(text)
+                continue
+            only = await self._count(self._without, index, text, specials=False)
+            inputs.append(cut_tokens(full, only, limit))
+            cut_any = True
+        return inputs if cut_any else None
+
+    async def _count(
+        self, counted: dict[int, list[int]], index: int, text: str, *, specials: bool
+    ) -> list[int]:
+        if index not in counted:
+            counted[index] = await self.tokenize(text, specials)
+        return counted[index]
+
+
+async def forward_whole(ctx: SharedContext, request: OpenAIRequest) -> tuple[int, bytes]:
+    """llama-server's status and whole body for ``request`` (its usage noted)."""
+    async with ctx.forward(request.endpoint, request.body, keep_alive=request.keep_alive) as answer:
+        status, content = answer.status_code, await answer.aread()
+    note_usage(content)
+    return status, content
+
+
+async def embeddings_answer(ctx: SharedContext, request: OpenAIRequest) -> dict[str, Any] | Reply:
+    """llama-server's embeddings for ``request``, the inputs longer than the model takes at
+    once cut to fit (at most two cuts, one per limit llama-server names), or Ollama's 400
+    for them when ``truncate`` is false; any other refusal as an Ollama error reply.
+
+    Raises:
+        InvalidRequestError: An input too long, and ``truncate`` false.
+        BodhiError: What :meth:`SharedContext.forward` raises.
+    """
+    cutter = InputCutter(list(request.body["input"]), _tokenizer(ctx, request))
+    limit: int | None = None
+    for _attempt in range(3):
+        status, content = await forward_whole(ctx, request)
+        if status == 200:
+            return json_answer(status, content)
+        named = input_limit(content)
+        if named is None:
+            break
+        if not request.truncate:
+            raise InvalidRequestError(TOO_LONG_MESSAGE, param="input")
+        limit = named if limit is None else min(limit, named)
+        try:
+            inputs = await cutter.cut_to(limit)
+        except UpstreamError:  # no /tokenize there (a remote): the refusal as it is
+            break
+        if inputs is None:
+            break
+        request.body["input"] = inputs
+    return upstream_refusal(status, content)
+
+
+def _tokenizer(ctx: SharedContext, request: OpenAIRequest) -> Tokenize:
+    """The ``/tokenize`` of the child serving the request's alias; raises UpstreamError
+    if it does not answer with tokens."""
+
+    async def tokenize(text: str, specials: bool) -> list[int]:
+        body = {"model": request.body["model"], "content": text, "add_special": specials}
+        async with ctx.forward("/tokenize", body, keep_alive=request.keep_alive) as answer:
+            status, content = answer.status_code, await answer.aread()
+        tokens = json_answer(status, content).get("tokens") if status == 200 else None
+        if not isinstance(tokens, list) or not all(type(t) is int for t in tokens):
+            raise UpstreamError(f"/tokenize answered {status} without tokens")
+        return tokens
+
+    return tokenize
