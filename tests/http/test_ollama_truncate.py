@@ -65,7 +65,21 @@ async def test_only_the_long_inputs_are_cut_and_each_text_is_counted_once() -> N
         # a second, smaller limit (the other one llama-server names) cuts again
         assert await cutter.cut_to(2) == [[1, 1], [1, 1], "eeeee"]
         # nothing longer than the limit: the refusal was not about length
-        assert await cutter.cut_to(10) is None
+        assert await cutter.cut_to(12) is None
+        # a text of 8 bytes fewer than the limit, or less, fits uncounted
+        assert await cutter.cut_to(21) is None
     with_specials = [("a bb", True), ("a bb ccc dddd", True), ("eeeee", True)]
     without = [("a bb ccc dddd", False), ("a bb", False)]
     assert sorted(tokenize.calls) == sorted([*with_specials, *without])
+
+
+async def test_a_text_too_short_to_be_long_is_not_counted() -> None:
+    tokenize = Counting()
+    short = "x" * 56  # 56 bytes + 8 <= 64: fits whatever the tokenizer
+    cutter = InputCutter([short] * 1000 + ["ww " * 100], tokenize)
+    with trio.fail_after(5):
+        inputs = await cutter.cut_to(64)
+    assert inputs is not None
+    assert inputs[:1000] == [short] * 1000
+    assert inputs[1000] == [1, *[2] * 63]
+    assert tokenize.calls == [("ww " * 100, True), ("ww " * 100, False)]

@@ -46,6 +46,12 @@ _TOO_LONG = re.compile(
     r" \(current batch size: (\d+)\)|larger than the max context size \((\d+) tokens\))"
 )
 
+_MOST_ADDED = 8
+"""More tokens than a text has bytes no tokenizer gives: a token is at least one byte of the
+text (byte fallback included) but for the model's special tokens and a leading space, a few
+at most. A text of ``limit - 8`` bytes or fewer fits without being counted, so a request of
+many short inputs beside a long one costs one ``/tokenize`` per long input only."""
+
 Tokenize = Callable[[str, bool], Awaitable[list[int]]]
 """The child's tokens for a text, with (``True``) or without the model's special tokens;
 a failure raises."""
@@ -96,6 +102,9 @@ class InputCutter:
         inputs: list[str | list[int]] = []
         cut_any = False
         for index, text in enumerate(self.texts):
+            if len(text.encode()) + _MOST_ADDED <= limit:
+                inputs.append(text)
+                continue
             full = await self._count(self._with_specials, index, text, specials=True)
             if len(full) <= limit:
                 inputs.append(text)
