@@ -31,7 +31,7 @@ pytestmark = pytest.mark.llama
 BATCH_ARGS = "--ctx-size 2048 --parallel 1 --ubatch-size 64 --batch-size 64"
 BATCH = Alias("cut:batch", DEMO_REPO, DEMO_FILENAME, context_params=(BATCH_ARGS,))
 CONTEXT = Alias(
-    "cut:context", DEMO_REPO, DEMO_FILENAME, context_params=("--ctx-size 256 --parallel 1",)
+    "cut:context", DEMO_REPO, DEMO_FILENAME, context_params=("--ctx-size 1024 --parallel 4",)
 )
 LONG = " ".join(f"word{i}" for i in range(400))  # well over 512 tokens
 SHORT = "a cat"
@@ -53,7 +53,8 @@ async def test_a_long_input_is_cut_to_what_the_child_embeds_at_once(
 
             def calls() -> dict[str, Any]:
                 out: dict[str, Any] = {}
-                with ollama.Client(host=server.url) as client:
+                # the client's own timeout: fail_after cannot reach into its thread
+                with ollama.Client(host=server.url, timeout=60) as client:
                     out["both"] = client.embed(BATCH.alias, [SHORT, LONG])
                     out["short"] = client.embed(BATCH.alias, SHORT)
                     out["legacy"] = client.embeddings(BATCH.alias, LONG)

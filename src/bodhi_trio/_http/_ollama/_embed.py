@@ -13,6 +13,7 @@ embeds as given), the model's special tokens kept at both ends.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -47,10 +48,18 @@ _TOO_LONG = re.compile(
 )
 
 _MOST_ADDED = 8
-"""More tokens than a text has bytes no tokenizer gives: a token is at least one byte of the
-text (byte fallback included) but for the model's special tokens and a leading space, a few
-at most. A text of ``limit - 8`` bytes or fewer fits without being counted, so a request of
-many short inputs beside a long one costs one ``/tokenize`` per long input only."""
+"""How many more tokens than bytes a text is taken to make: in llama.cpp's BPE, SentencePiece
+and WordPiece tokenizers a token is at least one byte of the text (byte fallback included)
+but for the model's special tokens and a leading space, a few at most. A text of ``limit -
+8`` bytes or fewer is taken to fit without being counted, so a request of many short inputs
+beside a long one costs ``/tokenize`` for the long ones only. A tokenizer that normalises a
+text into more characters (T5's) could make a short text too long: then the refusal is
+answered as it is, nothing lost but the cut."""
+
+_ATTEMPTS = 3
+"""The request, cut to the first limit llama-server names, then to a second, smaller one."""
+
+logger = logging.getLogger("bodhi_trio.ollama")
 
 Tokenize = Callable[[str, bool], Awaitable[list[int]]]
 """The child's tokens for a text, with (``True``) or without the model's special tokens;
@@ -132,16 +141,23 @@ async def forward_whole(ctx: SharedContext, request: OpenAIRequest) -> tuple[int
 
 async def embeddings_answer(ctx: SharedContext, request: OpenAIRequest) -> dict[str, Any] | Reply:
     """llama-server's embeddings for ``request``, the inputs longer than the model takes at
-    once cut to fit (at most two cuts, one per limit llama-server names), or Ollama's 400
-    for them when ``truncate`` is false; any other refusal as an Ollama error reply.
+    once cut to fit (at most three requests: a second limit llama-server names may need a
+    second cut), or Ollama's 400 for them when ``truncate`` is false; any other refusal as
+    an Ollama error reply.
+
+    Only a local alias of its own is cut: a remote alias or a fallback chain may tokenize
+    on another target than the one that refused (another model's token ids), so its
+    refusal is passed on as it is.
 
     Raises:
         InvalidRequestError: An input too long, and ``truncate`` false.
         BodhiError: What :meth:`SharedContext.forward` raises.
     """
+    alias = ctx.resolve_alias(request.body["model"])
+    cuttable = alias.remote is None and not alias.fallback
     cutter = InputCutter(list(request.body["input"]), _tokenizer(ctx, request))
     limit: int | None = None
-    for _attempt in range(3):
+    for attempt in range(_ATTEMPTS):
         status, content = await forward_whole(ctx, request)
         if status == 200:
             return json_answer(status, content)
@@ -150,13 +166,23 @@ async def embeddings_answer(ctx: SharedContext, request: OpenAIRequest) -> dict[
             break
         if not request.truncate:
             raise InvalidRequestError(TOO_LONG_MESSAGE, param="input")
-        limit = named if limit is None else min(limit, named)
+        if not cuttable or attempt == _ATTEMPTS - 1 or (limit is not None and named >= limit):
+            break  # not ours to cut, no attempt left, or the last cut did not take
+        limit = named
         try:
             inputs = await cutter.cut_to(limit)
-        except UpstreamError:  # no /tokenize there (a remote): the refusal as it is
+        except UpstreamError:  # /tokenize did not answer with tokens: the refusal as it is
             break
         if inputs is None:
             break
+        logger.warning(
+            "embeddings for %s: %d of %d inputs cut to %d tokens (the most its child embeds"
+            " at once; --ubatch-size and --batch-size raise it)",
+            alias.alias,
+            sum(isinstance(item, list) for item in inputs),
+            len(inputs),
+            limit,
+        )
         request.body["input"] = inputs
     return upstream_refusal(status, content)
 
