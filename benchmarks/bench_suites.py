@@ -375,7 +375,7 @@ def _ini(params: list[str]) -> str:
     return "\n".join(lines)
 
 
-_WHERE_AND_WHAT = frozenset({"--alias", "--model", "-m", "--host", "--port"})
+_WHERE_AND_WHAT = frozenset({"--alias", "-a", "--model", "-m", "--host", "--port"})
 
 
 def _flag_pairs(words: list[str]) -> list[tuple[str, str | None]]:
@@ -394,12 +394,15 @@ def added_by_bodhi(argv: list[str], params: list[str]) -> list[str]:
     """The llama args bodhi-trio gave its child beyond the alias's own (``--embeddings``,
     ``--pooling mean``), without where it listens and what it is called: the router's
     child gets them too, so that it is the same llama-server as bodhi-trio's, which
-    ``direct`` reads and every ratio divides by."""
-    own = set(_flag_pairs(" ".join(params).split()))
+    ``direct`` reads and every ratio divides by. A flag the alias names is the alias's,
+    whatever value the child got (a preset section holds each key once). Read from the
+    demo model's child and given to ``demo:smol``'s section too (the router's preset is
+    written before bodhi-trio loads it; both GGUFs declare no pooling)."""
+    own = {flag for flag, _value in _flag_pairs(" ".join(params).split())}
     return [
         flag if value is None else f"{flag} {value}"
         for flag, value in _flag_pairs(argv[1:])
-        if flag not in _WHERE_AND_WHAT and (flag, value) not in own
+        if flag not in _WHERE_AND_WHAT and flag not in own
     ]
 
 

@@ -248,7 +248,9 @@ def _run_suites(
         result["loadavg"] = [load_before, _loadavg()]  # other work on the machine shows here
         if name not in ("memory", "swap", "rag"):
             metrics = report.SCALE_METRICS if name == "scale" else None
-            result["summary"] = report.summary(result["runs"], metrics)
+            result["summary"] = report.summary(
+                result["runs"], metrics, paired=name.startswith("llama")
+            )
         if name == "swap":
             result["stats"] = report.swap_stats(result["runs"])
         for key in ("same_child_throughout",):

@@ -194,13 +194,12 @@ def test_the_routers_child_gets_what_bodhi_trio_adds_to_its_own() -> None:
         "--context-shift", "--threads", "1", "--embeddings", "--pooling", "mean",
     ]  # fmt: skip
     assert suites.added_by_bodhi(argv, params) == ["--embeddings", "--pooling mean"]
-    # a flag the alias sets with another value is bodhi-trio's, and kept
+    # a flag the alias names stays the alias's, whatever the child got
     assert suites.added_by_bodhi([*argv, "--parallel", "4"], params) == [
         "--embeddings",
         "--pooling mean",
-        "--parallel 4",
     ]
-    assert suites.added_by_bodhi(["/llama-server", "--port", "8080"], params) == []
+    assert suites.added_by_bodhi(["/llama-server", "--port", "8080", "-a", "x"], params) == []
 
 
 @pytest.mark.skipif(not {0, 1} <= os.sched_getaffinity(0), reason="pinning needs cores 0 and 1")
@@ -356,6 +355,9 @@ def test_the_scale_and_router_sections_render_from_the_json(
     assert rows["| 17.4"].endswith(
         "| 1 stream: 0.990x vs 0.970x; demo:smol, 1 stream: 0.990x vs 0.970x | MET |"
     )
+    # a run from before session 26 (no ratio per round) reads as it did
+    assert "in the same round" not in text
+    assert "head to head" not in text
     assert "demo:smol, 1 stream: 0.990x (87 vs 88 tok/s)" in rows["| 17.5"]
     assert rows["| 17.5"].endswith("| NOT MEASURED |")  # 8 streams missing
     assert "bodhi-trio on core 0; fake child on core 1; client (the harness) on core 1" in text
@@ -471,7 +473,8 @@ def test_x_direct_is_each_rounds_ratio_not_the_ratio_of_the_medians() -> None:
     # compares the two as they ran a few seconds apart (0.95x in two rounds of three)
     rows = _round_rows("s", {"direct": [100, 100, 200], "bodhi-trio": [95, 190, 190]})
     rows += _round_rows("alone", {"bodhi-trio": [10, 20]})
-    summ = report.summary(rows)
+    assert "tokens_x_direct" not in report.summary(rows)["s"]["bodhi-trio"]  # the fake suites'
+    summ = report.summary(rows, paired=True)
     assert summ["s"]["bodhi-trio"]["tokens_per_s"] == 190
     assert summ["s"]["bodhi-trio"]["tokens_x_direct"] == pytest.approx(0.95)
     assert report.paired_ratios(rows, "s", "bodhi-trio", "tokens_per_s") == pytest.approx(
@@ -503,18 +506,27 @@ def test_17_4_and_17_5_score_each_round_and_say_in_how_many_rounds_bodhi_trio_le
         "demo:smol, 8 streams",
         {"direct": [200, 300], "bodhi-trio": [198, 216], "router": [190, 200]},
     )
+    # behind the router against direct (0.910x vs 0.990x: each arm's middle round), ahead
+    # of it in two rounds of three as the two ran
+    runs += _round_rows(
+        "1 stream",
+        {"direct": [100, 100, 100], "bodhi-trio": [10, 100, 91], "router": [9, 99, 120]},
+    )
     scale_doc["suites"]["llama"]["runs"] = runs
-    scale_doc["suites"]["llama"]["summary"] = report.summary(runs)
+    scale_doc["suites"]["llama"]["summary"] = report.summary(runs, paired=True)
     md = tmp_path / "RESULTS.md"
     run.write_results(scale_doc, tmp_path / "results.json", md)
     text = md.read_text()
     rows = {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith("| 17.")}
-    # per round 0.98 0.98 0.99 0.97 1.20 against 0.99 0.90 1.00 0.99 1.30: behind by the
-    # medians, ahead in one round of five
+    # scored head to head, bodhi-trio's tokens/s over the router's in each round: per round
+    # 98/99 49/45 99/100 97/99 120/130, median 0.990x, ahead in one round of five
     assert (
-        "demo:smol, 1 stream: 0.980x vs 0.990x, ahead in 1 of 5 rounds;"
-        " demo:smol, 8 streams: 0.855x vs 0.808x |" in rows["| 17.4"]
+        "| demo:smol, 1 stream: 0.980x vs 0.990x; head to head 0.990x, ahead in 1 of 5 rounds;"
+        " demo:smol, 8 streams: 0.855x vs 0.808x; head to head 1.061x, ahead in 2 of 2 rounds;"
+        " 1 stream: 0.910x vs 0.990x; head to head 1.010x, ahead in 2 of 3 rounds |"
+        in rows["| 17.4"]
     )
+    assert "scored head to head" in rows["| 17.4"]
     assert rows["| 17.4"].endswith("| MISSED on demo:smol, 1 stream |")
     # the ratio is the median of each round's; beside it the arms' own medians and theirs
     assert (
