@@ -152,6 +152,9 @@ async def embeddings_answer(ctx: SharedContext, request: OpenAIRequest) -> dict[
     Raises:
         InvalidRequestError: An input too long, and ``truncate`` false.
         BodhiError: What :meth:`SharedContext.forward` raises.
+
+    Cancellation (the client left): the request or ``/tokenize`` in flight is closed as
+    :meth:`SharedContext.forward` closes it; nothing else is held.
     """
     alias = ctx.resolve_alias(request.body["model"])
     cuttable = alias.remote is None and not alias.fallback
