@@ -131,10 +131,16 @@ class InputCutter:
         return counted[index]
 
 
+async def _whole(
+    ctx: SharedContext, endpoint: str, body: dict[str, Any], keep_alive: float | None
+) -> tuple[int, bytes]:
+    async with ctx.forward(endpoint, body, keep_alive=keep_alive) as answer:
+        return answer.status_code, await answer.aread()
+
+
 async def forward_whole(ctx: SharedContext, request: OpenAIRequest) -> tuple[int, bytes]:
     """llama-server's status and whole body for ``request`` (its usage noted)."""
-    async with ctx.forward(request.endpoint, request.body, keep_alive=request.keep_alive) as answer:
-        status, content = answer.status_code, await answer.aread()
+    status, content = await _whole(ctx, request.endpoint, request.body, request.keep_alive)
     note_usage(content)
     return status, content
 
@@ -196,8 +202,7 @@ def _tokenizer(ctx: SharedContext, request: OpenAIRequest) -> Tokenize:
 
     async def tokenize(text: str, specials: bool) -> list[int]:
         body = {"model": request.body["model"], "content": text, "add_special": specials}
-        async with ctx.forward("/tokenize", body, keep_alive=request.keep_alive) as answer:
-            status, content = answer.status_code, await answer.aread()
+        status, content = await _whole(ctx, "/tokenize", body, request.keep_alive)
         tokens = json_answer(status, content).get("tokens") if status == 200 else None
         if not isinstance(tokens, list) or not all(type(t) is int for t in tokens):
             raise UpstreamError(f"/tokenize answered {status} without tokens")
