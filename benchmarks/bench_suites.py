@@ -204,15 +204,20 @@ def _cpu(pid: int | None, precise: bool) -> dict[int, float] | None:
     return None if pid is None else cpu_reading(pid, precise)
 
 
+def _switches(pid: int | None, precise: bool) -> dict[int, int] | None:
+    """Context switches per thread, read where CPU is read per thread (the llama suites)."""
+    return None if pid is None or not precise else switches_reading(pid)
+
+
 def _recorded(suite: str, arm: Arm, scenario: Scenario, r: int, rounds: int) -> dict[str, Any]:
     # The llama suites' streams are slow (a real model's pace, down to ~100 tokens/s): their
     # CPU is read per thread to the nanosecond; the fake suite's, as before, in ticks.
     precise = suite.startswith("llama")
-    switches_before = None if arm.pid is None or not precise else switches_reading(arm.pid)
+    switches_before = _switches(arm.pid, precise)
     cpu_before = _cpu(arm.pid, precise)
     result = run_one(arm, scenario)
     cpu_after = _cpu(arm.pid, precise)
-    switches_after = None if arm.pid is None or not precise else switches_reading(arm.pid)
+    switches_after = _switches(arm.pid, precise)
     row: dict[str, Any] = {"suite": suite, "round": r, "scenario": scenario.name, "arm": arm.name}
     row.update(result.to_dict())
     row["rss_mib"] = rss_mib(arm.pid, arm.rss_group) if arm.pid else None
