@@ -8,6 +8,8 @@ import statistics
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import pace_report
+
 from bodhi_trio._bench._scan import _percentile
 
 __all__ = [
@@ -597,10 +599,10 @@ def _head_to_head(rows: list[dict[str, Any]], scenario: str) -> tuple[float, int
 
 def check_targets_17(doc: dict[str, Any]) -> list[dict[str, str]]:
     """Issue 17's targets (GPU scale), scored from the scale, fake, llama and memory suites;
-    [] when the run has neither the scale suite nor the llama suite's router arm (runs from
-    before issue 17 render as they did)."""
+    [] when the run has neither the scale suite, the llama suite's router arm nor the pace
+    suite (runs from before issue 17 render as they did)."""
     suites = doc.get("suites", {})
-    if "scale" not in suites and not _has_router(doc):
+    if "scale" not in suites and not _has_router(doc) and "pace" not in suites:
         return []
 
     def m(suite: str, scenario: str, arm: str, key: str) -> float | None:
@@ -764,6 +766,8 @@ def check_targets_17(doc: dict[str, Any]) -> list[dict[str, str]]:
             verdict,
         )
     )
+    if "pace" in suites and (by_answer := pace_report.target(suites["pace"])) is not None:
+        out.append(by_answer)
     ceiling = m("fake", "1 stream", "bodhi-trio", "events_per_s")
     idle = suites.get("memory", {}).get("rss_idle_mib")
     cancel = m("fake", "disconnect", "bodhi-trio", "disconnect_p99_ms")

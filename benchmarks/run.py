@@ -23,6 +23,9 @@ BODHI_HOME and HF_HOME, and stops it, with its child, at the end):
   SmolLM2-135M (``llama``: llama-server's default threads; ``llama-t1``: ``--threads 1``,
   which leaves a core to the proxy and the client); then the time to the first token across model
   swaps and cold starts, minus the child's own start-to-ready time.
+- ``pace`` (``--llama``): ``demo:smol`` answer by answer, direct, bodhi-trio, the bare Trio
+  relay and the router in turn, each answer timed on its own (first token, per token,
+  tail): target 17.5 read where a 5-second window is too coarse. See :mod:`token_pace`.
 - ``rag`` (``--llama``): several models at once, the RAG pattern (embed/chat alternated)
   on bodhi-trio with two slots, with one slot, and llama.cpp's router mode; the load-beside
   overhead and the memory estimate vs. the measured RSS. See :mod:`bench_models`.
@@ -65,12 +68,14 @@ import bench_report as report
 import bench_scale as scale
 import bench_startup as startup
 import bench_suites as suites
+import pace_report
+import token_pace as pace
 
 __all__ = ["main"]
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-SUITES = ("fake", "scale", "llama", "llama-t1", "swap", "rag", "memory")
+SUITES = ("fake", "scale", "llama", "llama-t1", "pace", "swap", "rag", "memory")
 DEFAULT_SUITES = ("fake", "scale", "memory")  # the rest need the real llama-server (--llama)
 RESULTS_JSON = HERE / "results.json"  # committed, with RESULTS.md rendered from it
 QUICK_JSON = HERE / "results" / "quick.json"  # ignored: quick runs are not the record
@@ -195,7 +200,8 @@ def render(source: Path, results_md: Path) -> None:
         command += ["--results-md", _shown(results_md)]
     link = Path(os.path.relpath(source.resolve(), results_md.resolve().parent)).as_posix()
     results_md.parent.mkdir(parents=True, exist_ok=True)
-    more = models.render_rag(saved["suites"]["rag"]) if "rag" in saved["suites"] else []
+    more = pace_report.section(saved["suites"]["pace"]) if "pace" in saved["suites"] else []
+    more += models.render_rag(saved["suites"]["rag"]) if "rag" in saved["suites"] else []
     results_md.write_text(report.render_results(saved, link, shlex.join(command), more))
 
 
@@ -209,6 +215,8 @@ def _loadavg() -> str:
 def _errors(name: str, result: dict[str, Any]) -> int:
     if name == "rag":
         return int(result["errors"])
+    if name == "pace":  # any error stops the suite (its answers are compared in pairs)
+        return 0
     if name != "memory":
         return sum(int(r["errors"]) for r in result["runs"])
     failed = int(result.get("failed") or 0) + int(result.get("first_request_errors") or 0)
@@ -230,6 +238,7 @@ def _run_suites(
         ),
         "llama": lambda: suites.llama_suite(workdir, args.quick, doc["rounds"], "llama"),
         "llama-t1": lambda: suites.llama_suite(workdir, args.quick, doc["rounds"], "llama-t1"),
+        "pace": lambda: pace.pace_suite(workdir, args.quick),
         "swap": lambda: startup.swap_suite(workdir, args.quick),
         "rag": lambda: models.rag_suite(workdir, args.quick),
         "memory": lambda: startup.memory_suite(workdir, args.streams),
@@ -246,7 +255,7 @@ def _run_suites(
             continue
         result["wall_s"] = time.monotonic() - started
         result["loadavg"] = [load_before, _loadavg()]  # other work on the machine shows here
-        if name not in ("memory", "swap", "rag"):
+        if name not in ("memory", "swap", "rag", "pace"):
             metrics = report.SCALE_METRICS if name == "scale" else None
             result["summary"] = report.summary(
                 result["runs"], metrics, paired=name.startswith("llama")
@@ -267,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="2 short rounds, fewer swaps")
     parser.add_argument("--rounds", type=int, help="rounds (default 5, --quick 2)")
     parser.add_argument(
-        "--llama", action="store_true", help="also the llama, llama-t1, swap and rag suites"
+        "--llama", action="store_true", help="also the llama, llama-t1, pace, swap and rag suites"
     )
     parser.add_argument("--litellm", action="store_true", help="also LiteLLM in the fake suite")
     parser.add_argument("--suites", help=f"exactly these, comma-separated: {','.join(SUITES)}")

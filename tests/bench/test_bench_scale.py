@@ -536,3 +536,43 @@ def test_17_4_and_17_5_score_each_round_and_say_in_how_many_rounds_bodhi_trio_le
     )
     assert "| demo:smol, 1 stream | bodhi-trio | 98 | 0.980x |" in text
     assert "x direct is the median of each round's tokens/s over direct's" in text
+
+
+def _pace_turn(per_token: float, answer: float) -> dict[str, Any]:
+    return {
+        "first_ms": 10.0,
+        "per_token_ms": per_token,
+        "tail_ms": 1.0,
+        "answer_ms": answer,
+        "tokens": 100,
+        "cpu_us_per_token": None,
+    }
+
+
+def test_the_pace_suite_renders_its_tables_and_reads_17_5_by_answer(
+    tmp_path: Path, scale_doc: dict[str, Any]
+) -> None:
+    run = bench_module("run")
+    pace_report = bench_module("pace_report")
+    scenarios = {}
+    for name, slower in (("1 stream", 1.01), ("8 streams", 1.03)):
+        rounds = [
+            {"direct": _pace_turn(7.0, 700.0), "bodhi-trio": _pace_turn(7.07, 700.0 * slower)}
+        ] * 3
+        scenarios[name] = {"streams": 1, "rounds": rounds, "summary": pace_report.summary(rounds)}
+    scale_doc["suites"]["pace"] = {"params": ["--parallel 8"], "scenarios": scenarios}
+    md = tmp_path / "RESULTS.md"
+    run.write_results(scale_doc, tmp_path / "results.json", md)
+    text = md.read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| 17.5, by answer |"))
+    assert "demo:smol, 1 stream: 0.990x; demo:smol, 8 streams: 0.971x |" in row
+    assert row.endswith("| MISSED on 8 streams by 0.009x |")
+    # the windows' verdict stays beside it, as it was
+    assert any(line.startswith("| 17.5 | real model") for line in text.splitlines())
+    assert "## A real model's pace, answer by answer (`demo:smol`)" in text
+    assert "**8 streams** (3 rounds):" in text
+    assert "| bodhi-trio | 10.00 (1.000x) | 7.070 (1.0100x) | 1.00 | 0.9709x (0 of 3) | - |" in text
+    # a run of the pace suite alone still scores it
+    only = {**scale_doc, "suites": {"pace": scale_doc["suites"]["pace"]}}
+    run.write_results(only, tmp_path / "alone.json", alone := tmp_path / "ALONE.md")
+    assert "| 17.5, by answer |" in alone.read_text()
