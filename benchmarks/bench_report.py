@@ -756,6 +756,8 @@ def check_targets_17(doc: dict[str, Any]) -> list[dict[str, str]]:
             verdict,
         )
     )
+    if "pace" in suites and (by_answer := pace_report.head_to_head(suites["pace"])) is not None:
+        out.append(by_answer)
     smol_shown, verdict = _tokens_against_direct(suites, m, SMOL_SCENARIOS, 0.98)
     out.append(
         _target(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-__all__ = ["PARTS", "TARGET", "section", "summary", "table", "target"]
+__all__ = ["PARTS", "TARGET", "head_to_head", "section", "summary", "table", "target"]
 
 PARTS = ("first_ms", "per_token_ms", "tail_ms")
 TARGET = 0.98  # issue 17, target 17.5: tokens/s through bodhi-trio >= 0.98x direct
@@ -97,6 +97,33 @@ def target(pace: dict[str, Any]) -> dict[str, str] | None:
         " (`token_pace.py`)",
         "measured": "; ".join(shown),
         "result": "MET" if not short else f"MISSED on {', '.join(short)}",
+    }
+
+
+def head_to_head(pace: dict[str, Any]) -> dict[str, str] | None:
+    """Target 17.4 read answer by answer: bodhi-trio's tokens/s over the router's in each
+    round, median >= 1 on every scenario the suite ran with both; None without them."""
+    shown, behind = [], []
+    for name, scenario in pace.get("scenarios", {}).items():
+        rounds = scenario.get("rounds", [])
+        pairs = [run for run in rounds if "bodhi-trio" in run and "router" in run]
+        if not pairs:
+            continue
+        ratios = [_rate(run["bodhi-trio"]) / _rate(run["router"]) for run in pairs]
+        ratio = statistics.median(ratios)
+        ahead = sum(r > 1 for r in ratios)
+        shown.append(f"demo:smol, {name}: {ratio:.3f}x, ahead in {ahead} of {len(pairs)} rounds")
+        if ratio < 1:
+            behind.append(name)
+    if not shown:
+        return None
+    return {
+        "n": "17.4, by answer",
+        "target": "relay overhead below llama-server router mode's, real model (`demo:smol`):"
+        " bodhi-trio's tokens/s over the router's, each answer (or 8 at once) against the"
+        " router's in the same round, median >= 1 (`token_pace.py`)",
+        "measured": "; ".join(shown),
+        "result": "MET" if not behind else f"MISSED on {', '.join(behind)}",
     }
 
 

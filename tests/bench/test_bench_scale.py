@@ -557,21 +557,38 @@ def test_the_pace_suite_renders_its_tables_and_reads_17_5_by_answer(
     scenarios = {}
     for name, slower in (("1 stream", 1.01), ("8 streams", 1.03)):
         rounds = [
-            {"direct": _pace_turn(7.0, 700.0), "bodhi-trio": _pace_turn(7.07, 700.0 * slower)}
-        ] * 3
+            {
+                "direct": _pace_turn(7.0, 700.0),
+                "bodhi-trio": _pace_turn(7.07, 700.0 * slower),
+                "router": _pace_turn(7.07, 707.0 * router),
+            }
+            for router in (1.0, 1.05, 0.95)
+        ]
         scenarios[name] = {"streams": 1, "rounds": rounds, "summary": pace_report.summary(rounds)}
     scale_doc["suites"]["pace"] = {"params": ["--parallel 8"], "scenarios": scenarios}
     md = tmp_path / "RESULTS.md"
     run.write_results(scale_doc, tmp_path / "results.json", md)
     text = md.read_text()
     row = next(line for line in text.splitlines() if line.startswith("| 17.5, by answer |"))
-    assert "demo:smol, 1 stream: 0.990x; demo:smol, 8 streams: 0.971x |" in row
+    assert "demo:smol, 1 stream: 0.990x (llama.cpp's router 0.990x)" in row
     assert row.endswith("| MISSED on 8 streams by 0.009x |")
+    # head to head with the router, round by round: on one stream bodhi-trio takes 707 ms
+    # against the router's 707, 742.35 and 671.65 (level, ahead, behind: the median is
+    # level); on eight 721 ms (behind, ahead, behind)
+    rows = [line for line in text.splitlines() if line.startswith("| 17.")]
+    names = [line.split(" | ")[0] for line in rows]
+    assert names.index("| 17.4") + 1 == names.index("| 17.4, by answer")
+    assert names.index("| 17.5") + 1 == names.index("| 17.5, by answer")
+    head = rows[names.index("| 17.4, by answer")]
+    assert "demo:smol, 1 stream: 1.000x, ahead in 1 of 3 rounds;" in head
+    assert "demo:smol, 8 streams: 0.981x, ahead in 1 of 3 rounds |" in head
+    assert head.endswith("| MISSED on 8 streams |")
     # the windows' verdict stays beside it, as it was
     assert any(line.startswith("| 17.5 | real model") for line in text.splitlines())
     assert "## A real model's pace, answer by answer (`demo:smol`)" in text
     assert "**8 streams** (3 rounds):" in text
     assert "| bodhi-trio | 10.00 (1.000x) | 7.070 (1.0100x) | 1.00 | 0.9709x (0 of 3) | - |" in text
+    assert "| router | 10.00 (1.000x) | 7.070 (1.0100x) | 1.00 | 0.9901x (1 of 3) | - |" in text
     # a run of the pace suite alone still scores it
     only = {**scale_doc, "suites": {"pace": scale_doc["suites"]["pace"]}}
     run.write_results(only, tmp_path / "alone.json", alone := tmp_path / "ALONE.md")
