@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bodhi_trio._config._settings import Settings, load_settings
+from bodhi_trio._config._settings import Settings, _is_known, load_settings
 from bodhi_trio._exceptions import ServerArgsError, SettingsError
+from paths import REPO
 
 
 def write_settings(home: Path, text: str) -> Path:
@@ -324,3 +326,63 @@ def test_a_number_of_seconds_past_a_floats_range_is_a_setting_error(tmp_path: Pa
     write_settings(tmp_path, "BODHI_DRAIN_TIMEOUT_SECS: 1" + "0" * 400 + "\n")
     with pytest.raises(SettingsError, match="BODHI_DRAIN_TIMEOUT_SECS"):
         load_settings(home=tmp_path, env={})
+
+
+def test_every_documented_setting_is_read_from_the_settings_file(tmp_path: Path) -> None:
+    """Each key of docs/configuration.md's settings table is one settings.yaml takes (a
+    known key missing from KNOWN_KEYS is dropped there as unknown, with only a warning)."""
+    table = (REPO / "docs" / "configuration.md").read_text()
+    documented = re.findall(r"^\| `((?:BODHI|HF)_[A-Z_<>]+)` \|", table, re.MULTILINE)
+    assert "BODHI_REMOTE_KEY_ENVS" in documented
+    for key in documented:
+        name = key.replace("<VARIANT>", "CUDA")
+        assert _is_known(name), key
+
+
+def test_remote_key_envs_from_the_settings_file_are_kept_from_children(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VENDOR_API_KEY", "sk-secret")
+    monkeypatch.setenv("OTHER_VARIABLE", "kept")
+    write_settings(tmp_path, "BODHI_REMOTE_KEY_ENVS: [VENDOR_API_KEY]\n")
+    settings = load_settings(home=tmp_path, env={})
+    assert settings.remote_key_envs == ("VENDOR_API_KEY",)
+    child = settings.child_base_environment()
+    assert "VENDOR_API_KEY" not in child
+    assert child["OTHER_VARIABLE"] == "kept"
+
+
+@pytest.mark.parametrize(
+    ("line", "attribute", "expected"),
+    [
+        ("port: 9000", "port", 9000),
+        ("remote_key_envs: [VENDOR_API_KEY]", "remote_key_envs", ("VENDOR_API_KEY",)),
+        ("allowed_paths: [/srv/models]", "allowed_paths", (Path("/srv/models"),)),
+        ("hf_hub_cache: /srv/hub", "hub_cache", Path("/srv/hub")),
+    ],
+)
+def test_settings_file_keys_may_be_written_in_lowercase(
+    tmp_path: Path, line: str, attribute: str, expected: object
+) -> None:
+    write_settings(tmp_path, line + "\n")
+    assert getattr(load_settings(home=tmp_path, env={}), attribute) == expected
+
+
+def test_a_setting_given_twice_in_the_file_is_an_error(tmp_path: Path) -> None:
+    write_settings(tmp_path, "port: 9000\nBODHI_PORT: 9001\n")
+    with pytest.raises(
+        SettingsError, match=r"BODHI_PORT is given twice \('port' and 'BODHI_PORT'\)"
+    ):
+        load_settings(home=tmp_path, env={})
+
+
+def test_mixed_case_and_unknown_lowercase_keys_are_still_unknown(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = write_settings(tmp_path, "Port: 1\nprot: 2\n")
+    with caplog.at_level(logging.WARNING, logger="bodhi_trio.settings"):
+        assert load_settings(home=tmp_path, env={}).port == 1135
+    assert [r.getMessage() for r in caplog.records] == [
+        f"settings file {path}: unknown setting 'Port' is ignored",
+        f"settings file {path}: unknown setting 'prot' is ignored",
+    ]

@@ -12,7 +12,7 @@ import yaml
 from bodhi_trio._config._yaml_errors import yaml_error_summary
 from bodhi_trio._exceptions import SettingsError
 
-__all__ = ["SettingSources", "read_settings_file"]
+__all__ = ["SettingSources", "read_settings_file", "setting_name"]
 
 logger = logging.getLogger("bodhi_trio.settings")
 
@@ -34,10 +34,12 @@ class SettingSources:
 
 
 def read_settings_file(path: Path, is_known: Callable[[str], bool]) -> dict[str, object]:
-    """The settings in ``settings.yaml`` (``{}`` if there is none), unknown keys dropped.
+    """The settings in ``settings.yaml`` (``{}`` if there is none), keyed by their names
+    (:func:`setting_name`), unknown keys dropped.
 
     Raises:
-        SettingsError: It is unreadable, not YAML, or not a mapping.
+        SettingsError: It is unreadable, not YAML, or not a mapping, or it gives a setting
+            twice (``port`` and ``BODHI_PORT``).
     """
     try:
         text = path.read_text(encoding="utf-8")
@@ -59,11 +61,32 @@ def read_settings_file(path: Path, is_known: Callable[[str], bool]) -> dict[str,
             f" got {type(data).__name__}"
         )
     result: dict[str, object] = {}
+    spelled: dict[str, str] = {}
     for key, value in data.items():
-        if not isinstance(key, str) or not is_known(key):
+        name = setting_name(key, is_known) if isinstance(key, str) else None
+        if name is None:
             logger.warning("settings file %s: unknown setting %r is ignored", path, key)
-        elif key == "BODHI_HOME":
+        elif name == "BODHI_HOME":
             logger.warning("settings file %s: BODHI_HOME cannot be set from inside it", path)
+        elif name in result:
+            raise SettingsError(
+                f"settings file {path}: {name} is given twice ({spelled[name]!r} and {key!r})",
+                param=name,
+            )
         else:
-            result[key] = value
+            result[name], spelled[name] = value, key
     return result
+
+
+def setting_name(key: str, is_known: Callable[[str], bool]) -> str | None:
+    """The setting a ``settings.yaml`` key names: itself (``BODHI_PORT``), or, written in
+    lowercase, the setting of that name in capitals with or without ``BODHI_`` (``port``,
+    ``allowed_paths``, ``hf_home``); None if none is known."""
+    if is_known(key):
+        return key
+    if key != key.lower():
+        return None
+    for name in (key.upper(), "BODHI_" + key.upper()):
+        if is_known(name):
+            return name
+    return None

@@ -94,6 +94,7 @@ KNOWN_KEYS: frozenset[str] = frozenset(
         "BODHI_RPC_WORKERS",
         "BODHI_RPC_WORKERS_INSECURE",
         "BODHI_ALLOWED_RPC_SERVERS",
+        "BODHI_REMOTE_KEY_ENVS",
     }
 )
 _NO_ARGS: tuple[str, ...] = ()
@@ -317,6 +318,9 @@ def load_settings(
     )
 
     def get(key: str, parse: Callable[[str, object, str], _T], default: _T) -> _T:
+        # A key read here but not known would be dropped from settings.yaml with a warning
+        # as "unknown": the setting would work from the environment only.
+        assert _is_known(key), f"{key} is read but not in KNOWN_KEYS"
         found = sources.lookup(key)
         return default if found is None else parse(key, found[0], found[1])
 
