@@ -245,6 +245,28 @@ async def test_accepted_answers_are_never_retried_elsewhere(transport: Transport
             assert (len(a.requests), len(b.requests)) == (1, 0)
 
 
+async def test_a_500_or_504_cools_the_replica_but_is_the_requests_answer(
+    transport: Transport,
+) -> None:
+    """The server, or the one behind a gateway that timed out, may have taken the request
+    and still be working on it: another replica would do it twice. The next request goes
+    elsewhere."""
+    with trio.fail_after(10):
+        for status in (500, 504):
+            async with (
+                remote_stub(
+                    Script(status=status, body=b'{"error":"x"}'), ssl_context=transport.ssl_context
+                ) as a,
+                remote_stub(ssl_context=transport.ssl_context) as b,
+                pool_of(transport, a, b, cooldown_secs=30) as pool,
+            ):
+                assert await answer(pool) == (status, b'{"error":"x"}')
+                assert (len(a.requests), len(b.requests)) == (1, 0)
+                assert pool.statistics()[0].cooling_for is not None
+                assert (await answer(pool))[0] == 200  # a cools: b first
+                assert (len(a.requests), len(b.requests)) == (1, 1)
+
+
 async def test_when_every_replica_refuses_the_last_answer_or_error_comes_back(
     transport: Transport,
 ) -> None:

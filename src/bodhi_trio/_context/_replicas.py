@@ -3,12 +3,13 @@
 Each base URL of a remote alias is a :class:`Replica`. A request goes to the
 replica with the fewest requests in flight (ties: the one chosen longest ago, so
 one client's sequential requests spread too). A replica that refuses the
-connection, fails the handshake, or answers 429 or 5xx *before the first byte of a
-body* cools down for ``cooldown_secs`` (or its ``Retry-After``, if longer and
-honoured) and the request goes to the next replica: it was never accepted, so
-nothing is lost or done twice. One that sends no head within the idle timeout cools
-too, but the request fails there: it may be working on it (an answer that is not
-streamed comes whole at the end), and another replica would do it twice. Cooling
+connection, fails the handshake, or answers 429, 502 or 503 cools down for
+``cooldown_secs`` (or its ``Retry-After``, if longer and honoured) and the request goes
+to the next replica: it was never accepted, so nothing is lost or done twice. One that
+answers 500 or 504, or sends no head within the idle timeout, cools too, but the
+request's answer is that one: the server may have taken it and be working on it (an
+answer that is not streamed comes whole at the end), and another replica would do it
+twice. Cooling
 replicas are tried last, soonest recovery first, and never skipped (when all cool,
 all are still tried). Once a head with another status is in, the pool commits to it: a
 failure after that is the stream's, never a failover.
@@ -58,8 +59,14 @@ __all__ = [
 
 logger = logging.getLogger("bodhi_trio.remote")
 
-RETRY_ON_ANOTHER = frozenset({429, 500, 502, 503, 504})
-"""Statuses a replica answers before the body with which the request was not accepted."""
+RETRY_ON_ANOTHER = frozenset({429, 502, 503})
+"""Statuses with which a replica (or the gateway in front of it) says that it did not take
+the request: too many, cannot reach the server behind, not available. The request goes to
+the next replica."""
+COOLS = RETRY_ON_ANOTHER | {500, 504}
+"""Statuses that cool a replica. 500 and 504 are answered as they are, not retried: the
+server (or the one behind a gateway that timed out) may have taken the request and may
+still be working on it, and another replica would do it twice."""
 _MAX_RETRY_AFTER = 600.0
 _PROBE_READ_TIMEOUT = 10.0
 _warned_plain_http: set[tuple[str, str]] = set()
@@ -316,9 +323,9 @@ class ReplicaPool:
                     await attempt.aclose()
                     raise
                 status = response.status_code
-                if status in RETRY_ON_ANOTHER:
+                if status in COOLS:
                     self.cool(replica, retry_after_seconds(response.headers), f"HTTP {status}")
-                    if not last:
+                    if status in RETRY_ON_ANOTHER and not last:
                         await attempt.aclose()
                         continue
                 elif 200 <= status < 300:
