@@ -288,6 +288,31 @@ async def test_variant_switch_restarts_with_new_binary_and_args(
         assert ("variant", None) in h.kinds()
 
 
+async def test_the_default_memory_budget_follows_the_variant(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Unset, the budget is 80% of the machine's memory on cpu and none on the others: a
+    switch takes the new variant's, and the reloaded model is admitted under it."""
+    fake_binary = tmp_path / "llama-server-cuda"
+    fake_binary.write_text("#!/bin/sh\n")
+    fake_binary.chmod(0o755)
+    async with harness(tmp_path, BODHI_LLAMA_SERVER_CUDA=str(fake_binary)) as h:
+        on_cpu = h.ctx.settings.memory_budget_bytes("cpu")
+        assert on_cpu is not None  # this machine's memory is known (Linux)
+        await h.ctx.load("a")
+        assert h.ctx.state.memory_budget == on_cpu
+        state = await h.ctx.set_exec_variant("cuda")
+        assert state.memory_budget is None
+        assert state.status_of("a") is SlotStatus.READY
+        state = await h.ctx.set_exec_variant("cpu")
+        assert state.memory_budget == on_cpu
+    async with harness(
+        tmp_path / "set", BODHI_MEMORY_BUDGET="2GiB", BODHI_LLAMA_SERVER_CUDA=str(fake_binary)
+    ) as h:
+        state = await h.ctx.set_exec_variant("cuda")  # set: the same on every variant
+        assert state.memory_budget == 2 * 2**30
+
+
 async def test_stop_then_is_loaded(tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
     async with harness(tmp_path) as h:
         assert not h.ctx.is_loaded()

@@ -141,6 +141,38 @@ async def test_a_full_queue_answers_429_at_once(tmp_path: Path, hub_cache: Path)
     assert again.status_code == 200
 
 
+async def test_following_an_alias_before_its_first_start_streams_its_lines(
+    tmp_path: Path, hub_cache: Path
+) -> None:
+    """``?alias=&follow=true`` before the alias ever started is a stream that gets its
+    child's first lines, not an empty answer; without ``follow`` it is still ``[]``."""
+    quiet = Alias("quiet:1", DEMO_REPO, DEMO_FILENAME, context_params=("--fake-tokens 3",))
+    with trio.fail_after(30):  # liveness bound
+        async with (
+            running_server(
+                tmp_path, hub_cache, aliases=(quiet,), BODHI_LLAMA_SERVER=FAKE,
+                BODHI_SSE_KEEPALIVE_SECS="0.2",
+            ) as server,
+            httpx.AsyncClient(base_url=server.url, timeout=30) as client,
+        ):  # fmt: skip
+            before = await client.get("/bodhi/v1/server/logs?alias=quiet:1")
+            path = "/bodhi/v1/server/logs?alias=quiet:1&follow=true"
+            async with (
+                UpstreamPool() as pool,
+                send_upstream(pool, address_of(server.url), path, b"", method="GET") as follow,
+            ):
+                assert follow.headers["content-type"] == "text/event-stream; charset=utf-8"
+                loaded = await client.post("/bodhi/v1/server/load", json={"alias": "quiet:1"})
+                pid = loaded.json()["models"][0]["pid"]
+                spawned = f'data: {{"line":"[bodhi-trio] spawned pid {pid}"}}'
+                received = b""
+                async for chunk in follow:
+                    received += chunk
+                    if spawned.encode() in received:
+                        break  # the child's own first line, followed live
+    assert before.json() == {"lines": []}
+
+
 # ---------------------------------------------------------------- keep-alive per alias
 
 

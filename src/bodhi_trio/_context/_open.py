@@ -29,6 +29,7 @@ from bodhi_trio._context._endpoints import (
 from bodhi_trio._context._replica_pools import ReplicaPools
 from bodhi_trio._context._routing import FallbackRouter, encode_request
 from bodhi_trio._context._spec import (
+    limits_from,
     runnable_variant,
 )
 from bodhi_trio._core._slot import (
@@ -122,9 +123,10 @@ class SharedContext:
         """The output of every llama-server child, each line after ``[alias]``."""
         return self._log
 
-    def log_for(self, alias: str) -> LogTail | None:
-        """The output of ``alias``'s children (``None`` if it never started one)."""
-        return self._scheduler.log_for(alias)
+    def log_for(self, alias: str, *, made: bool = False) -> LogTail | None:
+        """The output of ``alias``'s children (``None`` if it never started one; with
+        ``made``, an empty log it will write to)."""
+        return self._scheduler.log_for(alias, made=made)
 
     @property
     def exec_variant(self) -> str:
@@ -378,7 +380,7 @@ class SharedContext:
         """
         self._scheduler.check_open()
         variant = runnable_variant(self._settings, variant)
-        await self._scheduler.switch_variant(variant)
+        await self._scheduler.switch_variant(variant, limits_from(self._settings, variant))
         return self.state
 
     async def aclose(self) -> None:

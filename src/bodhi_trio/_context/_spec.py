@@ -193,12 +193,13 @@ def runnable_variant(settings: Settings, variant: str) -> str:
     return variant
 
 
-def limits_from(settings: Settings) -> Limits:
-    """The scheduler's numbers from the settings."""
+def limits_from(settings: Settings, variant: str | None = None) -> Limits:
+    """The scheduler's numbers from the settings, for ``variant`` (the exec variant of the
+    settings if not given: unset, the memory budget is 80% for ``cpu``, none for others)."""
     return Limits(
         max_loaded=settings.max_loaded_models,
         max_queue=settings.max_queue,
-        memory_budget=settings.memory_budget_bytes(),
+        memory_budget=settings.memory_budget_bytes(variant),
         drain_timeout=settings.drain_timeout_secs,
         keep_alive=settings.keep_alive_secs,
         upstream_idle_timeout=settings.upstream_idle_timeout_secs,

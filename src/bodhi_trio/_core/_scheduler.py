@@ -152,9 +152,10 @@ class Scheduler:
         """Whether ``alias`` (``None``: any model) has a usable child."""
         return any(m.ready for m in self._models.values() if alias is None or m.name == alias)
 
-    def log_for(self, alias: str) -> LogTail | None:
-        """The output of ``alias``'s children, if it ever started one."""
-        return self._logs.get(alias)
+    def log_for(self, alias: str, *, made: bool = False) -> LogTail | None:
+        """The output of ``alias``'s children, if it ever started one; with ``made``, made
+        now if not (empty until it starts one: the log a follower waits on)."""
+        return self._log_for(alias) if made else self._logs.get(alias)
 
     # ------------------------------------------------------------------ control
 
@@ -170,17 +171,22 @@ class Scheduler:
                 del self._models[model.name]  # a crashed or failed entry: forget it
                 self._publish()
 
-    async def switch_variant(self, variant: str) -> None:
-        """Make ``variant`` current; every loaded model restarts on it (drained first).
+    async def switch_variant(self, variant: str, limits: Limits | None = None) -> None:
+        """Make ``variant`` current, with ``limits`` if given (a memory budget can depend on
+        the variant); every loaded model restarts on it (drained first) and is admitted
+        again under them.
 
         Raises:
-            BodhiError: A restart failed (the variant stays switched; that model is stopped).
+            BodhiError: A restart failed, or the model no longer fits (the variant stays
+                switched; that model is stopped).
         """
         self.check_open()
         if variant == self._variant:
             return
         async with self._admission.turn():
             previous, self._variant = self._variant, variant
+            if limits is not None:
+                self._limits = limits
             self._publish()
             self.emit(EventKind.VARIANT, None, previous=previous)
             loaded = [m for m in self._models.values() if m.resident]

@@ -36,9 +36,9 @@ from bodhi_trio._http._sse import (
     keepalive_interval,
 )
 from bodhi_trio._http._usage import note_usage
+from bodhi_trio._llama._logtail import LogTail
 
 if TYPE_CHECKING:
-    from bodhi_trio._llama._logtail import LogTail
     from bodhi_trio._transport._relay_hub import RelayHub
 
 __all__ = [
@@ -361,15 +361,18 @@ class Routes:
         except ValueError as exc:
             raise InvalidRequestError("'lines' must be an integer", param="lines") from exc
         count = max(0, min(count, _MAX_LOG_LINES))
+        following = (follow or "").lower() in ("1", "true", "yes")
         log = self.ctx.log
         if alias is not None:
-            self.ctx.resolve_alias(required_string(alias, "alias"))  # 404: no such alias
-            own = self.ctx.log_for(alias)
-            if own is None:
+            named = self.ctx.resolve_alias(required_string(alias, "alias"))  # 404: none
+            # followed before its first start: the log its child will write to (a remote
+            # alias has no child: its follower gets the keep-alives)
+            own = self.ctx.log_for(alias, made=following and named.remote is None)
+            if own is None and not following:
                 return Reply.json({"lines": []})
-            log = own
+            log = own or LogTail()
         recent = log.tail(count)
-        if (follow or "").lower() not in ("1", "true", "yes"):
+        if not following:
             return Reply.json({"lines": recent})
         send, receive = trio.open_memory_channel[str](64)
         follower = trio.CancelScope()
