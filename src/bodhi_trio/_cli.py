@@ -392,12 +392,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         _close_log(writer)  # the log's lines before the error's
         print(f"bodhi-trio: error: {exc.message}", file=sys.stderr)
         return 1
+    except OSError as exc:  # the machine's answer (a directory that cannot be made, ...)
+        _close_log(writer)
+        print(f"bodhi-trio: error: {_os_error(exc)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         _close_log(writer)
         print("bodhi-trio: interrupted", file=sys.stderr)
         return 130
     finally:
         _close_log(writer)
+
+
+def _os_error(exc: OSError) -> str:
+    """``exc`` as one line: what failed, and on which file."""
+    what = exc.strerror or str(exc)
+    return what if exc.filename is None else f"{what}: {exc.filename}"
 
 
 def _close_log(writer: LogWriter | None) -> None:
