@@ -80,7 +80,8 @@ class Access(enum.Enum):
     """What a route needs when keys are configured (the Host/Origin checks apply to all)."""
 
     PUBLIC = "public"
-    """No key: liveness only (``/ping``)."""
+    """No key: liveness (``/ping``) and the page's own files (``/``, ``/ui/...``), which hold
+    no data."""
     API = "api"
     """Any valid key: the model routes, and reading state, models, aliases and metrics."""
     ADMIN = "admin"

@@ -301,8 +301,9 @@ class OllamaRoutes:
         if isinstance(result, Reply):
             return result
         vectors, fields = result
-        if dimensions is not None:
-            vectors = [normalized(vector[:dimensions]) for vector in vectors]
+        # unit length whatever answered: llama-server is asked for it, a remote is not
+        # (``_embeddings``), and ``dimensions`` cuts what was
+        vectors = [normalized(vector[:dimensions]) for vector in vectors]
         return ollama_json({"model": name, "embeddings": vectors, **fields})
 
     async def embeddings(self, raw: bytes) -> Reply:
@@ -325,7 +326,10 @@ class OllamaRoutes:
     ) -> tuple[list[list[float]], dict[str, int]] | Reply:
         """The vectors, in input order, and the metrics (none for an empty request: the
         model is loaded all the same, as Ollama does); or llama-server's refusal."""
-        request.body["model"] = resolve_model(self.ctx, name).alias
+        alias = resolve_model(self.ctx, name)
+        request.body["model"] = alias.alias
+        if alias.remote is not None:  # llama-server's own field: OpenAI refuses it
+            del request.body["embd_normalize"]
         if request.empty:
             await self.ctx.load(request.body["model"], keep_alive=request.keep_alive)
             return [], {}
