@@ -278,3 +278,66 @@ async def test_stop_one_or_all(tmp_path: Path, autojump_clock: trio.testing.Mock
         await h.ctx.stop()
         assert h.ctx.state.models == ()
         assert h.launcher.alive == {}
+
+
+async def test_a_load_let_in_before_a_switch_shrank_the_budget_is_refused_not_stuck(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """``b`` fits cuda's budget (none) when it asks, then waits for the admission turn
+    behind a switch to cpu (80% of the machine): once it has the turn it no longer fits even
+    alone. It gets the 503; it used to wait there forever, holding the turn from every later
+    load."""
+    binary = tmp_path / "llama-server"
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+    env = {"BODHI_LLAMA_SERVER_CUDA": str(binary), "BODHI_LLAMA_SERVER_CPU": str(binary)}
+    async with harness(
+        tmp_path / "home", estimates={"b": 2**60}, BODHI_EXEC_VARIANT="cuda", **env
+    ) as h:
+        await h.ctx.load("a")
+        refused: list[BaseException] = []
+
+        async def ask_b() -> None:
+            try:
+                await h.chat("b")
+            except InsufficientMemoryError as exc:
+                refused.append(exc)
+
+        with trio.fail_after(120):  # virtual: a stuck turn would run it out
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(h.stream, "a", 20, 0.5)  # a is busy for 10 s
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.start_soon(h.chat, "c")  # holds the turn while a drains
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.start_soon(h.ctx.set_exec_variant, "cpu")  # next in line
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.start_soon(ask_b)  # fits cuda's budget; then waits its turn
+            await h.chat("a")  # the turn is free again: a later load goes through
+        assert len(refused) == 1
+        assert "more than the whole memory budget" in refused[0].message
+        assert h.ctx.state.variant == "cpu"
+        assert h.ctx.state.memory_budget == h.ctx.settings.memory_budget_bytes("cpu")
+        assert [start.variant for start in h.launcher.starts][-1] == "cpu"
+
+
+async def test_a_load_that_waited_behind_a_variant_switch_starts_on_the_new_variant(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    binary = tmp_path / "llama-server"
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+    env = {"BODHI_LLAMA_SERVER_CUDA": str(binary), "BODHI_LLAMA_SERVER_CPU": str(binary)}
+    async with harness(tmp_path / "home", BODHI_EXEC_VARIANT="cuda", **env) as h:
+        await h.ctx.load("a")
+        with trio.fail_after(120):  # virtual
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(h.stream, "a", 20, 0.5)  # a is busy for 10 s
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.start_soon(h.chat, "c")  # holds the turn while a drains
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.start_soon(h.ctx.set_exec_variant, "cpu")
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.start_soon(h.chat, "b")  # asked under cuda, let in under cpu
+        starts = {start.alias: start.variant for start in h.launcher.starts}
+        assert starts["b"] == "cpu"
+        assert h.ctx.state.variant == "cpu"

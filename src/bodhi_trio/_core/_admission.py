@@ -137,12 +137,18 @@ class Admission:
     async def make_room(self, model: ModelSlot) -> None:
         """Evict until ``model`` fits (the admission turn held).
 
+        Raises:
+            InsufficientMemoryError: It no longer fits even alone (the budget shrank).
+
         Cancellation: safe; an eviction in progress completes (it is shielded).
         """
         scheduler = self._scheduler
         patience = scheduler.limits.drain_timeout
         while not self._fits(model):
             scheduler.check_open()
+            # the budget may have shrunk since the load was let in (a variant switch): a
+            # model over the whole of it would wait here forever, holding the turn
+            self.check_fits_alone(model.name, model.memory)
             reason = f"evicted to make room for {model.name!r}"
             if idle := self._victims(model, idle_only=True):
                 await scheduler.evict(idle[0], reason, patience=patience)

@@ -45,7 +45,8 @@ async def _load_task(scheduler: Scheduler, pending: PendingLoad) -> None:
     name = alias.alias
     model: ModelSlot | None = None
     try:
-        spec = scheduler._build_spec(alias, scheduler._variant)
+        variant = scheduler._variant
+        spec = scheduler._build_spec(alias, variant)
         estimate = await scheduler._estimate(spec) if scheduler._estimate is not None else None
         scheduler._admission.check_fits_alone(name, estimate)
         model = ModelSlot(alias, scheduler._log_for(name), scheduler._keep_alive_for(alias))
@@ -54,6 +55,8 @@ async def _load_task(scheduler: Scheduler, pending: PendingLoad) -> None:
         async with model.lock.write() as hold:
             async with scheduler._admission.turn():
                 scheduler.check_open()
+                if scheduler._variant != variant:  # switched while this load waited its turn
+                    spec = scheduler._build_spec(alias, scheduler._variant)
                 scheduler._models[name] = model  # replaces a crashed or failed entry
                 scheduler._publish()
                 scheduler.emit(EventKind.LOADING, name, memory=estimate)
