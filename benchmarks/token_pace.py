@@ -13,7 +13,8 @@ split into what a relay can add to it in three different ways:
   from llama-server's threads where they use every core);
 - **tail**: the last content token to the end of the response.
 
-Their sum is the answer's time; its tokens over it, the arm's tokens/s. With ``--streams N``
+The first, the per-token time times the tokens after the first, and the tail add up to the
+answer's time; its tokens over it are the arm's tokens/s. With ``--streams N``
 each turn is N answers at once: the parts are their medians, and the time is the first send
 to the last end.
 

@@ -393,6 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bodhi-trio: error: {exc.message}", file=sys.stderr)
         return 1
     except OSError as exc:  # the machine's answer (a directory that cannot be made, ...)
+        logging.getLogger("bodhi_trio").debug("the command failed", exc_info=exc)
         _close_log(writer)
         print(f"bodhi-trio: error: {_os_error(exc)}", file=sys.stderr)
         return 1
@@ -405,9 +406,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _os_error(exc: OSError) -> str:
-    """``exc`` as one line: what failed, and on which file."""
-    what = exc.strerror or str(exc)
-    return what if exc.filename is None else f"{what}: {exc.filename}"
+    """``exc`` as one line: what failed, and on which file(s)."""
+    what = exc.strerror or str(exc) or type(exc).__name__
+    files = [str(name) for name in (exc.filename, exc.filename2) if name is not None]
+    return ": ".join([what, " -> ".join(files)] if files else [what])
 
 
 def _close_log(writer: LogWriter | None) -> None:

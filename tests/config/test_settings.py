@@ -379,10 +379,11 @@ def test_a_setting_given_twice_in_the_file_is_an_error(tmp_path: Path) -> None:
 def test_mixed_case_and_unknown_lowercase_keys_are_still_unknown(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    path = write_settings(tmp_path, "Port: 1\nprot: 2\n")
+    path = write_settings(tmp_path, "Port: 1\nprot: 2\nallowed_path\u017f: [/srv]\n")
     with caplog.at_level(logging.WARNING, logger="bodhi_trio.settings"):
         assert load_settings(home=tmp_path, env={}).port == 1135
     assert [r.getMessage() for r in caplog.records] == [
         f"settings file {path}: unknown setting 'Port' is ignored",
         f"settings file {path}: unknown setting 'prot' is ignored",
+        f"settings file {path}: unknown setting 'allowed_path\u017f' is ignored",
     ]

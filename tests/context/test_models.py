@@ -290,12 +290,15 @@ async def test_a_load_let_in_before_a_switch_shrank_the_budget_is_refused_not_st
     binary = tmp_path / "llama-server"
     binary.write_text("#!/bin/sh\n")
     binary.chmod(0o755)
-    env = {"BODHI_LLAMA_SERVER_CUDA": str(binary), "BODHI_LLAMA_SERVER_CPU": str(binary)}
     async with harness(
-        tmp_path / "home", estimates={"b": 2**60}, BODHI_EXEC_VARIANT="cuda", **env
+        tmp_path / "home",
+        estimates={"b": 2**60},
+        BODHI_EXEC_VARIANT="cuda",
+        BODHI_LLAMA_SERVER_CUDA=str(binary),
+        BODHI_LLAMA_SERVER_CPU=str(binary),
     ) as h:
         await h.ctx.load("a")
-        refused: list[BaseException] = []
+        refused: list[InsufficientMemoryError] = []
 
         async def ask_b() -> None:
             try:
@@ -326,8 +329,12 @@ async def test_a_load_that_waited_behind_a_variant_switch_starts_on_the_new_vari
     binary = tmp_path / "llama-server"
     binary.write_text("#!/bin/sh\n")
     binary.chmod(0o755)
-    env = {"BODHI_LLAMA_SERVER_CUDA": str(binary), "BODHI_LLAMA_SERVER_CPU": str(binary)}
-    async with harness(tmp_path / "home", BODHI_EXEC_VARIANT="cuda", **env) as h:
+    async with harness(
+        tmp_path / "home",
+        BODHI_EXEC_VARIANT="cuda",
+        BODHI_LLAMA_SERVER_CUDA=str(binary),
+        BODHI_LLAMA_SERVER_CPU=str(binary),
+    ) as h:
         await h.ctx.load("a")
         with trio.fail_after(120):  # virtual
             async with trio.open_nursery() as nursery:

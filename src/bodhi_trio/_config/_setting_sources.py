@@ -84,7 +84,7 @@ def setting_name(key: str, is_known: Callable[[str], bool]) -> str | None:
     ``allowed_paths``, ``hf_home``); None if none is known."""
     if is_known(key):
         return key
-    if key != key.lower():
+    if key != key.lower() or not key.isascii():  # "\u017f".upper() is "S"
         return None
     for name in (key.upper(), "BODHI_" + key.upper()):
         if is_known(name):

@@ -301,9 +301,8 @@ class OllamaRoutes:
         if isinstance(result, Reply):
             return result
         vectors, fields = result
-        # unit length whatever answered: llama-server is asked for it, a remote is not
-        # (``_embeddings``), and ``dimensions`` cuts what was
-        vectors = [normalized(vector[:dimensions]) for vector in vectors]
+        if dimensions is not None:
+            vectors = [normalized(vector[:dimensions]) for vector in vectors]
         return ollama_json({"model": name, "embeddings": vectors, **fields})
 
     async def embeddings(self, raw: bytes) -> Reply:
@@ -328,8 +327,9 @@ class OllamaRoutes:
         model is loaded all the same, as Ollama does); or llama-server's refusal."""
         alias = resolve_model(self.ctx, name)
         request.body["model"] = alias.alias
-        if alias.remote is not None:  # llama-server's own field: OpenAI refuses it
-            del request.body["embd_normalize"]
+        # llama-server's own field (OpenAI refuses a field it does not know): a remote's
+        # vectors are made unit length here if they are to be
+        unit = alias.remote is not None and request.body.pop("embd_normalize") == 2
         if request.empty:
             await self.ctx.load(request.body["model"], keep_alive=request.keep_alive)
             return [], {}
@@ -341,6 +341,8 @@ class OllamaRoutes:
             raise UpstreamError("llama-server's embeddings answer has no data")
         ordered = sorted(data, key=lambda item: item.get("index", 0))
         vectors = [list(item["embedding"]) for item in ordered]
+        if unit:
+            vectors = [normalized(vector) for vector in vectors]
         metrics = Metrics(started)
         metrics.take(answer)
         fields = metrics.fields(time.perf_counter_ns())
