@@ -387,3 +387,25 @@ def test_mixed_case_and_unknown_lowercase_keys_are_still_unknown(
         f"settings file {path}: unknown setting 'prot' is ignored",
         f"settings file {path}: unknown setting 'allowed_path\u017f' is ignored",
     ]
+
+
+def test_a_variants_setting_in_two_spellings_is_one_setting(tmp_path: Path) -> None:
+    """The environment wins over the file whatever the spelling of the variant (it used to
+    be the spelling that sorted last)."""
+    for in_file, in_env in (
+        ("BODHI_LLAMACPP_ARGS_cuda", "BODHI_LLAMACPP_ARGS_CUDA"),
+        ("BODHI_LLAMACPP_ARGS_CUDA", "BODHI_LLAMACPP_ARGS_cuda"),
+        ("llamacpp_args_cuda", "BODHI_LLAMACPP_ARGS_Cuda"),
+    ):
+        write_settings(tmp_path, f"{in_file}: --from-file\n")
+        settings = load_settings(home=tmp_path, env={in_env: "--from-env"})
+        assert settings.server_args_for("cuda") == ("--from-env",), (in_file, in_env)
+
+
+def test_one_source_giving_a_variants_setting_twice_is_an_error(tmp_path: Path) -> None:
+    env = {"BODHI_LLAMACPP_ARGS_cuda": "--a", "BODHI_LLAMACPP_ARGS_CUDA": "--b"}
+    with pytest.raises(SettingsError, match=r"the environment: BODHI_LLAMACPP_ARGS_CUDA is given"):
+        load_settings(home=tmp_path, env=env)
+    write_settings(tmp_path, "llamacpp_args_cuda: --a\nBODHI_LLAMACPP_ARGS_cuda: --b\n")
+    with pytest.raises(SettingsError, match=r"BODHI_LLAMACPP_ARGS_CUDA is given twice"):
+        load_settings(home=tmp_path, env={})

@@ -267,6 +267,27 @@ def _variant_suffix(key: str) -> str:
     return ""
 
 
+def _one_spelling(values: Mapping[str, object], label: str) -> dict[str, object]:
+    """``values`` with each variant key's variant in capitals (``BODHI_LLAMA_SERVER_cuda``
+    is ``BODHI_LLAMA_SERVER_CUDA``), so that two spellings of one variant's setting are one
+    setting and the sources' precedence decides between them, not their spelling.
+
+    Raises:
+        SettingsError: One source gives one variant's setting in two spellings.
+    """
+    out: dict[str, object] = {}
+    spelled: dict[str, str] = {}
+    for key, value in values.items():
+        suffix = _variant_suffix(key)
+        name = key[: len(key) - len(suffix)] + suffix.upper() if _is_known(key) and suffix else key
+        if name in out:
+            raise SettingsError(
+                f"{label}: {name} is given twice ({spelled[name]!r} and {key!r})", param=name
+            )
+        out[name], spelled[name] = value, key
+    return out
+
+
 def _resolve_home(home: Path | None, sources: SettingSources) -> Path:
     if home is not None:
         return home.expanduser()
@@ -301,20 +322,20 @@ def load_settings(
             refused flags, paths outside the allowed directories, bad quoting).
     """
     # An empty environment variable counts as unset, as shells make that easy to leave behind.
-    environ = {key: value for key, value in (os.environ if env is None else env).items() if value}
-    cli = {key: value for key, value in (overrides or {}).items() if value is not None}
-    for key in cli:
+    given = {key: value for key, value in (os.environ if env is None else env).items() if value}
+    environ = _one_spelling(given, "the environment")
+    flags = {key: value for key, value in (overrides or {}).items() if value is not None}
+    for key in flags:
         if not _is_known(key):
             raise SettingsError(f"unknown setting {key!r} from the command line", param=key)
+    cli = _one_spelling(flags, "the command line")
     early = SettingSources((("the command line", cli), ("the environment", environ)))
     resolved_home = _resolve_home(home, early)
     settings_path = resolved_home / "settings.yaml"
+    file_label = f"settings file {settings_path}"
+    in_file = _one_spelling(read_settings_file(settings_path, _is_known), file_label)
     sources = SettingSources(
-        (
-            ("the command line", cli),
-            ("the environment", environ),
-            (f"settings file {settings_path}", read_settings_file(settings_path, _is_known)),
-        )
+        (("the command line", cli), ("the environment", environ), (file_label, in_file))
     )
 
     def get(key: str, parse: Callable[[str, object, str], _T], default: _T) -> _T:
