@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import attrs
@@ -12,7 +12,7 @@ import yaml
 from bodhi_trio._config._yaml_errors import yaml_error_summary
 from bodhi_trio._exceptions import SettingsError
 
-__all__ = ["SettingSources", "read_settings_file", "setting_name"]
+__all__ = ["SettingSources", "one_name_each", "read_settings_file", "setting_name"]
 
 logger = logging.getLogger("bodhi_trio.settings")
 
@@ -33,9 +33,26 @@ class SettingSources:
         return {key for _, values in self.layers for key in values if key.startswith(prefix)}
 
 
-def read_settings_file(path: Path, is_known: Callable[[str], bool]) -> dict[str, object]:
-    """The settings in ``settings.yaml`` (``{}`` if there is none), keyed by their names
-    (:func:`setting_name`), unknown keys dropped.
+def one_name_each(keyed: Iterable[tuple[str, str, object]], label: str) -> dict[str, object]:
+    """The values of one source by setting name, from ``(name, key as written, value)``.
+
+    Raises:
+        SettingsError: Two keys of the source name one setting (``port`` and ``BODHI_PORT``).
+    """
+    result: dict[str, object] = {}
+    spelled: dict[str, str] = {}
+    for name, key, value in keyed:
+        if name in result:
+            raise SettingsError(
+                f"{label}: {name} is given twice ({spelled[name]!r} and {key!r})", param=name
+            )
+        result[name], spelled[name] = value, key
+    return result
+
+
+def read_settings_file(path: Path, name_of: Callable[[str], str | None]) -> dict[str, object]:
+    """The settings in ``settings.yaml`` (``{}`` if there is none), keyed by the setting
+    ``name_of`` each key names, unknown keys dropped.
 
     Raises:
         SettingsError: It is unreadable, not YAML, or not a mapping, or it gives a setting
@@ -60,22 +77,16 @@ def read_settings_file(path: Path, is_known: Callable[[str], bool]) -> dict[str,
             f"settings file {path} must be a mapping of setting names (e.g. BODHI_PORT: 8080),"
             f" got {type(data).__name__}"
         )
-    result: dict[str, object] = {}
-    spelled: dict[str, str] = {}
+    named: list[tuple[str, str, object]] = []
     for key, value in data.items():
-        name = setting_name(key, is_known) if isinstance(key, str) else None
+        name = name_of(key) if isinstance(key, str) else None
         if name is None:
             logger.warning("settings file %s: unknown setting %r is ignored", path, key)
         elif name == "BODHI_HOME":
             logger.warning("settings file %s: BODHI_HOME cannot be set from inside it", path)
-        elif name in result:
-            raise SettingsError(
-                f"settings file {path}: {name} is given twice ({spelled[name]!r} and {key!r})",
-                param=name,
-            )
         else:
-            result[name], spelled[name] = value, key
-    return result
+            named.append((name, key, value))
+    return one_name_each(named, f"settings file {path}")
 
 
 def setting_name(key: str, is_known: Callable[[str], bool]) -> str | None:

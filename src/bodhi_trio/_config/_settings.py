@@ -32,7 +32,12 @@ from bodhi_trio._config._rpc_settings import (
     rpc_servers_setting,
     rpc_workers_setting,
 )
-from bodhi_trio._config._setting_sources import SettingSources, read_settings_file
+from bodhi_trio._config._setting_sources import (
+    SettingSources,
+    one_name_each,
+    read_settings_file,
+    setting_name,
+)
 from bodhi_trio._config._setting_values import (
     VARIANT_NAME,
     as_args,
@@ -267,25 +272,24 @@ def _variant_suffix(key: str) -> str:
     return ""
 
 
-def _one_spelling(values: Mapping[str, object], label: str) -> dict[str, object]:
-    """``values`` with each variant key's variant in capitals (``BODHI_LLAMA_SERVER_cuda``
-    is ``BODHI_LLAMA_SERVER_CUDA``), so that two spellings of one variant's setting are one
-    setting and the sources' precedence decides between them, not their spelling.
+def _one_spelling(key: str) -> str:
+    """``key`` with a variant key's variant in capitals (``BODHI_LLAMA_SERVER_cuda`` is
+    ``BODHI_LLAMA_SERVER_CUDA``), so that two spellings of one variant's setting are one
+    setting and the sources' precedence decides between them, not their spelling."""
+    suffix = _variant_suffix(key)
+    return key[: len(key) - len(suffix)] + suffix.upper() if suffix and _is_known(key) else key
 
-    Raises:
-        SettingsError: One source gives one variant's setting in two spellings.
-    """
-    out: dict[str, object] = {}
-    spelled: dict[str, str] = {}
-    for key, value in values.items():
-        suffix = _variant_suffix(key)
-        name = key[: len(key) - len(suffix)] + suffix.upper() if _is_known(key) and suffix else key
-        if name in out:
-            raise SettingsError(
-                f"{label}: {name} is given twice ({spelled[name]!r} and {key!r})", param=name
-            )
-        out[name], spelled[name] = value, key
-    return out
+
+def _named(values: Mapping[str, object], label: str) -> dict[str, object]:
+    """One source's values by :func:`_one_spelling` (raises SettingsError for two spellings
+    of one setting)."""
+    return one_name_each(((_one_spelling(k), k, v) for k, v in values.items()), label)
+
+
+def _file_name(key: str) -> str | None:
+    """The setting a ``settings.yaml`` key names, in :func:`_one_spelling`; None if none."""
+    name = setting_name(key, _is_known)
+    return None if name is None else _one_spelling(name)
 
 
 def _resolve_home(home: Path | None, sources: SettingSources) -> Path:
@@ -323,19 +327,21 @@ def load_settings(
     """
     # An empty environment variable counts as unset, as shells make that easy to leave behind.
     given = {key: value for key, value in (os.environ if env is None else env).items() if value}
-    environ = _one_spelling(given, "the environment")
+    environ = _named(given, "the environment")
     flags = {key: value for key, value in (overrides or {}).items() if value is not None}
     for key in flags:
         if not _is_known(key):
             raise SettingsError(f"unknown setting {key!r} from the command line", param=key)
-    cli = _one_spelling(flags, "the command line")
+    cli = _named(flags, "the command line")
     early = SettingSources((("the command line", cli), ("the environment", environ)))
     resolved_home = _resolve_home(home, early)
     settings_path = resolved_home / "settings.yaml"
-    file_label = f"settings file {settings_path}"
-    in_file = _one_spelling(read_settings_file(settings_path, _is_known), file_label)
     sources = SettingSources(
-        (("the command line", cli), ("the environment", environ), (file_label, in_file))
+        (
+            ("the command line", cli),
+            ("the environment", environ),
+            (f"settings file {settings_path}", read_settings_file(settings_path, _file_name)),
+        )
     )
 
     def get(key: str, parse: Callable[[str, object, str], _T], default: _T) -> _T:
