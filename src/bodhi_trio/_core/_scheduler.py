@@ -171,10 +171,10 @@ class Scheduler:
                 del self._models[model.name]  # a crashed or failed entry: forget it
                 self._publish()
 
-    async def switch_variant(self, variant: str, limits: Limits | None = None) -> None:
-        """Make ``variant`` current, with ``limits`` if given (a memory budget can depend on
-        the variant); every loaded model restarts on it (drained first) and is admitted
-        again under them.
+    async def switch_variant(self, variant: str, limits: Limits) -> None:
+        """Make ``variant`` current, with its ``limits`` (a memory budget can depend on the
+        variant); every loaded model restarts on it (drained first) and is admitted again
+        under them.
 
         Raises:
             BodhiError: A restart failed, or the model no longer fits (the variant stays
@@ -185,8 +185,7 @@ class Scheduler:
             return
         async with self._admission.turn():
             previous, self._variant = self._variant, variant
-            if limits is not None:
-                self._limits = limits
+            self._limits = limits
             self._publish()
             self.emit(EventKind.VARIANT, None, previous=previous)
             loaded = [m for m in self._models.values() if m.resident]
