@@ -227,6 +227,14 @@ def spec_builder(alias: Alias, variant: str) -> LaunchSpec:
     )
 
 
+def fake_binary(path: Path) -> str:
+    """An executable file at ``path`` (a variant's llama-server for ``runnable_variant``:
+    the fake launcher never runs it); its path."""
+    path.write_text("#!/bin/sh\n")
+    path.chmod(0o755)
+    return str(path)
+
+
 @asynccontextmanager
 async def harness(
     tmp_path: Path,

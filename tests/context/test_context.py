@@ -29,7 +29,7 @@ from bodhi_trio._exceptions import (
     ResponseInterruptedError,
     StartupError,
 )
-from fake_context import FakeLauncher, harness, newest, spec_builder
+from fake_context import FakeLauncher, fake_binary, harness, newest, spec_builder
 
 
 async def test_fifty_concurrent_requests_start_one_child(
@@ -272,10 +272,8 @@ async def test_idle_countdown_restarts_with_each_response(
 async def test_variant_switch_restarts_with_new_binary_and_args(
     tmp_path: Path, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    fake_binary = tmp_path / "llama-server-cuda"
-    fake_binary.write_text("#!/bin/sh\n")
-    fake_binary.chmod(0o755)
-    async with harness(tmp_path, BODHI_LLAMA_SERVER_CUDA=str(fake_binary)) as h:
+    cuda = fake_binary(tmp_path / "llama-server-cuda")
+    async with harness(tmp_path, BODHI_LLAMA_SERVER_CUDA=cuda) as h:
         await h.ctx.load("a")
         state = await h.ctx.set_exec_variant("cuda")
         assert state.variant == "cuda"
@@ -293,10 +291,8 @@ async def test_the_default_memory_budget_follows_the_variant(
 ) -> None:
     """Unset, the budget is 80% of the machine's memory on cpu and none on the others: a
     switch takes the new variant's, and the reloaded model is admitted under it."""
-    fake_binary = tmp_path / "llama-server-cuda"
-    fake_binary.write_text("#!/bin/sh\n")
-    fake_binary.chmod(0o755)
-    async with harness(tmp_path, BODHI_LLAMA_SERVER_CUDA=str(fake_binary)) as h:
+    cuda = fake_binary(tmp_path / "llama-server-cuda")
+    async with harness(tmp_path, BODHI_LLAMA_SERVER_CUDA=cuda) as h:
         on_cpu = h.ctx.settings.memory_budget_bytes("cpu")
         assert on_cpu is not None  # this machine's memory is known (Linux)
         await h.ctx.load("a")
@@ -307,7 +303,7 @@ async def test_the_default_memory_budget_follows_the_variant(
         state = await h.ctx.set_exec_variant("cpu")
         assert state.memory_budget == on_cpu
     async with harness(
-        tmp_path / "set", BODHI_MEMORY_BUDGET="2GiB", BODHI_LLAMA_SERVER_CUDA=str(fake_binary)
+        tmp_path / "set", BODHI_MEMORY_BUDGET="2GiB", BODHI_LLAMA_SERVER_CUDA=cuda
     ) as h:
         state = await h.ctx.set_exec_variant("cuda")  # set: the same on every variant
         assert state.memory_budget == 2 * 2**30

@@ -3,6 +3,8 @@ per-model timers, and crash isolation (the real-server cases are in tests/http).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,7 @@ from bodhi_trio._exceptions import (
     ResponseInterruptedError,
     ServerBusyError,
 )
-from fake_context import harness
+from fake_context import Harness, fake_binary, harness
 
 MiB = 2**20
 
@@ -280,6 +282,37 @@ async def test_stop_one_or_all(tmp_path: Path, autojump_clock: trio.testing.Mock
         assert h.launcher.alive == {}
 
 
+async def _behind_a_switch(h: Harness, ask_b: Callable[[], Awaitable[object]]) -> None:
+    """``ask_b`` while ``c``'s load holds the admission turn (``a`` drains, busy for 10 s)
+    and a switch from cuda to cpu waits next in line: ``b``'s load asks under cuda and is
+    let in under cpu."""
+    await h.ctx.load("a")
+    with trio.fail_after(120):  # virtual: a stuck turn would run it out
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(h.stream, "a", 20, 0.5)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(h.chat, "c")
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(h.ctx.set_exec_variant, "cpu")
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(ask_b)
+        await h.chat("a")  # the turn is free again: a later load goes through
+
+
+def _on_cuda(
+    tmp_path: Path, estimates: dict[str, int] | None = None
+) -> AbstractAsyncContextManager[Harness]:
+    """A harness started on cuda, with a binary for cuda and for cpu."""
+    binary = fake_binary(tmp_path / "llama-server")
+    return harness(
+        tmp_path / "home",
+        estimates=estimates,
+        BODHI_EXEC_VARIANT="cuda",
+        BODHI_LLAMA_SERVER_CUDA=binary,
+        BODHI_LLAMA_SERVER_CPU=binary,
+    )
+
+
 async def test_a_load_let_in_before_a_switch_shrank_the_budget_is_refused_not_stuck(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
@@ -287,17 +320,7 @@ async def test_a_load_let_in_before_a_switch_shrank_the_budget_is_refused_not_st
     behind a switch to cpu (80% of the machine): once it has the turn it no longer fits even
     alone. It gets the 503; it used to wait there forever, holding the turn from every later
     load."""
-    binary = tmp_path / "llama-server"
-    binary.write_text("#!/bin/sh\n")
-    binary.chmod(0o755)
-    async with harness(
-        tmp_path / "home",
-        estimates={"b": 2**60},
-        BODHI_EXEC_VARIANT="cuda",
-        BODHI_LLAMA_SERVER_CUDA=str(binary),
-        BODHI_LLAMA_SERVER_CPU=str(binary),
-    ) as h:
-        await h.ctx.load("a")
+    async with _on_cuda(tmp_path, estimates={"b": 2**60}) as h:
         refused: list[InsufficientMemoryError] = []
 
         async def ask_b() -> None:
@@ -306,16 +329,7 @@ async def test_a_load_let_in_before_a_switch_shrank_the_budget_is_refused_not_st
             except InsufficientMemoryError as exc:
                 refused.append(exc)
 
-        with trio.fail_after(120):  # virtual: a stuck turn would run it out
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(h.stream, "a", 20, 0.5)  # a is busy for 10 s
-                await trio.testing.wait_all_tasks_blocked()
-                nursery.start_soon(h.chat, "c")  # holds the turn while a drains
-                await trio.testing.wait_all_tasks_blocked()
-                nursery.start_soon(h.ctx.set_exec_variant, "cpu")  # next in line
-                await trio.testing.wait_all_tasks_blocked()
-                nursery.start_soon(ask_b)  # fits cuda's budget; then waits its turn
-            await h.chat("a")  # the turn is free again: a later load goes through
+        await _behind_a_switch(h, ask_b)
         assert len(refused) == 1
         assert "more than the whole memory budget" in refused[0].message
         assert h.ctx.state.variant == "cpu"
@@ -326,25 +340,8 @@ async def test_a_load_let_in_before_a_switch_shrank_the_budget_is_refused_not_st
 async def test_a_load_that_waited_behind_a_variant_switch_starts_on_the_new_variant(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
-    binary = tmp_path / "llama-server"
-    binary.write_text("#!/bin/sh\n")
-    binary.chmod(0o755)
-    async with harness(
-        tmp_path / "home",
-        BODHI_EXEC_VARIANT="cuda",
-        BODHI_LLAMA_SERVER_CUDA=str(binary),
-        BODHI_LLAMA_SERVER_CPU=str(binary),
-    ) as h:
-        await h.ctx.load("a")
-        with trio.fail_after(120):  # virtual
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(h.stream, "a", 20, 0.5)  # a is busy for 10 s
-                await trio.testing.wait_all_tasks_blocked()
-                nursery.start_soon(h.chat, "c")  # holds the turn while a drains
-                await trio.testing.wait_all_tasks_blocked()
-                nursery.start_soon(h.ctx.set_exec_variant, "cpu")
-                await trio.testing.wait_all_tasks_blocked()
-                nursery.start_soon(h.chat, "b")  # asked under cuda, let in under cpu
+    async with _on_cuda(tmp_path) as h:
+        await _behind_a_switch(h, lambda: h.chat("b"))
         starts = {start.alias: start.variant for start in h.launcher.starts}
         assert starts["b"] == "cpu"
         assert h.ctx.state.variant == "cpu"
